@@ -1,0 +1,125 @@
+//! The command line. Flags are taken as text and parsed by `studio-core`, so
+//! every bad value gets the same one-line message whatever the entry point.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "studio", version, about = "Run Python scripts on machines you never have to touch")]
+pub struct Cli {
+    /// Where the local backend keeps its state.
+    #[arg(long, global = true, env = "STUDIO_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// How long a pool may sit idle before it is torn down (local backend).
+    #[arg(long, global = true, env = "STUDIO_POOL_GRACE", default_value = "60s", hide = true)]
+    pub pool_grace: String,
+    /// Most workers an auto-sized local pool grows to (default: the number of cores).
+    #[arg(long, global = true, env = "STUDIO_MAX_WORKERS", hide = true)]
+    pub max_workers: Option<u32>,
+    /// Attempts a job gets before an interruption fails it.
+    #[arg(long, global = true, env = "STUDIO_MAX_ATTEMPTS", default_value_t = 3, hide = true)]
+    pub max_attempts: u32,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a script: `studio run [flags] script.py [script args...]`.
+    Run(RunArgs),
+    /// Show jobs: a table of all, or one job in detail.
+    Status(StatusArgs),
+    /// Print a job's output.
+    Logs(LogsArgs),
+    /// Cancel a queued or running job.
+    Cancel(CancelArgs),
+    /// Run a worker for a pool (started by the fleet, not by hand).
+    #[command(hide = true)]
+    Worker(WorkerArgs),
+    /// Drive the local control plane until nothing is left to do.
+    #[command(hide = true)]
+    Driver,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Where to run: local, ec2, ec2spot, gcloud, gcspot.
+    #[arg(long, default_value = "local")]
+    pub cloud: String,
+    /// vCPUs per worker.
+    #[arg(long, default_value = "1", value_name = "N")]
+    pub cpus: String,
+    /// GPUs per worker.
+    #[arg(long, default_value = "0", value_name = "N")]
+    pub gpus: String,
+    /// RAM per worker, e.g. 16g (binary units; rounded up to 256 MiB).
+    #[arg(long, value_name = "SIZE")]
+    pub ram: Option<String>,
+    /// Root disk per worker, e.g. 100g.
+    #[arg(long, value_name = "SIZE")]
+    pub hdd: Option<String>,
+    /// Keep exactly N workers (default: start with one, add while work waits).
+    #[arg(long, value_name = "N")]
+    pub num_workers: Option<String>,
+    /// Spot bid: USD per hour (0.35) or share of on-demand (60%).
+    #[arg(long, value_name = "PRICE")]
+    pub bid: Option<String>,
+    /// Your idempotency key: submitting the same id twice makes one job.
+    #[arg(long, value_name = "ID")]
+    pub job_id: Option<String>,
+    /// Environment for the script, NAME=VALUE (repeatable).
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// Kill the script after this long, e.g. 2h30m.
+    #[arg(long, value_name = "DURATION")]
+    pub max_duration: Option<String>,
+    /// Print the job id and return instead of waiting.
+    #[arg(long)]
+    pub detach: bool,
+    /// The script, then its own arguments (everything after the script is the script's).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "SCRIPT [ARGS]")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// One job, in detail.
+    pub job: Option<String>,
+    #[arg(long, short, value_enum, default_value = "table")]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    pub job: String,
+    /// Keep printing until the job ends.
+    #[arg(long, short)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    pub job: String,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[arg(long)]
+    pub pool: String,
+    #[arg(long)]
+    pub instance_id: String,
+    /// Leave after this long without work.
+    #[arg(long, default_value = "5m")]
+    pub idle_timeout: String,
+    /// How long a received job stays leased between heartbeats.
+    #[arg(long, env = "STUDIO_LEASE", default_value = "30s")]
+    pub lease: String,
+    #[arg(long, env = "STUDIO_PYTHON", default_value = "python3")]
+    pub python: String,
+}

@@ -1,0 +1,540 @@
+//! What each subcommand does.
+
+use crate::args::{CancelArgs, Cli, Command, LogsArgs, Output, RunArgs, StatusArgs, WorkerArgs};
+use anyhow::Context as _;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+use studio_core::clock::{format_age, Clock, SystemClock};
+use studio_core::contract::{SubmitJob, WorkspaceRef, SUBMIT_JOB_VERSION};
+use studio_core::handlers::{self, CancelOutcome, Settings};
+use studio_core::ids::{InstanceId, JobId, PoolKey};
+use studio_core::job::{Job, JobState};
+use studio_core::plan::{LocalPlanner, Planner};
+use studio_core::ports::{ArtifactStore, JobStore, WorkQueue};
+use studio_core::resources::{Bid, Cloud, ResourceRequest, WorkerPolicy};
+use studio_core::worker::{run_worker, WorkerConfig, WorkerExit};
+use studio_local::{lock, LocalBackend};
+
+/// Largest workspace the CLI uploads.
+const WORKSPACE_LIMIT: u64 = 256 << 20;
+/// How often a waiting `run` looks at the job (and drives the handlers).
+const FOLLOW_EVERY: Duration = Duration::from_millis(200);
+
+pub enum CliError {
+    /// The user's input is wrong: one line, exit code 2.
+    Usage(String),
+    Other(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for CliError {
+    fn from(e: E) -> Self {
+        CliError::Other(e.into())
+    }
+}
+
+fn usage(msg: impl std::fmt::Display) -> CliError {
+    CliError::Usage(msg.to_string())
+}
+
+/// What `main` read from the process environment.
+pub struct Env {
+    pub user: String,
+    pub cores: u32,
+    pub default_home: Option<PathBuf>,
+    pub lock_fd: Option<i32>,
+}
+
+struct Globals {
+    home: PathBuf,
+    settings: Settings,
+    exe: PathBuf,
+}
+
+pub async fn dispatch(cli: Cli, env: Env) -> Result<ExitCode, CliError> {
+    let home = cli
+        .home
+        .clone()
+        .or(env.default_home.clone())
+        .ok_or_else(|| usage("no home directory: set STUDIO_HOME or HOME"))?;
+    let pool_grace = humantime::parse_duration(&cli.pool_grace)
+        .map_err(|e| usage(format!("STUDIO_POOL_GRACE '{}': {e}", cli.pool_grace)))?;
+    let settings = Settings {
+        pool_grace,
+        max_attempts: cli.max_attempts.max(1),
+        max_auto_workers: cli.max_workers.unwrap_or(env.cores).max(1),
+        ..Settings::default()
+    };
+    let g = Globals {
+        home,
+        settings,
+        exe: std::env::current_exe().context("locating the studio binary")?,
+    };
+    match cli.command {
+        Command::Run(a) => run(&g, &env, a).await,
+        Command::Status(a) => status(&g, a).await,
+        Command::Logs(a) => logs(&g, a).await,
+        Command::Cancel(a) => cancel(&g, &env, a).await,
+        Command::Worker(a) => worker(&g, &env, a).await,
+        Command::Driver => driver(&g).await,
+    }
+}
+
+async fn open(g: &Globals) -> Result<LocalBackend, CliError> {
+    let exe = g.exe.clone();
+    let home = g.home.clone();
+    let launcher: studio_local::fleet::Launcher = Arc::new(move |pool: &PoolKey, id: &InstanceId| {
+        let mut c = std::process::Command::new(&exe);
+        c.arg("--home")
+            .arg(&home)
+            .arg("worker")
+            .arg("--pool")
+            .arg(pool.as_str())
+            .arg("--instance-id")
+            .arg(id.as_str());
+        c
+    });
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    LocalBackend::open(&g.home, g.settings.clone(), clock, launcher)
+        .await
+        .with_context(|| format!("opening the local backend in {}", g.home.display()))
+        .map_err(CliError::Other)
+}
+
+fn parse_count(flag: &str, v: &str, min: u32) -> Result<u32, CliError> {
+    match v.trim().parse::<i64>() {
+        Ok(n) if n >= min as i64 && n <= u32::MAX as i64 => Ok(n as u32),
+        Ok(_) => Err(usage(format!("--{flag} must be at least {min}, got {v}"))),
+        Err(_) => Err(usage(format!("--{flag} '{v}' is not a whole number"))),
+    }
+}
+
+/// Everything about a run that can be checked before anything is written.
+fn validate_run(a: &RunArgs, owner: &str) -> Result<(SubmitJob, PathBuf), CliError> {
+    let Some((script, script_args)) = a.command.split_first() else {
+        return Err(usage("missing script: studio run [flags] script.py [script args...]"));
+    };
+    let path = Path::new(script);
+    if !path.is_file() {
+        return Err(usage(format!("script '{script}' not found")));
+    }
+    let path = path
+        .canonicalize()
+        .map_err(|e| usage(format!("script '{script}': {e}")))?;
+    let dir = path.parent().expect("a file has a parent").to_path_buf();
+    let entrypoint = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| usage(format!("script '{script}' has no usable name")))?
+        .to_string();
+
+    let cloud: Cloud = a.cloud.parse().map_err(usage)?;
+    let cpus = parse_count("cpus", &a.cpus, 1)?;
+    let gpus = parse_count("gpus", &a.gpus, 0)?;
+    let resources = ResourceRequest::parse(cpus, gpus, a.ram.as_deref(), a.hdd.as_deref()).map_err(usage)?;
+    let num_workers = a
+        .num_workers
+        .as_deref()
+        .map(|n| parse_count("num-workers", n, 1))
+        .transpose()?;
+    WorkerPolicy::from_flag(num_workers).map_err(usage)?;
+    let bid = a.bid.as_deref().map(str::parse::<Bid>).transpose().map_err(usage)?;
+    let job_id = a
+        .job_id
+        .as_deref()
+        .map(JobId::new)
+        .transpose()
+        .map_err(|e| usage(format!("--job-id: {e}")))?;
+    let mut env = BTreeMap::new();
+    for kv in &a.env {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| usage(format!("--env '{kv}' must be NAME=VALUE")))?;
+        env.insert(k.to_string(), v.to_string());
+    }
+    let max_duration_secs = a
+        .max_duration
+        .as_deref()
+        .map(|d| {
+            humantime::parse_duration(d)
+                .map_err(|e| usage(format!("--max-duration '{d}': {e} (e.g. 2h30m)")))
+                .map(|d| d.as_secs().max(1))
+        })
+        .transpose()?;
+    let spec = SubmitJob {
+        version: SUBMIT_JOB_VERSION,
+        job_id,
+        cloud,
+        resources,
+        bid,
+        num_workers,
+        // Filled in once the workspace is uploaded.
+        workspace: WorkspaceRef {
+            sha256: String::new(),
+            bytes: 0,
+        },
+        entrypoint,
+        args: script_args.to_vec(),
+        env,
+        max_duration_secs,
+        owner: owner.to_string(),
+    };
+    spec.validate().map_err(usage)?;
+    LocalPlanner.plan(&spec).map_err(usage)?;
+    Ok((spec, dir))
+}
+
+async fn run(g: &Globals, env: &Env, a: RunArgs) -> Result<ExitCode, CliError> {
+    let (mut spec, dir) = validate_run(&a, &env.user)?;
+    let tarball = studio_core::workspace::pack_dir(&dir, WORKSPACE_LIMIT).map_err(usage)?;
+
+    let be = open(g).await?;
+    spec.workspace = be.artifacts.put_workspace(&tarball).await?;
+    let id = spec.job_id.clone().unwrap_or_else(JobId::generate);
+    spec.job_id = Some(id.clone());
+    if let Some(existing) = be.store.get_job(&id).await? {
+        if existing.spec != spec {
+            return Err(usage(format!("job id '{id}' was already used for a different request")));
+        }
+        eprintln!("studio: job {id} already exists ({}); following it", existing.state);
+    } else {
+        be.queue.send(&g.settings.submit_queue, &[spec.to_json()]).await?;
+    }
+    if a.detach {
+        ensure_driver(g, &be)?;
+        println!("{id}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("studio: job {id} submitted ({} cloud)", spec.cloud);
+    let job = follow(g, &be, &id, true).await?;
+    Ok(report_end(&job))
+}
+
+fn report_end(job: &Option<Job>) -> ExitCode {
+    let Some(job) = job else {
+        return ExitCode::from(130);
+    };
+    match job.state {
+        JobState::Finished => ExitCode::SUCCESS,
+        JobState::Failed => {
+            eprintln!(
+                "studio: job {} failed: {}",
+                job.id,
+                job.reason.as_deref().unwrap_or("no reason recorded")
+            );
+            ExitCode::from(1)
+        }
+        JobState::Cancelled => {
+            eprintln!("studio: job {} was cancelled", job.id);
+            ExitCode::from(3)
+        }
+        _ => ExitCode::from(1),
+    }
+}
+
+/// Prints state changes (stderr) and the job's output (stdout) until the job
+/// ends; drives the handlers meanwhile when no other process does. Returns
+/// `None` when interrupted with Ctrl-C (the job goes on).
+async fn follow(g: &Globals, be: &LocalBackend, id: &JobId, drive: bool) -> Result<Option<Job>, CliError> {
+    let driver = be.driver();
+    let lock_path = be.driver_lock_path();
+    let mut held = None;
+    let mut offset = 0u64;
+    let mut seen = 0usize;
+    let mut waited = Duration::ZERO;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let result = loop {
+        if drive && held.is_none() {
+            held = lock::try_lock(&lock_path)?;
+        }
+        if held.is_some() {
+            driver.tick().await?;
+        }
+        let job = be.store.get_job(id).await?;
+        offset += print_log(be, id, offset).await?;
+        match job {
+            Some(job) => {
+                for e in job.events.iter().skip(seen) {
+                    eprintln!("studio: {} {} ({}, by {})", job.id, e.to, e.reason, e.by);
+                }
+                seen = job.events.len();
+                if job.state.is_terminal() {
+                    print_log(be, id, offset).await?;
+                    break Some(job);
+                }
+            }
+            None if waited > Duration::from_secs(5) => {
+                if let Some(why) = rejected_reason(g, be, id)? {
+                    return Err(CliError::Other(anyhow::anyhow!("job {id} was rejected: {why}")));
+                }
+            }
+            None => {}
+        }
+        tokio::select! {
+            _ = &mut ctrl_c => {
+                eprintln!("studio: stopped following; job {id} goes on (studio logs -f {id}, studio cancel {id})");
+                break None;
+            }
+            _ = tokio::time::sleep(FOLLOW_EVERY) => waited += FOLLOW_EVERY,
+        }
+    };
+    drop(held);
+    ensure_driver(g, be)?;
+    Ok(result)
+}
+
+fn rejected_reason(g: &Globals, be: &LocalBackend, id: &JobId) -> Result<Option<String>, CliError> {
+    let dlq = studio_local::queue::dlq_name(&g.settings.submit_queue);
+    let needle = format!("\"job_id\":\"{id}\"");
+    Ok(be
+        .queue
+        .peek(&dlq)?
+        .into_iter()
+        .find(|(body, _)| body.contains(&needle))
+        .map(|(_, note)| note.unwrap_or_else(|| "dead-lettered".into())))
+}
+
+async fn print_log(be: &LocalBackend, id: &JobId, offset: u64) -> Result<u64, CliError> {
+    let bytes = be.artifacts.read_log(id, offset).await?;
+    if !bytes.is_empty() {
+        let mut out = std::io::stdout().lock();
+        out.write_all(&bytes)?;
+        out.flush()?;
+    }
+    Ok(bytes.len() as u64)
+}
+
+/// Starts a background driver unless one is running, so work goes on (and
+/// pools are torn down) after this command returns.
+fn ensure_driver(g: &Globals, be: &LocalBackend) -> Result<(), CliError> {
+    if lock::is_held(&be.driver_lock_path()) {
+        return Ok(());
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(g.home.join("driver.log"))?;
+    let log2 = log.try_clone()?;
+    let mut cmd = std::process::Command::new(&g.exe);
+    cmd.arg("--home")
+        .arg(&g.home)
+        .arg("driver")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2);
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting the background driver")?;
+    std::thread::spawn(move || child.wait());
+    Ok(())
+}
+
+async fn driver(g: &Globals) -> Result<ExitCode, CliError> {
+    let be = open(g).await?;
+    let d = be.driver();
+    loop {
+        let held = lock::lock(&be.driver_lock_path())?;
+        loop {
+            if d.tick().await?.is_idle() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        drop(held);
+        // Work that arrived while we were deciding to leave is still ours.
+        let pending = be.queue.depth(&g.settings.submit_queue).await?.total();
+        if pending == 0 && be.store.live_pools().await?.is_empty() {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+}
+
+async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<ExitCode, CliError> {
+    if let Some(fd) = env.lock_fd {
+        // Keep our liveness lock out of the scripts we start.
+        // SAFETY: fcntl on an fd we inherited for this purpose.
+        unsafe {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
+    let dur = |name: &str, v: &str| humantime::parse_duration(v).map_err(|e| usage(format!("--{name} '{v}': {e}")));
+    let cfg = WorkerConfig {
+        pool: PoolKey::new(a.pool).map_err(usage)?,
+        instance: InstanceId::new(a.instance_id).map_err(usage)?,
+        lease: dur("lease", &a.lease)?,
+        poll_wait: Duration::from_secs(1),
+        heartbeat: Duration::from_secs(1),
+        idle_timeout: dur("idle-timeout", &a.idle_timeout)?,
+        term_grace: Duration::from_secs(10),
+        work_root: g.home.join("jobs"),
+        python: a.python,
+    };
+    let be = open(g).await?;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            return;
+        };
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        let _ = tx.send(true);
+    });
+    let exit = run_worker(&be.ctx, be.artifacts.as_ref(), &cfg, rx).await?;
+    tracing::info!(?exit, "worker leaving");
+    Ok(match exit {
+        WorkerExit::Idle | WorkerExit::Shutdown | WorkerExit::PoolGone => ExitCode::SUCCESS,
+    })
+}
+
+async fn status(g: &Globals, a: StatusArgs) -> Result<ExitCode, CliError> {
+    if !g.home.join("studio.sqlite3").exists() {
+        if let Some(j) = a.job {
+            return Err(usage(format!("no job '{j}'")));
+        }
+        if a.output == Output::Json {
+            println!("[]");
+        } else {
+            println!("no jobs yet");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let be = open(g).await?;
+    let now = SystemClock.now();
+    if let Some(j) = a.job {
+        let id = JobId::new(j.clone()).map_err(usage)?;
+        let job = be.store.get_job(&id).await?.ok_or_else(|| usage(format!("no job '{j}'")))?;
+        if a.output == Output::Json {
+            println!("{}", serde_json::to_string_pretty(&job)?);
+        } else {
+            print_job(&job, now);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let jobs = be.store.list_jobs(None, &[]).await?;
+    if a.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&jobs)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut rows = vec![["ID", "STATE", "CLOUD", "MACHINE", "ATTEMPTS", "AGE"].map(String::from).to_vec()];
+    for j in &jobs {
+        rows.push(vec![
+            j.id.to_string(),
+            j.state.to_string(),
+            j.spec.cloud.to_string(),
+            j.plan.machine.clone(),
+            j.attempt.to_string(),
+            format_age(now.since(j.created_at)),
+        ]);
+    }
+    print_table(&rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_table(rows: &[Vec<String>]) {
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    for r in rows {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(v, w)| format!("{v:<w$}")).collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+fn print_job(j: &Job, now: studio_core::clock::Timestamp) {
+    println!("job       {}", j.id);
+    println!("state     {}", j.state);
+    if let Some(r) = &j.reason {
+        println!("reason    {r}");
+    }
+    if let Some(c) = j.exit_code {
+        println!("exit code {c}");
+    }
+    println!("cloud     {} ({}, {})", j.spec.cloud, j.plan.machine, j.plan.market);
+    println!("pool      {}", j.pool);
+    println!("script    {} {}", j.spec.entrypoint, j.spec.args.join(" "));
+    println!("owner     {}", j.spec.owner);
+    println!("age       {}", format_age(now.since(j.created_at)));
+    println!("attempts");
+    for a in &j.attempts {
+        let outcome = a.outcome.map_or("running".to_string(), |o| o.to_string());
+        let took = a.ended_at.unwrap_or(now).since(a.started_at);
+        println!(
+            "  #{} {} on {} ({}, ${:.4}/h) {} after {}",
+            a.number,
+            outcome,
+            a.instance,
+            a.machine,
+            a.price_micro_usd_per_hour as f64 / 1e6,
+            a.exit_code.map_or(String::new(), |c| format!("exit {c}")),
+            humantime::format_duration(Duration::from_secs(took.as_secs()))
+        );
+    }
+    println!("events");
+    for e in &j.events {
+        let from = e.from.map_or("-".to_string(), |f| f.to_string());
+        println!("  {}  {from} -> {}  by {}: {}", e.at, e.to, e.by, e.reason);
+    }
+}
+
+async fn logs(g: &Globals, a: LogsArgs) -> Result<ExitCode, CliError> {
+    let id = JobId::new(a.job.clone()).map_err(usage)?;
+    if !g.home.join("studio.sqlite3").exists() {
+        return Err(usage(format!("no job '{id}'")));
+    }
+    let be = open(g).await?;
+    let job = be.store.get_job(&id).await?.ok_or_else(|| usage(format!("no job '{id}'")))?;
+    if !a.follow || job.state.is_terminal() {
+        print_log(&be, &id, 0).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    ensure_driver(g, &be)?;
+    let mut offset = 0;
+    loop {
+        offset += print_log(&be, &id, offset).await?;
+        let done = be.store.get_job(&id).await?.is_none_or(|j| j.state.is_terminal());
+        if done {
+            print_log(&be, &id, offset).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(FOLLOW_EVERY).await;
+    }
+}
+
+async fn cancel(g: &Globals, env: &Env, a: CancelArgs) -> Result<ExitCode, CliError> {
+    let id = JobId::new(a.job.clone()).map_err(usage)?;
+    if !g.home.join("studio.sqlite3").exists() {
+        return Err(usage(format!("no job '{id}'")));
+    }
+    let be = open(g).await?;
+    let by = format!("cli:{}", env.user);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match handlers::cancel(&be.ctx, &id, &by).await? {
+            CancelOutcome::Cancelled => {
+                eprintln!("studio: job {id} cancelled");
+                return Ok(ExitCode::SUCCESS);
+            }
+            CancelOutcome::AlreadyEnded(s) => {
+                eprintln!("studio: job {id} already ended: {s}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            CancelOutcome::NotFound => return Err(usage(format!("no job '{id}'"))),
+            CancelOutcome::Busy if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(FOLLOW_EVERY).await;
+            }
+            CancelOutcome::Busy => {
+                return Err(CliError::Other(anyhow::anyhow!("job {id} is being requeued; try again")))
+            }
+        }
+    }
+}

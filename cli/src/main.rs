@@ -1,0 +1,65 @@
+//! `studio`: the thin CLI. It validates, enqueues, and reads status; the
+//! handlers in `studio-core` do the rest, driven locally by `studio-local`.
+
+mod args;
+mod commands;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = match args::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind::*;
+            if matches!(e.kind(), DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand) {
+                let _ = e.print();
+                return ExitCode::from(if e.kind() == DisplayHelpOnMissingArgumentOrSubcommand { 2 } else { 0 });
+            }
+            // One line: clap's first line says what and why.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("studio: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STUDIO_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log_level(&cli))),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let env = commands::Env {
+        user: std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            // SAFETY: getuid cannot fail.
+            .unwrap_or_else(|_| format!("uid-{}", unsafe { libc::getuid() })),
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        default_home: std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".studio")),
+        lock_fd: std::env::var(studio_local::fleet::LOCK_FD_ENV).ok().and_then(|s| s.parse().ok()),
+    };
+    // One thread: the worker's scripts are tied to it by PR_SET_PDEATHSIG.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match rt.block_on(commands::dispatch(cli, env)) {
+        Ok(code) => code,
+        Err(commands::CliError::Usage(msg)) => {
+            eprintln!("studio: {msg}");
+            ExitCode::from(2)
+        }
+        Err(commands::CliError::Other(e)) => {
+            eprintln!("studio: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn default_log_level(cli: &args::Cli) -> &'static str {
+    match cli.command {
+        args::Command::Worker(_) | args::Command::Driver => "info",
+        _ => "warn",
+    }
+}

@@ -1,0 +1,57 @@
+"""A stand-in for a training script, written the way Studio jobs should be:
+
+- a few "epochs", each saving a checkpoint to $STUDIO_CHECKPOINT_DIR;
+- on start, resume from the checkpoint if one exists (a rerun after an
+  interruption picks up where the last attempt stopped);
+- on SIGTERM, save and exit cleanly.
+
+Usage: train.py [--epochs N] [--epoch-seconds S] [--fail-with CODE]
+"""
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--epochs", type=int, default=5)
+parser.add_argument("--epoch-seconds", type=float, default=0.5)
+parser.add_argument("--fail-with", type=int, default=0, help="exit with this code at the end")
+args = parser.parse_args()
+
+ckpt_dir = os.environ.get("STUDIO_CHECKPOINT_DIR", "checkpoints")
+os.makedirs(ckpt_dir, exist_ok=True)
+ckpt = os.path.join(ckpt_dir, "train.json")
+
+state = {"epoch": 0, "loss": 1.0}
+if os.path.exists(ckpt):
+    with open(ckpt) as f:
+        state = json.load(f)
+    print(f"resuming from checkpoint: epoch {state['epoch']}", flush=True)
+
+
+def save():
+    tmp = ckpt + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(state, f)
+    os.replace(tmp, ckpt)
+
+
+def on_term(signum, frame):
+    save()
+    print(f"SIGTERM: checkpoint saved at epoch {state['epoch']}; exiting", flush=True)
+    sys.exit(143)
+
+
+signal.signal(signal.SIGTERM, on_term)
+
+while state["epoch"] < args.epochs:
+    time.sleep(args.epoch_seconds)
+    state["epoch"] += 1
+    state["loss"] = round(state["loss"] * 0.7, 6)
+    save()
+    print(f"epoch {state['epoch']}/{args.epochs} loss {state['loss']}", flush=True)
+
+print("training done", flush=True)
+sys.exit(args.fail_with)

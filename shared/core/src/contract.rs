@@ -1,0 +1,269 @@
+//! The messages other programs send us. These are public contracts: the CLI,
+//! anyone with `sqs:SendMessage` on the submit queue, and the webhook all send
+//! the same [`SubmitJob`]. Fields are versioned; unknown fields are rejected
+//! so a typo (`"cpu": 8`) is an error instead of a silent default.
+
+use crate::ids::JobId;
+use crate::resources::{Bid, Cloud, RequestError, ResourceRequest};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use thiserror::Error;
+
+/// The version of [`SubmitJob`] this build writes and reads.
+pub const SUBMIT_JOB_VERSION: u32 = 1;
+/// The version of [`WorkItem`] this build writes and reads.
+pub const WORK_ITEM_VERSION: u32 = 1;
+
+/// Where the job's files are: a content-addressed tarball in the artifact store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceRef {
+    /// SHA-256 of the `.tar.gz`, hex; also its key in the artifact store.
+    pub sha256: String,
+    /// Size of the tarball in bytes.
+    pub bytes: u64,
+}
+
+/// A request to run a script: the one message every entry point sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitJob {
+    /// Must be [`SUBMIT_JOB_VERSION`].
+    pub version: u32,
+    /// The idempotency key. Absent: the queue message id is used, so a
+    /// redelivered message still makes one job.
+    #[serde(default)]
+    pub job_id: Option<JobId>,
+    #[serde(default = "default_cloud")]
+    pub cloud: Cloud,
+    #[serde(default)]
+    pub resources: ResourceRequest,
+    #[serde(default)]
+    pub bid: Option<Bid>,
+    /// `Some(n)`: the pool keeps n workers. `None`: start at one, grow while work waits.
+    #[serde(default)]
+    pub num_workers: Option<u32>,
+    pub workspace: WorkspaceRef,
+    /// Script path inside the workspace, run with `python3`.
+    pub entrypoint: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Kill the script after this many seconds.
+    #[serde(default)]
+    pub max_duration_secs: Option<u64>,
+    pub owner: String,
+}
+
+fn default_cloud() -> Cloud {
+    Cloud::Local
+}
+
+/// Why a message is not a valid contract message. Never retryable.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum ContractError {
+    #[error("not a valid {what} message: {detail}")]
+    Malformed { what: &'static str, detail: String },
+    #[error("unsupported {what} version {got}: this build reads version {want}")]
+    Version {
+        what: &'static str,
+        got: u32,
+        want: u32,
+    },
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error("entrypoint '{0}' must be a relative path inside the workspace")]
+    Entrypoint(String),
+    #[error("env name '{0}' is not a valid variable name")]
+    EnvName(String),
+    #[error("env name '{0}' is reserved for Studio")]
+    EnvReserved(String),
+    #[error("owner must not be empty")]
+    Owner,
+    #[error("max_duration_secs must be at least 1")]
+    MaxDuration,
+}
+
+impl SubmitJob {
+    /// Parses and validates a message body.
+    ///
+    /// # Errors
+    /// [`ContractError`] saying what is wrong; nothing has been applied.
+    pub fn from_json(body: &str) -> Result<SubmitJob, ContractError> {
+        let v: serde_json::Value =
+            serde_json::from_str(body).map_err(|e| ContractError::Malformed {
+                what: "SubmitJob",
+                detail: e.to_string(),
+            })?;
+        let version = v.get("version").and_then(|x| x.as_u64()).unwrap_or(0) as u32;
+        if version != SUBMIT_JOB_VERSION {
+            return Err(ContractError::Version {
+                what: "SubmitJob",
+                got: version,
+                want: SUBMIT_JOB_VERSION,
+            });
+        }
+        let job: SubmitJob = serde_json::from_value(v).map_err(|e| ContractError::Malformed {
+            what: "SubmitJob",
+            detail: e.to_string(),
+        })?;
+        job.validate()?;
+        Ok(job)
+    }
+
+    /// # Errors
+    /// [`ContractError`] for an invalid request, entrypoint, env or owner.
+    pub fn validate(&self) -> Result<(), ContractError> {
+        self.resources.validate()?;
+        crate::resources::WorkerPolicy::from_flag(self.num_workers)?;
+        let ep = std::path::Path::new(&self.entrypoint);
+        if self.entrypoint.is_empty()
+            || ep.is_absolute()
+            || ep
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(ContractError::Entrypoint(self.entrypoint.clone()));
+        }
+        for name in self.env.keys() {
+            let mut chars = name.chars();
+            let first_ok = chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+            if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(ContractError::EnvName(name.clone()));
+            }
+            if name.starts_with("STUDIO_") {
+                return Err(ContractError::EnvReserved(name.clone()));
+            }
+        }
+        if self.owner.trim().is_empty() {
+            return Err(ContractError::Owner);
+        }
+        if self.max_duration_secs == Some(0) {
+            return Err(ContractError::MaxDuration);
+        }
+        Ok(())
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("SubmitJob always serializes")
+    }
+}
+
+/// One unit of work on a pool's queue: run `attempt` of `job_id`.
+///
+/// The attempt number lets a worker tell a stale item (the job has moved on
+/// to a later attempt) from a live one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkItem {
+    pub version: u32,
+    pub job_id: JobId,
+    pub attempt: u32,
+}
+
+impl WorkItem {
+    pub fn new(job_id: JobId, attempt: u32) -> Self {
+        WorkItem {
+            version: WORK_ITEM_VERSION,
+            job_id,
+            attempt,
+        }
+    }
+
+    /// # Errors
+    /// [`ContractError`] for a body that is not a current work item.
+    pub fn from_json(body: &str) -> Result<WorkItem, ContractError> {
+        let item: WorkItem = serde_json::from_str(body).map_err(|e| ContractError::Malformed {
+            what: "WorkItem",
+            detail: e.to_string(),
+        })?;
+        if item.version != WORK_ITEM_VERSION {
+            return Err(ContractError::Version {
+                what: "WorkItem",
+                got: item.version,
+                want: WORK_ITEM_VERSION,
+            });
+        }
+        Ok(item)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("WorkItem always serializes")
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn sample() -> SubmitJob {
+        SubmitJob {
+            version: SUBMIT_JOB_VERSION,
+            job_id: Some(JobId::new("job-1").unwrap()),
+            cloud: Cloud::Local,
+            resources: ResourceRequest::default(),
+            bid: None,
+            num_workers: None,
+            workspace: WorkspaceRef {
+                sha256: "ab".repeat(32),
+                bytes: 10,
+            },
+            entrypoint: "train.py".into(),
+            args: vec!["--lr".into(), "0.1".into()],
+            env: BTreeMap::from([("SEED".to_string(), "1".to_string())]),
+            max_duration_secs: None,
+            owner: "ada".into(),
+        }
+    }
+
+    #[test]
+    fn submit_job_round_trips() {
+        let s = sample();
+        assert_eq!(SubmitJob::from_json(&s.to_json()).unwrap(), s);
+    }
+
+    #[test]
+    fn bad_messages_say_what_is_wrong() {
+        let cases: &[(&str, &str)] = &[
+            ("not json", "not a valid SubmitJob message"),
+            ("{}", "unsupported SubmitJob version 0"),
+            (r#"{"version":2}"#, "unsupported SubmitJob version 2"),
+            (r#"{"version":1}"#, "missing field `workspace`"),
+        ];
+        for (body, want) in cases {
+            let e = SubmitJob::from_json(body).unwrap_err().to_string();
+            assert!(e.contains(want), "{body}: {e}");
+        }
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v["resources"]["cpu"] = 8.into();
+        let e = SubmitJob::from_json(&v.to_string()).unwrap_err().to_string();
+        assert!(e.contains("unknown field `cpu`"), "{e}");
+
+        let mut s = sample();
+        s.entrypoint = "../etc/passwd".into();
+        assert!(matches!(s.validate(), Err(ContractError::Entrypoint(_))));
+        let mut s = sample();
+        s.env.insert("STUDIO_JOB_ID".into(), "x".into());
+        assert!(matches!(s.validate(), Err(ContractError::EnvReserved(_))));
+        let mut s = sample();
+        s.env.insert("1BAD".into(), "x".into());
+        assert!(matches!(s.validate(), Err(ContractError::EnvName(_))));
+        let mut s = sample();
+        s.resources.cpus = 0;
+        assert!(matches!(s.validate(), Err(ContractError::Request(_))));
+        let mut s = sample();
+        s.num_workers = Some(0);
+        assert!(matches!(s.validate(), Err(ContractError::Request(_))));
+    }
+
+    #[test]
+    fn work_items_reject_other_versions() {
+        let w = WorkItem::new(JobId::new("j").unwrap(), 2);
+        assert_eq!(WorkItem::from_json(&w.to_json()).unwrap(), w);
+        let e = WorkItem::from_json(r#"{"version":9,"job_id":"j","attempt":1}"#).unwrap_err();
+        assert!(matches!(e, ContractError::Version { got: 9, .. }));
+    }
+}

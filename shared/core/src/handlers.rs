@@ -1,0 +1,625 @@
+//! The four handlers, written once over the ports, plus the two shared
+//! procedures every path uses: [`requeue`] (an attempt is lost: run the job
+//! again) and [`claim_work`] (what a worker does with a work item).
+//!
+//! Every handler is idempotent: SQS, Pub/Sub and EventBridge deliver at least
+//! once, and a lambda may die between any two writes. The rules that make
+//! that safe:
+//! - each job write is a compare-and-set on the record's version, re-read and
+//!   re-decided on conflict;
+//! - a work item names the attempt it is for, so a stale or duplicate item is
+//!   recognised and dropped instead of starting a second run;
+//! - a requeue writes `interrupted` first, then sends the next attempt's item,
+//!   then writes `queued`; whoever sees an `interrupted` job finishes the same
+//!   steps, so a crash between them loses nothing.
+
+use crate::clock::Clock;
+use crate::contract::{ContractError, SubmitJob, WorkItem};
+use crate::ids::{InstanceId, JobId, PoolKey};
+use crate::job::{Job, JobState};
+use crate::plan::{PlanError, Planner};
+use crate::pool::{desired_workers, queue_name, Pool, PoolSpec, PoolState};
+use crate::ports::{Created, Fleet, JobStore, PortError, Received, WorkQueue};
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tracing::{info, warn};
+
+/// Knobs the handlers read; one value per deployment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Queue the `SubmitJob` messages arrive on.
+    pub submit_queue: String,
+    /// How long a pool must have had no active job before cleanup deletes it.
+    pub pool_grace: Duration,
+    /// Attempts a job gets; an interruption past the last one fails it.
+    pub max_attempts: u32,
+    /// Cap on workers an auto-sized pool grows to.
+    pub max_auto_workers: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            submit_queue: "studio-submit".into(),
+            pool_grace: Duration::from_secs(60),
+            max_attempts: 3,
+            max_auto_workers: 2,
+        }
+    }
+}
+
+/// The ports and settings every handler gets; built once per process.
+#[derive(Clone)]
+pub struct Ctx {
+    pub store: Arc<dyn JobStore>,
+    pub queue: Arc<dyn WorkQueue>,
+    pub fleet: Arc<dyn Fleet>,
+    pub planner: Arc<dyn Planner>,
+    pub clock: Arc<dyn Clock>,
+    pub settings: Settings,
+}
+
+#[derive(Debug, Error)]
+pub enum HandlerError {
+    /// The message is wrong and always will be: dead-letter it.
+    #[error(transparent)]
+    BadInput(#[from] ContractError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("job id '{0}' was already used for a different request")]
+    IdReused(JobId),
+    #[error("pool {0} is being deleted; retry shortly")]
+    PoolBusy(PoolKey),
+    #[error(transparent)]
+    Port(#[from] PortError),
+    #[error("job {0}: gave up after repeated conflicting writes")]
+    Contention(JobId),
+}
+
+impl HandlerError {
+    /// Whether delivering the same message again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            HandlerError::Port(_) | HandlerError::PoolBusy(_) | HandlerError::Contention(_)
+        )
+    }
+}
+
+/// What a mutation closure decided.
+pub enum Step<T> {
+    /// Write the changed job (compare-and-set) and return `T`.
+    Write(T),
+    /// Leave the job as it is and return `T`.
+    Keep(T),
+}
+
+const CAS_TRIES: usize = 16;
+
+/// Read-decide-write on one job, re-reading and re-deciding when another
+/// writer got in first. `None` when the job does not exist.
+///
+/// # Errors
+/// Port errors, or [`HandlerError::Contention`] after many lost races.
+pub async fn mutate_job<T>(
+    store: &dyn JobStore,
+    id: &JobId,
+    mut decide: impl FnMut(&mut Job) -> Step<T>,
+) -> Result<Option<(Job, T)>, HandlerError> {
+    for _ in 0..CAS_TRIES {
+        let Some(mut job) = store.get_job(id).await? else {
+            return Ok(None);
+        };
+        match decide(&mut job) {
+            Step::Keep(t) => return Ok(Some((job, t))),
+            Step::Write(t) => match store.update_job(&job).await {
+                Ok(stored) => return Ok(Some((stored, t))),
+                Err(PortError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            },
+        }
+    }
+    Err(HandlerError::Contention(id.clone()))
+}
+
+// ---------------------------------------------------------------- submit
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SubmitOutcome {
+    /// A new job, its work item sent.
+    Created(JobId),
+    /// The job existed (a redelivery or a resubmission); nothing new was made.
+    Duplicate(JobId),
+}
+
+/// `submit`: validate → plan → create the job (if absent) → ensure the pool →
+/// send the work item → raise the pool's target at once.
+///
+/// `message_id` is the queue's id for the message, the idempotency key when
+/// the message has no `job_id`.
+///
+/// # Errors
+/// [`HandlerError::BadInput`], `Plan` and `IdReused` are not retryable (the
+/// message belongs in the dead-letter queue); the rest are.
+#[tracing::instrument(skip(ctx, body), fields(message_id = %message_id))]
+pub async fn submit(ctx: &Ctx, message_id: &str, body: &str) -> Result<SubmitOutcome, HandlerError> {
+    let spec = SubmitJob::from_json(body)?;
+    let id = match &spec.job_id {
+        Some(id) => id.clone(),
+        None => job_id_from_message(message_id),
+    };
+    let plan = ctx.planner.plan(&spec)?;
+    let pool_spec = PoolSpec::for_job(&spec, &plan);
+    let now = ctx.clock.now();
+    let job = Job::new(id.clone(), spec, plan, pool_spec.key(), now, "submit");
+    let job = match ctx.store.create_job(&job).await? {
+        Created::New(j) => j,
+        Created::Existing(existing) => {
+            if !same_request(&existing.spec, &job.spec) {
+                return Err(HandlerError::IdReused(id));
+            }
+            if existing.state != JobState::Queued || existing.attempt != 1 {
+                return Ok(SubmitOutcome::Duplicate(id));
+            }
+            // Queued at attempt 1: an earlier delivery may have died before
+            // sending the work item, so finish the steps (a duplicate item is
+            // recognised and dropped by the worker).
+            let pool = ensure_pool(ctx, &pool_spec).await?;
+            send_item(ctx, &pool.key, &WorkItem::new(id.clone(), 1)).await?;
+            scale_pool(ctx, pool).await?;
+            return Ok(SubmitOutcome::Duplicate(id));
+        }
+    };
+    let pool = ensure_pool(ctx, &pool_spec).await?;
+    send_item(ctx, &pool.key, &WorkItem::new(job.id.clone(), 1)).await?;
+    scale_pool(ctx, pool).await?;
+    info!(job_id = %job.id, pool = %job.pool, "job submitted");
+    Ok(SubmitOutcome::Created(job.id))
+}
+
+fn same_request(a: &SubmitJob, b: &SubmitJob) -> bool {
+    let mut a = a.clone();
+    a.job_id = b.job_id.clone();
+    a == *b
+}
+
+/// A job id for a message that did not choose one: stable across redeliveries.
+pub fn job_id_from_message(message_id: &str) -> JobId {
+    let clean: String = message_id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(60)
+        .collect();
+    JobId::new(format!("m-{clean}")).unwrap_or_else(|_| JobId::generate())
+}
+
+async fn send_item(ctx: &Ctx, pool: &PoolKey, item: &WorkItem) -> Result<(), HandlerError> {
+    ctx.queue.send(&queue_name(pool), &[item.to_json()]).await?;
+    Ok(())
+}
+
+/// Makes sure the pool is live, its queue and group exist, and marks it
+/// active now. The write is a compare-and-set, which is what keeps cleanup
+/// from deleting a pool that submit has just used.
+///
+/// # Errors
+/// [`HandlerError::PoolBusy`] while cleanup is deleting the pool.
+pub async fn ensure_pool(ctx: &Ctx, spec: &PoolSpec) -> Result<Pool, HandlerError> {
+    let key = spec.key();
+    for _ in 0..CAS_TRIES {
+        let now = ctx.clock.now();
+        let pool = match ctx.store.get_pool(&key).await? {
+            None => match ctx.store.create_pool(&Pool::new(spec.clone(), now)).await? {
+                Created::New(p) => p,
+                Created::Existing(_) => continue,
+            },
+            Some(p) if p.state == PoolState::Deleting => return Err(HandlerError::PoolBusy(key)),
+            Some(mut p) => {
+                if p.state == PoolState::Deleted {
+                    p.state = PoolState::Live;
+                    p.target = 0;
+                    p.created_at = now;
+                }
+                p.idle_since = None;
+                p.updated_at = now;
+                match ctx.store.update_pool(&p).await {
+                    Ok(p) => p,
+                    Err(PortError::Conflict) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        ctx.queue.ensure_queue(&pool.queue()).await?;
+        ctx.fleet.ensure_group(&pool.key, &pool.spec).await?;
+        return Ok(pool);
+    }
+    Err(HandlerError::PoolBusy(key))
+}
+
+// ---------------------------------------------------------------- scale
+
+/// Sets one pool's target from its queue depth; returns the target.
+///
+/// # Errors
+/// Port errors from the queue or the fleet.
+pub async fn scale_pool(ctx: &Ctx, mut pool: Pool) -> Result<u32, HandlerError> {
+    let depth = ctx.queue.depth(&pool.queue()).await?;
+    let want = desired_workers(pool.spec.policy, depth, pool.target, ctx.settings.max_auto_workers);
+    if want != pool.target {
+        ctx.fleet.set_target(&pool.key, want).await?;
+        info!(pool = %pool.key, from = pool.target, to = want, visible = depth.visible, in_flight = depth.in_flight, "pool resized");
+        pool.target = want;
+        pool.updated_at = ctx.clock.now();
+        match ctx.store.update_pool(&pool).await {
+            // Someone else wrote the pool; the next run sets the target again.
+            Ok(_) | Err(PortError::Conflict) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(want)
+}
+
+/// `scale-on-queue-depth`: every live pool to its policy's size; also finishes
+/// any requeue left half-done (a job `interrupted` for longer than a minute).
+///
+/// # Errors
+/// The first error met; every pool is still tried.
+pub async fn scale(ctx: &Ctx) -> Result<Vec<(PoolKey, u32)>, HandlerError> {
+    let mut sizes = Vec::new();
+    let mut first_err = None;
+    for pool in ctx.store.live_pools().await? {
+        if pool.state != PoolState::Live {
+            continue;
+        }
+        let key = pool.key.clone();
+        let stuck = ctx.store.list_jobs(Some(&key), &[JobState::Interrupted]).await?;
+        for job in stuck {
+            if ctx.clock.now().since(job.updated_at) > Duration::from_secs(60) {
+                if let Err(e) = requeue(ctx, &job.id, job.attempt, "requeue resumed", "scale").await {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match scale_pool(ctx, pool).await {
+            Ok(n) => sizes.push((key, n)),
+            Err(e) => {
+                warn!(pool = %key, error = %e, "scaling failed");
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(sizes),
+    }
+}
+
+// ---------------------------------------------------------------- requeue
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequeueOutcome {
+    /// Queued again as this attempt.
+    Requeued(u32),
+    /// Out of attempts: failed with a reason.
+    Failed(String),
+    /// The job is no longer on that attempt (already moved on, or ended).
+    Stale,
+}
+
+/// Attempt `attempt` of the job is lost (machine gone, lease lapsed, worker
+/// told to stop): run it again, or fail it when it is out of attempts.
+///
+/// # Errors
+/// Port errors; repeating the call after one is safe.
+pub async fn requeue(
+    ctx: &Ctx,
+    id: &JobId,
+    attempt: u32,
+    reason: &str,
+    by: &str,
+) -> Result<RequeueOutcome, HandlerError> {
+    let max = ctx.settings.max_attempts.max(1);
+    let now = ctx.clock.now();
+    let step1 = mutate_job(ctx.store.as_ref(), id, |job| {
+        if job.attempt != attempt {
+            return Step::Keep(None);
+        }
+        match job.state {
+            JobState::Running if job.attempt >= max => {
+                let why = format!("interrupted on attempt {attempt} of {max} ({reason})");
+                match job.complete(None, Some(why.clone()), now, by) {
+                    Ok(()) => Step::Write(Some(Err(why))),
+                    Err(_) => Step::Keep(None),
+                }
+            }
+            JobState::Running => match job.interrupt(now, by, reason) {
+                Ok(()) => Step::Write(Some(Ok(()))),
+                Err(_) => Step::Keep(None),
+            },
+            JobState::Interrupted => Step::Keep(Some(Ok(()))),
+            _ => Step::Keep(None),
+        }
+    })
+    .await?;
+    let (job, decision) = match step1 {
+        None | Some((_, None)) => return Ok(RequeueOutcome::Stale),
+        Some((job, Some(d))) => (job, d),
+    };
+    if let Err(why) = decision {
+        warn!(job_id = %id, reason = %why, "job failed: out of attempts");
+        return Ok(RequeueOutcome::Failed(why));
+    }
+    send_item(ctx, &job.pool, &WorkItem::new(id.clone(), attempt + 1)).await?;
+    let step3 = mutate_job(ctx.store.as_ref(), id, |job| {
+        if job.state == JobState::Interrupted && job.attempt == attempt {
+            match job.requeue(now, by) {
+                Ok(()) => Step::Write(true),
+                Err(_) => Step::Keep(false),
+            }
+        } else {
+            Step::Keep(job.attempt == attempt + 1)
+        }
+    })
+    .await?;
+    match step3 {
+        Some((_, true)) => {
+            info!(job_id = %id, attempt = attempt + 1, reason, "job requeued");
+            Ok(RequeueOutcome::Requeued(attempt + 1))
+        }
+        _ => Ok(RequeueOutcome::Stale),
+    }
+}
+
+// ---------------------------------------------------------------- interruption
+
+/// What happened to a machine, from whichever source tells us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstanceEventKind {
+    /// A spot/preemption notice: the machine will be reclaimed shortly.
+    SpotWarning,
+    /// Advisory: the machine is at elevated risk. Nothing is killed.
+    Rebalance,
+    /// The machine is stopping, stopped or gone (`state` as the cloud says it).
+    Gone { state: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceEvent {
+    /// The event's own id; repeated deliveries carry the same one.
+    pub event_id: String,
+    pub instance: InstanceId,
+    pub kind: InstanceEventKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum InterruptionOutcome {
+    /// No job of ours runs on that instance: recorded and dropped.
+    NoJobOnInstance,
+    /// Advice only; no job was touched.
+    Advisory,
+    /// Per job on the instance, what happened to it.
+    Handled(Vec<(JobId, RequeueOutcome)>),
+}
+
+/// `handle-spot-interruption`: the jobs on that instance run again elsewhere.
+/// Idempotent on the event: a repeat finds the jobs already moved on.
+///
+/// # Errors
+/// Port errors (retry the event).
+#[tracing::instrument(skip(ctx), fields(event_id = %event.event_id, instance = %event.instance))]
+pub async fn handle_interruption(ctx: &Ctx, event: &InstanceEvent) -> Result<InterruptionOutcome, HandlerError> {
+    let jobs: Vec<Job> = ctx
+        .store
+        .jobs_on_instance(&event.instance)
+        .await?
+        .into_iter()
+        .filter(|j| matches!(j.state, JobState::Running | JobState::Interrupted))
+        .collect();
+    if jobs.is_empty() {
+        info!("no job of ours on this instance; event dropped");
+        return Ok(InterruptionOutcome::NoJobOnInstance);
+    }
+    let reason = match &event.kind {
+        InstanceEventKind::Rebalance => {
+            info!("rebalance recommendation recorded; jobs keep running");
+            return Ok(InterruptionOutcome::Advisory);
+        }
+        InstanceEventKind::SpotWarning => format!("spot interruption of {}", event.instance),
+        InstanceEventKind::Gone { state } => format!("instance {} {state}", event.instance),
+    };
+    let by = format!("interruption:{}", event.event_id);
+    let mut out = Vec::new();
+    for job in jobs {
+        let r = requeue(ctx, &job.id, job.attempt, &reason, &by).await?;
+        out.push((job.id, r));
+    }
+    Ok(InterruptionOutcome::Handled(out))
+}
+
+// ---------------------------------------------------------------- cleanup
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CleanupReport {
+    pub deleted: Vec<PoolKey>,
+    /// Pools idle, but not yet for the whole grace period.
+    pub waiting: Vec<PoolKey>,
+}
+
+/// `cleanup-empty-group`: a pool with no active job for longer than the grace
+/// period loses its group, template and queue, and is marked deleted.
+///
+/// # Errors
+/// The first error met; every pool is still tried.
+pub async fn cleanup(ctx: &Ctx) -> Result<CleanupReport, HandlerError> {
+    let mut report = CleanupReport::default();
+    let mut first_err = None;
+    for pool in ctx.store.live_pools().await? {
+        let key = pool.key.clone();
+        match cleanup_pool(ctx, pool).await {
+            Ok(Some(true)) => report.deleted.push(key),
+            Ok(Some(false)) => report.waiting.push(key),
+            Ok(None) => {}
+            Err(e) => {
+                warn!(pool = %key, error = %e, "cleanup failed");
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(report),
+    }
+}
+
+/// `Some(true)` deleted, `Some(false)` idle but in grace, `None` busy.
+async fn cleanup_pool(ctx: &Ctx, mut pool: Pool) -> Result<Option<bool>, HandlerError> {
+    let now = ctx.clock.now();
+    if pool.state == PoolState::Live {
+        let active = ctx.store.list_jobs(Some(&pool.key), &JobState::ACTIVE).await?;
+        if !active.is_empty() {
+            if pool.idle_since.is_some() {
+                pool.idle_since = None;
+                keep_or_conflict(ctx.store.update_pool(&pool).await)?;
+            }
+            return Ok(None);
+        }
+        let Some(since) = pool.idle_since else {
+            pool.idle_since = Some(now);
+            keep_or_conflict(ctx.store.update_pool(&pool).await)?;
+            return Ok(Some(false));
+        };
+        if now.since(since) < ctx.settings.pool_grace {
+            return Ok(Some(false));
+        }
+        pool.state = PoolState::Deleting;
+        pool.updated_at = now;
+        pool = match ctx.store.update_pool(&pool).await {
+            Ok(p) => p,
+            // Submit touched the pool after we read it: it is not idle.
+            Err(PortError::Conflict) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+    }
+    // Deleting (now, or left so by an earlier run): finish it.
+    ctx.fleet.delete_group(&pool.key).await?;
+    ctx.queue.delete_queue(&pool.queue()).await?;
+    pool.state = PoolState::Deleted;
+    pool.target = 0;
+    pool.updated_at = now;
+    keep_or_conflict(ctx.store.update_pool(&pool).await)?;
+    info!(pool = %pool.key, "pool deleted");
+    Ok(Some(true))
+}
+
+fn keep_or_conflict(r: Result<Pool, PortError>) -> Result<(), HandlerError> {
+    match r {
+        Ok(_) | Err(PortError::Conflict) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+// ---------------------------------------------------------------- cancel
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CancelOutcome {
+    Cancelled,
+    /// It had already ended in this state.
+    AlreadyEnded(JobState),
+    /// Mid-requeue; ask again in a moment.
+    Busy,
+    NotFound,
+}
+
+/// Cancels a queued or running job; a running script gets SIGTERM from its
+/// worker, which watches the record.
+///
+/// # Errors
+/// Port errors.
+pub async fn cancel(ctx: &Ctx, id: &JobId, by: &str) -> Result<CancelOutcome, HandlerError> {
+    let now = ctx.clock.now();
+    let r = mutate_job(ctx.store.as_ref(), id, |job| match job.state {
+        JobState::Queued | JobState::Running => match job.cancel(now, by, "cancelled by user") {
+            Ok(()) => Step::Write(CancelOutcome::Cancelled),
+            Err(_) => Step::Keep(CancelOutcome::Busy),
+        },
+        JobState::Interrupted => Step::Keep(CancelOutcome::Busy),
+        s => Step::Keep(CancelOutcome::AlreadyEnded(s)),
+    })
+    .await?;
+    Ok(r.map_or(CancelOutcome::NotFound, |(_, o)| o))
+}
+
+// ---------------------------------------------------------------- worker side
+
+/// What a worker should do with a work item.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// Run it: the job is now `running` on this worker.
+    Run(Box<Job>),
+    /// Ack and forget it, for this reason.
+    Drop(String),
+}
+
+/// Decides what a received work item means and claims the job if it is ours
+/// to run. The rules (attempt `a` in the item, job at attempt `j`):
+/// - job ended, or `j > a`: stale, drop;
+/// - queued and `j == a`: claim (compare-and-set);
+/// - running `a` under this same message: the lease lapsed, so its worker is
+///   gone: requeue as `a + 1` and drop this item;
+/// - running `a` under another message: a duplicate delivery, drop;
+/// - interrupted: finish the requeue, drop this item.
+///
+/// # Errors
+/// [`HandlerError::BadInput`] for a body that is not a work item (dead-letter
+/// it); port errors otherwise.
+pub async fn claim_work(ctx: &Ctx, instance: &InstanceId, msg: &Received) -> Result<Claim, HandlerError> {
+    let item = WorkItem::from_json(&msg.body)?;
+    for _ in 0..CAS_TRIES {
+        let Some(mut job) = ctx.store.get_job(&item.job_id).await? else {
+            return Ok(Claim::Drop(format!("job {} does not exist", item.job_id)));
+        };
+        if job.state.is_terminal() {
+            return Ok(Claim::Drop(format!("job already {}", job.state)));
+        }
+        if job.attempt > item.attempt {
+            return Ok(Claim::Drop(format!("stale: job is on attempt {}", job.attempt)));
+        }
+        match job.state {
+            JobState::Interrupted => {
+                requeue(ctx, &job.id, job.attempt, "requeue resumed", &format!("worker:{instance}")).await?;
+                if job.attempt + 1 == item.attempt {
+                    continue; // our item is the next attempt's: claim it now
+                }
+                return Ok(Claim::Drop("requeue finished".into()));
+            }
+            _ if job.attempt < item.attempt => {
+                return Ok(Claim::Drop(format!("item is for attempt {} but job is on {}", item.attempt, job.attempt)))
+            }
+            JobState::Queued => {
+                if job.claim(instance, &msg.message_id, ctx.clock.now()).is_err() {
+                    continue;
+                }
+                match ctx.store.update_job(&job).await {
+                    Ok(stored) => return Ok(Claim::Run(Box::new(stored))),
+                    Err(PortError::Conflict) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            JobState::Running if job.claimed_message.as_deref() == Some(&msg.message_id) => {
+                let holder = job.instance.as_ref().map_or("?".into(), |i| i.to_string());
+                let why = format!("lease expired on {holder}");
+                let r = requeue(ctx, &job.id, job.attempt, &why, &format!("worker:{instance}")).await?;
+                return Ok(Claim::Drop(format!("{why}: {r:?}")));
+            }
+            JobState::Running => {
+                return Ok(Claim::Drop(format!(
+                    "duplicate delivery: attempt {} already runs elsewhere",
+                    job.attempt
+                )))
+            }
+            _ => return Ok(Claim::Drop(format!("job is {}", job.state))),
+        }
+    }
+    Err(HandlerError::Contention(item.job_id))
+}

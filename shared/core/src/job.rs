@@ -1,0 +1,451 @@
+//! The job record and its state machine.
+//!
+//! ```text
+//! queued ──► running ──► finished | failed
+//!   │          │  ▲
+//!   │          ▼  │ (attempt + 1)
+//!   │      interrupted ──► queued
+//!   └──────────┴──► cancelled
+//! ```
+//! Terminal states never change. Every change goes through [`Job::transition`]
+//! (or one of the named helpers built on it), which appends a [`JobEvent`]
+//! saying when, who and why; stores write the result with a compare-and-set
+//! on [`Job::version`], so two racing writers cannot both win.
+
+use crate::clock::Timestamp;
+use crate::contract::SubmitJob;
+use crate::ids::{InstanceId, JobId, PoolKey};
+use crate::plan::Plan;
+use crate::resources::Market;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use thiserror::Error;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Queued,
+    Running,
+    Interrupted,
+    Finished,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 6] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Interrupted,
+        JobState::Finished,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+    /// States a job can still leave: the pool is busy while any job is in one.
+    pub const ACTIVE: [JobState; 3] = [JobState::Queued, JobState::Running, JobState::Interrupted];
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Finished | JobState::Failed | JobState::Cancelled
+        )
+    }
+
+    /// The one table of legal moves.
+    pub fn can_become(self, to: JobState) -> bool {
+        use JobState::*;
+        matches!(
+            (self, to),
+            (Queued, Running)
+                | (Queued, Cancelled)
+                | (Running, Finished)
+                | (Running, Failed)
+                | (Running, Interrupted)
+                | (Running, Cancelled)
+                | (Interrupted, Queued)
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Interrupted => "interrupted",
+            JobState::Finished => "finished",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for JobState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        JobState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown job state '{s}'"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("job {job} cannot go from {from} to {to}")]
+pub struct InvalidTransition {
+    pub job: JobId,
+    pub from: JobState,
+    pub to: JobState,
+}
+
+/// One change of state: when, who, why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobEvent {
+    pub at: Timestamp,
+    pub from: Option<JobState>,
+    pub to: JobState,
+    pub by: String,
+    pub reason: String,
+}
+
+/// One run of the job on one machine: what it ran on and what it cost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub number: u32,
+    pub instance: InstanceId,
+    pub machine: String,
+    pub market: Market,
+    /// Price of the machine while this attempt ran, millionths of USD per hour.
+    pub price_micro_usd_per_hour: u64,
+    pub started_at: Timestamp,
+    pub ended_at: Option<Timestamp>,
+    /// The state the attempt ended in (`finished`, `failed`, `interrupted`, `cancelled`).
+    pub outcome: Option<JobState>,
+    pub exit_code: Option<i32>,
+}
+
+/// A job: the request, where it stands, and its history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    pub spec: SubmitJob,
+    pub plan: Plan,
+    pub pool: PoolKey,
+    pub state: JobState,
+    /// The current attempt, from 1.
+    pub attempt: u32,
+    /// Bumped by the store on every write; the compare-and-set key.
+    pub version: u64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    /// The machine running the current attempt.
+    pub instance: Option<InstanceId>,
+    /// The queue message the current attempt was claimed with.
+    pub claimed_message: Option<String>,
+    pub exit_code: Option<i32>,
+    /// Why the job ended (failed, cancelled) or was last interrupted.
+    pub reason: Option<String>,
+    pub attempts: Vec<Attempt>,
+    pub events: Vec<JobEvent>,
+}
+
+impl Job {
+    /// A new job, `queued`, attempt 1.
+    pub fn new(
+        id: JobId,
+        spec: SubmitJob,
+        plan: Plan,
+        pool: PoolKey,
+        at: Timestamp,
+        by: &str,
+    ) -> Job {
+        Job {
+            id,
+            spec,
+            plan,
+            pool,
+            state: JobState::Queued,
+            attempt: 1,
+            version: 0,
+            created_at: at,
+            updated_at: at,
+            instance: None,
+            claimed_message: None,
+            exit_code: None,
+            reason: None,
+            attempts: Vec::new(),
+            events: vec![JobEvent {
+                at,
+                from: None,
+                to: JobState::Queued,
+                by: by.to_string(),
+                reason: "submitted".into(),
+            }],
+        }
+    }
+
+    /// Moves to `to` if the state machine allows it, recording the event.
+    ///
+    /// # Errors
+    /// [`InvalidTransition`] when the move is not legal from the current state.
+    pub fn transition(
+        &mut self,
+        to: JobState,
+        at: Timestamp,
+        by: &str,
+        reason: &str,
+    ) -> Result<(), InvalidTransition> {
+        if !self.state.can_become(to) {
+            return Err(InvalidTransition {
+                job: self.id.clone(),
+                from: self.state,
+                to,
+            });
+        }
+        if self.state == JobState::Running {
+            if let Some(a) = self.attempts.iter_mut().rev().find(|a| a.number == self.attempt) {
+                a.ended_at = Some(at);
+                a.outcome = Some(to);
+            }
+        }
+        self.events.push(JobEvent {
+            at,
+            from: Some(self.state),
+            to,
+            by: by.to_string(),
+            reason: reason.to_string(),
+        });
+        self.state = to;
+        self.updated_at = at;
+        Ok(())
+    }
+
+    /// `queued → running` on `instance`, starting a new [`Attempt`].
+    ///
+    /// # Errors
+    /// [`InvalidTransition`] unless the job is queued.
+    pub fn claim(
+        &mut self,
+        instance: &InstanceId,
+        message_id: &str,
+        at: Timestamp,
+    ) -> Result<(), InvalidTransition> {
+        self.transition(
+            JobState::Running,
+            at,
+            &format!("worker:{instance}"),
+            &format!("attempt {} claimed", self.attempt),
+        )?;
+        self.instance = Some(instance.clone());
+        self.claimed_message = Some(message_id.to_string());
+        self.attempts.push(Attempt {
+            number: self.attempt,
+            instance: instance.clone(),
+            machine: self.plan.machine.clone(),
+            market: self.plan.market,
+            price_micro_usd_per_hour: self.plan.price_micro_usd_per_hour,
+            started_at: at,
+            ended_at: None,
+            outcome: None,
+            exit_code: None,
+        });
+        Ok(())
+    }
+
+    /// `running → finished | failed` with the script's exit code.
+    ///
+    /// # Errors
+    /// [`InvalidTransition`] unless the job is running.
+    pub fn complete(
+        &mut self,
+        exit_code: Option<i32>,
+        failure: Option<String>,
+        at: Timestamp,
+        by: &str,
+    ) -> Result<(), InvalidTransition> {
+        let (to, reason) = match (&failure, exit_code) {
+            (None, Some(0)) => (JobState::Finished, "exit code 0".to_string()),
+            (Some(why), _) => (JobState::Failed, why.clone()),
+            (None, Some(c)) => (JobState::Failed, format!("exit code {c}")),
+            (None, None) => (JobState::Failed, "no exit code".to_string()),
+        };
+        self.transition(to, at, by, &reason)?;
+        if let Some(a) = self.attempts.iter_mut().rev().find(|a| a.number == self.attempt) {
+            a.exit_code = exit_code;
+        }
+        self.exit_code = exit_code;
+        // A finished job keeps no stale reason from an earlier interruption.
+        self.reason = (to == JobState::Failed).then_some(reason);
+        Ok(())
+    }
+
+    /// `running → interrupted`: the machine went away or the lease lapsed.
+    ///
+    /// # Errors
+    /// [`InvalidTransition`] unless the job is running.
+    pub fn interrupt(&mut self, at: Timestamp, by: &str, reason: &str) -> Result<(), InvalidTransition> {
+        self.transition(JobState::Interrupted, at, by, reason)?;
+        self.reason = Some(reason.to_string());
+        Ok(())
+    }
+
+    /// `interrupted → queued` as the next attempt.
+    ///
+    /// # Errors
+    /// [`InvalidTransition`] unless the job is interrupted.
+    pub fn requeue(&mut self, at: Timestamp, by: &str) -> Result<(), InvalidTransition> {
+        let next = self.attempt + 1;
+        self.transition(JobState::Queued, at, by, &format!("queued for attempt {next}"))?;
+        self.attempt = next;
+        self.instance = None;
+        self.claimed_message = None;
+        Ok(())
+    }
+
+    /// `queued | running → cancelled`.
+    ///
+    /// # Errors
+    /// [`InvalidTransition`] from any other state.
+    pub fn cancel(&mut self, at: Timestamp, by: &str, reason: &str) -> Result<(), InvalidTransition> {
+        self.transition(JobState::Cancelled, at, by, reason)?;
+        self.reason = Some(reason.to_string());
+        Ok(())
+    }
+
+    /// How many times the job has been interrupted.
+    pub fn interruptions(&self) -> u32 {
+        self.attempts
+            .iter()
+            .filter(|a| a.outcome == Some(JobState::Interrupted))
+            .count() as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::tests::sample;
+
+    fn job() -> Job {
+        Job::new(
+            JobId::new("j1").unwrap(),
+            sample(),
+            Plan::local(),
+            PoolKey::new("p").unwrap(),
+            Timestamp(1000),
+            "test",
+        )
+    }
+
+    fn in_state(s: JobState) -> Job {
+        use JobState::*;
+        let mut j = job();
+        let w = InstanceId::new("w-1").unwrap();
+        let t = Timestamp(2000);
+        match s {
+            Queued => {}
+            Running => j.claim(&w, "m1", t).unwrap(),
+            Interrupted => {
+                j.claim(&w, "m1", t).unwrap();
+                j.interrupt(t, "t", "spot").unwrap();
+            }
+            Finished | Failed => {
+                j.claim(&w, "m1", t).unwrap();
+                j.complete(Some(if s == Finished { 0 } else { 3 }), None, t, "t")
+                    .unwrap();
+            }
+            Cancelled => j.cancel(t, "t", "user").unwrap(),
+        }
+        assert_eq!(j.state, s);
+        j
+    }
+
+    #[test]
+    fn every_pair_of_states_is_legal_exactly_as_the_table_says() {
+        use JobState::*;
+        let legal = [
+            (Queued, Running),
+            (Queued, Cancelled),
+            (Running, Finished),
+            (Running, Failed),
+            (Running, Interrupted),
+            (Running, Cancelled),
+            (Interrupted, Queued),
+        ];
+        for from in JobState::ALL {
+            for to in JobState::ALL {
+                let mut j = in_state(from);
+                let events = j.events.len();
+                let r = j.transition(to, Timestamp(3000), "test", "why");
+                if legal.contains(&(from, to)) {
+                    assert!(r.is_ok(), "{from} -> {to} should be legal");
+                    assert_eq!(j.state, to);
+                    assert_eq!(j.events.len(), events + 1);
+                    let e = j.events.last().unwrap();
+                    assert_eq!((e.from, e.to, e.at), (Some(from), to, Timestamp(3000)));
+                } else {
+                    assert_eq!(
+                        r,
+                        Err(InvalidTransition {
+                            job: j.id.clone(),
+                            from,
+                            to
+                        }),
+                        "{from} -> {to} should be illegal"
+                    );
+                    assert_eq!(j.state, from, "an illegal move changes nothing");
+                    assert_eq!(j.events.len(), events);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn terminal_states_never_change() {
+        for s in JobState::ALL.into_iter().filter(|s| s.is_terminal()) {
+            for to in JobState::ALL {
+                assert!(!s.can_become(to), "{s} -> {to}");
+            }
+        }
+    }
+
+    #[test]
+    fn attempts_record_machine_price_times_and_outcome() {
+        let mut j = job();
+        let w1 = InstanceId::new("w-1").unwrap();
+        let w2 = InstanceId::new("w-2").unwrap();
+        j.claim(&w1, "m1", Timestamp(10)).unwrap();
+        j.interrupt(Timestamp(20), "interruption", "spot warning").unwrap();
+        j.requeue(Timestamp(21), "interruption").unwrap();
+        assert_eq!((j.state, j.attempt, j.instance.clone()), (JobState::Queued, 2, None));
+        j.claim(&w2, "m2", Timestamp(30)).unwrap();
+        j.complete(Some(0), None, Timestamp(40), "worker").unwrap();
+        assert_eq!(j.state, JobState::Finished);
+        assert_eq!(j.attempts.len(), 2);
+        let a1 = &j.attempts[0];
+        assert_eq!(
+            (a1.number, &a1.instance, a1.started_at, a1.ended_at, a1.outcome),
+            (1, &w1, Timestamp(10), Some(Timestamp(20)), Some(JobState::Interrupted))
+        );
+        let a2 = &j.attempts[1];
+        assert_eq!(
+            (a2.number, a2.ended_at, a2.outcome, a2.exit_code),
+            (2, Some(Timestamp(40)), Some(JobState::Finished), Some(0))
+        );
+        assert_eq!(a2.machine, "local");
+        assert_eq!(j.interruptions(), 1);
+    }
+
+    #[test]
+    fn a_non_zero_exit_fails_with_the_code_as_reason() {
+        let mut j = in_state(JobState::Running);
+        j.complete(Some(3), None, Timestamp(5), "w").unwrap();
+        assert_eq!(j.state, JobState::Failed);
+        assert_eq!(j.reason.as_deref(), Some("exit code 3"));
+        assert_eq!(j.exit_code, Some(3));
+    }
+}

@@ -1,0 +1,187 @@
+//! Pools: jobs that ask for the same thing share one worker group and one
+//! work queue. The key is derived from the normalized request and the plan,
+//! so equal requests always meet in the same pool.
+
+use crate::clock::Timestamp;
+use crate::contract::SubmitJob;
+use crate::ids::PoolKey;
+use crate::plan::Plan;
+use crate::resources::{Bid, Cloud, Market, ResourceRequest, WorkerPolicy};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Everything that makes two jobs' machines interchangeable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolSpec {
+    pub cloud: Cloud,
+    pub region: Option<String>,
+    pub market: Market,
+    pub machine_types: Vec<String>,
+    pub resources: ResourceRequest,
+    pub bid: Option<Bid>,
+    pub max_price_micro_usd_per_hour: Option<u64>,
+    pub policy: WorkerPolicy,
+}
+
+impl PoolSpec {
+    pub fn for_job(job: &SubmitJob, plan: &Plan) -> PoolSpec {
+        PoolSpec {
+            cloud: job.cloud,
+            region: plan.region.clone(),
+            market: plan.market,
+            machine_types: plan.machine_types.clone(),
+            resources: job.resources.clone(),
+            bid: job.bid,
+            max_price_micro_usd_per_hour: plan.max_price_micro_usd_per_hour,
+            policy: WorkerPolicy::from_flag(job.num_workers).unwrap_or(WorkerPolicy::Auto),
+        }
+    }
+
+    /// `local-2c-0g-1a2b3c4d5e`: readable, and short enough for any cloud's
+    /// resource names (SQS queue, ASG, MIG).
+    pub fn key(&self) -> PoolKey {
+        let canonical = serde_json::to_vec(self).expect("PoolSpec always serializes");
+        let digest = hex::encode(Sha256::digest(&canonical));
+        PoolKey::new(format!(
+            "{}-{}c-{}g-{}",
+            self.cloud,
+            self.resources.cpus,
+            self.resources.gpus,
+            &digest[..10]
+        ))
+        .expect("pool keys are built from safe characters")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolState {
+    Live,
+    /// Cleanup has claimed it; submit must wait for `deleted` and recreate.
+    Deleting,
+    Deleted,
+}
+
+/// A pool record, written with compare-and-set on `version` like a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pool {
+    pub key: PoolKey,
+    pub spec: PoolSpec,
+    pub state: PoolState,
+    pub version: u64,
+    /// The worker count last asked of the fleet.
+    pub target: u32,
+    /// Since when cleanup has seen no active job in the pool.
+    pub idle_since: Option<Timestamp>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl Pool {
+    pub fn new(spec: PoolSpec, at: Timestamp) -> Pool {
+        Pool {
+            key: spec.key(),
+            spec,
+            state: PoolState::Live,
+            version: 0,
+            target: 0,
+            idle_since: None,
+            created_at: at,
+            updated_at: at,
+        }
+    }
+
+    /// The pool's work queue name.
+    pub fn queue(&self) -> String {
+        queue_name(&self.key)
+    }
+}
+
+/// The work queue name of a pool.
+pub fn queue_name(key: &PoolKey) -> String {
+    format!("studio-work-{key}")
+}
+
+/// How much work a queue holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct QueueDepth {
+    /// Waiting to be received.
+    pub visible: u64,
+    /// Received and leased, not yet acked.
+    pub in_flight: u64,
+}
+
+impl QueueDepth {
+    pub fn total(self) -> u64 {
+        self.visible + self.in_flight
+    }
+}
+
+/// The worker count a pool should have.
+///
+/// `Fixed(n)` keeps n. `Auto` starts at one worker as soon as there is work
+/// and adds one per call while work is waiting, never more than the work
+/// there is nor more than `max_auto`; it never shrinks a busy pool (idle
+/// workers are retired by cleanup or by their own idle timeout).
+pub fn desired_workers(policy: WorkerPolicy, depth: QueueDepth, current: u32, max_auto: u32) -> u32 {
+    match policy {
+        WorkerPolicy::Fixed(n) => n,
+        WorkerPolicy::Auto => {
+            let work = depth.total().min(u32::MAX as u64) as u32;
+            let keep = current.min(max_auto.max(1));
+            if depth.visible > 0 {
+                (current + 1).min(work).min(max_auto.max(1)).max(keep)
+            } else {
+                keep
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::tests::sample;
+
+    fn depth(visible: u64, in_flight: u64) -> QueueDepth {
+        QueueDepth { visible, in_flight }
+    }
+
+    #[test]
+    fn auto_starts_at_one_and_grows_while_work_waits_up_to_the_cap() {
+        use WorkerPolicy::Auto;
+        assert_eq!(desired_workers(Auto, depth(0, 0), 0, 4), 0);
+        assert_eq!(desired_workers(Auto, depth(5, 0), 0, 4), 1);
+        assert_eq!(desired_workers(Auto, depth(4, 1), 1, 4), 2);
+        assert_eq!(desired_workers(Auto, depth(3, 2), 2, 4), 3);
+        assert_eq!(desired_workers(Auto, depth(1, 3), 4, 4), 4, "capped");
+        assert_eq!(desired_workers(Auto, depth(1, 0), 1, 4), 1, "no more than the work");
+        assert_eq!(desired_workers(Auto, depth(0, 1), 3, 4), 3, "never shrinks");
+        assert_eq!(desired_workers(Auto, depth(9, 0), 6, 4), 4, "cap lowered");
+    }
+
+    #[test]
+    fn fixed_keeps_its_size() {
+        let p = WorkerPolicy::Fixed(3);
+        assert_eq!(desired_workers(p, depth(0, 0), 0, 1), 3);
+        assert_eq!(desired_workers(p, depth(50, 0), 3, 1), 3);
+    }
+
+    #[test]
+    fn equal_requests_share_a_pool_and_different_ones_do_not() {
+        let plan = Plan::local();
+        let mut a = sample();
+        a.resources = ResourceRequest::parse(2, 0, Some("16g"), None).unwrap();
+        let mut b = sample();
+        b.resources = ResourceRequest::parse(2, 0, Some("16GiB"), None).unwrap();
+        b.entrypoint = "other.py".into();
+        let ka = PoolSpec::for_job(&a, &plan).key();
+        assert_eq!(ka, PoolSpec::for_job(&b, &plan).key());
+        assert!(ka.as_str().starts_with("local-2c-0g-"), "{ka}");
+        b.num_workers = Some(3);
+        assert_ne!(ka, PoolSpec::for_job(&b, &plan).key());
+        b.num_workers = None;
+        b.resources.ram_mib = Some(8192);
+        assert_ne!(ka, PoolSpec::for_job(&b, &plan).key());
+    }
+}

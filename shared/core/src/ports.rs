@@ -1,0 +1,150 @@
+//! The ports: what the handlers need from a cloud, as traits. Adapters
+//! (local SQLite and processes, AWS, GCP) implement them; handlers never
+//! know which one they talk to.
+
+use crate::contract::WorkspaceRef;
+use crate::ids::{InstanceId, JobId, PoolKey};
+use crate::job::{Job, JobState};
+use crate::pool::{Pool, PoolSpec, QueueDepth};
+use crate::clock::Timestamp;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use thiserror::Error;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What can go wrong behind a port.
+#[derive(Debug, Error)]
+pub enum PortError {
+    /// A compare-and-set lost: the record changed since it was read.
+    #[error("conflict: the record changed since it was read")]
+    Conflict,
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{what} is too large: {detail}")]
+    TooLarge { what: &'static str, detail: String },
+    /// The service failed; usually worth a retry.
+    #[error("{port}: {source}")]
+    Backend {
+        port: &'static str,
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl PortError {
+    pub fn backend(port: &'static str, source: impl Into<BoxError>) -> PortError {
+        PortError::Backend {
+            port,
+            source: source.into(),
+        }
+    }
+}
+
+/// The result of an idempotent create.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Created<T> {
+    New(T),
+    /// A record with that key was already there; this is it.
+    Existing(T),
+}
+
+/// Job and pool records. Every update is a compare-and-set on `version`.
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Creates the job unless one with its id exists.
+    async fn create_job(&self, job: &Job) -> Result<Created<Job>, PortError>;
+    async fn get_job(&self, id: &JobId) -> Result<Option<Job>, PortError>;
+    /// Writes `job` if the stored version is still `job.version`, storing
+    /// `job.version + 1`. Returns the stored job.
+    ///
+    /// # Errors
+    /// [`PortError::Conflict`] when someone wrote in between.
+    async fn update_job(&self, job: &Job) -> Result<Job, PortError>;
+    /// Jobs in `states` (all states when empty), optionally of one pool, newest first.
+    async fn list_jobs(&self, pool: Option<&PoolKey>, states: &[JobState]) -> Result<Vec<Job>, PortError>;
+    /// Jobs whose current attempt runs on `instance`.
+    async fn jobs_on_instance(&self, instance: &InstanceId) -> Result<Vec<Job>, PortError>;
+
+    async fn get_pool(&self, key: &PoolKey) -> Result<Option<Pool>, PortError>;
+    /// Creates the pool unless it exists.
+    async fn create_pool(&self, pool: &Pool) -> Result<Created<Pool>, PortError>;
+    /// Compare-and-set on `pool.version`, like [`JobStore::update_job`].
+    async fn update_pool(&self, pool: &Pool) -> Result<Pool, PortError>;
+    /// Pools that are not deleted.
+    async fn live_pools(&self) -> Result<Vec<Pool>, PortError>;
+}
+
+/// A message received with a lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// Stable across redeliveries.
+    pub message_id: String,
+    /// Names this delivery; needed to ack, extend or release it.
+    pub receipt: String,
+    pub body: String,
+    /// How many times it has been received, this time included.
+    pub receive_count: u32,
+}
+
+/// At-least-once queues with leases (SQS, Pub/Sub, the local SQLite queue).
+/// Every queue has a dead-letter queue beside it.
+#[async_trait]
+pub trait WorkQueue: Send + Sync {
+    async fn ensure_queue(&self, queue: &str) -> Result<(), PortError>;
+    /// Deletes the queue and its dead-letter queue; deleting a missing queue is fine.
+    async fn delete_queue(&self, queue: &str) -> Result<(), PortError>;
+    /// Sends bodies (adapters batch them as the service allows).
+    async fn send(&self, queue: &str, bodies: &[String]) -> Result<(), PortError>;
+    /// Up to `max` messages, each leased for `lease`; waits up to `wait` for the first.
+    async fn receive(&self, queue: &str, max: u32, lease: Duration, wait: Duration) -> Result<Vec<Received>, PortError>;
+    async fn extend(&self, queue: &str, receipt: &str, lease: Duration) -> Result<(), PortError>;
+    async fn ack(&self, queue: &str, receipt: &str) -> Result<(), PortError>;
+    /// Makes the message visible again after `delay`.
+    async fn release(&self, queue: &str, receipt: &str, delay: Duration) -> Result<(), PortError>;
+    /// Moves the message to the dead-letter queue at once, with the reason.
+    async fn dead_letter(&self, queue: &str, msg: &Received, reason: &str) -> Result<(), PortError>;
+    async fn depth(&self, queue: &str) -> Result<QueueDepth, PortError>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceState {
+    Pending,
+    Running,
+    Terminated,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub id: InstanceId,
+    pub pool: PoolKey,
+    pub state: InstanceState,
+    pub launched_at: Timestamp,
+}
+
+/// Worker groups: an ASG, a MIG, or local processes.
+#[async_trait]
+pub trait Fleet: Send + Sync {
+    /// Creates the group (and its launch/instance template) unless it exists.
+    async fn ensure_group(&self, key: &PoolKey, spec: &PoolSpec) -> Result<(), PortError>;
+    async fn set_target(&self, key: &PoolKey, target: u32) -> Result<(), PortError>;
+    /// Instances that are not terminated.
+    async fn instances(&self, key: &PoolKey) -> Result<Vec<Instance>, PortError>;
+    /// Terminates one instance; `decrement` lowers the target by one too.
+    async fn terminate(&self, key: &PoolKey, id: &InstanceId, decrement: bool) -> Result<(), PortError>;
+    /// Deletes the group, its instances and its template; a missing group is fine.
+    async fn delete_group(&self, key: &PoolKey) -> Result<(), PortError>;
+}
+
+/// Workspaces, logs and checkpoints.
+#[async_trait]
+pub trait ArtifactStore: Send + Sync {
+    /// Stores a workspace tarball under its SHA-256 (idempotent).
+    async fn put_workspace(&self, tarball: &[u8]) -> Result<WorkspaceRef, PortError>;
+    async fn get_workspace(&self, r: &WorkspaceRef) -> Result<Vec<u8>, PortError>;
+    async fn append_log(&self, job: &JobId, bytes: &[u8]) -> Result<(), PortError>;
+    /// The log from byte `offset` on (empty when there is nothing new).
+    async fn read_log(&self, job: &JobId, offset: u64) -> Result<Vec<u8>, PortError>;
+}

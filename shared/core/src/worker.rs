@@ -1,0 +1,382 @@
+//! The worker loop, the same on every backend: receive a work item → claim
+//! the job → fetch the workspace → run `python3 <script> <args>` → stream its
+//! output to the job's log → heartbeat the lease → record the end → ack.
+//!
+//! While the script runs the worker watches the job record (a `cancel`
+//! stops the script with SIGTERM, then SIGKILL after a grace period), the
+//! job's maximum duration, and its own shutdown signal (the machine is going
+//! away: stop the script and hand the job back at once).
+
+use crate::clock::Timestamp;
+use crate::handlers::{claim_work, mutate_job, requeue, Claim, Ctx, HandlerError, Step};
+use crate::ids::{InstanceId, JobId, PoolKey};
+use crate::job::{Job, JobState};
+use crate::pool::queue_name;
+use crate::ports::{ArtifactStore, PortError, Received};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{interval, timeout, Instant, MissedTickBehavior};
+use tracing::{info, warn};
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub pool: PoolKey,
+    pub instance: InstanceId,
+    /// How long a received item stays invisible to other workers.
+    pub lease: Duration,
+    /// Long-poll wait of one receive.
+    pub poll_wait: Duration,
+    /// How often the running job's record and lease are looked after.
+    pub heartbeat: Duration,
+    /// Leave after this long without work and with an empty queue.
+    pub idle_timeout: Duration,
+    /// Between SIGTERM and SIGKILL when a script is stopped.
+    pub term_grace: Duration,
+    /// Runs go under `<work_root>/<job>/attempt-<n>/workspace`.
+    pub work_root: PathBuf,
+    pub python: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerExit {
+    /// No work for `idle_timeout` and the queue is empty.
+    Idle,
+    /// Told to stop.
+    Shutdown,
+    /// The pool's queue is gone (cleanup deleted the pool).
+    PoolGone,
+}
+
+/// Runs until idle, told to stop, or the pool is deleted.
+///
+/// # Errors
+/// None at present: per-item failures are logged and the item is left to
+/// its lease; the `Result` is kept for adapters that can fail to start.
+pub async fn run_worker(
+    ctx: &Ctx,
+    artifacts: &dyn ArtifactStore,
+    cfg: &WorkerConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<WorkerExit, HandlerError> {
+    let queue = queue_name(&cfg.pool);
+    let mut idle_since = ctx.clock.now();
+    info!(pool = %cfg.pool, instance = %cfg.instance, "worker started");
+    loop {
+        if *shutdown.borrow() {
+            return Ok(WorkerExit::Shutdown);
+        }
+        let received = tokio::select! {
+            r = ctx.queue.receive(&queue, 1, cfg.lease, cfg.poll_wait) => r,
+            r = shutdown.changed() => {
+                if r.is_err() { return Ok(WorkerExit::Shutdown); }
+                continue;
+            }
+        };
+        let msgs = match received {
+            Ok(m) => m,
+            Err(PortError::NotFound(_)) => return Ok(WorkerExit::PoolGone),
+            Err(e) => {
+                warn!(error = %e, "receive failed");
+                tokio::time::sleep(cfg.poll_wait).await;
+                continue;
+            }
+        };
+        if msgs.is_empty() {
+            if ctx.clock.now().since(idle_since) >= cfg.idle_timeout
+                && ctx.queue.depth(&queue).await.is_ok_and(|d| d.total() == 0)
+            {
+                return Ok(WorkerExit::Idle);
+            }
+            continue;
+        }
+        for msg in msgs {
+            handle_item(ctx, artifacts, cfg, &queue, &msg, &mut shutdown).await;
+            idle_since = ctx.clock.now();
+        }
+    }
+}
+
+async fn handle_item(
+    ctx: &Ctx,
+    artifacts: &dyn ArtifactStore,
+    cfg: &WorkerConfig,
+    queue: &str,
+    msg: &Received,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    let ack = match claim_work(ctx, &cfg.instance, msg).await {
+        Err(HandlerError::BadInput(e)) => {
+            warn!(message_id = %msg.message_id, error = %e, "poison work item");
+            if let Err(e) = ctx.queue.dead_letter(queue, msg, &e.to_string()).await {
+                warn!(error = %e, "dead-lettering failed");
+            }
+            return;
+        }
+        Err(e) => {
+            warn!(message_id = %msg.message_id, error = %e, "claim failed; item will come back");
+            let _ = ctx.queue.release(queue, &msg.receipt, Duration::from_secs(5)).await;
+            return;
+        }
+        Ok(Claim::Drop(why)) => {
+            info!(message_id = %msg.message_id, reason = %why, "work item dropped");
+            true
+        }
+        Ok(Claim::Run(job)) => run_job(ctx, artifacts, cfg, queue, msg, *job, shutdown).await,
+    };
+    if ack {
+        if let Err(e) = ctx.queue.ack(queue, &msg.receipt).await {
+            warn!(error = %e, "ack failed; the item will be redelivered and recognised");
+        }
+    }
+}
+
+enum Stop {
+    Cancelled,
+    MaxDuration(Duration),
+    Shutdown,
+    /// The record moved on without us (our lease lapsed and another took over).
+    Lost,
+}
+
+/// Runs one claimed attempt to its end; returns whether to ack the item.
+async fn run_job(
+    ctx: &Ctx,
+    artifacts: &dyn ArtifactStore,
+    cfg: &WorkerConfig,
+    queue: &str,
+    msg: &Received,
+    job: Job,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let id = job.id.clone();
+    let attempt = job.attempt;
+    let me = format!("worker:{}", cfg.instance);
+    let job_dir = cfg.work_root.join(id.as_str());
+    let ws = job_dir.join(format!("attempt-{attempt}")).join("workspace");
+    let ckpt = job_dir.join("checkpoints");
+    info!(job_id = %id, attempt, "running");
+    if attempt > 1 {
+        let line = format!("[studio] --- attempt {attempt} on {} ---\n", cfg.instance);
+        let _ = artifacts.append_log(&id, line.as_bytes()).await;
+    }
+
+    let prepared = async {
+        let bytes = artifacts
+            .get_workspace(&job.spec.workspace)
+            .await
+            .map_err(|e| e.to_string())?;
+        crate::workspace::unpack(&bytes, &ws).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&ckpt).map_err(|e| format!("checkpoint dir: {e}"))
+    }
+    .await;
+    if let Err(why) = prepared {
+        return finish(ctx, &id, attempt, &cfg.instance, None, Some(format!("workspace: {why}"))).await;
+    }
+
+    let mut cmd = Command::new(&cfg.python);
+    cmd.arg(&job.spec.entrypoint)
+        .args(&job.spec.args)
+        .current_dir(&ws)
+        .envs(&job.spec.env)
+        .env("STUDIO_JOB_ID", id.as_str())
+        .env("STUDIO_ATTEMPT", attempt.to_string())
+        .env("STUDIO_CHECKPOINT_DIR", &ckpt)
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            // If the worker dies, so does its script, as on a real machine.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let why = format!("cannot start {}: {e}", cfg.python);
+            return finish(ctx, &id, attempt, &cfg.instance, None, Some(why)).await;
+        }
+    };
+    let pgid = child.id().map_or(0, |p| p as i32);
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(pump(out, tx.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(pump(err, tx));
+    }
+
+    let mut buf: Vec<u8> = Vec::new();
+    let mut flush_tick = interval(Duration::from_millis(200));
+    let mut beat = interval(cfg.heartbeat);
+    beat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let started = Instant::now();
+    let max = job.spec.max_duration_secs.map(Duration::from_secs);
+    let mut last_extend = Instant::now();
+    let mut stop: Option<Stop> = None;
+    let mut kill_at: Option<Instant> = None;
+    let status = loop {
+        let mut new_stop = None;
+        tokio::select! {
+            st = child.wait() => break st,
+            Some(chunk) = rx.recv() => buf.extend_from_slice(&chunk),
+            _ = flush_tick.tick() => flush(artifacts, &id, &mut buf).await,
+            r = shutdown.changed(), if stop.is_none() => {
+                let _ = r;
+                new_stop = Some(Stop::Shutdown);
+            }
+            _ = beat.tick() => {
+                if last_extend.elapsed() >= cfg.lease / 3 {
+                    match ctx.queue.extend(queue, &msg.receipt, cfg.lease).await {
+                        Ok(()) => last_extend = Instant::now(),
+                        Err(e) => warn!(error = %e, "lease extension failed"),
+                    }
+                }
+                if stop.is_none() {
+                    if let Ok(Some(now)) = ctx.store.get_job(&id).await {
+                        if now.state == JobState::Cancelled {
+                            new_stop = Some(Stop::Cancelled);
+                        } else if !(now.state == JobState::Running
+                            && now.attempt == attempt
+                            && now.instance.as_ref() == Some(&cfg.instance))
+                        {
+                            new_stop = Some(Stop::Lost);
+                        }
+                    }
+                    if let Some(m) = max.filter(|m| started.elapsed() >= *m) {
+                        new_stop.get_or_insert(Stop::MaxDuration(m));
+                    }
+                }
+                if kill_at.is_some_and(|k| Instant::now() >= k) {
+                    signal_group(pgid, libc::SIGKILL);
+                }
+            }
+        }
+        if let Some(s) = new_stop {
+            let what = match &s {
+                Stop::Cancelled => "job cancelled".to_string(),
+                Stop::MaxDuration(m) => format!("max duration {} exceeded", humantime::format_duration(*m)),
+                Stop::Shutdown => "worker shutting down".to_string(),
+                Stop::Lost => "attempt taken over elsewhere".to_string(),
+            };
+            info!(job_id = %id, reason = %what, "stopping script with SIGTERM");
+            signal_group(pgid, libc::SIGTERM);
+            kill_at = Some(Instant::now() + cfg.term_grace);
+            stop = Some(s);
+        }
+    };
+    // Anything the script left behind in its process group goes too.
+    signal_group(pgid, libc::SIGKILL);
+    while let Ok(Some(chunk)) = timeout(Duration::from_secs(2), rx.recv()).await {
+        buf.extend_from_slice(&chunk);
+    }
+    flush(artifacts, &id, &mut buf).await;
+
+    let (code, signal) = match &status {
+        Ok(st) => {
+            use std::os::unix::process::ExitStatusExt;
+            (st.code(), st.signal())
+        }
+        Err(_) => (None, None),
+    };
+    match stop {
+        None => {
+            let failure = match (code, signal) {
+                (Some(_), _) => None,
+                (None, Some(sig)) => Some(format!("killed by signal {sig}")),
+                (None, None) => Some("lost track of the script".to_string()),
+            };
+            finish(ctx, &id, attempt, &cfg.instance, code, failure).await
+        }
+        Some(Stop::MaxDuration(m)) => {
+            let why = format!("max duration {} exceeded", humantime::format_duration(m));
+            finish(ctx, &id, attempt, &cfg.instance, code, Some(why)).await
+        }
+        Some(Stop::Cancelled) | Some(Stop::Lost) => true,
+        Some(Stop::Shutdown) => {
+            match requeue(ctx, &id, attempt, "worker stopped (instance terminating)", &me).await {
+                Ok(r) => {
+                    info!(job_id = %id, outcome = ?r, "job handed back");
+                    true
+                }
+                Err(e) => {
+                    warn!(job_id = %id, error = %e, "hand-back failed; the lease will bring it back");
+                    false
+                }
+            }
+        }
+    }
+}
+
+/// Records the end of our attempt, if the job is still ours. Returns whether
+/// the item may be acked.
+async fn finish(
+    ctx: &Ctx,
+    id: &JobId,
+    attempt: u32,
+    me: &InstanceId,
+    code: Option<i32>,
+    failure: Option<String>,
+) -> bool {
+    let now: Timestamp = ctx.clock.now();
+    let by = format!("worker:{me}");
+    let r = mutate_job(ctx.store.as_ref(), id, |job| {
+        if job.state == JobState::Running && job.attempt == attempt && job.instance.as_ref() == Some(me) {
+            match job.complete(code, failure.clone(), now, &by) {
+                Ok(()) => Step::Write(()),
+                Err(_) => Step::Keep(()),
+            }
+        } else {
+            Step::Keep(())
+        }
+    })
+    .await;
+    match r {
+        Ok(Some((job, ()))) => {
+            info!(job_id = %id, state = %job.state, exit_code = ?code, "attempt ended");
+            true
+        }
+        Ok(None) => true,
+        Err(e) => {
+            warn!(job_id = %id, error = %e, "could not record the end; the lease will bring the item back");
+            false
+        }
+    }
+}
+
+async fn flush(artifacts: &dyn ArtifactStore, id: &JobId, buf: &mut Vec<u8>) {
+    if buf.is_empty() {
+        return;
+    }
+    if let Err(e) = artifacts.append_log(id, buf).await {
+        warn!(job_id = %id, error = %e, "log upload failed; lines dropped");
+    }
+    buf.clear();
+}
+
+async fn pump(mut r: impl tokio::io::AsyncRead + Unpin, tx: mpsc::Sender<Vec<u8>>) {
+    let mut chunk = vec![0u8; 8192];
+    while let Ok(n) = r.read(&mut chunk).await {
+        if n == 0 || tx.send(chunk[..n].to_vec()).await.is_err() {
+            break;
+        }
+    }
+}
+
+fn signal_group(pgid: i32, sig: i32) {
+    if pgid > 0 {
+        // SAFETY: kill(2) with a negative pid signals that process group only.
+        unsafe {
+            libc::kill(-pgid, sig);
+        }
+    }
+}

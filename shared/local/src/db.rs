@@ -1,0 +1,99 @@
+//! The one SQLite file under `$STUDIO_HOME` that holds jobs, pools, queues
+//! and the local fleet. WAL mode and a busy timeout let the CLI, the driver
+//! and every worker process use it at once.
+
+use rusqlite::Connection;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use studio_core::ports::PortError;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    pool TEXT NOT NULL,
+    state TEXT NOT NULL,
+    instance TEXT,
+    version INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_pool_state ON jobs(pool, state);
+CREATE INDEX IF NOT EXISTS jobs_instance ON jobs(instance);
+CREATE TABLE IF NOT EXISTS pools (
+    key TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS queues (
+    name TEXT PRIMARY KEY,
+    dlq TEXT,
+    max_receives INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    body TEXT NOT NULL,
+    visible_at INTEGER NOT NULL,
+    receipt TEXT,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    sent_at INTEGER NOT NULL,
+    note TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_queue ON messages(queue, visible_at);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_receipt ON messages(receipt);
+CREATE TABLE IF NOT EXISTS groups (
+    pool TEXT PRIMARY KEY,
+    target INTEGER NOT NULL,
+    spec TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS instances (
+    id TEXT PRIMARY KEY,
+    pool TEXT NOT NULL,
+    pid INTEGER,
+    state TEXT NOT NULL,
+    launched_at INTEGER NOT NULL,
+    ended_at INTEGER
+);
+"#;
+
+/// A shared connection to the home's database.
+pub struct Db {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl Db {
+    /// Opens (creating if needed) `<home>/studio.sqlite3`.
+    ///
+    /// # Errors
+    /// The directory or database cannot be created or opened.
+    pub fn open(home: &Path) -> Result<Db, PortError> {
+        std::fs::create_dir_all(home).map_err(|e| PortError::backend("local store", e))?;
+        let path = home.join("studio.sqlite3");
+        let conn = Connection::open(&path).map_err(|e| PortError::backend("local store", e))?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .and_then(|_| conn.pragma_update(None, "journal_mode", "WAL"))
+            .and_then(|_| conn.pragma_update(None, "synchronous", "NORMAL"))
+            .and_then(|_| conn.execute_batch(SCHEMA))
+            .map_err(|e| PortError::backend("local store", e))?;
+        Ok(Db {
+            conn: Mutex::new(conn),
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Maps a SQLite error onto the port error of `port`.
+pub fn sql(port: &'static str) -> impl Fn(rusqlite::Error) -> PortError {
+    move |e| PortError::backend(port, e)
+}

@@ -1,0 +1,104 @@
+//! The local control plane: what Lambda, EventBridge and Auto Scaling do in
+//! the cloud, one [`Driver::tick`] at a time. Each tick runs the same
+//! handlers the functions run: submit for every message on the submit queue,
+//! handle-spot-interruption for every worker that died, scale-on-queue-depth,
+//! the fleet's own reconciliation, and cleanup-empty-group.
+//!
+//! At most one process drives at a time (a lock file); whoever holds it may
+//! be `studio run` waiting in the foreground or a background `studio driver`
+//! that leaves once nothing is left to look after.
+
+use crate::fleet::ProcessFleet;
+use crate::queue::SqliteQueue;
+use std::sync::Arc;
+use std::time::Duration;
+use studio_core::handlers::{self, Ctx, HandlerError};
+use studio_core::ports::{PortError, WorkQueue};
+use tracing::{info, warn};
+
+/// What one tick did; returned for tests and logs.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct TickReport {
+    pub submitted: usize,
+    pub rejected: Vec<String>,
+    pub instances_gone: usize,
+    pub pools_deleted: usize,
+    pub live_pools: usize,
+    pub pending_submits: u64,
+}
+
+impl TickReport {
+    /// Nothing left to drive: no live pool and nothing waiting to be submitted.
+    pub fn is_idle(&self) -> bool {
+        self.live_pools == 0 && self.pending_submits == 0
+    }
+}
+
+pub struct Driver {
+    pub ctx: Ctx,
+    pub queue: Arc<SqliteQueue>,
+    pub fleet: Arc<ProcessFleet>,
+}
+
+impl Driver {
+    /// One pass over every handler.
+    ///
+    /// # Errors
+    /// Only errors that stop the pass (the database is unreachable); a
+    /// handler's failure on one message or pool is logged and retried later.
+    pub async fn tick(&self) -> Result<TickReport, PortError> {
+        let mut report = TickReport::default();
+        let submit_q = self.ctx.settings.submit_queue.clone();
+        loop {
+            let msgs = self
+                .queue
+                .receive(&submit_q, 10, Duration::from_secs(30), Duration::ZERO)
+                .await?;
+            let n = msgs.len();
+            for m in msgs {
+                match handlers::submit(&self.ctx, &m.message_id, &m.body).await {
+                    Ok(_) => {
+                        report.submitted += 1;
+                        self.queue.ack(&submit_q, &m.receipt).await?;
+                    }
+                    Err(e) if e.is_retryable() => {
+                        warn!(message_id = %m.message_id, error = %e, "submit will be retried");
+                        self.queue.release(&submit_q, &m.receipt, Duration::from_secs(1)).await?;
+                    }
+                    Err(e) => {
+                        warn!(message_id = %m.message_id, error = %e, "submit rejected; message dead-lettered");
+                        report.rejected.push(e.to_string());
+                        self.queue.dead_letter(&submit_q, &m, &e.to_string()).await?;
+                    }
+                }
+            }
+            if n < 10 {
+                break;
+            }
+        }
+        for event in self.fleet.reap()? {
+            report.instances_gone += 1;
+            if let Err(e) = handlers::handle_interruption(&self.ctx, &event).await {
+                warn!(instance = %event.instance, error = %e, "interruption handling failed; next tick retries");
+            }
+        }
+        log_err("scale", handlers::scale(&self.ctx).await.map(|_| ()));
+        log_err("reconcile", self.fleet.reconcile().map_err(HandlerError::from));
+        match handlers::cleanup(&self.ctx).await {
+            Ok(r) => report.pools_deleted = r.deleted.len(),
+            Err(e) => log_err("cleanup", Err(e)),
+        }
+        report.live_pools = self.ctx.store.live_pools().await?.len();
+        report.pending_submits = self.queue.depth(&submit_q).await?.total();
+        if report.submitted + report.instances_gone + report.pools_deleted > 0 {
+            info!(?report, "tick");
+        }
+        Ok(report)
+    }
+}
+
+fn log_err(what: &str, r: Result<(), HandlerError>) {
+    if let Err(e) = r {
+        warn!(error = %e, "{what} failed; next tick retries");
+    }
+}

@@ -1,0 +1,45 @@
+//! `flock(2)` helpers. A lock is released by the kernel when its holder
+//! dies, however it dies, which makes it the local fleet's liveness signal
+//! and the driver's single-runner guard.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+fn open(path: &Path) -> std::io::Result<File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    OpenOptions::new().create(true).truncate(false).write(true).open(path)
+}
+
+/// Takes the lock if nobody holds it; `None` when someone does.
+///
+/// # Errors
+/// The lock file cannot be opened.
+pub fn try_lock(path: &Path) -> std::io::Result<Option<File>> {
+    let f = open(path)?;
+    // SAFETY: flock on a file descriptor we own.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    Ok(if r == 0 { Some(f) } else { None })
+}
+
+/// Waits for the lock.
+///
+/// # Errors
+/// The lock file cannot be opened or locked.
+pub fn lock(path: &Path) -> std::io::Result<File> {
+    let f = open(path)?;
+    // SAFETY: flock on a file descriptor we own.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+    if r == 0 {
+        Ok(f)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Whether some live process holds the lock at `path`.
+pub fn is_held(path: &Path) -> bool {
+    matches!(try_lock(path), Ok(None))
+}

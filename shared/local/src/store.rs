@@ -1,0 +1,200 @@
+//! [`JobStore`] on SQLite. Records are stored whole as JSON beside the
+//! columns that are queried; every update is `UPDATE … WHERE version = ?`,
+//! the same compare-and-set the DynamoDB adapter makes with a condition
+//! expression.
+
+use crate::db::{sql, Db};
+use async_trait::async_trait;
+use rusqlite::{params, OptionalExtension};
+use std::sync::Arc;
+use studio_core::ids::{InstanceId, JobId, PoolKey};
+use studio_core::job::{Job, JobState};
+use studio_core::pool::{Pool, PoolState};
+use studio_core::ports::{Created, JobStore, PortError};
+
+const PORT: &str = "local store";
+
+pub struct SqliteStore {
+    db: Arc<Db>,
+}
+
+impl SqliteStore {
+    pub fn new(db: Arc<Db>) -> Self {
+        SqliteStore { db }
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(s: String) -> Result<T, PortError> {
+    serde_json::from_str(&s).map_err(|e| PortError::backend(PORT, e))
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("records always serialize")
+}
+
+fn pool_state(s: PoolState) -> &'static str {
+    match s {
+        PoolState::Live => "live",
+        PoolState::Deleting => "deleting",
+        PoolState::Deleted => "deleted",
+    }
+}
+
+#[async_trait]
+impl JobStore for SqliteStore {
+    async fn create_job(&self, job: &Job) -> Result<Created<Job>, PortError> {
+        let conn = self.db.conn();
+        let n = conn
+            .execute(
+                "INSERT OR IGNORE INTO jobs (id, pool, state, instance, version, created_at, record)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    job.id.as_str(),
+                    job.pool.as_str(),
+                    job.state.as_str(),
+                    job.instance.as_ref().map(|i| i.as_str()),
+                    job.version as i64,
+                    job.created_at.0,
+                    encode(job)
+                ],
+            )
+            .map_err(sql(PORT))?;
+        if n == 1 {
+            return Ok(Created::New(job.clone()));
+        }
+        let rec: String = conn
+            .query_row("SELECT record FROM jobs WHERE id = ?1", [job.id.as_str()], |r| r.get(0))
+            .map_err(sql(PORT))?;
+        Ok(Created::Existing(decode(rec)?))
+    }
+
+    async fn get_job(&self, id: &JobId) -> Result<Option<Job>, PortError> {
+        let rec: Option<String> = self
+            .db
+            .conn()
+            .query_row("SELECT record FROM jobs WHERE id = ?1", [id.as_str()], |r| r.get(0))
+            .optional()
+            .map_err(sql(PORT))?;
+        rec.map(decode).transpose()
+    }
+
+    async fn update_job(&self, job: &Job) -> Result<Job, PortError> {
+        let mut next = job.clone();
+        next.version = job.version + 1;
+        let conn = self.db.conn();
+        let n = conn
+            .execute(
+                "UPDATE jobs SET state = ?1, instance = ?2, version = ?3, record = ?4
+                 WHERE id = ?5 AND version = ?6",
+                params![
+                    next.state.as_str(),
+                    next.instance.as_ref().map(|i| i.as_str()),
+                    next.version as i64,
+                    encode(&next),
+                    job.id.as_str(),
+                    job.version as i64
+                ],
+            )
+            .map_err(sql(PORT))?;
+        if n == 1 {
+            return Ok(next);
+        }
+        let exists: Option<i64> = conn
+            .query_row("SELECT 1 FROM jobs WHERE id = ?1", [job.id.as_str()], |r| r.get(0))
+            .optional()
+            .map_err(sql(PORT))?;
+        Err(match exists {
+            Some(_) => PortError::Conflict,
+            None => PortError::NotFound(format!("job {}", job.id)),
+        })
+    }
+
+    async fn list_jobs(&self, pool: Option<&PoolKey>, states: &[JobState]) -> Result<Vec<Job>, PortError> {
+        let conn = self.db.conn();
+        let mut stmt = conn
+            .prepare("SELECT record, state FROM jobs WHERE (?1 IS NULL OR pool = ?1) ORDER BY created_at DESC, id DESC")
+            .map_err(sql(PORT))?;
+        let rows = stmt
+            .query_map([pool.map(|p| p.as_str())], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(sql(PORT))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (rec, state) = row.map_err(sql(PORT))?;
+            if states.is_empty() || states.iter().any(|s| s.as_str() == state) {
+                out.push(decode(rec)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn jobs_on_instance(&self, instance: &InstanceId) -> Result<Vec<Job>, PortError> {
+        let conn = self.db.conn();
+        let mut stmt = conn
+            .prepare("SELECT record FROM jobs WHERE instance = ?1")
+            .map_err(sql(PORT))?;
+        let rows = stmt
+            .query_map([instance.as_str()], |r| r.get::<_, String>(0))
+            .map_err(sql(PORT))?;
+        rows.map(|r| r.map_err(sql(PORT)).and_then(decode)).collect()
+    }
+
+    async fn get_pool(&self, key: &PoolKey) -> Result<Option<Pool>, PortError> {
+        let rec: Option<String> = self
+            .db
+            .conn()
+            .query_row("SELECT record FROM pools WHERE key = ?1", [key.as_str()], |r| r.get(0))
+            .optional()
+            .map_err(sql(PORT))?;
+        rec.map(decode).transpose()
+    }
+
+    async fn create_pool(&self, pool: &Pool) -> Result<Created<Pool>, PortError> {
+        let conn = self.db.conn();
+        let n = conn
+            .execute(
+                "INSERT OR IGNORE INTO pools (key, state, version, record) VALUES (?1, ?2, ?3, ?4)",
+                params![pool.key.as_str(), pool_state(pool.state), pool.version as i64, encode(pool)],
+            )
+            .map_err(sql(PORT))?;
+        if n == 1 {
+            return Ok(Created::New(pool.clone()));
+        }
+        let rec: String = conn
+            .query_row("SELECT record FROM pools WHERE key = ?1", [pool.key.as_str()], |r| r.get(0))
+            .map_err(sql(PORT))?;
+        Ok(Created::Existing(decode(rec)?))
+    }
+
+    async fn update_pool(&self, pool: &Pool) -> Result<Pool, PortError> {
+        let mut next = pool.clone();
+        next.version = pool.version + 1;
+        let n = self
+            .db
+            .conn()
+            .execute(
+                "UPDATE pools SET state = ?1, version = ?2, record = ?3 WHERE key = ?4 AND version = ?5",
+                params![
+                    pool_state(next.state),
+                    next.version as i64,
+                    encode(&next),
+                    pool.key.as_str(),
+                    pool.version as i64
+                ],
+            )
+            .map_err(sql(PORT))?;
+        if n == 1 {
+            Ok(next)
+        } else {
+            Err(PortError::Conflict)
+        }
+    }
+
+    async fn live_pools(&self) -> Result<Vec<Pool>, PortError> {
+        let conn = self.db.conn();
+        let mut stmt = conn
+            .prepare("SELECT record FROM pools WHERE state != 'deleted' ORDER BY key")
+            .map_err(sql(PORT))?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(sql(PORT))?;
+        rows.map(|r| r.map_err(sql(PORT)).and_then(decode)).collect()
+    }
+}
