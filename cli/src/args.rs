@@ -5,19 +5,35 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "studio", version, about = "Run Python scripts on machines you never have to touch")]
+#[command(
+    name = "studio",
+    version,
+    about = "Run Python scripts on machines you never have to touch"
+)]
 pub struct Cli {
     /// Where the local backend keeps its state.
     #[arg(long, global = true, env = "STUDIO_HOME", value_name = "DIR")]
     pub home: Option<PathBuf>,
     /// How long a pool may sit idle before it is torn down (local backend).
-    #[arg(long, global = true, env = "STUDIO_POOL_GRACE", default_value = "60s", hide = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "STUDIO_POOL_GRACE",
+        default_value = "60s",
+        hide = true
+    )]
     pub pool_grace: String,
     /// Most workers an auto-sized local pool grows to (default: the number of cores).
     #[arg(long, global = true, env = "STUDIO_MAX_WORKERS", hide = true)]
     pub max_workers: Option<u32>,
     /// Attempts a job gets before an interruption fails it.
-    #[arg(long, global = true, env = "STUDIO_MAX_ATTEMPTS", default_value_t = 3, hide = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "STUDIO_MAX_ATTEMPTS",
+        default_value_t = 3,
+        hide = true
+    )]
     pub max_attempts: u32,
     #[command(subcommand)]
     pub command: Command,
@@ -77,7 +93,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub detach: bool,
     /// The script, then its own arguments (everything after the script is the script's).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "SCRIPT [ARGS]")]
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "SCRIPT [ARGS]"
+    )]
     pub command: Vec<String>,
 }
 

@@ -87,17 +87,18 @@ pub async fn dispatch(cli: Cli, env: Env) -> Result<ExitCode, CliError> {
 async fn open(g: &Globals) -> Result<LocalBackend, CliError> {
     let exe = g.exe.clone();
     let home = g.home.clone();
-    let launcher: studio_local::fleet::Launcher = Arc::new(move |pool: &PoolKey, id: &InstanceId| {
-        let mut c = std::process::Command::new(&exe);
-        c.arg("--home")
-            .arg(&home)
-            .arg("worker")
-            .arg("--pool")
-            .arg(pool.as_str())
-            .arg("--instance-id")
-            .arg(id.as_str());
-        c
-    });
+    let launcher: studio_local::fleet::Launcher =
+        Arc::new(move |pool: &PoolKey, id: &InstanceId| {
+            let mut c = std::process::Command::new(&exe);
+            c.arg("--home")
+                .arg(&home)
+                .arg("worker")
+                .arg("--pool")
+                .arg(pool.as_str())
+                .arg("--instance-id")
+                .arg(id.as_str());
+            c
+        });
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     LocalBackend::open(&g.home, g.settings.clone(), clock, launcher)
         .await
@@ -116,8 +117,15 @@ fn parse_count(flag: &str, v: &str, min: u32) -> Result<u32, CliError> {
 /// Everything about a run that can be checked before anything is written.
 fn validate_run(a: &RunArgs, owner: &str) -> Result<(SubmitJob, PathBuf), CliError> {
     let Some((script, script_args)) = a.command.split_first() else {
-        return Err(usage("missing script: studio run [flags] script.py [script args...]"));
+        return Err(usage(
+            "missing script: studio run [flags] script.py [script args...]",
+        ));
     };
+    if script.starts_with('-') {
+        return Err(usage(format!(
+            "unknown flag '{script}': Studio's flags go before the script, the script's after it"
+        )));
+    }
     let path = Path::new(script);
     if !path.is_file() {
         return Err(usage(format!("script '{script}' not found")));
@@ -135,14 +143,20 @@ fn validate_run(a: &RunArgs, owner: &str) -> Result<(SubmitJob, PathBuf), CliErr
     let cloud: Cloud = a.cloud.parse().map_err(usage)?;
     let cpus = parse_count("cpus", &a.cpus, 1)?;
     let gpus = parse_count("gpus", &a.gpus, 0)?;
-    let resources = ResourceRequest::parse(cpus, gpus, a.ram.as_deref(), a.hdd.as_deref()).map_err(usage)?;
+    let resources =
+        ResourceRequest::parse(cpus, gpus, a.ram.as_deref(), a.hdd.as_deref()).map_err(usage)?;
     let num_workers = a
         .num_workers
         .as_deref()
         .map(|n| parse_count("num-workers", n, 1))
         .transpose()?;
     WorkerPolicy::from_flag(num_workers).map_err(usage)?;
-    let bid = a.bid.as_deref().map(str::parse::<Bid>).transpose().map_err(usage)?;
+    let bid = a
+        .bid
+        .as_deref()
+        .map(str::parse::<Bid>)
+        .transpose()
+        .map_err(usage)?;
     let job_id = a
         .job_id
         .as_deref()
@@ -198,11 +212,18 @@ async fn run(g: &Globals, env: &Env, a: RunArgs) -> Result<ExitCode, CliError> {
     spec.job_id = Some(id.clone());
     if let Some(existing) = be.store.get_job(&id).await? {
         if existing.spec != spec {
-            return Err(usage(format!("job id '{id}' was already used for a different request")));
+            return Err(usage(format!(
+                "job id '{id}' was already used for a different request"
+            )));
         }
-        eprintln!("studio: job {id} already exists ({}); following it", existing.state);
+        eprintln!(
+            "studio: job {id} already exists ({}); following it",
+            existing.state
+        );
     } else {
-        be.queue.send(&g.settings.submit_queue, &[spec.to_json()]).await?;
+        be.queue
+            .send(&g.settings.submit_queue, &[spec.to_json()])
+            .await?;
     }
     if a.detach {
         ensure_driver(g, &be)?;
@@ -239,7 +260,12 @@ fn report_end(job: &Option<Job>) -> ExitCode {
 /// Prints state changes (stderr) and the job's output (stdout) until the job
 /// ends; drives the handlers meanwhile when no other process does. Returns
 /// `None` when interrupted with Ctrl-C (the job goes on).
-async fn follow(g: &Globals, be: &LocalBackend, id: &JobId, drive: bool) -> Result<Option<Job>, CliError> {
+async fn follow(
+    g: &Globals,
+    be: &LocalBackend,
+    id: &JobId,
+    drive: bool,
+) -> Result<Option<Job>, CliError> {
     let driver = be.driver();
     let lock_path = be.driver_lock_path();
     let mut held = None;
@@ -270,7 +296,9 @@ async fn follow(g: &Globals, be: &LocalBackend, id: &JobId, drive: bool) -> Resu
             }
             None if waited > Duration::from_secs(5) => {
                 if let Some(why) = rejected_reason(g, be, id)? {
-                    return Err(CliError::Other(anyhow::anyhow!("job {id} was rejected: {why}")));
+                    return Err(CliError::Other(anyhow::anyhow!(
+                        "job {id} was rejected: {why}"
+                    )));
                 }
             }
             None => {}
@@ -367,7 +395,9 @@ async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<ExitCode, CliEr
             libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
         }
     }
-    let dur = |name: &str, v: &str| humantime::parse_duration(v).map_err(|e| usage(format!("--{name} '{v}': {e}")));
+    let dur = |name: &str, v: &str| {
+        humantime::parse_duration(v).map_err(|e| usage(format!("--{name} '{v}': {e}")))
+    };
     let cfg = WorkerConfig {
         pool: PoolKey::new(a.pool).map_err(usage)?,
         instance: InstanceId::new(a.instance_id).map_err(usage)?,
@@ -383,7 +413,10 @@ async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<ExitCode, CliEr
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             return;
         };
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
@@ -412,7 +445,11 @@ async fn status(g: &Globals, a: StatusArgs) -> Result<ExitCode, CliError> {
     let now = SystemClock.now();
     if let Some(j) = a.job {
         let id = JobId::new(j.clone()).map_err(usage)?;
-        let job = be.store.get_job(&id).await?.ok_or_else(|| usage(format!("no job '{j}'")))?;
+        let job = be
+            .store
+            .get_job(&id)
+            .await?
+            .ok_or_else(|| usage(format!("no job '{j}'")))?;
         if a.output == Output::Json {
             println!("{}", serde_json::to_string_pretty(&job)?);
         } else {
@@ -425,7 +462,9 @@ async fn status(g: &Globals, a: StatusArgs) -> Result<ExitCode, CliError> {
         println!("{}", serde_json::to_string_pretty(&jobs)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let mut rows = vec![["ID", "STATE", "CLOUD", "MACHINE", "ATTEMPTS", "AGE"].map(String::from).to_vec()];
+    let mut rows = vec![["ID", "STATE", "CLOUD", "MACHINE", "ATTEMPTS", "AGE"]
+        .map(String::from)
+        .to_vec()];
     for j in &jobs {
         rows.push(vec![
             j.id.to_string(),
@@ -445,7 +484,11 @@ fn print_table(rows: &[Vec<String>]) {
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
         .collect();
     for r in rows {
-        let line: Vec<String> = r.iter().zip(&widths).map(|(v, w)| format!("{v:<w$}")).collect();
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect();
         println!("{}", line.join("  ").trim_end());
     }
 }
@@ -459,7 +502,10 @@ fn print_job(j: &Job, now: studio_core::clock::Timestamp) {
     if let Some(c) = j.exit_code {
         println!("exit code {c}");
     }
-    println!("cloud     {} ({}, {})", j.spec.cloud, j.plan.machine, j.plan.market);
+    println!(
+        "cloud     {} ({}, {})",
+        j.spec.cloud, j.plan.machine, j.plan.market
+    );
     println!("pool      {}", j.pool);
     println!("script    {} {}", j.spec.entrypoint, j.spec.args.join(" "));
     println!("owner     {}", j.spec.owner);
@@ -492,7 +538,11 @@ async fn logs(g: &Globals, a: LogsArgs) -> Result<ExitCode, CliError> {
         return Err(usage(format!("no job '{id}'")));
     }
     let be = open(g).await?;
-    let job = be.store.get_job(&id).await?.ok_or_else(|| usage(format!("no job '{id}'")))?;
+    let job = be
+        .store
+        .get_job(&id)
+        .await?
+        .ok_or_else(|| usage(format!("no job '{id}'")))?;
     if !a.follow || job.state.is_terminal() {
         print_log(&be, &id, 0).await?;
         return Ok(ExitCode::SUCCESS);
@@ -501,7 +551,11 @@ async fn logs(g: &Globals, a: LogsArgs) -> Result<ExitCode, CliError> {
     let mut offset = 0;
     loop {
         offset += print_log(&be, &id, offset).await?;
-        let done = be.store.get_job(&id).await?.is_none_or(|j| j.state.is_terminal());
+        let done = be
+            .store
+            .get_job(&id)
+            .await?
+            .is_none_or(|j| j.state.is_terminal());
         if done {
             print_log(&be, &id, offset).await?;
             return Ok(ExitCode::SUCCESS);
@@ -533,7 +587,9 @@ async fn cancel(g: &Globals, env: &Env, a: CancelArgs) -> Result<ExitCode, CliEr
                 tokio::time::sleep(FOLLOW_EVERY).await;
             }
             CancelOutcome::Busy => {
-                return Err(CliError::Other(anyhow::anyhow!("job {id} is being requeued; try again")))
+                return Err(CliError::Other(anyhow::anyhow!(
+                    "job {id} is being requeued; try again"
+                )))
             }
         }
     }

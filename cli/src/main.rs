@@ -12,9 +12,16 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind::*;
-            if matches!(e.kind(), DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand) {
+            if matches!(
+                e.kind(),
+                DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
                 let _ = e.print();
-                return ExitCode::from(if e.kind() == DisplayHelpOnMissingArgumentOrSubcommand { 2 } else { 0 });
+                return ExitCode::from(if e.kind() == DisplayHelpOnMissingArgumentOrSubcommand {
+                    2
+                } else {
+                    0
+                });
             }
             // One line: clap's first line says what and why.
             let text = e.render().to_string();
@@ -37,7 +44,9 @@ fn main() -> ExitCode {
             .unwrap_or_else(|_| format!("uid-{}", unsafe { libc::getuid() })),
         cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
         default_home: std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".studio")),
-        lock_fd: std::env::var(studio_local::fleet::LOCK_FD_ENV).ok().and_then(|s| s.parse().ok()),
+        lock_fd: std::env::var(studio_local::fleet::LOCK_FD_ENV)
+            .ok()
+            .and_then(|s| s.parse().ok()),
     };
     // One thread: the worker's scripts are tied to it by PR_SET_PDEATHSIG.
     let rt = tokio::runtime::Builder::new_current_thread()

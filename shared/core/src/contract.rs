@@ -239,7 +239,9 @@ pub(crate) mod tests {
         }
         let mut v = serde_json::to_value(sample()).unwrap();
         v["resources"]["cpu"] = 8.into();
-        let e = SubmitJob::from_json(&v.to_string()).unwrap_err().to_string();
+        let e = SubmitJob::from_json(&v.to_string())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown field `cpu`"), "{e}");
 
         let mut s = sample();

@@ -143,7 +143,11 @@ pub enum SubmitOutcome {
 /// [`HandlerError::BadInput`], `Plan` and `IdReused` are not retryable (the
 /// message belongs in the dead-letter queue); the rest are.
 #[tracing::instrument(skip(ctx, body), fields(message_id = %message_id))]
-pub async fn submit(ctx: &Ctx, message_id: &str, body: &str) -> Result<SubmitOutcome, HandlerError> {
+pub async fn submit(
+    ctx: &Ctx,
+    message_id: &str,
+    body: &str,
+) -> Result<SubmitOutcome, HandlerError> {
     let spec = SubmitJob::from_json(body)?;
     let id = match &spec.job_id {
         Some(id) => id.clone(),
@@ -245,7 +249,12 @@ pub async fn ensure_pool(ctx: &Ctx, spec: &PoolSpec) -> Result<Pool, HandlerErro
 /// Port errors from the queue or the fleet.
 pub async fn scale_pool(ctx: &Ctx, mut pool: Pool) -> Result<u32, HandlerError> {
     let depth = ctx.queue.depth(&pool.queue()).await?;
-    let want = desired_workers(pool.spec.policy, depth, pool.target, ctx.settings.max_auto_workers);
+    let want = desired_workers(
+        pool.spec.policy,
+        depth,
+        pool.target,
+        ctx.settings.max_auto_workers,
+    );
     if want != pool.target {
         ctx.fleet.set_target(&pool.key, want).await?;
         info!(pool = %pool.key, from = pool.target, to = want, visible = depth.visible, in_flight = depth.in_flight, "pool resized");
@@ -273,10 +282,14 @@ pub async fn scale(ctx: &Ctx) -> Result<Vec<(PoolKey, u32)>, HandlerError> {
             continue;
         }
         let key = pool.key.clone();
-        let stuck = ctx.store.list_jobs(Some(&key), &[JobState::Interrupted]).await?;
+        let stuck = ctx
+            .store
+            .list_jobs(Some(&key), &[JobState::Interrupted])
+            .await?;
         for job in stuck {
             if ctx.clock.now().since(job.updated_at) > Duration::from_secs(60) {
-                if let Err(e) = requeue(ctx, &job.id, job.attempt, "requeue resumed", "scale").await {
+                if let Err(e) = requeue(ctx, &job.id, job.attempt, "requeue resumed", "scale").await
+                {
                     first_err.get_or_insert(e);
                 }
             }
@@ -408,7 +421,10 @@ pub enum InterruptionOutcome {
 /// # Errors
 /// Port errors (retry the event).
 #[tracing::instrument(skip(ctx), fields(event_id = %event.event_id, instance = %event.instance))]
-pub async fn handle_interruption(ctx: &Ctx, event: &InstanceEvent) -> Result<InterruptionOutcome, HandlerError> {
+pub async fn handle_interruption(
+    ctx: &Ctx,
+    event: &InstanceEvent,
+) -> Result<InterruptionOutcome, HandlerError> {
     let jobs: Vec<Job> = ctx
         .store
         .jobs_on_instance(&event.instance)
@@ -476,7 +492,10 @@ pub async fn cleanup(ctx: &Ctx) -> Result<CleanupReport, HandlerError> {
 async fn cleanup_pool(ctx: &Ctx, mut pool: Pool) -> Result<Option<bool>, HandlerError> {
     let now = ctx.clock.now();
     if pool.state == PoolState::Live {
-        let active = ctx.store.list_jobs(Some(&pool.key), &JobState::ACTIVE).await?;
+        let active = ctx
+            .store
+            .list_jobs(Some(&pool.key), &JobState::ACTIVE)
+            .await?;
         if !active.is_empty() {
             if pool.idle_since.is_some() {
                 pool.idle_since = None;
@@ -573,7 +592,11 @@ pub enum Claim {
 /// # Errors
 /// [`HandlerError::BadInput`] for a body that is not a work item (dead-letter
 /// it); port errors otherwise.
-pub async fn claim_work(ctx: &Ctx, instance: &InstanceId, msg: &Received) -> Result<Claim, HandlerError> {
+pub async fn claim_work(
+    ctx: &Ctx,
+    instance: &InstanceId,
+    msg: &Received,
+) -> Result<Claim, HandlerError> {
     let item = WorkItem::from_json(&msg.body)?;
     for _ in 0..CAS_TRIES {
         let Some(mut job) = ctx.store.get_job(&item.job_id).await? else {
@@ -583,21 +606,37 @@ pub async fn claim_work(ctx: &Ctx, instance: &InstanceId, msg: &Received) -> Res
             return Ok(Claim::Drop(format!("job already {}", job.state)));
         }
         if job.attempt > item.attempt {
-            return Ok(Claim::Drop(format!("stale: job is on attempt {}", job.attempt)));
+            return Ok(Claim::Drop(format!(
+                "stale: job is on attempt {}",
+                job.attempt
+            )));
         }
         match job.state {
             JobState::Interrupted => {
-                requeue(ctx, &job.id, job.attempt, "requeue resumed", &format!("worker:{instance}")).await?;
+                requeue(
+                    ctx,
+                    &job.id,
+                    job.attempt,
+                    "requeue resumed",
+                    &format!("worker:{instance}"),
+                )
+                .await?;
                 if job.attempt + 1 == item.attempt {
                     continue; // our item is the next attempt's: claim it now
                 }
                 return Ok(Claim::Drop("requeue finished".into()));
             }
             _ if job.attempt < item.attempt => {
-                return Ok(Claim::Drop(format!("item is for attempt {} but job is on {}", item.attempt, job.attempt)))
+                return Ok(Claim::Drop(format!(
+                    "item is for attempt {} but job is on {}",
+                    item.attempt, job.attempt
+                )))
             }
             JobState::Queued => {
-                if job.claim(instance, &msg.message_id, ctx.clock.now()).is_err() {
+                if job
+                    .claim(instance, &msg.message_id, ctx.clock.now())
+                    .is_err()
+                {
                     continue;
                 }
                 match ctx.store.update_job(&job).await {
@@ -609,7 +648,14 @@ pub async fn claim_work(ctx: &Ctx, instance: &InstanceId, msg: &Received) -> Res
             JobState::Running if job.claimed_message.as_deref() == Some(&msg.message_id) => {
                 let holder = job.instance.as_ref().map_or("?".into(), |i| i.to_string());
                 let why = format!("lease expired on {holder}");
-                let r = requeue(ctx, &job.id, job.attempt, &why, &format!("worker:{instance}")).await?;
+                let r = requeue(
+                    ctx,
+                    &job.id,
+                    job.attempt,
+                    &why,
+                    &format!("worker:{instance}"),
+                )
+                .await?;
                 return Ok(Claim::Drop(format!("{why}: {r:?}")));
             }
             JobState::Running => {

@@ -207,7 +207,12 @@ impl Job {
             });
         }
         if self.state == JobState::Running {
-            if let Some(a) = self.attempts.iter_mut().rev().find(|a| a.number == self.attempt) {
+            if let Some(a) = self
+                .attempts
+                .iter_mut()
+                .rev()
+                .find(|a| a.number == self.attempt)
+            {
                 a.ended_at = Some(at);
                 a.outcome = Some(to);
             }
@@ -274,7 +279,12 @@ impl Job {
             (None, None) => (JobState::Failed, "no exit code".to_string()),
         };
         self.transition(to, at, by, &reason)?;
-        if let Some(a) = self.attempts.iter_mut().rev().find(|a| a.number == self.attempt) {
+        if let Some(a) = self
+            .attempts
+            .iter_mut()
+            .rev()
+            .find(|a| a.number == self.attempt)
+        {
             a.exit_code = exit_code;
         }
         self.exit_code = exit_code;
@@ -287,7 +297,12 @@ impl Job {
     ///
     /// # Errors
     /// [`InvalidTransition`] unless the job is running.
-    pub fn interrupt(&mut self, at: Timestamp, by: &str, reason: &str) -> Result<(), InvalidTransition> {
+    pub fn interrupt(
+        &mut self,
+        at: Timestamp,
+        by: &str,
+        reason: &str,
+    ) -> Result<(), InvalidTransition> {
         self.transition(JobState::Interrupted, at, by, reason)?;
         self.reason = Some(reason.to_string());
         Ok(())
@@ -299,7 +314,12 @@ impl Job {
     /// [`InvalidTransition`] unless the job is interrupted.
     pub fn requeue(&mut self, at: Timestamp, by: &str) -> Result<(), InvalidTransition> {
         let next = self.attempt + 1;
-        self.transition(JobState::Queued, at, by, &format!("queued for attempt {next}"))?;
+        self.transition(
+            JobState::Queued,
+            at,
+            by,
+            &format!("queued for attempt {next}"),
+        )?;
         self.attempt = next;
         self.instance = None;
         self.claimed_message = None;
@@ -310,7 +330,12 @@ impl Job {
     ///
     /// # Errors
     /// [`InvalidTransition`] from any other state.
-    pub fn cancel(&mut self, at: Timestamp, by: &str, reason: &str) -> Result<(), InvalidTransition> {
+    pub fn cancel(
+        &mut self,
+        at: Timestamp,
+        by: &str,
+        reason: &str,
+    ) -> Result<(), InvalidTransition> {
         self.transition(JobState::Cancelled, at, by, reason)?;
         self.reason = Some(reason.to_string());
         Ok(())
@@ -419,17 +444,33 @@ mod tests {
         let w1 = InstanceId::new("w-1").unwrap();
         let w2 = InstanceId::new("w-2").unwrap();
         j.claim(&w1, "m1", Timestamp(10)).unwrap();
-        j.interrupt(Timestamp(20), "interruption", "spot warning").unwrap();
+        j.interrupt(Timestamp(20), "interruption", "spot warning")
+            .unwrap();
         j.requeue(Timestamp(21), "interruption").unwrap();
-        assert_eq!((j.state, j.attempt, j.instance.clone()), (JobState::Queued, 2, None));
+        assert_eq!(
+            (j.state, j.attempt, j.instance.clone()),
+            (JobState::Queued, 2, None)
+        );
         j.claim(&w2, "m2", Timestamp(30)).unwrap();
         j.complete(Some(0), None, Timestamp(40), "worker").unwrap();
         assert_eq!(j.state, JobState::Finished);
         assert_eq!(j.attempts.len(), 2);
         let a1 = &j.attempts[0];
         assert_eq!(
-            (a1.number, &a1.instance, a1.started_at, a1.ended_at, a1.outcome),
-            (1, &w1, Timestamp(10), Some(Timestamp(20)), Some(JobState::Interrupted))
+            (
+                a1.number,
+                &a1.instance,
+                a1.started_at,
+                a1.ended_at,
+                a1.outcome
+            ),
+            (
+                1,
+                &w1,
+                Timestamp(10),
+                Some(Timestamp(20)),
+                Some(JobState::Interrupted)
+            )
         );
         let a2 = &j.attempts[1];
         assert_eq!(

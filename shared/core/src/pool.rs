@@ -123,7 +123,12 @@ impl QueueDepth {
 /// and adds one per call while work is waiting, never more than the work
 /// there is nor more than `max_auto`; it never shrinks a busy pool (idle
 /// workers are retired by cleanup or by their own idle timeout).
-pub fn desired_workers(policy: WorkerPolicy, depth: QueueDepth, current: u32, max_auto: u32) -> u32 {
+pub fn desired_workers(
+    policy: WorkerPolicy,
+    depth: QueueDepth,
+    current: u32,
+    max_auto: u32,
+) -> u32 {
     match policy {
         WorkerPolicy::Fixed(n) => n,
         WorkerPolicy::Auto => {
@@ -155,7 +160,11 @@ mod tests {
         assert_eq!(desired_workers(Auto, depth(4, 1), 1, 4), 2);
         assert_eq!(desired_workers(Auto, depth(3, 2), 2, 4), 3);
         assert_eq!(desired_workers(Auto, depth(1, 3), 4, 4), 4, "capped");
-        assert_eq!(desired_workers(Auto, depth(1, 0), 1, 4), 1, "no more than the work");
+        assert_eq!(
+            desired_workers(Auto, depth(1, 0), 1, 4),
+            1,
+            "no more than the work"
+        );
         assert_eq!(desired_workers(Auto, depth(0, 1), 3, 4), 3, "never shrinks");
         assert_eq!(desired_workers(Auto, depth(9, 0), 6, 4), 4, "cap lowered");
     }

@@ -2,11 +2,11 @@
 //! (local SQLite and processes, AWS, GCP) implement them; handlers never
 //! know which one they talk to.
 
+use crate::clock::Timestamp;
 use crate::contract::WorkspaceRef;
 use crate::ids::{InstanceId, JobId, PoolKey};
 use crate::job::{Job, JobState};
 use crate::pool::{Pool, PoolSpec, QueueDepth};
-use crate::clock::Timestamp;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -63,7 +63,11 @@ pub trait JobStore: Send + Sync {
     /// [`PortError::Conflict`] when someone wrote in between.
     async fn update_job(&self, job: &Job) -> Result<Job, PortError>;
     /// Jobs in `states` (all states when empty), optionally of one pool, newest first.
-    async fn list_jobs(&self, pool: Option<&PoolKey>, states: &[JobState]) -> Result<Vec<Job>, PortError>;
+    async fn list_jobs(
+        &self,
+        pool: Option<&PoolKey>,
+        states: &[JobState],
+    ) -> Result<Vec<Job>, PortError>;
     /// Jobs whose current attempt runs on `instance`.
     async fn jobs_on_instance(&self, instance: &InstanceId) -> Result<Vec<Job>, PortError>;
 
@@ -98,13 +102,20 @@ pub trait WorkQueue: Send + Sync {
     /// Sends bodies (adapters batch them as the service allows).
     async fn send(&self, queue: &str, bodies: &[String]) -> Result<(), PortError>;
     /// Up to `max` messages, each leased for `lease`; waits up to `wait` for the first.
-    async fn receive(&self, queue: &str, max: u32, lease: Duration, wait: Duration) -> Result<Vec<Received>, PortError>;
+    async fn receive(
+        &self,
+        queue: &str,
+        max: u32,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Received>, PortError>;
     async fn extend(&self, queue: &str, receipt: &str, lease: Duration) -> Result<(), PortError>;
     async fn ack(&self, queue: &str, receipt: &str) -> Result<(), PortError>;
     /// Makes the message visible again after `delay`.
     async fn release(&self, queue: &str, receipt: &str, delay: Duration) -> Result<(), PortError>;
     /// Moves the message to the dead-letter queue at once, with the reason.
-    async fn dead_letter(&self, queue: &str, msg: &Received, reason: &str) -> Result<(), PortError>;
+    async fn dead_letter(&self, queue: &str, msg: &Received, reason: &str)
+        -> Result<(), PortError>;
     async fn depth(&self, queue: &str) -> Result<QueueDepth, PortError>;
 }
 
@@ -133,7 +144,12 @@ pub trait Fleet: Send + Sync {
     /// Instances that are not terminated.
     async fn instances(&self, key: &PoolKey) -> Result<Vec<Instance>, PortError>;
     /// Terminates one instance; `decrement` lowers the target by one too.
-    async fn terminate(&self, key: &PoolKey, id: &InstanceId, decrement: bool) -> Result<(), PortError>;
+    async fn terminate(
+        &self,
+        key: &PoolKey,
+        id: &InstanceId,
+        decrement: bool,
+    ) -> Result<(), PortError>;
     /// Deletes the group, its instances and its template; a missing group is fine.
     async fn delete_group(&self, key: &PoolKey) -> Result<(), PortError>;
 }

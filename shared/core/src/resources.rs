@@ -128,11 +128,21 @@ impl ResourceRequest {
         hdd: Option<&str>,
     ) -> Result<Self, RequestError> {
         let ram_mib = ram
-            .map(|r| parse_size(r).map_err(|e| RequestError::Size { flag: "ram", source: e }))
+            .map(|r| {
+                parse_size(r).map_err(|e| RequestError::Size {
+                    flag: "ram",
+                    source: e,
+                })
+            })
             .transpose()?
             .map(|bytes| round_up(bytes, RAM_STEP_MIB * MIB) / MIB);
         let hdd_gib = hdd
-            .map(|h| parse_size(h).map_err(|e| RequestError::Size { flag: "hdd", source: e }))
+            .map(|h| {
+                parse_size(h).map_err(|e| RequestError::Size {
+                    flag: "hdd",
+                    source: e,
+                })
+            })
             .transpose()?
             .map(|bytes| round_up(bytes, GIB) / GIB);
         let req = ResourceRequest {
@@ -162,7 +172,7 @@ impl ResourceRequest {
         }
         match self.ram_mib {
             Some(0) => return Err(RequestError::NotPositive("ram")),
-            Some(m) if m % RAM_STEP_MIB != 0 => {
+            Some(m) if !m.is_multiple_of(RAM_STEP_MIB) => {
                 return Err(RequestError::RamStep(m));
             }
             _ => {}
@@ -295,7 +305,10 @@ mod tests {
             "--ram: size '16' has no unit: add a unit, e.g. 16g"
         );
         let e = ResourceRequest::parse(1, 0, None, Some("lots")).unwrap_err();
-        assert!(e.to_string().starts_with("--hdd: 'lots' is not a size"), "{e}");
+        assert!(
+            e.to_string().starts_with("--hdd: 'lots' is not a size"),
+            "{e}"
+        );
         assert_eq!(
             WorkerPolicy::from_flag(Some(0)).unwrap_err().to_string(),
             "--num-workers must be at least 1"
@@ -319,9 +332,18 @@ mod tests {
         assert_eq!("0.35".parse::<Bid>(), Ok(Bid::MicroUsdPerHour(350_000)));
         assert_eq!("$1.2".parse::<Bid>(), Ok(Bid::MicroUsdPerHour(1_200_000)));
         assert_eq!("60%".parse::<Bid>(), Ok(Bid::BasisPointsOfOnDemand(6000)));
-        assert_eq!("62.5 %".parse::<Bid>(), Ok(Bid::BasisPointsOfOnDemand(6250)));
-        assert!(matches!("0".parse::<Bid>(), Err(RequestError::BidNotPositive(_))));
-        assert!(matches!("-5%".parse::<Bid>(), Err(RequestError::BidNotPositive(_))));
+        assert_eq!(
+            "62.5 %".parse::<Bid>(),
+            Ok(Bid::BasisPointsOfOnDemand(6250))
+        );
+        assert!(matches!(
+            "0".parse::<Bid>(),
+            Err(RequestError::BidNotPositive(_))
+        ));
+        assert!(matches!(
+            "-5%".parse::<Bid>(),
+            Err(RequestError::BidNotPositive(_))
+        ));
         assert!(matches!("cheap".parse::<Bid>(), Err(RequestError::Bid(_))));
         assert_eq!(Bid::BasisPointsOfOnDemand(6000).to_string(), "60%");
     }

@@ -83,7 +83,7 @@ pub fn round_up(bytes: u64, step: u64) -> u64 {
 
 /// Formats mebibytes the way users write them: `16g`, `1.25g`, `512m`.
 pub fn format_mib(mib: u64) -> String {
-    if mib % 1024 == 0 {
+    if mib.is_multiple_of(1024) {
         format!("{}g", mib / 1024)
     } else if mib >= 1024 {
         format!("{}g", (mib as f64 / 1024.0 * 1000.0).round() / 1000.0)

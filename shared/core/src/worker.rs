@@ -118,7 +118,10 @@ async fn handle_item(
         }
         Err(e) => {
             warn!(message_id = %msg.message_id, error = %e, "claim failed; item will come back");
-            let _ = ctx.queue.release(queue, &msg.receipt, Duration::from_secs(5)).await;
+            let _ = ctx
+                .queue
+                .release(queue, &msg.receipt, Duration::from_secs(5))
+                .await;
             return;
         }
         Ok(Claim::Drop(why)) => {
@@ -174,7 +177,15 @@ async fn run_job(
     }
     .await;
     if let Err(why) = prepared {
-        return finish(ctx, &id, attempt, &cfg.instance, None, Some(format!("workspace: {why}"))).await;
+        return finish(
+            ctx,
+            &id,
+            attempt,
+            &cfg.instance,
+            None,
+            Some(format!("workspace: {why}")),
+        )
+        .await;
     }
 
     let mut cmd = Command::new(&cfg.python);
@@ -264,7 +275,9 @@ async fn run_job(
         if let Some(s) = new_stop {
             let what = match &s {
                 Stop::Cancelled => "job cancelled".to_string(),
-                Stop::MaxDuration(m) => format!("max duration {} exceeded", humantime::format_duration(*m)),
+                Stop::MaxDuration(m) => {
+                    format!("max duration {} exceeded", humantime::format_duration(*m))
+                }
                 Stop::Shutdown => "worker shutting down".to_string(),
                 Stop::Lost => "attempt taken over elsewhere".to_string(),
             };
@@ -303,7 +316,15 @@ async fn run_job(
         }
         Some(Stop::Cancelled) | Some(Stop::Lost) => true,
         Some(Stop::Shutdown) => {
-            match requeue(ctx, &id, attempt, "worker stopped (instance terminating)", &me).await {
+            match requeue(
+                ctx,
+                &id,
+                attempt,
+                "worker stopped (instance terminating)",
+                &me,
+            )
+            .await
+            {
                 Ok(r) => {
                     info!(job_id = %id, outcome = ?r, "job handed back");
                     true
@@ -330,7 +351,10 @@ async fn finish(
     let now: Timestamp = ctx.clock.now();
     let by = format!("worker:{me}");
     let r = mutate_job(ctx.store.as_ref(), id, |job| {
-        if job.state == JobState::Running && job.attempt == attempt && job.instance.as_ref() == Some(me) {
+        if job.state == JobState::Running
+            && job.attempt == attempt
+            && job.instance.as_ref() == Some(me)
+        {
             match job.complete(code, failure.clone(), now, &by) {
                 Ok(()) => Step::Write(()),
                 Err(_) => Step::Keep(()),

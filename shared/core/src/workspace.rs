@@ -31,7 +31,9 @@ pub enum WorkspaceError {
         #[source]
         source: std::io::Error,
     },
-    #[error("workspace is {bytes} bytes, more than the {limit} allowed: move data to object storage")]
+    #[error(
+        "workspace is {bytes} bytes, more than the {limit} allowed: move data to object storage"
+    )]
     TooLarge { bytes: u64, limit: u64 },
 }
 
@@ -76,7 +78,11 @@ pub fn pack_dir(dir: &Path, limit: u64) -> Result<Vec<u8>, WorkspaceError> {
     gz.finish().map_err(io(dir))
 }
 
-fn collect(root: &Path, rel: &Path, out: &mut Vec<(std::path::PathBuf, u64, u32)>) -> Result<(), WorkspaceError> {
+fn collect(
+    root: &Path,
+    rel: &Path,
+    out: &mut Vec<(std::path::PathBuf, u64, u32)>,
+) -> Result<(), WorkspaceError> {
     let here = root.join(rel);
     for entry in fs::read_dir(&here).map_err(io(&here))? {
         let entry = entry.map_err(io(&here))?;
@@ -133,8 +139,14 @@ mod tests {
 
         let dst = tempfile::tempdir().unwrap();
         unpack(&a, dst.path()).unwrap();
-        assert_eq!(fs::read_to_string(dst.path().join("train.py")).unwrap(), "print('hi')\n");
-        assert_eq!(fs::read_to_string(dst.path().join("data/sub/x.txt")).unwrap(), "x");
+        assert_eq!(
+            fs::read_to_string(dst.path().join("train.py")).unwrap(),
+            "print('hi')\n"
+        );
+        assert_eq!(
+            fs::read_to_string(dst.path().join("data/sub/x.txt")).unwrap(),
+            "x"
+        );
         assert!(!dst.path().join("__pycache__").exists());
     }
 
@@ -144,7 +156,10 @@ mod tests {
         fs::write(src.path().join("big.bin"), vec![0u8; 2048]).unwrap();
         assert!(matches!(
             pack_dir(src.path(), 1024),
-            Err(WorkspaceError::TooLarge { bytes: 2048, limit: 1024 })
+            Err(WorkspaceError::TooLarge {
+                bytes: 2048,
+                limit: 1024
+            })
         ));
     }
 }

@@ -26,7 +26,9 @@ impl DirArtifacts {
     }
 
     fn workspace_path(&self, sha: &str) -> PathBuf {
-        self.root.join("artifacts/workspaces").join(format!("{sha}.tar.gz"))
+        self.root
+            .join("artifacts/workspaces")
+            .join(format!("{sha}.tar.gz"))
     }
 
     /// The directory a job's files (log, attempts, checkpoints) live in.
@@ -65,7 +67,10 @@ impl ArtifactStore for DirArtifacts {
             Err(e) => return Err(io(e)),
         };
         if hex::encode(Sha256::digest(&bytes)) != r.sha256 {
-            return Err(PortError::backend(PORT, format!("workspace {} is corrupt", r.sha256)));
+            return Err(PortError::backend(
+                PORT,
+                format!("workspace {} is corrupt", r.sha256),
+            ));
         }
         Ok(bytes)
     }

@@ -63,12 +63,16 @@ impl Driver {
                     }
                     Err(e) if e.is_retryable() => {
                         warn!(message_id = %m.message_id, error = %e, "submit will be retried");
-                        self.queue.release(&submit_q, &m.receipt, Duration::from_secs(1)).await?;
+                        self.queue
+                            .release(&submit_q, &m.receipt, Duration::from_secs(1))
+                            .await?;
                     }
                     Err(e) => {
                         warn!(message_id = %m.message_id, error = %e, "submit rejected; message dead-lettered");
                         report.rejected.push(e.to_string());
-                        self.queue.dead_letter(&submit_q, &m, &e.to_string()).await?;
+                        self.queue
+                            .dead_letter(&submit_q, &m, &e.to_string())
+                            .await?;
                     }
                 }
             }
@@ -83,7 +87,10 @@ impl Driver {
             }
         }
         log_err("scale", handlers::scale(&self.ctx).await.map(|_| ()));
-        log_err("reconcile", self.fleet.reconcile().map_err(HandlerError::from));
+        log_err(
+            "reconcile",
+            self.fleet.reconcile().map_err(HandlerError::from),
+        );
         match handlers::cleanup(&self.ctx).await {
             Ok(r) => report.pools_deleted = r.deleted.len(),
             Err(e) => log_err("cleanup", Err(e)),

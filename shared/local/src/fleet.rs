@@ -66,7 +66,10 @@ impl ProcessFleet {
     /// # Errors
     /// Database errors.
     pub fn reap(&self) -> Result<Vec<InstanceEvent>, PortError> {
-        let rows = self.rows("SELECT id, pool, pid, state FROM instances WHERE state != 'terminated'", None)?;
+        let rows = self.rows(
+            "SELECT id, pool, pid, state FROM instances WHERE state != 'terminated'",
+            None,
+        )?;
         let mut events = Vec::new();
         for (id, _pool, _pid, _state) in rows {
             if lock::is_held(&self.lock_path(&id)) {
@@ -102,7 +105,9 @@ impl ProcessFleet {
     pub fn reconcile(&self) -> Result<(), PortError> {
         let groups: Vec<(String, u32)> = {
             let conn = self.db.conn();
-            let mut stmt = conn.prepare("SELECT pool, target FROM groups").map_err(sql(PORT))?;
+            let mut stmt = conn
+                .prepare("SELECT pool, target FROM groups")
+                .map_err(sql(PORT))?;
             let rows = stmt
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
                 .map_err(sql(PORT))?;
@@ -134,7 +139,9 @@ impl ProcessFleet {
         std::fs::create_dir_all(&self.dir).map_err(io)?;
         let held = lock::try_lock(&self.lock_path(id.as_str()))
             .map_err(io)?
-            .ok_or_else(|| PortError::backend(PORT, format!("lock of new instance {id} is taken")))?;
+            .ok_or_else(|| {
+                PortError::backend(PORT, format!("lock of new instance {id} is taken"))
+            })?;
         let log = std::fs::File::create(self.log_path(id.as_str())).map_err(io)?;
         let log2 = log.try_clone().map_err(io)?;
         self.db
@@ -164,16 +171,22 @@ impl ProcessFleet {
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
-                let _ = self.db.conn().execute("DELETE FROM instances WHERE id = ?1", [id.as_str()]);
+                let _ = self
+                    .db
+                    .conn()
+                    .execute("DELETE FROM instances WHERE id = ?1", [id.as_str()]);
                 return Err(io(e));
             }
         };
         self.db
             .conn()
-            .execute("UPDATE instances SET pid = ?1 WHERE id = ?2", params![child.id(), id.as_str()])
+            .execute(
+                "UPDATE instances SET pid = ?1 WHERE id = ?2",
+                params![child.id(), id.as_str()],
+            )
             .map_err(sql(PORT))?;
         drop(held); // the worker holds the lock from here on
-        // Reap the child when it exits so it never lingers as a zombie.
+                    // Reap the child when it exits so it never lingers as a zombie.
         std::thread::spawn(move || child.wait());
         info!(instance = %id, pool = %pool, "instance launched");
         Ok(id)
@@ -199,7 +212,11 @@ impl ProcessFleet {
     }
 
     #[allow(clippy::type_complexity)]
-    fn rows(&self, q: &str, pool: Option<&str>) -> Result<Vec<(String, String, Option<i64>, String)>, PortError> {
+    fn rows(
+        &self,
+        q: &str,
+        pool: Option<&str>,
+    ) -> Result<Vec<(String, String, Option<i64>, String)>, PortError> {
         let conn = self.db.conn();
         let mut stmt = conn.prepare(q).map_err(sql(PORT))?;
         let map = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?));
@@ -218,7 +235,10 @@ impl ProcessFleet {
     /// Database errors.
     pub fn live_pids(&self) -> Result<Vec<i64>, PortError> {
         Ok(self
-            .rows("SELECT id, pool, pid, state FROM instances WHERE state != 'terminated'", None)?
+            .rows(
+                "SELECT id, pool, pid, state FROM instances WHERE state != 'terminated'",
+                None,
+            )?
             .into_iter()
             .filter(|(id, ..)| lock::is_held(&self.lock_path(id)))
             .filter_map(|(_, _, pid, _)| pid)
@@ -233,7 +253,10 @@ impl Fleet for ProcessFleet {
             .conn()
             .execute(
                 "INSERT OR IGNORE INTO groups (pool, target, spec) VALUES (?1, 0, ?2)",
-                params![key.as_str(), serde_json::to_string(spec).expect("specs serialize")],
+                params![
+                    key.as_str(),
+                    serde_json::to_string(spec).expect("specs serialize")
+                ],
             )
             .map_err(sql(PORT))?;
         Ok(())
@@ -243,7 +266,10 @@ impl Fleet for ProcessFleet {
         let n = self
             .db
             .conn()
-            .execute("UPDATE groups SET target = ?1 WHERE pool = ?2", params![target, key.as_str()])
+            .execute(
+                "UPDATE groups SET target = ?1 WHERE pool = ?2",
+                params![target, key.as_str()],
+            )
             .map_err(sql(PORT))?;
         if n == 0 {
             return Err(PortError::NotFound(format!("group {key}")));
@@ -257,7 +283,9 @@ impl Fleet for ProcessFleet {
             .prepare("SELECT id, launched_at FROM instances WHERE pool = ?1 AND state != 'terminated' ORDER BY launched_at")
             .map_err(sql(PORT))?;
         let rows = stmt
-            .query_map([key.as_str()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .query_map([key.as_str()], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
             .map_err(sql(PORT))?;
         let mut out = Vec::new();
         for row in rows {
@@ -272,7 +300,12 @@ impl Fleet for ProcessFleet {
         Ok(out)
     }
 
-    async fn terminate(&self, key: &PoolKey, id: &InstanceId, decrement: bool) -> Result<(), PortError> {
+    async fn terminate(
+        &self,
+        key: &PoolKey,
+        id: &InstanceId,
+        decrement: bool,
+    ) -> Result<(), PortError> {
         let pid: Option<Option<i64>> = self
             .db
             .conn()
@@ -312,7 +345,10 @@ impl Fleet for ProcessFleet {
         }
         // Give workers a moment to leave on SIGTERM; then make sure.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while live.iter().any(|(id, ..)| lock::is_held(&self.lock_path(id))) {
+        while live
+            .iter()
+            .any(|(id, ..)| lock::is_held(&self.lock_path(id)))
+        {
             if std::time::Instant::now() >= deadline {
                 for (id, _, pid, _) in &live {
                     warn!(instance = %id, "worker ignored SIGTERM; killing it");

@@ -53,16 +53,23 @@ impl SqliteQueue {
         rows.map(|r| r.map_err(sql(PORT))).collect()
     }
 
-    fn try_receive(&self, queue: &str, max: u32, lease: Duration) -> Result<Vec<Received>, PortError> {
+    fn try_receive(
+        &self,
+        queue: &str,
+        max: u32,
+        lease: Duration,
+    ) -> Result<Vec<Received>, PortError> {
         let now = self.now();
         let mut conn = self.db.conn();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql(PORT))?;
         let q: Option<(Option<String>, u32)> = tx
-            .query_row("SELECT dlq, max_receives FROM queues WHERE name = ?1", [queue], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_row(
+                "SELECT dlq, max_receives FROM queues WHERE name = ?1",
+                [queue],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()
             .map_err(sql(PORT))?;
         let Some((dlq, max_receives)) = q else {
@@ -134,10 +141,14 @@ impl WorkQueue for SqliteQueue {
 
     async fn delete_queue(&self, queue: &str) -> Result<(), PortError> {
         let mut conn = self.db.conn();
-        let tx = conn.transaction().map_err(sql(PORT))?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql(PORT))?;
         for q in [queue.to_string(), dlq_name(queue)] {
-            tx.execute("DELETE FROM messages WHERE queue = ?1", [&q]).map_err(sql(PORT))?;
-            tx.execute("DELETE FROM queues WHERE name = ?1", [&q]).map_err(sql(PORT))?;
+            tx.execute("DELETE FROM messages WHERE queue = ?1", [&q])
+                .map_err(sql(PORT))?;
+            tx.execute("DELETE FROM queues WHERE name = ?1", [&q])
+                .map_err(sql(PORT))?;
         }
         tx.commit().map_err(sql(PORT))
     }
@@ -145,9 +156,13 @@ impl WorkQueue for SqliteQueue {
     async fn send(&self, queue: &str, bodies: &[String]) -> Result<(), PortError> {
         let now = self.now();
         let mut conn = self.db.conn();
-        let tx = conn.transaction().map_err(sql(PORT))?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql(PORT))?;
         let exists: Option<i64> = tx
-            .query_row("SELECT 1 FROM queues WHERE name = ?1", [queue], |r| r.get(0))
+            .query_row("SELECT 1 FROM queues WHERE name = ?1", [queue], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(sql(PORT))?;
         if exists.is_none() {
@@ -169,7 +184,13 @@ impl WorkQueue for SqliteQueue {
         tx.commit().map_err(sql(PORT))
     }
 
-    async fn receive(&self, queue: &str, max: u32, lease: Duration, wait: Duration) -> Result<Vec<Received>, PortError> {
+    async fn receive(
+        &self,
+        queue: &str,
+        max: u32,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Received>, PortError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let got = self.try_receive(queue, max.clamp(1, 10), lease)?;
@@ -199,7 +220,10 @@ impl WorkQueue for SqliteQueue {
     async fn ack(&self, queue: &str, receipt: &str) -> Result<(), PortError> {
         self.db
             .conn()
-            .execute("DELETE FROM messages WHERE queue = ?1 AND receipt = ?2", params![queue, receipt])
+            .execute(
+                "DELETE FROM messages WHERE queue = ?1 AND receipt = ?2",
+                params![queue, receipt],
+            )
             .map_err(sql(PORT))?;
         Ok(())
     }
@@ -215,7 +239,12 @@ impl WorkQueue for SqliteQueue {
         Ok(())
     }
 
-    async fn dead_letter(&self, queue: &str, msg: &Received, reason: &str) -> Result<(), PortError> {
+    async fn dead_letter(
+        &self,
+        queue: &str,
+        msg: &Received,
+        reason: &str,
+    ) -> Result<(), PortError> {
         let conn = self.db.conn();
         conn.execute(
             "INSERT OR IGNORE INTO queues (name, dlq, max_receives) VALUES (?1, NULL, ?2)",

@@ -63,7 +63,11 @@ impl JobStore for SqliteStore {
             return Ok(Created::New(job.clone()));
         }
         let rec: String = conn
-            .query_row("SELECT record FROM jobs WHERE id = ?1", [job.id.as_str()], |r| r.get(0))
+            .query_row(
+                "SELECT record FROM jobs WHERE id = ?1",
+                [job.id.as_str()],
+                |r| r.get(0),
+            )
             .map_err(sql(PORT))?;
         Ok(Created::Existing(decode(rec)?))
     }
@@ -72,7 +76,11 @@ impl JobStore for SqliteStore {
         let rec: Option<String> = self
             .db
             .conn()
-            .query_row("SELECT record FROM jobs WHERE id = ?1", [id.as_str()], |r| r.get(0))
+            .query_row(
+                "SELECT record FROM jobs WHERE id = ?1",
+                [id.as_str()],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(sql(PORT))?;
         rec.map(decode).transpose()
@@ -100,7 +108,9 @@ impl JobStore for SqliteStore {
             return Ok(next);
         }
         let exists: Option<i64> = conn
-            .query_row("SELECT 1 FROM jobs WHERE id = ?1", [job.id.as_str()], |r| r.get(0))
+            .query_row("SELECT 1 FROM jobs WHERE id = ?1", [job.id.as_str()], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(sql(PORT))?;
         Err(match exists {
@@ -109,13 +119,19 @@ impl JobStore for SqliteStore {
         })
     }
 
-    async fn list_jobs(&self, pool: Option<&PoolKey>, states: &[JobState]) -> Result<Vec<Job>, PortError> {
+    async fn list_jobs(
+        &self,
+        pool: Option<&PoolKey>,
+        states: &[JobState],
+    ) -> Result<Vec<Job>, PortError> {
         let conn = self.db.conn();
         let mut stmt = conn
             .prepare("SELECT record, state FROM jobs WHERE (?1 IS NULL OR pool = ?1) ORDER BY created_at DESC, id DESC")
             .map_err(sql(PORT))?;
         let rows = stmt
-            .query_map([pool.map(|p| p.as_str())], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .query_map([pool.map(|p| p.as_str())], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
             .map_err(sql(PORT))?;
         let mut out = Vec::new();
         for row in rows {
@@ -135,14 +151,19 @@ impl JobStore for SqliteStore {
         let rows = stmt
             .query_map([instance.as_str()], |r| r.get::<_, String>(0))
             .map_err(sql(PORT))?;
-        rows.map(|r| r.map_err(sql(PORT)).and_then(decode)).collect()
+        rows.map(|r| r.map_err(sql(PORT)).and_then(decode))
+            .collect()
     }
 
     async fn get_pool(&self, key: &PoolKey) -> Result<Option<Pool>, PortError> {
         let rec: Option<String> = self
             .db
             .conn()
-            .query_row("SELECT record FROM pools WHERE key = ?1", [key.as_str()], |r| r.get(0))
+            .query_row(
+                "SELECT record FROM pools WHERE key = ?1",
+                [key.as_str()],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(sql(PORT))?;
         rec.map(decode).transpose()
@@ -153,14 +174,23 @@ impl JobStore for SqliteStore {
         let n = conn
             .execute(
                 "INSERT OR IGNORE INTO pools (key, state, version, record) VALUES (?1, ?2, ?3, ?4)",
-                params![pool.key.as_str(), pool_state(pool.state), pool.version as i64, encode(pool)],
+                params![
+                    pool.key.as_str(),
+                    pool_state(pool.state),
+                    pool.version as i64,
+                    encode(pool)
+                ],
             )
             .map_err(sql(PORT))?;
         if n == 1 {
             return Ok(Created::New(pool.clone()));
         }
         let rec: String = conn
-            .query_row("SELECT record FROM pools WHERE key = ?1", [pool.key.as_str()], |r| r.get(0))
+            .query_row(
+                "SELECT record FROM pools WHERE key = ?1",
+                [pool.key.as_str()],
+                |r| r.get(0),
+            )
             .map_err(sql(PORT))?;
         Ok(Created::Existing(decode(rec)?))
     }
@@ -194,7 +224,10 @@ impl JobStore for SqliteStore {
         let mut stmt = conn
             .prepare("SELECT record FROM pools WHERE state != 'deleted' ORDER BY key")
             .map_err(sql(PORT))?;
-        let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(sql(PORT))?;
-        rows.map(|r| r.map_err(sql(PORT)).and_then(decode)).collect()
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(sql(PORT))?;
+        rows.map(|r| r.map_err(sql(PORT)).and_then(decode))
+            .collect()
     }
 }

@@ -1,0 +1,464 @@
+//! End to end, as a user runs it: the real `studio` binary, the local
+//! backend in a temporary `STUDIO_HOME`, real worker processes and python3.
+//! Waits are polls with a deadline, never sleeps standing in for a signal.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const STUDIO: &str = env!("CARGO_BIN_EXE_studio");
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+struct Home {
+    dir: tempfile::TempDir,
+}
+
+impl Home {
+    fn new() -> Home {
+        Home {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(STUDIO);
+        c.args(args)
+            .env("STUDIO_HOME", self.dir.path())
+            .env("STUDIO_POOL_GRACE", "1s")
+            .env_remove("STUDIO_LOG")
+            .current_dir(examples());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    fn jobs(&self) -> Vec<Value> {
+        let out = self.run(&["status", "--output", "json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn job(&self, id: &str) -> Value {
+        let out = self.run(&["status", id, "--output", "json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn count(&self, sql: &str) -> i64 {
+        let path = self.dir.path().join("studio.sqlite3");
+        if !path.exists() {
+            return 0;
+        }
+        let db = rusqlite::Connection::open(path).unwrap();
+        db.busy_timeout(Duration::from_secs(10)).unwrap();
+        db.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    fn log(&self, id: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join("jobs").join(id).join("log"))
+            .unwrap_or_default()
+    }
+
+    fn pids(&self, pattern: &str) -> Vec<i32> {
+        let out = Command::new("pgrep")
+            .args(["-f", &format!("{} {}", self.dir.path().display(), pattern)])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        // Never leave a driver or worker behind, whatever the test did.
+        let _ = Command::new("pkill")
+            .args([
+                "-KILL",
+                "-f",
+                "--",
+                &format!("--home {}", self.dir.path().display()),
+            ])
+            .status();
+    }
+}
+
+fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn hello_runs_to_finished_and_prints_its_output() {
+    let h = Home::new();
+    let out = h.run(&["run", "hello.py", "--flag-for-the-script", "x"]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let so = stdout(&out);
+    assert!(so.contains("hello from Studio"), "{so}");
+    assert!(
+        so.contains("args: --flag-for-the-script x"),
+        "script args pass through: {so}"
+    );
+    assert!(
+        stderr(&out).contains("finished (exit code 0"),
+        "{}",
+        stderr(&out)
+    );
+    let jobs = h.jobs();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["state"], "finished");
+    assert_eq!(jobs[0]["exit_code"], 0);
+    let id = jobs[0]["id"].as_str().unwrap();
+    let written = h
+        .dir
+        .path()
+        .join("jobs")
+        .join(id)
+        .join("attempt-1/workspace/hello.txt");
+    assert_eq!(std::fs::read_to_string(written).unwrap(), "hello, world\n");
+}
+
+#[test]
+fn a_script_that_exits_3_fails_and_the_cli_says_so() {
+    let h = Home::new();
+    let out = h.run(&[
+        "run",
+        "train.py",
+        "--epochs",
+        "1",
+        "--epoch-seconds",
+        "0",
+        "--fail-with",
+        "3",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("failed: exit code 3"),
+        "{}",
+        stderr(&out)
+    );
+    let jobs = h.jobs();
+    assert_eq!(
+        (jobs[0]["state"].as_str(), jobs[0]["exit_code"].as_i64()),
+        (Some("failed"), Some(3))
+    );
+}
+
+#[test]
+fn twenty_detached_jobs_on_four_workers_all_finish() {
+    let h = Home::new();
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let out = h.run(&[
+            "run",
+            "--detach",
+            "--num-workers",
+            "4",
+            "hello.py",
+            &i.to_string(),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        ids.push(stdout(&out).trim().to_string());
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 20);
+    wait_until("20 finished jobs", Duration::from_secs(90), || {
+        let jobs = h.jobs();
+        (jobs.len() == 20 && jobs.iter().all(|j| j["state"] == "finished")).then_some(())
+    });
+    let table = stdout(&h.run(&["status"]));
+    assert_eq!(
+        table.lines().filter(|l| l.contains("finished")).count(),
+        20,
+        "{table}"
+    );
+    assert!(table.starts_with("ID"), "{table}");
+    assert_eq!(
+        h.count("SELECT COUNT(DISTINCT id) FROM instances"),
+        4,
+        "one pool of four workers"
+    );
+    // And when the grace is over, the pool is torn down.
+    wait_until("the pool to be deleted", Duration::from_secs(30), || {
+        (h.count("SELECT COUNT(*) FROM pools WHERE state != 'deleted'") == 0
+            && h.pids("worker").is_empty())
+        .then_some(())
+    });
+}
+
+#[test]
+fn a_worker_killed_mid_job_means_attempt_2_elsewhere_resuming_the_checkpoint() {
+    let h = Home::new();
+    let out = h.run(&[
+        "run",
+        "--detach",
+        "train.py",
+        "--epochs",
+        "8",
+        "--epoch-seconds",
+        "0.3",
+    ]);
+    let id = stdout(&out).trim().to_string();
+    wait_until("epoch 2", Duration::from_secs(30), || {
+        h.log(&id).contains("epoch 2/8").then_some(())
+    });
+    let worker = h.job(&id)["instance"].as_str().unwrap().to_string();
+    let pids = h.pids(&format!("worker --pool .* --instance-id {worker}"));
+    assert_eq!(pids.len(), 1, "one worker process for {worker}");
+    Command::new("kill")
+        .args(["-KILL", &pids[0].to_string()])
+        .status()
+        .unwrap();
+
+    let job = wait_until("the job to finish", Duration::from_secs(60), || {
+        let j = h.job(&id);
+        j["state"]
+            .as_str()
+            .is_some_and(|s| s != "running" && s != "queued" && s != "interrupted")
+            .then_some(j)
+    });
+    assert_eq!(job["state"], "finished", "{job:#}");
+    assert_eq!(job["attempt"], 2);
+    let attempts = job["attempts"].as_array().unwrap();
+    assert_eq!(attempts[0]["outcome"], "interrupted");
+    assert_eq!(attempts[0]["instance"].as_str(), Some(worker.as_str()));
+    assert_ne!(attempts[1]["instance"].as_str(), Some(worker.as_str()));
+    let log = h.log(&id);
+    assert!(log.contains("resuming from checkpoint: epoch"), "{log}");
+    assert!(log.contains("training done"), "{log}");
+}
+
+#[test]
+fn the_same_job_id_twice_makes_one_job() {
+    let h = Home::new();
+    let a = h.run(&["run", "--detach", "--job-id", "exp-1", "hello.py"]);
+    let b = h.run(&["run", "--detach", "--job-id", "exp-1", "hello.py"]);
+    assert!(a.status.success() && b.status.success(), "{}", stderr(&b));
+    assert_eq!((stdout(&a).trim(), stdout(&b).trim()), ("exp-1", "exp-1"));
+    wait_until("exp-1 to finish", Duration::from_secs(30), || {
+        (h.job("exp-1")["state"] == "finished").then_some(())
+    });
+    assert_eq!(h.jobs().len(), 1);
+    assert_eq!(
+        h.job("exp-1")["attempts"].as_array().unwrap().len(),
+        1,
+        "ran once"
+    );
+
+    let c = h.run(&[
+        "run",
+        "--detach",
+        "--job-id",
+        "exp-1",
+        "hello.py",
+        "different",
+    ]);
+    assert_eq!(c.status.code(), Some(2));
+    assert!(
+        stderr(&c).contains("already used for a different request"),
+        "{}",
+        stderr(&c)
+    );
+}
+
+#[test]
+fn bad_flags_are_one_line_exit_2_and_change_nothing() {
+    let h = Home::new();
+    assert!(h.run(&["run", "hello.py"]).status.success());
+    let count = || {
+        (
+            h.count("SELECT COUNT(*) FROM jobs"),
+            h.count("SELECT COUNT(*) FROM messages"),
+            std::fs::read_dir(h.dir.path().join("artifacts/workspaces"))
+                .unwrap()
+                .count(),
+        )
+    };
+    let before = count();
+    let cases: &[(&[&str], &str)] = &[
+        (&["run", "--ram=16", "hello.py"], "add a unit, e.g. 16g"),
+        (&["run", "--ram=lots", "hello.py"], "'lots' is not a size"),
+        (
+            &["run", "--cpus=0", "hello.py"],
+            "--cpus must be at least 1",
+        ),
+        (
+            &["run", "--cpus=-2", "hello.py"],
+            "--cpus must be at least 1",
+        ),
+        (
+            &["run", "--cloud=azure", "hello.py"],
+            "unknown cloud 'azure'",
+        ),
+        (
+            &["run", "--num-workers=0", "hello.py"],
+            "--num-workers must be at least 1",
+        ),
+        (
+            &["run", "--bid=-1", "hello.py"],
+            "--bid '-1' must be greater than zero",
+        ),
+        (
+            &["run", "--max-duration=soon", "hello.py"],
+            "--max-duration 'soon'",
+        ),
+        (&["run", "--env=NOEQUALS", "hello.py"], "must be NAME=VALUE"),
+        (
+            &["run", "--cloud=ec2", "hello.py"],
+            "cloud 'ec2' is not configured",
+        ),
+        (&["run"], "missing script"),
+        (&["run", "nope.py"], "script 'nope.py' not found"),
+        (
+            &["run", "--frobnicate", "hello.py"],
+            "unknown flag '--frobnicate'",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = h.run(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{args:?} one line: {err}"
+        );
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(stdout(&out).is_empty(), "{args:?}");
+    }
+    assert_eq!(count(), before, "the store is unchanged");
+}
+
+#[test]
+fn bad_flags_on_a_fresh_machine_create_no_store() {
+    let h = Home::new();
+    let out = h.run(&["run", "--ram=16", "hello.py"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!h.dir.path().join("studio.sqlite3").exists());
+}
+
+#[test]
+fn cancel_stops_a_running_script_with_sigterm() {
+    let h = Home::new();
+    let id = stdout(&h.run(&[
+        "run",
+        "--detach",
+        "train.py",
+        "--epochs",
+        "200",
+        "--epoch-seconds",
+        "0.2",
+    ]))
+    .trim()
+    .to_string();
+    wait_until("epoch 1", Duration::from_secs(30), || {
+        h.log(&id).contains("epoch 1/").then_some(())
+    });
+    let out = h.run(&["cancel", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(h.job(&id)["state"], "cancelled");
+    wait_until("the script to get SIGTERM", Duration::from_secs(20), || {
+        h.log(&id)
+            .contains("SIGTERM: checkpoint saved")
+            .then_some(())
+    });
+    let again = h.run(&["cancel", &id]);
+    assert!(
+        stderr(&again).contains("already ended: cancelled"),
+        "{}",
+        stderr(&again)
+    );
+}
+
+#[test]
+fn a_job_over_its_max_duration_is_killed_and_failed() {
+    let h = Home::new();
+    let out = h.run(&[
+        "run",
+        "--max-duration",
+        "1s",
+        "train.py",
+        "--epochs",
+        "100",
+        "--epoch-seconds",
+        "0.2",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("max duration 1s exceeded"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn logs_follow_shows_lines_while_the_job_runs() {
+    use std::io::{BufRead, BufReader};
+    let h = Home::new();
+    let id = stdout(&h.run(&[
+        "run",
+        "--detach",
+        "train.py",
+        "--epochs",
+        "6",
+        "--epoch-seconds",
+        "0.5",
+    ]))
+    .trim()
+    .to_string();
+    let mut child = h
+        .cmd(&["logs", "-f", &id])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert_eq!(first, "epoch 1/6 loss 0.7");
+    assert_eq!(
+        h.job(&id)["state"],
+        "running",
+        "the line arrived while the job ran"
+    );
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert_eq!(rest.last().map(String::as_str), Some("training done"));
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn status_of_an_unknown_job_is_a_usage_error() {
+    let h = Home::new();
+    let out = h.run(&["status", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("no job 'nope'"));
+}

@@ -1,0 +1,122 @@
+//! Fixtures for the cross-crate scenarios in `tests/tests/`.
+//!
+//! # Layout
+//! - [`LocalWorld`]: a local backend in a temporary `$STUDIO_HOME` with a
+//!   [`ManualClock`], whose fleet starts real processes (`sleep`) as its
+//!   instances, so the fleet's bookkeeping is real while the test decides
+//!   what the "workers" do by calling the worker-side handlers itself.
+//! - [`JobBuilder`]: `SubmitJob` bodies that read like sentences.
+
+use std::sync::Arc;
+use std::time::Duration;
+use studio_core::clock::{ManualClock, Timestamp};
+use studio_core::contract::{SubmitJob, WorkspaceRef, SUBMIT_JOB_VERSION};
+use studio_core::handlers::Settings;
+use studio_core::ids::{InstanceId, JobId, PoolKey};
+use studio_core::ports::{Received, WorkQueue};
+use studio_core::resources::{Cloud, ResourceRequest};
+use studio_local::LocalBackend;
+
+pub struct LocalWorld {
+    pub dir: tempfile::TempDir,
+    pub be: LocalBackend,
+    pub clock: ManualClock,
+}
+
+impl LocalWorld {
+    pub async fn new(settings: Settings) -> LocalWorld {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let clock = ManualClock::new(Timestamp(1_800_000_000_000));
+        let launcher: studio_local::fleet::Launcher = Arc::new(|_: &PoolKey, _: &InstanceId| {
+            let mut c = std::process::Command::new("sleep");
+            c.arg("600");
+            c
+        });
+        let be = LocalBackend::open(dir.path(), settings, Arc::new(clock.clone()), launcher)
+            .await
+            .expect("local backend opens");
+        LocalWorld { dir, be, clock }
+    }
+
+    pub async fn default() -> LocalWorld {
+        LocalWorld::new(Settings {
+            pool_grace: Duration::from_secs(60),
+            max_attempts: 3,
+            max_auto_workers: 3,
+            ..Settings::default()
+        })
+        .await
+    }
+
+    /// Receives one item from a queue as a worker would (lease 30 s, no wait).
+    pub async fn receive(&self, queue: &str) -> Option<Received> {
+        self.be
+            .queue
+            .receive(queue, 1, Duration::from_secs(30), Duration::ZERO)
+            .await
+            .expect("receive")
+            .pop()
+    }
+}
+
+impl Drop for LocalWorld {
+    fn drop(&mut self) {
+        for pid in self.be.fleet.live_pids().unwrap_or_default() {
+            // SAFETY: these are the `sleep` processes this world started.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Builds `SubmitJob` messages: `JobBuilder::new("j1").workers(3).json()`.
+pub struct JobBuilder(SubmitJob);
+
+impl JobBuilder {
+    pub fn new(id: &str) -> JobBuilder {
+        JobBuilder(SubmitJob {
+            version: SUBMIT_JOB_VERSION,
+            job_id: Some(JobId::new(id).expect("a valid id")),
+            cloud: Cloud::Local,
+            resources: ResourceRequest::default(),
+            bid: None,
+            num_workers: None,
+            workspace: WorkspaceRef {
+                sha256: "0".repeat(64),
+                bytes: 0,
+            },
+            entrypoint: "train.py".into(),
+            args: vec![],
+            env: Default::default(),
+            max_duration_secs: None,
+            owner: "tester".into(),
+        })
+    }
+    pub fn workers(mut self, n: u32) -> Self {
+        self.0.num_workers = Some(n);
+        self
+    }
+    pub fn cpus(mut self, n: u32) -> Self {
+        self.0.resources.cpus = n;
+        self
+    }
+    pub fn args(mut self, a: &[&str]) -> Self {
+        self.0.args = a.iter().map(|s| s.to_string()).collect();
+        self
+    }
+    pub fn spec(self) -> SubmitJob {
+        self.0
+    }
+    pub fn json(self) -> String {
+        self.0.to_json()
+    }
+}
+
+pub fn job_id(s: &str) -> JobId {
+    JobId::new(s).expect("a valid id")
+}
+
+pub fn instance(s: &str) -> InstanceId {
+    InstanceId::new(s).expect("a valid id")
+}

@@ -1,0 +1,673 @@
+//! The four handlers and the worker's claim rules, on the real local backend
+//! (SQLite, processes as instances), with time from a manual clock.
+
+use std::time::Duration;
+use studio_core::handlers::{
+    self, cancel, claim_work, cleanup, handle_interruption, scale, submit, CancelOutcome, Claim,
+    HandlerError, InstanceEvent, InstanceEventKind, InterruptionOutcome, RequeueOutcome, Settings,
+    SubmitOutcome,
+};
+use studio_core::job::JobState;
+use studio_core::pool::{queue_name, PoolState};
+use studio_core::ports::{Fleet, JobStore, PortError, WorkQueue};
+use studio_tests::{instance, job_id, JobBuilder, LocalWorld};
+
+fn spot_warning(event_id: &str, inst: &str) -> InstanceEvent {
+    InstanceEvent {
+        event_id: event_id.into(),
+        instance: instance(inst),
+        kind: InstanceEventKind::SpotWarning,
+    }
+}
+
+#[tokio::test]
+async fn submit_creates_the_job_the_pool_the_work_item_and_one_worker() {
+    let w = LocalWorld::default().await;
+    let out = submit(&w.be.ctx, "m-1", &JobBuilder::new("j1").json())
+        .await
+        .unwrap();
+    assert_eq!(out, SubmitOutcome::Created(job_id("j1")));
+
+    let job = w.be.store.get_job(&job_id("j1")).await.unwrap().unwrap();
+    assert_eq!((job.state, job.attempt), (JobState::Queued, 1));
+    let pool = w.be.store.get_pool(&job.pool).await.unwrap().unwrap();
+    assert_eq!((pool.state, pool.target), (PoolState::Live, 1));
+    let depth = w.be.queue.depth(&queue_name(&job.pool)).await.unwrap();
+    assert_eq!((depth.visible, depth.in_flight), (1, 0));
+    let instances = w.be.fleet.instances(&job.pool).await.unwrap();
+    assert_eq!(
+        instances.len(),
+        1,
+        "the target is raised at once, not on the next schedule"
+    );
+    assert_eq!(
+        w.be.fleet.live_pids().unwrap().len(),
+        1,
+        "a real process was started"
+    );
+}
+
+#[tokio::test]
+async fn the_same_message_twice_makes_one_job_and_one_run() {
+    let w = LocalWorld::default().await;
+    let body = JobBuilder::new("j1").json();
+    assert_eq!(
+        submit(&w.be.ctx, "m-1", &body).await.unwrap(),
+        SubmitOutcome::Created(job_id("j1"))
+    );
+    assert_eq!(
+        submit(&w.be.ctx, "m-1", &body).await.unwrap(),
+        SubmitOutcome::Duplicate(job_id("j1"))
+    );
+    assert_eq!(w.be.store.list_jobs(None, &[]).await.unwrap().len(), 1);
+
+    // The redelivery may have sent a second item; only one of them runs.
+    let pool =
+        w.be.store
+            .get_job(&job_id("j1"))
+            .await
+            .unwrap()
+            .unwrap()
+            .pool;
+    let q = queue_name(&pool);
+    let first = w.receive(&q).await.unwrap();
+    let second = w.receive(&q).await.unwrap();
+    assert!(matches!(
+        claim_work(&w.be.ctx, &instance("w-1"), &first)
+            .await
+            .unwrap(),
+        Claim::Run(_)
+    ));
+    match claim_work(&w.be.ctx, &instance("w-2"), &second)
+        .await
+        .unwrap()
+    {
+        Claim::Drop(why) => assert!(why.contains("duplicate delivery"), "{why}"),
+        other => panic!("second item must not run: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_message_without_job_id_uses_the_message_id_as_its_key() {
+    let w = LocalWorld::default().await;
+    let mut spec = JobBuilder::new("ignored").spec();
+    spec.job_id = None;
+    let a = submit(&w.be.ctx, "abc-123", &spec.to_json()).await.unwrap();
+    let b = submit(&w.be.ctx, "abc-123", &spec.to_json()).await.unwrap();
+    assert_eq!(a, SubmitOutcome::Created(job_id("m-abc-123")));
+    assert_eq!(b, SubmitOutcome::Duplicate(job_id("m-abc-123")));
+}
+
+#[tokio::test]
+async fn a_job_id_reused_for_a_different_request_is_rejected_for_good() {
+    let w = LocalWorld::default().await;
+    submit(&w.be.ctx, "m-1", &JobBuilder::new("j1").json())
+        .await
+        .unwrap();
+    let e = submit(
+        &w.be.ctx,
+        "m-2",
+        &JobBuilder::new("j1").args(&["--other"]).json(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, HandlerError::IdReused(_)), "{e}");
+    assert!(!e.is_retryable());
+    let job = w.be.store.get_job(&job_id("j1")).await.unwrap().unwrap();
+    assert!(job.spec.args.is_empty(), "the first request stands");
+}
+
+#[tokio::test]
+async fn a_poison_submit_message_goes_to_the_dlq_and_writes_nothing() {
+    let w = LocalWorld::default().await;
+    let q = w.be.ctx.settings.submit_queue.clone();
+    w.be.queue
+        .send(
+            &q,
+            &[
+                r#"{"version":1,"cpu":8}"#.to_string(),
+                JobBuilder::new("good").json(),
+            ],
+        )
+        .await
+        .unwrap();
+    let report = w.be.driver().tick().await.unwrap();
+    assert_eq!(
+        report.submitted, 1,
+        "the good message is not held back by the bad one"
+    );
+    assert_eq!(report.rejected.len(), 1);
+    let dead = w.be.queue.peek(&studio_local::queue::dlq_name(&q)).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].0.contains("\"cpu\""));
+    assert!(
+        dead[0]
+            .1
+            .as_deref()
+            .unwrap()
+            .contains("not a valid SubmitJob message"),
+        "{:?}",
+        dead[0].1
+    );
+    assert_eq!(
+        w.be.queue.depth(&q).await.unwrap().total(),
+        0,
+        "not retried in a loop"
+    );
+    let jobs = w.be.store.list_jobs(None, &[]).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].id, job_id("good"));
+}
+
+#[tokio::test]
+async fn a_fixed_pool_keeps_its_size() {
+    let w = LocalWorld::default().await;
+    submit(&w.be.ctx, "m", &JobBuilder::new("j1").workers(3).json())
+        .await
+        .unwrap();
+    let pool =
+        w.be.store
+            .get_job(&job_id("j1"))
+            .await
+            .unwrap()
+            .unwrap()
+            .pool;
+    assert_eq!(w.be.fleet.instances(&pool).await.unwrap().len(), 3);
+    assert_eq!(scale(&w.be.ctx).await.unwrap(), vec![(pool.clone(), 3)]);
+}
+
+#[tokio::test]
+async fn an_auto_pool_starts_at_one_and_grows_while_work_waits_up_to_the_cap() {
+    let w = LocalWorld::default().await; // cap 3
+    submit(&w.be.ctx, "m0", &JobBuilder::new("j0").json())
+        .await
+        .unwrap();
+    let pool =
+        w.be.store
+            .get_job(&job_id("j0"))
+            .await
+            .unwrap()
+            .unwrap()
+            .pool;
+    assert_eq!(w.be.store.get_pool(&pool).await.unwrap().unwrap().target, 1);
+    for i in 1..6 {
+        submit(
+            &w.be.ctx,
+            &format!("m{i}"),
+            &JobBuilder::new(&format!("j{i}")).json(),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(w.be.store.get_pool(&pool).await.unwrap().unwrap().target, 3);
+    assert_eq!(
+        scale(&w.be.ctx).await.unwrap(),
+        vec![(pool.clone(), 3)],
+        "capped"
+    );
+    w.be.fleet.reconcile().unwrap();
+    assert_eq!(w.be.fleet.instances(&pool).await.unwrap().len(), 3);
+}
+
+/// GIVEN a job running on w-1, WHEN a spot warning for w-1 arrives (twice),
+/// THEN the job is queued as attempt 2 once, with a new work item.
+#[tokio::test]
+async fn a_spot_warning_requeues_the_job_once_as_the_next_attempt() {
+    let w = LocalWorld::default().await;
+    submit(&w.be.ctx, "m", &JobBuilder::new("j1").json())
+        .await
+        .unwrap();
+    let pool =
+        w.be.store
+            .get_job(&job_id("j1"))
+            .await
+            .unwrap()
+            .unwrap()
+            .pool;
+    let q = queue_name(&pool);
+    let item = w.receive(&q).await.unwrap();
+    assert!(matches!(
+        claim_work(&w.be.ctx, &instance("w-1"), &item)
+            .await
+            .unwrap(),
+        Claim::Run(_)
+    ));
+    w.be.queue.ack(&q, &item.receipt).await.unwrap();
+
+    let out = handle_interruption(&w.be.ctx, &spot_warning("ev-1", "w-1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        InterruptionOutcome::Handled(vec![(job_id("j1"), RequeueOutcome::Requeued(2))])
+    );
+    let job = w.be.store.get_job(&job_id("j1")).await.unwrap().unwrap();
+    assert_eq!(
+        (job.state, job.attempt, job.instance.clone()),
+        (JobState::Queued, 2, None)
+    );
+    let path: Vec<_> = job.events.iter().map(|e| e.to).collect();
+    assert_eq!(
+        path,
+        [
+            JobState::Queued,
+            JobState::Running,
+            JobState::Interrupted,
+            JobState::Queued
+        ]
+    );
+    assert_eq!(job.events[2].by, "interruption:ev-1");
+    assert_eq!(job.attempts[0].outcome, Some(JobState::Interrupted));
+    assert_eq!(
+        w.be.queue.depth(&q).await.unwrap().visible,
+        1,
+        "the next attempt's item"
+    );
+
+    let again = handle_interruption(&w.be.ctx, &spot_warning("ev-1", "w-1"))
+        .await
+        .unwrap();
+    assert_eq!(again, InterruptionOutcome::NoJobOnInstance);
+    let after = w.be.store.get_job(&job_id("j1")).await.unwrap().unwrap();
+    assert_eq!(
+        after.version, job.version,
+        "a repeated event changes nothing"
+    );
+    assert_eq!(w.be.queue.depth(&q).await.unwrap().visible, 1);
+
+    let next = w.receive(&q).await.unwrap();
+    match claim_work(&w.be.ctx, &instance("w-2"), &next)
+        .await
+        .unwrap()
+    {
+        Claim::Run(job) => assert_eq!(
+            (job.attempt, job.instance.clone()),
+            (2, Some(instance("w-2")))
+        ),
+        other => panic!("attempt 2 should run: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn rebalance_advice_and_strangers_change_nothing() {
+    let w = LocalWorld::default().await;
+    submit(&w.be.ctx, "m", &JobBuilder::new("j1").json())
+        .await
+        .unwrap();
+    let pool =
+        w.be.store
+            .get_job(&job_id("j1"))
+            .await
+            .unwrap()
+            .unwrap()
+            .pool;
+    let item = w.receive(&queue_name(&pool)).await.unwrap();
+    claim_work(&w.be.ctx, &instance("w-1"), &item)
+        .await
+        .unwrap();
+    let before = w.be.store.get_job(&job_id("j1")).await.unwrap().unwrap();
+
+    let rebalance = InstanceEvent {
+        event_id: "ev-r".into(),
+        instance: instance("w-1"),
+        kind: InstanceEventKind::Rebalance,
+    };
+    assert_eq!(
+        handle_interruption(&w.be.ctx, &rebalance).await.unwrap(),
+        InterruptionOutcome::Advisory
+    );
+    assert_eq!(
+        handle_interruption(&w.be.ctx, &spot_warning("ev-x", "i-not-ours"))
+            .await
+            .unwrap(),
+        InterruptionOutcome::NoJobOnInstance
+    );
+    let after = w.be.store.get_job(&job_id("j1")).await.unwrap().unwrap();
+    assert_eq!(
+        (after.state, after.version),
+        (JobState::Running, before.version)
+    );
+}
+
+#[tokio::test]
+async fn a_job_out_of_attempts_fails_with_the_reason() {
+    let w = LocalWorld::new(Settings {
+        max_attempts: 2,
+        ..Settings::default()
+    })
+    .await;
+    submit(&w.be.ctx, "m", &JobBuilder::new("j1").json())
+        .await
+        .unwrap();
+    let pool =
+        w.be.store
+            .get_job(&job_id("j1"))
+            .await
+            .unwrap()
+            .unwrap()
+            .pool;
+    let q = queue_name(&pool);
+    for (n, inst) in [(1, "w-1"), (2, "w-2")] {
+        let item = w.receive(&q).await.unwrap();
+        assert!(matches!(
+            claim_work(&w.be.ctx, &instance(inst), &item).await.unwrap(),
+            Claim::Run(_)
+        ));
+        w.be.queue.ack(&q, &item.receipt).await.unwrap();
+        let out = handle_interruption(&w.be.ctx, &spot_warning(&format!("ev-{n}"), inst))
+            .await
+            .unwrap();
+        if n == 2 {
+            let InterruptionOutcome::Handled(v) = out else {
+                panic!("{out:?}")
+            };
+            assert!(matches!(&v[0].1, RequeueOutcome::Failed(_)));
+        }
+    }
+    let job = w.be.store.get_job(&job_id("j1")).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Failed);
+    assert_eq!(job.attempts.len(), 2);
+    let reason = job.reason.unwrap();
+    assert!(reason.contains("interrupted on attempt 2 of 2"), "{reason}");
+    assert!(reason.contains("spot interruption of w-2"), "{reason}");
+    assert_eq!(
+        w.be.queue.depth(&q).await.unwrap().total(),
+        0,
+        "no further attempt queued"
+    );
+}
+
+/// A worker that dies stops heartbeating; when its item comes back the next
+/// worker sees the same message still marked as running and takes over.
+#[tokio::test]
+async fn a_lapsed_lease_is_taken_over_as_the_next_attempt() {
+    let w = LocalWorld::default().await;
+    submit(&w.be.ctx, "m", &JobBuilder::new("j1").json())
+        .await
+        .unwrap();
+    let pool =
+        w.be.store
+            .get_job(&job_id("j1"))
+            .await
+            .unwrap()
+            .unwrap()
+            .pool;
+    let q = queue_name(&pool);
+    let item = w.receive(&q).await.unwrap();
+    claim_work(&w.be.ctx, &instance("w-1"), &item)
+        .await
+        .unwrap();
+    assert!(w.receive(&q).await.is_none(), "leased");
+
+    w.clock.advance(Duration::from_secs(31));
+    let again = w.receive(&q).await.expect("the lease lapsed");
+    assert_eq!(again.message_id, item.message_id);
+    assert_eq!(again.receive_count, 2);
+    match claim_work(&w.be.ctx, &instance("w-2"), &again)
+        .await
+        .unwrap()
+    {
+        Claim::Drop(why) => assert!(why.contains("lease expired on w-1"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    w.be.queue.ack(&q, &again.receipt).await.unwrap();
+    let job = w.be.store.get_job(&job_id("j1")).await.unwrap().unwrap();
+    assert_eq!((job.state, job.attempt), (JobState::Queued, 2));
+    let next = w.receive(&q).await.unwrap();
+    assert!(matches!(
+        claim_work(&w.be.ctx, &instance("w-2"), &next)
+            .await
+            .unwrap(),
+        Claim::Run(_)
+    ));
+}
+
+#[tokio::test]
+async fn a_stale_item_for_an_earlier_attempt_is_dropped() {
+    let w = LocalWorld::default().await;
+    submit(&w.be.ctx, "m", &JobBuilder::new("j1").json())
+        .await
+        .unwrap();
+    let pool =
+        w.be.store
+            .get_job(&job_id("j1"))
+            .await
+            .unwrap()
+            .unwrap()
+            .pool;
+    let q = queue_name(&pool);
+    let item = w.receive(&q).await.unwrap();
+    claim_work(&w.be.ctx, &instance("w-1"), &item)
+        .await
+        .unwrap();
+    handle_interruption(&w.be.ctx, &spot_warning("ev", "w-1"))
+        .await
+        .unwrap();
+    // The first item was never acked (its worker died); it comes back later.
+    w.clock.advance(Duration::from_secs(31));
+    let mut got = Vec::new();
+    while let Some(m) = w.receive(&q).await {
+        got.push(claim_work(&w.be.ctx, &instance("w-2"), &m).await.unwrap());
+    }
+    assert_eq!(got.len(), 2);
+    assert!(
+        got.iter()
+            .any(|c| matches!(c, Claim::Drop(why) if why.contains("stale"))),
+        "{got:?}"
+    );
+    assert_eq!(got.iter().filter(|c| matches!(c, Claim::Run(_))).count(), 1);
+}
+
+#[tokio::test]
+async fn cleanup_waits_out_the_grace_then_deletes_group_processes_and_queue() {
+    let w = LocalWorld::default().await; // grace 60 s
+    submit(&w.be.ctx, "m", &JobBuilder::new("j1").workers(2).json())
+        .await
+        .unwrap();
+    let pool =
+        w.be.store
+            .get_job(&job_id("j1"))
+            .await
+            .unwrap()
+            .unwrap()
+            .pool;
+    let q = queue_name(&pool);
+    assert_eq!(w.be.fleet.live_pids().unwrap().len(), 2);
+
+    // Busy: never deleted, however long.
+    w.clock.advance(Duration::from_secs(3600));
+    assert!(cleanup(&w.be.ctx).await.unwrap().deleted.is_empty());
+
+    let item = w.receive(&q).await.unwrap();
+    claim_work(&w.be.ctx, &instance("w-1"), &item)
+        .await
+        .unwrap();
+    handlers::mutate_job(w.be.store.as_ref(), &job_id("j1"), |j| {
+        j.complete(
+            Some(0),
+            None,
+            studio_core::clock::Clock::now(&w.clock),
+            "test",
+        )
+        .unwrap();
+        handlers::Step::Write(())
+    })
+    .await
+    .unwrap();
+    w.be.queue.ack(&q, &item.receipt).await.unwrap();
+
+    let first = cleanup(&w.be.ctx).await.unwrap();
+    assert_eq!(first.waiting, vec![pool.clone()], "idle from now on");
+    w.clock.advance(Duration::from_secs(59));
+    assert!(
+        cleanup(&w.be.ctx).await.unwrap().deleted.is_empty(),
+        "still in grace"
+    );
+    w.clock.advance(Duration::from_secs(2));
+    assert_eq!(
+        cleanup(&w.be.ctx).await.unwrap().deleted,
+        vec![pool.clone()]
+    );
+
+    assert_eq!(
+        w.be.store.get_pool(&pool).await.unwrap().unwrap().state,
+        PoolState::Deleted
+    );
+    assert!(w.be.fleet.instances(&pool).await.unwrap().is_empty());
+    assert!(
+        w.be.fleet.live_pids().unwrap().is_empty(),
+        "the processes are gone"
+    );
+    assert!(matches!(
+        w.be.queue.send(&q, &["x".into()]).await,
+        Err(PortError::NotFound(_))
+    ));
+    assert!(
+        cleanup(&w.be.ctx).await.unwrap().deleted.is_empty(),
+        "idempotent"
+    );
+}
+
+/// Submit meets a pool that cleanup is deleting: it asks to be retried, and
+/// the retry (a redelivery of the same message) brings the pool back.
+#[tokio::test]
+async fn a_submit_racing_cleanup_is_retried_and_nothing_is_lost() {
+    let w = LocalWorld::new(Settings {
+        pool_grace: Duration::ZERO,
+        ..Settings::default()
+    })
+    .await;
+    submit(&w.be.ctx, "m1", &JobBuilder::new("j1").json())
+        .await
+        .unwrap();
+    let pool_key =
+        w.be.store
+            .get_job(&job_id("j1"))
+            .await
+            .unwrap()
+            .unwrap()
+            .pool;
+    handlers::cancel(&w.be.ctx, &job_id("j1"), "test")
+        .await
+        .unwrap();
+    // Cleanup has claimed the pool but not yet deleted it.
+    let mut pool = w.be.store.get_pool(&pool_key).await.unwrap().unwrap();
+    pool.state = PoolState::Deleting;
+    w.be.store.update_pool(&pool).await.unwrap();
+
+    let e = submit(&w.be.ctx, "m2", &JobBuilder::new("j2").json())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, HandlerError::PoolBusy(_)) && e.is_retryable(),
+        "{e}"
+    );
+    let j2 = w.be.store.get_job(&job_id("j2")).await.unwrap().unwrap();
+    assert_eq!(j2.state, JobState::Queued);
+
+    // Cleanup finishes; it does not touch j2's pool while j2 is active.
+    cleanup(&w.be.ctx).await.unwrap();
+    assert_eq!(
+        w.be.store.get_pool(&pool_key).await.unwrap().unwrap().state,
+        PoolState::Deleted
+    );
+    // The redelivered message completes the submission.
+    assert_eq!(
+        submit(&w.be.ctx, "m2", &JobBuilder::new("j2").json())
+            .await
+            .unwrap(),
+        SubmitOutcome::Duplicate(job_id("j2"))
+    );
+    let pool = w.be.store.get_pool(&pool_key).await.unwrap().unwrap();
+    assert_eq!((pool.state, pool.target), (PoolState::Live, 1));
+    let item = w
+        .receive(&queue_name(&pool_key))
+        .await
+        .expect("j2's work item");
+    assert!(
+        matches!(claim_work(&w.be.ctx, &instance("w-9"), &item).await.unwrap(), Claim::Run(j) if j.id == job_id("j2"))
+    );
+}
+
+#[tokio::test]
+async fn a_cancelled_job_is_never_run() {
+    let w = LocalWorld::default().await;
+    submit(&w.be.ctx, "m", &JobBuilder::new("j1").json())
+        .await
+        .unwrap();
+    assert_eq!(
+        cancel(&w.be.ctx, &job_id("j1"), "cli:me").await.unwrap(),
+        CancelOutcome::Cancelled
+    );
+    assert_eq!(
+        cancel(&w.be.ctx, &job_id("j1"), "cli:me").await.unwrap(),
+        CancelOutcome::AlreadyEnded(JobState::Cancelled)
+    );
+    assert_eq!(
+        cancel(&w.be.ctx, &job_id("nope"), "cli:me").await.unwrap(),
+        CancelOutcome::NotFound
+    );
+    let pool =
+        w.be.store
+            .get_job(&job_id("j1"))
+            .await
+            .unwrap()
+            .unwrap()
+            .pool;
+    let item = w.receive(&queue_name(&pool)).await.unwrap();
+    match claim_work(&w.be.ctx, &instance("w-1"), &item)
+        .await
+        .unwrap()
+    {
+        Claim::Drop(why) => assert_eq!(why, "job already cancelled"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_worker_that_dies_is_reported_and_its_job_requeued_by_the_driver() {
+    let w = LocalWorld::default().await;
+    w.be.queue
+        .send(
+            &w.be.ctx.settings.submit_queue,
+            &[JobBuilder::new("j1").json()],
+        )
+        .await
+        .unwrap();
+    let d = w.be.driver();
+    assert_eq!(d.tick().await.unwrap().submitted, 1);
+    let pool =
+        w.be.store
+            .get_job(&job_id("j1"))
+            .await
+            .unwrap()
+            .unwrap()
+            .pool;
+    let inst = w.be.fleet.instances(&pool).await.unwrap().remove(0).id;
+    let item = w.receive(&queue_name(&pool)).await.unwrap();
+    claim_work(&w.be.ctx, &inst, &item).await.unwrap();
+
+    let pids = w.be.fleet.live_pids().unwrap();
+    // SAFETY: the `sleep` process standing in for worker `inst`.
+    unsafe { libc::kill(pids[0] as i32, libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let report = loop {
+        let r = d.tick().await.unwrap();
+        if r.instances_gone > 0 || std::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(report.instances_gone, 1);
+    let job = w.be.store.get_job(&job_id("j1")).await.unwrap().unwrap();
+    assert_eq!((job.state, job.attempt), (JobState::Queued, 2));
+    assert!(job.attempts[0].outcome == Some(JobState::Interrupted));
+    // The dead worker is replaced. (Its never-acked item still counts as in
+    // flight until its lease lapses, so an auto pool may briefly run one more.)
+    let now = w.be.fleet.instances(&pool).await.unwrap();
+    assert!(!now.is_empty(), "replaced");
+    assert!(
+        now.iter().all(|i| i.id != inst),
+        "the dead one is not counted"
+    );
+}
