@@ -61,6 +61,20 @@ impl SqliteQueue {
     ) -> Result<Vec<Received>, PortError> {
         let now = self.now();
         let mut conn = self.db.conn();
+        // A read first: idle workers polling an empty queue take no write lock.
+        let ready: (i64, i64) = conn
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM queues WHERE name = ?1),
+                        EXISTS(SELECT 1 FROM messages WHERE queue = ?1 AND visible_at <= ?2)",
+                params![queue, now],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(sql(PORT))?;
+        match ready {
+            (0, _) => return Err(PortError::NotFound(format!("queue {queue}"))),
+            (_, 0) => return Ok(Vec::new()),
+            _ => {}
+        }
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql(PORT))?;
