@@ -49,6 +49,11 @@ pub enum Command {
     Logs(LogsArgs),
     /// Cancel a queued or running job.
     Cancel(CancelArgs),
+    /// Show the machine, price and pool a request would get; changes nothing.
+    Plan(PlanArgs),
+    /// The EC2 instance catalogue.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
     /// Run a worker for a pool (started by the fleet, not by hand).
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -57,8 +62,9 @@ pub enum Command {
     Driver,
 }
 
+/// What the job asks for: shared by `run` and `plan`.
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub struct RequestArgs {
     /// Where to run: local, ec2, ec2spot, gcloud, gcspot.
     #[arg(long, default_value = "local")]
     pub cloud: String,
@@ -80,6 +86,21 @@ pub struct RunArgs {
     /// Spot bid: USD per hour (0.35) or share of on-demand (60%).
     #[arg(long, value_name = "PRICE")]
     pub bid: Option<String>,
+    /// CPU architecture: x86_64 (default) or arm64.
+    #[arg(long, value_name = "ARCH")]
+    pub arch: Option<String>,
+    /// Pin a GPU model: T4, A10G, L4, L40S, A100, H100 (EC2); T4, P4, V100, P100 (GCE).
+    #[arg(long, value_name = "MODEL")]
+    pub gpu_type: Option<String>,
+    /// Region (default: the catalogue's, us-east-1; us-central1 on GCE).
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub request: RequestArgs,
     /// Your idempotency key: submitting the same id twice makes one job.
     #[arg(long, value_name = "ID")]
     pub job_id: Option<String>,
@@ -99,6 +120,43 @@ pub struct RunArgs {
         value_name = "SCRIPT [ARGS]"
     )]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub request: RequestArgs,
+    #[arg(long, short, value_enum, default_value = "table")]
+    pub output: Output,
+    /// A script and its arguments may follow, as for `run`; they are ignored.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "SCRIPT [ARGS]",
+        hide = true
+    )]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// Rebuild the EC2 catalogue from DescribeInstanceTypes and spot price history.
+    Refresh(RefreshArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RefreshArgs {
+    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+    pub region: String,
+    /// CSV of on-demand prices (instance_type,region,on_demand_usd_per_hour).
+    #[arg(long, value_name = "CSV")]
+    pub on_demand_prices: Option<PathBuf>,
+    /// Do not read spot prices (for endpoints that serve placeholders).
+    #[arg(long)]
+    pub no_spot_prices: bool,
+    /// Where to write the catalogue (default: $STUDIO_HOME/catalog/ec2-REGION.json).
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]

@@ -1,6 +1,9 @@
 //! What each subcommand does.
 
-use crate::args::{CancelArgs, Cli, Command, LogsArgs, Output, RunArgs, StatusArgs, WorkerArgs};
+use crate::args::{
+    CancelArgs, CatalogCommand, Cli, Command, LogsArgs, Output, PlanArgs, RefreshArgs, RequestArgs,
+    RunArgs, StatusArgs, WorkerArgs,
+};
 use anyhow::Context as _;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -9,14 +12,17 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
+use studio_core::catalog::{Arch, Catalog};
 use studio_core::clock::{format_age, Clock, SystemClock};
 use studio_core::contract::{SubmitJob, WorkspaceRef, SUBMIT_JOB_VERSION};
 use studio_core::handlers::{self, CancelOutcome, Settings};
 use studio_core::ids::{InstanceId, JobId, PoolKey};
 use studio_core::job::{Job, JobState};
-use studio_core::plan::{LocalPlanner, Planner};
+use studio_core::plan::{CatalogPlanner, LocalPlanner, Planner};
+use studio_core::pool::PoolSpec;
 use studio_core::ports::{ArtifactStore, JobStore, WorkQueue};
-use studio_core::resources::{Bid, Cloud, ResourceRequest, WorkerPolicy};
+use studio_core::resources::{Bid, Cloud, Market, ResourceRequest, WorkerPolicy};
+use studio_core::size::format_mib;
 use studio_core::worker::{run_worker, WorkerConfig, WorkerExit};
 use studio_local::{lock, LocalBackend};
 
@@ -81,6 +87,8 @@ pub async fn dispatch(cli: Cli, env: Env) -> Result<ExitCode, CliError> {
         Command::Cancel(a) => cancel(&g, &env, a).await,
         Command::Worker(a) => worker(&g, &env, a).await,
         Command::Driver => driver(&g).await,
+        Command::Plan(a) => plan(&g, a, &env).await,
+        Command::Catalog(CatalogCommand::Refresh(a)) => catalog_refresh(&g, a).await,
     }
 }
 
@@ -114,8 +122,55 @@ fn parse_count(flag: &str, v: &str, min: u32) -> Result<u32, CliError> {
     }
 }
 
+/// The request flags as a `SubmitJob` (workspace and entrypoint still empty).
+fn parse_request(r: &RequestArgs, owner: &str) -> Result<SubmitJob, CliError> {
+    let cloud: Cloud = r.cloud.parse().map_err(usage)?;
+    let cpus = parse_count("cpus", &r.cpus, 1)?;
+    let gpus = parse_count("gpus", &r.gpus, 0)?;
+    let resources =
+        ResourceRequest::parse(cpus, gpus, r.ram.as_deref(), r.hdd.as_deref()).map_err(usage)?;
+    let num_workers = r
+        .num_workers
+        .as_deref()
+        .map(|n| parse_count("num-workers", n, 1))
+        .transpose()?;
+    WorkerPolicy::from_flag(num_workers).map_err(usage)?;
+    let bid = r
+        .bid
+        .as_deref()
+        .map(str::parse::<Bid>)
+        .transpose()
+        .map_err(usage)?;
+    let arch = r
+        .arch
+        .as_deref()
+        .map(str::parse::<Arch>)
+        .transpose()
+        .map_err(|e| usage(format!("--arch: {e}")))?;
+    Ok(SubmitJob {
+        version: SUBMIT_JOB_VERSION,
+        job_id: None,
+        cloud,
+        resources,
+        bid,
+        region: r.region.clone(),
+        arch,
+        gpu_type: r.gpu_type.clone(),
+        num_workers,
+        workspace: WorkspaceRef {
+            sha256: String::new(),
+            bytes: 0,
+        },
+        entrypoint: String::new(),
+        args: Vec::new(),
+        env: BTreeMap::new(),
+        max_duration_secs: None,
+        owner: owner.to_string(),
+    })
+}
+
 /// Everything about a run that can be checked before anything is written.
-fn validate_run(a: &RunArgs, owner: &str) -> Result<(SubmitJob, PathBuf), CliError> {
+fn validate_run(a: &RunArgs, owner: &str, home: &Path) -> Result<(SubmitJob, PathBuf), CliError> {
     let Some((script, script_args)) = a.command.split_first() else {
         return Err(usage(
             "missing script: studio run [flags] script.py [script args...]",
@@ -134,43 +189,26 @@ fn validate_run(a: &RunArgs, owner: &str) -> Result<(SubmitJob, PathBuf), CliErr
         .canonicalize()
         .map_err(|e| usage(format!("script '{script}': {e}")))?;
     let dir = path.parent().expect("a file has a parent").to_path_buf();
-    let entrypoint = path
+    let mut spec = parse_request(&a.request, owner)?;
+    spec.entrypoint = path
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| usage(format!("script '{script}' has no usable name")))?
         .to_string();
-
-    let cloud: Cloud = a.cloud.parse().map_err(usage)?;
-    let cpus = parse_count("cpus", &a.cpus, 1)?;
-    let gpus = parse_count("gpus", &a.gpus, 0)?;
-    let resources =
-        ResourceRequest::parse(cpus, gpus, a.ram.as_deref(), a.hdd.as_deref()).map_err(usage)?;
-    let num_workers = a
-        .num_workers
-        .as_deref()
-        .map(|n| parse_count("num-workers", n, 1))
-        .transpose()?;
-    WorkerPolicy::from_flag(num_workers).map_err(usage)?;
-    let bid = a
-        .bid
-        .as_deref()
-        .map(str::parse::<Bid>)
-        .transpose()
-        .map_err(usage)?;
-    let job_id = a
+    spec.args = script_args.to_vec();
+    spec.job_id = a
         .job_id
         .as_deref()
         .map(JobId::new)
         .transpose()
         .map_err(|e| usage(format!("--job-id: {e}")))?;
-    let mut env = BTreeMap::new();
     for kv in &a.env {
         let (k, v) = kv
             .split_once('=')
             .ok_or_else(|| usage(format!("--env '{kv}' must be NAME=VALUE")))?;
-        env.insert(k.to_string(), v.to_string());
+        spec.env.insert(k.to_string(), v.to_string());
     }
-    let max_duration_secs = a
+    spec.max_duration_secs = a
         .max_duration
         .as_deref()
         .map(|d| {
@@ -179,31 +217,103 @@ fn validate_run(a: &RunArgs, owner: &str) -> Result<(SubmitJob, PathBuf), CliErr
                 .map(|d| d.as_secs().max(1))
         })
         .transpose()?;
-    let spec = SubmitJob {
-        version: SUBMIT_JOB_VERSION,
-        job_id,
-        cloud,
-        resources,
-        bid,
-        num_workers,
-        // Filled in once the workspace is uploaded.
-        workspace: WorkspaceRef {
-            sha256: String::new(),
-            bytes: 0,
-        },
-        entrypoint,
-        args: script_args.to_vec(),
-        env,
-        max_duration_secs,
-        owner: owner.to_string(),
-    };
     spec.validate().map_err(usage)?;
+    // Plan against the catalogue first (a request nothing fits is refused
+    // whatever the backend), then ask whether this installation runs the cloud.
+    let plan = planner(home, spec.region.as_deref())?
+        .plan(&spec)
+        .map_err(usage)?;
     LocalPlanner.plan(&spec).map_err(usage)?;
+    for w in &plan.warnings {
+        eprintln!("studio: warning: {w}");
+    }
     Ok((spec, dir))
 }
 
+/// The catalogue planner. A catalogue refreshed into `$STUDIO_HOME/catalog/`
+/// for the region wins over the one shipped in the binary.
+fn planner(home: &Path, region: Option<&str>) -> Result<CatalogPlanner, CliError> {
+    let mut p = CatalogPlanner::shipped();
+    let region = region.unwrap_or(&p.ec2.region);
+    let file = home.join("catalog").join(format!("ec2-{region}.json"));
+    if file.exists() {
+        let text = std::fs::read_to_string(&file)?;
+        let cat =
+            Catalog::from_json(&text).map_err(|e| usage(format!("{}: {e}", file.display())))?;
+        // One catalogue per process, kept for its lifetime.
+        p.ec2 = Box::leak(Box::new(cat));
+    }
+    Ok(p)
+}
+
+async fn plan(g: &Globals, a: PlanArgs, env: &Env) -> Result<ExitCode, CliError> {
+    let mut spec = parse_request(&a.request, &env.user)?;
+    spec.entrypoint = "plan.py".into();
+    spec.validate().map_err(usage)?;
+    let plan = planner(&g.home, spec.region.as_deref())?
+        .plan(&spec)
+        .map_err(usage)?;
+    let pool = PoolSpec::for_job(&spec, &plan).key();
+    if a.output == Output::Json {
+        let mut v = serde_json::to_value(&plan)?;
+        v["pool"] = serde_json::Value::String(pool.to_string());
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let usd = |m: u64| format!("${:.4}/h", m as f64 / 1e6);
+    let region = plan
+        .region
+        .as_deref()
+        .map_or(String::new(), |r| format!(", {r}"));
+    println!("cloud      {} ({}{region})", plan.cloud, plan.market);
+    let mut shape = format!("{} vCPU, {}", plan.vcpus, format_mib(plan.memory_mib));
+    if plan.gpus > 0 {
+        shape.push_str(&format!(
+            ", {}× {}",
+            plan.gpus,
+            plan.gpu_model.as_deref().unwrap_or("GPU")
+        ));
+    }
+    println!("machine    {} ({shape})", plan.machine);
+    let kind = match (
+        plan.market,
+        plan.candidates.first().map(|c| c.spot_price_known),
+    ) {
+        (Market::Spot, Some(true)) => "spot",
+        (Market::Spot, _) => "on-demand price; spot price unknown",
+        (Market::Local, _) => "local",
+        _ => "on-demand",
+    };
+    println!("price      {} ({kind})", usd(plan.price_micro_usd_per_hour));
+    if let Some(bid) = spec.bid {
+        let cap = plan
+            .max_price_micro_usd_per_hour
+            .map_or("ignored".to_string(), |m| format!("max {}", usd(m)));
+        println!("bid        {bid} → {cap}");
+    }
+    if plan.machine_types.len() > 1 {
+        let list: Vec<String> = plan
+            .candidates
+            .iter()
+            .map(|c| format!("{} {}", c.machine, usd(c.price_micro_usd_per_hour)))
+            .collect();
+        println!("types      {}", list.join(", "));
+    }
+    if let Some(m) = &plan.on_host_maintenance {
+        println!("host       on-host maintenance {m} (GPU machines cannot live-migrate)");
+    }
+    println!("pool       {pool}");
+    for c in &plan.changes {
+        println!("changed    {c}");
+    }
+    for w in &plan.warnings {
+        println!("warning    {w}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn run(g: &Globals, env: &Env, a: RunArgs) -> Result<ExitCode, CliError> {
-    let (mut spec, dir) = validate_run(&a, &env.user)?;
+    let (mut spec, dir) = validate_run(&a, &env.user, &g.home)?;
     let tarball = studio_core::workspace::pack_dir(&dir, WORKSPACE_LIMIT).map_err(usage)?;
 
     let be = open(g).await?;
@@ -593,4 +703,45 @@ async fn cancel(g: &Globals, env: &Env, a: CancelArgs) -> Result<ExitCode, CliEr
             }
         }
     }
+}
+
+async fn catalog_refresh(g: &Globals, a: RefreshArgs) -> Result<ExitCode, CliError> {
+    let prices = match &a.on_demand_prices {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| usage(format!("--on-demand-prices {}: {e}", p.display())))?;
+            studio_aws::catalog::parse_on_demand_csv(&text, &a.region).map_err(usage)?
+        }
+        None => Default::default(),
+    };
+    let client = studio_aws::ec2_client(&a.region).await;
+    let cat = studio_aws::catalog::fetch_catalog(&client, &a.region, &prices, !a.no_spot_prices)
+        .await
+        .context("reading the EC2 catalogue")?;
+    let out = a.output.unwrap_or_else(|| {
+        g.home
+            .join("catalog")
+            .join(format!("ec2-{}.json", a.region))
+    });
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&out, studio_aws::catalog::to_json(&cat))?;
+    let priced = cat
+        .types
+        .iter()
+        .filter(|t| t.on_demand_micro_usd.is_some())
+        .count();
+    let spot = cat
+        .types
+        .iter()
+        .filter(|t| t.spot_micro_usd.is_some())
+        .count();
+    eprintln!(
+        "studio: {} instance types in {} ({priced} with on-demand prices, {spot} with spot prices) written to {}",
+        cat.types.len(),
+        cat.region,
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }

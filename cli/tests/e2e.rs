@@ -462,3 +462,138 @@ fn status_of_an_unknown_job_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("no job 'nope'"));
 }
+
+#[test]
+fn plan_chooses_the_cheapest_machine_and_changes_nothing() {
+    let h = Home::new();
+    let out = h.run(&["plan", "--cloud=ec2", "--cpus=8", "--gpus=1", "--ram=16g"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let so = stdout(&out);
+    assert!(
+        so.contains("machine    g4dn.2xlarge (8 vCPU, 32g, 1× T4)"),
+        "{so}"
+    );
+    assert!(so.contains("price      $0.7520/h (on-demand)"), "{so}");
+    assert!(so.contains("pool       ec2-8c-1g-"), "{so}");
+    assert!(
+        !h.dir.path().join("studio.sqlite3").exists(),
+        "plan has no side effects"
+    );
+
+    let json = h.run(&[
+        "plan",
+        "--cloud=ec2",
+        "--cpus=8",
+        "--ram=16g",
+        "--output",
+        "json",
+        "train.py",
+        "--lr",
+        "1",
+    ]);
+    let v: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["machine"], "c6a.2xlarge");
+    assert!(v["price_micro_usd_per_hour"].as_u64().unwrap() <= 310_000);
+    for field in [
+        "cloud",
+        "region",
+        "market",
+        "machine_types",
+        "vcpus",
+        "memory_mib",
+        "gpus",
+        "candidates",
+        "changes",
+        "warnings",
+        "pool",
+    ] {
+        assert!(v.get(field).is_some(), "field {field} in {v:#}");
+    }
+
+    let gce = stdout(&h.run(&["plan", "--cloud=gcloud", "--cpus=3", "--ram=5g"]));
+    assert!(gce.contains("machine    custom-4-5120"), "{gce}");
+    assert!(
+        gce.contains(
+            "changed    vCPUs 3 → 4: custom machine types take 1 or an even number of vCPUs"
+        ),
+        "{gce}"
+    );
+}
+
+#[test]
+fn an_extravagant_request_is_refused_with_the_limit_and_exit_2() {
+    let h = Home::new();
+    for cmd in ["plan", "run"] {
+        let out = h.run(&[cmd, "--cloud=ec2", "--gpus=9", "hello.py"]);
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains(
+                "no EC2 instance type in us-east-1 has 9 NVIDIA GPUs; the most is 8 (g4dn.metal"
+            ),
+            "{cmd}: {err}"
+        );
+    }
+}
+
+/// Needs `moto_server` (scripts/test starts it and sets AWS_ENDPOINT_URL).
+#[test]
+fn catalog_refresh_writes_a_catalogue_from_the_ec2_api() {
+    let endpoint =
+        std::env::var("AWS_ENDPOINT_URL").expect("run with scripts/test, which starts moto_server");
+    let h = Home::new();
+    let file = h.dir.path().join("cat.json");
+    let prices = examples().join("../shared/core/catalog/aws-ondemand-prices.csv");
+    let out = h
+        .cmd(&[
+            "catalog",
+            "refresh",
+            "--region",
+            "us-east-1",
+            "--no-spot-prices",
+            "--output",
+        ])
+        .arg(&file)
+        .arg("--on-demand-prices")
+        .arg(&prices)
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("0 with spot prices"),
+        "{}",
+        stderr(&out)
+    );
+    let cat: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(cat["region"], "us-east-1");
+    assert!(cat["types"].as_array().unwrap().len() > 1000);
+}
+
+#[test]
+fn a_refreshed_catalogue_in_studio_home_is_used_for_its_region() {
+    let h = Home::new();
+    let refused = h.run(&["plan", "--cloud=ec2", "--region=eu-west-1"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        stderr(&refused).contains("studio catalog refresh --region eu-west-1"),
+        "{}",
+        stderr(&refused)
+    );
+    let dir = h.dir.path().join("catalog");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("ec2-eu-west-1.json"),
+        r#"{"format":1,"region":"eu-west-1","generated_at":"t","source":"test","types":[
+{"name":"m9.large","vcpus":2,"memory_mib":8192,"archs":["x86_64"],"burstable":false,"current_generation":true,"on_demand":true,"spot":true,"other_accelerators":false,"on_demand_micro_usd":99000}]}"#,
+    )
+    .unwrap();
+    let out = h.run(&["plan", "--cloud=ec2", "--region=eu-west-1", "--cpus=2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("machine    m9.large"),
+        "{}",
+        stdout(&out)
+    );
+}

@@ -81,6 +81,9 @@ impl JobBuilder {
             cloud: Cloud::Local,
             resources: ResourceRequest::default(),
             bid: None,
+            region: None,
+            arch: None,
+            gpu_type: None,
             num_workers: None,
             workspace: WorkspaceRef {
                 sha256: "0".repeat(64),
@@ -119,4 +122,11 @@ pub fn job_id(s: &str) -> JobId {
 
 pub fn instance(s: &str) -> InstanceId {
     InstanceId::new(s).expect("a valid id")
+}
+
+/// The `moto_server` endpoint `scripts/test` started. The AWS scenarios need
+/// it and fail (rather than pass vacuously) without it.
+pub fn moto_endpoint() -> String {
+    std::env::var("AWS_ENDPOINT_URL")
+        .expect("AWS_ENDPOINT_URL must point at moto_server: run the tests with scripts/test, which starts it")
 }

@@ -3,6 +3,7 @@
 //! the same [`SubmitJob`]. Fields are versioned; unknown fields are rejected
 //! so a typo (`"cpu": 8`) is an error instead of a silent default.
 
+use crate::catalog::Arch;
 use crate::ids::JobId;
 use crate::resources::{Bid, Cloud, RequestError, ResourceRequest};
 use serde::{Deserialize, Serialize};
@@ -40,6 +41,15 @@ pub struct SubmitJob {
     pub resources: ResourceRequest,
     #[serde(default)]
     pub bid: Option<Bid>,
+    /// Region to run in; `None`: the catalogue's (EC2) or us-central1 (GCE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// CPU architecture; `None`: x86_64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<Arch>,
+    /// Pin a GPU model (`T4`, `A10G`, `L4`, `A100`, `H100`, …; GCE: `nvidia-tesla-t4`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_type: Option<String>,
     /// `Some(n)`: the pool keeps n workers. `None`: start at one, grow while work waits.
     #[serde(default)]
     pub num_workers: Option<u32>,
@@ -83,6 +93,8 @@ pub enum ContractError {
     Owner,
     #[error("max_duration_secs must be at least 1")]
     MaxDuration,
+    #[error("{field} '{value}' may hold only letters, digits, '-', '_' and '.'")]
+    Name { field: &'static str, value: String },
 }
 
 impl SubmitJob {
@@ -143,6 +155,21 @@ impl SubmitJob {
         }
         if self.max_duration_secs == Some(0) {
             return Err(ContractError::MaxDuration);
+        }
+        for (field, value) in [("region", &self.region), ("gpu_type", &self.gpu_type)] {
+            if let Some(v) = value {
+                if v.is_empty()
+                    || v.len() > 64
+                    || !v
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                {
+                    return Err(ContractError::Name {
+                        field,
+                        value: v.clone(),
+                    });
+                }
+            }
         }
         Ok(())
     }
@@ -206,6 +233,9 @@ pub(crate) mod tests {
             cloud: Cloud::Local,
             resources: ResourceRequest::default(),
             bid: None,
+            region: None,
+            arch: None,
+            gpu_type: None,
             num_workers: None,
             workspace: WorkspaceRef {
                 sha256: "ab".repeat(32),

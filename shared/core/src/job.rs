@@ -359,7 +359,7 @@ mod tests {
         Job::new(
             JobId::new("j1").unwrap(),
             sample(),
-            Plan::local(),
+            Plan::local(&Default::default()),
             PoolKey::new("p").unwrap(),
             Timestamp(1000),
             "test",

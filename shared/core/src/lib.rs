@@ -6,7 +6,9 @@
 //! - [`ids`]: `JobId`, `PoolKey`, `InstanceId`.
 //! - [`contract`]: the public messages, [`contract::SubmitJob`] and [`contract::WorkItem`].
 //! - [`job`]: the job record and its state machine.
-//! - [`plan`]: the planner port and the local planner.
+//! - [`catalog`]: the EC2 catalogue and the choice of the cheapest fitting types.
+//! - [`gce`]: GCE custom machine shapes, upsizing and the rate table.
+//! - [`plan`]: the planner port, the local planner and the catalogue planner (bids too).
 //! - [`pool`]: pool keys, pool records, the scaling policy.
 //! - [`clock`]: the injected clock.
 //! - [`ports`]: the traits adapters implement (store, queue, fleet, artifacts).
@@ -16,8 +18,10 @@
 //!
 //! No cloud SDK is a dependency of this crate.
 
+pub mod catalog;
 pub mod clock;
 pub mod contract;
+pub mod gce;
 pub mod handlers;
 pub mod ids;
 pub mod job;

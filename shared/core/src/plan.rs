@@ -1,41 +1,62 @@
 //! What machine a request runs on and what it costs.
 //!
-//! The [`Planner`] port turns a request into a [`Plan`]. The local backend's
-//! planner is here; the catalogue-backed EC2/GCE planner plugs into the same
-//! port.
+//! The [`Planner`] port turns a request into a [`Plan`]. [`LocalPlanner`]
+//! plans the embedded backend's jobs only; [`CatalogPlanner`] plans every
+//! cloud from the EC2 catalogue and the GCE rate table (used by `studio plan`
+//! and, with the cloud backends, by submit).
 
+use crate::catalog::{select_ec2, Arch, Candidate, Catalog, Ec2Request};
 use crate::contract::SubmitJob;
-use crate::resources::{Cloud, Market};
+use crate::gce::{gce_shape, GceError, GceRates};
+use crate::resources::{Bid, Cloud, Market, ResourceRequest};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// The machine choice for a request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// How many fitting types a spot pool may use (mixed instances).
+pub const SPOT_CANDIDATES: usize = 10;
+/// The GCE region plans assume when none is given (the rate table's).
+pub const GCE_DEFAULT_REGION: &str = "us-central1";
+
+/// The machine choice for a request. Prices are millionths of USD per hour.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Plan {
     pub cloud: Cloud,
     pub region: Option<String>,
     pub market: Market,
-    /// The chosen machine type (the cheapest fitting one).
+    /// The chosen machine type (the cheapest fitting one), or a GCE custom shape.
     pub machine: String,
-    /// Every type the pool may use, best first (mixed-instances pools use several).
+    /// Every type the pool may use, best first (spot pools use several).
     pub machine_types: Vec<String>,
-    /// Expected price, millionths of USD per hour.
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub gpus: u32,
+    pub gpu_model: Option<String>,
+    /// Expected price: the spot price where known for spot, else on-demand.
     pub price_micro_usd_per_hour: u64,
-    /// The most the pool pays for a spot machine, if capped.
+    pub on_demand_micro_usd_per_hour: u64,
+    /// The most the pool pays for a spot machine (from `--bid`); `None`: up to on-demand.
     pub max_price_micro_usd_per_hour: Option<u64>,
+    pub candidates: Vec<Candidate>,
+    /// How the request was upsized to a valid shape, in words.
+    pub changes: Vec<String>,
+    pub warnings: Vec<String>,
+    /// GCE: `TERMINATE` for GPU machines (they cannot live-migrate).
+    pub on_host_maintenance: Option<String>,
 }
 
 impl Plan {
-    /// The plan of every local job: a worker process, free.
-    pub fn local() -> Plan {
+    /// The plan of a local job: a worker process on this machine, free.
+    pub fn local(r: &ResourceRequest) -> Plan {
         Plan {
             cloud: Cloud::Local,
-            region: None,
             market: Market::Local,
             machine: "local".into(),
             machine_types: vec!["local".into()],
-            price_micro_usd_per_hour: 0,
-            max_price_micro_usd_per_hour: None,
+            vcpus: r.cpus,
+            memory_mib: r.ram_mib.unwrap_or(0),
+            gpus: r.gpus,
+            ..Plan::default()
         }
     }
 }
@@ -46,6 +67,10 @@ pub enum PlanError {
     CloudUnavailable(Cloud),
     #[error("too extravagant: {0}")]
     NoMachineFits(String),
+    #[error("no EC2 catalogue for region {asked} (this one is for {have}): run `studio catalog refresh --region {asked}`")]
+    NoCatalog { asked: String, have: String },
+    #[error("{0}")]
+    Request(String),
 }
 
 /// Chooses machines.
@@ -62,8 +87,197 @@ pub struct LocalPlanner;
 impl Planner for LocalPlanner {
     fn plan(&self, job: &SubmitJob) -> Result<Plan, PlanError> {
         match job.cloud {
-            Cloud::Local => Ok(Plan::local()),
+            Cloud::Local => Ok(Plan::local(&job.resources)),
             other => Err(PlanError::CloudUnavailable(other)),
         }
     }
+}
+
+/// Plans every cloud from a catalogue and a rate table.
+#[derive(Debug, Clone)]
+pub struct CatalogPlanner {
+    pub ec2: &'static Catalog,
+    pub gce: GceRates,
+}
+
+impl CatalogPlanner {
+    /// The planner over the data shipped in the repository.
+    pub fn shipped() -> CatalogPlanner {
+        CatalogPlanner {
+            ec2: Catalog::shipped(),
+            gce: GceRates::shipped(),
+        }
+    }
+
+    fn plan_ec2(&self, job: &SubmitJob) -> Result<Plan, PlanError> {
+        let cat = self.ec2;
+        if let Some(asked) = job.region.as_ref().filter(|r| **r != cat.region) {
+            return Err(PlanError::NoCatalog {
+                asked: asked.clone(),
+                have: cat.region.clone(),
+            });
+        }
+        let spot = job.cloud == Cloud::Ec2spot;
+        let req = Ec2Request {
+            cpus: job.resources.cpus,
+            gpus: job.resources.gpus,
+            ram_mib: job.resources.ram_mib,
+            spot,
+            arch: job.arch.unwrap_or(Arch::X86_64),
+            gpu_model: job.gpu_type.clone(),
+            allow_burstable: false,
+            max_candidates: if spot { SPOT_CANDIDATES } else { 1 },
+        };
+        let candidates = select_ec2(cat, &req).map_err(|e| PlanError::NoMachineFits(e.0))?;
+        let best = candidates[0].clone();
+        let mut warnings = Vec::new();
+        if spot && !best.spot_price_known {
+            warnings.push(format!(
+                "no spot price known for {} in {}: ranked by on-demand price (run `studio catalog refresh` for live spot prices)",
+                best.machine, cat.region
+            ));
+        }
+        let max_price = resolve_bid(job.cloud, job.bid, &best, &mut warnings);
+        Ok(Plan {
+            cloud: job.cloud,
+            region: Some(cat.region.clone()),
+            market: job.cloud.market(),
+            machine: best.machine.clone(),
+            machine_types: candidates.iter().map(|c| c.machine.clone()).collect(),
+            vcpus: best.vcpus,
+            memory_mib: best.memory_mib,
+            gpus: best.gpus,
+            gpu_model: best.gpu_model.clone(),
+            price_micro_usd_per_hour: best.price_micro_usd_per_hour,
+            on_demand_micro_usd_per_hour: best.on_demand_micro_usd_per_hour,
+            max_price_micro_usd_per_hour: max_price,
+            candidates,
+            changes: Vec::new(),
+            warnings,
+            on_host_maintenance: None,
+        })
+    }
+
+    fn plan_gce(&self, job: &SubmitJob) -> Result<Plan, PlanError> {
+        if job.arch.is_some_and(|a| a != Arch::X86_64) {
+            return Err(PlanError::Request(
+                "GCE custom N1 machine types are x86_64 only; drop --arch".into(),
+            ));
+        }
+        let r = &job.resources;
+        let shape = gce_shape(
+            r.cpus,
+            r.ram_mib,
+            r.gpus,
+            job.gpu_type.as_deref(),
+            &self.gce,
+        )
+        .map_err(|e| match e {
+            GceError::Request(m) => PlanError::NoMachineFits(m),
+            other => PlanError::Request(other.to_string()),
+        })?;
+        let preemptible = job.cloud == Cloud::Gcspot;
+        let price = shape.price(&self.gce, preemptible);
+        let on_demand = shape.price(&self.gce, false);
+        let machine = shape.machine();
+        let mut warnings = Vec::new();
+        let cand = Candidate {
+            machine: machine.clone(),
+            vcpus: shape.vcpus,
+            memory_mib: shape.memory_mib,
+            gpus: shape.gpus,
+            gpu_model: shape.gpu_type.clone(),
+            price_micro_usd_per_hour: price,
+            on_demand_micro_usd_per_hour: on_demand,
+            spot_price_known: preemptible,
+        };
+        resolve_bid(job.cloud, job.bid, &cand, &mut warnings);
+        Ok(Plan {
+            cloud: job.cloud,
+            region: Some(
+                job.region
+                    .clone()
+                    .unwrap_or_else(|| GCE_DEFAULT_REGION.into()),
+            ),
+            market: job.cloud.market(),
+            machine: machine.clone(),
+            machine_types: vec![machine],
+            vcpus: shape.vcpus,
+            memory_mib: shape.memory_mib,
+            gpus: shape.gpus,
+            gpu_model: shape.gpu_type.clone(),
+            price_micro_usd_per_hour: price,
+            on_demand_micro_usd_per_hour: on_demand,
+            max_price_micro_usd_per_hour: None,
+            candidates: vec![cand],
+            changes: shape.changes,
+            warnings,
+            on_host_maintenance: (shape.gpus > 0).then(|| "TERMINATE".to_string()),
+        })
+    }
+}
+
+impl Planner for CatalogPlanner {
+    fn plan(&self, job: &SubmitJob) -> Result<Plan, PlanError> {
+        match job.cloud {
+            Cloud::Local => {
+                let mut p = Plan::local(&job.resources);
+                if job.bid.is_some() {
+                    p.warnings
+                        .push("--bid applies to ec2spot only; ignored on local".into());
+                }
+                Ok(p)
+            }
+            Cloud::Ec2 | Cloud::Ec2spot => self.plan_ec2(job),
+            Cloud::Gcloud | Cloud::Gcspot => self.plan_gce(job),
+        }
+    }
+}
+
+fn usd(micro: u64) -> String {
+    format!("${:.4}/h", micro as f64 / 1e6)
+}
+
+/// The spot price cap a bid means for the chosen machine, with warnings for
+/// bids that will not do what the user expects.
+fn resolve_bid(
+    cloud: Cloud,
+    bid: Option<Bid>,
+    best: &Candidate,
+    warnings: &mut Vec<String>,
+) -> Option<u64> {
+    let bid = bid?;
+    match cloud {
+        Cloud::Ec2spot => {}
+        Cloud::Gcspot => {
+            warnings.push("--bid is ignored on gcspot: preemptible prices are fixed".into());
+            return None;
+        }
+        other => {
+            warnings.push(format!("--bid applies to ec2spot only; ignored on {other}"));
+            return None;
+        }
+    }
+    let od = best.on_demand_micro_usd_per_hour;
+    let max = match bid {
+        Bid::MicroUsdPerHour(m) => m,
+        Bid::BasisPointsOfOnDemand(bp) => od * bp as u64 / 10_000,
+    };
+    if best.spot_price_known && max < best.price_micro_usd_per_hour {
+        warnings.push(format!(
+            "bid {} is below the current spot price {} of {}: workers may not start",
+            usd(max),
+            usd(best.price_micro_usd_per_hour),
+            best.machine
+        ));
+    }
+    if max > od {
+        warnings.push(format!(
+            "bid {} is above the on-demand price {} of {}: --cloud=ec2 would cost less",
+            usd(max),
+            usd(od),
+            best.machine
+        ));
+    }
+    Some(max)
 }

@@ -178,7 +178,7 @@ mod tests {
 
     #[test]
     fn equal_requests_share_a_pool_and_different_ones_do_not() {
-        let plan = Plan::local();
+        let plan = Plan::local(&Default::default());
         let mut a = sample();
         a.resources = ResourceRequest::parse(2, 0, Some("16g"), None).unwrap();
         let mut b = sample();

@@ -13,10 +13,13 @@ use thiserror::Error;
 pub const RAM_STEP_MIB: u64 = 256;
 
 /// Where a job runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Cloud {
     /// The embedded backend: worker processes on this machine.
+    #[default]
     Local,
     Ec2,
     Ec2spot,
@@ -70,11 +73,12 @@ impl FromStr for Cloud {
 }
 
 /// How a machine is paid for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Market {
     OnDemand,
     Spot,
+    #[default]
     Local,
 }
 

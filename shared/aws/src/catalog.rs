@@ -1,0 +1,180 @@
+//! Builds a [`Catalog`] from EC2's own description of its instance types.
+//!
+//! `DescribeInstanceTypes` gives the specs; on-demand prices come from a CSV
+//! (the Pricing API is not reachable everywhere); spot prices from
+//! `DescribeSpotPriceHistory` (the lowest current price across the region's
+//! zones, Linux/UNIX).
+
+use crate::AwsError;
+use aws_sdk_ec2::types::{ArchitectureType, InstanceTypeInfo, UsageClassType};
+use std::collections::HashMap;
+use studio_core::catalog::{Arch, Catalog, Gpus, InstanceType, CATALOG_FORMAT};
+
+/// Reads `instance_type,region,on_demand_usd_per_hour` rows of `region`.
+///
+/// # Errors
+/// A line that is not three fields or whose price is not a number.
+pub fn parse_on_demand_csv(text: &str, region: &str) -> Result<HashMap<String, u64>, String> {
+    let mut out = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with("instance_type,") {
+            continue;
+        }
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() != 3 {
+            return Err(format!("price CSV line {}: expected 3 fields", i + 1));
+        }
+        if f[1] != region {
+            continue;
+        }
+        let usd: f64 = f[2]
+            .trim()
+            .parse()
+            .map_err(|_| format!("price CSV line {}: '{}' is not a price", i + 1, f[2]))?;
+        out.insert(f[0].to_string(), (usd * 1e6).round() as u64);
+    }
+    Ok(out)
+}
+
+fn convert(t: &InstanceTypeInfo, on_demand: &HashMap<String, u64>) -> Option<InstanceType> {
+    let name = t.instance_type()?.as_str().to_string();
+    let vcpus = t.v_cpu_info()?.default_v_cpus()? as u32;
+    let memory_mib = t.memory_info()?.size_in_mib()? as u64;
+    let gpus = t.gpu_info().and_then(|g| {
+        let devices = g.gpus();
+        let first = devices.first()?;
+        Some(Gpus {
+            count: devices.iter().filter_map(|d| d.count()).sum::<i32>() as u32,
+            vendor: first.manufacturer().unwrap_or("unknown").to_string(),
+            model: first.name().unwrap_or("unknown").to_string(),
+            memory_mib: first
+                .memory_info()
+                .and_then(|m| m.size_in_mib())
+                .unwrap_or(0) as u64,
+        })
+    });
+    let archs = t
+        .processor_info()
+        .map(|p| {
+            p.supported_architectures()
+                .iter()
+                .map(|a| match a {
+                    ArchitectureType::X8664 => Arch::X86_64,
+                    ArchitectureType::Arm64 => Arch::Arm64,
+                    _ => Arch::Other,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let classes = t.supported_usage_classes();
+    Some(InstanceType {
+        on_demand_micro_usd: on_demand.get(&name).copied(),
+        name,
+        vcpus,
+        memory_mib,
+        gpus,
+        archs,
+        burstable: t.burstable_performance_supported().unwrap_or(false),
+        current_generation: t.current_generation().unwrap_or(false),
+        on_demand: classes.contains(&UsageClassType::OnDemand),
+        spot: classes.contains(&UsageClassType::Spot),
+        other_accelerators: t.fpga_info().is_some()
+            || t.inference_accelerator_info().is_some()
+            || t.neuron_info().is_some()
+            || t.media_accelerator_info().is_some(),
+        spot_micro_usd: None,
+    })
+}
+
+/// Reads every instance type of the region (paginated), joins the prices
+/// and returns the catalogue sorted by type name.
+///
+/// # Errors
+/// [`AwsError`] when a call fails.
+pub async fn fetch_catalog(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    on_demand: &HashMap<String, u64>,
+    spot_prices: bool,
+) -> Result<Catalog, AwsError> {
+    let mut types = Vec::new();
+    let mut pages = ec2
+        .describe_instance_types()
+        .max_results(100)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| AwsError::sdk("DescribeInstanceTypes", e))?;
+        types.extend(
+            page.instance_types()
+                .iter()
+                .filter_map(|t| convert(t, on_demand)),
+        );
+    }
+    if types.is_empty() {
+        return Err(AwsError::Shape(format!(
+            "DescribeInstanceTypes returned no types in {region}"
+        )));
+    }
+    let mut spot_source = "none";
+    if spot_prices {
+        let mut lowest: HashMap<String, u64> = HashMap::new();
+        let mut pages = ec2
+            .describe_spot_price_history()
+            .product_descriptions("Linux/UNIX")
+            .start_time(aws_sdk_ec2::primitives::DateTime::from(
+                std::time::SystemTime::now(),
+            ))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| AwsError::sdk("DescribeSpotPriceHistory", e))?;
+            for p in page.spot_price_history() {
+                let (Some(t), Some(price)) = (p.instance_type(), p.spot_price()) else {
+                    continue;
+                };
+                let Ok(usd) = price.parse::<f64>() else {
+                    continue;
+                };
+                let micro = (usd * 1e6).round() as u64;
+                lowest
+                    .entry(t.as_str().to_string())
+                    .and_modify(|m| *m = (*m).min(micro))
+                    .or_insert(micro);
+            }
+        }
+        for t in &mut types {
+            t.spot_micro_usd = lowest.get(&t.name).copied();
+        }
+        spot_source = "DescribeSpotPriceHistory";
+    }
+    types.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Catalog {
+        format: CATALOG_FORMAT,
+        region: region.to_string(),
+        generated_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        source: format!(
+            "specs: DescribeInstanceTypes; on-demand prices: {} types from a price table; spot prices: {spot_source}",
+            on_demand.len()
+        ),
+        types,
+    })
+}
+
+/// The catalogue as JSON, one instance type per line (readable diffs).
+pub fn to_json(cat: &Catalog) -> String {
+    let mut head = serde_json::to_value(cat).expect("catalogues serialize");
+    head["types"] = serde_json::Value::Array(vec![]);
+    let head = serde_json::to_string(&head).expect("catalogues serialize");
+    let body: Vec<String> = cat
+        .types
+        .iter()
+        .map(|t| serde_json::to_string(t).expect("types serialize"))
+        .collect();
+    format!(
+        "{}\n{}\n]}}\n",
+        head.trim_end_matches("]}"),
+        body.join(",\n")
+    )
+}

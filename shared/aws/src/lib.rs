@@ -1,0 +1,71 @@
+//! Studio's AWS adapters, on the official Rust SDK.
+//!
+//! # Layout
+//! - [`catalog`]: the EC2 catalogue from `DescribeInstanceTypes` and
+//!   `DescribeSpotPriceHistory`.
+//!
+//! Every client honours `AWS_ENDPOINT_URL` (the SDK reads it), which is how
+//! the tests point them at `moto_server`.
+
+pub mod catalog;
+
+use aws_config::{BehaviorVersion, Region};
+use thiserror::Error;
+
+/// What an AWS call failed with, keeping the SDK error as the source.
+#[derive(Debug, Error)]
+pub enum AwsError {
+    #[error("{operation}: {detail}")]
+    Sdk {
+        operation: &'static str,
+        /// The SDK's full error chain, readable in one line.
+        detail: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{0}")]
+    Shape(String),
+}
+
+impl AwsError {
+    pub fn sdk(
+        operation: &'static str,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> AwsError {
+        AwsError::Sdk {
+            operation,
+            detail: aws_sdk_ec2::error::DisplayErrorContext(&e).to_string(),
+            source: Box::new(e),
+        }
+    }
+}
+
+/// The shared SDK configuration: credentials and endpoint from the
+/// environment (profile, instance role, `AWS_ENDPOINT_URL`), in `region`.
+pub async fn sdk_config(region: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(region.to_string()))
+        .load()
+        .await
+}
+
+/// The configuration tests use against an emulator: fixed endpoint, static
+/// dummy credentials (no IMDS or profile look-ups), no retries (an
+/// unimplemented operation fails at once).
+pub fn emulator_config(region: &str, endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(region.to_string()))
+        .endpoint_url(endpoint)
+        .credentials_provider(
+            aws_credential_types::provider::SharedCredentialsProvider::new(
+                aws_credential_types::Credentials::new("testing", "testing", None, None, "static"),
+            ),
+        )
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .build()
+}
+
+pub async fn ec2_client(region: &str) -> aws_sdk_ec2::Client {
+    aws_sdk_ec2::Client::new(&sdk_config(region).await)
+}
