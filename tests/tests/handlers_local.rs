@@ -8,7 +8,7 @@ use studio_core::handlers::{
     SubmitOutcome,
 };
 use studio_core::job::JobState;
-use studio_core::pool::{queue_name, PoolState};
+use studio_core::pool::PoolState;
 use studio_core::ports::{Fleet, JobStore, PortError, WorkQueue};
 use studio_tests::{instance, job_id, JobBuilder, LocalWorld};
 
@@ -32,7 +32,11 @@ async fn submit_creates_the_job_the_pool_the_work_item_and_one_worker() {
     assert_eq!((job.state, job.attempt), (JobState::Queued, 1));
     let pool = w.be.store.get_pool(&job.pool).await.unwrap().unwrap();
     assert_eq!((pool.state, pool.target), (PoolState::Live, 1));
-    let depth = w.be.queue.depth(&queue_name(&job.pool)).await.unwrap();
+    let depth =
+        w.be.queue
+            .depth(&w.be.ctx.settings.work_queue(&job.pool))
+            .await
+            .unwrap();
     assert_eq!((depth.visible, depth.in_flight), (1, 0));
     let instances = w.be.fleet.instances(&job.pool).await.unwrap();
     assert_eq!(
@@ -69,7 +73,7 @@ async fn the_same_message_twice_makes_one_job_and_one_run() {
             .unwrap()
             .unwrap()
             .pool;
-    let q = queue_name(&pool);
+    let q = w.be.ctx.settings.work_queue(&pool);
     let first = w.receive(&q).await.unwrap();
     let second = w.receive(&q).await.unwrap();
     assert!(matches!(
@@ -224,7 +228,7 @@ async fn a_spot_warning_requeues_the_job_once_as_the_next_attempt() {
             .unwrap()
             .unwrap()
             .pool;
-    let q = queue_name(&pool);
+    let q = w.be.ctx.settings.work_queue(&pool);
     let item = w.receive(&q).await.unwrap();
     assert!(matches!(
         claim_work(&w.be.ctx, &instance("w-1"), &item)
@@ -301,7 +305,10 @@ async fn rebalance_advice_and_strangers_change_nothing() {
             .unwrap()
             .unwrap()
             .pool;
-    let item = w.receive(&queue_name(&pool)).await.unwrap();
+    let item = w
+        .receive(&w.be.ctx.settings.work_queue(&pool))
+        .await
+        .unwrap();
     claim_work(&w.be.ctx, &instance("w-1"), &item)
         .await
         .unwrap();
@@ -346,7 +353,7 @@ async fn a_job_out_of_attempts_fails_with_the_reason() {
             .unwrap()
             .unwrap()
             .pool;
-    let q = queue_name(&pool);
+    let q = w.be.ctx.settings.work_queue(&pool);
     for (n, inst) in [(1, "w-1"), (2, "w-2")] {
         let item = w.receive(&q).await.unwrap();
         assert!(matches!(
@@ -392,7 +399,7 @@ async fn a_lapsed_lease_is_taken_over_as_the_next_attempt() {
             .unwrap()
             .unwrap()
             .pool;
-    let q = queue_name(&pool);
+    let q = w.be.ctx.settings.work_queue(&pool);
     let item = w.receive(&q).await.unwrap();
     claim_work(&w.be.ctx, &instance("w-1"), &item)
         .await
@@ -435,7 +442,7 @@ async fn a_stale_item_for_an_earlier_attempt_is_dropped() {
             .unwrap()
             .unwrap()
             .pool;
-    let q = queue_name(&pool);
+    let q = w.be.ctx.settings.work_queue(&pool);
     let item = w.receive(&q).await.unwrap();
     claim_work(&w.be.ctx, &instance("w-1"), &item)
         .await
@@ -471,7 +478,7 @@ async fn cleanup_waits_out_the_grace_then_deletes_group_processes_and_queue() {
             .unwrap()
             .unwrap()
             .pool;
-    let q = queue_name(&pool);
+    let q = w.be.ctx.settings.work_queue(&pool);
     assert_eq!(w.be.fleet.live_pids().unwrap().len(), 2);
 
     // Busy: never deleted, however long.
@@ -581,7 +588,7 @@ async fn a_submit_racing_cleanup_is_retried_and_nothing_is_lost() {
     let pool = w.be.store.get_pool(&pool_key).await.unwrap().unwrap();
     assert_eq!((pool.state, pool.target), (PoolState::Live, 1));
     let item = w
-        .receive(&queue_name(&pool_key))
+        .receive(&w.be.ctx.settings.work_queue(&pool_key))
         .await
         .expect("j2's work item");
     assert!(
@@ -614,7 +621,10 @@ async fn a_cancelled_job_is_never_run() {
             .unwrap()
             .unwrap()
             .pool;
-    let item = w.receive(&queue_name(&pool)).await.unwrap();
+    let item = w
+        .receive(&w.be.ctx.settings.work_queue(&pool))
+        .await
+        .unwrap();
     match claim_work(&w.be.ctx, &instance("w-1"), &item)
         .await
         .unwrap()
@@ -644,7 +654,10 @@ async fn a_worker_that_dies_is_reported_and_its_job_requeued_by_the_driver() {
             .unwrap()
             .pool;
     let inst = w.be.fleet.instances(&pool).await.unwrap().remove(0).id;
-    let item = w.receive(&queue_name(&pool)).await.unwrap();
+    let item = w
+        .receive(&w.be.ctx.settings.work_queue(&pool))
+        .await
+        .unwrap();
     claim_work(&w.be.ctx, &inst, &item).await.unwrap();
 
     let pids = w.be.fleet.live_pids().unwrap();

@@ -3,11 +3,25 @@
 //! # Layout
 //! - [`catalog`]: the EC2 catalogue from `DescribeInstanceTypes` and
 //!   `DescribeSpotPriceHistory`.
+//! - [`config`]: the deployment's names, read from the environment in `main`.
+//! - [`dynamo`]: the job store on DynamoDB (conditional writes).
+//! - [`sqs`]: queues on SQS, each with a dead-letter queue.
+//! - [`fleet`]: worker groups as launch templates + Auto Scaling groups.
+//! - [`s3`]: workspaces and logs on S3.
+//! - [`events`]: EventBridge EC2 events → the domain's instance events.
+//! - [`lambda`]: what the four functions do with their events.
 //!
 //! Every client honours `AWS_ENDPOINT_URL` (the SDK reads it), which is how
 //! the tests point them at `moto_server`.
 
 pub mod catalog;
+pub mod config;
+pub mod dynamo;
+pub mod events;
+pub mod fleet;
+pub mod lambda;
+pub mod s3;
+pub mod sqs;
 
 use aws_config::{BehaviorVersion, Region};
 use thiserror::Error;

@@ -30,6 +30,8 @@ use tracing::{info, warn};
 pub struct Settings {
     /// Queue the `SubmitJob` messages arrive on.
     pub submit_queue: String,
+    /// First part of every queue name Studio creates (`<prefix>-work-<pool>`).
+    pub queue_prefix: String,
     /// How long a pool must have had no active job before cleanup deletes it.
     pub pool_grace: Duration,
     /// Attempts a job gets; an interruption past the last one fails it.
@@ -38,10 +40,18 @@ pub struct Settings {
     pub max_auto_workers: u32,
 }
 
+impl Settings {
+    /// The work queue of a pool.
+    pub fn work_queue(&self, key: &PoolKey) -> String {
+        queue_name(&self.queue_prefix, key)
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
             submit_queue: "studio-submit".into(),
+            queue_prefix: "studio".into(),
             pool_grace: Duration::from_secs(60),
             max_attempts: 3,
             max_auto_workers: 2,
@@ -199,7 +209,9 @@ pub fn job_id_from_message(message_id: &str) -> JobId {
 }
 
 async fn send_item(ctx: &Ctx, pool: &PoolKey, item: &WorkItem) -> Result<(), HandlerError> {
-    ctx.queue.send(&queue_name(pool), &[item.to_json()]).await?;
+    ctx.queue
+        .send(&ctx.settings.work_queue(pool), &[item.to_json()])
+        .await?;
     Ok(())
 }
 
@@ -234,7 +246,9 @@ pub async fn ensure_pool(ctx: &Ctx, spec: &PoolSpec) -> Result<Pool, HandlerErro
                 }
             }
         };
-        ctx.queue.ensure_queue(&pool.queue()).await?;
+        ctx.queue
+            .ensure_queue(&ctx.settings.work_queue(&pool.key))
+            .await?;
         ctx.fleet.ensure_group(&pool.key, &pool.spec).await?;
         return Ok(pool);
     }
@@ -248,7 +262,7 @@ pub async fn ensure_pool(ctx: &Ctx, spec: &PoolSpec) -> Result<Pool, HandlerErro
 /// # Errors
 /// Port errors from the queue or the fleet.
 pub async fn scale_pool(ctx: &Ctx, mut pool: Pool) -> Result<u32, HandlerError> {
-    let depth = ctx.queue.depth(&pool.queue()).await?;
+    let depth = ctx.queue.depth(&ctx.settings.work_queue(&pool.key)).await?;
     let want = desired_workers(
         pool.spec.policy,
         depth,
@@ -522,7 +536,9 @@ async fn cleanup_pool(ctx: &Ctx, mut pool: Pool) -> Result<Option<bool>, Handler
     }
     // Deleting (now, or left so by an earlier run): finish it.
     ctx.fleet.delete_group(&pool.key).await?;
-    ctx.queue.delete_queue(&pool.queue()).await?;
+    ctx.queue
+        .delete_queue(&ctx.settings.work_queue(&pool.key))
+        .await?;
     pool.state = PoolState::Deleted;
     pool.target = 0;
     pool.updated_at = now;

@@ -90,16 +90,11 @@ impl Pool {
             updated_at: at,
         }
     }
-
-    /// The pool's work queue name.
-    pub fn queue(&self) -> String {
-        queue_name(&self.key)
-    }
 }
 
-/// The work queue name of a pool.
-pub fn queue_name(key: &PoolKey) -> String {
-    format!("studio-work-{key}")
+/// The work queue name of a pool in a deployment whose names start with `prefix`.
+pub fn queue_name(prefix: &str, key: &PoolKey) -> String {
+    format!("{prefix}-work-{key}")
 }
 
 /// How much work a queue holds.

@@ -11,7 +11,6 @@ use crate::clock::Timestamp;
 use crate::handlers::{claim_work, mutate_job, requeue, Claim, Ctx, HandlerError, Step};
 use crate::ids::{InstanceId, JobId, PoolKey};
 use crate::job::{Job, JobState};
-use crate::pool::queue_name;
 use crate::ports::{ArtifactStore, PortError, Received};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -62,7 +61,7 @@ pub async fn run_worker(
     cfg: &WorkerConfig,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<WorkerExit, HandlerError> {
-    let queue = queue_name(&cfg.pool);
+    let queue = ctx.settings.work_queue(&cfg.pool);
     let mut idle_since = ctx.clock.now();
     info!(pool = %cfg.pool, instance = %cfg.instance, "worker started");
     loop {

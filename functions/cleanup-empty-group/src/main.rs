@@ -1,0 +1,22 @@
+//! `cleanup-empty-group`: EventBridge schedule. Pools idle past the grace
+//! period lose their group, launch template and queues.
+
+use lambda_runtime::{run, service_fn, Error, LambdaEvent};
+use studio_aws::{config::AwsConfig, lambda};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    lambda::init_tracing();
+    let cfg = AwsConfig::from_lookup(|k| std::env::var(k).ok())?;
+    let ctx = lambda::context_from_env(&cfg).await;
+    run(service_fn(|_: LambdaEvent<serde_json::Value>| {
+        let ctx = &ctx;
+        async move {
+            let report = lambda::cleanup(ctx).await.map_err(lambda::lambda_error)?;
+            Ok::<_, Error>(
+                serde_json::json!({ "deleted": report.deleted, "waiting": report.waiting }),
+            )
+        }
+    }))
+    .await
+}

@@ -1,0 +1,17 @@
+//! `scale-on-queue-depth`: EventBridge schedule. Every live pool to the size
+//! its policy asks for, given its queue depth.
+
+use lambda_runtime::{run, service_fn, Error, LambdaEvent};
+use studio_aws::{config::AwsConfig, lambda};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    lambda::init_tracing();
+    let cfg = AwsConfig::from_lookup(|k| std::env::var(k).ok())?;
+    let ctx = lambda::context_from_env(&cfg).await;
+    run(service_fn(|_: LambdaEvent<serde_json::Value>| {
+        let ctx = &ctx;
+        async move { lambda::scale(ctx).await.map_err(lambda::lambda_error) }
+    }))
+    .await
+}

@@ -1,0 +1,18 @@
+//! `submit`: SQS trigger on the submit queue (with `ReportBatchItemFailures`).
+//! Each `SubmitJob` becomes a job, a pool and a work item.
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use lambda_runtime::{run, service_fn, Error, LambdaEvent};
+use studio_aws::{config::AwsConfig, lambda};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    lambda::init_tracing();
+    let cfg = AwsConfig::from_lookup(|k| std::env::var(k).ok())?;
+    let ctx = lambda::context_from_env(&cfg).await;
+    run(service_fn(|event: LambdaEvent<SqsEvent>| {
+        let ctx = &ctx;
+        async move { Ok::<SqsBatchResponse, Error>(lambda::submit_batch(ctx, event.payload).await.0) }
+    }))
+    .await
+}

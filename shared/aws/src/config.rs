@@ -1,0 +1,188 @@
+//! The AWS deployment's configuration: names of the tables, queues and
+//! bucket, the worker image and network. Binaries read it from the
+//! environment in `main` ([`AwsConfig::from_lookup`] with `std::env::var`);
+//! a missing variable fails at start and names itself.
+
+use std::time::Duration;
+use thiserror::Error;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AwsConfig {
+    pub region: String,
+    /// Prefix of every resource Studio creates (groups, templates).
+    pub prefix: String,
+    pub jobs_table: String,
+    pub pools_table: String,
+    pub submit_queue: String,
+    /// Queue the EventBridge interruption rules deliver to.
+    pub interruption_queue: Option<String>,
+    pub bucket: String,
+    pub worker_ami: String,
+    pub worker_instance_profile: Option<String>,
+    pub subnets: Vec<String>,
+    pub availability_zones: Vec<String>,
+    pub max_workers: u32,
+    pub pool_grace: Duration,
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConfigError {
+    #[error("missing environment variable {0}")]
+    Missing(&'static str),
+    #[error("environment variable {name}: {why}")]
+    Invalid { name: &'static str, why: String },
+}
+
+/// Every variable, with what it is for (the README's table is this list).
+pub const VARIABLES: &[(&str, &str)] = &[
+    ("AWS_REGION", "region of everything (set by Lambda)"),
+    (
+        "STUDIO_PREFIX",
+        "prefix of created groups and templates (default: studio)",
+    ),
+    ("STUDIO_JOBS_TABLE", "DynamoDB jobs table"),
+    ("STUDIO_POOLS_TABLE", "DynamoDB pools table"),
+    ("STUDIO_SUBMIT_QUEUE", "SQS queue of SubmitJob messages"),
+    (
+        "STUDIO_INTERRUPTION_QUEUE",
+        "SQS queue the EventBridge EC2 rules feed (interruption function)",
+    ),
+    ("STUDIO_ARTIFACT_BUCKET", "S3 bucket of workspaces and logs"),
+    ("STUDIO_WORKER_AMI", "image of worker machines"),
+    (
+        "STUDIO_WORKER_INSTANCE_PROFILE",
+        "instance profile of worker machines (optional)",
+    ),
+    (
+        "STUDIO_SUBNETS",
+        "comma-separated subnets for worker groups (or STUDIO_AVAILABILITY_ZONES)",
+    ),
+    (
+        "STUDIO_AVAILABILITY_ZONES",
+        "comma-separated zones, when no subnets are given",
+    ),
+    (
+        "STUDIO_MAX_WORKERS",
+        "cap of an auto-sized pool (default: 20)",
+    ),
+    (
+        "STUDIO_POOL_GRACE",
+        "idle time before a pool is deleted (default: 10m)",
+    ),
+    (
+        "STUDIO_MAX_ATTEMPTS",
+        "attempts before an interruption fails a job (default: 3)",
+    ),
+];
+
+impl AwsConfig {
+    /// # Errors
+    /// [`ConfigError`] naming the first missing or invalid variable.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<AwsConfig, ConfigError> {
+        let req = |name: &'static str| {
+            get(name)
+                .filter(|v| !v.is_empty())
+                .ok_or(ConfigError::Missing(name))
+        };
+        let list = |name: &str| -> Vec<String> {
+            get(name)
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        };
+        let num = |name: &'static str, default: u32| -> Result<u32, ConfigError> {
+            get(name).map_or(Ok(default), |v| {
+                v.parse().map_err(|_| ConfigError::Invalid {
+                    name,
+                    why: format!("'{v}' is not a whole number"),
+                })
+            })
+        };
+        let grace = match get("STUDIO_POOL_GRACE") {
+            None => Duration::from_secs(600),
+            Some(v) => humantime::parse_duration(&v).map_err(|e| ConfigError::Invalid {
+                name: "STUDIO_POOL_GRACE",
+                why: e.to_string(),
+            })?,
+        };
+        let cfg = AwsConfig {
+            region: req("AWS_REGION")?,
+            prefix: get("STUDIO_PREFIX").unwrap_or_else(|| "studio".into()),
+            jobs_table: req("STUDIO_JOBS_TABLE")?,
+            pools_table: req("STUDIO_POOLS_TABLE")?,
+            submit_queue: req("STUDIO_SUBMIT_QUEUE")?,
+            interruption_queue: get("STUDIO_INTERRUPTION_QUEUE"),
+            bucket: req("STUDIO_ARTIFACT_BUCKET")?,
+            worker_ami: req("STUDIO_WORKER_AMI")?,
+            worker_instance_profile: get("STUDIO_WORKER_INSTANCE_PROFILE"),
+            subnets: list("STUDIO_SUBNETS"),
+            availability_zones: list("STUDIO_AVAILABILITY_ZONES"),
+            max_workers: num("STUDIO_MAX_WORKERS", 20)?,
+            pool_grace: grace,
+            max_attempts: num("STUDIO_MAX_ATTEMPTS", 3)?,
+        };
+        if cfg.subnets.is_empty() && cfg.availability_zones.is_empty() {
+            return Err(ConfigError::Missing(
+                "STUDIO_SUBNETS (or STUDIO_AVAILABILITY_ZONES)",
+            ));
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    const FULL: &[(&str, &str)] = &[
+        ("AWS_REGION", "us-east-1"),
+        ("STUDIO_JOBS_TABLE", "jobs"),
+        ("STUDIO_POOLS_TABLE", "pools"),
+        ("STUDIO_SUBMIT_QUEUE", "submit"),
+        ("STUDIO_ARTIFACT_BUCKET", "bucket"),
+        ("STUDIO_WORKER_AMI", "ami-1"),
+        ("STUDIO_SUBNETS", "subnet-a, subnet-b"),
+    ];
+
+    #[test]
+    fn a_full_environment_parses_with_defaults() {
+        let c = AwsConfig::from_lookup(env(FULL)).unwrap();
+        assert_eq!(c.subnets, ["subnet-a", "subnet-b"]);
+        assert_eq!(
+            (c.prefix.as_str(), c.max_workers, c.max_attempts),
+            ("studio", 20, 3)
+        );
+        assert_eq!(c.pool_grace, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn a_missing_or_bad_variable_names_itself() {
+        for (i, (name, _)) in FULL.iter().enumerate() {
+            let mut partial = FULL.to_vec();
+            partial.remove(i);
+            let e = AwsConfig::from_lookup(env(&partial))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(name), "{e}");
+        }
+        let mut bad = FULL.to_vec();
+        bad.push(("STUDIO_MAX_WORKERS", "many"));
+        assert_eq!(
+            AwsConfig::from_lookup(env(&bad)).unwrap_err().to_string(),
+            "environment variable STUDIO_MAX_WORKERS: 'many' is not a whole number"
+        );
+    }
+}

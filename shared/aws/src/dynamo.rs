@@ -1,0 +1,488 @@
+//! [`JobStore`] on DynamoDB: two tables, jobs and pools.
+//!
+//! Guarantees: a job is created at most once (`attribute_not_exists(id)`);
+//! every update is a conditional put on the `version` the writer read, and a
+//! lost race is [`PortError::Conflict`] (mapped from
+//! `ConditionalCheckFailedException`), never an error string. Reads of one
+//! record are strongly consistent; the index queries (jobs by instance, by
+//! pool and state) are eventually consistent, as GSIs are. Terminal jobs get
+//! an `expires_at` for the table's TTL.
+//!
+//! Jobs table: key `id`; GSIs `by-instance` (`instance`, sparse: only jobs
+//! with a machine) and `by-pool-state` (`pool`, `state`). Pools table: key `key`.
+
+use crate::AwsError;
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
+    KeyType, Projection, ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
+};
+use aws_sdk_dynamodb::Client;
+use std::collections::HashMap;
+use std::time::Duration;
+use studio_core::ids::{InstanceId, JobId, PoolKey};
+use studio_core::job::{Job, JobState};
+use studio_core::pool::{Pool, PoolState};
+use studio_core::ports::{Created, JobStore, PortError};
+
+const PORT: &str = "dynamodb";
+type Item = HashMap<String, AttributeValue>;
+
+/// How long a finished, failed or cancelled job stays before TTL removes it.
+pub const TERMINAL_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+pub struct DynamoStore {
+    client: Client,
+    jobs: String,
+    pools: String,
+}
+
+fn sdk<E: std::error::Error + Send + Sync + 'static>(
+    op: &'static str,
+) -> impl FnOnce(E) -> PortError {
+    move |e| PortError::backend(PORT, AwsError::sdk(op, e))
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(item: &Item) -> Result<T, PortError> {
+    let rec = item
+        .get("record")
+        .and_then(|v| v.as_s().ok())
+        .ok_or_else(|| PortError::backend(PORT, AwsError::Shape("item without a record".into())))?;
+    serde_json::from_str(rec).map_err(|e| PortError::backend(PORT, e))
+}
+
+fn job_item(job: &Job) -> Item {
+    let mut item = Item::from([
+        ("id".to_string(), s(job.id.as_str())),
+        ("state".to_string(), s(job.state.as_str())),
+        ("version".to_string(), n(job.version)),
+        ("pool".to_string(), s(job.pool.as_str())),
+        ("created_at".to_string(), n(job.created_at.0)),
+        (
+            "record".to_string(),
+            s(serde_json::to_string(job).expect("jobs serialize")),
+        ),
+    ]);
+    if let Some(i) = &job.instance {
+        item.insert("instance".into(), s(i.as_str()));
+    }
+    if job.state.is_terminal() {
+        let expires = job.updated_at.plus(TERMINAL_TTL).0 / 1000;
+        item.insert("expires_at".into(), n(expires));
+    }
+    item
+}
+
+fn pool_state(p: PoolState) -> &'static str {
+    match p {
+        PoolState::Live => "live",
+        PoolState::Deleting => "deleting",
+        PoolState::Deleted => "deleted",
+    }
+}
+
+fn pool_item(pool: &Pool) -> Item {
+    Item::from([
+        ("key".to_string(), s(pool.key.as_str())),
+        ("state".to_string(), s(pool_state(pool.state))),
+        ("version".to_string(), n(pool.version)),
+        (
+            "record".to_string(),
+            s(serde_json::to_string(pool).expect("pools serialize")),
+        ),
+    ])
+}
+
+impl DynamoStore {
+    pub fn new(
+        client: Client,
+        jobs_table: impl Into<String>,
+        pools_table: impl Into<String>,
+    ) -> Self {
+        DynamoStore {
+            client,
+            jobs: jobs_table.into(),
+            pools: pools_table.into(),
+        }
+    }
+
+    /// Creates both tables (on-demand billing, the GSIs, TTL on `expires_at`)
+    /// unless they exist. For tests and first set-up; production tables come
+    /// from the infra template.
+    ///
+    /// # Errors
+    /// Port errors from DynamoDB.
+    pub async fn ensure_tables(&self) -> Result<(), PortError> {
+        let attr = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("complete attribute definition")
+        };
+        let key = |name: &str, t: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(t)
+                .build()
+                .expect("complete key schema")
+        };
+        let all = Projection::builder()
+            .projection_type(ProjectionType::All)
+            .build();
+        let gsi = |name: &str, keys: Vec<KeySchemaElement>| {
+            GlobalSecondaryIndex::builder()
+                .index_name(name)
+                .set_key_schema(Some(keys))
+                .projection(all.clone())
+                .build()
+                .expect("complete index")
+        };
+        let jobs = self
+            .client
+            .create_table()
+            .table_name(&self.jobs)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(attr("id"))
+            .attribute_definitions(attr("instance"))
+            .attribute_definitions(attr("pool"))
+            .attribute_definitions(attr("state"))
+            .key_schema(key("id", KeyType::Hash))
+            .global_secondary_indexes(gsi("by-instance", vec![key("instance", KeyType::Hash)]))
+            .global_secondary_indexes(gsi(
+                "by-pool-state",
+                vec![key("pool", KeyType::Hash), key("state", KeyType::Range)],
+            ))
+            .send()
+            .await;
+        match jobs {
+            Ok(_) => {
+                self.client
+                    .update_time_to_live()
+                    .table_name(&self.jobs)
+                    .time_to_live_specification(
+                        TimeToLiveSpecification::builder()
+                            .enabled(true)
+                            .attribute_name("expires_at")
+                            .build()
+                            .expect("complete TTL specification"),
+                    )
+                    .send()
+                    .await
+                    .map_err(sdk("UpdateTimeToLive"))?;
+            }
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_resource_in_use_exception()) => {}
+            Err(e) => return Err(sdk("CreateTable")(e)),
+        }
+        let pools = self
+            .client
+            .create_table()
+            .table_name(&self.pools)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(attr("key"))
+            .key_schema(key("key", KeyType::Hash))
+            .send()
+            .await;
+        match pools {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_resource_in_use_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(sdk("CreateTable")(e)),
+        }
+    }
+
+    async fn get(&self, table: &str, key: &str, value: &str) -> Result<Option<Item>, PortError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(table)
+            .key(key, s(value))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk("GetItem"))?;
+        Ok(out.item)
+    }
+
+    /// Conditional put; `Ok(false)` when the condition failed.
+    async fn put_if(
+        &self,
+        table: &str,
+        item: Item,
+        condition: &str,
+        names: &[(&str, &str)],
+        values: Item,
+    ) -> Result<bool, PortError> {
+        let mut req = self
+            .client
+            .put_item()
+            .table_name(table)
+            .set_item(Some(item))
+            .condition_expression(condition);
+        if !values.is_empty() {
+            req = req.set_expression_attribute_values(Some(values));
+        }
+        for (k, v) in names {
+            req = req.expression_attribute_names(*k, *v);
+        }
+        match req.send().await {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(sdk("PutItem")(e)),
+        }
+    }
+
+    async fn query_index(
+        &self,
+        index: &str,
+        condition: &str,
+        names: Item,
+        values: Item,
+    ) -> Result<Vec<Item>, PortError> {
+        let names: HashMap<String, String> = names
+            .into_iter()
+            .map(|(k, v)| (k, v.as_s().cloned().unwrap_or_default()))
+            .collect();
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.jobs)
+            .index_name(index)
+            .key_condition_expression(condition)
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            out.extend(page.map_err(sdk("Query"))?.items.unwrap_or_default());
+        }
+        Ok(out)
+    }
+
+    async fn scan(&self, table: &str) -> Result<Vec<Item>, PortError> {
+        let mut pages = self
+            .client
+            .scan()
+            .table_name(table)
+            .consistent_read(true)
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            out.extend(page.map_err(sdk("Scan"))?.items.unwrap_or_default());
+        }
+        Ok(out)
+    }
+}
+
+fn newest_first(mut jobs: Vec<Job>) -> Vec<Job> {
+    jobs.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+    jobs
+}
+
+#[async_trait]
+impl JobStore for DynamoStore {
+    async fn create_job(&self, job: &Job) -> Result<Created<Job>, PortError> {
+        if self
+            .put_if(
+                &self.jobs,
+                job_item(job),
+                "attribute_not_exists(id)",
+                &[],
+                Item::new(),
+            )
+            .await?
+        {
+            return Ok(Created::New(job.clone()));
+        }
+        let item = self
+            .get(&self.jobs, "id", job.id.as_str())
+            .await?
+            .ok_or_else(|| PortError::NotFound(format!("job {}", job.id)))?;
+        Ok(Created::Existing(decode(&item)?))
+    }
+
+    async fn get_job(&self, id: &JobId) -> Result<Option<Job>, PortError> {
+        self.get(&self.jobs, "id", id.as_str())
+            .await?
+            .as_ref()
+            .map(decode)
+            .transpose()
+    }
+
+    async fn update_job(&self, job: &Job) -> Result<Job, PortError> {
+        let mut next = job.clone();
+        next.version = job.version + 1;
+        let ok = self
+            .put_if(
+                &self.jobs,
+                job_item(&next),
+                "attribute_exists(id) AND #v = :v",
+                &[("#v", "version")],
+                Item::from([(":v".to_string(), n(job.version))]),
+            )
+            .await?;
+        if ok {
+            return Ok(next);
+        }
+        match self.get(&self.jobs, "id", job.id.as_str()).await? {
+            Some(_) => Err(PortError::Conflict),
+            None => Err(PortError::NotFound(format!("job {}", job.id))),
+        }
+    }
+
+    async fn list_jobs(
+        &self,
+        pool: Option<&PoolKey>,
+        states: &[JobState],
+    ) -> Result<Vec<Job>, PortError> {
+        let Some(pool) = pool else {
+            let jobs: Vec<Job> = self
+                .scan(&self.jobs)
+                .await?
+                .iter()
+                .map(decode)
+                .collect::<Result<_, _>>()?;
+            return Ok(newest_first(
+                jobs.into_iter()
+                    .filter(|j: &Job| states.is_empty() || states.contains(&j.state))
+                    .collect(),
+            ));
+        };
+        let mut items = Vec::new();
+        let names = Item::from([
+            ("#p".to_string(), s("pool")),
+            ("#s".to_string(), s("state")),
+        ]);
+        if states.is_empty() {
+            let names = Item::from([("#p".to_string(), s("pool"))]);
+            items = self
+                .query_index(
+                    "by-pool-state",
+                    "#p = :p",
+                    names,
+                    Item::from([(":p".to_string(), s(pool.as_str()))]),
+                )
+                .await?;
+        } else {
+            for st in states {
+                items.extend(
+                    self.query_index(
+                        "by-pool-state",
+                        "#p = :p AND #s = :s",
+                        names.clone(),
+                        Item::from([
+                            (":p".to_string(), s(pool.as_str())),
+                            (":s".to_string(), s(st.as_str())),
+                        ]),
+                    )
+                    .await?,
+                );
+            }
+        }
+        Ok(newest_first(
+            items.iter().map(decode).collect::<Result<_, _>>()?,
+        ))
+    }
+
+    async fn jobs_on_instance(&self, instance: &InstanceId) -> Result<Vec<Job>, PortError> {
+        let items = self
+            .query_index(
+                "by-instance",
+                "#i = :i",
+                Item::from([("#i".to_string(), s("instance"))]),
+                Item::from([(":i".to_string(), s(instance.as_str()))]),
+            )
+            .await?;
+        // The index may lag; the record itself is read consistently.
+        let mut out = Vec::new();
+        for item in &items {
+            let job: Job = decode(item)?;
+            if let Some(fresh) = self.get_job(&job.id).await? {
+                if fresh.instance.as_ref() == Some(instance) {
+                    out.push(fresh);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn get_pool(&self, key: &PoolKey) -> Result<Option<Pool>, PortError> {
+        self.get(&self.pools, "key", key.as_str())
+            .await?
+            .as_ref()
+            .map(decode)
+            .transpose()
+    }
+
+    async fn create_pool(&self, pool: &Pool) -> Result<Created<Pool>, PortError> {
+        if self
+            .put_if(
+                &self.pools,
+                pool_item(pool),
+                "attribute_not_exists(#k)",
+                &[("#k", "key")],
+                Item::new(),
+            )
+            .await?
+        {
+            return Ok(Created::New(pool.clone()));
+        }
+        let item = self
+            .get(&self.pools, "key", pool.key.as_str())
+            .await?
+            .ok_or_else(|| PortError::NotFound(format!("pool {}", pool.key)))?;
+        Ok(Created::Existing(decode(&item)?))
+    }
+
+    async fn update_pool(&self, pool: &Pool) -> Result<Pool, PortError> {
+        let mut next = pool.clone();
+        next.version = pool.version + 1;
+        let ok = self
+            .put_if(
+                &self.pools,
+                pool_item(&next),
+                "#v = :v",
+                &[("#v", "version")],
+                Item::from([(":v".to_string(), n(pool.version))]),
+            )
+            .await?;
+        if ok {
+            Ok(next)
+        } else {
+            Err(PortError::Conflict)
+        }
+    }
+
+    async fn live_pools(&self) -> Result<Vec<Pool>, PortError> {
+        let mut pools: Vec<Pool> = self
+            .scan(&self.pools)
+            .await?
+            .iter()
+            .map(decode)
+            .collect::<Result<_, _>>()?;
+        pools.retain(|p| p.state != PoolState::Deleted);
+        pools.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(pools)
+    }
+}

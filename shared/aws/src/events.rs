@@ -1,0 +1,159 @@
+//! EventBridge events about EC2 instances, turned into the domain's
+//! [`InstanceEvent`] at the edge. Decisions key on `detail.instance-id`,
+//! never on the ARN in `resources` (its shape varies).
+
+use serde::Deserialize;
+use studio_core::handlers::{InstanceEvent, InstanceEventKind};
+use studio_core::ids::InstanceId;
+use thiserror::Error;
+
+/// The EventBridge envelope, as an SQS target delivers it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Envelope {
+    pub id: String,
+    pub detail_type: String,
+    pub source: String,
+    #[serde(default)]
+    pub detail: serde_json::Value,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct Ec2Detail {
+    instance_id: String,
+    #[serde(default)]
+    state: Option<String>,
+}
+
+pub const SPOT_WARNING: &str = "EC2 Spot Instance Interruption Warning";
+pub const REBALANCE: &str = "EC2 Instance Rebalance Recommendation";
+pub const STATE_CHANGE: &str = "EC2 Instance State-change Notification";
+
+/// Why an event body was not understood. Never retryable.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum EventError {
+    #[error("not an EventBridge event: {0}")]
+    Malformed(String),
+    #[error("unexpected event '{detail_type}' from {origin}")]
+    Unexpected { detail_type: String, origin: String },
+    #[error("event {id}: {why}")]
+    Detail { id: String, why: String },
+}
+
+/// `Ok(None)` for events that need no action (an instance starting).
+///
+/// # Errors
+/// [`EventError`] for a body that is not one of the EC2 events Studio subscribes to.
+pub fn parse_instance_event(body: &str) -> Result<Option<InstanceEvent>, EventError> {
+    let env: Envelope =
+        serde_json::from_str(body).map_err(|e| EventError::Malformed(e.to_string()))?;
+    if env.source != "aws.ec2"
+        || ![SPOT_WARNING, REBALANCE, STATE_CHANGE].contains(&env.detail_type.as_str())
+    {
+        return Err(EventError::Unexpected {
+            detail_type: env.detail_type,
+            origin: env.source,
+        });
+    }
+    let detail: Ec2Detail = serde_json::from_value(env.detail).map_err(|e| EventError::Detail {
+        id: env.id.clone(),
+        why: e.to_string(),
+    })?;
+    let instance = InstanceId::new(detail.instance_id).map_err(|e| EventError::Detail {
+        id: env.id.clone(),
+        why: e.to_string(),
+    })?;
+    let kind = match env.detail_type.as_str() {
+        SPOT_WARNING => InstanceEventKind::SpotWarning,
+        REBALANCE => InstanceEventKind::Rebalance,
+        _ => match detail.state.as_deref() {
+            Some(s @ ("stopping" | "stopped" | "shutting-down" | "terminated")) => {
+                InstanceEventKind::Gone { state: s.into() }
+            }
+            Some("pending" | "running") => return Ok(None),
+            other => {
+                return Err(EventError::Detail {
+                    id: env.id,
+                    why: format!("unknown instance state {other:?}"),
+                })
+            }
+        },
+    };
+    Ok(Some(InstanceEvent {
+        event_id: env.id,
+        instance,
+        kind,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPOT: &str = r#"{"version":"0","id":"1e5527d7-bb36-4607-3370-4164db56a40e","detail-type":"EC2 Spot Instance Interruption Warning","source":"aws.ec2","account":"123456789012","time":"2022-08-11T14:00:00Z","region":"us-east-2","resources":["arn:aws:ec2:us-east-2:instance/i-0123456789"],"detail":{"instance-id":"i-0123456789","instance-action":"terminate"}}"#;
+
+    fn with(detail_type: &str, detail: &str) -> String {
+        format!(
+            r#"{{"version":"0","id":"e1","detail-type":"{detail_type}","source":"aws.ec2","account":"1","time":"t","region":"r","resources":[],"detail":{detail}}}"#
+        )
+    }
+
+    #[test]
+    fn the_three_ec2_events_become_instance_events() {
+        let e = parse_instance_event(SPOT).unwrap().unwrap();
+        assert_eq!(e.instance.as_str(), "i-0123456789");
+        assert_eq!(e.event_id, "1e5527d7-bb36-4607-3370-4164db56a40e");
+        assert_eq!(e.kind, InstanceEventKind::SpotWarning);
+        let r = parse_instance_event(&with(REBALANCE, r#"{"instance-id":"i-1"}"#))
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.kind, InstanceEventKind::Rebalance);
+        let g = parse_instance_event(&with(
+            STATE_CHANGE,
+            r#"{"instance-id":"i-1","state":"terminated"}"#,
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            g.kind,
+            InstanceEventKind::Gone {
+                state: "terminated".into()
+            }
+        );
+        assert_eq!(
+            parse_instance_event(&with(
+                STATE_CHANGE,
+                r#"{"instance-id":"i-1","state":"running"}"#
+            )),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn anything_else_is_refused_with_the_reason() {
+        assert!(matches!(
+            parse_instance_event("nope"),
+            Err(EventError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_instance_event(&with("Scheduled Event", "{}")),
+            Err(EventError::Unexpected { .. })
+        ));
+        assert!(matches!(
+            parse_instance_event(&with(SPOT_WARNING, "{}")),
+            Err(EventError::Detail { .. })
+        ));
+        assert!(matches!(
+            parse_instance_event(&with(
+                STATE_CHANGE,
+                r#"{"instance-id":"i-1","state":"melting"}"#
+            )),
+            Err(EventError::Detail { .. })
+        ));
+        assert!(matches!(
+            parse_instance_event(&with(SPOT_WARNING, r#"{"instance-id":"i/../x"}"#)),
+            Err(EventError::Detail { .. })
+        ));
+    }
+}

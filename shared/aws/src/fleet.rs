@@ -1,0 +1,328 @@
+//! [`Fleet`] on EC2 Auto Scaling: per pool one launch template and one Auto
+//! Scaling group, both named `<prefix>-<pool key>`.
+//!
+//! `ec2` pools are on-demand groups of the planned type. `ec2spot` pools use a
+//! mixed-instances policy over the planned types (all spot,
+//! `price-capacity-optimized`, `SpotMaxPrice` from the bid) with capacity
+//! rebalancing on. Launch templates require IMDSv2 and carry the rendered
+//! worker bootstrap (no credentials: the instance profile grants access).
+//! Deleting a group force-deletes it and its launch template; nothing else
+//! (alarms, security groups) is created, so nothing else can leak.
+
+use crate::AwsError;
+use async_trait::async_trait;
+use aws_sdk_autoscaling::types::{
+    InstancesDistribution, LaunchTemplate, LaunchTemplateOverrides, LaunchTemplateSpecification,
+    MixedInstancesPolicy, Tag as AsgTag,
+};
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::types::{
+    LaunchTemplateBlockDeviceMappingRequest, LaunchTemplateEbsBlockDeviceRequest,
+    LaunchTemplateHttpTokensState, LaunchTemplateIamInstanceProfileSpecificationRequest,
+    LaunchTemplateInstanceMetadataOptionsRequest, LaunchTemplateTagSpecificationRequest,
+    RequestLaunchTemplateData, ResourceType, Tag, VolumeType,
+};
+use base64::Engine;
+use studio_core::clock::Timestamp;
+use studio_core::ids::{InstanceId, PoolKey};
+use studio_core::pool::PoolSpec;
+use studio_core::ports::{Fleet, Instance, InstanceState, PortError};
+use studio_core::resources::{Market, WorkerPolicy};
+
+const PORT: &str = "autoscaling";
+
+/// The bootstrap every worker runs, with `@NAME@` placeholders.
+pub const BOOTSTRAP: &str = include_str!("../../../infra/worker-bootstrap.sh");
+
+/// What the fleet needs to know about the account.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    pub prefix: String,
+    pub region: String,
+    /// The worker image (a GPU-ready AMI for GPU pools).
+    pub image_id: String,
+    pub instance_profile: Option<String>,
+    /// Subnets to launch in; when empty, `availability_zones` is used.
+    pub subnets: Vec<String>,
+    pub availability_zones: Vec<String>,
+    /// Cap of an auto-sized group.
+    pub max_size: u32,
+    /// Names the worker needs, rendered into the bootstrap.
+    pub jobs_table: String,
+    pub pools_table: String,
+    pub bucket: String,
+}
+
+pub struct AsgFleet {
+    ec2: aws_sdk_ec2::Client,
+    asg: aws_sdk_autoscaling::Client,
+    cfg: FleetConfig,
+}
+
+fn sdk<E: std::error::Error + Send + Sync + 'static>(
+    op: &'static str,
+) -> impl FnOnce(E) -> PortError {
+    move |e| PortError::backend(PORT, AwsError::sdk(op, e))
+}
+
+impl AsgFleet {
+    pub fn new(
+        ec2: aws_sdk_ec2::Client,
+        asg: aws_sdk_autoscaling::Client,
+        cfg: FleetConfig,
+    ) -> Self {
+        AsgFleet { ec2, asg, cfg }
+    }
+
+    /// The group's (and its launch template's) name.
+    pub fn group_name(&self, key: &PoolKey) -> String {
+        format!("{}-{key}", self.cfg.prefix)
+    }
+
+    /// The user-data of a pool's workers.
+    pub fn user_data(&self, key: &PoolKey) -> String {
+        BOOTSTRAP
+            .replace("@POOL@", key.as_str())
+            .replace("@REGION@", &self.cfg.region)
+            .replace("@JOBS_TABLE@", &self.cfg.jobs_table)
+            .replace("@POOLS_TABLE@", &self.cfg.pools_table)
+            .replace("@BUCKET@", &self.cfg.bucket)
+    }
+
+    async fn ensure_template(&self, key: &PoolKey, spec: &PoolSpec) -> Result<(), PortError> {
+        let name = self.group_name(key);
+        let first = spec.machine_types.first().ok_or_else(|| {
+            PortError::backend(
+                PORT,
+                AwsError::Shape(format!("pool {key} has no machine type")),
+            )
+        })?;
+        let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
+        let mut data = RequestLaunchTemplateData::builder()
+            .image_id(&self.cfg.image_id)
+            .instance_type(first.as_str().into())
+            .user_data(base64::engine::general_purpose::STANDARD.encode(self.user_data(key)))
+            .metadata_options(
+                LaunchTemplateInstanceMetadataOptionsRequest::builder()
+                    .http_tokens(LaunchTemplateHttpTokensState::Required)
+                    .build(),
+            )
+            .tag_specifications(
+                LaunchTemplateTagSpecificationRequest::builder()
+                    .resource_type(ResourceType::Instance)
+                    .tags(tag("studio:pool", key.as_str()))
+                    .tags(tag("studio:managed-by", "studio"))
+                    .build(),
+            );
+        if let Some(p) = &self.cfg.instance_profile {
+            data = data.iam_instance_profile(
+                LaunchTemplateIamInstanceProfileSpecificationRequest::builder()
+                    .name(p)
+                    .build(),
+            );
+        }
+        if let Some(gib) = spec.resources.hdd_gib {
+            data = data.block_device_mappings(
+                LaunchTemplateBlockDeviceMappingRequest::builder()
+                    .device_name("/dev/xvda")
+                    .ebs(
+                        LaunchTemplateEbsBlockDeviceRequest::builder()
+                            .volume_size(gib.min(i32::MAX as u64) as i32)
+                            .volume_type(VolumeType::Gp3)
+                            .delete_on_termination(true)
+                            .build(),
+                    )
+                    .build(),
+            );
+        }
+        let r = self
+            .ec2
+            .create_launch_template()
+            .launch_template_name(&name)
+            .launch_template_data(data.build())
+            .send()
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("InvalidLaunchTemplateName.AlreadyExistsException") => {
+                Ok(())
+            }
+            Err(e) => Err(sdk("CreateLaunchTemplate")(e)),
+        }
+    }
+}
+
+fn max_price(m: Option<u64>) -> Option<String> {
+    m.map(|micro| format!("{:.6}", micro as f64 / 1e6))
+}
+
+#[async_trait]
+impl Fleet for AsgFleet {
+    async fn ensure_group(&self, key: &PoolKey, spec: &PoolSpec) -> Result<(), PortError> {
+        self.ensure_template(key, spec).await?;
+        let name = self.group_name(key);
+        let lt = LaunchTemplateSpecification::builder()
+            .launch_template_name(&name)
+            .version("$Latest")
+            .build();
+        let max = match spec.policy {
+            WorkerPolicy::Fixed(n) => n.max(1),
+            WorkerPolicy::Auto => self.cfg.max_size.max(1),
+        };
+        let mut req = self
+            .asg
+            .create_auto_scaling_group()
+            .auto_scaling_group_name(&name)
+            .min_size(0)
+            .max_size(max as i32)
+            .desired_capacity(0)
+            .tags(
+                AsgTag::builder()
+                    .key("studio:pool")
+                    .value(key.as_str())
+                    .propagate_at_launch(true)
+                    .resource_id(&name)
+                    .resource_type("auto-scaling-group")
+                    .build(),
+            );
+        req = if self.cfg.subnets.is_empty() {
+            req.set_availability_zones(Some(self.cfg.availability_zones.clone()))
+        } else {
+            req.vpc_zone_identifier(self.cfg.subnets.join(","))
+        };
+        req = match spec.market {
+            Market::Spot => {
+                let overrides = spec
+                    .machine_types
+                    .iter()
+                    .map(|t| LaunchTemplateOverrides::builder().instance_type(t).build())
+                    .collect();
+                req.mixed_instances_policy(
+                    MixedInstancesPolicy::builder()
+                        .launch_template(
+                            LaunchTemplate::builder()
+                                .launch_template_specification(lt)
+                                .set_overrides(Some(overrides))
+                                .build(),
+                        )
+                        .instances_distribution(
+                            InstancesDistribution::builder()
+                                .on_demand_base_capacity(0)
+                                .on_demand_percentage_above_base_capacity(0)
+                                .spot_allocation_strategy("price-capacity-optimized")
+                                .set_spot_max_price(max_price(spec.max_price_micro_usd_per_hour))
+                                .build(),
+                        )
+                        .build(),
+                )
+                .capacity_rebalance(true)
+            }
+            _ => req.launch_template(lt),
+        };
+        match req.send().await {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_already_exists_fault()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(sdk("CreateAutoScalingGroup")(e)),
+        }
+    }
+
+    async fn set_target(&self, key: &PoolKey, target: u32) -> Result<(), PortError> {
+        let r = self
+            .asg
+            .set_desired_capacity()
+            .auto_scaling_group_name(self.group_name(key))
+            .desired_capacity(target as i32)
+            .honor_cooldown(false)
+            .send()
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if e.message().is_some_and(|m| m.contains("not found")) => Err(
+                PortError::NotFound(format!("group {}", self.group_name(key))),
+            ),
+            Err(e) => Err(sdk("SetDesiredCapacity")(e)),
+        }
+    }
+
+    async fn instances(&self, key: &PoolKey) -> Result<Vec<Instance>, PortError> {
+        let out = self
+            .asg
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(self.group_name(key))
+            .send()
+            .await
+            .map_err(sdk("DescribeAutoScalingGroups"))?;
+        let mut list = Vec::new();
+        for g in out.auto_scaling_groups() {
+            for i in g.instances() {
+                let state = i
+                    .lifecycle_state()
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_default();
+                let state = if state.starts_with("Pending") {
+                    InstanceState::Pending
+                } else if state.starts_with("Terminat") {
+                    continue;
+                } else {
+                    InstanceState::Running
+                };
+                list.push(Instance {
+                    id: InstanceId::new(i.instance_id().unwrap_or_default())
+                        .map_err(|e| PortError::backend(PORT, e))?,
+                    pool: key.clone(),
+                    state,
+                    launched_at: Timestamp(0),
+                });
+            }
+        }
+        Ok(list)
+    }
+
+    async fn terminate(
+        &self,
+        _key: &PoolKey,
+        id: &InstanceId,
+        decrement: bool,
+    ) -> Result<(), PortError> {
+        self.asg
+            .terminate_instance_in_auto_scaling_group()
+            .instance_id(id.as_str())
+            .should_decrement_desired_capacity(decrement)
+            .send()
+            .await
+            .map_err(sdk("TerminateInstanceInAutoScalingGroup"))?;
+        Ok(())
+    }
+
+    async fn delete_group(&self, key: &PoolKey) -> Result<(), PortError> {
+        let name = self.group_name(key);
+        match self
+            .asg
+            .delete_auto_scaling_group()
+            .auto_scaling_group_name(&name)
+            .force_delete(true)
+            .send()
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.message().is_some_and(|m| m.contains("not found")) => {}
+            Err(e) => return Err(sdk("DeleteAutoScalingGroup")(e)),
+        }
+        match self
+            .ec2
+            .delete_launch_template()
+            .launch_template_name(&name)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code().is_some_and(|c| c.contains("NotFound")) => Ok(()),
+            Err(e) => Err(sdk("DeleteLaunchTemplate")(e)),
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! What the Lambda functions do, kept here so it can be tested without
+//! Lambda: each `functions/*/src/main.rs` reads its [`AwsConfig`], builds a
+//! [`Ctx`] once and hands each event to one of these.
+//!
+//! SQS-triggered functions return an `SqsBatchResponse` (the event source
+//! mapping has `ReportBatchItemFailures`): a retryable failure names only its
+//! own message, so one bad message never fails or repeats the others. A
+//! message that can never succeed goes to the queue's dead-letter queue at
+//! once with the reason, and counts as handled.
+
+use crate::config::AwsConfig;
+use crate::dynamo::DynamoStore;
+use crate::events::parse_instance_event;
+use crate::fleet::{AsgFleet, FleetConfig};
+use crate::sqs::SqsQueue;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use std::sync::Arc;
+use studio_core::clock::{Clock, SystemClock};
+use studio_core::handlers::{self, CleanupReport, Ctx, HandlerError, Settings};
+use studio_core::plan::CatalogPlanner;
+use studio_core::ports::Received;
+use tracing::{info, warn};
+
+/// JSON logs, as CloudWatch Logs wants them.
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_current_span(false)
+        .without_time()
+        .init();
+}
+
+/// The handlers' context on AWS.
+pub fn context(cfg: &AwsConfig, sdk: &aws_config::SdkConfig, clock: Arc<dyn Clock>) -> Ctx {
+    let fleet = AsgFleet::new(
+        aws_sdk_ec2::Client::new(sdk),
+        aws_sdk_autoscaling::Client::new(sdk),
+        FleetConfig {
+            prefix: cfg.prefix.clone(),
+            region: cfg.region.clone(),
+            image_id: cfg.worker_ami.clone(),
+            instance_profile: cfg.worker_instance_profile.clone(),
+            subnets: cfg.subnets.clone(),
+            availability_zones: cfg.availability_zones.clone(),
+            max_size: cfg.max_workers,
+            jobs_table: cfg.jobs_table.clone(),
+            pools_table: cfg.pools_table.clone(),
+            bucket: cfg.bucket.clone(),
+        },
+    );
+    Ctx {
+        store: Arc::new(DynamoStore::new(
+            aws_sdk_dynamodb::Client::new(sdk),
+            &cfg.jobs_table,
+            &cfg.pools_table,
+        )),
+        queue: Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(sdk))),
+        fleet: Arc::new(fleet),
+        planner: Arc::new(CatalogPlanner::shipped()),
+        clock,
+        settings: Settings {
+            submit_queue: cfg.submit_queue.clone(),
+            queue_prefix: cfg.prefix.clone(),
+            pool_grace: cfg.pool_grace,
+            max_attempts: cfg.max_attempts,
+            max_auto_workers: cfg.max_workers,
+        },
+    }
+}
+
+/// [`context`] with the environment's SDK configuration and the wall clock.
+pub async fn context_from_env(cfg: &AwsConfig) -> Ctx {
+    let sdk = crate::sdk_config(&cfg.region).await;
+    context(cfg, &sdk, Arc::new(SystemClock))
+}
+
+fn received(m: &SqsMessage) -> Received {
+    Received {
+        message_id: m.message_id.clone().unwrap_or_default(),
+        receipt: m.receipt_handle.clone().unwrap_or_default(),
+        body: m.body.clone().unwrap_or_default(),
+        receive_count: m
+            .attributes
+            .get("ApproximateReceiveCount")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(1),
+    }
+}
+
+/// What became of one message of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fate {
+    Done,
+    /// Parked in the dead-letter queue with this reason.
+    DeadLettered(String),
+    /// Left for redelivery (reported as a batch item failure).
+    Retry(String),
+}
+
+async fn settle(
+    ctx: &Ctx,
+    queue: &str,
+    msg: &Received,
+    r: Result<(), (bool, String)>,
+    resp: &mut SqsBatchResponse,
+    fates: &mut Vec<Fate>,
+) {
+    match r {
+        Ok(()) => fates.push(Fate::Done),
+        Err((true, why)) => {
+            warn!(message_id = %msg.message_id, error = %why, "will be retried");
+            resp.add_failure(msg.message_id.clone());
+            fates.push(Fate::Retry(why));
+        }
+        Err((false, why)) => {
+            warn!(message_id = %msg.message_id, error = %why, "dead-lettered");
+            match ctx.queue.dead_letter(queue, msg, &why).await {
+                Ok(()) => fates.push(Fate::DeadLettered(why)),
+                Err(e) => {
+                    // Not parked: let SQS redeliver it; its redrive policy parks it in the end.
+                    resp.add_failure(msg.message_id.clone());
+                    fates.push(Fate::Retry(format!("{why}; dead-lettering failed: {e}")));
+                }
+            }
+        }
+    }
+}
+
+fn classify(e: HandlerError) -> (bool, String) {
+    (e.is_retryable(), e.to_string())
+}
+
+/// `submit`: every record a `SubmitJob`.
+pub async fn submit_batch(ctx: &Ctx, event: SqsEvent) -> (SqsBatchResponse, Vec<Fate>) {
+    let mut resp = SqsBatchResponse::default();
+    let mut fates = Vec::new();
+    let queue = ctx.settings.submit_queue.clone();
+    for m in &event.records {
+        let msg = received(m);
+        let r = handlers::submit(ctx, &msg.message_id, &msg.body)
+            .await
+            .map(|outcome| info!(?outcome, "submit"))
+            .map_err(classify);
+        settle(ctx, &queue, &msg, r, &mut resp, &mut fates).await;
+    }
+    (resp, fates)
+}
+
+/// `handle-spot-interruption`: every record an EventBridge EC2 event.
+pub async fn interruption_batch(
+    ctx: &Ctx,
+    queue: &str,
+    event: SqsEvent,
+) -> (SqsBatchResponse, Vec<Fate>) {
+    let mut resp = SqsBatchResponse::default();
+    let mut fates = Vec::new();
+    for m in &event.records {
+        let msg = received(m);
+        let r = match parse_instance_event(&msg.body) {
+            Err(e) => Err((false, e.to_string())),
+            Ok(None) => Ok(()),
+            Ok(Some(ev)) => handlers::handle_interruption(ctx, &ev)
+                .await
+                .map(|outcome| info!(event_id = %ev.event_id, instance = %ev.instance, ?outcome, "interruption"))
+                .map_err(classify),
+        };
+        settle(ctx, queue, &msg, r, &mut resp, &mut fates).await;
+    }
+    (resp, fates)
+}
+
+/// `scale-on-queue-depth` (schedule).
+///
+/// # Errors
+/// The first pool that failed (the others were still scaled).
+pub async fn scale(ctx: &Ctx) -> Result<Vec<(String, u32)>, HandlerError> {
+    let sizes = handlers::scale(ctx).await?;
+    Ok(sizes.into_iter().map(|(k, n)| (k.to_string(), n)).collect())
+}
+
+/// `cleanup-empty-group` (schedule).
+///
+/// # Errors
+/// The first pool that failed (the others were still looked at).
+pub async fn cleanup(ctx: &Ctx) -> Result<CleanupReport, HandlerError> {
+    handlers::cleanup(ctx).await
+}
+
+/// Lambda's error for a handler error: the message is what CloudWatch shows.
+pub fn lambda_error(e: HandlerError) -> lambda_runtime::Error {
+    Box::new(e)
+}

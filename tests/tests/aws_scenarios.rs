@@ -1,0 +1,571 @@
+//! The AWS backend against `moto_server`: the real handler code, the real
+//! SDK adapters, real event JSON, delivered the way AWS delivers it (SQS for
+//! submissions, EventBridge `PutEvents` → rule → SQS for interruptions).
+//! Scheduled functions are invoked directly (moto's schedules do not fire).
+//! Known moto gaps are avoided, not mocked: auto scaling launches only the
+//! launch template's type on-demand, so assertions are on the group's stored
+//! configuration.
+
+use aws_lambda_events::event::sqs::SqsEvent;
+use aws_sdk_sqs::types::MessageSystemAttributeName;
+use std::sync::Arc;
+use std::time::Duration;
+use studio_aws::config::AwsConfig;
+use studio_aws::dynamo::DynamoStore;
+use studio_aws::lambda::{self, Fate};
+use studio_core::clock::{ManualClock, Timestamp};
+use studio_core::contract::WorkItem;
+use studio_core::handlers::{claim_work, mutate_job, Claim, Ctx, Step};
+use studio_core::ids::{InstanceId, PoolKey};
+use studio_core::job::JobState;
+use studio_core::pool::PoolState;
+use studio_core::ports::PortError;
+use studio_core::resources::Cloud;
+use studio_tests::{job_id, moto_endpoint, JobBuilder};
+
+struct World {
+    ctx: Ctx,
+    clock: ManualClock,
+    sdk: aws_config::SdkConfig,
+    cfg: AwsConfig,
+}
+
+async fn world() -> World {
+    let sdk = studio_aws::emulator_config("us-east-1", &moto_endpoint());
+    let ec2 = aws_sdk_ec2::Client::new(&sdk);
+    let image = ec2.describe_images().send().await.unwrap().images()[0]
+        .image_id()
+        .unwrap()
+        .to_string();
+    let p = format!(
+        "t{}",
+        &ulid::Ulid::new().to_string().to_ascii_lowercase()[18..]
+    );
+    let cfg = AwsConfig {
+        region: "us-east-1".into(),
+        prefix: p.clone(),
+        jobs_table: format!("{p}-jobs"),
+        pools_table: format!("{p}-pools"),
+        submit_queue: format!("{p}-submit"),
+        interruption_queue: Some(format!("{p}-interruptions")),
+        bucket: format!("{p}-artifacts"),
+        worker_ami: image,
+        worker_instance_profile: None,
+        subnets: vec![],
+        availability_zones: vec!["us-east-1a".into()],
+        max_workers: 5,
+        pool_grace: Duration::from_secs(60),
+        max_attempts: 3,
+    };
+    let clock = ManualClock::new(Timestamp(1_800_000_000_000));
+    let ctx = lambda::context(&cfg, &sdk, Arc::new(clock.clone()));
+    DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        &cfg.jobs_table,
+        &cfg.pools_table,
+    )
+    .ensure_tables()
+    .await
+    .unwrap();
+    ctx.queue.ensure_queue(&cfg.submit_queue).await.unwrap();
+    ctx.queue
+        .ensure_queue(cfg.interruption_queue.as_ref().unwrap())
+        .await
+        .unwrap();
+    World {
+        ctx,
+        clock,
+        sdk,
+        cfg,
+    }
+}
+
+impl World {
+    fn sqs(&self) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::new(&self.sdk)
+    }
+    fn asg(&self) -> aws_sdk_autoscaling::Client {
+        aws_sdk_autoscaling::Client::new(&self.sdk)
+    }
+    async fn url(&self, queue: &str) -> String {
+        self.sqs()
+            .get_queue_url()
+            .queue_name(queue)
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap()
+    }
+
+    /// What the Lambda poller does: receive up to 10 messages and hand them
+    /// over as an `SqsEvent` (shape from `tests/fixtures/events/sqs-batch.json`).
+    async fn poll(&self, queue: &str) -> SqsEvent {
+        let out = self
+            .sqs()
+            .receive_message()
+            .queue_url(self.url(queue).await)
+            .max_number_of_messages(10)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .send()
+            .await
+            .unwrap();
+        let mut event: serde_json::Value =
+            serde_json::from_str(include_str!("../fixtures/events/sqs-batch.json")).unwrap();
+        let template = event["Records"][0].clone();
+        let records: Vec<serde_json::Value> = out
+            .messages()
+            .iter()
+            .map(|m| {
+                let mut r = template.clone();
+                r["messageId"] = m.message_id().unwrap().into();
+                r["receiptHandle"] = m.receipt_handle().unwrap().into();
+                r["body"] = m.body().unwrap().into();
+                r
+            })
+            .collect();
+        event["Records"] = records.into();
+        serde_json::from_value(event).unwrap()
+    }
+
+    /// What `studio run` does: one `SubmitJob` on the submit queue.
+    async fn send_submit(&self, body: &str) {
+        self.sqs()
+            .send_message()
+            .queue_url(self.url(&self.cfg.submit_queue).await)
+            .message_body(body)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    async fn submit(&self, body: &str) -> Vec<Fate> {
+        self.send_submit(body).await;
+        let event = self.poll(&self.cfg.submit_queue).await;
+        assert_eq!(event.records.len(), 1);
+        let (resp, fates) = lambda::submit_batch(&self.ctx, event).await;
+        assert!(resp.batch_item_failures.is_empty(), "{fates:?}");
+        fates
+    }
+
+    async fn pool_of(&self, id: &str) -> PoolKey {
+        self.ctx
+            .store
+            .get_job(&job_id(id))
+            .await
+            .unwrap()
+            .unwrap()
+            .pool
+    }
+}
+
+fn spot_job(id: &str) -> String {
+    let mut spec = JobBuilder::new(id).cpus(8).spec();
+    spec.cloud = Cloud::Ec2spot;
+    spec.resources.gpus = 1;
+    spec.resources.ram_mib = Some(16384);
+    spec.bid = Some("60%".parse().unwrap());
+    spec.to_json()
+}
+
+#[tokio::test]
+async fn submit_through_sqs_creates_the_job_the_spot_group_and_the_work_item() {
+    let w = world().await;
+    assert_eq!(w.submit(&spot_job("j1")).await, vec![Fate::Done]);
+
+    let job = w.ctx.store.get_job(&job_id("j1")).await.unwrap().unwrap();
+    assert_eq!(
+        (job.state, job.attempt, job.plan.machine.as_str()),
+        (JobState::Queued, 1, "g4dn.2xlarge")
+    );
+    let pool = w.ctx.store.get_pool(&job.pool).await.unwrap().unwrap();
+    assert_eq!((pool.state, pool.target), (PoolState::Live, 1));
+
+    let name = format!("{}-{}", w.cfg.prefix, job.pool);
+    let groups = w
+        .asg()
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(&name)
+        .send()
+        .await
+        .unwrap();
+    let g = &groups.auto_scaling_groups()[0];
+    assert_eq!(g.desired_capacity(), Some(1), "raised at once");
+    assert_eq!(g.capacity_rebalance(), Some(true));
+    let mip = g
+        .mixed_instances_policy()
+        .expect("a mixed-instances policy");
+    let types: Vec<&str> = mip
+        .launch_template()
+        .unwrap()
+        .overrides()
+        .iter()
+        .map(|o| o.instance_type().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        job.plan
+            .machine_types
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(types.len(), 10);
+    let dist = mip.instances_distribution().unwrap();
+    assert_eq!(
+        dist.spot_allocation_strategy(),
+        Some("price-capacity-optimized")
+    );
+    assert_eq!(
+        dist.spot_max_price(),
+        Some("0.451200"),
+        "60% of g4dn.2xlarge's $0.752"
+    );
+    assert_eq!(dist.on_demand_percentage_above_base_capacity(), Some(0));
+
+    let ec2 = aws_sdk_ec2::Client::new(&w.sdk);
+    let lt = ec2
+        .describe_launch_templates()
+        .launch_template_names(&name)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lt.launch_templates().len(), 1);
+
+    let q = w.ctx.settings.work_queue(&job.pool);
+    let item = w
+        .ctx
+        .queue
+        .receive(&q, 10, Duration::from_secs(30), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(item.len(), 1);
+    assert_eq!(
+        WorkItem::from_json(&item[0].body).unwrap(),
+        WorkItem::new(job_id("j1"), 1)
+    );
+
+    // The same message again (a redelivery) makes no second job.
+    let again = lambda::submit_batch(&w.ctx, {
+        w.send_submit(&spot_job("j1")).await;
+        w.poll(&w.cfg.submit_queue).await
+    })
+    .await;
+    assert_eq!(again.1, vec![Fate::Done]);
+    assert_eq!(w.ctx.store.list_jobs(None, &[]).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_spot_warning_through_eventbridge_requeues_the_job_once() {
+    let w = world().await;
+    w.submit(&spot_job("j1")).await;
+    let pool = w.pool_of("j1").await;
+    // The machine the group started runs the job.
+    let launched = w.ctx.fleet.instances(&pool).await.unwrap();
+    assert_eq!(launched.len(), 1, "desired capacity 1 launched one machine");
+    let instance = launched[0].id.clone();
+    assert!(instance.as_str().starts_with("i-"), "{instance}");
+    let q = w.ctx.settings.work_queue(&pool);
+    let item = w
+        .ctx
+        .queue
+        .receive(&q, 1, Duration::from_secs(30), Duration::ZERO)
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(matches!(
+        claim_work(&w.ctx, &instance, &item).await.unwrap(),
+        Claim::Run(_)
+    ));
+    w.ctx.queue.ack(&q, &item.receipt).await.unwrap();
+
+    // EventBridge rule → SQS target, as infra sets it up.
+    let eb = aws_sdk_eventbridge::Client::new(&w.sdk);
+    let rule = format!("{}-ec2-interruptions", w.cfg.prefix);
+    eb.put_rule()
+        .name(&rule)
+        .event_pattern(
+            r#"{"source":["aws.ec2"],"detail-type":["EC2 Spot Instance Interruption Warning","EC2 Instance Rebalance Recommendation","EC2 Instance State-change Notification"]}"#,
+        )
+        .send()
+        .await
+        .unwrap();
+    let iq = w.cfg.interruption_queue.clone().unwrap();
+    let arn = w
+        .sqs()
+        .get_queue_attributes()
+        .queue_url(w.url(&iq).await)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
+        .clone();
+    eb.put_targets()
+        .rule(&rule)
+        .targets(
+            aws_sdk_eventbridge::types::Target::builder()
+                .id("q")
+                .arn(arn)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let fixture: serde_json::Value = serde_json::from_str(include_str!(
+        "../fixtures/events/spot-interruption-warning.json"
+    ))
+    .unwrap();
+    let mut detail = fixture["detail"].clone();
+    detail["instance-id"] = instance.as_str().into();
+    eb.put_events()
+        .entries(
+            aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
+                .source("aws.ec2")
+                .detail_type(fixture["detail-type"].as_str().unwrap())
+                .detail(detail.to_string())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    let event = w.poll(&iq).await;
+    assert_eq!(event.records.len(), 1, "the rule delivered the event");
+    let (resp, fates) = lambda::interruption_batch(&w.ctx, &iq, event.clone()).await;
+    assert!(resp.batch_item_failures.is_empty());
+    assert_eq!(fates, vec![Fate::Done]);
+    let job = w.ctx.store.get_job(&job_id("j1")).await.unwrap().unwrap();
+    assert_eq!((job.state, job.attempt), (JobState::Queued, 2));
+    assert!(job
+        .events
+        .iter()
+        .any(|e| e.to == JobState::Interrupted && e.reason.contains("spot interruption")));
+    assert_eq!(w.ctx.queue.depth(&q).await.unwrap().visible, 1);
+
+    // The same event delivered again changes nothing more.
+    let (_, fates) = lambda::interruption_batch(&w.ctx, &iq, event).await;
+    assert_eq!(fates, vec![Fate::Done]);
+    let after = w.ctx.store.get_job(&job_id("j1")).await.unwrap().unwrap();
+    assert_eq!(after.version, job.version);
+    assert_eq!(w.ctx.queue.depth(&q).await.unwrap().visible, 1);
+    let next = w
+        .ctx
+        .queue
+        .receive(&q, 1, Duration::from_secs(30), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(WorkItem::from_json(&next[0].body).unwrap().attempt, 2);
+}
+
+#[tokio::test]
+async fn a_poison_message_goes_to_the_dlq_with_its_reason_and_spares_the_others() {
+    let w = world().await;
+    w.send_submit(r#"{"version":1,"cpu":8}"#).await;
+    w.send_submit(&JobBuilder::new("good").json()).await;
+    let event = w.poll(&w.cfg.submit_queue).await;
+    assert_eq!(event.records.len(), 2);
+    let (resp, fates) = lambda::submit_batch(&w.ctx, event).await;
+    assert!(
+        resp.batch_item_failures.is_empty(),
+        "not retried: {fates:?}"
+    );
+    assert_eq!(fates.iter().filter(|f| **f == Fate::Done).count(), 1);
+    assert!(fates
+        .iter()
+        .any(|f| matches!(f, Fate::DeadLettered(why) if why.contains("not a valid SubmitJob"))));
+    assert!(w
+        .ctx
+        .store
+        .get_job(&job_id("good"))
+        .await
+        .unwrap()
+        .is_some());
+
+    let dlq = w
+        .sqs()
+        .receive_message()
+        .queue_url(w.url(&format!("{}-dlq", w.cfg.submit_queue)).await)
+        .message_attribute_names("All")
+        .send()
+        .await
+        .unwrap();
+    let m = &dlq.messages()[0];
+    assert_eq!(m.body(), Some(r#"{"version":1,"cpu":8}"#));
+    let reason = m.message_attributes().unwrap()["studio-reason"]
+        .string_value()
+        .unwrap();
+    assert!(
+        reason.contains("unknown field `cpu`") || reason.contains("missing field"),
+        "{reason}"
+    );
+}
+
+#[tokio::test]
+async fn a_failure_that_may_pass_later_is_reported_for_that_message_only() {
+    let mut w = world().await;
+    // A store whose table does not exist: every write fails, retryably.
+    w.cfg.jobs_table = format!("{}-missing", w.cfg.prefix);
+    let broken = lambda::context(&w.cfg, &w.sdk, Arc::new(w.clock.clone()));
+    w.send_submit(&JobBuilder::new("j1").json()).await;
+    let event = w.poll(&w.cfg.submit_queue).await;
+    let id = event.records[0].message_id.clone().unwrap();
+    let (resp, fates) = lambda::submit_batch(&broken, event).await;
+    assert_eq!(resp.batch_item_failures.len(), 1);
+    assert_eq!(resp.batch_item_failures[0].item_identifier, id);
+    assert!(matches!(&fates[0], Fate::Retry(_)));
+}
+
+#[tokio::test]
+async fn cleanup_after_the_grace_deletes_group_template_and_queues() {
+    let w = world().await;
+    w.submit(&spot_job("j1")).await;
+    let pool = w.pool_of("j1").await;
+    let q = w.ctx.settings.work_queue(&pool);
+    let item = w
+        .ctx
+        .queue
+        .receive(&q, 1, Duration::from_secs(30), Duration::ZERO)
+        .await
+        .unwrap()
+        .remove(0);
+    claim_work(&w.ctx, &InstanceId::new("i-1").unwrap(), &item)
+        .await
+        .unwrap();
+    mutate_job(w.ctx.store.as_ref(), &job_id("j1"), |j| {
+        j.complete(Some(0), None, Timestamp(1_800_000_000_500), "test")
+            .unwrap();
+        Step::Write(())
+    })
+    .await
+    .unwrap();
+    w.ctx.queue.ack(&q, &item.receipt).await.unwrap();
+
+    assert_eq!(
+        lambda::cleanup(&w.ctx).await.unwrap().waiting,
+        vec![pool.clone()]
+    );
+    w.clock.advance(Duration::from_secs(59));
+    assert!(
+        lambda::cleanup(&w.ctx).await.unwrap().deleted.is_empty(),
+        "in grace"
+    );
+    w.clock.advance(Duration::from_secs(2));
+    assert_eq!(
+        lambda::cleanup(&w.ctx).await.unwrap().deleted,
+        vec![pool.clone()]
+    );
+
+    let name = format!("{}-{}", w.cfg.prefix, pool);
+    let groups = w
+        .asg()
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(&name)
+        .send()
+        .await
+        .unwrap();
+    assert!(groups.auto_scaling_groups().is_empty(), "group deleted");
+    let ec2 = aws_sdk_ec2::Client::new(&w.sdk);
+    assert!(
+        ec2.describe_launch_templates()
+            .launch_template_names(&name)
+            .send()
+            .await
+            .is_err(),
+        "launch template deleted"
+    );
+    for queue in [q.clone(), format!("{q}-dlq")] {
+        let r = w.sqs().get_queue_url().queue_name(&queue).send().await;
+        assert!(r.is_err(), "{queue} deleted");
+    }
+    assert_eq!(
+        w.ctx.store.get_pool(&pool).await.unwrap().unwrap().state,
+        PoolState::Deleted
+    );
+    assert!(
+        lambda::cleanup(&w.ctx).await.unwrap().deleted.is_empty(),
+        "idempotent"
+    );
+}
+
+#[tokio::test]
+async fn dynamodb_maps_a_lost_race_to_conflict_and_finds_jobs_by_instance_and_pool() {
+    let w = world().await;
+    w.submit(&JobBuilder::new("j1").json()).await;
+    let store = w.ctx.store.as_ref();
+    let a = store.get_job(&job_id("j1")).await.unwrap().unwrap();
+    let b = a.clone();
+    store.update_job(&a).await.unwrap();
+    assert!(
+        matches!(store.update_job(&b).await, Err(PortError::Conflict)),
+        "stale version loses"
+    );
+    let mut ghost = a.clone();
+    ghost.id = job_id("ghost");
+    assert!(matches!(
+        store.update_job(&ghost).await,
+        Err(PortError::NotFound(_))
+    ));
+
+    let q = w.ctx.settings.work_queue(&a.pool);
+    let item = w
+        .ctx
+        .queue
+        .receive(&q, 1, Duration::from_secs(30), Duration::ZERO)
+        .await
+        .unwrap()
+        .remove(0);
+    let inst = InstanceId::new("i-abc").unwrap();
+    claim_work(&w.ctx, &inst, &item).await.unwrap();
+    let on = store.jobs_on_instance(&inst).await.unwrap();
+    assert_eq!(on.len(), 1);
+    assert_eq!(on[0].id, job_id("j1"));
+    assert_eq!(
+        store
+            .list_jobs(Some(&a.pool), &[JobState::Running])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(store
+        .list_jobs(Some(&a.pool), &[JobState::Queued])
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn sqs_batches_leases_and_depth_behave() {
+    let w = world().await;
+    let q = format!("{}-work-test", w.cfg.prefix);
+    w.ctx.queue.ensure_queue(&q).await.unwrap();
+    let bodies: Vec<String> = (0..25).map(|i| format!("m{i}")).collect();
+    w.ctx.queue.send(&q, &bodies).await.unwrap();
+    assert_eq!(w.ctx.queue.depth(&q).await.unwrap().visible, 25);
+    let got = w
+        .ctx
+        .queue
+        .receive(&q, 10, Duration::from_secs(30), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 10);
+    let d = w.ctx.queue.depth(&q).await.unwrap();
+    assert_eq!((d.visible, d.in_flight), (15, 10));
+    w.ctx
+        .queue
+        .release(&q, &got[0].receipt, Duration::ZERO)
+        .await
+        .unwrap();
+    w.ctx.queue.ack(&q, &got[1].receipt).await.unwrap();
+    let d = w.ctx.queue.depth(&q).await.unwrap();
+    assert_eq!((d.visible, d.in_flight), (16, 8));
+    assert!(matches!(
+        w.ctx.queue.send("no-such-queue", &bodies).await,
+        Err(PortError::NotFound(_))
+    ));
+    w.ctx.queue.delete_queue(&q).await.unwrap();
+    w.ctx.queue.delete_queue(&q).await.unwrap();
+}
