@@ -26,6 +26,8 @@ use studio_core::size::format_mib;
 use studio_core::worker::{run_worker, WorkerConfig, WorkerExit};
 use studio_local::{lock, LocalBackend};
 
+use crate::sides::{self, Side};
+
 /// Largest workspace the CLI uploads.
 const WORKSPACE_LIMIT: u64 = 256 << 20;
 /// How often a waiting `run` looks at the job (and drives the handlers).
@@ -43,7 +45,7 @@ impl<E: Into<anyhow::Error>> From<E> for CliError {
     }
 }
 
-fn usage(msg: impl std::fmt::Display) -> CliError {
+pub fn usage(msg: impl std::fmt::Display) -> CliError {
     CliError::Usage(msg.to_string())
 }
 
@@ -53,6 +55,8 @@ pub struct Env {
     pub cores: u32,
     pub default_home: Option<PathBuf>,
     pub lock_fd: Option<i32>,
+    /// The `STUDIO_*` and `AWS_*` environment variables.
+    pub vars: std::collections::HashMap<String, String>,
 }
 
 struct Globals {
@@ -82,8 +86,8 @@ pub async fn dispatch(cli: Cli, env: Env) -> Result<ExitCode, CliError> {
     };
     match cli.command {
         Command::Run(a) => run(&g, &env, a).await,
-        Command::Status(a) => status(&g, a).await,
-        Command::Logs(a) => logs(&g, a).await,
+        Command::Status(a) => status(&g, &env, a).await,
+        Command::Logs(a) => logs(&g, &env, a).await,
         Command::Cancel(a) => cancel(&g, &env, a).await,
         Command::Worker(a) => worker(&g, &env, a).await,
         Command::Driver => driver(&g).await,
@@ -218,12 +222,11 @@ fn validate_run(a: &RunArgs, owner: &str, home: &Path) -> Result<(SubmitJob, Pat
         })
         .transpose()?;
     spec.validate().map_err(usage)?;
-    // Plan against the catalogue first (a request nothing fits is refused
-    // whatever the backend), then ask whether this installation runs the cloud.
+    // Plan against the catalogue (a request nothing fits is refused whatever
+    // the backend); `run` then picks the backend that runs the cloud.
     let plan = planner(home, spec.region.as_deref())?
         .plan(&spec)
         .map_err(usage)?;
-    LocalPlanner.plan(&spec).map_err(usage)?;
     for w in &plan.warnings {
         eprintln!("studio: warning: {w}");
     }
@@ -314,13 +317,33 @@ async fn plan(g: &Globals, a: PlanArgs, env: &Env) -> Result<ExitCode, CliError>
 
 async fn run(g: &Globals, env: &Env, a: RunArgs) -> Result<ExitCode, CliError> {
     let (mut spec, dir) = validate_run(&a, &env.user, &g.home)?;
+    let side = match spec.cloud {
+        Cloud::Local => Side::Local(Box::new(open(g).await?)),
+        Cloud::Ec2 | Cloud::Ec2spot => match sides::aws(&g.home, env).await? {
+            Some(aws) => Side::Aws(Box::new(aws)),
+            None => {
+                return Err(usage(format!(
+                    "cloud '{}' needs the AWS settings: set {} (or [aws] in {}); see the README",
+                    spec.cloud,
+                    studio_aws::config::CLIENT_KEYS
+                        .iter()
+                        .map(|(k, _)| *k)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    g.home.join("config.toml").display()
+                )))
+            }
+        },
+        _ => {
+            LocalPlanner.plan(&spec).map_err(usage)?;
+            unreachable!("the local planner refuses every cloud but local")
+        }
+    };
     let tarball = studio_core::workspace::pack_dir(&dir, WORKSPACE_LIMIT).map_err(usage)?;
-
-    let be = open(g).await?;
-    spec.workspace = be.artifacts.put_workspace(&tarball).await?;
+    spec.workspace = side.artifacts().put_workspace(&tarball).await?;
     let id = spec.job_id.clone().unwrap_or_else(JobId::generate);
     spec.job_id = Some(id.clone());
-    if let Some(existing) = be.store.get_job(&id).await? {
+    if let Some(existing) = side.store().get_job(&id).await? {
         if existing.spec != spec {
             return Err(usage(format!(
                 "job id '{id}' was already used for a different request"
@@ -331,17 +354,24 @@ async fn run(g: &Globals, env: &Env, a: RunArgs) -> Result<ExitCode, CliError> {
             existing.state
         );
     } else {
-        be.queue
-            .send(&g.settings.submit_queue, &[spec.to_json()])
-            .await?;
+        match &side {
+            Side::Local(be) => {
+                be.queue
+                    .send(&g.settings.submit_queue, &[spec.to_json()])
+                    .await?
+            }
+            Side::Aws(aws) => aws.queue.send(&aws.submit_queue, &[spec.to_json()]).await?,
+        }
     }
     if a.detach {
-        ensure_driver(g, &be)?;
+        if let Side::Local(be) = &side {
+            ensure_driver(g, be)?;
+        }
         println!("{id}");
         return Ok(ExitCode::SUCCESS);
     }
     eprintln!("studio: job {id} submitted ({} cloud)", spec.cloud);
-    let job = follow(g, &be, &id, true).await?;
+    let job = follow(g, &side, &id).await?;
     Ok(report_end(&job))
 }
 
@@ -368,16 +398,19 @@ fn report_end(job: &Option<Job>) -> ExitCode {
 }
 
 /// Prints state changes (stderr) and the job's output (stdout) until the job
-/// ends; drives the handlers meanwhile when no other process does. Returns
-/// `None` when interrupted with Ctrl-C (the job goes on).
-async fn follow(
-    g: &Globals,
-    be: &LocalBackend,
-    id: &JobId,
-    drive: bool,
-) -> Result<Option<Job>, CliError> {
-    let driver = be.driver();
-    let lock_path = be.driver_lock_path();
+/// ends. On the local backend it also drives the handlers meanwhile when no
+/// other process does. Returns `None` when interrupted with Ctrl-C (the job
+/// goes on).
+async fn follow(g: &Globals, side: &Side, id: &JobId) -> Result<Option<Job>, CliError> {
+    let local = match side {
+        Side::Local(be) => Some(be.as_ref()),
+        Side::Aws(_) => None,
+    };
+    let every = if local.is_some() {
+        FOLLOW_EVERY
+    } else {
+        Duration::from_secs(1)
+    };
     let mut held = None;
     let mut offset = 0u64;
     let mut seen = 0usize;
@@ -385,14 +418,16 @@ async fn follow(
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let result = loop {
-        if drive && held.is_none() {
-            held = lock::try_lock(&lock_path)?;
+        if let Some(be) = local {
+            if held.is_none() {
+                held = lock::try_lock(&be.driver_lock_path())?;
+            }
+            if held.is_some() {
+                be.driver().tick().await?;
+            }
         }
-        if held.is_some() {
-            driver.tick().await?;
-        }
-        let job = be.store.get_job(id).await?;
-        offset += print_log(be, id, offset).await?;
+        let job = side.store().get_job(id).await?;
+        offset += print_log(side.artifacts(), id, offset).await?;
         match job {
             Some(job) => {
                 for e in job.events.iter().skip(seen) {
@@ -400,12 +435,16 @@ async fn follow(
                 }
                 seen = job.events.len();
                 if job.state.is_terminal() {
-                    print_log(be, id, offset).await?;
+                    print_log(side.artifacts(), id, offset).await?;
                     break Some(job);
                 }
             }
             None if waited > Duration::from_secs(5) => {
-                if let Some(why) = rejected_reason(g, be, id)? {
+                if let Some(why) = local
+                    .map(|be| rejected_reason(g, be, id))
+                    .transpose()?
+                    .flatten()
+                {
                     return Err(CliError::Other(anyhow::anyhow!(
                         "job {id} was rejected: {why}"
                     )));
@@ -418,11 +457,13 @@ async fn follow(
                 eprintln!("studio: stopped following; job {id} goes on (studio logs -f {id}, studio cancel {id})");
                 break None;
             }
-            _ = tokio::time::sleep(FOLLOW_EVERY) => waited += FOLLOW_EVERY,
+            _ = tokio::time::sleep(every) => waited += every,
         }
     };
     drop(held);
-    ensure_driver(g, be)?;
+    if let Some(be) = local {
+        ensure_driver(g, be)?;
+    }
     Ok(result)
 }
 
@@ -437,14 +478,27 @@ fn rejected_reason(g: &Globals, be: &LocalBackend, id: &JobId) -> Result<Option<
         .map(|(_, note)| note.unwrap_or_else(|| "dead-lettered".into())))
 }
 
-async fn print_log(be: &LocalBackend, id: &JobId, offset: u64) -> Result<u64, CliError> {
-    let bytes = be.artifacts.read_log(id, offset).await?;
+async fn print_log(
+    artifacts: &dyn ArtifactStore,
+    id: &JobId,
+    offset: u64,
+) -> Result<u64, CliError> {
+    let bytes = artifacts.read_log(id, offset).await?;
     if !bytes.is_empty() {
         let mut out = std::io::stdout().lock();
         out.write_all(&bytes)?;
         out.flush()?;
     }
     Ok(bytes.len() as u64)
+}
+
+/// The local backend, if this home has one (commands that only read never create it).
+async fn local_if_exists(g: &Globals) -> Result<Option<LocalBackend>, CliError> {
+    if g.home.join("studio.sqlite3").exists() {
+        Ok(Some(open(g).await?))
+    } else {
+        Ok(None)
+    }
 }
 
 /// Starts a background driver unless one is running, so work goes on (and
@@ -539,27 +593,13 @@ async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<ExitCode, CliEr
     })
 }
 
-async fn status(g: &Globals, a: StatusArgs) -> Result<ExitCode, CliError> {
-    if !g.home.join("studio.sqlite3").exists() {
-        if let Some(j) = a.job {
-            return Err(usage(format!("no job '{j}'")));
-        }
-        if a.output == Output::Json {
-            println!("[]");
-        } else {
-            println!("no jobs yet");
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    let be = open(g).await?;
+async fn status(g: &Globals, env: &Env, a: StatusArgs) -> Result<ExitCode, CliError> {
+    let local = local_if_exists(g).await?;
+    let aws = sides::aws(&g.home, env).await?;
     let now = SystemClock.now();
     if let Some(j) = a.job {
-        let id = JobId::new(j.clone()).map_err(usage)?;
-        let job = be
-            .store
-            .get_job(&id)
-            .await?
-            .ok_or_else(|| usage(format!("no job '{j}'")))?;
+        let id = JobId::new(j).map_err(usage)?;
+        let (_, job) = sides::find(local, aws, &id).await?;
         if a.output == Output::Json {
             println!("{}", serde_json::to_string_pretty(&job)?);
         } else {
@@ -567,9 +607,20 @@ async fn status(g: &Globals, a: StatusArgs) -> Result<ExitCode, CliError> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let jobs = be.store.list_jobs(None, &[]).await?;
+    let mut jobs = Vec::new();
+    if let Some(be) = &local {
+        jobs.extend(be.store.list_jobs(None, &[]).await?);
+    }
+    if let Some(aws) = &aws {
+        jobs.extend(aws.store.list_jobs(None, &[]).await?);
+    }
+    jobs.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
     if a.output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&jobs)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if jobs.is_empty() {
+        println!("no jobs yet");
         return Ok(ExitCode::SUCCESS);
     }
     let mut rows = vec![["ID", "STATE", "CLOUD", "MACHINE", "ATTEMPTS", "AGE"]
@@ -642,32 +693,31 @@ fn print_job(j: &Job, now: studio_core::clock::Timestamp) {
     }
 }
 
-async fn logs(g: &Globals, a: LogsArgs) -> Result<ExitCode, CliError> {
-    let id = JobId::new(a.job.clone()).map_err(usage)?;
-    if !g.home.join("studio.sqlite3").exists() {
-        return Err(usage(format!("no job '{id}'")));
-    }
-    let be = open(g).await?;
-    let job = be
-        .store
-        .get_job(&id)
-        .await?
-        .ok_or_else(|| usage(format!("no job '{id}'")))?;
+async fn logs(g: &Globals, env: &Env, a: LogsArgs) -> Result<ExitCode, CliError> {
+    let id = JobId::new(a.job).map_err(usage)?;
+    let (side, job) = sides::find(
+        local_if_exists(g).await?,
+        sides::aws(&g.home, env).await?,
+        &id,
+    )
+    .await?;
     if !a.follow || job.state.is_terminal() {
-        print_log(&be, &id, 0).await?;
+        print_log(side.artifacts(), &id, 0).await?;
         return Ok(ExitCode::SUCCESS);
     }
-    ensure_driver(g, &be)?;
+    if let Side::Local(be) = &side {
+        ensure_driver(g, be)?;
+    }
     let mut offset = 0;
     loop {
-        offset += print_log(&be, &id, offset).await?;
-        let done = be
-            .store
+        offset += print_log(side.artifacts(), &id, offset).await?;
+        let done = side
+            .store()
             .get_job(&id)
             .await?
             .is_none_or(|j| j.state.is_terminal());
         if done {
-            print_log(&be, &id, offset).await?;
+            print_log(side.artifacts(), &id, offset).await?;
             return Ok(ExitCode::SUCCESS);
         }
         tokio::time::sleep(FOLLOW_EVERY).await;
@@ -675,15 +725,17 @@ async fn logs(g: &Globals, a: LogsArgs) -> Result<ExitCode, CliError> {
 }
 
 async fn cancel(g: &Globals, env: &Env, a: CancelArgs) -> Result<ExitCode, CliError> {
-    let id = JobId::new(a.job.clone()).map_err(usage)?;
-    if !g.home.join("studio.sqlite3").exists() {
-        return Err(usage(format!("no job '{id}'")));
-    }
-    let be = open(g).await?;
+    let id = JobId::new(a.job).map_err(usage)?;
+    let (side, _) = sides::find(
+        local_if_exists(g).await?,
+        sides::aws(&g.home, env).await?,
+        &id,
+    )
+    .await?;
     let by = format!("cli:{}", env.user);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match handlers::cancel(&be.ctx, &id, &by).await? {
+        match handlers::cancel(side.store(), &SystemClock, &id, &by).await? {
             CancelOutcome::Cancelled => {
                 eprintln!("studio: job {id} cancelled");
                 return Ok(ExitCode::SUCCESS);

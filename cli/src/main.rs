@@ -3,6 +3,7 @@
 
 mod args;
 mod commands;
+mod sides;
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -47,6 +48,9 @@ fn main() -> ExitCode {
         lock_fd: std::env::var(studio_local::fleet::LOCK_FD_ENV)
             .ok()
             .and_then(|s| s.parse().ok()),
+        vars: std::env::vars()
+            .filter(|(k, _)| k.starts_with("STUDIO_") || k.starts_with("AWS_"))
+            .collect(),
     };
     // One thread: the worker's scripts are tied to it by PR_SET_PDEATHSIG.
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -336,7 +336,11 @@ fn bad_flags_are_one_line_exit_2_and_change_nothing() {
         (&["run", "--env=NOEQUALS", "hello.py"], "must be NAME=VALUE"),
         (
             &["run", "--cloud=ec2", "hello.py"],
-            "cloud 'ec2' is not configured",
+            "cloud 'ec2' needs the AWS settings",
+        ),
+        (
+            &["run", "--cloud=gcloud", "hello.py"],
+            "cloud 'gcloud' is not configured",
         ),
         (&["run"], "missing script"),
         (&["run", "nope.py"], "script 'nope.py' not found"),
@@ -595,5 +599,124 @@ fn a_refreshed_catalogue_in_studio_home_is_used_for_its_region() {
         stdout(&out).contains("machine    m9.large"),
         "{}",
         stdout(&out)
+    );
+}
+
+/// The AWS path as a user runs it, against `moto_server`: `studio run
+/// --cloud=ec2spot` uploads the workspace to S3 and sends the SubmitJob to
+/// the submit queue (names from `$STUDIO_HOME/config.toml`); the submit
+/// function's code takes it from SQS; `status` and `cancel` then read and
+/// write the job in DynamoDB.
+#[tokio::test]
+async fn on_aws_run_submits_through_sqs_and_status_and_cancel_use_dynamodb() {
+    let (cfg, sdk) = studio_tests::moto_deployment().await;
+    let h = Home::new();
+    std::fs::write(
+        h.dir.path().join("config.toml"),
+        format!(
+            "[aws]\nregion = \"us-east-1\"\njobs_table = \"{}\"\npools_table = \"{}\"\nsubmit_queue = \"{}\"\nartifact_bucket = \"{}\"\n",
+            cfg.jobs_table, cfg.pools_table, cfg.submit_queue, cfg.bucket
+        ),
+    )
+    .unwrap();
+    let out = h.run(&[
+        "run",
+        "--cloud=ec2spot",
+        "--detach",
+        "--cpus=8",
+        "--gpus=1",
+        "--ram=16g",
+        "--bid=60%",
+        "hello.py",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = stdout(&out).trim().to_string();
+
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let url = sqs
+        .get_queue_url()
+        .queue_name(&cfg.submit_queue)
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let event = studio_tests::poll_as_lambda(&sqs, &url).await;
+    assert_eq!(event.records.len(), 1);
+    let spec =
+        studio_core::contract::SubmitJob::from_json(event.records[0].body.as_deref().unwrap())
+            .unwrap();
+    assert_eq!(
+        spec.job_id.as_ref().map(|j| j.to_string()),
+        Some(id.clone())
+    );
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(true)
+            .build(),
+    );
+    let key = format!("workspaces/{}.tar.gz", spec.workspace.sha256);
+    assert!(
+        s3.head_object()
+            .bucket(&cfg.bucket)
+            .key(&key)
+            .send()
+            .await
+            .is_ok(),
+        "workspace uploaded"
+    );
+
+    let ctx = studio_aws::lambda::context(
+        &cfg,
+        &sdk,
+        std::sync::Arc::new(studio_core::clock::SystemClock),
+    );
+    let (resp, _) = studio_aws::lambda::submit_batch(&ctx, event).await;
+    assert!(resp.batch_item_failures.is_empty());
+
+    let job = h.job(&id);
+    assert_eq!(
+        (job["state"].as_str(), job["plan"]["machine"].as_str()),
+        (Some("queued"), Some("g4dn.2xlarge"))
+    );
+    let table = stdout(&h.run(&["status"]));
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&id) && l.contains("ec2spot")),
+        "{table}"
+    );
+    let c = h.run(&["cancel", &id]);
+    assert!(c.status.success(), "{}", stderr(&c));
+    assert_eq!(h.job(&id)["state"], "cancelled");
+}
+
+#[test]
+fn aws_clouds_without_settings_say_which_are_missing() {
+    let h = Home::new();
+    let out = h
+        .cmd(&["run", "--cloud=ec2", "hello.py"])
+        .env_remove("STUDIO_JOBS_TABLE")
+        .env_remove("STUDIO_SUBMIT_QUEUE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out)
+            .contains("cloud 'ec2' needs the AWS settings: set AWS_REGION, STUDIO_JOBS_TABLE"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(
+        h.dir.path().join("config.toml"),
+        "[aws]\njobs_table = \"j\"\n",
+    )
+    .unwrap();
+    let partial = h.run(&["run", "--cloud=ec2", "hello.py"]);
+    assert_eq!(partial.status.code(), Some(2));
+    assert!(
+        stderr(&partial).contains("AWS settings: missing environment variable"),
+        "{}",
+        stderr(&partial)
     );
 }

@@ -130,3 +130,93 @@ pub fn moto_endpoint() -> String {
     std::env::var("AWS_ENDPOINT_URL")
         .expect("AWS_ENDPOINT_URL must point at moto_server: run the tests with scripts/test, which starts it")
 }
+
+/// What the Lambda SQS poller does: receive up to 10 messages and hand them
+/// over as an `SqsEvent` (record shape from `tests/fixtures/events/sqs-batch.json`).
+pub async fn poll_as_lambda(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+) -> aws_lambda_events::event::sqs::SqsEvent {
+    let out = sqs
+        .receive_message()
+        .queue_url(queue_url)
+        .max_number_of_messages(10)
+        .send()
+        .await
+        .expect("ReceiveMessage");
+    let mut event: serde_json::Value =
+        serde_json::from_str(include_str!("../fixtures/events/sqs-batch.json")).expect("fixture");
+    let template = event["Records"][0].clone();
+    let records: Vec<serde_json::Value> = out
+        .messages()
+        .iter()
+        .map(|m| {
+            let mut r = template.clone();
+            r["messageId"] = m.message_id().unwrap_or_default().into();
+            r["receiptHandle"] = m.receipt_handle().unwrap_or_default().into();
+            r["body"] = m.body().unwrap_or_default().into();
+            r
+        })
+        .collect();
+    event["Records"] = records.into();
+    serde_json::from_value(event).expect("an SqsEvent")
+}
+
+/// A Studio AWS deployment of its own (unique names) inside `moto_server`:
+/// tables, submit and interruption queues, bucket.
+pub async fn moto_deployment() -> (studio_aws::config::AwsConfig, aws_config::SdkConfig) {
+    use studio_core::ports::WorkQueue;
+    let sdk = studio_aws::emulator_config("us-east-1", &moto_endpoint());
+    let ec2 = aws_sdk_ec2::Client::new(&sdk);
+    let images = ec2.describe_images().send().await.expect("DescribeImages");
+    let image = images.images()[0]
+        .image_id()
+        .expect("an image id")
+        .to_string();
+    let p = format!(
+        "t{}",
+        &ulid::Ulid::new().to_string().to_ascii_lowercase()[18..]
+    );
+    let cfg = studio_aws::config::AwsConfig {
+        region: "us-east-1".into(),
+        prefix: p.clone(),
+        jobs_table: format!("{p}-jobs"),
+        pools_table: format!("{p}-pools"),
+        submit_queue: format!("{p}-submit"),
+        interruption_queue: Some(format!("{p}-interruptions")),
+        bucket: format!("{p}-artifacts"),
+        worker_ami: image,
+        worker_instance_profile: None,
+        subnets: vec![],
+        availability_zones: vec!["us-east-1a".into()],
+        max_workers: 5,
+        pool_grace: std::time::Duration::from_secs(60),
+        max_attempts: 3,
+    };
+    studio_aws::dynamo::DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        &cfg.jobs_table,
+        &cfg.pools_table,
+    )
+    .ensure_tables()
+    .await
+    .expect("tables");
+    let q = studio_aws::sqs::SqsQueue::new(aws_sdk_sqs::Client::new(&sdk));
+    q.ensure_queue(&cfg.submit_queue)
+        .await
+        .expect("submit queue");
+    q.ensure_queue(cfg.interruption_queue.as_ref().unwrap())
+        .await
+        .expect("interruption queue");
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(true)
+            .build(),
+    );
+    s3.create_bucket()
+        .bucket(&cfg.bucket)
+        .send()
+        .await
+        .expect("bucket");
+    (cfg, sdk)
+}

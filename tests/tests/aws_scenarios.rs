@@ -7,11 +7,9 @@
 //! configuration.
 
 use aws_lambda_events::event::sqs::SqsEvent;
-use aws_sdk_sqs::types::MessageSystemAttributeName;
 use std::sync::Arc;
 use std::time::Duration;
 use studio_aws::config::AwsConfig;
-use studio_aws::dynamo::DynamoStore;
 use studio_aws::lambda::{self, Fate};
 use studio_core::clock::{ManualClock, Timestamp};
 use studio_core::contract::WorkItem;
@@ -21,7 +19,7 @@ use studio_core::job::JobState;
 use studio_core::pool::PoolState;
 use studio_core::ports::PortError;
 use studio_core::resources::Cloud;
-use studio_tests::{job_id, moto_endpoint, JobBuilder};
+use studio_tests::{job_id, JobBuilder};
 
 struct World {
     ctx: Ctx,
@@ -31,47 +29,9 @@ struct World {
 }
 
 async fn world() -> World {
-    let sdk = studio_aws::emulator_config("us-east-1", &moto_endpoint());
-    let ec2 = aws_sdk_ec2::Client::new(&sdk);
-    let image = ec2.describe_images().send().await.unwrap().images()[0]
-        .image_id()
-        .unwrap()
-        .to_string();
-    let p = format!(
-        "t{}",
-        &ulid::Ulid::new().to_string().to_ascii_lowercase()[18..]
-    );
-    let cfg = AwsConfig {
-        region: "us-east-1".into(),
-        prefix: p.clone(),
-        jobs_table: format!("{p}-jobs"),
-        pools_table: format!("{p}-pools"),
-        submit_queue: format!("{p}-submit"),
-        interruption_queue: Some(format!("{p}-interruptions")),
-        bucket: format!("{p}-artifacts"),
-        worker_ami: image,
-        worker_instance_profile: None,
-        subnets: vec![],
-        availability_zones: vec!["us-east-1a".into()],
-        max_workers: 5,
-        pool_grace: Duration::from_secs(60),
-        max_attempts: 3,
-    };
+    let (cfg, sdk) = studio_tests::moto_deployment().await;
     let clock = ManualClock::new(Timestamp(1_800_000_000_000));
     let ctx = lambda::context(&cfg, &sdk, Arc::new(clock.clone()));
-    DynamoStore::new(
-        aws_sdk_dynamodb::Client::new(&sdk),
-        &cfg.jobs_table,
-        &cfg.pools_table,
-    )
-    .ensure_tables()
-    .await
-    .unwrap();
-    ctx.queue.ensure_queue(&cfg.submit_queue).await.unwrap();
-    ctx.queue
-        .ensure_queue(cfg.interruption_queue.as_ref().unwrap())
-        .await
-        .unwrap();
     World {
         ctx,
         clock,
@@ -98,34 +58,8 @@ impl World {
             .unwrap()
     }
 
-    /// What the Lambda poller does: receive up to 10 messages and hand them
-    /// over as an `SqsEvent` (shape from `tests/fixtures/events/sqs-batch.json`).
     async fn poll(&self, queue: &str) -> SqsEvent {
-        let out = self
-            .sqs()
-            .receive_message()
-            .queue_url(self.url(queue).await)
-            .max_number_of_messages(10)
-            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
-            .send()
-            .await
-            .unwrap();
-        let mut event: serde_json::Value =
-            serde_json::from_str(include_str!("../fixtures/events/sqs-batch.json")).unwrap();
-        let template = event["Records"][0].clone();
-        let records: Vec<serde_json::Value> = out
-            .messages()
-            .iter()
-            .map(|m| {
-                let mut r = template.clone();
-                r["messageId"] = m.message_id().unwrap().into();
-                r["receiptHandle"] = m.receipt_handle().unwrap().into();
-                r["body"] = m.body().unwrap().into();
-                r
-            })
-            .collect();
-        event["Records"] = records.into();
-        serde_json::from_value(event).unwrap()
+        studio_tests::poll_as_lambda(&self.sqs(), &self.url(queue).await).await
     }
 
     /// What `studio run` does: one `SubmitJob` on the submit queue.

@@ -554,9 +554,14 @@ async fn a_submit_racing_cleanup_is_retried_and_nothing_is_lost() {
             .unwrap()
             .unwrap()
             .pool;
-    handlers::cancel(&w.be.ctx, &job_id("j1"), "test")
-        .await
-        .unwrap();
+    handlers::cancel(
+        w.be.ctx.store.as_ref(),
+        w.be.ctx.clock.as_ref(),
+        &job_id("j1"),
+        "test",
+    )
+    .await
+    .unwrap();
     // Cleanup has claimed the pool but not yet deleted it.
     let mut pool = w.be.store.get_pool(&pool_key).await.unwrap().unwrap();
     pool.state = PoolState::Deleting;
@@ -603,15 +608,36 @@ async fn a_cancelled_job_is_never_run() {
         .await
         .unwrap();
     assert_eq!(
-        cancel(&w.be.ctx, &job_id("j1"), "cli:me").await.unwrap(),
+        cancel(
+            w.be.ctx.store.as_ref(),
+            w.be.ctx.clock.as_ref(),
+            &job_id("j1"),
+            "cli:me"
+        )
+        .await
+        .unwrap(),
         CancelOutcome::Cancelled
     );
     assert_eq!(
-        cancel(&w.be.ctx, &job_id("j1"), "cli:me").await.unwrap(),
+        cancel(
+            w.be.ctx.store.as_ref(),
+            w.be.ctx.clock.as_ref(),
+            &job_id("j1"),
+            "cli:me"
+        )
+        .await
+        .unwrap(),
         CancelOutcome::AlreadyEnded(JobState::Cancelled)
     );
     assert_eq!(
-        cancel(&w.be.ctx, &job_id("nope"), "cli:me").await.unwrap(),
+        cancel(
+            w.be.ctx.store.as_ref(),
+            w.be.ctx.clock.as_ref(),
+            &job_id("nope"),
+            "cli:me"
+        )
+        .await
+        .unwrap(),
         CancelOutcome::NotFound
     );
     let pool =

@@ -186,3 +186,49 @@ mod tests {
         );
     }
 }
+
+/// What a client (the CLI) needs to submit and follow jobs on AWS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    pub region: String,
+    pub jobs_table: String,
+    pub pools_table: String,
+    pub submit_queue: String,
+    pub bucket: String,
+}
+
+/// The client settings' names: environment variable, and key in the `[aws]`
+/// table of `$STUDIO_HOME/config.toml`.
+pub const CLIENT_KEYS: &[(&str, &str)] = &[
+    ("AWS_REGION", "region"),
+    ("STUDIO_JOBS_TABLE", "jobs_table"),
+    ("STUDIO_POOLS_TABLE", "pools_table"),
+    ("STUDIO_SUBMIT_QUEUE", "submit_queue"),
+    ("STUDIO_ARTIFACT_BUCKET", "artifact_bucket"),
+];
+
+impl ClientConfig {
+    /// `Ok(None)` when no Studio AWS setting is given at all.
+    ///
+    /// # Errors
+    /// [`ConfigError::Missing`] when some are given but not all.
+    pub fn from_lookup(
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<ClientConfig>, ConfigError> {
+        if CLIENT_KEYS[1..].iter().all(|(k, _)| get(k).is_none()) {
+            return Ok(None);
+        }
+        let req = |name: &'static str| {
+            get(name)
+                .filter(|v| !v.is_empty())
+                .ok_or(ConfigError::Missing(name))
+        };
+        Ok(Some(ClientConfig {
+            region: req("AWS_REGION")?,
+            jobs_table: req("STUDIO_JOBS_TABLE")?,
+            pools_table: req("STUDIO_POOLS_TABLE")?,
+            submit_queue: req("STUDIO_SUBMIT_QUEUE")?,
+            bucket: req("STUDIO_ARTIFACT_BUCKET")?,
+        }))
+    }
+}

@@ -83,3 +83,26 @@ pub fn emulator_config(region: &str, endpoint: &str) -> aws_config::SdkConfig {
 pub async fn ec2_client(region: &str) -> aws_sdk_ec2::Client {
     aws_sdk_ec2::Client::new(&sdk_config(region).await)
 }
+
+/// The adapters a client uses to submit jobs and read their state and logs.
+pub struct AwsJobs {
+    pub store: dynamo::DynamoStore,
+    pub queue: sqs::SqsQueue,
+    pub artifacts: s3::S3Artifacts,
+    pub submit_queue: String,
+}
+
+impl AwsJobs {
+    pub fn new(cfg: &config::ClientConfig, sdk: &aws_config::SdkConfig) -> AwsJobs {
+        AwsJobs {
+            store: dynamo::DynamoStore::new(
+                aws_sdk_dynamodb::Client::new(sdk),
+                &cfg.jobs_table,
+                &cfg.pools_table,
+            ),
+            queue: sqs::SqsQueue::new(aws_sdk_sqs::Client::new(sdk)),
+            artifacts: s3::S3Artifacts::from_sdk(sdk, &cfg.bucket),
+            submit_queue: cfg.submit_queue.clone(),
+        }
+    }
+}

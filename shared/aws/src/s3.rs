@@ -33,6 +33,15 @@ impl S3Artifacts {
         }
     }
 
+    /// A client for `bucket`; path-style addressing when a custom endpoint
+    /// (an emulator) is configured, since it serves no bucket subdomains.
+    pub fn from_sdk(sdk: &aws_config::SdkConfig, bucket: impl Into<String>) -> Self {
+        let conf = aws_sdk_s3::config::Builder::from(sdk)
+            .force_path_style(sdk.endpoint_url().is_some())
+            .build();
+        S3Artifacts::new(Client::from_conf(conf), bucket)
+    }
+
     fn workspace_key(sha: &str) -> String {
         format!("workspaces/{sha}.tar.gz")
     }

@@ -571,9 +571,14 @@ pub enum CancelOutcome {
 ///
 /// # Errors
 /// Port errors.
-pub async fn cancel(ctx: &Ctx, id: &JobId, by: &str) -> Result<CancelOutcome, HandlerError> {
-    let now = ctx.clock.now();
-    let r = mutate_job(ctx.store.as_ref(), id, |job| match job.state {
+pub async fn cancel(
+    store: &dyn JobStore,
+    clock: &dyn Clock,
+    id: &JobId,
+    by: &str,
+) -> Result<CancelOutcome, HandlerError> {
+    let now = clock.now();
+    let r = mutate_job(store, id, |job| match job.state {
         JobState::Queued | JobState::Running => match job.cancel(now, by, "cancelled by user") {
             Ok(()) => Step::Write(CancelOutcome::Cancelled),
             Err(_) => Step::Keep(CancelOutcome::Busy),
