@@ -113,6 +113,9 @@ pub struct RunArgs {
     /// Print the job id and return instead of waiting.
     #[arg(long)]
     pub detach: bool,
+    /// On ec2spot/gcspot: when the job runs out of attempts, move it to on-demand machines instead of failing it.
+    #[arg(long)]
+    pub fallback_on_demand: bool,
     /// The script, then its own arguments (everything after the script is the script's).
     #[arg(
         trailing_var_arg = true,

@@ -169,6 +169,7 @@ fn parse_request(r: &RequestArgs, owner: &str) -> Result<SubmitJob, CliError> {
         args: Vec::new(),
         env: BTreeMap::new(),
         max_duration_secs: None,
+        fallback_on_demand: false,
         owner: owner.to_string(),
     })
 }
@@ -200,6 +201,7 @@ fn validate_run(a: &RunArgs, owner: &str, home: &Path) -> Result<(SubmitJob, Pat
         .ok_or_else(|| usage(format!("script '{script}' has no usable name")))?
         .to_string();
     spec.args = script_args.to_vec();
+    spec.fallback_on_demand = a.fallback_on_demand;
     spec.job_id = a
         .job_id
         .as_deref()
@@ -630,7 +632,7 @@ async fn status(g: &Globals, env: &Env, a: StatusArgs) -> Result<ExitCode, CliEr
         rows.push(vec![
             j.id.to_string(),
             j.state.to_string(),
-            j.spec.cloud.to_string(),
+            j.plan.cloud.to_string(),
             j.plan.machine.clone(),
             j.attempt.to_string(),
             format_age(now.since(j.created_at)),

@@ -93,6 +93,7 @@ impl JobBuilder {
             args: vec![],
             env: Default::default(),
             max_duration_secs: None,
+            fallback_on_demand: false,
             owner: "tester".into(),
         })
     }

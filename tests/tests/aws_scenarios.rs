@@ -503,3 +503,77 @@ async fn sqs_batches_leases_and_depth_behave() {
     w.ctx.queue.delete_queue(&q).await.unwrap();
     w.ctx.queue.delete_queue(&q).await.unwrap();
 }
+
+/// GIVEN a spot job that allows on-demand fallback and has no attempts left,
+/// WHEN its machine gets a spot warning, THEN it moves to an on-demand pool
+/// (a plain launch-template group) as the next attempt instead of failing.
+#[tokio::test]
+async fn out_of_spot_attempts_with_fallback_moves_the_job_to_on_demand() {
+    let mut w = world().await;
+    w.ctx.settings.max_attempts = 1;
+    let mut spec = studio_core::contract::SubmitJob::from_json(&spot_job("j1")).unwrap();
+    spec.fallback_on_demand = true;
+    w.submit(&spec.to_json()).await;
+    let spot_pool = w.pool_of("j1").await;
+    let q = w.ctx.settings.work_queue(&spot_pool);
+    let item = w
+        .ctx
+        .queue
+        .receive(&q, 1, Duration::from_secs(30), Duration::ZERO)
+        .await
+        .unwrap()
+        .remove(0);
+    let inst = InstanceId::new("i-0fallback").unwrap();
+    claim_work(&w.ctx, &inst, &item).await.unwrap();
+    w.ctx.queue.ack(&q, &item.receipt).await.unwrap();
+
+    let warning = studio_core::handlers::InstanceEvent {
+        event_id: "ev-1".into(),
+        instance: inst,
+        kind: studio_core::handlers::InstanceEventKind::SpotWarning,
+    };
+    studio_core::handlers::handle_interruption(&w.ctx, &warning)
+        .await
+        .unwrap();
+
+    let job = w.ctx.store.get_job(&job_id("j1")).await.unwrap().unwrap();
+    assert_eq!((job.state, job.attempt), (JobState::Queued, 2));
+    assert_eq!(job.plan.market, studio_core::resources::Market::OnDemand);
+    assert_eq!(job.plan.machine, "g4dn.2xlarge");
+    assert_ne!(job.pool, spot_pool);
+    assert!(job.pool.as_str().starts_with("ec2-8c-1g-"), "{}", job.pool);
+    assert!(job
+        .events
+        .iter()
+        .any(|e| e.reason.contains("moving to on-demand pool")));
+
+    let name = format!("{}-{}", w.cfg.prefix, job.pool);
+    let groups = w
+        .asg()
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(&name)
+        .send()
+        .await
+        .unwrap();
+    let g = &groups.auto_scaling_groups()[0];
+    assert!(
+        g.mixed_instances_policy().is_none(),
+        "on-demand: one launch template"
+    );
+    assert_eq!(g.desired_capacity(), Some(1));
+    let next = w
+        .ctx
+        .queue
+        .receive(
+            &w.ctx.settings.work_queue(&job.pool),
+            1,
+            Duration::from_secs(30),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        WorkItem::from_json(&next[0].body).unwrap(),
+        WorkItem::new(job_id("j1"), 2)
+    );
+}

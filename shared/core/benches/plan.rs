@@ -27,6 +27,7 @@ fn job(cloud: Cloud, cpus: u32, gpus: u32, ram: Option<&str>) -> SubmitJob {
         args: vec![],
         env: Default::default(),
         max_duration_secs: None,
+        fallback_on_demand: false,
         owner: "bench".into(),
     }
 }

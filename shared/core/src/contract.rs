@@ -63,6 +63,10 @@ pub struct SubmitJob {
     /// Kill the script after this many seconds.
     #[serde(default)]
     pub max_duration_secs: Option<u64>,
+    /// On a spot cloud, when the job is out of attempts, run it on on-demand
+    /// machines instead of failing it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fallback_on_demand: bool,
     pub owner: String,
 }
 
@@ -245,6 +249,7 @@ pub(crate) mod tests {
             args: vec!["--lr".into(), "0.1".into()],
             env: BTreeMap::from([("SEED".to_string(), "1".to_string())]),
             max_duration_secs: None,
+            fallback_on_demand: false,
             owner: "ada".into(),
         }
     }

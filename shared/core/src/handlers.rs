@@ -17,9 +17,10 @@ use crate::clock::Clock;
 use crate::contract::{ContractError, SubmitJob, WorkItem};
 use crate::ids::{InstanceId, JobId, PoolKey};
 use crate::job::{Job, JobState};
-use crate::plan::{PlanError, Planner};
+use crate::plan::{Plan, PlanError, Planner};
 use crate::pool::{desired_workers, queue_name, Pool, PoolSpec, PoolState};
 use crate::ports::{Created, Fleet, JobStore, PortError, Received, WorkQueue};
+use crate::resources::Cloud;
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
@@ -348,11 +349,34 @@ pub async fn requeue(
 ) -> Result<RequeueOutcome, HandlerError> {
     let max = ctx.settings.max_attempts.max(1);
     let now = ctx.clock.now();
+    // Out of attempts on spot with `fallback_on_demand`: prepare the
+    // on-demand pool first, so the write below only has to move the job.
+    let fallback = match ctx.store.get_job(id).await? {
+        Some(job)
+            if job.state == JobState::Running && job.attempt == attempt && job.attempt >= max =>
+        {
+            on_demand_fallback(ctx, &job).await?
+        }
+        _ => None,
+    };
     let step1 = mutate_job(ctx.store.as_ref(), id, |job| {
         if job.attempt != attempt {
             return Step::Keep(None);
         }
         match job.state {
+            JobState::Running if job.attempt >= max && fallback.is_some() => {
+                let (plan, pool) = fallback.clone().expect("checked");
+                let why =
+                    format!("{reason}; out of spot attempts, moving to on-demand pool {pool}");
+                match job.interrupt(now, by, &why) {
+                    Ok(()) => {
+                        job.plan = plan;
+                        job.pool = pool;
+                        Step::Write(Some(Ok(())))
+                    }
+                    Err(_) => Step::Keep(None),
+                }
+            }
             JobState::Running if job.attempt >= max => {
                 let why = format!("interrupted on attempt {attempt} of {max} ({reason})");
                 match job.complete(None, Some(why.clone()), now, by) {
@@ -389,6 +413,11 @@ pub async fn requeue(
         }
     })
     .await?;
+    if fallback.is_some() {
+        if let Some(pool) = ctx.store.get_pool(&job.pool).await? {
+            scale_pool(ctx, pool).await?;
+        }
+    }
     match step3 {
         Some((_, true)) => {
             info!(job_id = %id, attempt = attempt + 1, reason, "job requeued");
@@ -396,6 +425,27 @@ pub async fn requeue(
         }
         _ => Ok(RequeueOutcome::Stale),
     }
+}
+
+/// The on-demand plan and pool a spot job moves to when it is out of
+/// attempts and allows it; `None` when it does not allow it, is not on spot,
+/// or no on-demand machine can be planned for it.
+async fn on_demand_fallback(ctx: &Ctx, job: &Job) -> Result<Option<(Plan, PoolKey)>, HandlerError> {
+    let on_demand = match job.plan.cloud {
+        Cloud::Ec2spot => Cloud::Ec2,
+        Cloud::Gcspot => Cloud::Gcloud,
+        _ => return Ok(None),
+    };
+    if !job.spec.fallback_on_demand {
+        return Ok(None);
+    }
+    let mut spec = job.spec.clone();
+    spec.cloud = on_demand;
+    let Ok(plan) = ctx.planner.plan(&spec) else {
+        return Ok(None);
+    };
+    let pool = ensure_pool(ctx, &PoolSpec::for_job(&spec, &plan)).await?;
+    Ok(Some((plan, pool.key)))
 }
 
 // ---------------------------------------------------------------- interruption
