@@ -203,4 +203,13 @@ pub struct WorkerArgs {
     pub lease: String,
     #[arg(long, env = "STUDIO_PYTHON", default_value = "python3")]
     pub python: String,
+    /// Where interruption notices come from: none, ec2 (IMDSv2) or gce.
+    #[arg(long, env = "STUDIO_METADATA", default_value = "none")]
+    pub metadata: String,
+    /// The metadata service's address (default: the cloud's own).
+    #[arg(long, env = "STUDIO_METADATA_URL")]
+    pub metadata_url: Option<String>,
+    /// Upload the checkpoint directory at most this often.
+    #[arg(long, env = "STUDIO_CHECKPOINT_EVERY", default_value = "30s")]
+    pub checkpoint_every: String,
 }

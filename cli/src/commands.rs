@@ -18,6 +18,7 @@ use studio_core::contract::{SubmitJob, WorkspaceRef, SUBMIT_JOB_VERSION};
 use studio_core::handlers::{self, CancelOutcome, Settings};
 use studio_core::ids::{InstanceId, JobId, PoolKey};
 use studio_core::job::{Job, JobState};
+use studio_core::notice::{Ec2Metadata, GceMetadata, NoNotice};
 use studio_core::plan::{CatalogPlanner, LocalPlanner, Planner};
 use studio_core::pool::PoolSpec;
 use studio_core::ports::{ArtifactStore, JobStore, WorkQueue};
@@ -108,7 +109,11 @@ async fn open(g: &Globals) -> Result<LocalBackend, CliError> {
                 .arg("--pool")
                 .arg(pool.as_str())
                 .arg("--instance-id")
-                .arg(id.as_str());
+                .arg(id.as_str())
+                // On one disk a frequent checkpoint costs little, and a killed
+                // worker loses at most a second of progress.
+                .arg("--checkpoint-every")
+                .arg("1s");
             c
         });
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -574,6 +579,22 @@ async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<ExitCode, CliEr
         term_grace: Duration::from_secs(10),
         work_root: g.home.join("jobs"),
         python: a.python,
+        notice: match a.metadata.as_str() {
+            "none" => Arc::new(NoNotice),
+            "ec2" => Arc::new(Ec2Metadata {
+                base: a
+                    .metadata_url
+                    .unwrap_or_else(|| "http://169.254.169.254".into()),
+            }),
+            "gce" => Arc::new(GceMetadata {
+                base: a
+                    .metadata_url
+                    .unwrap_or_else(|| "http://metadata.google.internal".into()),
+            }),
+            other => return Err(usage(format!("--metadata '{other}': use none, ec2 or gce"))),
+        },
+        notice_every: Duration::from_secs(5),
+        checkpoint_every: dur("checkpoint-every", &a.checkpoint_every)?,
     };
     let be = open(g).await?;
     let (tx, rx) = tokio::sync::watch::channel(false);
@@ -591,7 +612,9 @@ async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<ExitCode, CliEr
     let exit = run_worker(&be.ctx, be.artifacts.as_ref(), &cfg, rx).await?;
     tracing::info!(?exit, "worker leaving");
     Ok(match exit {
-        WorkerExit::Idle | WorkerExit::Shutdown | WorkerExit::PoolGone => ExitCode::SUCCESS,
+        WorkerExit::Idle | WorkerExit::Shutdown | WorkerExit::PoolGone | WorkerExit::Preempted => {
+            ExitCode::SUCCESS
+        }
     })
 }
 

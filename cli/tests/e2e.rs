@@ -225,14 +225,16 @@ fn a_worker_killed_mid_job_means_attempt_2_elsewhere_resuming_the_checkpoint() {
         "--detach",
         "train.py",
         "--epochs",
-        "8",
+        "12",
         "--epoch-seconds",
         "0.3",
     ]);
     let id = stdout(&out).trim().to_string();
-    wait_until("epoch 2", Duration::from_secs(30), || {
-        h.log(&id).contains("epoch 2/8").then_some(())
-    });
+    wait_until(
+        "epoch 6, past a checkpoint sync",
+        Duration::from_secs(30),
+        || h.log(&id).contains("epoch 6/12").then_some(()),
+    );
     let worker = h.job(&id)["instance"].as_str().unwrap().to_string();
     let pids = h.pids(&format!("worker --pool .* --instance-id {worker}"));
     assert_eq!(pids.len(), 1, "one worker process for {worker}");

@@ -59,6 +59,24 @@ impl LocalWorld {
     }
 }
 
+/// The pool of a job, read from the store.
+#[allow(async_fn_in_trait)]
+pub trait JobPool {
+    async fn store_job_pool(&self, id: &str) -> PoolKey;
+}
+
+impl JobPool for LocalBackend {
+    async fn store_job_pool(&self, id: &str) -> PoolKey {
+        use studio_core::ports::JobStore;
+        self.store
+            .get_job(&job_id(id))
+            .await
+            .expect("store")
+            .expect("job")
+            .pool
+    }
+}
+
 impl Drop for LocalWorld {
     fn drop(&mut self) {
         for pid in self.be.fleet.live_pids().unwrap_or_default() {
@@ -107,6 +125,10 @@ impl JobBuilder {
     }
     pub fn args(mut self, a: &[&str]) -> Self {
         self.0.args = a.iter().map(|s| s.to_string()).collect();
+        self
+    }
+    pub fn workspace(mut self, w: WorkspaceRef) -> Self {
+        self.0.workspace = w;
         self
     }
     pub fn spec(self) -> SubmitJob {
@@ -220,4 +242,126 @@ pub async fn moto_deployment() -> (studio_aws::config::AwsConfig, aws_config::Sd
         .await
         .expect("bucket");
     (cfg, sdk)
+}
+
+/// A stand-in for the machines' metadata services, speaking their real
+/// shapes: EC2 IMDSv2 (`PUT /latest/api/token`, then token-checked GETs of
+/// `spot/instance-action` and the rebalance recommendation, 404 until there
+/// is one) and GCE (`instance/preempted` with `Metadata-Flavor: Google`).
+/// Neither cloud ships an emulator for them.
+pub struct MetadataStandIn {
+    pub url: String,
+    terminate: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    rebalance: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl MetadataStandIn {
+    pub const TOKEN: &'static str = "imds-token-1";
+
+    pub async fn start() -> MetadataStandIn {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let terminate = std::sync::Arc::new(AtomicBool::new(false));
+        let rebalance = std::sync::Arc::new(AtomicBool::new(false));
+        let (t, r) = (terminate.clone(), rebalance.clone());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let (t, r) = (t.clone(), r.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let lower = req.to_ascii_lowercase();
+                    let line = req.lines().next().unwrap_or_default().to_string();
+                    let token_ok = lower.contains(&format!(
+                        "x-aws-ec2-metadata-token: {}",
+                        MetadataStandIn::TOKEN
+                    ));
+                    let (status, body) = if line.starts_with("PUT /latest/api/token ") {
+                        if lower.contains("x-aws-ec2-metadata-token-ttl-seconds:") {
+                            (200, MetadataStandIn::TOKEN.to_string())
+                        } else {
+                            (400, String::new())
+                        }
+                    } else if line.starts_with("GET /latest/meta-data/") && !token_ok {
+                        (401, String::new())
+                    } else if line.starts_with("GET /latest/meta-data/spot/instance-action ") {
+                        if t.load(Ordering::SeqCst) {
+                            (
+                                200,
+                                r#"{"action":"terminate","time":"2026-11-28T21:00:00Z"}"#
+                                    .to_string(),
+                            )
+                        } else {
+                            (404, String::new())
+                        }
+                    } else if line
+                        .starts_with("GET /latest/meta-data/events/recommendations/rebalance ")
+                    {
+                        if r.load(Ordering::SeqCst) {
+                            (200, r#"{"noticeTime":"2026-11-28T20:58:00Z"}"#.to_string())
+                        } else {
+                            (404, String::new())
+                        }
+                    } else if line.starts_with("GET /computeMetadata/v1/instance/preempted") {
+                        if lower.contains("metadata-flavor: google") {
+                            (
+                                200,
+                                if t.load(Ordering::SeqCst) {
+                                    "TRUE"
+                                } else {
+                                    "FALSE"
+                                }
+                                .to_string(),
+                            )
+                        } else {
+                            (403, String::new())
+                        }
+                    } else {
+                        (404, String::new())
+                    };
+                    let resp = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                    let _ = s.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        MetadataStandIn {
+            url,
+            terminate,
+            rebalance,
+        }
+    }
+
+    pub fn set_terminate(&self, on: bool) {
+        self.terminate
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn set_rebalance(&self, on: bool) {
+        self.rebalance
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Polls `f` every 50 ms until it yields, failing after `limit`.
+pub async fn eventually<T>(
+    what: &str,
+    limit: Duration,
+    mut f: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -577,3 +577,69 @@ async fn out_of_spot_attempts_with_fallback_moves_the_job_to_on_demand() {
         WorkItem::new(job_id("j1"), 2)
     );
 }
+
+/// An idle worker on an EC2 machine, with an empty queue, terminates its
+/// own instance through the group with decrement, so it is not replaced.
+#[tokio::test]
+async fn an_idle_worker_terminates_its_machine_and_lowers_the_group() {
+    let w = world().await;
+    w.submit(&spot_job("j1")).await;
+    let pool = w.pool_of("j1").await;
+    studio_core::handlers::cancel(
+        w.ctx.store.as_ref(),
+        w.ctx.clock.as_ref(),
+        &job_id("j1"),
+        "test",
+    )
+    .await
+    .unwrap();
+    let machine = w.ctx.fleet.instances(&pool).await.unwrap().remove(0).id;
+    let cfg = studio_core::worker::WorkerConfig {
+        pool: pool.clone(),
+        instance: machine.clone(),
+        lease: Duration::from_secs(30),
+        poll_wait: Duration::ZERO,
+        heartbeat: Duration::from_secs(1),
+        idle_timeout: Duration::ZERO,
+        term_grace: Duration::from_secs(1),
+        work_root: std::env::temp_dir().join(format!("{}-work", w.cfg.prefix)),
+        python: "python3".into(),
+        notice: Arc::new(studio_core::notice::NoNotice),
+        notice_every: Duration::from_secs(5),
+        checkpoint_every: Duration::from_secs(30),
+    };
+    let artifacts = studio_aws::s3::S3Artifacts::from_sdk(&w.sdk, &w.cfg.bucket);
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let exit = studio_core::worker::run_worker(&w.ctx, &artifacts, &cfg, rx)
+        .await
+        .unwrap();
+    assert_eq!(exit, studio_core::worker::WorkerExit::Idle);
+
+    let name = format!("{}-{}", w.cfg.prefix, pool);
+    let groups = w
+        .asg()
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(&name)
+        .send()
+        .await
+        .unwrap();
+    let g = &groups.auto_scaling_groups()[0];
+    assert_eq!(g.desired_capacity(), Some(0), "terminated with decrement");
+    assert!(g
+        .instances()
+        .iter()
+        .filter(|i| i.instance_id() == Some(machine.as_str()))
+        .all(|i| i
+            .lifecycle_state()
+            .is_some_and(|s| s.as_str().starts_with("Terminat"))));
+    // The cancelled job's work item was received and dropped, not left behind.
+    assert_eq!(
+        w.ctx
+            .queue
+            .depth(&w.ctx.settings.work_queue(&pool))
+            .await
+            .unwrap()
+            .total(),
+        0
+    );
+}

@@ -1,7 +1,7 @@
 //! [`ArtifactStore`] on S3: workspaces at `workspaces/<sha256>.tar.gz`
 //! (content-addressed, written once, verified on read), logs as numbered
 //! chunks under `logs/<job>/` (S3 has no append: a chunk per flush, read back
-//! in key order).
+//! in key order), checkpoints at `checkpoints/<job>.tar.gz` (the latest wins).
 
 use crate::AwsError;
 use async_trait::async_trait;
@@ -159,5 +159,14 @@ impl ArtifactStore for S3Artifacts {
             pos += size;
         }
         Ok(out)
+    }
+
+    async fn put_checkpoint(&self, job: &JobId, tarball: &[u8]) -> Result<(), PortError> {
+        self.put(&format!("checkpoints/{job}.tar.gz"), tarball.to_vec())
+            .await
+    }
+
+    async fn get_checkpoint(&self, job: &JobId) -> Result<Option<Vec<u8>>, PortError> {
+        self.get(&format!("checkpoints/{job}.tar.gz")).await
     }
 }

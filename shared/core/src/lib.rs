@@ -14,6 +14,7 @@
 //! - [`ports`]: the traits adapters implement (store, queue, fleet, artifacts).
 //! - [`handlers`]: submit, scale, interruption, cleanup, cancel, and the worker's claim rules.
 //! - [`worker`]: the worker loop that runs scripts.
+//! - [`notice`]: interruption notices from the EC2 and GCE metadata services.
 //! - [`workspace`]: reproducible workspace tarballs.
 //!
 //! No cloud SDK is a dependency of this crate.
@@ -25,6 +26,7 @@ pub mod gce;
 pub mod handlers;
 pub mod ids;
 pub mod job;
+pub mod notice;
 pub mod plan;
 pub mod pool;
 pub mod ports;

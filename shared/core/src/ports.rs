@@ -163,4 +163,8 @@ pub trait ArtifactStore: Send + Sync {
     async fn append_log(&self, job: &JobId, bytes: &[u8]) -> Result<(), PortError>;
     /// The log from byte `offset` on (empty when there is nothing new).
     async fn read_log(&self, job: &JobId, offset: u64) -> Result<Vec<u8>, PortError>;
+    /// Replaces the job's checkpoint (a tarball of its checkpoint directory).
+    async fn put_checkpoint(&self, job: &JobId, tarball: &[u8]) -> Result<(), PortError>;
+    /// The job's latest checkpoint, if any attempt saved one.
+    async fn get_checkpoint(&self, job: &JobId) -> Result<Option<Vec<u8>>, PortError>;
 }

@@ -11,9 +11,12 @@ use crate::clock::Timestamp;
 use crate::handlers::{claim_work, mutate_job, requeue, Claim, Ctx, HandlerError, Step};
 use crate::ids::{InstanceId, JobId, PoolKey};
 use crate::job::{Job, JobState};
+use crate::notice::{Notice, NoticeSource};
 use crate::ports::{ArtifactStore, PortError, Received};
+use sha2::Digest;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
@@ -21,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{interval, timeout, Instant, MissedTickBehavior};
 use tracing::{info, warn};
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WorkerConfig {
     pub pool: PoolKey,
     pub instance: InstanceId,
@@ -38,7 +41,16 @@ pub struct WorkerConfig {
     /// Runs go under `<work_root>/<job>/attempt-<n>/workspace`.
     pub work_root: PathBuf,
     pub python: String,
+    /// Where interruption notices come from (the machine's metadata service).
+    pub notice: Arc<dyn NoticeSource>,
+    /// How often the notice source is asked.
+    pub notice_every: Duration,
+    /// Upload the checkpoint directory at most this often (and only when it changed).
+    pub checkpoint_every: Duration,
 }
+
+/// Largest checkpoint directory the worker uploads.
+pub const CHECKPOINT_LIMIT: u64 = 2 << 30;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkerExit {
@@ -48,6 +60,8 @@ pub enum WorkerExit {
     Shutdown,
     /// The pool's queue is gone (cleanup deleted the pool).
     PoolGone,
+    /// The machine is being reclaimed; the job was handed back.
+    Preempted,
 }
 
 /// Runs until idle, told to stop, or the pool is deleted.
@@ -63,10 +77,38 @@ pub async fn run_worker(
 ) -> Result<WorkerExit, HandlerError> {
     let queue = ctx.settings.work_queue(&cfg.pool);
     let mut idle_since = ctx.clock.now();
+    let mut draining = false;
+    let mut last_notice: Option<Instant> = None;
     info!(pool = %cfg.pool, instance = %cfg.instance, "worker started");
     loop {
         if *shutdown.borrow() {
             return Ok(WorkerExit::Shutdown);
+        }
+        if last_notice.is_none_or(|t| t.elapsed() >= cfg.notice_every) {
+            last_notice = Some(Instant::now());
+            match cfg.notice.check().await {
+                Notice::Terminate(why) => {
+                    info!(reason = %why, "machine is being reclaimed; leaving");
+                    return Ok(WorkerExit::Preempted);
+                }
+                Notice::Rebalance if !draining => {
+                    info!("rebalance recommendation: taking no new work");
+                    draining = true;
+                }
+                _ => {}
+            }
+        }
+        let idle_for = ctx.clock.now().since(idle_since);
+        if draining {
+            if idle_for >= cfg.idle_timeout {
+                leave(ctx, cfg).await;
+                return Ok(WorkerExit::Idle);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(cfg.notice_every.min(cfg.poll_wait)) => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
         }
         let received = tokio::select! {
             r = ctx.queue.receive(&queue, 1, cfg.lease, cfg.poll_wait) => r,
@@ -85,17 +127,30 @@ pub async fn run_worker(
             }
         };
         if msgs.is_empty() {
-            if ctx.clock.now().since(idle_since) >= cfg.idle_timeout
+            if idle_for >= cfg.idle_timeout
                 && ctx.queue.depth(&queue).await.is_ok_and(|d| d.total() == 0)
             {
+                leave(ctx, cfg).await;
                 return Ok(WorkerExit::Idle);
             }
             continue;
         }
         for msg in msgs {
-            handle_item(ctx, artifacts, cfg, &queue, &msg, &mut shutdown).await;
+            let preempted = handle_item(ctx, artifacts, cfg, &queue, &msg, &mut shutdown).await;
             idle_since = ctx.clock.now();
+            if preempted {
+                return Ok(WorkerExit::Preempted);
+            }
         }
+    }
+}
+
+/// An idle worker takes its machine out of the group, lowering the target so
+/// it is not replaced.
+async fn leave(ctx: &Ctx, cfg: &WorkerConfig) {
+    info!(instance = %cfg.instance, "idle with an empty queue; terminating this machine");
+    if let Err(e) = ctx.fleet.terminate(&cfg.pool, &cfg.instance, true).await {
+        warn!(error = %e, "could not terminate this machine through the group");
     }
 }
 
@@ -106,14 +161,15 @@ async fn handle_item(
     queue: &str,
     msg: &Received,
     shutdown: &mut watch::Receiver<bool>,
-) {
+) -> bool {
+    let mut preempted = false;
     let ack = match claim_work(ctx, &cfg.instance, msg).await {
         Err(HandlerError::BadInput(e)) => {
             warn!(message_id = %msg.message_id, error = %e, "poison work item");
             if let Err(e) = ctx.queue.dead_letter(queue, msg, &e.to_string()).await {
                 warn!(error = %e, "dead-lettering failed");
             }
-            return;
+            return false;
         }
         Err(e) => {
             warn!(message_id = %msg.message_id, error = %e, "claim failed; item will come back");
@@ -121,23 +177,44 @@ async fn handle_item(
                 .queue
                 .release(queue, &msg.receipt, Duration::from_secs(5))
                 .await;
-            return;
+            return false;
         }
         Ok(Claim::Drop(why)) => {
             info!(message_id = %msg.message_id, reason = %why, "work item dropped");
             true
         }
-        Ok(Claim::Run(job)) => run_job(ctx, artifacts, cfg, queue, msg, *job, shutdown).await,
+        Ok(Claim::Run(job)) => {
+            let end = run_job(ctx, artifacts, cfg, queue, msg, *job, shutdown).await;
+            preempted = end.preempted;
+            end.ack
+        }
     };
     if ack {
         if let Err(e) = ctx.queue.ack(queue, &msg.receipt).await {
             warn!(error = %e, "ack failed; the item will be redelivered and recognised");
         }
     }
+    preempted
+}
+
+struct RunEnd {
+    ack: bool,
+    preempted: bool,
+}
+
+impl From<bool> for RunEnd {
+    fn from(ack: bool) -> Self {
+        RunEnd {
+            ack,
+            preempted: false,
+        }
+    }
 }
 
 enum Stop {
     Cancelled,
+    /// The metadata service gave notice.
+    Preempted(String),
     MaxDuration(Duration),
     Shutdown,
     /// The record moved on without us (our lease lapsed and another took over).
@@ -153,13 +230,16 @@ async fn run_job(
     msg: &Received,
     job: Job,
     shutdown: &mut watch::Receiver<bool>,
-) -> bool {
+) -> RunEnd {
     let id = job.id.clone();
     let attempt = job.attempt;
     let me = format!("worker:{}", cfg.instance);
     let job_dir = cfg.work_root.join(id.as_str());
     let ws = job_dir.join(format!("attempt-{attempt}")).join("workspace");
-    let ckpt = job_dir.join("checkpoints");
+    let ckpt = job_dir
+        .join(format!("attempt-{attempt}"))
+        .join("checkpoints");
+    let mut saved: Option<String> = None;
     info!(job_id = %id, attempt, "running");
     if attempt > 1 {
         let line = format!("[studio] --- attempt {attempt} on {} ---\n", cfg.instance);
@@ -172,7 +252,17 @@ async fn run_job(
             .await
             .map_err(|e| e.to_string())?;
         crate::workspace::unpack(&bytes, &ws).map_err(|e| e.to_string())?;
-        std::fs::create_dir_all(&ckpt).map_err(|e| format!("checkpoint dir: {e}"))
+        std::fs::create_dir_all(&ckpt).map_err(|e| format!("checkpoint dir: {e}"))?;
+        // The last attempt's checkpoint, so the script resumes instead of starting over.
+        if let Some(tar) = artifacts
+            .get_checkpoint(&id)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            crate::workspace::unpack(&tar, &ckpt).map_err(|e| format!("checkpoint: {e}"))?;
+            saved = Some(hex::encode(sha2::Sha256::digest(&tar)));
+        }
+        Ok::<(), String>(())
     }
     .await;
     if let Err(why) = prepared {
@@ -184,7 +274,8 @@ async fn run_job(
             None,
             Some(format!("workspace: {why}")),
         )
-        .await;
+        .await
+        .into();
     }
 
     let mut cmd = Command::new(&cfg.python);
@@ -213,7 +304,9 @@ async fn run_job(
         Ok(c) => c,
         Err(e) => {
             let why = format!("cannot start {}: {e}", cfg.python);
-            return finish(ctx, &id, attempt, &cfg.instance, None, Some(why)).await;
+            return finish(ctx, &id, attempt, &cfg.instance, None, Some(why))
+                .await
+                .into();
         }
     };
     let pgid = child.id().map_or(0, |p| p as i32);
@@ -232,6 +325,8 @@ async fn run_job(
     let started = Instant::now();
     let max = job.spec.max_duration_secs.map(Duration::from_secs);
     let mut last_extend = Instant::now();
+    let mut last_notice = Instant::now();
+    let mut last_sync = Instant::now();
     let mut stop: Option<Stop> = None;
     let mut kill_at: Option<Instant> = None;
     let status = loop {
@@ -251,7 +346,19 @@ async fn run_job(
                         Err(e) => warn!(error = %e, "lease extension failed"),
                     }
                 }
-                if stop.is_none() {
+                if last_sync.elapsed() >= cfg.checkpoint_every {
+                    last_sync = Instant::now();
+                    sync_checkpoint(artifacts, &id, &ckpt, &mut saved).await;
+                }
+                if stop.is_none() && last_notice.elapsed() >= cfg.notice_every {
+                    last_notice = Instant::now();
+                    match cfg.notice.check().await {
+                        Notice::Terminate(why) => new_stop = Some(Stop::Preempted(why)),
+                        Notice::Rebalance => info!("rebalance recommendation; the job goes on"),
+                        Notice::Clear => {}
+                    }
+                }
+                if stop.is_none() && new_stop.is_none() {
                     if let Ok(Some(now)) = ctx.store.get_job(&id).await {
                         if now.state == JobState::Cancelled {
                             new_stop = Some(Stop::Cancelled);
@@ -278,11 +385,17 @@ async fn run_job(
                     format!("max duration {} exceeded", humantime::format_duration(*m))
                 }
                 Stop::Shutdown => "worker shutting down".to_string(),
+                Stop::Preempted(why) => format!("interruption notice: {why}"),
                 Stop::Lost => "attempt taken over elsewhere".to_string(),
             };
             info!(job_id = %id, reason = %what, "stopping script with SIGTERM");
             signal_group(pgid, libc::SIGTERM);
-            kill_at = Some(Instant::now() + cfg.term_grace);
+            let grace = if matches!(s, Stop::Preempted(_)) {
+                cfg.notice.grace()
+            } else {
+                cfg.term_grace
+            };
+            kill_at = Some(Instant::now() + grace);
             stop = Some(s);
         }
     };
@@ -292,6 +405,7 @@ async fn run_job(
         buf.extend_from_slice(&chunk);
     }
     flush(artifacts, &id, &mut buf).await;
+    sync_checkpoint(artifacts, &id, &ckpt, &mut saved).await;
 
     let (code, signal) = match &status {
         Ok(st) => {
@@ -307,33 +421,75 @@ async fn run_job(
                 (None, Some(sig)) => Some(format!("killed by signal {sig}")),
                 (None, None) => Some("lost track of the script".to_string()),
             };
-            finish(ctx, &id, attempt, &cfg.instance, code, failure).await
+            finish(ctx, &id, attempt, &cfg.instance, code, failure)
+                .await
+                .into()
         }
         Some(Stop::MaxDuration(m)) => {
             let why = format!("max duration {} exceeded", humantime::format_duration(m));
-            finish(ctx, &id, attempt, &cfg.instance, code, Some(why)).await
+            finish(ctx, &id, attempt, &cfg.instance, code, Some(why))
+                .await
+                .into()
         }
-        Some(Stop::Cancelled) | Some(Stop::Lost) => true,
-        Some(Stop::Shutdown) => {
-            match requeue(
-                ctx,
-                &id,
-                attempt,
-                "worker stopped (instance terminating)",
-                &me,
-            )
-            .await
-            {
-                Ok(r) => {
-                    info!(job_id = %id, outcome = ?r, "job handed back");
-                    true
-                }
-                Err(e) => {
-                    warn!(job_id = %id, error = %e, "hand-back failed; the lease will bring it back");
-                    false
-                }
-            }
+        Some(Stop::Cancelled) | Some(Stop::Lost) => true.into(),
+        Some(Stop::Shutdown) => hand_back(
+            ctx,
+            &id,
+            attempt,
+            "worker stopped (instance terminating)",
+            &me,
+        )
+        .await
+        .into(),
+        Some(Stop::Preempted(why)) => RunEnd {
+            ack: hand_back(ctx, &id, attempt, &why, &me).await,
+            preempted: true,
+        },
+    }
+}
+
+/// The machine is going away: the job runs again elsewhere at once.
+async fn hand_back(ctx: &Ctx, id: &JobId, attempt: u32, why: &str, me: &str) -> bool {
+    match requeue(ctx, id, attempt, why, me).await {
+        Ok(r) => {
+            info!(job_id = %id, outcome = ?r, "job handed back");
+            true
         }
+        Err(e) => {
+            warn!(job_id = %id, error = %e, "hand-back failed; the lease will bring it back");
+            false
+        }
+    }
+}
+
+/// Uploads the checkpoint directory if it changed since the last upload.
+async fn sync_checkpoint(
+    artifacts: &dyn ArtifactStore,
+    id: &JobId,
+    dir: &std::path::Path,
+    saved: &mut Option<String>,
+) {
+    let empty = std::fs::read_dir(dir).map_or(true, |mut d| d.next().is_none());
+    if empty && saved.is_none() {
+        return;
+    }
+    let tar = match crate::workspace::pack_dir(dir, CHECKPOINT_LIMIT) {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(job_id = %id, error = %e, "checkpoint not saved");
+            return;
+        }
+    };
+    let sha = hex::encode(sha2::Sha256::digest(&tar));
+    if saved.as_deref() == Some(sha.as_str()) {
+        return;
+    }
+    match artifacts.put_checkpoint(id, &tar).await {
+        Ok(()) => {
+            info!(job_id = %id, bytes = tar.len(), "checkpoint saved");
+            *saved = Some(sha);
+        }
+        Err(e) => warn!(job_id = %id, error = %e, "checkpoint upload failed"),
     }
 }
 

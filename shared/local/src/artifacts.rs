@@ -98,4 +98,20 @@ impl ArtifactStore for DirArtifacts {
         f.read_to_end(&mut out).map_err(io)?;
         Ok(out)
     }
+
+    async fn put_checkpoint(&self, job: &JobId, tarball: &[u8]) -> Result<(), PortError> {
+        let dir = self.job_dir(job);
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let tmp = dir.join(format!(".checkpoint.{}", std::process::id()));
+        std::fs::write(&tmp, tarball).map_err(io)?;
+        std::fs::rename(&tmp, dir.join("checkpoint.tar.gz")).map_err(io)
+    }
+
+    async fn get_checkpoint(&self, job: &JobId) -> Result<Option<Vec<u8>>, PortError> {
+        match std::fs::read(self.job_dir(job).join("checkpoint.tar.gz")) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(e)),
+        }
+    }
 }

@@ -1,0 +1,264 @@
+//! The worker on a machine: interruption notices from the metadata services
+//! (a stand-in speaking IMDSv2 and GCE shapes), checkpoint hand-over between
+//! attempts, and the checks on the bootstrap script. Scripts are real
+//! (`examples/train.py` under python3); the store and queue are the local
+//! backend's.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use studio_core::handlers::submit;
+use studio_core::ids::InstanceId;
+use studio_core::job::JobState;
+use studio_core::notice::{Ec2Metadata, GceMetadata, NoNotice, Notice, NoticeSource};
+use studio_core::ports::ArtifactStore;
+use studio_core::worker::{run_worker, WorkerConfig, WorkerExit};
+use studio_tests::{eventually, job_id, JobBuilder, JobPool, LocalWorld, MetadataStandIn};
+
+fn config(
+    w: &LocalWorld,
+    pool: &studio_core::ids::PoolKey,
+    instance: &str,
+    notice: Arc<dyn NoticeSource>,
+) -> WorkerConfig {
+    WorkerConfig {
+        pool: pool.clone(),
+        instance: InstanceId::new(instance).unwrap(),
+        lease: Duration::from_secs(30),
+        poll_wait: Duration::from_millis(100),
+        heartbeat: Duration::from_millis(100),
+        idle_timeout: Duration::from_secs(600),
+        term_grace: Duration::from_secs(5),
+        work_root: w.dir.path().join("jobs"),
+        python: "python3".into(),
+        notice,
+        notice_every: Duration::from_millis(100),
+        // Long: the checkpoint seen after the notice is the one saved on the way out.
+        checkpoint_every: Duration::from_secs(600),
+    }
+}
+
+#[tokio::test]
+async fn the_metadata_clients_read_imdsv2_and_gce_notices() {
+    let md = MetadataStandIn::start().await;
+    let ec2 = Ec2Metadata {
+        base: md.url.clone(),
+    };
+    let gce = GceMetadata {
+        base: md.url.clone(),
+    };
+    assert_eq!(ec2.check().await, Notice::Clear);
+    assert_eq!(gce.check().await, Notice::Clear);
+    md.set_rebalance(true);
+    assert_eq!(ec2.check().await, Notice::Rebalance);
+    md.set_terminate(true);
+    assert!(
+        matches!(ec2.check().await, Notice::Terminate(w) if w.contains("\"action\":\"terminate\""))
+    );
+    assert!(matches!(gce.check().await, Notice::Terminate(_)));
+    let nowhere = Ec2Metadata {
+        base: "http://127.0.0.1:9".into(),
+    };
+    assert_eq!(
+        nowhere.check().await,
+        Notice::Clear,
+        "an unreachable service is no notice"
+    );
+}
+
+/// GIVEN train.py running on w-1, WHEN the metadata service gives a spot
+/// notice, THEN the script gets SIGTERM, its checkpoint is saved, the job is
+/// queued as attempt 2 and w-1 leaves; a second worker resumes the epochs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spot_notice_mid_job_hands_the_job_back_and_the_next_worker_resumes() {
+    let w = LocalWorld::default().await;
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let tar = studio_core::workspace::pack_dir(&examples, 1 << 24).unwrap();
+    let ws = w.be.artifacts.put_workspace(&tar).await.unwrap();
+    let body = JobBuilder::new("train")
+        .args(&["--epochs", "12", "--epoch-seconds", "0.3"])
+        .workspace(ws)
+        .json();
+    submit(&w.be.ctx, "m", &body).await.unwrap();
+    let pool = w.be.store_job_pool("train").await;
+
+    let md = MetadataStandIn::start().await;
+    let (ctx, arts) = (w.be.ctx.clone(), w.be.artifacts.clone());
+    let cfg = config(
+        &w,
+        &pool,
+        "w-1",
+        Arc::new(Ec2Metadata {
+            base: md.url.clone(),
+        }),
+    );
+    let (_stop1, rx1) = tokio::sync::watch::channel(false);
+    let first = tokio::spawn(async move { run_worker(&ctx, arts.as_ref(), &cfg, rx1).await });
+
+    let log = |w: &LocalWorld| {
+        std::fs::read_to_string(w.dir.path().join("jobs/train/log")).unwrap_or_default()
+    };
+    eventually("epoch 2", Duration::from_secs(30), async || {
+        log(&w).contains("epoch 2/12").then_some(())
+    })
+    .await;
+    md.set_terminate(true);
+    let noticed = Instant::now();
+    let exit = tokio::time::timeout(Duration::from_secs(30), first)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit, WorkerExit::Preempted);
+    let job =
+        w.be.ctx
+            .store
+            .get_job(&job_id("train"))
+            .await
+            .unwrap()
+            .unwrap();
+    eprintln!("notice to job queued as attempt 2: {:?}", noticed.elapsed());
+    assert_eq!((job.state, job.attempt), (JobState::Queued, 2));
+    assert_eq!(job.attempts[0].outcome, Some(JobState::Interrupted));
+    assert!(
+        job.reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("spot instance-action"),
+        "{:?}",
+        job.reason
+    );
+    assert!(
+        log(&w).contains("SIGTERM: checkpoint saved at epoch"),
+        "{}",
+        log(&w)
+    );
+    let ckpt =
+        w.be.artifacts
+            .get_checkpoint(&job_id("train"))
+            .await
+            .unwrap()
+            .expect("checkpoint uploaded");
+    let dir = tempfile::tempdir().unwrap();
+    studio_core::workspace::unpack(&ckpt, dir.path()).unwrap();
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("train.json")).unwrap())
+            .unwrap();
+    let saved_epoch = state["epoch"].as_u64().unwrap();
+    assert!(saved_epoch >= 2, "{state}");
+
+    // A second machine, with no notice, takes the next attempt.
+    let (ctx, arts) = (w.be.ctx.clone(), w.be.artifacts.clone());
+    let cfg = config(&w, &pool, "w-2", Arc::new(NoNotice));
+    let (stop2, rx2) = tokio::sync::watch::channel(false);
+    let second = tokio::spawn(async move { run_worker(&ctx, arts.as_ref(), &cfg, rx2).await });
+    let done = eventually("attempt 2 to finish", Duration::from_secs(60), async || {
+        let j =
+            w.be.ctx
+                .store
+                .get_job(&job_id("train"))
+                .await
+                .unwrap()
+                .unwrap();
+        j.state.is_terminal().then_some(j)
+    })
+    .await;
+    stop2.send(true).unwrap();
+    second.await.unwrap().unwrap();
+    assert_eq!((done.state, done.attempt), (JobState::Finished, 2));
+    let text = log(&w);
+    assert!(
+        text.contains(&format!("resuming from checkpoint: epoch {saved_epoch}")),
+        "{text}"
+    );
+    assert!(
+        !text.contains("epoch 1/12 loss 0.7\n[studio] --- attempt 2"),
+        "attempt 2 did not start over"
+    );
+    assert!(text.trim_end().ends_with("training done"), "{text}");
+}
+
+#[tokio::test]
+async fn a_rebalance_recommendation_stops_new_work_and_an_idle_worker_leaves() {
+    let w = LocalWorld::default().await;
+    submit(&w.be.ctx, "m", &JobBuilder::new("j1").json())
+        .await
+        .unwrap();
+    let pool = w.be.store_job_pool("j1").await;
+    let md = MetadataStandIn::start().await;
+    md.set_rebalance(true);
+    let mut cfg = config(
+        &w,
+        &pool,
+        "w-1",
+        Arc::new(Ec2Metadata {
+            base: md.url.clone(),
+        }),
+    );
+    cfg.idle_timeout = Duration::ZERO;
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let exit = run_worker(&w.be.ctx, w.be.artifacts.as_ref(), &cfg, rx)
+        .await
+        .unwrap();
+    assert_eq!(exit, WorkerExit::Idle);
+    let job =
+        w.be.ctx
+            .store
+            .get_job(&job_id("j1"))
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(
+        job.state,
+        JobState::Queued,
+        "the draining worker took no work"
+    );
+}
+
+const BOOTSTRAP: &str = include_str!("../../infra/worker-bootstrap.sh");
+
+#[test]
+fn the_bootstrap_passes_shellcheck() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/worker-bootstrap.sh");
+    let out = std::process::Command::new("shellcheck")
+        .arg(&path)
+        .output()
+        .expect("shellcheck must be installed (.ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn the_bootstrap_holds_no_secret() {
+    let lower = BOOTSTRAP.to_ascii_lowercase();
+    for word in [
+        "secret",
+        "password",
+        "private key",
+        "session_token",
+        "aws_access_key_id",
+    ] {
+        assert!(!lower.contains(word), "the bootstrap mentions {word}");
+    }
+    let bytes = BOOTSTRAP.as_bytes();
+    for (i, _) in BOOTSTRAP
+        .match_indices("AKIA")
+        .chain(BOOTSTRAP.match_indices("ASIA"))
+    {
+        let key = &bytes[i..(i + 20).min(bytes.len())];
+        assert!(
+            !(key.len() == 20
+                && key
+                    .iter()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())),
+            "an access key id in the bootstrap"
+        );
+    }
+    assert!(
+        BOOTSTRAP.contains("X-aws-ec2-metadata-token"),
+        "it uses IMDSv2 for the instance id"
+    );
+}
