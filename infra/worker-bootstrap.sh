@@ -1,22 +1,28 @@
 #!/bin/bash
 # Studio worker bootstrap: EC2 user-data rendered per pool by the fleet
-# (placeholders @NAME@). It holds no credentials: the machine acts through its
-# instance profile. It expects the image to carry /usr/local/bin/studio.
+# (placeholders @NAME@). It holds no credentials: the machine acts through
+# its instance profile, and the worker's settings below are only names.
 set -euo pipefail
 
 # The instance id, from IMDSv2 (token first).
 token=$(curl -fsS -X PUT http://169.254.169.254/latest/api/token -H "X-aws-ec2-metadata-token-ttl-seconds: 300")
 instance_id=$(curl -fsS -H "X-aws-ec2-metadata-token: $token" http://169.254.169.254/latest/meta-data/instance-id)
 
+# The studio binary: from the artifact bucket, checksum verified, unless the
+# image already carries it (no checksum given).
+want_sha256="@STUDIO_SHA256@"
+if [ -n "$want_sha256" ]; then
+    aws s3 cp "s3://@BUCKET@/releases/studio-$want_sha256" /usr/local/bin/studio.download
+    echo "$want_sha256  /usr/local/bin/studio.download" | sha256sum -c -
+    install -m 0755 /usr/local/bin/studio.download /usr/local/bin/studio
+    rm -f /usr/local/bin/studio.download
+fi
+test -x /usr/local/bin/studio
+
 install -d -m 0755 /etc/studio
 echo "STUDIO_INSTANCE_ID=$instance_id" > /etc/studio/instance.env
 cat > /etc/studio/worker.env <<'ENV'
-STUDIO_BACKEND=aws
-AWS_REGION=@REGION@
-STUDIO_POOL=@POOL@
-STUDIO_JOBS_TABLE=@JOBS_TABLE@
-STUDIO_POOLS_TABLE=@POOLS_TABLE@
-STUDIO_ARTIFACT_BUCKET=@BUCKET@
+@WORKER_ENV@
 ENV
 
 cat > /etc/systemd/system/studio-worker.service <<'UNIT'
@@ -28,8 +34,8 @@ Wants=network-online.target
 [Service]
 EnvironmentFile=/etc/studio/worker.env
 EnvironmentFile=/etc/studio/instance.env
-ExecStart=/usr/local/bin/studio worker --pool @POOL@ --instance-id ${STUDIO_INSTANCE_ID}
-Restart=always
+ExecStart=/usr/local/bin/studio worker --pool @POOL@ --instance-id ${STUDIO_INSTANCE_ID} --venv-root /var/lib/studio/venvs
+Restart=on-failure
 RestartSec=5
 
 [Install]

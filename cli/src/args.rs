@@ -110,6 +110,9 @@ pub struct RunArgs {
     /// Kill the script after this long, e.g. 2h30m.
     #[arg(long, value_name = "DURATION")]
     pub max_duration: Option<String>,
+    /// Drop the job if no worker took it within this long, e.g. 6h.
+    #[arg(long, value_name = "DURATION")]
+    pub lifetime: Option<String>,
     /// Print the job id and return instead of waiting.
     #[arg(long)]
     pub detach: bool,
@@ -212,4 +215,10 @@ pub struct WorkerArgs {
     /// Upload the checkpoint directory at most this often.
     #[arg(long, env = "STUDIO_CHECKPOINT_EVERY", default_value = "30s")]
     pub checkpoint_every: String,
+    /// Give each job a virtualenv (cached here by the hash of its requirements.txt).
+    #[arg(long, env = "STUDIO_VENV_ROOT", value_name = "DIR")]
+    pub venv_root: Option<PathBuf>,
+    /// Where the worker's queue, store and artifacts are: local or aws.
+    #[arg(long, env = "STUDIO_BACKEND", default_value = "local")]
+    pub backend: String,
 }

@@ -175,6 +175,7 @@ fn parse_request(r: &RequestArgs, owner: &str) -> Result<SubmitJob, CliError> {
         env: BTreeMap::new(),
         max_duration_secs: None,
         fallback_on_demand: false,
+        lifetime_secs: None,
         owner: owner.to_string(),
     })
 }
@@ -225,6 +226,15 @@ fn validate_run(a: &RunArgs, owner: &str, home: &Path) -> Result<(SubmitJob, Pat
         .map(|d| {
             humantime::parse_duration(d)
                 .map_err(|e| usage(format!("--max-duration '{d}': {e} (e.g. 2h30m)")))
+                .map(|d| d.as_secs().max(1))
+        })
+        .transpose()?;
+    spec.lifetime_secs = a
+        .lifetime
+        .as_deref()
+        .map(|d| {
+            humantime::parse_duration(d)
+                .map_err(|e| usage(format!("--lifetime '{d}': {e} (e.g. 6h)")))
                 .map(|d| d.as_secs().max(1))
         })
         .transpose()?;
@@ -595,8 +605,14 @@ async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<ExitCode, CliEr
         },
         notice_every: Duration::from_secs(5),
         checkpoint_every: dur("checkpoint-every", &a.checkpoint_every)?,
+        // Locally a flush is a file append; on S3 each flush is an object.
+        log_every: if a.backend == "aws" {
+            Duration::from_secs(3)
+        } else {
+            Duration::from_millis(200)
+        },
+        venv_root: a.venv_root,
     };
-    let be = open(g).await?;
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
@@ -609,7 +625,21 @@ async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<ExitCode, CliEr
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         let _ = tx.send(true);
     });
-    let exit = run_worker(&be.ctx, be.artifacts.as_ref(), &cfg, rx).await?;
+    let exit = match a.backend.as_str() {
+        "local" => {
+            let be = open(g).await?;
+            run_worker(&be.ctx, be.artifacts.as_ref(), &cfg, rx).await?
+        }
+        "aws" => {
+            let aws = studio_aws::config::AwsConfig::from_lookup(|k| env.vars.get(k).cloned())
+                .map_err(usage)?;
+            let ctx = studio_aws::lambda::context_from_env(&aws).await;
+            let sdk = studio_aws::sdk_config(&aws.region).await;
+            let artifacts = studio_aws::s3::S3Artifacts::from_sdk(&sdk, &aws.bucket);
+            run_worker(&ctx, &artifacts, &cfg, rx).await?
+        }
+        other => return Err(usage(format!("--backend '{other}': use local or aws"))),
+    };
     tracing::info!(?exit, "worker leaving");
     Ok(match exit {
         WorkerExit::Idle | WorkerExit::Shutdown | WorkerExit::PoolGone | WorkerExit::Preempted => {
@@ -687,6 +717,12 @@ fn print_job(j: &Job, now: studio_core::clock::Timestamp) {
     }
     if let Some(c) = j.exit_code {
         println!("exit code {c}");
+    }
+    if !j.last_lines.is_empty() && j.state == JobState::Failed {
+        println!("last lines");
+        for l in &j.last_lines {
+            println!("  | {l}");
+        }
     }
     println!(
         "cloud     {} ({}, {})",

@@ -172,6 +172,19 @@ fn a_script_that_exits_3_fails_and_the_cli_says_so() {
         (jobs[0]["state"].as_str(), jobs[0]["exit_code"].as_i64()),
         (Some("failed"), Some(3))
     );
+    let last: Vec<&str> = jobs[0]["last_lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        last,
+        ["epoch 1/1 loss 0.7", "training done"],
+        "recorded on the job"
+    );
+    let detail = stdout(&h.run(&["status", jobs[0]["id"].as_str().unwrap()]));
+    assert!(detail.contains("  | training done"), "{detail}");
 }
 
 #[test]

@@ -112,6 +112,7 @@ impl JobBuilder {
             env: Default::default(),
             max_duration_secs: None,
             fallback_on_demand: false,
+            lifetime_secs: None,
             owner: "tester".into(),
         })
     }
@@ -210,6 +211,7 @@ pub async fn moto_deployment() -> (studio_aws::config::AwsConfig, aws_config::Sd
         bucket: format!("{p}-artifacts"),
         worker_ami: image,
         worker_instance_profile: None,
+        studio_sha256: None,
         subnets: vec![],
         availability_zones: vec!["us-east-1a".into()],
         max_workers: 5,

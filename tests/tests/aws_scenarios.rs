@@ -607,6 +607,8 @@ async fn an_idle_worker_terminates_its_machine_and_lowers_the_group() {
         notice: Arc::new(studio_core::notice::NoNotice),
         notice_every: Duration::from_secs(5),
         checkpoint_every: Duration::from_secs(30),
+        log_every: Duration::from_millis(100),
+        venv_root: None,
     };
     let artifacts = studio_aws::s3::S3Artifacts::from_sdk(&w.sdk, &w.cfg.bucket);
     let (_tx, rx) = tokio::sync::watch::channel(false);

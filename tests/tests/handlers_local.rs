@@ -710,3 +710,47 @@ async fn a_worker_that_dies_is_reported_and_its_job_requeued_by_the_driver() {
         "the dead one is not counted"
     );
 }
+
+#[tokio::test]
+async fn a_job_that_waited_past_its_lifetime_is_dropped_with_the_reason() {
+    let w = LocalWorld::default().await;
+    let mut spec = JobBuilder::new("old").spec();
+    spec.lifetime_secs = Some(3600);
+    submit(&w.be.ctx, "m", &spec.to_json()).await.unwrap();
+    let mut young = JobBuilder::new("young").spec();
+    young.lifetime_secs = Some(3 * 3600);
+    submit(&w.be.ctx, "m2", &young.to_json()).await.unwrap();
+    w.clock.advance(Duration::from_secs(2 * 3600));
+    let pool =
+        w.be.store
+            .get_job(&job_id("old"))
+            .await
+            .unwrap()
+            .unwrap()
+            .pool;
+    let q = w.be.ctx.settings.work_queue(&pool);
+    let first = w.receive(&q).await.unwrap();
+    match claim_work(&w.be.ctx, &instance("w-1"), &first)
+        .await
+        .unwrap()
+    {
+        Claim::Drop(why) => assert_eq!(why, "waited 2h, longer than its lifetime"),
+        other => panic!("{other:?}"),
+    }
+    let old = w.be.store.get_job(&job_id("old")).await.unwrap().unwrap();
+    assert_eq!(old.state, JobState::Cancelled);
+    assert_eq!(
+        old.reason.as_deref(),
+        Some("waited 2h, longer than its lifetime")
+    );
+    let second = w.receive(&q).await.unwrap();
+    assert!(
+        matches!(
+            claim_work(&w.be.ctx, &instance("w-1"), &second)
+                .await
+                .unwrap(),
+            Claim::Run(_)
+        ),
+        "within its lifetime"
+    );
+}

@@ -35,6 +35,8 @@ fn config(
         notice_every: Duration::from_millis(100),
         // Long: the checkpoint seen after the notice is the one saved on the way out.
         checkpoint_every: Duration::from_secs(600),
+        log_every: Duration::from_millis(100),
+        venv_root: None,
     }
 }
 
@@ -261,4 +263,82 @@ fn the_bootstrap_holds_no_secret() {
         BOOTSTRAP.contains("X-aws-ec2-metadata-token"),
         "it uses IMDSv2 for the instance id"
     );
+}
+
+/// Runs `jobs` (id, requirements.txt) one after the other on one worker with
+/// virtualenvs under `venvs`; returns each job's log.
+async fn run_with_venvs(w: &LocalWorld, venvs: &Path, jobs: &[(&str, &str)]) -> Vec<String> {
+    let mut logs = Vec::new();
+    for (id, requirements) in jobs {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(
+            src.path().join("which.py"),
+            "import sys\nprint('prefix', sys.prefix)\n",
+        )
+        .unwrap();
+        std::fs::write(src.path().join("requirements.txt"), requirements).unwrap();
+        let tar = studio_core::workspace::pack_dir(src.path(), 1 << 20).unwrap();
+        let ws = w.be.artifacts.put_workspace(&tar).await.unwrap();
+        let mut spec = JobBuilder::new(id).workspace(ws).spec();
+        spec.entrypoint = "which.py".into();
+        submit(&w.be.ctx, id, &spec.to_json()).await.unwrap();
+        let pool = w.be.store_job_pool(id).await;
+        let mut cfg = config(w, &pool, "w-venv", Arc::new(NoNotice));
+        cfg.venv_root = Some(venvs.to_path_buf());
+        let (ctx, arts) = (w.be.ctx.clone(), w.be.artifacts.clone());
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let worker = tokio::spawn(async move { run_worker(&ctx, arts.as_ref(), &cfg, rx).await });
+        let job = eventually("the job to end", Duration::from_secs(120), async || {
+            let j = w.be.ctx.store.get_job(&job_id(id)).await.unwrap().unwrap();
+            j.state.is_terminal().then_some(j)
+        })
+        .await;
+        stop.send(true).unwrap();
+        worker.await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Finished, "{:?}", job.reason);
+        logs.push(std::fs::read_to_string(w.dir.path().join("jobs").join(id).join("log")).unwrap());
+    }
+    logs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_run_in_virtualenvs_cached_by_their_requirements() {
+    let w = LocalWorld::default().await;
+    let venvs = w.dir.path().join("venvs");
+    let logs = run_with_venvs(
+        &w,
+        &venvs,
+        &[
+            ("a", "# nothing to install\n"),
+            ("b", "# nothing to install\n"),
+            ("c", "# another set\n"),
+        ],
+    )
+    .await;
+    let prefix = |log: &str| {
+        log.lines()
+            .find_map(|l| l.strip_prefix("prefix "))
+            .unwrap()
+            .to_string()
+    };
+    let (a, b, c) = (prefix(&logs[0]), prefix(&logs[1]), prefix(&logs[2]));
+    assert!(Path::new(&a).starts_with(&venvs), "ran inside a venv: {a}");
+    assert_eq!(a, b, "same requirements.txt, same environment");
+    assert_ne!(a, c, "other requirements.txt, another environment");
+    assert!(
+        logs[0].contains("[studio] built the python environment"),
+        "{}",
+        logs[0]
+    );
+    assert!(
+        !logs[1].contains("built the python environment"),
+        "reused at once: {}",
+        logs[1]
+    );
+    assert!(logs[2].contains("built the python environment"));
+    let built = std::fs::read_dir(&venvs)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().is_dir())
+        .count();
+    assert_eq!(built, 2);
 }

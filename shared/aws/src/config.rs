@@ -19,11 +19,43 @@ pub struct AwsConfig {
     pub bucket: String,
     pub worker_ami: String,
     pub worker_instance_profile: Option<String>,
+    /// SHA-256 of the `studio` binary workers install from `s3://<bucket>/releases/`.
+    pub studio_sha256: Option<String>,
     pub subnets: Vec<String>,
     pub availability_zones: Vec<String>,
     pub max_workers: u32,
     pub pool_grace: Duration,
     pub max_attempts: u32,
+}
+
+impl AwsConfig {
+    /// The environment a worker machine runs `studio worker` with: every
+    /// setting above (names only, no credentials), plus the AWS backend and
+    /// EC2 metadata for interruption notices.
+    pub fn worker_env(&self) -> String {
+        let mut lines = vec![
+            "STUDIO_BACKEND=aws".to_string(),
+            "STUDIO_METADATA=ec2".to_string(),
+            format!("AWS_REGION={}", self.region),
+            format!("STUDIO_PREFIX={}", self.prefix),
+            format!("STUDIO_JOBS_TABLE={}", self.jobs_table),
+            format!("STUDIO_POOLS_TABLE={}", self.pools_table),
+            format!("STUDIO_SUBMIT_QUEUE={}", self.submit_queue),
+            format!("STUDIO_ARTIFACT_BUCKET={}", self.bucket),
+            format!("STUDIO_WORKER_AMI={}", self.worker_ami),
+            format!("STUDIO_SUBNETS={}", self.subnets.join(",")),
+            format!(
+                "STUDIO_AVAILABILITY_ZONES={}",
+                self.availability_zones.join(",")
+            ),
+            format!("STUDIO_MAX_WORKERS={}", self.max_workers),
+            format!("STUDIO_MAX_ATTEMPTS={}", self.max_attempts),
+        ];
+        if let Some(p) = &self.worker_instance_profile {
+            lines.push(format!("STUDIO_WORKER_INSTANCE_PROFILE={p}"));
+        }
+        lines.join("\n")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -119,6 +151,7 @@ impl AwsConfig {
             bucket: req("STUDIO_ARTIFACT_BUCKET")?,
             worker_ami: req("STUDIO_WORKER_AMI")?,
             worker_instance_profile: get("STUDIO_WORKER_INSTANCE_PROFILE"),
+            studio_sha256: get("STUDIO_BINARY_SHA256"),
             subnets: list("STUDIO_SUBNETS"),
             availability_zones: list("STUDIO_AVAILABILITY_ZONES"),
             max_workers: num("STUDIO_MAX_WORKERS", 20)?,

@@ -47,9 +47,11 @@ pub struct FleetConfig {
     pub availability_zones: Vec<String>,
     /// Cap of an auto-sized group.
     pub max_size: u32,
-    /// Names the worker needs, rendered into the bootstrap.
-    pub jobs_table: String,
-    pub pools_table: String,
+    /// The worker's environment file (see `AwsConfig::worker_env`), rendered into the bootstrap.
+    pub worker_env: String,
+    /// SHA-256 of the `studio` binary in `s3://<bucket>/releases/`; `None`:
+    /// the image carries `/usr/local/bin/studio`.
+    pub studio_sha256: Option<String>,
     pub bucket: String,
 }
 
@@ -83,10 +85,12 @@ impl AsgFleet {
     pub fn user_data(&self, key: &PoolKey) -> String {
         BOOTSTRAP
             .replace("@POOL@", key.as_str())
-            .replace("@REGION@", &self.cfg.region)
-            .replace("@JOBS_TABLE@", &self.cfg.jobs_table)
-            .replace("@POOLS_TABLE@", &self.cfg.pools_table)
+            .replace("@WORKER_ENV@", &self.cfg.worker_env)
             .replace("@BUCKET@", &self.cfg.bucket)
+            .replace(
+                "@STUDIO_SHA256@",
+                self.cfg.studio_sha256.as_deref().unwrap_or(""),
+            )
     }
 
     async fn ensure_template(&self, key: &PoolKey, spec: &PoolSpec) -> Result<(), PortError> {

@@ -47,8 +47,8 @@ pub fn context(cfg: &AwsConfig, sdk: &aws_config::SdkConfig, clock: Arc<dyn Cloc
             subnets: cfg.subnets.clone(),
             availability_zones: cfg.availability_zones.clone(),
             max_size: cfg.max_workers,
-            jobs_table: cfg.jobs_table.clone(),
-            pools_table: cfg.pools_table.clone(),
+            worker_env: cfg.worker_env(),
+            studio_sha256: cfg.studio_sha256.clone(),
             bucket: cfg.bucket.clone(),
         },
     );

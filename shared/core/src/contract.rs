@@ -63,6 +63,10 @@ pub struct SubmitJob {
     /// Kill the script after this many seconds.
     #[serde(default)]
     pub max_duration_secs: Option<u64>,
+    /// Drop the job (cancelled, with the reason) if it waited longer than this
+    /// many seconds before a worker took it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime_secs: Option<u64>,
     /// On a spot cloud, when the job is out of attempts, run it on on-demand
     /// machines instead of failing it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -95,7 +99,7 @@ pub enum ContractError {
     EnvReserved(String),
     #[error("owner must not be empty")]
     Owner,
-    #[error("max_duration_secs must be at least 1")]
+    #[error("max_duration_secs and lifetime_secs must be at least 1")]
     MaxDuration,
     #[error("{field} '{value}' may hold only letters, digits, '-', '_' and '.'")]
     Name { field: &'static str, value: String },
@@ -157,7 +161,7 @@ impl SubmitJob {
         if self.owner.trim().is_empty() {
             return Err(ContractError::Owner);
         }
-        if self.max_duration_secs == Some(0) {
+        if self.max_duration_secs == Some(0) || self.lifetime_secs == Some(0) {
             return Err(ContractError::MaxDuration);
         }
         for (field, value) in [("region", &self.region), ("gpu_type", &self.gpu_type)] {
@@ -250,6 +254,7 @@ pub(crate) mod tests {
             env: BTreeMap::from([("SEED".to_string(), "1".to_string())]),
             max_duration_secs: None,
             fallback_on_demand: false,
+            lifetime_secs: None,
             owner: "ada".into(),
         }
     }

@@ -703,6 +703,27 @@ pub async fn claim_work(
                     item.attempt, job.attempt
                 )))
             }
+            JobState::Queued
+                if job.spec.lifetime_secs.is_some_and(|l| {
+                    ctx.clock.now().since(job.created_at) > Duration::from_secs(l)
+                }) =>
+            {
+                let waited = humantime::format_duration(Duration::from_secs(
+                    ctx.clock.now().since(job.created_at).as_secs(),
+                ));
+                let why = format!("waited {waited}, longer than its lifetime");
+                if job
+                    .cancel(ctx.clock.now(), &format!("worker:{instance}"), &why)
+                    .is_err()
+                {
+                    continue;
+                }
+                match ctx.store.update_job(&job).await {
+                    Ok(_) => return Ok(Claim::Drop(why)),
+                    Err(PortError::Conflict) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
             JobState::Queued => {
                 if job
                     .claim(instance, &msg.message_id, ctx.clock.now())

@@ -151,6 +151,9 @@ pub struct Job {
     pub reason: Option<String>,
     pub attempts: Vec<Attempt>,
     pub events: Vec<JobEvent>,
+    /// The last lines the script printed, recorded when it ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_lines: Vec<String>,
 }
 
 impl Job {
@@ -185,6 +188,7 @@ impl Job {
                 by: by.to_string(),
                 reason: "submitted".into(),
             }],
+            last_lines: Vec::new(),
         }
     }
 

@@ -47,6 +47,13 @@ pub struct WorkerConfig {
     pub notice_every: Duration,
     /// Upload the checkpoint directory at most this often (and only when it changed).
     pub checkpoint_every: Duration,
+    /// How often output is shipped to the job's log (each flush is one
+    /// object on S3, so cloud workers flush every few seconds).
+    pub log_every: Duration,
+    /// `Some(dir)`: each job runs in a virtualenv under `dir`, built from its
+    /// `requirements.txt` and cached by the hash of that file and the
+    /// interpreter. `None`: scripts run with `python` as it is.
+    pub venv_root: Option<PathBuf>,
 }
 
 /// Largest checkpoint directory the worker uploads.
@@ -273,12 +280,42 @@ async fn run_job(
             &cfg.instance,
             None,
             Some(format!("workspace: {why}")),
+            Vec::new(),
         )
         .await
         .into();
     }
 
-    let mut cmd = Command::new(&cfg.python);
+    let python = match &cfg.venv_root {
+        None => cfg.python.clone().into(),
+        Some(root) => match ensure_venv(root, &cfg.python, &ws).await {
+            Ok((python, created)) => {
+                if created {
+                    let line = format!(
+                        "[studio] built the python environment {}\n",
+                        python.display()
+                    );
+                    let _ = artifacts.append_log(&id, line.as_bytes()).await;
+                }
+                python
+            }
+            Err(why) => {
+                let why = format!("python environment: {why}");
+                return finish(
+                    ctx,
+                    &id,
+                    attempt,
+                    &cfg.instance,
+                    None,
+                    Some(why),
+                    Vec::new(),
+                )
+                .await
+                .into();
+            }
+        },
+    };
+    let mut cmd = Command::new(&python);
     cmd.arg(&job.spec.entrypoint)
         .args(&job.spec.args)
         .current_dir(&ws)
@@ -303,10 +340,18 @@ async fn run_job(
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            let why = format!("cannot start {}: {e}", cfg.python);
-            return finish(ctx, &id, attempt, &cfg.instance, None, Some(why))
-                .await
-                .into();
+            let why = format!("cannot start {}: {e}", python.display());
+            return finish(
+                ctx,
+                &id,
+                attempt,
+                &cfg.instance,
+                None,
+                Some(why),
+                Vec::new(),
+            )
+            .await
+            .into();
         }
     };
     let pgid = child.id().map_or(0, |p| p as i32);
@@ -319,7 +364,8 @@ async fn run_job(
     }
 
     let mut buf: Vec<u8> = Vec::new();
-    let mut flush_tick = interval(Duration::from_millis(200));
+    let mut flush_tick = interval(cfg.log_every);
+    let mut tail: Vec<u8> = Vec::new();
     let mut beat = interval(cfg.heartbeat);
     beat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let started = Instant::now();
@@ -333,7 +379,10 @@ async fn run_job(
         let mut new_stop = None;
         tokio::select! {
             st = child.wait() => break st,
-            Some(chunk) = rx.recv() => buf.extend_from_slice(&chunk),
+            Some(chunk) = rx.recv() => {
+                buf.extend_from_slice(&chunk);
+                keep_tail(&mut tail, &chunk);
+            }
             _ = flush_tick.tick() => flush(artifacts, &id, &mut buf).await,
             r = shutdown.changed(), if stop.is_none() => {
                 let _ = r;
@@ -403,7 +452,9 @@ async fn run_job(
     signal_group(pgid, libc::SIGKILL);
     while let Ok(Some(chunk)) = timeout(Duration::from_secs(2), rx.recv()).await {
         buf.extend_from_slice(&chunk);
+        keep_tail(&mut tail, &chunk);
     }
+    let last_lines = last_lines(&tail);
     flush(artifacts, &id, &mut buf).await;
     sync_checkpoint(artifacts, &id, &ckpt, &mut saved).await;
 
@@ -421,15 +472,23 @@ async fn run_job(
                 (None, Some(sig)) => Some(format!("killed by signal {sig}")),
                 (None, None) => Some("lost track of the script".to_string()),
             };
-            finish(ctx, &id, attempt, &cfg.instance, code, failure)
+            finish(ctx, &id, attempt, &cfg.instance, code, failure, last_lines)
                 .await
                 .into()
         }
         Some(Stop::MaxDuration(m)) => {
             let why = format!("max duration {} exceeded", humantime::format_duration(m));
-            finish(ctx, &id, attempt, &cfg.instance, code, Some(why))
-                .await
-                .into()
+            finish(
+                ctx,
+                &id,
+                attempt,
+                &cfg.instance,
+                code,
+                Some(why),
+                last_lines,
+            )
+            .await
+            .into()
         }
         Some(Stop::Cancelled) | Some(Stop::Lost) => true.into(),
         Some(Stop::Shutdown) => hand_back(
@@ -502,6 +561,7 @@ async fn finish(
     me: &InstanceId,
     code: Option<i32>,
     failure: Option<String>,
+    last_lines: Vec<String>,
 ) -> bool {
     let now: Timestamp = ctx.clock.now();
     let by = format!("worker:{me}");
@@ -510,6 +570,7 @@ async fn finish(
             && job.attempt == attempt
             && job.instance.as_ref() == Some(me)
         {
+            job.last_lines = last_lines.clone();
             match job.complete(code, failure.clone(), now, &by) {
                 Ok(()) => Step::Write(()),
                 Err(_) => Step::Keep(()),
@@ -558,4 +619,112 @@ fn signal_group(pgid: i32, sig: i32) {
             libc::kill(-pgid, sig);
         }
     }
+}
+
+/// The interpreter of the job's virtualenv, building it first unless a job
+/// with the same `requirements.txt` (and interpreter) already did; `true`
+/// when it was built now. Concurrent workers on one machine wait for each
+/// other on a lock file instead of building the same environment twice.
+async fn ensure_venv(
+    root: &std::path::Path,
+    python: &str,
+    ws: &std::path::Path,
+) -> Result<(PathBuf, bool), String> {
+    let requirements = ws.join("requirements.txt");
+    let content = std::fs::read(&requirements).unwrap_or_default();
+    let mut h = sha2::Sha256::new();
+    h.update(python.as_bytes());
+    h.update([0]);
+    h.update(&content);
+    let key = &hex::encode(h.finalize())[..16];
+    let dir = root.join(key);
+    let bin = dir.join("bin").join("python");
+    let ready = dir.join(".studio-ready");
+    if ready.exists() {
+        return Ok((bin, false));
+    }
+    std::fs::create_dir_all(root).map_err(|e| format!("{}: {e}", root.display()))?;
+    let lock_path = root.join(format!("{key}.lock"));
+    let lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(lock_path)?;
+        // SAFETY: flock on a file descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            Ok(f)
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("lock: {e}"))?;
+    if ready.exists() {
+        return Ok((bin, false));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    run_quiet(
+        Command::new(python).arg("-m").arg("venv").arg(&dir),
+        "python -m venv",
+    )
+    .await?;
+    if content.iter().any(|b| !b.is_ascii_whitespace()) {
+        run_quiet(
+            Command::new(&bin)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--disable-pip-version-check",
+                    "--quiet",
+                    "-r",
+                ])
+                .arg(&requirements)
+                .current_dir(ws),
+            "pip install -r requirements.txt",
+        )
+        .await?;
+    }
+    std::fs::write(&ready, b"").map_err(|e| e.to_string())?;
+    drop(lock);
+    Ok((bin, true))
+}
+
+async fn run_quiet(cmd: &mut Command, what: &str) -> Result<(), String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("{what}: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    let tail: Vec<&str> = err.lines().rev().take(3).collect();
+    Err(format!(
+        "{what} failed ({}): {}",
+        out.status,
+        tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+    ))
+}
+
+/// Keeps the last 8 KiB of output.
+fn keep_tail(tail: &mut Vec<u8>, chunk: &[u8]) {
+    tail.extend_from_slice(chunk);
+    if tail.len() > 8192 {
+        tail.drain(..tail.len() - 8192);
+    }
+}
+
+/// The last 20 lines of output.
+fn last_lines(tail: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(tail);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
 }

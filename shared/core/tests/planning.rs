@@ -28,6 +28,7 @@ fn job(cloud: Cloud, cpus: u32, gpus: u32, ram: Option<&str>) -> SubmitJob {
         env: Default::default(),
         max_duration_secs: None,
         fallback_on_demand: false,
+        lifetime_secs: None,
         owner: "t".into(),
     }
 }
