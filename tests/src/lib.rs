@@ -210,6 +210,7 @@ pub async fn moto_deployment() -> (studio_aws::config::AwsConfig, aws_config::Sd
         interruption_queue: Some(format!("{p}-interruptions")),
         bucket: format!("{p}-artifacts"),
         worker_ami: image,
+        worker_gpu_ami: None,
         worker_instance_profile: None,
         studio_sha256: None,
         subnets: vec![],

@@ -104,7 +104,14 @@ fn spot_job(id: &str) -> String {
 
 #[tokio::test]
 async fn submit_through_sqs_creates_the_job_the_spot_group_and_the_work_item() {
-    let w = world().await;
+    let mut w = world().await;
+    // GPU pools get the GPU-ready image.
+    let ec2 = aws_sdk_ec2::Client::new(&w.sdk);
+    let images = ec2.describe_images().send().await.unwrap();
+    let gpu_image = images.images()[1].image_id().unwrap().to_string();
+    assert_ne!(gpu_image, w.cfg.worker_ami);
+    w.cfg.worker_gpu_ami = Some(gpu_image.clone());
+    w.ctx = lambda::context(&w.cfg, &w.sdk, Arc::new(w.clock.clone()));
     assert_eq!(w.submit(&spot_job("j1")).await, vec![Fate::Done]);
 
     let job = w.ctx.store.get_job(&job_id("j1")).await.unwrap().unwrap();
@@ -157,7 +164,6 @@ async fn submit_through_sqs_creates_the_job_the_spot_group_and_the_work_item() {
     );
     assert_eq!(dist.on_demand_percentage_above_base_capacity(), Some(0));
 
-    let ec2 = aws_sdk_ec2::Client::new(&w.sdk);
     let lt = ec2
         .describe_launch_templates()
         .launch_template_names(&name)
@@ -165,6 +171,33 @@ async fn submit_through_sqs_creates_the_job_the_spot_group_and_the_work_item() {
         .await
         .unwrap();
     assert_eq!(lt.launch_templates().len(), 1);
+    let versions = ec2
+        .describe_launch_template_versions()
+        .launch_template_name(&name)
+        .send()
+        .await
+        .unwrap();
+    let data = versions.launch_template_versions()[0]
+        .launch_template_data()
+        .unwrap();
+    assert_eq!(data.image_id(), Some(gpu_image.as_str()));
+    let user_data = String::from_utf8(
+        base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            data.user_data().unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        user_data.contains(&format!("studio worker --pool {}", job.pool)),
+        "{user_data}"
+    );
+    assert!(user_data.contains(&format!("STUDIO_JOBS_TABLE={}", w.cfg.jobs_table)));
+    assert!(
+        !user_data.to_ascii_lowercase().contains("secret"),
+        "no credentials in user-data"
+    );
 
     let q = w.ctx.settings.work_queue(&job.pool);
     let item = w

@@ -18,6 +18,8 @@ pub struct AwsConfig {
     pub interruption_queue: Option<String>,
     pub bucket: String,
     pub worker_ami: String,
+    /// A GPU-ready image (drivers baked in) for pools that ask for GPUs.
+    pub worker_gpu_ami: Option<String>,
     pub worker_instance_profile: Option<String>,
     /// SHA-256 of the `studio` binary workers install from `s3://<bucket>/releases/`.
     pub studio_sha256: Option<String>,
@@ -54,6 +56,9 @@ impl AwsConfig {
         if let Some(p) = &self.worker_instance_profile {
             lines.push(format!("STUDIO_WORKER_INSTANCE_PROFILE={p}"));
         }
+        if let Some(g) = &self.worker_gpu_ami {
+            lines.push(format!("STUDIO_WORKER_GPU_AMI={g}"));
+        }
         lines.join("\n")
     }
 }
@@ -82,6 +87,10 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ),
     ("STUDIO_ARTIFACT_BUCKET", "S3 bucket of workspaces and logs"),
     ("STUDIO_WORKER_AMI", "image of worker machines"),
+    (
+        "STUDIO_WORKER_GPU_AMI",
+        "GPU-ready image (drivers baked in) for GPU pools (default: STUDIO_WORKER_AMI)",
+    ),
     (
         "STUDIO_WORKER_INSTANCE_PROFILE",
         "instance profile of worker machines (optional)",
@@ -150,6 +159,7 @@ impl AwsConfig {
             interruption_queue: get("STUDIO_INTERRUPTION_QUEUE"),
             bucket: req("STUDIO_ARTIFACT_BUCKET")?,
             worker_ami: req("STUDIO_WORKER_AMI")?,
+            worker_gpu_ami: get("STUDIO_WORKER_GPU_AMI"),
             worker_instance_profile: get("STUDIO_WORKER_INSTANCE_PROFILE"),
             studio_sha256: get("STUDIO_BINARY_SHA256"),
             subnets: list("STUDIO_SUBNETS"),

@@ -39,8 +39,10 @@ pub const BOOTSTRAP: &str = include_str!("../../../infra/worker-bootstrap.sh");
 pub struct FleetConfig {
     pub prefix: String,
     pub region: String,
-    /// The worker image (a GPU-ready AMI for GPU pools).
+    /// The worker image.
     pub image_id: String,
+    /// The image of GPU pools: drivers baked in, not installed at every boot.
+    pub gpu_image_id: Option<String>,
     pub instance_profile: Option<String>,
     /// Subnets to launch in; when empty, `availability_zones` is used.
     pub subnets: Vec<String>,
@@ -102,8 +104,12 @@ impl AsgFleet {
             )
         })?;
         let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
+        let image = match (&self.cfg.gpu_image_id, spec.resources.gpus) {
+            (Some(gpu), n) if n > 0 => gpu,
+            _ => &self.cfg.image_id,
+        };
         let mut data = RequestLaunchTemplateData::builder()
-            .image_id(&self.cfg.image_id)
+            .image_id(image)
             .instance_type(first.as_str().into())
             .user_data(base64::engine::general_purpose::STANDARD.encode(self.user_data(key)))
             .metadata_options(

@@ -43,6 +43,7 @@ pub fn context(cfg: &AwsConfig, sdk: &aws_config::SdkConfig, clock: Arc<dyn Cloc
             prefix: cfg.prefix.clone(),
             region: cfg.region.clone(),
             image_id: cfg.worker_ami.clone(),
+            gpu_image_id: cfg.worker_gpu_ami.clone(),
             instance_profile: cfg.worker_instance_profile.clone(),
             subnets: cfg.subnets.clone(),
             availability_zones: cfg.availability_zones.clone(),
