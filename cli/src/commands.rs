@@ -5,7 +5,6 @@ use crate::args::{
     RunArgs, StatusArgs, WorkerArgs,
 };
 use anyhow::Context as _;
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -14,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use studio_core::catalog::{Arch, Catalog};
 use studio_core::clock::{format_age, Clock, SystemClock};
-use studio_core::contract::{SubmitJob, WorkspaceRef, SUBMIT_JOB_VERSION};
+use studio_core::contract::SubmitJob;
 use studio_core::handlers::{self, CancelOutcome, Settings};
 use studio_core::ids::{InstanceId, JobId, PoolKey};
 use studio_core::job::{Job, JobState};
@@ -157,26 +156,12 @@ fn parse_request(r: &RequestArgs, owner: &str) -> Result<SubmitJob, CliError> {
         .transpose()
         .map_err(|e| usage(format!("--arch: {e}")))?;
     Ok(SubmitJob {
-        version: SUBMIT_JOB_VERSION,
-        job_id: None,
-        cloud,
-        resources,
         bid,
         region: r.region.clone(),
         arch,
         gpu_type: r.gpu_type.clone(),
         num_workers,
-        workspace: WorkspaceRef {
-            sha256: String::new(),
-            bytes: 0,
-        },
-        entrypoint: String::new(),
-        args: Vec::new(),
-        env: BTreeMap::new(),
-        max_duration_secs: None,
-        fallback_on_demand: false,
-        lifetime_secs: None,
-        owner: owner.to_string(),
+        ..SubmitJob::new(cloud, resources, owner)
     })
 }
 

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 use studio_core::clock::{ManualClock, Timestamp};
-use studio_core::contract::{SubmitJob, WorkspaceRef, SUBMIT_JOB_VERSION};
+use studio_core::contract::{SubmitJob, WorkspaceRef};
 use studio_core::handlers::Settings;
 use studio_core::ids::{InstanceId, JobId, PoolKey};
 use studio_core::ports::{Received, WorkQueue};
@@ -94,26 +94,13 @@ pub struct JobBuilder(SubmitJob);
 impl JobBuilder {
     pub fn new(id: &str) -> JobBuilder {
         JobBuilder(SubmitJob {
-            version: SUBMIT_JOB_VERSION,
             job_id: Some(JobId::new(id).expect("a valid id")),
-            cloud: Cloud::Local,
-            resources: ResourceRequest::default(),
-            bid: None,
-            region: None,
-            arch: None,
-            gpu_type: None,
-            num_workers: None,
             workspace: WorkspaceRef {
                 sha256: "0".repeat(64),
                 bytes: 0,
             },
             entrypoint: "train.py".into(),
-            args: vec![],
-            env: Default::default(),
-            max_duration_secs: None,
-            fallback_on_demand: false,
-            lifetime_secs: None,
-            owner: "tester".into(),
+            ..SubmitJob::new(Cloud::Local, ResourceRequest::default(), "tester")
         })
     }
     pub fn workers(mut self, n: u32) -> Self {

@@ -4,32 +4,19 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use studio_core::catalog::Catalog;
-use studio_core::contract::{SubmitJob, WorkspaceRef, SUBMIT_JOB_VERSION};
+use studio_core::contract::SubmitJob;
 use studio_core::plan::{CatalogPlanner, Planner};
 use studio_core::resources::{Cloud, ResourceRequest};
 
 fn job(cloud: Cloud, cpus: u32, gpus: u32, ram: Option<&str>) -> SubmitJob {
     SubmitJob {
-        version: SUBMIT_JOB_VERSION,
-        job_id: None,
-        cloud,
-        resources: ResourceRequest::parse(cpus, gpus, ram, None).unwrap(),
         bid: Some("60%".parse().unwrap()),
-        region: None,
-        arch: None,
-        gpu_type: None,
-        num_workers: None,
-        workspace: WorkspaceRef {
-            sha256: String::new(),
-            bytes: 0,
-        },
         entrypoint: "t.py".into(),
-        args: vec![],
-        env: Default::default(),
-        max_duration_secs: None,
-        fallback_on_demand: false,
-        lifetime_secs: None,
-        owner: "bench".into(),
+        ..SubmitJob::new(
+            cloud,
+            ResourceRequest::parse(cpus, gpus, ram, None).unwrap(),
+            "bench",
+        )
     }
 }
 

@@ -106,6 +106,33 @@ pub enum ContractError {
 }
 
 impl SubmitJob {
+    /// A request for `cloud` and `resources` with every other field at its
+    /// default (no workspace or entrypoint yet).
+    pub fn new(cloud: Cloud, resources: ResourceRequest, owner: &str) -> SubmitJob {
+        SubmitJob {
+            version: SUBMIT_JOB_VERSION,
+            job_id: None,
+            cloud,
+            resources,
+            bid: None,
+            region: None,
+            arch: None,
+            gpu_type: None,
+            num_workers: None,
+            workspace: WorkspaceRef {
+                sha256: String::new(),
+                bytes: 0,
+            },
+            entrypoint: String::new(),
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            max_duration_secs: None,
+            lifetime_secs: None,
+            fallback_on_demand: false,
+            owner: owner.to_string(),
+        }
+    }
+
     /// Parses and validates a message body.
     ///
     /// # Errors

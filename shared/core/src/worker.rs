@@ -273,17 +273,14 @@ async fn run_job(
     }
     .await;
     if let Err(why) = prepared {
-        return finish(
+        return fail_to_start(
             ctx,
             &id,
             attempt,
             &cfg.instance,
-            None,
-            Some(format!("workspace: {why}")),
-            Vec::new(),
+            format!("workspace: {why}"),
         )
-        .await
-        .into();
+        .await;
     }
 
     let python = match &cfg.venv_root {
@@ -301,17 +298,7 @@ async fn run_job(
             }
             Err(why) => {
                 let why = format!("python environment: {why}");
-                return finish(
-                    ctx,
-                    &id,
-                    attempt,
-                    &cfg.instance,
-                    None,
-                    Some(why),
-                    Vec::new(),
-                )
-                .await
-                .into();
+                return fail_to_start(ctx, &id, attempt, &cfg.instance, why).await;
             }
         },
     };
@@ -341,17 +328,7 @@ async fn run_job(
         Ok(c) => c,
         Err(e) => {
             let why = format!("cannot start {}: {e}", python.display());
-            return finish(
-                ctx,
-                &id,
-                attempt,
-                &cfg.instance,
-                None,
-                Some(why),
-                Vec::new(),
-            )
-            .await
-            .into();
+            return fail_to_start(ctx, &id, attempt, &cfg.instance, why).await;
         }
     };
     let pgid = child.id().map_or(0, |p| p as i32);
@@ -550,6 +527,20 @@ async fn sync_checkpoint(
         }
         Err(e) => warn!(job_id = %id, error = %e, "checkpoint upload failed"),
     }
+}
+
+/// The attempt failed before its script could start (workspace, Python
+/// environment, interpreter).
+async fn fail_to_start(
+    ctx: &Ctx,
+    id: &JobId,
+    attempt: u32,
+    me: &InstanceId,
+    why: String,
+) -> RunEnd {
+    finish(ctx, id, attempt, me, None, Some(why), Vec::new())
+        .await
+        .into()
 }
 
 /// Records the end of our attempt, if the job is still ours. Returns whether
