@@ -10,7 +10,7 @@ use studio_core::handlers::{
 use studio_core::job::JobState;
 use studio_core::pool::PoolState;
 use studio_core::ports::{Fleet, JobStore, PortError, WorkQueue};
-use studio_tests::{instance, job_id, JobBuilder, LocalWorld};
+use studio_tests::{instance, job_id, JobBuilder, JobPool, LocalWorld};
 
 fn spot_warning(event_id: &str, inst: &str) -> InstanceEvent {
     InstanceEvent {
@@ -66,13 +66,7 @@ async fn the_same_message_twice_makes_one_job_and_one_run() {
     assert_eq!(w.be.store.list_jobs(None, &[]).await.unwrap().len(), 1);
 
     // The redelivery may have sent a second item; only one of them runs.
-    let pool =
-        w.be.store
-            .get_job(&job_id("j1"))
-            .await
-            .unwrap()
-            .unwrap()
-            .pool;
+    let pool = w.be.store_job_pool("j1").await;
     let q = w.be.ctx.settings.work_queue(&pool);
     let first = w.receive(&q).await.unwrap();
     let second = w.receive(&q).await.unwrap();
@@ -169,13 +163,7 @@ async fn a_fixed_pool_keeps_its_size() {
     submit(&w.be.ctx, "m", &JobBuilder::new("j1").workers(3).json())
         .await
         .unwrap();
-    let pool =
-        w.be.store
-            .get_job(&job_id("j1"))
-            .await
-            .unwrap()
-            .unwrap()
-            .pool;
+    let pool = w.be.store_job_pool("j1").await;
     assert_eq!(w.be.fleet.instances(&pool).await.unwrap().len(), 3);
     assert_eq!(scale(&w.be.ctx).await.unwrap(), vec![(pool.clone(), 3)]);
 }
@@ -186,13 +174,7 @@ async fn an_auto_pool_starts_at_one_and_grows_while_work_waits_up_to_the_cap() {
     submit(&w.be.ctx, "m0", &JobBuilder::new("j0").json())
         .await
         .unwrap();
-    let pool =
-        w.be.store
-            .get_job(&job_id("j0"))
-            .await
-            .unwrap()
-            .unwrap()
-            .pool;
+    let pool = w.be.store_job_pool("j0").await;
     assert_eq!(w.be.store.get_pool(&pool).await.unwrap().unwrap().target, 1);
     for i in 1..6 {
         submit(
@@ -221,13 +203,7 @@ async fn a_spot_warning_requeues_the_job_once_as_the_next_attempt() {
     submit(&w.be.ctx, "m", &JobBuilder::new("j1").json())
         .await
         .unwrap();
-    let pool =
-        w.be.store
-            .get_job(&job_id("j1"))
-            .await
-            .unwrap()
-            .unwrap()
-            .pool;
+    let pool = w.be.store_job_pool("j1").await;
     let q = w.be.ctx.settings.work_queue(&pool);
     let item = w.receive(&q).await.unwrap();
     assert!(matches!(
@@ -298,13 +274,7 @@ async fn rebalance_advice_and_strangers_change_nothing() {
     submit(&w.be.ctx, "m", &JobBuilder::new("j1").json())
         .await
         .unwrap();
-    let pool =
-        w.be.store
-            .get_job(&job_id("j1"))
-            .await
-            .unwrap()
-            .unwrap()
-            .pool;
+    let pool = w.be.store_job_pool("j1").await;
     let item = w
         .receive(&w.be.ctx.settings.work_queue(&pool))
         .await
@@ -346,13 +316,7 @@ async fn a_job_out_of_attempts_fails_with_the_reason() {
     submit(&w.be.ctx, "m", &JobBuilder::new("j1").json())
         .await
         .unwrap();
-    let pool =
-        w.be.store
-            .get_job(&job_id("j1"))
-            .await
-            .unwrap()
-            .unwrap()
-            .pool;
+    let pool = w.be.store_job_pool("j1").await;
     let q = w.be.ctx.settings.work_queue(&pool);
     for (n, inst) in [(1, "w-1"), (2, "w-2")] {
         let item = w.receive(&q).await.unwrap();
@@ -392,13 +356,7 @@ async fn a_lapsed_lease_is_taken_over_as_the_next_attempt() {
     submit(&w.be.ctx, "m", &JobBuilder::new("j1").json())
         .await
         .unwrap();
-    let pool =
-        w.be.store
-            .get_job(&job_id("j1"))
-            .await
-            .unwrap()
-            .unwrap()
-            .pool;
+    let pool = w.be.store_job_pool("j1").await;
     let q = w.be.ctx.settings.work_queue(&pool);
     let item = w.receive(&q).await.unwrap();
     claim_work(&w.be.ctx, &instance("w-1"), &item)
@@ -435,13 +393,7 @@ async fn a_stale_item_for_an_earlier_attempt_is_dropped() {
     submit(&w.be.ctx, "m", &JobBuilder::new("j1").json())
         .await
         .unwrap();
-    let pool =
-        w.be.store
-            .get_job(&job_id("j1"))
-            .await
-            .unwrap()
-            .unwrap()
-            .pool;
+    let pool = w.be.store_job_pool("j1").await;
     let q = w.be.ctx.settings.work_queue(&pool);
     let item = w.receive(&q).await.unwrap();
     claim_work(&w.be.ctx, &instance("w-1"), &item)
@@ -471,13 +423,7 @@ async fn cleanup_waits_out_the_grace_then_deletes_group_processes_and_queue() {
     submit(&w.be.ctx, "m", &JobBuilder::new("j1").workers(2).json())
         .await
         .unwrap();
-    let pool =
-        w.be.store
-            .get_job(&job_id("j1"))
-            .await
-            .unwrap()
-            .unwrap()
-            .pool;
+    let pool = w.be.store_job_pool("j1").await;
     let q = w.be.ctx.settings.work_queue(&pool);
     assert_eq!(w.be.fleet.live_pids().unwrap().len(), 2);
 
@@ -547,13 +493,7 @@ async fn a_submit_racing_cleanup_is_retried_and_nothing_is_lost() {
     submit(&w.be.ctx, "m1", &JobBuilder::new("j1").json())
         .await
         .unwrap();
-    let pool_key =
-        w.be.store
-            .get_job(&job_id("j1"))
-            .await
-            .unwrap()
-            .unwrap()
-            .pool;
+    let pool_key = w.be.store_job_pool("j1").await;
     handlers::cancel(
         w.be.ctx.store.as_ref(),
         w.be.ctx.clock.as_ref(),
@@ -640,13 +580,7 @@ async fn a_cancelled_job_is_never_run() {
         .unwrap(),
         CancelOutcome::NotFound
     );
-    let pool =
-        w.be.store
-            .get_job(&job_id("j1"))
-            .await
-            .unwrap()
-            .unwrap()
-            .pool;
+    let pool = w.be.store_job_pool("j1").await;
     let item = w
         .receive(&w.be.ctx.settings.work_queue(&pool))
         .await
@@ -672,13 +606,7 @@ async fn a_worker_that_dies_is_reported_and_its_job_requeued_by_the_driver() {
         .unwrap();
     let d = w.be.driver();
     assert_eq!(d.tick().await.unwrap().submitted, 1);
-    let pool =
-        w.be.store
-            .get_job(&job_id("j1"))
-            .await
-            .unwrap()
-            .unwrap()
-            .pool;
+    let pool = w.be.store_job_pool("j1").await;
     let inst = w.be.fleet.instances(&pool).await.unwrap().remove(0).id;
     let item = w
         .receive(&w.be.ctx.settings.work_queue(&pool))
@@ -721,13 +649,7 @@ async fn a_job_that_waited_past_its_lifetime_is_dropped_with_the_reason() {
     young.lifetime_secs = Some(3 * 3600);
     submit(&w.be.ctx, "m2", &young.to_json()).await.unwrap();
     w.clock.advance(Duration::from_secs(2 * 3600));
-    let pool =
-        w.be.store
-            .get_job(&job_id("old"))
-            .await
-            .unwrap()
-            .unwrap()
-            .pool;
+    let pool = w.be.store_job_pool("old").await;
     let q = w.be.ctx.settings.work_queue(&pool);
     let first = w.receive(&q).await.unwrap();
     match claim_work(&w.be.ctx, &instance("w-1"), &first)
