@@ -31,6 +31,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if !matches!(
+        cli.command,
+        args::Command::Worker(_) | args::Command::Driver
+    ) {
+        // Like any Unix tool: `studio status | head` ends quietly when the
+        // reader goes away, instead of panicking on a broken pipe.
+        // SAFETY: restoring the default disposition of one signal at start-up.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("STUDIO_LOG")

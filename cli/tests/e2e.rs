@@ -735,3 +735,36 @@ fn aws_clouds_without_settings_say_which_are_missing() {
         stderr(&partial)
     );
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly_like_any_unix_tool() {
+    use std::os::unix::process::ExitStatusExt;
+    let h = Home::new();
+    let mut child = h
+        .cmd(&[
+            "plan",
+            "--cloud=ec2spot",
+            "--cpus=8",
+            "--gpus=1",
+            "--ram=16g",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before the first line is written (`| head -0`).
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc_sigpipe()),
+        "{:?} {err}",
+        out.status
+    );
+}
+
+fn libc_sigpipe() -> i32 {
+    13
+}
