@@ -18,7 +18,7 @@ use studio_core::handlers::{self, CancelOutcome, Settings};
 use studio_core::ids::{InstanceId, JobId, PoolKey};
 use studio_core::job::{Job, JobState};
 use studio_core::notice::{Ec2Metadata, GceMetadata, NoNotice};
-use studio_core::plan::{CatalogPlanner, LocalPlanner, Planner};
+use studio_core::plan::{CatalogPlanner, PlanError, Planner};
 use studio_core::pool::PoolSpec;
 use studio_core::ports::{ArtifactStore, JobStore, WorkQueue};
 use studio_core::resources::{Bid, Cloud, Market, ResourceRequest, WorkerPolicy};
@@ -336,9 +336,8 @@ async fn run(g: &Globals, env: &Env, a: RunArgs) -> Result<ExitCode, CliError> {
                 )))
             }
         },
-        _ => {
-            LocalPlanner.plan(&spec).map_err(usage)?;
-            unreachable!("the local planner refuses every cloud but local")
+        Cloud::Gcloud | Cloud::Gcspot => {
+            return Err(usage(PlanError::CloudUnavailable(spec.cloud)))
         }
     };
     let tarball = studio_core::workspace::pack_dir(&dir, WORKSPACE_LIMIT).map_err(usage)?;

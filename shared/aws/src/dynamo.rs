@@ -255,12 +255,12 @@ impl DynamoStore {
         &self,
         index: &str,
         condition: &str,
-        names: Item,
+        names: &[(&str, &str)],
         values: Item,
     ) -> Result<Vec<Item>, PortError> {
         let names: HashMap<String, String> = names
-            .into_iter()
-            .map(|(k, v)| (k, v.as_s().cloned().unwrap_or_default()))
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let mut pages = self
             .client
@@ -370,17 +370,12 @@ impl JobStore for DynamoStore {
             ));
         };
         let mut items = Vec::new();
-        let names = Item::from([
-            ("#p".to_string(), s("pool")),
-            ("#s".to_string(), s("state")),
-        ]);
         if states.is_empty() {
-            let names = Item::from([("#p".to_string(), s("pool"))]);
             items = self
                 .query_index(
                     "by-pool-state",
                     "#p = :p",
-                    names,
+                    &[("#p", "pool")],
                     Item::from([(":p".to_string(), s(pool.as_str()))]),
                 )
                 .await?;
@@ -390,7 +385,7 @@ impl JobStore for DynamoStore {
                     self.query_index(
                         "by-pool-state",
                         "#p = :p AND #s = :s",
-                        names.clone(),
+                        &[("#p", "pool"), ("#s", "state")],
                         Item::from([
                             (":p".to_string(), s(pool.as_str())),
                             (":s".to_string(), s(st.as_str())),
@@ -410,7 +405,7 @@ impl JobStore for DynamoStore {
             .query_index(
                 "by-instance",
                 "#i = :i",
-                Item::from([("#i".to_string(), s("instance"))]),
+                &[("#i", "instance")],
                 Item::from([(":i".to_string(), s(instance.as_str()))]),
             )
             .await?;

@@ -263,15 +263,7 @@ pub(crate) mod tests {
 
     pub fn sample() -> SubmitJob {
         SubmitJob {
-            version: SUBMIT_JOB_VERSION,
             job_id: Some(JobId::new("job-1").unwrap()),
-            cloud: Cloud::Local,
-            resources: ResourceRequest::default(),
-            bid: None,
-            region: None,
-            arch: None,
-            gpu_type: None,
-            num_workers: None,
             workspace: WorkspaceRef {
                 sha256: "ab".repeat(32),
                 bytes: 10,
@@ -279,10 +271,7 @@ pub(crate) mod tests {
             entrypoint: "train.py".into(),
             args: vec!["--lr".into(), "0.1".into()],
             env: BTreeMap::from([("SEED".to_string(), "1".to_string())]),
-            max_duration_secs: None,
-            fallback_on_demand: false,
-            lifetime_secs: None,
-            owner: "ada".into(),
+            ..SubmitJob::new(Cloud::Local, ResourceRequest::default(), "ada")
         }
     }
 

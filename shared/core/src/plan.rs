@@ -46,6 +46,27 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// A plan for the best of `candidates` (the first); the others are what
+    /// a mixed-instances pool may also use.
+    fn from_candidates(cloud: Cloud, region: String, candidates: Vec<Candidate>) -> Plan {
+        let best = candidates[0].clone();
+        Plan {
+            cloud,
+            region: Some(region),
+            market: cloud.market(),
+            machine: best.machine,
+            machine_types: candidates.iter().map(|c| c.machine.clone()).collect(),
+            vcpus: best.vcpus,
+            memory_mib: best.memory_mib,
+            gpus: best.gpus,
+            gpu_model: best.gpu_model,
+            price_micro_usd_per_hour: best.price_micro_usd_per_hour,
+            on_demand_micro_usd_per_hour: best.on_demand_micro_usd_per_hour,
+            candidates,
+            ..Plan::default()
+        }
+    }
+
     /// The plan of a local job: a worker process on this machine, free.
     pub fn local(r: &ResourceRequest) -> Plan {
         Plan {
@@ -139,22 +160,9 @@ impl CatalogPlanner {
         }
         let max_price = resolve_bid(job.cloud, job.bid, &best, &mut warnings);
         Ok(Plan {
-            cloud: job.cloud,
-            region: Some(cat.region.clone()),
-            market: job.cloud.market(),
-            machine: best.machine.clone(),
-            machine_types: candidates.iter().map(|c| c.machine.clone()).collect(),
-            vcpus: best.vcpus,
-            memory_mib: best.memory_mib,
-            gpus: best.gpus,
-            gpu_model: best.gpu_model.clone(),
-            price_micro_usd_per_hour: best.price_micro_usd_per_hour,
-            on_demand_micro_usd_per_hour: best.on_demand_micro_usd_per_hour,
             max_price_micro_usd_per_hour: max_price,
-            candidates,
-            changes: Vec::new(),
             warnings,
-            on_host_maintenance: None,
+            ..Plan::from_candidates(job.cloud, cat.region.clone(), candidates)
         })
     }
 
@@ -177,42 +185,27 @@ impl CatalogPlanner {
             other => PlanError::Request(other.to_string()),
         })?;
         let preemptible = job.cloud == Cloud::Gcspot;
-        let price = shape.price(&self.gce, preemptible);
-        let on_demand = shape.price(&self.gce, false);
-        let machine = shape.machine();
-        let mut warnings = Vec::new();
         let cand = Candidate {
-            machine: machine.clone(),
+            machine: shape.machine(),
             vcpus: shape.vcpus,
             memory_mib: shape.memory_mib,
             gpus: shape.gpus,
             gpu_model: shape.gpu_type.clone(),
-            price_micro_usd_per_hour: price,
-            on_demand_micro_usd_per_hour: on_demand,
+            price_micro_usd_per_hour: shape.price(&self.gce, preemptible),
+            on_demand_micro_usd_per_hour: shape.price(&self.gce, false),
             spot_price_known: preemptible,
         };
+        let mut warnings = Vec::new();
         resolve_bid(job.cloud, job.bid, &cand, &mut warnings);
+        let region = job
+            .region
+            .clone()
+            .unwrap_or_else(|| GCE_DEFAULT_REGION.into());
         Ok(Plan {
-            cloud: job.cloud,
-            region: Some(
-                job.region
-                    .clone()
-                    .unwrap_or_else(|| GCE_DEFAULT_REGION.into()),
-            ),
-            market: job.cloud.market(),
-            machine: machine.clone(),
-            machine_types: vec![machine],
-            vcpus: shape.vcpus,
-            memory_mib: shape.memory_mib,
-            gpus: shape.gpus,
-            gpu_model: shape.gpu_type.clone(),
-            price_micro_usd_per_hour: price,
-            on_demand_micro_usd_per_hour: on_demand,
-            max_price_micro_usd_per_hour: None,
-            candidates: vec![cand],
             changes: shape.changes,
             warnings,
             on_host_maintenance: (shape.gpus > 0).then(|| "TERMINATE".to_string()),
+            ..Plan::from_candidates(job.cloud, region, vec![cand])
         })
     }
 }
