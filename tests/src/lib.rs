@@ -7,6 +7,8 @@
 //!   what the "workers" do by calling the worker-side handlers itself.
 //! - [`JobBuilder`]: `SubmitJob` bodies that read like sentences.
 
+pub mod fidelity;
+
 use std::sync::Arc;
 use std::time::Duration;
 use studio_core::clock::{ManualClock, Timestamp};
@@ -354,4 +356,20 @@ pub async fn eventually<T>(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// [`moto_deployment`] behind the fidelity proxy: the same deployment, with
+/// an `SdkConfig` whose endpoint is a [`fidelity::Fidelity`] in front of
+/// moto, its rules timed by `clock`.
+pub async fn fidelity_deployment(
+    clock: studio_core::clock::ManualClock,
+) -> (
+    studio_aws::config::AwsConfig,
+    aws_config::SdkConfig,
+    fidelity::Fidelity,
+) {
+    let (cfg, _) = moto_deployment().await;
+    let fidelity = fidelity::Fidelity::start(&moto_endpoint(), clock).await;
+    let sdk = studio_aws::emulator_config("us-east-1", &fidelity.url);
+    (cfg, sdk, fidelity)
 }
