@@ -81,6 +81,9 @@ struct State {
     /// Group name → when it was deleted, and its last description (the
     /// `<member>` XML) to show while it is pending delete.
     deleted_groups: HashMap<String, (Timestamp, Option<String>)>,
+    /// Group name → `CapacityRebalance` as last set by
+    /// `UpdateAutoScalingGroup`, which moto 5.2 accepts but ignores.
+    capacity_rebalance: HashMap<String, bool>,
 }
 
 /// What a request is, as far as the rules care.
@@ -127,6 +130,7 @@ impl Fidelity {
                 deleted_queues: HashMap::new(),
                 receipts: HashMap::new(),
                 deleted_groups: HashMap::new(),
+                capacity_rebalance: HashMap::new(),
             }),
         });
         let server = shared.clone();
@@ -230,7 +234,10 @@ impl Fidelity {
             return Vec::new();
         };
         let suspended = |p: &str| g.contains(&format!("<ProcessName>{p}</ProcessName>"));
-        let capacity_rebalance = xml_text(g, "CapacityRebalance").as_deref() == Some("true");
+        let capacity_rebalance = match s.state().capacity_rebalance.get(group) {
+            Some(on) => *on,
+            None => xml_text(g, "CapacityRebalance").as_deref() == Some("true"),
+        };
         if suspended("Terminate")
             || (!capacity_rebalance && (suspended("AZRebalance") || suspended("Launch")))
         {
@@ -436,9 +443,17 @@ impl Shared {
             }
             // ChangeMessageVisibility API reference
             // (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_ChangeMessageVisibility.html):
-            // "the visibility timeout for a message can't exceed 12 hours
-            // (43,200 seconds) total ... If you try to extend the visibility
-            // timeout beyond the maximum, your request is rejected."
+            // "you have a message with a visibility timeout of 5 minutes.
+            // After 3 minutes, you call ChangeMessageVisibility with a
+            // timeout of 10 minutes. You can continue to call
+            // ChangeMessageVisibility to extend the visibility timeout to the
+            // maximum allowed time. If you try to extend the visibility
+            // timeout beyond 12 hours, your request is rejected." The total is
+            // the time since the receive plus the new timeout.
+            // moto 5.2 enforces this too, but on the wall clock since its
+            // own receive; here it follows the test's clock, so a test can
+            // reach the limit by advancing it. The error is the one both
+            // AWS and moto send.
             "ChangeMessageVisibility" => {
                 let received = json["ReceiptHandle"]
                     .as_str()
@@ -463,20 +478,13 @@ impl Shared {
                 if !answer.status().is_success() {
                     return answer;
                 }
-                self.sqs_after(op, &queue, json, answer, now)
+                self.sqs_after(op, &queue, answer, now)
             }
         }
     }
 
     /// Bookkeeping on moto's successful answers, and the depth lag.
-    fn sqs_after(
-        &self,
-        op: &str,
-        queue: &str,
-        json: &serde_json::Value,
-        answer: Answer,
-        now: Timestamp,
-    ) -> Answer {
+    fn sqs_after(&self, op: &str, queue: &str, answer: Answer, now: Timestamp) -> Answer {
         let (parts, body) = answer.into_parts();
         let out: serde_json::Value = serde_json::from_slice(&full_bytes(&body)).unwrap_or_default();
         let mut st = self.state();
@@ -501,11 +509,13 @@ impl Shared {
                 }
             }
             // GetQueueAttributes API reference
-            // (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_GetQueueAttributes.html)
-            // and the SQS Developer Guide ("Amazon SQS queue metrics" /
-            // "Available CloudWatch metrics for Amazon SQS"): the
-            // ApproximateNumberOf* values are eventually consistent and may
-            // lag up to a minute behind sends.
+            // (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_GetQueueAttributes.html),
+            // AttributeNames: "The ApproximateNumberOfMessagesDelayed,
+            // ApproximateNumberOfMessagesNotVisible, and
+            // ApproximateNumberOfMessages metrics may not achieve consistency
+            // until at least 1 minute after the producers stop sending
+            // messages." Modelled as: a send is not counted in
+            // ApproximateNumberOfMessages until `depth_lag` after it.
             "GetQueueAttributes" => {
                 let lag = st.depth_lag;
                 let sends = st.sends.entry(queue.to_string()).or_default();
@@ -523,7 +533,6 @@ impl Shared {
             }
             _ => {}
         }
-        let _ = json;
         Response::from_parts(parts, body)
     }
 
@@ -577,11 +586,13 @@ impl Shared {
                 )
             }
             // SetDesiredCapacity API reference
-            // (https://docs.aws.amazon.com/autoscaling/ec2/APIReference/API_SetDesiredCapacity.html):
-            // "The new desired capacity ... must be within the minimum and
-            // maximum size of the group"; AWS answers ValidationError "New
-            // SetDesiredCapacity value N is above max value M for the
-            // AutoScalingGroup." moto 5.2 accepts any value.
+            // (https://docs.aws.amazon.com/autoscaling/ec2/APIReference/API_SetDesiredCapacity.html)
+            // and UpdateAutoScalingGroup's DesiredCapacity: "This number must
+            // be greater than or equal to the minimum size of the group and
+            // less than or equal to the maximum size of the group." AWS
+            // answers ValidationError "New SetDesiredCapacity value N is above
+            // max value M for the AutoScalingGroup." moto 5.2 accepts any
+            // value (the test shows it).
             "SetDesiredCapacity" => {
                 let desired: Option<i64> = form.get("DesiredCapacity").and_then(|d| d.parse().ok());
                 if let (Some(d), Some((min, max))) = (desired, self.group_bounds(&group).await) {
@@ -600,10 +611,17 @@ impl Shared {
                 }
                 self.forward(parts, body).await
             }
-            "DeleteAutoScalingGroup" if pending => query_error(
-                "ValidationError",
-                "The AutoScaling group may not be modified while it is pending delete",
-            ),
+            // Deleting a group again while it is pending delete: not
+            // documented; modelled as an accepted no-op (the deletion is
+            // already under way), so the window does not restart.
+            "DeleteAutoScalingGroup" if pending => Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "text/xml")
+                .body(Full::new(Bytes::from(format!(
+                    "<DeleteAutoScalingGroupResponse xmlns=\"http://autoscaling.amazonaws.com/doc/2011-01-01/\"><ResponseMetadata><RequestId>{}</RequestId></ResponseMetadata></DeleteAutoScalingGroupResponse>",
+                    request_id()
+                ))))
+                .expect("a response"),
             "DeleteAutoScalingGroup" => {
                 let snapshot = self.describe_member(&group).await;
                 let answer = self.forward(parts, body).await;
@@ -611,6 +629,22 @@ impl Shared {
                     self.state()
                         .deleted_groups
                         .insert(group, (now, snapshot));
+                }
+                answer
+            }
+            "CreateAutoScalingGroup" | "UpdateAutoScalingGroup" => {
+                let answer = self.forward(parts, body).await;
+                if answer.status().is_success() {
+                    let mut st = self.state();
+                    match form.get("CapacityRebalance") {
+                        Some(v) if action == "UpdateAutoScalingGroup" => {
+                            st.capacity_rebalance.insert(group, v == "true");
+                        }
+                        _ if action == "CreateAutoScalingGroup" => {
+                            st.capacity_rebalance.remove(&group);
+                        }
+                        _ => {}
+                    }
                 }
                 answer
             }
