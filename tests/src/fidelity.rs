@@ -12,8 +12,9 @@
 //!   not yet count recent sends.
 //! - SQS: a deleted queue's name is refused for 60 s (`QueueDeletedRecently`)
 //!   and sends to it in that window answer success but are lost.
-//! - SQS: `ChangeMessageVisibility` cannot end more than 12 h after the
-//!   receive that produced the receipt handle.
+//! - SQS: `ChangeMessageVisibility` (and each `ChangeMessageVisibilityBatch`
+//!   entry) cannot end more than 12 h after the receive that produced the
+//!   receipt handle.
 //! - Auto Scaling ([`Fidelity::set_pending_delete`]): a deleted group stays
 //!   "pending delete": its name is taken, it may not be modified, and
 //!   `DescribeAutoScalingGroups` shows it with `Status` "Delete in progress".
@@ -194,25 +195,37 @@ impl Fidelity {
     ///   (<https://docs.aws.amazon.com/autoscaling/ec2/userguide/ec2-auto-scaling-instance-protection.html>)
     ///   lists what protection does *not* guard against: manual termination
     ///   (`TerminateInstances`, `TerminateInstanceInAutoScalingGroup`),
-    ///   health-check replacement and Spot interruptions. Rebalancing is not
-    ///   in that list: AZ rebalancing picks its victims with the termination
-    ///   policies, which skip protected instances ("Control which Auto
-    ///   Scaling instances terminate during scale in", section "Availability
-    ///   Zone rebalancing"), and Capacity Rebalancing launches a replacement
-    ///   and then terminates the old instance as a group-initiated
-    ///   termination. A protected Spot instance can still be *interrupted* by
-    ///   EC2 two minutes after its notice: that is a spot notice, not this.
+    ///   health-check replacement and Spot interruptions. Neither kind of
+    ///   rebalancing is in that list. AZ rebalancing chooses its victims with
+    ///   the termination policies, which skip protected instances ("Control
+    ///   which Auto Scaling instances terminate during scale in", section
+    ///   "Availability Zone rebalancing"); operators rely on protection for
+    ///   exactly that (hashicorp/nomad-autoscaler#650). For Capacity
+    ///   Rebalancing the guide ("Use Capacity Rebalancing to handle Amazon EC2
+    ///   Spot Interruptions") says only that the group launches a replacement
+    ///   and then terminates the old instance; that protection also stops
+    ///   this termination is modelled here, not stated there: verify on a
+    ///   real account before the product depends on it. A protected Spot
+    ///   instance is still *interrupted* by EC2 after its two-minute notice:
+    ///   that is a spot notice, not this.
     /// - Nothing when the group's `Terminate` process is suspended ("How
-    ///   suspended processes affect other processes": rebalancing "can launch
-    ///   new instances without terminating the old ones").
+    ///   suspended processes affect other processes": with `Terminate`
+    ///   suspended, AZ rebalancing "can launch new instances without
+    ///   terminating the old ones"; assumed the same for Capacity
+    ///   Rebalancing).
     /// - With Capacity Rebalancing off, the only remaining cause is AZ
-    ///   rebalancing, so nothing when `AZRebalance` (or `Launch`, which stops
-    ///   AZ rebalancing too) is suspended ("Suspend and resume Amazon EC2 Auto
-    ///   Scaling processes"). Suspending `AZRebalance` does not stop Capacity
-    ///   Rebalancing: that is the group's `CapacityRebalance` setting
-    ///   (`UpdateAutoScalingGroup` API reference, `CapacityRebalance`: "To
-    ///   suspend rebalancing across Availability Zones, use the
-    ///   SuspendProcesses API").
+    ///   rebalancing, so nothing when `AZRebalance` is suspended, nor when
+    ///   `Launch` is ("Launch is suspended: AZRebalance stops rebalancing the
+    ///   group"; "Suspend and resume Amazon EC2 Auto Scaling processes").
+    ///   Suspending `AZRebalance` does **not** stop Capacity Rebalancing:
+    ///   that is the group's `CapacityRebalance` setting
+    ///   (`UpdateAutoScalingGroup` API reference, `CapacityRebalance`: "If
+    ///   Capacity Rebalancing is disabled, proactive replacement of at-risk
+    ///   Spot Instances does not occur ... To suspend rebalancing across
+    ///   Availability Zones, use the SuspendProcesses API").
+    ///
+    /// moto 5.2 stores `CapacityRebalance` at creation but ignores it in
+    /// `UpdateAutoScalingGroup`; the proxy remembers the updated value.
     ///
     /// # Panics
     /// When moto cannot describe the group or refuses a termination.
@@ -325,7 +338,8 @@ impl Shared {
         };
         let mut req = Request::builder().method(parts.method).uri(uri);
         for (k, v) in parts.headers.iter() {
-            if !is_hop_by_hop(k) {
+            // hyper sets Content-Length from the body, which a rule may rewrite.
+            if !is_hop_by_hop(k) && k != hyper::header::CONTENT_LENGTH {
                 req = req.header(k, v);
             }
         }
@@ -454,24 +468,56 @@ impl Shared {
             // own receive; here it follows the test's clock, so a test can
             // reach the limit by advancing it. The error is the one both
             // AWS and moto send.
-            "ChangeMessageVisibility" => {
-                let received = json["ReceiptHandle"]
-                    .as_str()
-                    .and_then(|h| self.state().receipts.get(h).copied());
-                let timeout = json["VisibilityTimeout"].as_i64().unwrap_or(0).max(0) as u64;
-                if let Some(at) = received {
-                    let end = now.since(at) + Duration::from_secs(timeout);
-                    if end > MAX_VISIBILITY {
-                        return sqs_error(
-                            "InvalidParameterValue",
-                            "com.amazonaws.sqs#InvalidParameterValue",
-                            &format!(
-                                "Value {timeout} for parameter VisibilityTimeout is invalid. Reason: Total VisibilityTimeout for the message is beyond the limit [43200 seconds]"
-                            ),
-                        );
-                    }
+            "ChangeMessageVisibility" => match self.beyond_visibility_limit(json, now) {
+                Some(message) => sqs_error(
+                    "InvalidParameterValue",
+                    "com.amazonaws.sqs#InvalidParameterValue",
+                    &message,
+                ),
+                None => self.forward(parts, body).await,
+            },
+            // The same limit, per entry: refused entries are reported in
+            // `Failed` (SenderFault, InvalidParameterValue), the others go to
+            // moto.
+            "ChangeMessageVisibilityBatch" => {
+                let entries = json["Entries"].as_array().cloned().unwrap_or_default();
+                let (refused, allowed): (Vec<_>, Vec<_>) = entries
+                    .into_iter()
+                    .map(|e| (self.beyond_visibility_limit(&e, now), e))
+                    .partition(|(m, _)| m.is_some());
+                if refused.is_empty() {
+                    return self.forward(parts, body).await;
                 }
-                self.forward(parts, body).await
+                let failed: Vec<serde_json::Value> = refused
+                    .into_iter()
+                    .map(|(m, e)| {
+                        serde_json::json!({
+                            "Id": e["Id"],
+                            "SenderFault": true,
+                            "Code": "InvalidParameterValue",
+                            "Message": m,
+                        })
+                    })
+                    .collect();
+                let mut out = serde_json::json!({ "Successful": [], "Failed": [] });
+                if !allowed.is_empty() {
+                    let mut req = json.clone();
+                    req["Entries"] = allowed.into_iter().map(|(_, e)| e).collect();
+                    let answer = self
+                        .forward(parts, Bytes::from(req.to_string().into_bytes()))
+                        .await;
+                    if !answer.status().is_success() {
+                        return answer;
+                    }
+                    out = serde_json::from_slice(&full_bytes(answer.body())).unwrap_or(out);
+                }
+                let mut all = out["Failed"].as_array().cloned().unwrap_or_default();
+                all.extend(failed);
+                out["Failed"] = all.into();
+                if out["Successful"].is_null() {
+                    out["Successful"] = serde_json::json!([]);
+                }
+                sqs_ok(out)
             }
             _ => {
                 let answer = self.forward(parts, body).await;
@@ -481,6 +527,21 @@ impl Shared {
                 self.sqs_after(op, &queue, answer, now)
             }
         }
+    }
+
+    /// The error message when a visibility change (`ReceiptHandle`,
+    /// `VisibilityTimeout`) would end more than 12 h after the receive that
+    /// produced the handle; `None` when allowed or the handle is unknown.
+    fn beyond_visibility_limit(&self, entry: &serde_json::Value, now: Timestamp) -> Option<String> {
+        let at = entry["ReceiptHandle"]
+            .as_str()
+            .and_then(|h| self.state().receipts.get(h).copied())?;
+        let timeout = entry["VisibilityTimeout"].as_i64().unwrap_or(0).max(0) as u64;
+        (now.since(at) + Duration::from_secs(timeout) > MAX_VISIBILITY).then(|| {
+            format!(
+                "Value {timeout} for parameter VisibilityTimeout is invalid. Reason: Total VisibilityTimeout for the message is beyond the limit [43200 seconds]"
+            )
+        })
     }
 
     /// Bookkeeping on moto's successful answers, and the depth lag.

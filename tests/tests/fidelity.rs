@@ -5,7 +5,9 @@
 
 use aws_sdk_autoscaling::types::LaunchTemplateSpecification;
 use aws_sdk_sqs::error::ProvideErrorMetadata;
-use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, QueueAttributeName, SendMessageBatchRequestEntry,
+};
 use std::time::Duration;
 use studio_core::clock::{ManualClock, Timestamp};
 use studio_tests::fidelity::Fidelity;
@@ -328,6 +330,35 @@ async fn sqs_visibility_cannot_end_past_12_hours_from_the_receive() {
     change(39_600)
         .await
         .expect("ending exactly 12 h after the receive");
+    let out = w
+        .sqs()
+        .change_message_visibility_batch()
+        .queue_url(&url)
+        .entries(
+            ChangeMessageVisibilityBatchRequestEntry::builder()
+                .id("over")
+                .receipt_handle(receipt)
+                .visibility_timeout(39_601)
+                .build()
+                .expect("an entry"),
+        )
+        .entries(
+            ChangeMessageVisibilityBatchRequestEntry::builder()
+                .id("within")
+                .receipt_handle(receipt)
+                .visibility_timeout(39_000)
+                .build()
+                .expect("an entry"),
+        )
+        .send()
+        .await
+        .expect("ChangeMessageVisibilityBatch");
+    assert_eq!(out.failed().len(), 1);
+    assert_eq!(out.failed()[0].id(), "over");
+    assert_eq!(out.failed()[0].code(), "InvalidParameterValue");
+    assert!(out.failed()[0].sender_fault());
+    assert_eq!(out.successful().len(), 1);
+    assert_eq!(out.successful()[0].id(), "within");
     w.clock.advance(Duration::from_secs(39_600));
     let e = change(1).await.expect_err("no extension past 12 h at all");
     assert_eq!(e.code(), Some("InvalidParameterValue"));
@@ -496,6 +527,14 @@ async fn s3_missing_key_is_access_denied_without_list_bucket() {
         got.body.collect().await.unwrap().into_bytes().as_ref(),
         b"x"
     );
+    let head = s3
+        .head_object()
+        .bucket(&bucket)
+        .key("there")
+        .send()
+        .await
+        .expect("an existing key is described");
+    assert_eq!(head.content_length(), Some(1));
 
     w.fid.set_list_bucket(true);
     let e = s3
@@ -515,7 +554,7 @@ async fn s3_missing_key_is_access_denied_without_list_bucket() {
         .expect_err("missing");
     assert!(e.as_service_error().is_some_and(|s| s.is_not_found()));
     assert_eq!(w.fid.calls("GetObject"), 3);
-    assert_eq!(w.fid.calls("HeadObject"), 2);
+    assert_eq!(w.fid.calls("HeadObject"), 3);
 }
 
 #[tokio::test]
