@@ -569,6 +569,13 @@ async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<ExitCode, CliEr
         lease: dur("lease", &a.lease)?,
         poll_wait: Duration::from_secs(1),
         heartbeat: Duration::from_secs(1),
+        // The heartbeat on the job record: a file write locally, a DynamoDB
+        // write in the cloud (bound there: STUDIO_HEARTBEAT_TIMEOUT, 2 min).
+        beat_every: if a.backend == "aws" {
+            Duration::from_secs(30)
+        } else {
+            dur("lease", &a.lease)? / 4
+        },
         idle_timeout: dur("idle-timeout", &a.idle_timeout)?,
         term_grace: Duration::from_secs(10),
         work_root: g.home.join("jobs"),

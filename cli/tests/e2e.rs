@@ -29,6 +29,7 @@ impl Home {
         c.args(args)
             .env("STUDIO_HOME", self.dir.path())
             .env("STUDIO_POOL_GRACE", "1s")
+            .env("STUDIO_MAX_WORKERS", "4")
             .env_remove("STUDIO_LOG")
             .current_dir(examples());
         c

@@ -207,6 +207,7 @@ pub async fn moto_deployment() -> (studio_aws::config::AwsConfig, aws_config::Sd
         max_workers: 5,
         pool_grace: std::time::Duration::from_secs(60),
         max_attempts: 3,
+        heartbeat_timeout: std::time::Duration::from_secs(120),
     };
     studio_aws::dynamo::DynamoStore::new(
         aws_sdk_dynamodb::Client::new(&sdk),

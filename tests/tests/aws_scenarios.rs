@@ -132,7 +132,16 @@ async fn submit_through_sqs_creates_the_job_the_spot_group_and_the_work_item() {
         .unwrap();
     let g = &groups.auto_scaling_groups()[0];
     assert_eq!(g.desired_capacity(), Some(1), "raised at once");
-    assert_eq!(g.capacity_rebalance(), Some(true));
+    // Busy machines are never taken by the group: no capacity rebalancing,
+    // AZ rebalancing suspended (workers protect themselves while busy).
+    assert_eq!(g.capacity_rebalance(), Some(false));
+    assert!(
+        g.suspended_processes()
+            .iter()
+            .any(|p| p.process_name() == Some("AZRebalance")),
+        "{:?}",
+        g.suspended_processes()
+    );
     let mip = g
         .mixed_instances_policy()
         .expect("a mixed-instances policy");
@@ -223,7 +232,7 @@ async fn submit_through_sqs_creates_the_job_the_spot_group_and_the_work_item() {
 }
 
 #[tokio::test]
-async fn a_spot_warning_through_eventbridge_requeues_the_job_once() {
+async fn a_spot_warning_through_eventbridge_is_left_to_the_worker_and_the_shutdown_requeues_once() {
     let w = world().await;
     w.submit(&spot_job("j1")).await;
     let pool = w.pool_of("j1").await;
@@ -301,6 +310,37 @@ async fn a_spot_warning_through_eventbridge_requeues_the_job_once() {
 
     let event = w.poll(&iq).await;
     assert_eq!(event.records.len(), 1, "the rule delivered the event");
+    // The warning leaves the worker its two minutes: recorded, not acted on.
+    for _ in 0..2 {
+        let (resp, fates) = lambda::interruption_batch(&w.ctx, &iq, event.clone()).await;
+        assert!(resp.batch_item_failures.is_empty());
+        assert_eq!(fates, vec![Fate::Done]);
+    }
+    let warned = w.ctx.store.get_job(&job_id("j1")).await.unwrap().unwrap();
+    assert_eq!((warned.state, warned.attempt), (JobState::Running, 1));
+    assert!(warned.warned_at.is_some());
+
+    // The machine goes: the job runs again, once.
+    let fixture: serde_json::Value = serde_json::from_str(include_str!(
+        "../fixtures/events/instance-state-change.json"
+    ))
+    .unwrap();
+    let mut detail = fixture["detail"].clone();
+    detail["instance-id"] = instance.as_str().into();
+    detail["state"] = "shutting-down".into();
+    eb.put_events()
+        .entries(
+            aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
+                .source("aws.ec2")
+                .detail_type(fixture["detail-type"].as_str().unwrap())
+                .detail(detail.to_string())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let event = w.poll(&iq).await;
+    assert_eq!(event.records.len(), 1, "the rule delivered the event");
     let (resp, fates) = lambda::interruption_batch(&w.ctx, &iq, event.clone()).await;
     assert!(resp.batch_item_failures.is_empty());
     assert_eq!(fates, vec![Fate::Done]);
@@ -309,7 +349,7 @@ async fn a_spot_warning_through_eventbridge_requeues_the_job_once() {
     assert!(job
         .events
         .iter()
-        .any(|e| e.to == JobState::Interrupted && e.reason.contains("spot interruption")));
+        .any(|e| e.to == JobState::Interrupted && e.reason.contains("shutting-down")));
     assert_eq!(w.ctx.queue.depth(&q).await.unwrap().visible, 1);
 
     // The same event delivered again changes nothing more.
@@ -563,7 +603,9 @@ async fn out_of_spot_attempts_with_fallback_moves_the_job_to_on_demand() {
     let warning = studio_core::handlers::InstanceEvent {
         event_id: "ev-1".into(),
         instance: inst,
-        kind: studio_core::handlers::InstanceEventKind::SpotWarning,
+        kind: studio_core::handlers::InstanceEventKind::Gone {
+            state: "shutting-down".into(),
+        },
     };
     studio_core::handlers::handle_interruption(&w.ctx, &warning)
         .await
@@ -631,6 +673,7 @@ async fn an_idle_worker_terminates_its_machine_and_lowers_the_group() {
         pool: pool.clone(),
         instance: machine.clone(),
         lease: Duration::from_secs(30),
+        beat_every: Duration::from_secs(1),
         poll_wait: Duration::ZERO,
         heartbeat: Duration::from_secs(1),
         idle_timeout: Duration::ZERO,

@@ -2,6 +2,7 @@
 //! (SQLite, processes as instances), with time from a manual clock.
 
 use std::time::Duration;
+use studio_core::clock::Clock;
 use studio_core::handlers::{
     self, cancel, claim_work, cleanup, handle_interruption, scale, submit, CancelOutcome, Claim,
     HandlerError, InstanceEvent, InstanceEventKind, InterruptionOutcome, RequeueOutcome, Settings,
@@ -17,6 +18,17 @@ fn spot_warning(event_id: &str, inst: &str) -> InstanceEvent {
         event_id: event_id.into(),
         instance: instance(inst),
         kind: InstanceEventKind::SpotWarning,
+    }
+}
+
+/// The machine's `shutting-down` state-change event.
+fn shutting_down(event_id: &str, inst: &str) -> InstanceEvent {
+    InstanceEvent {
+        event_id: event_id.into(),
+        instance: instance(inst),
+        kind: InstanceEventKind::Gone {
+            state: "shutting-down".into(),
+        },
     }
 }
 
@@ -196,9 +208,11 @@ async fn an_auto_pool_starts_at_one_and_grows_while_work_waits_up_to_the_cap() {
 }
 
 /// GIVEN a job running on w-1, WHEN a spot warning for w-1 arrives (twice),
-/// THEN the job is queued as attempt 2 once, with a new work item.
+/// THEN the job stays with its worker, which saves and hands it back (the
+/// warning is recorded); WHEN the machine then shuts down (twice), THEN the
+/// job is queued as attempt 2 once, with a new work item.
 #[tokio::test]
-async fn a_spot_warning_requeues_the_job_once_as_the_next_attempt() {
+async fn a_spot_warning_leaves_the_worker_its_grace_then_the_job_runs_again_once() {
     let w = LocalWorld::default().await;
     submit(&w.be.ctx, "m", &JobBuilder::new("j1").json())
         .await
@@ -214,7 +228,29 @@ async fn a_spot_warning_requeues_the_job_once_as_the_next_attempt() {
     ));
     w.be.queue.ack(&q, &item.receipt).await.unwrap();
 
-    let out = handle_interruption(&w.be.ctx, &spot_warning("ev-1", "w-1"))
+    for _ in 0..2 {
+        let out = handle_interruption(&w.be.ctx, &spot_warning("ev-0", "w-1"))
+            .await
+            .unwrap();
+        assert_eq!(out, InterruptionOutcome::Warned(vec![job_id("j1")]));
+    }
+    let warned = w.be.store.get_job(&job_id("j1")).await.unwrap().unwrap();
+    assert_eq!((warned.state, warned.attempt), (JobState::Running, 1));
+    assert_eq!(warned.warned_at, Some(w.clock.now()));
+    w.clock.advance(Duration::from_secs(5));
+    scale(&w.be.ctx).await.unwrap();
+    assert_eq!(
+        w.be.store
+            .get_job(&job_id("j1"))
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        JobState::Running,
+        "the sweep leaves a warned job to its worker within the grace"
+    );
+
+    let out = handle_interruption(&w.be.ctx, &shutting_down("ev-1", "w-1"))
         .await
         .unwrap();
     assert_eq!(
@@ -244,7 +280,7 @@ async fn a_spot_warning_requeues_the_job_once_as_the_next_attempt() {
         "the next attempt's item"
     );
 
-    let again = handle_interruption(&w.be.ctx, &spot_warning("ev-1", "w-1"))
+    let again = handle_interruption(&w.be.ctx, &shutting_down("ev-1", "w-1"))
         .await
         .unwrap();
     assert_eq!(again, InterruptionOutcome::NoJobOnInstance);
@@ -325,7 +361,7 @@ async fn a_job_out_of_attempts_fails_with_the_reason() {
             Claim::Run(_)
         ));
         w.be.queue.ack(&q, &item.receipt).await.unwrap();
-        let out = handle_interruption(&w.be.ctx, &spot_warning(&format!("ev-{n}"), inst))
+        let out = handle_interruption(&w.be.ctx, &shutting_down(&format!("ev-{n}"), inst))
             .await
             .unwrap();
         if n == 2 {
@@ -340,7 +376,7 @@ async fn a_job_out_of_attempts_fails_with_the_reason() {
     assert_eq!(job.attempts.len(), 2);
     let reason = job.reason.unwrap();
     assert!(reason.contains("interrupted on attempt 2 of 2"), "{reason}");
-    assert!(reason.contains("spot interruption of w-2"), "{reason}");
+    assert!(reason.contains("instance w-2 shutting-down"), "{reason}");
     assert_eq!(
         w.be.queue.depth(&q).await.unwrap().total(),
         0,
@@ -348,10 +384,11 @@ async fn a_job_out_of_attempts_fails_with_the_reason() {
     );
 }
 
-/// A worker that dies stops heartbeating; when its item comes back the next
-/// worker sees the same message still marked as running and takes over.
+/// The job record is the lock: a worker that keeps writing its heartbeat
+/// keeps its attempt however long it runs; one that stops is taken over by
+/// the sweep as the next attempt.
 #[tokio::test]
-async fn a_lapsed_lease_is_taken_over_as_the_next_attempt() {
+async fn a_silent_worker_is_taken_over_by_the_sweep_and_a_beating_one_never() {
     let w = LocalWorld::default().await;
     submit(&w.be.ctx, "m", &JobBuilder::new("j1").json())
         .await
@@ -362,22 +399,25 @@ async fn a_lapsed_lease_is_taken_over_as_the_next_attempt() {
     claim_work(&w.be.ctx, &instance("w-1"), &item)
         .await
         .unwrap();
-    assert!(w.receive(&q).await.is_none(), "leased");
+    w.be.queue.ack(&q, &item.receipt).await.unwrap();
 
-    w.clock.advance(Duration::from_secs(31));
-    let again = w.receive(&q).await.expect("the lease lapsed");
-    assert_eq!(again.message_id, item.message_id);
-    assert_eq!(again.receive_count, 2);
-    match claim_work(&w.be.ctx, &instance("w-2"), &again)
-        .await
-        .unwrap()
-    {
-        Claim::Drop(why) => assert!(why.contains("lease expired on w-1"), "{why}"),
-        other => panic!("{other:?}"),
+    // Beating every 20 s for an hour: never taken over.
+    for _ in 0..180 {
+        w.clock.advance(Duration::from_secs(20));
+        let mut j = w.be.store.get_job(&job_id("j1")).await.unwrap().unwrap();
+        j.heartbeat_at = Some(w.clock.now());
+        w.be.store.update_job(&j).await.unwrap();
+        scale(&w.be.ctx).await.unwrap();
     }
-    w.be.queue.ack(&q, &again.receipt).await.unwrap();
+    let job = w.be.store.get_job(&job_id("j1")).await.unwrap().unwrap();
+    assert_eq!((job.state, job.attempt), (JobState::Running, 1));
+
+    // Silent for longer than the bound (30 s): the next attempt.
+    w.clock.advance(Duration::from_secs(31));
+    scale(&w.be.ctx).await.unwrap();
     let job = w.be.store.get_job(&job_id("j1")).await.unwrap().unwrap();
     assert_eq!((job.state, job.attempt), (JobState::Queued, 2));
+    assert_eq!(job.reason.as_deref(), Some("no heartbeat from w-1 for 31s"));
     let next = w.receive(&q).await.unwrap();
     assert!(matches!(
         claim_work(&w.be.ctx, &instance("w-2"), &next)
@@ -399,7 +439,7 @@ async fn a_stale_item_for_an_earlier_attempt_is_dropped() {
     claim_work(&w.be.ctx, &instance("w-1"), &item)
         .await
         .unwrap();
-    handle_interruption(&w.be.ctx, &spot_warning("ev", "w-1"))
+    handle_interruption(&w.be.ctx, &shutting_down("ev", "w-1"))
         .await
         .unwrap();
     // The first item was never acked (its worker died); it comes back later.
@@ -532,8 +572,11 @@ async fn a_submit_racing_cleanup_is_retried_and_nothing_is_lost() {
     );
     let pool = w.be.store.get_pool(&pool_key).await.unwrap().unwrap();
     assert_eq!((pool.state, pool.target), (PoolState::Live, 1));
+    // Revived as a new generation: new names for its queue and group.
+    assert_eq!(pool.generation, 1);
+    assert_ne!(pool.group_key(), pool_key);
     let item = w
-        .receive(&w.be.ctx.settings.work_queue(&pool_key))
+        .receive(&w.be.ctx.settings.work_queue(&pool.group_key()))
         .await
         .expect("j2's work item");
     assert!(
@@ -656,14 +699,17 @@ async fn a_job_that_waited_past_its_lifetime_is_dropped_with_the_reason() {
         .await
         .unwrap()
     {
-        Claim::Drop(why) => assert_eq!(why, "waited 2h, longer than its lifetime"),
+        Claim::Drop(why) => assert_eq!(
+            why,
+            "waited 2h, longer than its lifetime of 1h without starting"
+        ),
         other => panic!("{other:?}"),
     }
     let old = w.be.store.get_job(&job_id("old")).await.unwrap().unwrap();
     assert_eq!(old.state, JobState::Cancelled);
     assert_eq!(
         old.reason.as_deref(),
-        Some("waited 2h, longer than its lifetime")
+        Some("waited 2h, longer than its lifetime of 1h without starting")
     );
     let second = w.receive(&q).await.unwrap();
     assert!(
@@ -675,4 +721,49 @@ async fn a_job_that_waited_past_its_lifetime_is_dropped_with_the_reason() {
         ),
         "within its lifetime"
     );
+}
+
+/// `--lifetime` bounds the wait for a first start: the sweep drops a job
+/// that never started (no worker has to receive its item), and a job that
+/// ran and was interrupted after its lifetime runs again instead.
+#[tokio::test]
+async fn lifetime_bounds_only_the_wait_for_a_first_start_and_needs_no_worker() {
+    let w = LocalWorld::default().await;
+    for id in ["never", "ran"] {
+        let mut spec = JobBuilder::new(id).spec();
+        spec.lifetime_secs = Some(60);
+        submit(&w.be.ctx, id, &spec.to_json()).await.unwrap();
+    }
+    let pool = w.be.store_job_pool("ran").await;
+    let q = w.be.ctx.settings.work_queue(&pool);
+    let (a, b) = (w.receive(&q).await.unwrap(), w.receive(&q).await.unwrap());
+    let ran = if a.body.contains("\"ran\"") { a } else { b };
+    claim_work(&w.be.ctx, &instance("w-1"), &ran).await.unwrap();
+    w.be.queue.ack(&q, &ran.receipt).await.unwrap();
+
+    w.clock.advance(Duration::from_secs(61));
+    handle_interruption(&w.be.ctx, &shutting_down("ev", "w-1"))
+        .await
+        .unwrap();
+    scale(&w.be.ctx).await.unwrap();
+    let never = w.be.store.get_job(&job_id("never")).await.unwrap().unwrap();
+    assert_eq!(never.state, JobState::Cancelled);
+    assert_eq!(
+        never.reason.as_deref(),
+        Some("waited 1m 1s, longer than its lifetime of 1m without starting")
+    );
+    assert_eq!(never.events.last().unwrap().by, "scale");
+    let ran = w.be.store.get_job(&job_id("ran")).await.unwrap().unwrap();
+    assert_eq!(
+        (ran.state, ran.attempt),
+        (JobState::Queued, 2),
+        "retried, not dropped"
+    );
+    let next = loop {
+        let m = w.receive(&q).await.expect("attempt 2's item");
+        if let Claim::Run(j) = claim_work(&w.be.ctx, &instance("w-2"), &m).await.unwrap() {
+            break j;
+        }
+    };
+    assert_eq!((next.id.as_str(), next.attempt), ("ran", 2));
 }

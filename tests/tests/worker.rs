@@ -11,7 +11,7 @@ use studio_core::handlers::{submit, Ctx};
 use studio_core::ids::InstanceId;
 use studio_core::job::JobState;
 use studio_core::notice::{Ec2Metadata, GceMetadata, NoNotice, Notice, NoticeSource};
-use studio_core::ports::ArtifactStore;
+use studio_core::ports::{ArtifactStore, Fleet};
 use studio_core::worker::{run_worker, WorkerConfig, WorkerExit};
 use studio_tests::{eventually, job_id, JobBuilder, JobPool, LocalWorld, MetadataStandIn};
 
@@ -34,6 +34,7 @@ fn worker_config(
         pool: pool.clone(),
         instance: InstanceId::new(instance).unwrap(),
         lease: Duration::from_secs(30),
+        beat_every: Duration::from_millis(200),
         poll_wait: Duration::from_millis(100),
         heartbeat: Duration::from_millis(100),
         idle_timeout: Duration::from_secs(600),
@@ -142,11 +143,14 @@ async fn notice_then_resume(ctx: Ctx, artifacts: Arc<dyn ArtifactStore>, work_ro
         text.contains("SIGTERM: checkpoint saved at epoch"),
         "{text}"
     );
+    // The record names the checkpoint attempt 1 saved on its way out.
+    let saved = job.checkpoint.clone().expect("checkpoint recorded");
+    assert_eq!(saved.attempt, 1);
     let ckpt = artifacts
-        .get_checkpoint(&job_id("train"))
+        .get_checkpoint(&job_id("train"), 1)
         .await
-        .unwrap()
         .expect("checkpoint uploaded");
+    assert_eq!(saved.bytes, ckpt.len() as u64);
     let dir = tempfile::tempdir().unwrap();
     studio_core::workspace::unpack(&ckpt, dir.path()).unwrap();
     let state: serde_json::Value =
@@ -214,10 +218,13 @@ async fn a_rebalance_recommendation_stops_new_work_and_an_idle_worker_leaves() {
     let pool = w.be.store_job_pool("j1").await;
     let md = MetadataStandIn::start().await;
     md.set_rebalance(true);
+    // The machine the group started for the job (an idle worker takes its
+    // own machine out of the group, and fails if it cannot).
+    let machine = w.be.fleet.instances(&pool).await.unwrap().remove(0).id;
     let mut cfg = config(
         &w,
         &pool,
-        "w-1",
+        machine.as_str(),
         Arc::new(Ec2Metadata {
             base: md.url.clone(),
         }),
@@ -240,6 +247,11 @@ async fn a_rebalance_recommendation_stops_new_work_and_an_idle_worker_leaves() {
         JobState::Queued,
         "the draining worker took no work"
     );
+    assert_eq!(
+        w.be.fleet.group(&pool).await.unwrap().unwrap().desired,
+        0,
+        "it took its machine out of the group"
+    );
 }
 
 const BOOTSTRAP: &str = include_str!("../../infra/worker-bootstrap.sh");
@@ -250,7 +262,7 @@ fn the_bootstrap_passes_shellcheck() {
     let out = std::process::Command::new("shellcheck")
         .arg(&path)
         .output()
-        .expect("shellcheck must be installed (.ci/run installs it)");
+        .expect("shellcheck must be installed (scripts/test installs it)");
     assert!(
         out.status.success(),
         "{}",

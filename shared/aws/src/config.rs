@@ -28,7 +28,15 @@ pub struct AwsConfig {
     pub max_workers: u32,
     pub pool_grace: Duration,
     pub max_attempts: u32,
+    /// An attempt whose worker wrote no heartbeat for this long runs again.
+    pub heartbeat_timeout: Duration,
 }
+
+/// Longest `STUDIO_PREFIX`: the longest name derived from it is a pool's
+/// dead-letter queue, `<prefix>-work-<pool key>-g<generation>-dlq`, and SQS
+/// names stop at 80 characters (pool keys are at most 28 characters:
+/// `ec2spot-1024c-64g-<10 hex>`; generations at most 10 digits).
+pub const MAX_PREFIX: usize = 80 - "-work-".len() - 28 - "-g4294967295".len() - "-dlq".len();
 
 impl AwsConfig {
     /// The environment a worker machine runs `studio worker` with: every
@@ -115,6 +123,10 @@ pub const VARIABLES: &[(&str, &str)] = &[
         "STUDIO_MAX_ATTEMPTS",
         "attempts before an interruption fails a job (default: 3)",
     ),
+    (
+        "STUDIO_HEARTBEAT_TIMEOUT",
+        "a running attempt without a heartbeat for this long runs again (default: 2m)",
+    ),
 ];
 
 impl AwsConfig {
@@ -143,16 +155,32 @@ impl AwsConfig {
                 })
             })
         };
-        let grace = match get("STUDIO_POOL_GRACE") {
-            None => Duration::from_secs(600),
-            Some(v) => humantime::parse_duration(&v).map_err(|e| ConfigError::Invalid {
-                name: "STUDIO_POOL_GRACE",
-                why: e.to_string(),
-            })?,
+        let dur = |name: &'static str, default: u64| -> Result<Duration, ConfigError> {
+            get(name).map_or(Ok(Duration::from_secs(default)), |v| {
+                humantime::parse_duration(&v).map_err(|e| ConfigError::Invalid {
+                    name,
+                    why: e.to_string(),
+                })
+            })
         };
+        let grace = dur("STUDIO_POOL_GRACE", 600)?;
+        let prefix = get("STUDIO_PREFIX").unwrap_or_else(|| "studio".into());
+        if prefix.is_empty()
+            || prefix.len() > MAX_PREFIX
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(ConfigError::Invalid {
+                name: "STUDIO_PREFIX",
+                why: format!(
+                    "'{prefix}': use 1 to {MAX_PREFIX} letters, digits, '-' or '_' (every queue, group and template name starts with it; SQS names stop at 80 characters)"
+                ),
+            });
+        }
         let cfg = AwsConfig {
             region: req("AWS_REGION")?,
-            prefix: get("STUDIO_PREFIX").unwrap_or_else(|| "studio".into()),
+            prefix,
             jobs_table: req("STUDIO_JOBS_TABLE")?,
             pools_table: req("STUDIO_POOLS_TABLE")?,
             submit_queue: req("STUDIO_SUBMIT_QUEUE")?,
@@ -167,6 +195,7 @@ impl AwsConfig {
             max_workers: num("STUDIO_MAX_WORKERS", 20)?,
             pool_grace: grace,
             max_attempts: num("STUDIO_MAX_ATTEMPTS", 3)?,
+            heartbeat_timeout: dur("STUDIO_HEARTBEAT_TIMEOUT", 120)?,
         };
         if cfg.subnets.is_empty() && cfg.availability_zones.is_empty() {
             return Err(ConfigError::Missing(
@@ -227,6 +256,22 @@ mod tests {
             AwsConfig::from_lookup(env(&bad)).unwrap_err().to_string(),
             "environment variable STUDIO_MAX_WORKERS: 'many' is not a whole number"
         );
+        for prefix in ["", "a".repeat(MAX_PREFIX + 1).as_str(), "my prefix", "a/b"] {
+            let mut bad = FULL.to_vec();
+            bad.push(("STUDIO_PREFIX", prefix));
+            let e = AwsConfig::from_lookup(env(&bad)).unwrap_err().to_string();
+            assert!(e.starts_with("environment variable STUDIO_PREFIX: "), "{e}");
+        }
+        let longest = "p".repeat(MAX_PREFIX);
+        let mut ok = FULL.to_vec();
+        ok.push(("STUDIO_PREFIX", longest.as_str()));
+        let c = AwsConfig::from_lookup(env(&ok)).unwrap();
+        // The longest name Studio derives from it fits SQS's 80 characters.
+        let dlq = format!(
+            "{}-work-ec2spot-1024c-64g-0123456789-g4294967295-dlq",
+            c.prefix
+        );
+        assert_eq!(dlq.len(), 80);
     }
 }
 

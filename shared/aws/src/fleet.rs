@@ -3,9 +3,22 @@
 //!
 //! `ec2` pools are on-demand groups of the planned type. `ec2spot` pools use a
 //! mixed-instances policy over the planned types (all spot,
-//! `price-capacity-optimized`, `SpotMaxPrice` from the bid) with capacity
-//! rebalancing on. Launch templates require IMDSv2 and carry the rendered
-//! worker bootstrap (no credentials: the instance profile grants access).
+//! `price-capacity-optimized`, `SpotMaxPrice` from the bid). Launch templates
+//! require IMDSv2 and carry the rendered worker bootstrap (no credentials:
+//! the instance profile grants access).
+//!
+//! **Busy machines are never taken by the group.** A group may terminate an
+//! instance on its own: scale-in, AZ rebalancing, capacity rebalancing. So:
+//! capacity rebalancing is off (the worker itself reacts to a rebalance
+//! recommendation by taking no new work, and the group replaces a reclaimed
+//! spot machine when it goes); the `AZRebalance` process is suspended at
+//! creation; and a worker protects its instance from scale-in while it runs a
+//! job ([`Fleet::protect`], `SetInstanceProtection`) and lifts it after.
+//!
+//! **Root volume**: the device name and minimum size come from the image
+//! (`DescribeImages`: `RootDeviceName`, the root snapshot's size), since they
+//! differ by image (`/dev/xvda` on Amazon Linux, `/dev/sda1` on Ubuntu and
+//! most Deep Learning AMIs); an `--hdd` below the image's size is raised to it.
 //! Deleting a group force-deletes it and its launch template; nothing else
 //! (alarms, security groups) is created, so nothing else can leak.
 
@@ -26,7 +39,7 @@ use base64::Engine;
 use studio_core::clock::Timestamp;
 use studio_core::ids::{InstanceId, PoolKey};
 use studio_core::pool::PoolSpec;
-use studio_core::ports::{Fleet, Instance, InstanceState, PortError};
+use studio_core::ports::{Fleet, GroupStatus, Instance, InstanceState, PortError};
 use studio_core::resources::{Market, WorkerPolicy};
 
 const PORT: &str = "autoscaling";
@@ -131,10 +144,15 @@ impl AsgFleet {
                     .build(),
             );
         }
-        if let Some(gib) = spec.resources.hdd_gib {
+        if let Some(asked) = spec.resources.hdd_gib {
+            let (device, image_gib) = self.root_device(image).await?;
+            let gib = asked.max(image_gib.unwrap_or(0));
+            if gib > asked {
+                tracing::warn!(pool = %key, asked, image_gib = gib, "--hdd is below the image's root volume; raised to the image's size");
+            }
             data = data.block_device_mappings(
                 LaunchTemplateBlockDeviceMappingRequest::builder()
-                    .device_name("/dev/xvda")
+                    .device_name(device)
                     .ebs(
                         LaunchTemplateEbsBlockDeviceRequest::builder()
                             .volume_size(gib.min(i32::MAX as u64) as i32)
@@ -160,6 +178,39 @@ impl AsgFleet {
             Err(e) => Err(sdk("CreateLaunchTemplate")(e)),
         }
     }
+}
+
+impl AsgFleet {
+    /// The image's root device name and, when it has one, its root
+    /// snapshot's size in GiB.
+    async fn root_device(&self, image: &str) -> Result<(String, Option<u64>), PortError> {
+        let out = self
+            .ec2
+            .describe_images()
+            .image_ids(image)
+            .send()
+            .await
+            .map_err(sdk("DescribeImages"))?;
+        let img = out.images().first().ok_or_else(|| {
+            PortError::backend(
+                PORT,
+                AwsError::Shape(format!("image {image} not found (DescribeImages)")),
+            )
+        })?;
+        let device = img.root_device_name().unwrap_or("/dev/xvda").to_string();
+        let size = img
+            .block_device_mappings()
+            .iter()
+            .find(|m| m.device_name() == Some(device.as_str()))
+            .and_then(|m| m.ebs())
+            .and_then(|e| e.volume_size())
+            .map(|g| g.max(0) as u64);
+        Ok((device, size))
+    }
+}
+
+fn not_found(e: &impl ProvideErrorMetadata) -> bool {
+    e.message().is_some_and(|m| m.contains("not found"))
 }
 
 fn max_price(m: Option<u64>) -> Option<String> {
@@ -225,38 +276,99 @@ impl Fleet for AsgFleet {
                         )
                         .build(),
                 )
-                .capacity_rebalance(true)
+                // Off: capacity rebalancing terminates busy instances.
+                .capacity_rebalance(false)
             }
             _ => req.launch_template(lt),
         };
         match req.send().await {
-            Ok(_) => Ok(()),
+            Ok(_) => {}
             Err(e)
                 if e.as_service_error()
-                    .is_some_and(|e| e.is_already_exists_fault()) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(sdk("CreateAutoScalingGroup")(e)),
+                    .is_some_and(|e| e.is_already_exists_fault()) => {}
+            Err(e) => return Err(sdk("CreateAutoScalingGroup")(e)),
         }
+        // AZ rebalancing terminates instances to even out zones, busy ones
+        // included; suspending it is idempotent.
+        self.asg
+            .suspend_processes()
+            .auto_scaling_group_name(&name)
+            .scaling_processes("AZRebalance")
+            .send()
+            .await
+            .map_err(sdk("SuspendProcesses"))?;
+        Ok(())
     }
 
-    async fn set_target(&self, key: &PoolKey, target: u32) -> Result<(), PortError> {
+    async fn group(&self, key: &PoolKey) -> Result<Option<GroupStatus>, PortError> {
+        let out = self
+            .asg
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(self.group_name(key))
+            .send()
+            .await
+            .map_err(sdk("DescribeAutoScalingGroups"))?;
+        Ok(out
+            .auto_scaling_groups()
+            .iter()
+            // A group being deleted is gone for our purposes.
+            .find(|g| g.status().is_none_or(|s| !s.contains("Delete")))
+            .map(|g| GroupStatus {
+                desired: g.desired_capacity().unwrap_or(0).max(0) as u32,
+                max: Some(g.max_size().unwrap_or(0).max(0) as u32),
+            }))
+    }
+
+    async fn set_target(
+        &self,
+        key: &PoolKey,
+        target: u32,
+        max: Option<u32>,
+    ) -> Result<(), PortError> {
+        let name = self.group_name(key);
+        let missing = || PortError::NotFound(format!("group {name}"));
+        if let Some(max) = max {
+            // Maximum and desired capacity in one call, so neither is ever
+            // refused for being on the wrong side of the other.
+            return match self
+                .asg
+                .update_auto_scaling_group()
+                .auto_scaling_group_name(&name)
+                .max_size(max as i32)
+                .desired_capacity(target as i32)
+                .send()
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) if not_found(&e) => Err(missing()),
+                Err(e) => Err(sdk("UpdateAutoScalingGroup")(e)),
+            };
+        }
         let r = self
             .asg
             .set_desired_capacity()
-            .auto_scaling_group_name(self.group_name(key))
+            .auto_scaling_group_name(&name)
             .desired_capacity(target as i32)
             .honor_cooldown(false)
             .send()
             .await;
         match r {
             Ok(_) => Ok(()),
-            Err(e) if e.message().is_some_and(|m| m.contains("not found")) => Err(
-                PortError::NotFound(format!("group {}", self.group_name(key))),
-            ),
+            Err(e) if not_found(&e) => Err(missing()),
             Err(e) => Err(sdk("SetDesiredCapacity")(e)),
         }
+    }
+
+    async fn protect(&self, key: &PoolKey, id: &InstanceId, busy: bool) -> Result<(), PortError> {
+        self.asg
+            .set_instance_protection()
+            .auto_scaling_group_name(self.group_name(key))
+            .instance_ids(id.as_str())
+            .protected_from_scale_in(busy)
+            .send()
+            .await
+            .map_err(sdk("SetInstanceProtection"))?;
+        Ok(())
     }
 
     async fn instances(&self, key: &PoolKey) -> Result<Vec<Instance>, PortError> {

@@ -69,6 +69,8 @@ pub fn context(cfg: &AwsConfig, sdk: &aws_config::SdkConfig, clock: Arc<dyn Cloc
             pool_grace: cfg.pool_grace,
             max_attempts: cfg.max_attempts,
             max_auto_workers: cfg.max_workers,
+            heartbeat_timeout: cfg.heartbeat_timeout,
+            warning_grace: std::time::Duration::from_secs(180),
         },
     }
 }

@@ -161,12 +161,26 @@ impl ArtifactStore for S3Artifacts {
         Ok(out)
     }
 
-    async fn put_checkpoint(&self, job: &JobId, tarball: &[u8]) -> Result<(), PortError> {
-        self.put(&format!("checkpoints/{job}.tar.gz"), tarball.to_vec())
+    async fn put_checkpoint(
+        &self,
+        job: &JobId,
+        attempt: u32,
+        tarball: &[u8],
+    ) -> Result<(), PortError> {
+        self.put(&checkpoint_key(job, attempt), tarball.to_vec())
             .await
     }
 
-    async fn get_checkpoint(&self, job: &JobId) -> Result<Option<Vec<u8>>, PortError> {
-        self.get(&format!("checkpoints/{job}.tar.gz")).await
+    async fn get_checkpoint(&self, job: &JobId, attempt: u32) -> Result<Vec<u8>, PortError> {
+        let key = checkpoint_key(job, attempt);
+        self.get(&key)
+            .await?
+            .ok_or_else(|| PortError::NotFound(format!("s3://{}/{key}", self.bucket)))
     }
+}
+
+/// Each attempt's checkpoint under its own key: a new attempt never reads
+/// an object an old attempt is still writing.
+fn checkpoint_key(job: &JobId, attempt: u32) -> String {
+    format!("checkpoints/{job}/attempt-{attempt}.tar.gz")
 }

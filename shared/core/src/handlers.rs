@@ -13,14 +13,14 @@
 //!   then writes `queued`; whoever sees an `interrupted` job finishes the same
 //!   steps, so a crash between them loses nothing.
 
-use crate::clock::Clock;
+use crate::clock::{Clock, Timestamp};
 use crate::contract::{ContractError, SubmitJob, WorkItem};
 use crate::ids::{InstanceId, JobId, PoolKey};
 use crate::job::{Job, JobState};
 use crate::plan::{Plan, PlanError, Planner};
-use crate::pool::{desired_workers, queue_name, Pool, PoolSpec, PoolState};
-use crate::ports::{Created, Fleet, JobStore, PortError, Received, WorkQueue};
-use crate::resources::Cloud;
+use crate::pool::{desired_workers, queue_name, Pool, PoolSpec, PoolState, QueueDepth};
+use crate::ports::{Created, Fleet, GroupStatus, JobStore, PortError, Received, WorkQueue};
+use crate::resources::{Cloud, WorkerPolicy};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
@@ -37,8 +37,16 @@ pub struct Settings {
     pub pool_grace: Duration,
     /// Attempts a job gets; an interruption past the last one fails it.
     pub max_attempts: u32,
-    /// Cap on workers an auto-sized pool grows to.
+    /// Cap on workers a pool has: an auto-sized pool grows to it, a fixed
+    /// size above it is refused at submit.
     pub max_auto_workers: u32,
+    /// An attempt whose worker has not written its heartbeat on the job
+    /// record for this long is lost and runs again (the sweep in
+    /// [`scale`], or the next worker to receive its item).
+    pub heartbeat_timeout: Duration,
+    /// After a spot warning, how long the worker has to save and hand the
+    /// job back before the control plane requeues it itself.
+    pub warning_grace: Duration,
 }
 
 impl Settings {
@@ -56,6 +64,8 @@ impl Default for Settings {
             pool_grace: Duration::from_secs(60),
             max_attempts: 3,
             max_auto_workers: 2,
+            heartbeat_timeout: Duration::from_secs(30),
+            warning_grace: Duration::from_secs(180),
         }
     }
 }
@@ -80,6 +90,8 @@ pub enum HandlerError {
     Plan(#[from] PlanError),
     #[error("job id '{0}' was already used for a different request")]
     IdReused(JobId),
+    #[error("--num-workers {asked} is above this deployment's cap of {cap} workers (STUDIO_MAX_WORKERS)")]
+    WorkersAboveCap { asked: u32, cap: u32 },
     #[error("pool {0} is being deleted; retry shortly")]
     PoolBusy(PoolKey),
     #[error(transparent)]
@@ -164,6 +176,10 @@ pub async fn submit(
         Some(id) => id.clone(),
         None => job_id_from_message(message_id),
     };
+    let cap = ctx.settings.max_auto_workers.max(1);
+    if let Some(asked) = spec.num_workers.filter(|n| *n > cap) {
+        return Err(HandlerError::WorkersAboveCap { asked, cap });
+    }
     let plan = ctx.planner.plan(&spec)?;
     let pool_spec = PoolSpec::for_job(&spec, &plan);
     let now = ctx.clock.now();
@@ -181,14 +197,16 @@ pub async fn submit(
             // sending the work item, so finish the steps (a duplicate item is
             // recognised and dropped by the worker).
             let pool = ensure_pool(ctx, &pool_spec).await?;
-            send_item(ctx, &pool.key, &WorkItem::new(id.clone(), 1)).await?;
-            scale_pool(ctx, pool).await?;
+            send_item(ctx, &pool, &WorkItem::new(id.clone(), 1)).await?;
+            scale_pool(ctx, pool, 1).await?;
             return Ok(SubmitOutcome::Duplicate(id));
         }
     };
     let pool = ensure_pool(ctx, &pool_spec).await?;
-    send_item(ctx, &pool.key, &WorkItem::new(job.id.clone(), 1)).await?;
-    scale_pool(ctx, pool).await?;
+    send_item(ctx, &pool, &WorkItem::new(job.id.clone(), 1)).await?;
+    // Scale for the item just sent: the queue's depth counters lag sends
+    // by up to a minute on SQS.
+    scale_pool(ctx, pool, 1).await?;
     info!(job_id = %job.id, pool = %job.pool, "job submitted");
     Ok(SubmitOutcome::Created(job.id))
 }
@@ -209,16 +227,35 @@ pub fn job_id_from_message(message_id: &str) -> JobId {
     JobId::new(format!("m-{clean}")).unwrap_or_else(|_| JobId::generate())
 }
 
-async fn send_item(ctx: &Ctx, pool: &PoolKey, item: &WorkItem) -> Result<(), HandlerError> {
+async fn send_item(ctx: &Ctx, pool: &Pool, item: &WorkItem) -> Result<(), HandlerError> {
     ctx.queue
-        .send(&ctx.settings.work_queue(pool), &[item.to_json()])
+        .send(
+            &ctx.settings.work_queue(&pool.group_key()),
+            &[item.to_json()],
+        )
         .await?;
     Ok(())
+}
+
+/// The live pool a job belongs to, revived (as a new generation) if cleanup
+/// removed it.
+async fn pool_of(ctx: &Ctx, job: &Job) -> Result<Pool, HandlerError> {
+    match ctx.store.get_pool(&job.pool).await? {
+        Some(p) if p.state == PoolState::Live => Ok(p),
+        _ => ensure_pool(ctx, &PoolSpec::for_job(&job.spec, &job.plan)).await,
+    }
 }
 
 /// Makes sure the pool is live, its queue and group exist, and marks it
 /// active now. The write is a compare-and-set, which is what keeps cleanup
 /// from deleting a pool that submit has just used.
+///
+/// A pool revived after cleanup starts a new generation: new queue and group
+/// names, because SQS refuses a deleted queue's name for 60 s (and loses
+/// what is sent to it) and Auto Scaling keeps a force-deleted group's name
+/// for minutes. The queue and group are created only while the record does
+/// not show them created (Auto Scaling's API is rate-limited, and a create
+/// must never touch a live group's settings); [`scale`] recreates drift.
 ///
 /// # Errors
 /// [`HandlerError::PoolBusy`] while cleanup is deleting the pool.
@@ -226,7 +263,7 @@ pub async fn ensure_pool(ctx: &Ctx, spec: &PoolSpec) -> Result<Pool, HandlerErro
     let key = spec.key();
     for _ in 0..CAS_TRIES {
         let now = ctx.clock.now();
-        let pool = match ctx.store.get_pool(&key).await? {
+        let mut pool = match ctx.store.get_pool(&key).await? {
             None => match ctx.store.create_pool(&Pool::new(spec.clone(), now)).await? {
                 Created::New(p) => p,
                 Created::Existing(_) => continue,
@@ -236,6 +273,8 @@ pub async fn ensure_pool(ctx: &Ctx, spec: &PoolSpec) -> Result<Pool, HandlerErro
                 if p.state == PoolState::Deleted {
                     p.state = PoolState::Live;
                     p.target = 0;
+                    p.generation += 1;
+                    p.created = false;
                     p.created_at = now;
                 }
                 p.idle_since = None;
@@ -247,36 +286,89 @@ pub async fn ensure_pool(ctx: &Ctx, spec: &PoolSpec) -> Result<Pool, HandlerErro
                 }
             }
         };
-        ctx.queue
-            .ensure_queue(&ctx.settings.work_queue(&pool.key))
-            .await?;
-        ctx.fleet.ensure_group(&pool.key, &pool.spec).await?;
+        if !pool.created {
+            create_pool_resources(ctx, &pool).await?;
+            pool.created = true;
+            pool = match ctx.store.update_pool(&pool).await {
+                Ok(p) => p,
+                // Another writer got in first; the next submit creates
+                // again (idempotently) and records it.
+                Err(PortError::Conflict) => {
+                    pool.version += 1;
+                    pool
+                }
+                Err(e) => return Err(e.into()),
+            };
+        }
         return Ok(pool);
     }
     Err(HandlerError::PoolBusy(key))
 }
 
+/// Creates this generation's queue and group (both idempotent creates).
+async fn create_pool_resources(ctx: &Ctx, pool: &Pool) -> Result<(), HandlerError> {
+    let gk = pool.group_key();
+    ctx.queue
+        .ensure_queue(&ctx.settings.work_queue(&gk))
+        .await?;
+    ctx.fleet.ensure_group(&gk, &pool.spec).await?;
+    Ok(())
+}
+
 // ---------------------------------------------------------------- scale
 
-/// Sets one pool's target from its queue depth; returns the target.
+/// Reconciles one pool's group with the work there is; returns the target.
+///
+/// It starts from the group as the fleet reports it now (an idle worker
+/// that left with decrement lowered it; someone may have changed it by
+/// hand), never from the pool record's copy of the last target, and from
+/// the work waiting: the queue's visible count, which lags sends by up to a
+/// minute on SQS, or `waiting` (jobs the store shows queued, or the item
+/// the caller just sent), whichever is larger. A missing group or queue of
+/// a live pool is recreated; a group whose maximum no longer matches the
+/// configuration is moved to it in the same call.
 ///
 /// # Errors
 /// Port errors from the queue or the fleet.
-pub async fn scale_pool(ctx: &Ctx, mut pool: Pool) -> Result<u32, HandlerError> {
-    let depth = ctx.queue.depth(&ctx.settings.work_queue(&pool.key)).await?;
-    let want = desired_workers(
-        pool.spec.policy,
-        depth,
-        pool.target,
-        ctx.settings.max_auto_workers,
-    );
-    if want != pool.target {
-        ctx.fleet.set_target(&pool.key, want).await?;
-        info!(pool = %pool.key, from = pool.target, to = want, visible = depth.visible, in_flight = depth.in_flight, "pool resized");
+pub async fn scale_pool(ctx: &Ctx, mut pool: Pool, waiting: u64) -> Result<u32, HandlerError> {
+    let gk = pool.group_key();
+    let max = match pool.spec.policy {
+        WorkerPolicy::Fixed(n) => n,
+        WorkerPolicy::Auto => ctx.settings.max_auto_workers.max(1),
+    };
+    let queue = ctx.settings.work_queue(&gk);
+    let mut depth = match ctx.queue.depth(&queue).await {
+        Ok(d) => d,
+        Err(PortError::NotFound(_)) => {
+            warn!(pool = %pool.key, queue, "work queue missing; recreating it");
+            ctx.queue.ensure_queue(&queue).await?;
+            QueueDepth::default()
+        }
+        Err(e) => return Err(e.into()),
+    };
+    depth.visible = depth.visible.max(waiting);
+    let group = match ctx.fleet.group(&gk).await? {
+        Some(g) => g,
+        None => {
+            warn!(pool = %pool.key, group = %gk, "group missing; recreating it");
+            ctx.fleet.ensure_group(&gk, &pool.spec).await?;
+            GroupStatus {
+                desired: 0,
+                max: Some(max),
+            }
+        }
+    };
+    let want = desired_workers(pool.spec.policy, depth, group.desired, max);
+    let new_max = group.max.filter(|m| *m != max).map(|_| max);
+    if want != group.desired || new_max.is_some() {
+        ctx.fleet.set_target(&gk, want, new_max).await?;
+        info!(pool = %pool.key, from = group.desired, to = want, max, visible = depth.visible, in_flight = depth.in_flight, "pool resized");
+    }
+    if pool.target != want {
         pool.target = want;
         pool.updated_at = ctx.clock.now();
         match ctx.store.update_pool(&pool).await {
-            // Someone else wrote the pool; the next run sets the target again.
+            // Someone else wrote the pool; the record's target is only for display.
             Ok(_) | Err(PortError::Conflict) => {}
             Err(e) => return Err(e.into()),
         }
@@ -284,8 +376,13 @@ pub async fn scale_pool(ctx: &Ctx, mut pool: Pool) -> Result<u32, HandlerError> 
     Ok(want)
 }
 
-/// `scale-on-queue-depth`: every live pool to its policy's size; also finishes
-/// any requeue left half-done (a job `interrupted` for longer than a minute).
+/// `scale-on-queue-depth`: the sweep, then every live pool reconciled to
+/// its policy's size. The sweep, per pool:
+/// - a running attempt whose heartbeat is older than
+///   [`Settings::heartbeat_timeout`], or whose machine was warned longer
+///   than [`Settings::warning_grace`] ago, is lost: it runs again;
+/// - a requeue left half-done (`interrupted` for over a minute) is finished;
+/// - a job that never started within its `--lifetime` is cancelled.
 ///
 /// # Errors
 /// The first error met; every pool is still tried.
@@ -297,19 +394,15 @@ pub async fn scale(ctx: &Ctx) -> Result<Vec<(PoolKey, u32)>, HandlerError> {
             continue;
         }
         let key = pool.key.clone();
-        let stuck = ctx
-            .store
-            .list_jobs(Some(&key), &[JobState::Interrupted])
-            .await?;
-        for job in stuck {
-            if ctx.clock.now().since(job.updated_at) > Duration::from_secs(60) {
-                if let Err(e) = requeue(ctx, &job.id, job.attempt, "requeue resumed", "scale").await
-                {
-                    first_err.get_or_insert(e);
-                }
+        let waiting = match sweep_pool(ctx, &key).await {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(pool = %key, error = %e, "sweep failed");
+                first_err.get_or_insert(e);
+                0
             }
-        }
-        match scale_pool(ctx, pool).await {
+        };
+        match scale_pool(ctx, pool, waiting).await {
             Ok(n) => sizes.push((key, n)),
             Err(e) => {
                 warn!(pool = %key, error = %e, "scaling failed");
@@ -321,6 +414,94 @@ pub async fn scale(ctx: &Ctx) -> Result<Vec<(PoolKey, u32)>, HandlerError> {
         Some(e) => Err(e),
         None => Ok(sizes),
     }
+}
+
+/// Why the running attempt of `job` is lost, if it is.
+pub fn lost_attempt(ctx: &Ctx, job: &Job, now: Timestamp) -> Option<String> {
+    if job.state != JobState::Running {
+        return None;
+    }
+    let holder = job.instance.as_ref().map_or("?".into(), |i| i.to_string());
+    if let Some(w) = job.warned_at {
+        if now.since(w) > ctx.settings.warning_grace {
+            return Some(format!(
+                "spot interruption of {holder}: its worker did not hand the job back within {}",
+                humantime::format_duration(ctx.settings.warning_grace)
+            ));
+        }
+    }
+    let quiet = now.since(job.last_beat());
+    (quiet > ctx.settings.heartbeat_timeout).then(|| {
+        format!(
+            "no heartbeat from {holder} for {}",
+            humantime::format_duration(Duration::from_secs(quiet.as_secs()))
+        )
+    })
+}
+
+/// Why a queued job is dropped for its `--lifetime`: it bounds the wait for
+/// a first start only, so a job that ran (and was interrupted) is retried.
+fn lifetime_over(job: &Job, now: Timestamp) -> Option<String> {
+    let l = Duration::from_secs(job.spec.lifetime_secs?);
+    let waited = now.since(job.created_at);
+    (job.state == JobState::Queued && job.attempts.is_empty() && waited > l).then(|| {
+        format!(
+            "waited {}, longer than its lifetime of {} without starting",
+            humantime::format_duration(Duration::from_secs(waited.as_secs())),
+            humantime::format_duration(l)
+        )
+    })
+}
+
+/// The sweep of one pool (see [`scale`]); returns how many jobs wait.
+async fn sweep_pool(ctx: &Ctx, key: &PoolKey) -> Result<u64, HandlerError> {
+    let mut waiting = 0;
+    let mut first_err = None;
+    for job in ctx.store.list_jobs(Some(key), &JobState::ACTIVE).await? {
+        let now = ctx.clock.now();
+        let r = match job.state {
+            JobState::Interrupted if now.since(job.updated_at) > Duration::from_secs(60) => {
+                requeue(ctx, &job.id, job.attempt, "requeue resumed", "scale")
+                    .await
+                    .map(|_| ())
+            }
+            JobState::Running => match lost_attempt(ctx, &job, now) {
+                Some(why) => requeue(ctx, &job.id, job.attempt, &why, "scale")
+                    .await
+                    .map(|_| ()),
+                None => Ok(()),
+            },
+            JobState::Queued => match lifetime_over(&job, now) {
+                Some(why) => drop_for_lifetime(ctx, &job.id, &why, "scale").await,
+                None => {
+                    waiting += 1;
+                    Ok(())
+                }
+            },
+            _ => Ok(()),
+        };
+        if let Err(e) = r {
+            first_err.get_or_insert(e);
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(waiting),
+    }
+}
+
+/// Cancels a job that waited past its lifetime without starting.
+async fn drop_for_lifetime(ctx: &Ctx, id: &JobId, why: &str, by: &str) -> Result<(), HandlerError> {
+    let now = ctx.clock.now();
+    mutate_job(ctx.store.as_ref(), id, |job| {
+        if lifetime_over(job, now).is_some() && job.cancel(now, by, why).is_ok() {
+            Step::Write(())
+        } else {
+            Step::Keep(())
+        }
+    })
+    .await?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------- requeue
@@ -401,7 +582,8 @@ pub async fn requeue(
         warn!(job_id = %id, reason = %why, "job failed: out of attempts");
         return Ok(RequeueOutcome::Failed(why));
     }
-    send_item(ctx, &job.pool, &WorkItem::new(id.clone(), attempt + 1)).await?;
+    let pool = pool_of(ctx, &job).await?;
+    send_item(ctx, &pool, &WorkItem::new(id.clone(), attempt + 1)).await?;
     let step3 = mutate_job(ctx.store.as_ref(), id, |job| {
         if job.state == JobState::Interrupted && job.attempt == attempt {
             match job.requeue(now, by) {
@@ -414,9 +596,7 @@ pub async fn requeue(
     })
     .await?;
     if fallback.is_some() {
-        if let Some(pool) = ctx.store.get_pool(&job.pool).await? {
-            scale_pool(ctx, pool).await?;
-        }
+        scale_pool(ctx, pool, 1).await?;
     }
     match step3 {
         Some((_, true)) => {
@@ -475,12 +655,26 @@ pub enum InterruptionOutcome {
     NoJobOnInstance,
     /// Advice only; no job was touched.
     Advisory,
+    /// A spot warning: recorded on these jobs, whose worker now saves and
+    /// hands them back; the sweep requeues any it has not handed back
+    /// within [`Settings::warning_grace`], and the machine's
+    /// `shutting-down` event requeues them at once.
+    Warned(Vec<JobId>),
     /// Per job on the instance, what happened to it.
     Handled(Vec<(JobId, RequeueOutcome)>),
 }
 
 /// `handle-spot-interruption`: the jobs on that instance run again elsewhere.
 /// Idempotent on the event: a repeat finds the jobs already moved on.
+///
+/// A spot *warning* does not take the job away: the worker has the notice
+/// too (EC2 gives two minutes) and uses it to stop the script gracefully,
+/// save a last checkpoint and hand the job back. Acting at once would race
+/// it (the worker would see its attempt taken over and stop the script
+/// without the grace, and the next attempt would start from an older
+/// checkpoint). So a warning is recorded on the job, and the job is taken
+/// away only when the machine is going (`shutting-down`, `terminated`,
+/// `stopping`, `stopped`) or the worker misses the bound.
 ///
 /// # Errors
 /// Port errors (retry the event).
@@ -505,7 +699,28 @@ pub async fn handle_interruption(
             info!("rebalance recommendation recorded; jobs keep running");
             return Ok(InterruptionOutcome::Advisory);
         }
-        InstanceEventKind::SpotWarning => format!("spot interruption of {}", event.instance),
+        InstanceEventKind::SpotWarning => {
+            let now = ctx.clock.now();
+            let mut warned = Vec::new();
+            for job in jobs {
+                let (attempt, instance) = (job.attempt, event.instance.clone());
+                mutate_job(ctx.store.as_ref(), &job.id, |j| {
+                    if j.runs(attempt, &instance) && j.warned_at.is_none() {
+                        j.warned_at = Some(now);
+                        Step::Write(())
+                    } else {
+                        Step::Keep(())
+                    }
+                })
+                .await?;
+                warned.push(job.id);
+            }
+            info!(
+                jobs = warned.len(),
+                "spot warning recorded; workers hand their jobs back"
+            );
+            return Ok(InterruptionOutcome::Warned(warned));
+        }
         InstanceEventKind::Gone { state } => format!("instance {} {state}", event.instance),
     };
     let by = format!("interruption:{}", event.event_id);
@@ -585,9 +800,10 @@ async fn cleanup_pool(ctx: &Ctx, mut pool: Pool) -> Result<Option<bool>, Handler
         };
     }
     // Deleting (now, or left so by an earlier run): finish it.
-    ctx.fleet.delete_group(&pool.key).await?;
+    let gk = pool.group_key();
+    ctx.fleet.delete_group(&gk).await?;
     ctx.queue
-        .delete_queue(&ctx.settings.work_queue(&pool.key))
+        .delete_queue(&ctx.settings.work_queue(&gk))
         .await?;
     pool.state = PoolState::Deleted;
     pool.target = 0;
@@ -654,10 +870,13 @@ pub enum Claim {
 /// Decides what a received work item means and claims the job if it is ours
 /// to run. The rules (attempt `a` in the item, job at attempt `j`):
 /// - job ended, or `j > a`: stale, drop;
-/// - queued and `j == a`: claim (compare-and-set);
-/// - running `a` under this same message: the lease lapsed, so its worker is
-///   gone: requeue as `a + 1` and drop this item;
-/// - running `a` under another message: a duplicate delivery, drop;
+/// - queued and `j == a`: claim (compare-and-set); the worker then acks the
+///   item at once and keeps the claim alive with its heartbeat on the
+///   record, so no queue lease (nor SQS's 12-hour cap) bounds a run;
+/// - queued past its `--lifetime` without ever starting: cancel, drop;
+/// - running `a` with a stale heartbeat: its worker is gone: requeue as
+///   `a + 1` and drop this item;
+/// - running `a` otherwise: a duplicate delivery, drop;
 /// - interrupted: finish the requeue, drop this item.
 ///
 /// # Errors
@@ -703,26 +922,10 @@ pub async fn claim_work(
                     item.attempt, job.attempt
                 )))
             }
-            JobState::Queued
-                if job.spec.lifetime_secs.is_some_and(|l| {
-                    ctx.clock.now().since(job.created_at) > Duration::from_secs(l)
-                }) =>
-            {
-                let waited = humantime::format_duration(Duration::from_secs(
-                    ctx.clock.now().since(job.created_at).as_secs(),
-                ));
-                let why = format!("waited {waited}, longer than its lifetime");
-                if job
-                    .cancel(ctx.clock.now(), &format!("worker:{instance}"), &why)
-                    .is_err()
-                {
-                    continue;
-                }
-                match ctx.store.update_job(&job).await {
-                    Ok(_) => return Ok(Claim::Drop(why)),
-                    Err(PortError::Conflict) => continue,
-                    Err(e) => return Err(e.into()),
-                }
+            JobState::Queued if lifetime_over(&job, ctx.clock.now()).is_some() => {
+                let why = lifetime_over(&job, ctx.clock.now()).unwrap_or_default();
+                drop_for_lifetime(ctx, &job.id, &why, &format!("worker:{instance}")).await?;
+                return Ok(Claim::Drop(why));
             }
             JobState::Queued => {
                 if job
@@ -737,9 +940,8 @@ pub async fn claim_work(
                     Err(e) => return Err(e.into()),
                 }
             }
-            JobState::Running if job.claimed_message.as_deref() == Some(&msg.message_id) => {
-                let holder = job.instance.as_ref().map_or("?".into(), |i| i.to_string());
-                let why = format!("lease expired on {holder}");
+            JobState::Running if lost_attempt(ctx, &job, ctx.clock.now()).is_some() => {
+                let why = lost_attempt(ctx, &job, ctx.clock.now()).unwrap_or_default();
                 let r = requeue(
                     ctx,
                     &job.id,

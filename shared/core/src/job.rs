@@ -154,6 +154,28 @@ pub struct Job {
     /// The last lines the script printed, recorded when it ended.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub last_lines: Vec<String>,
+    /// Written by the worker from claim to end of the current attempt
+    /// (workspace download, environment build, run, last upload). The
+    /// job record is the lock: an attempt whose heartbeat is older than
+    /// the deployment's bound is lost, whatever any queue says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_at: Option<Timestamp>,
+    /// When the cloud warned that the current attempt's machine will be
+    /// reclaimed (spot warning); its worker is saving and handing back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warned_at: Option<Timestamp>,
+    /// The checkpoint the next attempt resumes from, if any was saved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointRef>,
+}
+
+/// A saved checkpoint: which attempt wrote it and its content hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointRef {
+    pub attempt: u32,
+    /// SHA-256 of the tarball, hex; checked when it is restored.
+    pub sha256: String,
+    pub bytes: u64,
 }
 
 impl Job {
@@ -189,7 +211,22 @@ impl Job {
                 reason: "submitted".into(),
             }],
             last_lines: Vec::new(),
+            heartbeat_at: None,
+            warned_at: None,
+            checkpoint: None,
         }
+    }
+
+    /// Whether the current attempt runs on `instance` as attempt `attempt`.
+    pub fn runs(&self, attempt: u32, instance: &InstanceId) -> bool {
+        self.state == JobState::Running
+            && self.attempt == attempt
+            && self.instance.as_ref() == Some(instance)
+    }
+
+    /// When the current attempt last showed life: its heartbeat, or its claim.
+    pub fn last_beat(&self) -> Timestamp {
+        self.heartbeat_at.unwrap_or(self.updated_at)
     }
 
     /// Moves to `to` if the state machine allows it, recording the event.
@@ -251,6 +288,8 @@ impl Job {
         )?;
         self.instance = Some(instance.clone());
         self.claimed_message = Some(message_id.to_string());
+        self.heartbeat_at = Some(at);
+        self.warned_at = None;
         self.attempts.push(Attempt {
             number: self.attempt,
             instance: instance.clone(),
@@ -327,6 +366,8 @@ impl Job {
         self.attempt = next;
         self.instance = None;
         self.claimed_message = None;
+        self.heartbeat_at = None;
+        self.warned_at = None;
         Ok(())
     }
 

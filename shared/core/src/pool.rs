@@ -69,8 +69,19 @@ pub struct Pool {
     pub spec: PoolSpec,
     pub state: PoolState,
     pub version: u64,
-    /// The worker count last asked of the fleet.
+    /// The worker count last asked of the fleet (for display: scaling
+    /// starts from what the fleet reports, [`crate::ports::Fleet::group`]).
     pub target: u32,
+    /// Bumped each time the pool is revived after cleanup; part of every
+    /// resource name ([`Pool::group_key`]), so a revived pool never reuses
+    /// a queue name SQS still holds (60 s) or a group name Auto Scaling
+    /// still deletes (minutes).
+    #[serde(default)]
+    pub generation: u32,
+    /// Whether this generation's queue and group were created; submit skips
+    /// the create calls when they were (reconciliation recreates drift).
+    #[serde(default)]
+    pub created: bool,
     /// Since when cleanup has seen no active job in the pool.
     pub idle_since: Option<Timestamp>,
     pub created_at: Timestamp,
@@ -85,11 +96,41 @@ impl Pool {
             state: PoolState::Live,
             version: 0,
             target: 0,
+            generation: 0,
+            created: false,
             idle_since: None,
             created_at: at,
             updated_at: at,
         }
     }
+
+    /// The key this generation's group, template and queue are named by:
+    /// the pool key itself for generation 0, `<key>-g<n>` after that.
+    pub fn group_key(&self) -> PoolKey {
+        group_key(&self.key, self.generation)
+    }
+}
+
+/// See [`Pool::group_key`].
+pub fn group_key(key: &PoolKey, generation: u32) -> PoolKey {
+    if generation == 0 {
+        return key.clone();
+    }
+    PoolKey::new(format!("{key}-g{generation}")).expect("a pool key with a generation is valid")
+}
+
+/// The pool key and generation of a group key (inverse of [`group_key`]).
+/// Pool keys end in a 10-digit hex hash, so `-g<n>` is unambiguous.
+pub fn split_group_key(gk: &PoolKey) -> (PoolKey, u32) {
+    let s = gk.as_str();
+    if let Some((base, g)) = s.rsplit_once("-g") {
+        if !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()) && !base.is_empty() {
+            if let (Ok(k), Ok(n)) = (PoolKey::new(base), g.parse::<u32>()) {
+                return (k, n);
+            }
+        }
+    }
+    (gk.clone(), 0)
 }
 
 /// The work queue name of a pool in a deployment whose names start with `prefix`.
@@ -162,6 +203,19 @@ mod tests {
         );
         assert_eq!(desired_workers(Auto, depth(0, 1), 3, 4), 3, "never shrinks");
         assert_eq!(desired_workers(Auto, depth(9, 0), 6, 4), 4, "cap lowered");
+    }
+
+    #[test]
+    fn group_keys_carry_the_generation_and_split_back() {
+        let k = PoolKey::new("ec2spot-8c-1g-0a1b2c3d4e").unwrap();
+        assert_eq!(group_key(&k, 0), k);
+        let g3 = group_key(&k, 3);
+        assert_eq!(g3.as_str(), "ec2spot-8c-1g-0a1b2c3d4e-g3");
+        assert_eq!(split_group_key(&g3), (k.clone(), 3));
+        assert_eq!(split_group_key(&k), (k.clone(), 0));
+        // A pool whose count of GPUs reads like a generation is not split.
+        let odd = PoolKey::new("local-1c-0g-abcdef0123").unwrap();
+        assert_eq!(split_group_key(&odd), (odd.clone(), 0));
     }
 
     #[test]

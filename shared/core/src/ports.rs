@@ -135,12 +135,40 @@ pub struct Instance {
     pub launched_at: Timestamp,
 }
 
+/// A group as the cloud reports it now: what reconciliation starts from,
+/// never the pool record's memory of what was last asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupStatus {
+    /// The desired capacity the group holds now (an idle worker that left
+    /// with decrement has lowered it).
+    pub desired: u32,
+    /// The most the group may grow to; `None` when the group has no maximum
+    /// of its own (local processes: the handlers' cap is the only one).
+    pub max: Option<u32>,
+}
+
 /// Worker groups: an ASG, a MIG, or local processes.
+///
+/// Every method takes the key of one *generation* of a pool
+/// ([`crate::pool::Pool::group_key`]): a pool revived after cleanup gets new
+/// names, so it never meets a name the cloud still holds for the old one.
 #[async_trait]
 pub trait Fleet: Send + Sync {
     /// Creates the group (and its launch/instance template) unless it exists.
     async fn ensure_group(&self, key: &PoolKey, spec: &PoolSpec) -> Result<(), PortError>;
-    async fn set_target(&self, key: &PoolKey, target: u32) -> Result<(), PortError>;
+    /// The group as it is now; `None` when it does not exist.
+    async fn group(&self, key: &PoolKey) -> Result<Option<GroupStatus>, PortError>;
+    /// Sets the desired capacity; `max: Some(m)` also moves the group's
+    /// maximum to `m` in the same call (configuration changed).
+    async fn set_target(
+        &self,
+        key: &PoolKey,
+        target: u32,
+        max: Option<u32>,
+    ) -> Result<(), PortError>;
+    /// Marks an instance busy (protected from the group's own scale-in and
+    /// rebalancing) or free again. Workers call it around each job.
+    async fn protect(&self, key: &PoolKey, id: &InstanceId, busy: bool) -> Result<(), PortError>;
     /// Instances that are not terminated.
     async fn instances(&self, key: &PoolKey) -> Result<Vec<Instance>, PortError>;
     /// Terminates one instance; `decrement` lowers the target by one too.
@@ -163,8 +191,20 @@ pub trait ArtifactStore: Send + Sync {
     async fn append_log(&self, job: &JobId, bytes: &[u8]) -> Result<(), PortError>;
     /// The log from byte `offset` on (empty when there is nothing new).
     async fn read_log(&self, job: &JobId, offset: u64) -> Result<Vec<u8>, PortError>;
-    /// Replaces the job's checkpoint (a tarball of its checkpoint directory).
-    async fn put_checkpoint(&self, job: &JobId, tarball: &[u8]) -> Result<(), PortError>;
-    /// The job's latest checkpoint, if any attempt saved one.
-    async fn get_checkpoint(&self, job: &JobId) -> Result<Option<Vec<u8>>, PortError>;
+    /// Stores attempt `attempt`'s checkpoint (a tarball of its checkpoint
+    /// directory). Each attempt writes under its own name, so a new attempt
+    /// never reads one an old attempt is still writing; which checkpoint
+    /// counts is recorded on the job ([`crate::job::Job::checkpoint`]).
+    async fn put_checkpoint(
+        &self,
+        job: &JobId,
+        attempt: u32,
+        tarball: &[u8],
+    ) -> Result<(), PortError>;
+    /// The checkpoint attempt `attempt` stored.
+    ///
+    /// # Errors
+    /// [`PortError::NotFound`] when there is none; callers only ask for a
+    /// checkpoint the job record says exists, so that is a real error.
+    async fn get_checkpoint(&self, job: &JobId, attempt: u32) -> Result<Vec<u8>, PortError>;
 }

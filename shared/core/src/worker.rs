@@ -6,13 +6,22 @@
 //! stops the script with SIGTERM, then SIGKILL after a grace period), the
 //! job's maximum duration, and its own shutdown signal (the machine is going
 //! away: stop the script and hand the job back at once).
+//!
+//! **Liveness.** The job record is the lock: the claim is a compare-and-set,
+//! the work item is acked right after it, and from claim to the recorded end
+//! (workspace download, virtualenv build, the run, the last checkpoint
+//! upload) a heartbeat task writes the time on the record. The sweep in
+//! `scale` requeues an attempt whose heartbeat is older than the bound, so
+//! a run is bounded by nothing a queue imposes (SQS caps a message's
+//! visibility at 12 hours; ML jobs run for days).
 
 use crate::clock::Timestamp;
 use crate::handlers::{claim_work, mutate_job, requeue, Claim, Ctx, HandlerError, Step};
 use crate::ids::{InstanceId, JobId, PoolKey};
-use crate::job::{Job, JobState};
+use crate::job::{CheckpointRef, Job, JobState};
 use crate::notice::{Notice, NoticeSource};
 use crate::ports::{ArtifactStore, PortError, Received};
+use crate::resources::Cloud;
 use sha2::Digest;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -28,11 +37,15 @@ use tracing::{info, warn};
 pub struct WorkerConfig {
     pub pool: PoolKey,
     pub instance: InstanceId,
-    /// How long a received item stays invisible to other workers.
+    /// How long a received item stays invisible to other workers while it
+    /// is claimed (it is acked right after the claim).
     pub lease: Duration,
+    /// How often the heartbeat is written on the job record (the control
+    /// plane's bound, `Settings::heartbeat_timeout`, is several of these).
+    pub beat_every: Duration,
     /// Long-poll wait of one receive.
     pub poll_wait: Duration,
-    /// How often the running job's record and lease are looked after.
+    /// How often the running job's record is read (cancel, warnings, takeover).
     pub heartbeat: Duration,
     /// Leave after this long without work and with an empty queue.
     pub idle_timeout: Duration,
@@ -83,6 +96,14 @@ pub async fn run_worker(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<WorkerExit, HandlerError> {
     let queue = ctx.settings.work_queue(&cfg.pool);
+    // Workers of a fixed-size pool stay until cleanup removes the pool: the
+    // scale handler keeps the group at its size, so a worker that left idle
+    // would only be replaced.
+    let (pool_key, _) = crate::pool::split_group_key(&cfg.pool);
+    let fixed = matches!(
+        ctx.store.get_pool(&pool_key).await,
+        Ok(Some(p)) if matches!(p.spec.policy, crate::resources::WorkerPolicy::Fixed(_))
+    );
     let mut idle_since = ctx.clock.now();
     let mut draining = false;
     let mut last_notice: Option<Instant> = None;
@@ -108,7 +129,7 @@ pub async fn run_worker(
         let idle_for = ctx.clock.now().since(idle_since);
         if draining {
             if idle_for >= cfg.idle_timeout {
-                leave(ctx, cfg).await;
+                leave(ctx, cfg).await?;
                 return Ok(WorkerExit::Idle);
             }
             tokio::select! {
@@ -134,10 +155,14 @@ pub async fn run_worker(
             }
         };
         if msgs.is_empty() {
-            if idle_for >= cfg.idle_timeout
+            if !fixed
+                && idle_for >= cfg.idle_timeout
                 && ctx.queue.depth(&queue).await.is_ok_and(|d| d.total() == 0)
             {
-                leave(ctx, cfg).await;
+                // A worker that cannot take its machine out of the group
+                // fails, so it is restarted (and the machine is not left
+                // running with nothing on it).
+                leave(ctx, cfg).await?;
                 return Ok(WorkerExit::Idle);
             }
             continue;
@@ -154,11 +179,12 @@ pub async fn run_worker(
 
 /// An idle worker takes its machine out of the group, lowering the target so
 /// it is not replaced.
-async fn leave(ctx: &Ctx, cfg: &WorkerConfig) {
+async fn leave(ctx: &Ctx, cfg: &WorkerConfig) -> Result<(), PortError> {
     info!(instance = %cfg.instance, "idle with an empty queue; terminating this machine");
-    if let Err(e) = ctx.fleet.terminate(&cfg.pool, &cfg.instance, true).await {
-        warn!(error = %e, "could not terminate this machine through the group");
-    }
+    ctx.fleet
+        .terminate(&cfg.pool, &cfg.instance, true)
+        .await
+        .inspect_err(|e| warn!(error = %e, "could not terminate this machine through the group"))
 }
 
 async fn handle_item(
@@ -191,9 +217,14 @@ async fn handle_item(
             true
         }
         Ok(Claim::Run(job)) => {
-            let end = run_job(ctx, artifacts, cfg, queue, msg, *job, shutdown).await;
+            // The claim on the record is the lock from here on: ack the item
+            // now, so no queue lease has to outlast the run.
+            if let Err(e) = ctx.queue.ack(queue, &msg.receipt).await {
+                warn!(error = %e, "ack failed; a redelivery is recognised as a duplicate");
+            }
+            let end = run_job(ctx, artifacts, cfg, *job, shutdown).await;
             preempted = end.preempted;
-            end.ack
+            false
         }
     };
     if ack {
@@ -204,18 +235,9 @@ async fn handle_item(
     preempted
 }
 
+#[derive(Default)]
 struct RunEnd {
-    ack: bool,
     preempted: bool,
-}
-
-impl From<bool> for RunEnd {
-    fn from(ack: bool) -> Self {
-        RunEnd {
-            ack,
-            preempted: false,
-        }
-    }
 }
 
 enum Stop {
@@ -228,15 +250,116 @@ enum Stop {
     Lost,
 }
 
-/// Runs one claimed attempt to its end; returns whether to ack the item.
+/// What the heartbeat task last saw on the job record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// Still our attempt.
+    Ours,
+    /// Still ours, and the cloud warned that the machine will be reclaimed.
+    Warned,
+    Cancelled,
+    /// The record moved on without us (the attempt was declared lost).
+    Lost,
+}
+
+/// Keeps the claim alive from claim to the recorded end: every
+/// `cfg.heartbeat` it reads the record (what it sees goes to the returned
+/// channel), and every `cfg.beat_every` it writes the time on it. Dropping
+/// the returned guard stops it.
+fn spawn_heartbeat(
+    ctx: &Ctx,
+    cfg: &WorkerConfig,
+    id: &JobId,
+    attempt: u32,
+) -> (watch::Receiver<Seen>, AbortOnDrop) {
+    let (tx, rx) = watch::channel(Seen::Ours);
+    let (ctx, id, me) = (ctx.clone(), id.clone(), cfg.instance.clone());
+    let (check, beat) = (cfg.heartbeat, cfg.beat_every);
+    let task = tokio::spawn(async move {
+        let mut last_write = Instant::now();
+        let mut tick = interval(check.min(beat));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            // Monotonic: a wall-clock step neither skips nor doubles beats.
+            let due = last_write.elapsed() >= beat;
+            let now = ctx.clock.now();
+            let r = mutate_job(ctx.store.as_ref(), &id, |j| {
+                if j.state == JobState::Cancelled {
+                    return Step::Keep(Seen::Cancelled);
+                }
+                if !j.runs(attempt, &me) {
+                    return Step::Keep(Seen::Lost);
+                }
+                let seen = if j.warned_at.is_some() {
+                    Seen::Warned
+                } else {
+                    Seen::Ours
+                };
+                if due {
+                    j.heartbeat_at = Some(now);
+                    Step::Write(seen)
+                } else {
+                    Step::Keep(seen)
+                }
+            })
+            .await;
+            match r {
+                Ok(Some((_, seen))) => {
+                    if due && matches!(seen, Seen::Ours | Seen::Warned) {
+                        last_write = Instant::now();
+                    }
+                    let _ = tx.send(seen);
+                }
+                Ok(None) => {
+                    let _ = tx.send(Seen::Lost);
+                }
+                Err(e) => warn!(job_id = %id, error = %e, "heartbeat failed; retrying"),
+            }
+        }
+    });
+    (rx, AbortOnDrop(task))
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs one claimed attempt to its end and records it.
 async fn run_job(
     ctx: &Ctx,
     artifacts: &dyn ArtifactStore,
     cfg: &WorkerConfig,
-    queue: &str,
-    msg: &Received,
     job: Job,
     shutdown: &mut watch::Receiver<bool>,
+) -> RunEnd {
+    let id = job.id.clone();
+    let attempt = job.attempt;
+    let (mut seen, _beating) = spawn_heartbeat(ctx, cfg, &id, attempt);
+    // Busy: the group must not pick this machine for scale-in or rebalancing.
+    if let Err(e) = ctx.fleet.protect(&cfg.pool, &cfg.instance, true).await {
+        warn!(error = %e, "could not protect this machine from scale-in");
+    }
+    let end = run_attempt(ctx, artifacts, cfg, job, shutdown, &mut seen).await;
+    if let Err(e) = ctx.fleet.protect(&cfg.pool, &cfg.instance, false).await {
+        warn!(error = %e, "could not lift this machine's scale-in protection");
+    }
+    end
+}
+
+async fn run_attempt(
+    ctx: &Ctx,
+    artifacts: &dyn ArtifactStore,
+    cfg: &WorkerConfig,
+    job: Job,
+    shutdown: &mut watch::Receiver<bool>,
+    seen: &mut watch::Receiver<Seen>,
 ) -> RunEnd {
     let id = job.id.clone();
     let attempt = job.attempt;
@@ -246,7 +369,7 @@ async fn run_job(
     let ckpt = job_dir
         .join(format!("attempt-{attempt}"))
         .join("checkpoints");
-    let mut saved: Option<String> = None;
+    let mut saved = Saved::default();
     info!(job_id = %id, attempt, "running");
     if attempt > 1 {
         let line = format!("[studio] --- attempt {attempt} on {} ---\n", cfg.instance);
@@ -260,15 +383,25 @@ async fn run_job(
             .map_err(|e| e.to_string())?;
         crate::workspace::unpack(&bytes, &ws).map_err(|e| e.to_string())?;
         std::fs::create_dir_all(&ckpt).map_err(|e| format!("checkpoint dir: {e}"))?;
-        // The last attempt's checkpoint, so the script resumes instead of starting over.
-        if let Some(tar) = artifacts
-            .get_checkpoint(&id)
-            .await
-            .map_err(|e| e.to_string())?
-        {
+        // The checkpoint the record names, so the script resumes instead of
+        // starting over. Only a recorded one is fetched: under least
+        // privilege a probe for a missing key is a 403, not a "none".
+        if let Some(c) = &job.checkpoint {
+            let tar = artifacts
+                .get_checkpoint(&id, c.attempt)
+                .await
+                .map_err(|e| format!("checkpoint of attempt {}: {e}", c.attempt))?;
+            let sha = hex::encode(sha2::Sha256::digest(&tar));
+            if sha != c.sha256 {
+                return Err(format!(
+                    "checkpoint of attempt {} is corrupt (sha256 {sha}, recorded {})",
+                    c.attempt, c.sha256
+                ));
+            }
             crate::workspace::unpack(&tar, &ckpt).map_err(|e| format!("checkpoint: {e}"))?;
-            saved = Some(hex::encode(sha2::Sha256::digest(&tar)));
+            saved.sha256 = Some(sha);
         }
+        saved.fingerprint = Some(fingerprint(&ckpt).map_err(|e| format!("checkpoint dir: {e}"))?);
         Ok::<(), String>(())
     }
     .await;
@@ -302,6 +435,13 @@ async fn run_job(
             }
         },
     };
+    match *seen.borrow() {
+        Seen::Cancelled | Seen::Lost => {
+            info!(job_id = %id, "attempt ended before its script started");
+            return RunEnd::default();
+        }
+        Seen::Ours | Seen::Warned => {}
+    }
     let mut cmd = Command::new(&python);
     cmd.arg(&job.spec.entrypoint)
         .args(&job.spec.args)
@@ -347,7 +487,6 @@ async fn run_job(
     beat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let started = Instant::now();
     let max = job.spec.max_duration_secs.map(Duration::from_secs);
-    let mut last_extend = Instant::now();
     let mut last_notice = Instant::now();
     let mut last_sync = Instant::now();
     let mut stop: Option<Stop> = None;
@@ -366,15 +505,9 @@ async fn run_job(
                 new_stop = Some(Stop::Shutdown);
             }
             _ = beat.tick() => {
-                if last_extend.elapsed() >= cfg.lease / 3 {
-                    match ctx.queue.extend(queue, &msg.receipt, cfg.lease).await {
-                        Ok(()) => last_extend = Instant::now(),
-                        Err(e) => warn!(error = %e, "lease extension failed"),
-                    }
-                }
                 if last_sync.elapsed() >= cfg.checkpoint_every {
                     last_sync = Instant::now();
-                    sync_checkpoint(artifacts, &id, &ckpt, &mut saved).await;
+                    sync_checkpoint(ctx, artifacts, &id, attempt, &ckpt, &mut saved).await;
                 }
                 if stop.is_none() && last_notice.elapsed() >= cfg.notice_every {
                     last_notice = Instant::now();
@@ -385,16 +518,14 @@ async fn run_job(
                     }
                 }
                 if stop.is_none() && new_stop.is_none() {
-                    if let Ok(Some(now)) = ctx.store.get_job(&id).await {
-                        if now.state == JobState::Cancelled {
-                            new_stop = Some(Stop::Cancelled);
-                        } else if !(now.state == JobState::Running
-                            && now.attempt == attempt
-                            && now.instance.as_ref() == Some(&cfg.instance))
-                        {
-                            new_stop = Some(Stop::Lost);
-                        }
-                    }
+                    new_stop = match *seen.borrow() {
+                        Seen::Cancelled => Some(Stop::Cancelled),
+                        Seen::Lost => Some(Stop::Lost),
+                        // The control plane heard the spot warning first:
+                        // the same graceful path as our own notice.
+                        Seen::Warned => Some(Stop::Preempted("spot interruption warning".into())),
+                        Seen::Ours => None,
+                    };
                     if let Some(m) = max.filter(|m| started.elapsed() >= *m) {
                         new_stop.get_or_insert(Stop::MaxDuration(m));
                     }
@@ -433,7 +564,9 @@ async fn run_job(
     }
     let last_lines = last_lines(&tail);
     flush(artifacts, &id, &mut buf).await;
-    sync_checkpoint(artifacts, &id, &ckpt, &mut saved).await;
+    // The last checkpoint is saved (and recorded) before the end is, so the
+    // next attempt always sees it.
+    sync_checkpoint(ctx, artifacts, &id, attempt, &ckpt, &mut saved).await;
 
     let (code, signal) = match &status {
         Ok(st) => {
@@ -449,9 +582,8 @@ async fn run_job(
                 (None, Some(sig)) => Some(format!("killed by signal {sig}")),
                 (None, None) => Some("lost track of the script".to_string()),
             };
-            finish(ctx, &id, attempt, &cfg.instance, code, failure, last_lines)
-                .await
-                .into()
+            finish(ctx, &id, attempt, &cfg.instance, code, failure, last_lines).await;
+            RunEnd::default()
         }
         Some(Stop::MaxDuration(m)) => {
             let why = format!("max duration {} exceeded", humantime::format_duration(m));
@@ -464,69 +596,156 @@ async fn run_job(
                 Some(why),
                 last_lines,
             )
-            .await
-            .into()
+            .await;
+            RunEnd::default()
         }
-        Some(Stop::Cancelled) | Some(Stop::Lost) => true.into(),
-        Some(Stop::Shutdown) => hand_back(
-            ctx,
-            &id,
-            attempt,
-            "worker stopped (instance terminating)",
-            &me,
-        )
-        .await
-        .into(),
-        Some(Stop::Preempted(why)) => RunEnd {
-            ack: hand_back(ctx, &id, attempt, &why, &me).await,
-            preempted: true,
-        },
+        Some(Stop::Cancelled) | Some(Stop::Lost) => RunEnd::default(),
+        Some(Stop::Shutdown) => {
+            hand_back(
+                ctx,
+                &job,
+                attempt,
+                "worker stopped (instance terminating)",
+                &me,
+            )
+            .await;
+            RunEnd::default()
+        }
+        Some(Stop::Preempted(why)) => {
+            hand_back(ctx, &job, attempt, &why, &me).await;
+            RunEnd { preempted: true }
+        }
     }
 }
 
 /// The machine is going away: the job runs again elsewhere at once.
-async fn hand_back(ctx: &Ctx, id: &JobId, attempt: u32, why: &str, me: &str) -> bool {
-    match requeue(ctx, id, attempt, why, me).await {
-        Ok(r) => {
-            info!(job_id = %id, outcome = ?r, "job handed back");
-            true
-        }
+///
+/// Except when that would mean moving it to an on-demand pool (a spot job
+/// out of attempts with `--fallback-on-demand`): workers never create fleet
+/// resources, so the attempt is left to the control plane, which requeues
+/// it when the machine's `shutting-down` event arrives or its heartbeat
+/// stops.
+async fn hand_back(ctx: &Ctx, job: &Job, attempt: u32, why: &str, me: &str) {
+    let spot = matches!(job.plan.cloud, Cloud::Ec2spot | Cloud::Gcspot);
+    if spot && job.spec.fallback_on_demand && attempt >= ctx.settings.max_attempts.max(1) {
+        info!(job_id = %job.id, "out of spot attempts; the control plane moves the job to on-demand");
+        return;
+    }
+    match requeue(ctx, &job.id, attempt, why, me).await {
+        Ok(r) => info!(job_id = %job.id, outcome = ?r, "job handed back"),
         Err(e) => {
-            warn!(job_id = %id, error = %e, "hand-back failed; the lease will bring it back");
-            false
+            warn!(job_id = %job.id, error = %e, "hand-back failed; the sweep requeues it when the heartbeat stops")
         }
     }
 }
 
-/// Uploads the checkpoint directory if it changed since the last upload.
+/// What the worker knows of its attempt's checkpoint directory.
+#[derive(Default)]
+struct Saved {
+    /// The directory's fingerprint when it was last uploaded, or when the
+    /// attempt started (empty, or as restored): unchanged means nothing to save.
+    fingerprint: Option<u64>,
+    /// The hash of the last checkpoint this attempt stored.
+    sha256: Option<String>,
+}
+
+/// Uploads the checkpoint directory if it changed since the last upload and
+/// records it on the job. Change is detected from file names, sizes and
+/// modification times (cheap: no file is read); packing runs off the
+/// runtime's threads, so a large checkpoint never starves the heartbeat.
 async fn sync_checkpoint(
+    ctx: &Ctx,
     artifacts: &dyn ArtifactStore,
     id: &JobId,
+    attempt: u32,
     dir: &std::path::Path,
-    saved: &mut Option<String>,
+    saved: &mut Saved,
 ) {
-    let empty = std::fs::read_dir(dir).map_or(true, |mut d| d.next().is_none());
-    if empty && saved.is_none() {
+    let d = dir.to_path_buf();
+    let Ok(Ok(fp)) = tokio::task::spawn_blocking(move || fingerprint(&d)).await else {
         return;
-    }
-    let tar = match crate::workspace::pack_dir(dir, CHECKPOINT_LIMIT) {
-        Ok(t) => t,
-        Err(e) => {
-            warn!(job_id = %id, error = %e, "checkpoint not saved");
-            return;
-        }
     };
-    let sha = hex::encode(sha2::Sha256::digest(&tar));
-    if saved.as_deref() == Some(sha.as_str()) {
+    if saved.fingerprint == Some(fp) {
         return;
     }
-    match artifacts.put_checkpoint(id, &tar).await {
-        Ok(()) => {
-            info!(job_id = %id, bytes = tar.len(), "checkpoint saved");
-            *saved = Some(sha);
-        }
-        Err(e) => warn!(job_id = %id, error = %e, "checkpoint upload failed"),
+    let d = dir.to_path_buf();
+    let tar =
+        match tokio::task::spawn_blocking(move || crate::workspace::pack_dir(&d, CHECKPOINT_LIMIT))
+            .await
+        {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                warn!(job_id = %id, error = %e, "checkpoint not saved");
+                return;
+            }
+            Err(e) => {
+                warn!(job_id = %id, error = %e, "checkpoint not saved");
+                return;
+            }
+        };
+    let sha = hex::encode(sha2::Sha256::digest(&tar));
+    if saved.sha256.as_deref() == Some(sha.as_str()) {
+        saved.fingerprint = Some(fp);
+        return;
     }
+    if let Err(e) = artifacts.put_checkpoint(id, attempt, &tar).await {
+        warn!(job_id = %id, error = %e, "checkpoint upload failed");
+        return;
+    }
+    let r = CheckpointRef {
+        attempt,
+        sha256: sha.clone(),
+        bytes: tar.len() as u64,
+    };
+    let recorded = mutate_job(ctx.store.as_ref(), id, |j| {
+        // Never over a later attempt's checkpoint, nor once the next
+        // attempt has started (it restored what was recorded before).
+        let later = j.checkpoint.as_ref().is_some_and(|c| c.attempt > attempt);
+        let next_started =
+            j.attempt > attempt + 1 || (j.attempt == attempt + 1 && j.state != JobState::Queued);
+        if later || next_started || j.checkpoint.as_ref() == Some(&r) {
+            Step::Keep(false)
+        } else {
+            j.checkpoint = Some(r.clone());
+            Step::Write(true)
+        }
+    })
+    .await;
+    match recorded {
+        Ok(Some((_, true))) => {
+            info!(job_id = %id, bytes = tar.len(), "checkpoint saved");
+            saved.sha256 = Some(sha);
+            saved.fingerprint = Some(fp);
+        }
+        Ok(_) => {
+            saved.sha256 = Some(sha);
+            saved.fingerprint = Some(fp);
+        }
+        Err(e) => warn!(job_id = %id, error = %e, "checkpoint saved but not recorded; retrying"),
+    }
+}
+
+/// A hash of every entry's relative path, size and modification time
+/// (nanoseconds on Linux file systems).
+fn fingerprint(dir: &std::path::Path) -> std::io::Result<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&d)?.filter_map(Result::ok).collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let meta = e.metadata()?;
+            let rel = e.path();
+            rel.strip_prefix(dir).unwrap_or(&rel).hash(&mut h);
+            meta.len().hash(&mut h);
+            meta.modified().ok().hash(&mut h);
+            if meta.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    Ok(h.finish())
 }
 
 /// The attempt failed before its script could start (workspace, Python
@@ -538,13 +757,13 @@ async fn fail_to_start(
     me: &InstanceId,
     why: String,
 ) -> RunEnd {
-    finish(ctx, id, attempt, me, None, Some(why), Vec::new())
-        .await
-        .into()
+    finish(ctx, id, attempt, me, None, Some(why), Vec::new()).await;
+    RunEnd::default()
 }
 
-/// Records the end of our attempt, if the job is still ours. Returns whether
-/// the item may be acked.
+/// Records the end of our attempt, if the job is still ours. A failing
+/// store is retried for a while: until the end is recorded the heartbeat
+/// stops, and the sweep would run the job again.
 async fn finish(
     ctx: &Ctx,
     id: &JobId,
@@ -553,33 +772,34 @@ async fn finish(
     code: Option<i32>,
     failure: Option<String>,
     last_lines: Vec<String>,
-) -> bool {
-    let now: Timestamp = ctx.clock.now();
+) {
     let by = format!("worker:{me}");
-    let r = mutate_job(ctx.store.as_ref(), id, |job| {
-        if job.state == JobState::Running
-            && job.attempt == attempt
-            && job.instance.as_ref() == Some(me)
-        {
-            job.last_lines = last_lines.clone();
-            match job.complete(code, failure.clone(), now, &by) {
-                Ok(()) => Step::Write(()),
-                Err(_) => Step::Keep(()),
+    let mut wait = Duration::from_millis(200);
+    for _ in 0..6 {
+        let now: Timestamp = ctx.clock.now();
+        let r = mutate_job(ctx.store.as_ref(), id, |job| {
+            if job.runs(attempt, me) {
+                job.last_lines = last_lines.clone();
+                match job.complete(code, failure.clone(), now, &by) {
+                    Ok(()) => Step::Write(()),
+                    Err(_) => Step::Keep(()),
+                }
+            } else {
+                Step::Keep(())
             }
-        } else {
-            Step::Keep(())
-        }
-    })
-    .await;
-    match r {
-        Ok(Some((job, ()))) => {
-            info!(job_id = %id, state = %job.state, exit_code = ?code, "attempt ended");
-            true
-        }
-        Ok(None) => true,
-        Err(e) => {
-            warn!(job_id = %id, error = %e, "could not record the end; the lease will bring the item back");
-            false
+        })
+        .await;
+        match r {
+            Ok(Some((job, ()))) => {
+                info!(job_id = %id, state = %job.state, exit_code = ?code, "attempt ended");
+                return;
+            }
+            Ok(None) => return,
+            Err(e) => {
+                warn!(job_id = %id, error = %e, "could not record the end; retrying");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
         }
     }
 }

@@ -99,18 +99,29 @@ impl ArtifactStore for DirArtifacts {
         Ok(out)
     }
 
-    async fn put_checkpoint(&self, job: &JobId, tarball: &[u8]) -> Result<(), PortError> {
-        let dir = self.job_dir(job);
+    async fn put_checkpoint(
+        &self,
+        job: &JobId,
+        attempt: u32,
+        tarball: &[u8],
+    ) -> Result<(), PortError> {
+        let dir = self.job_dir(job).join("checkpoints");
         std::fs::create_dir_all(&dir).map_err(io)?;
-        let tmp = dir.join(format!(".checkpoint.{}", std::process::id()));
+        let tmp = dir.join(format!(".attempt-{attempt}.{}", std::process::id()));
         std::fs::write(&tmp, tarball).map_err(io)?;
-        std::fs::rename(&tmp, dir.join("checkpoint.tar.gz")).map_err(io)
+        std::fs::rename(&tmp, dir.join(format!("attempt-{attempt}.tar.gz"))).map_err(io)
     }
 
-    async fn get_checkpoint(&self, job: &JobId) -> Result<Option<Vec<u8>>, PortError> {
-        match std::fs::read(self.job_dir(job).join("checkpoint.tar.gz")) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+    async fn get_checkpoint(&self, job: &JobId, attempt: u32) -> Result<Vec<u8>, PortError> {
+        let path = self
+            .job_dir(job)
+            .join("checkpoints")
+            .join(format!("attempt-{attempt}.tar.gz"));
+        match std::fs::read(&path) {
+            Ok(b) => Ok(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(PortError::NotFound(
+                format!("checkpoint {}", path.display()),
+            )),
             Err(e) => Err(io(e)),
         }
     }

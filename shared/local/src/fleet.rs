@@ -22,7 +22,7 @@ use studio_core::clock::Clock;
 use studio_core::handlers::{InstanceEvent, InstanceEventKind};
 use studio_core::ids::{InstanceId, PoolKey};
 use studio_core::pool::PoolSpec;
-use studio_core::ports::{Fleet, Instance, InstanceState, PortError};
+use studio_core::ports::{Fleet, GroupStatus, Instance, InstanceState, PortError};
 use tracing::{info, warn};
 
 const PORT: &str = "local fleet";
@@ -262,7 +262,39 @@ impl Fleet for ProcessFleet {
         Ok(())
     }
 
-    async fn set_target(&self, key: &PoolKey, target: u32) -> Result<(), PortError> {
+    async fn group(&self, key: &PoolKey) -> Result<Option<GroupStatus>, PortError> {
+        let target: Option<u32> = self
+            .db
+            .conn()
+            .query_row(
+                "SELECT target FROM groups WHERE pool = ?1",
+                [key.as_str()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql(PORT))?;
+        // A local group has no maximum of its own: the handlers' cap is it.
+        Ok(target.map(|desired| GroupStatus { desired, max: None }))
+    }
+
+    /// Local workers are never taken by their group while busy: the fleet
+    /// stops only workers beyond the target, and the handlers never lower a
+    /// busy pool's target.
+    async fn protect(
+        &self,
+        _key: &PoolKey,
+        _id: &InstanceId,
+        _busy: bool,
+    ) -> Result<(), PortError> {
+        Ok(())
+    }
+
+    async fn set_target(
+        &self,
+        key: &PoolKey,
+        target: u32,
+        _max: Option<u32>,
+    ) -> Result<(), PortError> {
         let n = self
             .db
             .conn()
