@@ -1,0 +1,1 @@
+//! What `studio gc` removes, and when.
