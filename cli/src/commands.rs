@@ -352,7 +352,12 @@ async fn run(g: &Globals, env: &Env, a: RunArgs) -> Result<ExitCode, CliError> {
             return Err(usage(PlanError::CloudUnavailable(spec.cloud)))
         }
     };
-    let tarball = studio_core::workspace::pack_dir(&dir, WORKSPACE_LIMIT).map_err(usage)?;
+    // Studio's own state is never part of a workspace (the default
+    // `~/.studio` with a script in `~`): the database, logs and earlier
+    // workspaces would grow every run's tarball.
+    let home = g.home.canonicalize().unwrap_or_else(|_| g.home.clone());
+    let tarball =
+        studio_core::workspace::pack_dir_except(&dir, WORKSPACE_LIMIT, &[&home]).map_err(usage)?;
     spec.workspace = side.artifacts().put_workspace(&tarball).await?;
     let id = spec.job_id.clone().unwrap_or_else(JobId::generate);
     spec.job_id = Some(id.clone());
