@@ -164,3 +164,38 @@ fn forget_leases_of_another_boot(conn: &Connection) -> rusqlite::Result<()> {
 pub fn sql(port: &'static str) -> impl Fn(rusqlite::Error) -> PortError {
     move |e| PortError::backend(port, e)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leases_of_another_boot_are_forgotten_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        db.conn()
+            .execute(
+                "INSERT INTO messages (id, queue, body, visible_at, sent_at) VALUES ('m', 'q', 'b', 1000000000000, 0)",
+                [],
+            )
+            .unwrap();
+        drop(db);
+        // Same boot: a lease is a lease.
+        let db = Db::open(dir.path()).unwrap();
+        let visible_at = |db: &Db| -> i64 {
+            db.conn()
+                .query_row("SELECT visible_at FROM messages", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(visible_at(&db), 1_000_000_000_000);
+        db.conn()
+            .execute(
+                "UPDATE meta SET value = 'another boot' WHERE key = 'boot_id'",
+                [],
+            )
+            .unwrap();
+        drop(db);
+        let db = Db::open(dir.path()).unwrap();
+        assert_eq!(visible_at(&db), 0, "visible again after a reboot");
+    }
+}

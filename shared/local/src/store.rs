@@ -132,7 +132,12 @@ impl JobStore for SqliteStore {
         // Filtered in SQL (indexes `jobs_pool_state`, `jobs_state`): a tick
         // of the driver asks for a pool's few active jobs and must not decode
         // the thousands that have ended.
-        let mut q = String::from("SELECT record FROM jobs WHERE (?1 IS NULL OR pool = ?1)");
+        let mut q = String::from("SELECT record FROM jobs WHERE ");
+        q.push_str(if pool.is_some() {
+            "pool = ?1"
+        } else {
+            "?1 IS NULL"
+        });
         if !states.is_empty() {
             let list: Vec<String> = states.iter().map(|s| format!("'{}'", s.as_str())).collect();
             q.push_str(&format!(" AND state IN ({})", list.join(", ")));
