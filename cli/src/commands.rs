@@ -1,8 +1,8 @@
 //! What each subcommand does.
 
 use crate::args::{
-    CancelArgs, CatalogCommand, Cli, Command, LogsArgs, Output, PlanArgs, RefreshArgs, RequestArgs,
-    RunArgs, StatusArgs, WorkerArgs,
+    CancelArgs, CatalogCommand, Cli, Command, GcArgs, LogsArgs, Output, PlanArgs, RefreshArgs,
+    RequestArgs, RunArgs, StatusArgs, WorkerArgs,
 };
 use anyhow::Context as _;
 use std::io::Write;
@@ -102,6 +102,7 @@ pub async fn dispatch(cli: Cli, env: Env) -> Result<ExitCode, CliError> {
         Command::Status(a) => status(&g, &env, a).await,
         Command::Logs(a) => logs(&g, &env, a).await,
         Command::Cancel(a) => cancel(&g, &env, a).await,
+        Command::Gc(a) => gc(&g, a).await,
         Command::Worker(a) => worker(&g, &env, a).await,
         Command::Driver => driver(&g).await,
         Command::Plan(a) => plan(&g, a, &env).await,
@@ -506,7 +507,8 @@ async fn tail_until_script_ends(side: &Side, job: &Job, mut offset: u64) -> Resu
         .map(|a| a.instance.clone());
     if let Some(instance) = instance {
         let deadline = tokio::time::Instant::now() + SCRIPT_END_LIMIT;
-        while be.fleet.script_running(&instance)? && tokio::time::Instant::now() < deadline {
+        let dir = be.artifacts.job_dir(&job.id);
+        while be.fleet.runs_in(&instance, &dir)? && tokio::time::Instant::now() < deadline {
             offset += print_log(side.artifacts(), &job.id, offset).await?;
             tokio::time::sleep(FOLLOW_EVERY).await;
         }
@@ -857,6 +859,26 @@ async fn cancel(g: &Globals, env: &Env, a: CancelArgs) -> Result<ExitCode, CliEr
             }
         }
     }
+}
+
+async fn gc(g: &Globals, a: GcArgs) -> Result<ExitCode, CliError> {
+    let retention = humantime::parse_duration(&a.older_than)
+        .map_err(|e| usage(format!("--older-than '{}': {e} (e.g. 7d)", a.older_than)))?;
+    let Some(be) = local_if_exists(g).await? else {
+        eprintln!("studio: nothing to collect in {}", g.home.display());
+        return Ok(ExitCode::SUCCESS);
+    };
+    let r = studio_local::gc::collect(&be, retention, SystemClock.now()).await?;
+    eprintln!(
+        "studio: removed {} jobs, {} workspaces, {} instances, {} pools, {} dead letters ({})",
+        r.jobs,
+        r.workspaces,
+        r.instances,
+        r.pools,
+        r.dead_letters,
+        format_mib(r.bytes.div_ceil(1 << 20))
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn catalog_refresh(g: &Globals, a: RefreshArgs) -> Result<ExitCode, CliError> {

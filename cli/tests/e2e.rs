@@ -1077,7 +1077,23 @@ fn a_detached_id_can_be_cancelled_at_once_while_the_driver_is_busy() {
     let driver = wait_until("the driver", Duration::from_secs(10), || {
         h.driver_pids().first().copied()
     });
-    signal(driver as u32, libc::SIGSTOP); // busy: it handles nothing now
+    // Busy: it handles nothing now. (Stopped outside a write transaction,
+    // or every command would wait for its SQLite lock instead.)
+    wait_until(
+        "the driver stopped between writes",
+        Duration::from_secs(20),
+        || {
+            signal(driver as u32, libc::SIGSTOP);
+            let db = rusqlite::Connection::open(h.path().join("studio.sqlite3")).unwrap();
+            db.busy_timeout(Duration::from_millis(300)).unwrap();
+            if db.execute_batch("BEGIN IMMEDIATE; COMMIT").is_ok() {
+                return Some(());
+            }
+            signal(driver as u32, libc::SIGCONT);
+            std::thread::sleep(Duration::from_millis(20));
+            None
+        },
+    );
     let out = h.run(&["run", "--detach", "hello.py"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let id = stdout(&out).trim().to_string();
@@ -1287,4 +1303,53 @@ fn output_printed_after_a_cancel_is_shown_by_run_and_logs_follow() {
             stdout(&out)
         );
     }
+}
+
+#[test]
+fn an_ended_jobs_workspace_keeps_only_what_the_script_wrote() {
+    let h = Home::new();
+    assert!(h.run(&["run", "hello.py"]).status.success());
+    let id = h.jobs()[0]["id"].as_str().unwrap().to_string();
+    let ws = h.path().join("jobs").join(&id).join("attempt-1/workspace");
+    wait_until("the inputs to go", Duration::from_secs(20), || {
+        (!ws.join("hello.py").exists()).then_some(())
+    });
+    assert!(!ws.join("train.py").exists());
+    assert_eq!(
+        std::fs::read_to_string(ws.join("hello.txt")).unwrap(),
+        "hello, world\n",
+        "the output is kept"
+    );
+}
+
+#[test]
+fn gc_removes_what_ended_jobs_left_after_the_retention() {
+    let h = Home::new();
+    assert!(h.run(&["run", "hello.py"]).status.success());
+    let id = h.jobs()[0]["id"].as_str().unwrap().to_string();
+    wait_until("the pool to be torn down", Duration::from_secs(30), || {
+        (h.count("SELECT COUNT(*) FROM instances WHERE state != 'terminated'") == 0
+            && h.driver_pids().is_empty())
+        .then_some(())
+    });
+    let kept = h.run(&["gc", "--older-than", "1h"]);
+    assert!(kept.status.success(), "{}", stderr(&kept));
+    assert_eq!(
+        h.count("SELECT COUNT(*) FROM jobs"),
+        1,
+        "within the retention"
+    );
+    assert!(h.path().join("jobs").join(&id).exists());
+
+    let out = h.run(&["gc", "--older-than", "0s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("removed 1 jobs"), "{}", stderr(&out));
+    assert_eq!(h.count("SELECT COUNT(*) FROM jobs"), 0);
+    assert_eq!(h.count("SELECT COUNT(*) FROM instances"), 0);
+    assert_eq!(h.count("SELECT COUNT(*) FROM pools"), 0);
+    assert!(!h.path().join("jobs").join(&id).exists());
+    let left = |d: &str| std::fs::read_dir(h.path().join(d)).unwrap().count();
+    assert_eq!(left("artifacts/workspaces"), 0);
+    assert_eq!(left("instances"), 0);
+    assert_eq!(stdout(&h.run(&["status"])).trim(), "no jobs yet");
 }

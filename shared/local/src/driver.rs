@@ -18,7 +18,7 @@
 
 use crate::fleet::ProcessFleet;
 use crate::queue::SqliteQueue;
-use crate::{lock, LocalBackend};
+use crate::{gc, lock, LocalBackend};
 use std::io::{Seek, Write};
 use std::sync::Arc;
 use std::time::Duration;
@@ -158,10 +158,21 @@ pub async fn serve(be: &LocalBackend, every: Duration) -> Result<Served, PortErr
         let _ = writeln!(held, "{}", std::process::id());
         info!(pid = std::process::id(), "driving");
         loop {
-            match d.tick().await {
-                Ok(r) if r.is_idle() => break,
-                Ok(_) => {}
-                Err(e) => warn!(error = %e, "tick failed; retrying"),
+            let idle = match d.tick().await {
+                Ok(r) => r.is_idle(),
+                Err(e) => {
+                    warn!(error = %e, "tick failed; retrying");
+                    false
+                }
+            };
+            if let Err(e) = gc::prune_ended(be).await {
+                warn!(error = %e, "pruning ended jobs failed; next tick retries");
+            }
+            if let Err(e) = gc::collect_if_due(be, be.ctx.clock.now()).await {
+                warn!(error = %e, "collection failed; next tick retries");
+            }
+            if idle && !gc::prune_pending(be)? {
+                break;
             }
             tokio::time::sleep(every).await;
         }

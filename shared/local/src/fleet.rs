@@ -247,12 +247,13 @@ impl ProcessFleet {
         rows.collect::<Result<_, _>>().map_err(sql(PORT))
     }
 
-    /// Whether the worker `id` is alive and still runs something beside
-    /// itself (a script in its SIGTERM grace, or what the script started).
+    /// Whether the worker `id` is alive and still runs a process (a script
+    /// in its SIGTERM grace, or what the script started) whose working
+    /// directory is under `dir` (a job's directory).
     ///
     /// # Errors
     /// Database errors.
-    pub fn script_running(&self, id: &InstanceId) -> Result<bool, PortError> {
+    pub fn runs_in(&self, id: &InstanceId, dir: &std::path::Path) -> Result<bool, PortError> {
         let pid: Option<Option<i64>> = self
             .db
             .conn()
@@ -269,9 +270,13 @@ impl ProcessFleet {
         if !lock::is_held(&self.lock_path(id.as_str())) {
             return Ok(false);
         }
+        let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
         Ok(process::session_members(pid as i32)
-            .iter()
-            .any(|p| *p as i64 != pid))
+            .into_iter()
+            .filter(|p| *p as i64 != pid)
+            .any(|p| {
+                std::fs::read_link(format!("/proc/{p}/cwd")).is_ok_and(|cwd| cwd.starts_with(&dir))
+            }))
     }
 
     /// Pids of instances not yet seen dead (for tools and tests that must

@@ -95,7 +95,8 @@ impl JobStore for SqliteStore {
         let mut next = job.clone();
         next.version = job.version + 1;
         let conn = self.db.conn();
-        let n = conn
+        let tx = conn.unchecked_transaction().map_err(sql(PORT))?;
+        let n = tx
             .execute(
                 "UPDATE jobs SET state = ?1, instance = ?2, version = ?3, record = ?4
                  WHERE id = ?5 AND version = ?6",
@@ -109,6 +110,15 @@ impl JobStore for SqliteStore {
                 ],
             )
             .map_err(sql(PORT))?;
+        if n == 1 && next.state.is_terminal() {
+            // The driver prunes the attempt workspaces of jobs listed here.
+            tx.execute(
+                "INSERT OR IGNORE INTO ended (job, at) VALUES (?1, ?2)",
+                params![next.id.as_str(), next.updated_at.0],
+            )
+            .map_err(sql(PORT))?;
+        }
+        tx.commit().map_err(sql(PORT))?;
         if n == 1 {
             return Ok(next);
         }
