@@ -963,9 +963,16 @@ fn a_follower_blocked_on_a_full_pipe_holds_back_no_other_job() {
     );
     // `studio run chatty.py | sleep 120`: nobody reads the pipe.
     let (mut first, id) = start_follower(&h, &chatty, Stdio::piped());
-    wait_until("the pipe to fill", Duration::from_secs(30), || {
-        (h.log(&id).len() > 1 << 20).then_some(())
-    });
+    let pid = first.id();
+    wait_until(
+        "the follower to block on the full pipe",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(format!("/proc/{pid}/wchan"))
+                .is_ok_and(|w| w.contains("pipe_write"))
+                .then_some(())
+        },
+    );
     a_second_run_finishes(&h);
     let _ = first.kill();
     let _ = first.wait();
