@@ -107,7 +107,7 @@ fn collect(
         }
         let meta = entry.metadata().map_err(io(&entry.path()))?;
         let child = rel.join(&name);
-        if skip.iter().any(|s| *s == child) {
+        if skip.contains(&child) {
             continue;
         }
         if meta.is_dir() {
