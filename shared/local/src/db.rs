@@ -82,7 +82,8 @@ impl Db {
     pub fn open(home: &Path) -> Result<Db, PortError> {
         let err = |e: std::io::Error| PortError::backend("local store", e);
         files::create_dir_all(home).map_err(err)?;
-        files::restrict_dir(home).map_err(err)?;
+        // Best effort on a home made by an older version (or not ours to change).
+        let _ = files::restrict_dir(home);
         let path = home.join("studio.sqlite3");
         // Create the file 0600 before SQLite does: it gives the WAL and
         // shared-memory files the database file's mode.
@@ -92,7 +93,7 @@ impl Db {
             .open(&path)
             .map_err(err)?;
         for f in ["studio.sqlite3", "studio.sqlite3-wal", "studio.sqlite3-shm"] {
-            files::restrict_file(&home.join(f)).map_err(err)?;
+            let _ = files::restrict_file(&home.join(f));
         }
         let conn = Connection::open(&path).map_err(|e| PortError::backend("local store", e))?;
         conn.busy_timeout(std::time::Duration::from_secs(30))

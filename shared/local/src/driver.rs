@@ -152,6 +152,7 @@ pub async fn serve(be: &LocalBackend, every: Duration) -> Result<Served, PortErr
         return Ok(Served::AlreadyDriven);
     };
     let d = be.driver();
+    let mut failures = 0u32;
     loop {
         // Who drives, for people and tests (the lock, not this, is the truth).
         let _ = held.set_len(0).and_then(|_| held.rewind());
@@ -159,8 +160,15 @@ pub async fn serve(be: &LocalBackend, every: Duration) -> Result<Served, PortErr
         info!(pid = std::process::id(), "driving");
         loop {
             let idle = match d.tick().await {
-                Ok(r) => r.is_idle(),
+                Ok(r) => {
+                    failures = 0;
+                    r.is_idle()
+                }
+                // A minute of failures in a row: the database is gone or
+                // broken; leave, and let the next command start a driver.
+                Err(e) if failures >= 240 => return Err(e),
                 Err(e) => {
+                    failures += 1;
                     warn!(error = %e, "tick failed; retrying");
                     false
                 }

@@ -11,12 +11,18 @@
 
 use std::path::Path;
 
-/// Closes every file descriptor from 3 up, except `keep`. Meant for
-/// `pre_exec`: it allocates nothing and makes only async-signal-safe calls,
-/// so a pipe or socket the caller's shell handed us (a CI step's output, the
-/// write end of `| cat`) never stays open in a process that outlives the
-/// command.
+/// Makes sure no file descriptor from 3 up, except `keep`, survives the
+/// coming `exec`. Meant for `pre_exec`: it allocates nothing and makes only
+/// async-signal-safe calls, so a pipe or socket the caller's shell handed us
+/// (a CI step's output, the write end of `| cat`) never stays open in a
+/// process that outlives the command.
+///
+/// The descriptors are marked close-on-exec rather than closed
+/// (`close_range(.., CLOSE_RANGE_CLOEXEC)`), so the pipe through which the
+/// standard library reports a failed `exec` still works; on kernels without
+/// it (before 5.11) they are closed.
 pub fn close_inherited_fds(keep: Option<i32>) {
+    const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
     let ranges: [(u32, u32); 2] = match keep {
         Some(k) if k >= 3 => [(3, k as u32 - 1), (k as u32 + 1, u32::MAX)],
         _ => [(3, u32::MAX), (1, 0)],
@@ -25,7 +31,12 @@ pub fn close_inherited_fds(keep: Option<i32>) {
         if first > last {
             continue;
         }
-        // SAFETY: close_range only closes descriptors of this process.
+        // SAFETY: close_range only affects descriptors of this process.
+        let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, CLOSE_RANGE_CLOEXEC) };
+        if r == 0 {
+            continue;
+        }
+        // SAFETY: as above.
         let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
         if r != 0 {
             // Kernels before 5.9: close them one by one, up to the limit.
