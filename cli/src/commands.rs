@@ -32,6 +32,8 @@ use crate::sides::{self, Side};
 const WORKSPACE_LIMIT: u64 = 256 << 20;
 /// How often a waiting `run` looks at the job.
 const FOLLOW_EVERY: Duration = Duration::from_millis(200);
+/// How often a waiting `run` makes sure a driver is there.
+const DRIVER_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// How often the driver runs the handlers while there is work.
 const DRIVE_EVERY: Duration = Duration::from_millis(250);
 
@@ -445,9 +447,17 @@ async fn follow(g: &Globals, side: &Side, id: &JobId) -> Result<Option<Job>, Cli
     let mut offset = 0u64;
     let mut seen = 0usize;
     let mut waited = Duration::ZERO;
+    let mut driver_checked = tokio::time::Instant::now();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let result = loop {
+        // A driver that died (killed, OOM) is replaced while we wait.
+        if let Some(be) = local.filter(|_| driver_checked.elapsed() >= DRIVER_CHECK_EVERY) {
+            driver_checked = tokio::time::Instant::now();
+            if !studio_local::lock::is_held(&be.driver_lock_path()) {
+                ensure_driver(g, be).await?;
+            }
+        }
         let job = side.store().get_job(id).await?;
         offset += print_log(side.artifacts(), id, offset).await?;
         match job {

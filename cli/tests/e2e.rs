@@ -1360,3 +1360,36 @@ fn gc_removes_what_ended_jobs_left_after_the_retention() {
     assert_eq!(left("instances"), 0);
     assert_eq!(stdout(&h.run(&["status"])).trim(), "no jobs yet");
 }
+
+#[test]
+fn a_waiting_run_replaces_a_driver_that_died() {
+    let h = Home::new();
+    let follower = h
+        .cmd(&["run", "train.py", "--epochs", "8"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = wait_until("the job to run", Duration::from_secs(30), || {
+        let jobs = h.count("SELECT COUNT(*) FROM jobs WHERE state = 'running'");
+        (jobs == 1).then(|| {
+            let db = rusqlite::Connection::open(h.path().join("studio.sqlite3")).unwrap();
+            db.query_row("SELECT id FROM jobs", [], |r| r.get::<_, String>(0))
+                .unwrap()
+        })
+    });
+    wait_until("epoch 1", Duration::from_secs(30), || {
+        h.log(&id).contains("epoch 1/").then_some(())
+    });
+    for d in h.driver_pids() {
+        signal(d as u32, libc::SIGKILL);
+    }
+    let worker = h.worker_pid_of(&id);
+    signal(worker as u32, libc::SIGKILL);
+    let out = follower.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("training done"), "{}", stdout(&out));
+    assert_eq!(h.db_job(&id).unwrap(), ("finished".to_string(), 2));
+    kill_session(worker);
+}
