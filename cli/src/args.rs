@@ -51,6 +51,8 @@ pub enum Command {
     Cancel(CancelArgs),
     /// Show the machine, price and pool a request would get; changes nothing.
     Plan(PlanArgs),
+    /// Remove what ended jobs left under $STUDIO_HOME after the retention.
+    Gc(GcArgs),
     /// The EC2 instance catalogue.
     #[command(subcommand)]
     Catalog(CatalogCommand),
@@ -185,6 +187,13 @@ pub struct LogsArgs {
     /// Keep printing until the job ends.
     #[arg(long, short)]
     pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Remove jobs that ended (and instances that stopped) longer ago than this.
+    #[arg(long, default_value = "7d", value_name = "DURATION")]
+    pub older_than: String,
 }
 
 #[derive(Debug, Args)]

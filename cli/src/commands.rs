@@ -1,8 +1,8 @@
 //! What each subcommand does.
 
 use crate::args::{
-    CancelArgs, CatalogCommand, Cli, Command, LogsArgs, Output, PlanArgs, RefreshArgs, RequestArgs,
-    RunArgs, StatusArgs, WorkerArgs,
+    CancelArgs, CatalogCommand, Cli, Command, GcArgs, LogsArgs, Output, PlanArgs, RefreshArgs,
+    RequestArgs, RunArgs, StatusArgs, WorkerArgs,
 };
 use anyhow::Context as _;
 use std::io::Write;
@@ -20,18 +20,22 @@ use studio_core::job::{Job, JobState};
 use studio_core::notice::{Ec2Metadata, GceMetadata, NoNotice};
 use studio_core::plan::{CatalogPlanner, PlanError, Planner};
 use studio_core::pool::PoolSpec;
-use studio_core::ports::{ArtifactStore, JobStore, WorkQueue};
+use studio_core::ports::{ArtifactStore, Created, JobStore, WorkQueue};
 use studio_core::resources::{Bid, Cloud, Market, ResourceRequest, WorkerPolicy};
 use studio_core::size::format_mib;
 use studio_core::worker::{run_worker, WorkerConfig, WorkerExit};
-use studio_local::{lock, LocalBackend};
+use studio_local::LocalBackend;
 
 use crate::sides::{self, Side};
 
 /// Largest workspace the CLI uploads.
 const WORKSPACE_LIMIT: u64 = 256 << 20;
-/// How often a waiting `run` looks at the job (and drives the handlers).
+/// How often a waiting `run` looks at the job.
 const FOLLOW_EVERY: Duration = Duration::from_millis(200);
+/// How often a waiting `run` makes sure a driver is there.
+const DRIVER_CHECK_EVERY: Duration = Duration::from_secs(2);
+/// How often the driver runs the handlers while there is work.
+const DRIVE_EVERY: Duration = Duration::from_millis(250);
 
 pub enum CliError {
     /// The user's input is wrong: one line, exit code 2.
@@ -63,6 +67,10 @@ struct Globals {
     home: PathBuf,
     settings: Settings,
     exe: PathBuf,
+    /// The global flags as given, handed on to a driver this command starts.
+    pool_grace: String,
+    max_workers: Option<u32>,
+    max_attempts: u32,
 }
 
 pub async fn dispatch(cli: Cli, env: Env) -> Result<ExitCode, CliError> {
@@ -71,6 +79,10 @@ pub async fn dispatch(cli: Cli, env: Env) -> Result<ExitCode, CliError> {
         .clone()
         .or(env.default_home.clone())
         .ok_or_else(|| usage("no home directory: set STUDIO_HOME or HOME"))?;
+    // Absolute from here on: workers and scripts run in other directories,
+    // and every path handed to them (checkpoints, logs) must still point here.
+    let home = std::path::absolute(&home)
+        .map_err(|e| usage(format!("STUDIO_HOME '{}': {e}", home.display())))?;
     let pool_grace = humantime::parse_duration(&cli.pool_grace)
         .map_err(|e| usage(format!("STUDIO_POOL_GRACE '{}': {e}", cli.pool_grace)))?;
     let settings = Settings {
@@ -83,12 +95,16 @@ pub async fn dispatch(cli: Cli, env: Env) -> Result<ExitCode, CliError> {
         home,
         settings,
         exe: std::env::current_exe().context("locating the studio binary")?,
+        pool_grace: cli.pool_grace.clone(),
+        max_workers: cli.max_workers,
+        max_attempts: cli.max_attempts,
     };
     match cli.command {
         Command::Run(a) => run(&g, &env, a).await,
         Command::Status(a) => status(&g, &env, a).await,
         Command::Logs(a) => logs(&g, &env, a).await,
         Command::Cancel(a) => cancel(&g, &env, a).await,
+        Command::Gc(a) => gc(&g, a).await,
         Command::Worker(a) => worker(&g, &env, a).await,
         Command::Driver => driver(&g).await,
         Command::Plan(a) => plan(&g, a, &env).await,
@@ -115,8 +131,7 @@ async fn open(g: &Globals) -> Result<LocalBackend, CliError> {
                 .arg("1s");
             c
         });
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    LocalBackend::open(&g.home, g.settings.clone(), clock, launcher)
+    LocalBackend::open_system(&g.home, g.settings.clone(), launcher)
         .await
         .with_context(|| format!("opening the local backend in {}", g.home.display()))
         .map_err(CliError::Other)
@@ -340,7 +355,12 @@ async fn run(g: &Globals, env: &Env, a: RunArgs) -> Result<ExitCode, CliError> {
             return Err(usage(PlanError::CloudUnavailable(spec.cloud)))
         }
     };
-    let tarball = studio_core::workspace::pack_dir(&dir, WORKSPACE_LIMIT).map_err(usage)?;
+    // Studio's own state is never part of a workspace (the default
+    // `~/.studio` with a script in `~`): the database, logs and earlier
+    // workspaces would grow every run's tarball.
+    let home = g.home.canonicalize().unwrap_or_else(|_| g.home.clone());
+    let tarball =
+        studio_core::workspace::pack_dir_except(&dir, WORKSPACE_LIMIT, &[&home]).map_err(usage)?;
     spec.workspace = side.artifacts().put_workspace(&tarball).await?;
     let id = spec.job_id.clone().unwrap_or_else(JobId::generate);
     spec.job_id = Some(id.clone());
@@ -357,17 +377,27 @@ async fn run(g: &Globals, env: &Env, a: RunArgs) -> Result<ExitCode, CliError> {
     } else {
         match &side {
             Side::Local(be) => {
-                be.queue
-                    .send(&g.settings.submit_queue, &[spec.to_json()])
-                    .await?
+                // The job itself, not only its message, before the id is
+                // printed: `studio cancel $id` works at once.
+                let plan = be.ctx.planner.plan(&spec).map_err(usage)?;
+                let pool = PoolSpec::for_job(&spec, &plan).key();
+                let by = format!("cli:{}", env.user);
+                let job = Job::new(id.clone(), spec.clone(), plan, pool, SystemClock.now(), &by);
+                if let Created::Existing(existing) = be.submit(&job, &spec.to_json())? {
+                    if existing.spec != spec {
+                        return Err(usage(format!(
+                            "job id '{id}' was already used for a different request"
+                        )));
+                    }
+                }
             }
             Side::Aws(aws) => aws.queue.send(&aws.submit_queue, &[spec.to_json()]).await?,
         }
     }
+    if let Side::Local(be) = &side {
+        ensure_driver(g, be).await?;
+    }
     if a.detach {
-        if let Side::Local(be) = &side {
-            ensure_driver(g, be)?;
-        }
         println!("{id}");
         return Ok(ExitCode::SUCCESS);
     }
@@ -399,9 +429,11 @@ fn report_end(job: &Option<Job>) -> ExitCode {
 }
 
 /// Prints state changes (stderr) and the job's output (stdout) until the job
-/// ends. On the local backend it also drives the handlers meanwhile when no
-/// other process does. Returns `None` when interrupted with Ctrl-C (the job
-/// goes on).
+/// ends and, on the local backend, until its script has really stopped (a
+/// cancelled script prints during its SIGTERM grace). It only reads: the
+/// driver does the work, so a follower that is stopped, blocked on a full
+/// pipe or killed holds nothing back. Returns `None` when interrupted with
+/// Ctrl-C (the job goes on).
 async fn follow(g: &Globals, side: &Side, id: &JobId) -> Result<Option<Job>, CliError> {
     let local = match side {
         Side::Local(be) => Some(be.as_ref()),
@@ -412,19 +444,18 @@ async fn follow(g: &Globals, side: &Side, id: &JobId) -> Result<Option<Job>, Cli
     } else {
         Duration::from_secs(1)
     };
-    let mut held = None;
     let mut offset = 0u64;
     let mut seen = 0usize;
     let mut waited = Duration::ZERO;
+    let mut driver_checked = tokio::time::Instant::now();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let result = loop {
-        if let Some(be) = local {
-            if held.is_none() {
-                held = lock::try_lock(&be.driver_lock_path())?;
-            }
-            if held.is_some() {
-                be.driver().tick().await?;
+        // A driver that died (killed, OOM) is replaced while we wait.
+        if let Some(be) = local.filter(|_| driver_checked.elapsed() >= DRIVER_CHECK_EVERY) {
+            driver_checked = tokio::time::Instant::now();
+            if !studio_local::lock::is_held(&be.driver_lock_path()) {
+                ensure_driver(g, be).await?;
             }
         }
         let job = side.store().get_job(id).await?;
@@ -436,7 +467,6 @@ async fn follow(g: &Globals, side: &Side, id: &JobId) -> Result<Option<Job>, Cli
                 }
                 seen = job.events.len();
                 if job.state.is_terminal() {
-                    print_log(side.artifacts(), id, offset).await?;
                     break Some(job);
                 }
             }
@@ -461,11 +491,49 @@ async fn follow(g: &Globals, side: &Side, id: &JobId) -> Result<Option<Job>, Cli
             _ = tokio::time::sleep(every) => waited += every,
         }
     };
-    drop(held);
-    if let Some(be) = local {
-        ensure_driver(g, be)?;
+    if let Some(job) = &result {
+        tail_until_script_ends(side, job, offset).await?;
     }
     Ok(result)
+}
+
+/// Longest a cancelled script is waited for: the worker's SIGTERM grace
+/// (10 s), the second it takes to notice the cancel, and a margin.
+const SCRIPT_END_LIMIT: Duration = Duration::from_secs(15);
+
+/// After the job's end is recorded, prints what its script still writes
+/// until the script has stopped and its last output is in the log. A job
+/// that ended by its script's own exit is already complete; a cancelled one
+/// may still be in its SIGTERM grace.
+async fn tail_until_script_ends(side: &Side, job: &Job, mut offset: u64) -> Result<(), CliError> {
+    let Side::Local(be) = side else {
+        print_log(side.artifacts(), &job.id, offset).await?;
+        return Ok(());
+    };
+    let instance = job
+        .attempts
+        .last()
+        .filter(|_| job.state == JobState::Cancelled)
+        .map(|a| a.instance.clone());
+    if let Some(instance) = instance {
+        let deadline = tokio::time::Instant::now() + SCRIPT_END_LIMIT;
+        let dir = be.artifacts.job_dir(&job.id);
+        while be.fleet.runs_in(&instance, &dir)? && tokio::time::Instant::now() < deadline {
+            offset += print_log(side.artifacts(), &job.id, offset).await?;
+            tokio::time::sleep(FOLLOW_EVERY).await;
+        }
+        // The worker ships the last output right after the script exits
+        // (it flushes every 200 ms): wait until the log is quiet.
+        let mut quiet = 0;
+        while quiet < 3 && tokio::time::Instant::now() < deadline {
+            let n = print_log(side.artifacts(), &job.id, offset).await?;
+            offset += n;
+            quiet = if n == 0 { quiet + 1 } else { 0 };
+            tokio::time::sleep(FOLLOW_EVERY).await;
+        }
+    }
+    print_log(side.artifacts(), &job.id, offset).await?;
+    Ok(())
 }
 
 fn rejected_reason(g: &Globals, be: &LocalBackend, id: &JobId) -> Result<Option<String>, CliError> {
@@ -493,37 +561,50 @@ async fn print_log(
     Ok(bytes.len() as u64)
 }
 
-/// The local backend, if this home has one (commands that only read never create it).
+/// The local backend, if this home has one (commands that only read never
+/// create it). Any command that opens it also makes sure a driver looks
+/// after it, so a driver that died (or a follower killed by a signal) never
+/// leaves jobs stuck until some later `run`.
 async fn local_if_exists(g: &Globals) -> Result<Option<LocalBackend>, CliError> {
-    if g.home.join("studio.sqlite3").exists() {
-        Ok(Some(open(g).await?))
-    } else {
-        Ok(None)
+    if !g.home.join("studio.sqlite3").exists() {
+        return Ok(None);
     }
+    let be = open(g).await?;
+    ensure_driver(g, &be).await?;
+    Ok(Some(be))
 }
 
-/// Starts a background driver unless one is running, so work goes on (and
-/// pools are torn down) after this command returns.
-fn ensure_driver(g: &Globals, be: &LocalBackend) -> Result<(), CliError> {
-    if lock::is_held(&be.driver_lock_path()) {
+/// Starts a background driver for this home if anything needs one. The
+/// driver takes the home's driver lock for its whole life or leaves at once,
+/// so any number of commands may do this at the same time and one driver
+/// results. It starts in its own session with no descriptor of ours beyond
+/// stdin/stdout/stderr (`/dev/null` and `driver.log`): a pipe this command
+/// was given is never held open after it exits.
+async fn ensure_driver(g: &Globals, be: &LocalBackend) -> Result<(), CliError> {
+    if !studio_local::driver::needs_driver(be).await? {
         return Ok(());
     }
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(g.home.join("driver.log"))?;
+    let log = studio_local::files::append(&g.home.join("driver.log"))?;
     let log2 = log.try_clone()?;
     let mut cmd = std::process::Command::new(&g.exe);
     cmd.arg("--home")
         .arg(&g.home)
-        .arg("driver")
+        .arg("--pool-grace")
+        .arg(&g.pool_grace)
+        .arg("--max-attempts")
+        .arg(g.max_attempts.to_string());
+    if let Some(n) = g.max_workers {
+        cmd.arg("--max-workers").arg(n.to_string());
+    }
+    cmd.arg("driver")
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);
-    // SAFETY: setsid is async-signal-safe.
+    // SAFETY: setsid and close_range are async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
             libc::setsid();
+            studio_local::process::close_inherited_fds(None);
             Ok(())
         });
     }
@@ -534,22 +615,9 @@ fn ensure_driver(g: &Globals, be: &LocalBackend) -> Result<(), CliError> {
 
 async fn driver(g: &Globals) -> Result<ExitCode, CliError> {
     let be = open(g).await?;
-    let d = be.driver();
-    loop {
-        let held = lock::lock(&be.driver_lock_path())?;
-        loop {
-            if d.tick().await?.is_idle() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        drop(held);
-        // Work that arrived while we were deciding to leave is still ours.
-        let pending = be.queue.depth(&g.settings.submit_queue).await?.total();
-        if pending == 0 && be.store.live_pools().await?.is_empty() {
-            return Ok(ExitCode::SUCCESS);
-        }
-    }
+    let served = studio_local::driver::serve(&be, DRIVE_EVERY).await?;
+    tracing::debug!(?served, "driver leaving");
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<ExitCode, CliError> {
@@ -753,26 +821,27 @@ async fn logs(g: &Globals, env: &Env, a: LogsArgs) -> Result<ExitCode, CliError>
         &id,
     )
     .await?;
-    if !a.follow || job.state.is_terminal() {
+    if !a.follow {
         print_log(side.artifacts(), &id, 0).await?;
         return Ok(ExitCode::SUCCESS);
     }
-    if let Side::Local(be) = &side {
-        ensure_driver(g, be)?;
-    }
     let mut offset = 0;
+    let mut job = Some(job);
     loop {
         offset += print_log(side.artifacts(), &id, offset).await?;
-        let done = side
-            .store()
-            .get_job(&id)
-            .await?
-            .is_none_or(|j| j.state.is_terminal());
-        if done {
-            print_log(side.artifacts(), &id, offset).await?;
-            return Ok(ExitCode::SUCCESS);
+        match job.filter(|j| j.state.is_terminal()) {
+            Some(ended) => {
+                tail_until_script_ends(&side, &ended, offset).await?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            None => {
+                tokio::time::sleep(FOLLOW_EVERY).await;
+                job = side.store().get_job(&id).await?;
+                if job.is_none() {
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
         }
-        tokio::time::sleep(FOLLOW_EVERY).await;
     }
 }
 
@@ -807,6 +876,26 @@ async fn cancel(g: &Globals, env: &Env, a: CancelArgs) -> Result<ExitCode, CliEr
             }
         }
     }
+}
+
+async fn gc(g: &Globals, a: GcArgs) -> Result<ExitCode, CliError> {
+    let retention = humantime::parse_duration(&a.older_than)
+        .map_err(|e| usage(format!("--older-than '{}': {e} (e.g. 7d)", a.older_than)))?;
+    let Some(be) = local_if_exists(g).await? else {
+        eprintln!("studio: nothing to collect in {}", g.home.display());
+        return Ok(ExitCode::SUCCESS);
+    };
+    let r = studio_local::gc::collect(&be, retention, SystemClock.now()).await?;
+    eprintln!(
+        "studio: removed {} jobs, {} workspaces, {} instances, {} pools, {} dead letters ({})",
+        r.jobs,
+        r.workspaces,
+        r.instances,
+        r.pools,
+        r.dead_letters,
+        format_mib(r.bytes.div_ceil(1 << 20))
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn catalog_refresh(g: &Globals, a: RefreshArgs) -> Result<ExitCode, CliError> {

@@ -15,19 +15,38 @@ fn examples() -> PathBuf {
 
 struct Home {
     dir: tempfile::TempDir,
+    /// The home, relative to `dir` (or `dir` itself); commands get it as an
+    /// absolute path unless a test hands it on as it is.
+    home: PathBuf,
 }
 
 impl Home {
     fn new() -> Home {
+        let dir = tempfile::tempdir().unwrap();
+        Home {
+            home: dir.path().to_path_buf(),
+            dir,
+        }
+    }
+
+    /// A home at `rel` under the temporary directory (given to commands as is,
+    /// so it may be relative to their working directory).
+    fn at(rel: &str) -> Home {
         Home {
             dir: tempfile::tempdir().unwrap(),
+            home: PathBuf::from(rel),
         }
+    }
+
+    /// The home as a path from here.
+    fn path(&self) -> PathBuf {
+        self.dir.path().join(&self.home)
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(STUDIO);
         c.args(args)
-            .env("STUDIO_HOME", self.dir.path())
+            .env("STUDIO_HOME", self.path())
             .env("STUDIO_POOL_GRACE", "1s")
             .env("STUDIO_MAX_WORKERS", "4")
             .env_remove("STUDIO_LOG")
@@ -60,7 +79,7 @@ impl Home {
     }
 
     fn count(&self, sql: &str) -> i64 {
-        let path = self.dir.path().join("studio.sqlite3");
+        let path = self.path().join("studio.sqlite3");
         if !path.exists() {
             return 0;
         }
@@ -70,13 +89,15 @@ impl Home {
     }
 
     fn log(&self, id: &str) -> String {
-        std::fs::read_to_string(self.dir.path().join("jobs").join(id).join("log"))
-            .unwrap_or_default()
+        std::fs::read_to_string(self.path().join("jobs").join(id).join("log")).unwrap_or_default()
     }
 
     fn pids(&self, pattern: &str) -> Vec<i32> {
         let out = Command::new("pgrep")
-            .args(["-f", &format!("{} {}", self.dir.path().display(), pattern)])
+            .args([
+                "-f",
+                &format!("{}[^ ]* {}", self.dir.path().display(), pattern),
+            ])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout)
@@ -88,7 +109,11 @@ impl Home {
 
 impl Drop for Home {
     fn drop(&mut self) {
-        // Never leave a driver or worker behind, whatever the test did.
+        // Never leave a driver or worker behind, whatever the test did, nor
+        // what a worker started (its script runs in the worker's session).
+        for pid in self.pids("") {
+            kill_session(pid);
+        }
         let _ = Command::new("pkill")
             .args([
                 "-KILL",
@@ -98,6 +123,67 @@ impl Drop for Home {
             ])
             .status();
     }
+}
+
+/// Session id of a live process (`None` once it is gone or a zombie).
+fn session_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    (f.first() != Some(&"Z")).then(|| f.get(3)?.parse().ok())?
+}
+
+/// Whether `pid` is alive and runs `what` (so a reused pid is not mistaken for it).
+fn alive(pid: i32, what: &str) -> bool {
+    session_of(pid).is_some()
+        && std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(what))
+}
+
+/// SIGKILL to every process of the session led by `sid` (a worker's, or a
+/// driver's): what a test started, and only that.
+fn kill_session(sid: i32) {
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        if session_of(pid) == Some(sid) {
+            // SAFETY: kill(2) on a process of a session this test started.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on a process this test started.
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
+
+/// Waits for a child with a deadline; `None` (and the child killed) past it.
+fn wait_for(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Writes a script into `dir` and returns its path.
+fn script(dir: &Path, name: &str, body: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p.display().to_string()
 }
 
 fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -768,4 +854,548 @@ fn output_into_a_closed_pipe_ends_quietly_like_any_unix_tool() {
 
 fn libc_sigpipe() -> i32 {
     13
+}
+
+// ------------------------------------------------------------------------
+// The embedded default, hardened: one driver per home, nothing stuck,
+// nothing leaked (issue 9). Each test is a user's reproduction.
+
+impl Home {
+    /// A directory for the test's own scripts (beside the home, not in it).
+    fn scripts(&self) -> PathBuf {
+        let d = self.dir.path().join("scripts");
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// The state of a job read straight from the database (no command runs,
+    /// so nothing starts a driver): `(state, attempt)`.
+    fn db_job(&self, id: &str) -> Option<(String, i64)> {
+        let path = self.path().join("studio.sqlite3");
+        let db = rusqlite::Connection::open(path).ok()?;
+        db.busy_timeout(Duration::from_secs(10)).unwrap();
+        db.query_row(
+            "SELECT state, json_extract(record, '$.attempt') FROM jobs WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .ok()
+    }
+
+    fn worker_pid_of(&self, id: &str) -> i32 {
+        let path = self.path().join("studio.sqlite3");
+        let db = rusqlite::Connection::open(path).unwrap();
+        db.busy_timeout(Duration::from_secs(10)).unwrap();
+        let instance: String = db
+            .query_row("SELECT instance FROM jobs WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        let pids = self.pids(&format!("worker --pool .* --instance-id {instance}"));
+        assert_eq!(pids.len(), 1, "one worker process for {instance}");
+        pids[0]
+    }
+
+    fn driver_pids(&self) -> Vec<i32> {
+        self.pids(".*driver$")
+    }
+}
+
+const SLEEPER: &str = "import time\nprint('started', flush=True)\ntime.sleep(120)\n";
+
+/// Starts `studio run SCRIPT` in the foreground and waits until its job runs.
+fn start_follower(h: &Home, script: &str, out: Stdio) -> (std::process::Child, String) {
+    let child = h
+        .cmd(&["run", script])
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let id = wait_until("the job to run", Duration::from_secs(30), || {
+        let path = h.path().join("studio.sqlite3");
+        let db = rusqlite::Connection::open(path).ok()?;
+        db.busy_timeout(Duration::from_secs(10)).unwrap();
+        db.query_row("SELECT id FROM jobs WHERE state = 'running'", [], |r| {
+            r.get::<_, String>(0)
+        })
+        .ok()
+    });
+    (child, id)
+}
+
+/// `studio run hello.py` from a second shell must finish while the first
+/// follower is stuck.
+fn a_second_run_finishes(h: &Home) {
+    let mut second = h
+        .cmd(&["run", "hello.py"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_for(&mut second, Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the second run finished while the first follower was stuck: {status:?}"
+    );
+}
+
+#[test]
+fn a_stopped_follower_holds_back_no_other_job() {
+    let h = Home::new();
+    let sleeper = script(&h.scripts(), "sleep.py", SLEEPER);
+    let (mut first, id) = start_follower(&h, &sleeper, Stdio::null());
+    signal(first.id(), libc::SIGSTOP); // Ctrl-Z
+    a_second_run_finishes(&h);
+    signal(first.id(), libc::SIGKILL);
+    signal(first.id(), libc::SIGCONT);
+    let _ = first.wait();
+    assert!(h.run(&["cancel", &id]).status.success());
+}
+
+#[test]
+fn a_follower_blocked_on_a_full_pipe_holds_back_no_other_job() {
+    let h = Home::new();
+    let chatty = script(
+        &h.scripts(),
+        "chatty.py",
+        "import time\nfor i in range(20000):\n    print('x' * 60, i, flush=True)\ntime.sleep(120)\n",
+    );
+    // `studio run chatty.py | sleep 120`: nobody reads the pipe.
+    let (mut first, id) = start_follower(&h, &chatty, Stdio::piped());
+    let pid = first.id();
+    wait_until(
+        "the follower to block on the full pipe",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(format!("/proc/{pid}/wchan"))
+                .is_ok_and(|w| w.contains("pipe_write"))
+                .then_some(())
+        },
+    );
+    a_second_run_finishes(&h);
+    let _ = first.kill();
+    let _ = first.wait();
+    assert!(h.run(&["cancel", &id]).status.success());
+}
+
+#[test]
+fn a_follower_ended_by_sigterm_leaves_a_driver_that_recovers_its_job() {
+    let h = Home::new();
+    let (mut follower, id) = start_follower(&h, "train.py", Stdio::null());
+    // (train.py with its defaults: 5 epochs of 0.5 s.)
+    wait_until("epoch 1", Duration::from_secs(30), || {
+        h.log(&id).contains("epoch 1/").then_some(())
+    });
+    signal(follower.id(), libc::SIGTERM);
+    let _ = follower.wait();
+    let worker = h.worker_pid_of(&id);
+    signal(worker as u32, libc::SIGKILL);
+    // No other command runs: only a driver can requeue the job.
+    let end = wait_until("attempt 2 to finish", Duration::from_secs(60), || {
+        h.db_job(&id).filter(|(s, _)| s == "finished")
+    });
+    assert_eq!(end.1, 2, "finished on its second attempt");
+    kill_session(worker);
+}
+
+#[test]
+fn status_starts_a_driver_when_the_last_one_died() {
+    let h = Home::new();
+    let id = stdout(&h.run(&["run", "--detach", "train.py", "--epochs", "8"]))
+        .trim()
+        .to_string();
+    wait_until("epoch 1", Duration::from_secs(30), || {
+        h.log(&id).contains("epoch 1/").then_some(())
+    });
+    let drivers = h.driver_pids();
+    assert_eq!(drivers.len(), 1, "one driver: {drivers:?}");
+    signal(drivers[0] as u32, libc::SIGKILL);
+    wait_until("the driver to be gone", Duration::from_secs(10), || {
+        h.driver_pids().is_empty().then_some(())
+    });
+    let worker = h.worker_pid_of(&id);
+    signal(worker as u32, libc::SIGKILL);
+    assert!(h.run(&["status"]).status.success());
+    let end = wait_until("attempt 2 to finish", Duration::from_secs(60), || {
+        h.db_job(&id).filter(|(s, _)| s == "finished")
+    });
+    assert_eq!(end.1, 2);
+    kill_session(worker);
+}
+
+#[test]
+fn parallel_detached_submits_start_one_driver() {
+    let h = Home::new();
+    let slow = script(
+        &h.scripts(),
+        "slow.py",
+        "import time\ntime.sleep(6)\nprint('done', flush=True)\n",
+    );
+    let children: Vec<_> = (0..6)
+        .map(|i| {
+            h.cmd(&[
+                "run",
+                "--detach",
+                "--num-workers",
+                "4",
+                &slow,
+                &i.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    // Drivers that lost the race leave at once; in the old code they queued
+    // up behind the first and lingered until all the work was done.
+    wait_until("a single driver", Duration::from_secs(3), || {
+        (h.driver_pids().len() == 1).then_some(())
+    });
+    assert!(
+        h.count("SELECT COUNT(*) FROM jobs WHERE state = 'finished'") < 6,
+        "checked while the jobs still run"
+    );
+    wait_until("six finished jobs", Duration::from_secs(60), || {
+        (h.count("SELECT COUNT(*) FROM jobs WHERE state = 'finished'") == 6).then_some(())
+    });
+    let log = std::fs::read_to_string(h.path().join("driver.log")).unwrap();
+    let drove: std::collections::HashSet<&str> = log
+        .lines()
+        .filter(|l| l.contains("driving"))
+        .filter_map(|l| l.split("pid=").nth(1))
+        .collect();
+    assert_eq!(drove.len(), 1, "one process drove all six: {log}");
+}
+
+#[test]
+fn a_detached_id_can_be_cancelled_at_once_while_the_driver_is_busy() {
+    let h = Home::new();
+    let sleeper = script(&h.scripts(), "sleep.py", SLEEPER);
+    let busy = stdout(&h.run(&["run", "--detach", &sleeper]))
+        .trim()
+        .to_string();
+    let driver = wait_until("the driver", Duration::from_secs(10), || {
+        h.driver_pids().first().copied()
+    });
+    // Busy: it handles nothing now. (Stopped outside a write transaction,
+    // or every command would wait for its SQLite lock instead.)
+    wait_until(
+        "the driver stopped between writes",
+        Duration::from_secs(20),
+        || {
+            signal(driver as u32, libc::SIGSTOP);
+            let db = rusqlite::Connection::open(h.path().join("studio.sqlite3")).unwrap();
+            db.busy_timeout(Duration::from_millis(300)).unwrap();
+            if db.execute_batch("BEGIN IMMEDIATE; COMMIT").is_ok() {
+                return Some(());
+            }
+            signal(driver as u32, libc::SIGCONT);
+            std::thread::sleep(Duration::from_millis(20));
+            None
+        },
+    );
+    let out = h.run(&["run", "--detach", "hello.py"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = stdout(&out).trim().to_string();
+    let cancel = h.run(&["cancel", &id]);
+    signal(driver as u32, libc::SIGCONT);
+    assert!(cancel.status.success(), "{}", stderr(&cancel));
+    assert!(stderr(&cancel).contains("cancelled"), "{}", stderr(&cancel));
+    // The driver then handles the submit and leaves the job alone.
+    wait_until("the submit to be handled", Duration::from_secs(20), || {
+        (h.count("SELECT COUNT(*) FROM messages WHERE queue = 'studio-submit'") == 0).then_some(())
+    });
+    let job = h.job(&id);
+    assert_eq!(job["state"], "cancelled", "{job:#}");
+    assert!(job["attempts"].as_array().unwrap().is_empty(), "never ran");
+    assert!(h.log(&id).is_empty());
+    assert!(h.run(&["cancel", &busy]).status.success());
+}
+
+#[test]
+fn a_dead_workers_script_children_die_with_it() {
+    let h = Home::new();
+    let pids = h.scripts();
+    let spawner = script(
+        &h.scripts(),
+        "spawner.py",
+        "import os, subprocess, sys, time\n\
+         p = subprocess.Popen(['sleep', '300'])\n\
+         path = os.path.join(sys.argv[1], 'attempt-' + os.environ['STUDIO_ATTEMPT'])\n\
+         open(path + '.tmp', 'w').write(str(p.pid))\n\
+         os.replace(path + '.tmp', path)\n\
+         time.sleep(300)\n",
+    );
+    let id = stdout(&h.run(&["run", "--detach", &spawner, &pids.display().to_string()]))
+        .trim()
+        .to_string();
+    let read = |n: u32| -> Option<i32> {
+        std::fs::read_to_string(pids.join(format!("attempt-{n}")))
+            .ok()?
+            .parse()
+            .ok()
+    };
+    let sleep1 = wait_until("attempt 1's child", Duration::from_secs(30), || read(1));
+    assert!(alive(sleep1, "sleep"));
+    let worker = h.worker_pid_of(&id);
+    signal(worker as u32, libc::SIGKILL);
+    let sleep2 = wait_until("attempt 2's child", Duration::from_secs(30), || read(2));
+    let gone = wait_until(
+        "attempt 1's child to be gone",
+        Duration::from_secs(5),
+        || Some(!alive(sleep1, "sleep")).filter(|g| *g),
+    );
+    assert!(gone, "nothing of attempt 1 runs beside attempt 2");
+    assert!(h.run(&["cancel", &id]).status.success());
+    wait_until(
+        "attempt 2's child to be gone",
+        Duration::from_secs(30),
+        || (!alive(sleep2, "sleep")).then_some(()),
+    );
+    for p in [sleep1, sleep2] {
+        if alive(p, "sleep") {
+            signal(p as u32, libc::SIGKILL);
+        }
+    }
+}
+
+#[test]
+fn a_pipe_handed_to_studio_is_closed_when_studio_exits() {
+    use std::io::Read;
+    let h = Home::new();
+    // `( studio run hello.py 3>&1 >/dev/null 2>&1 ) | cat`
+    let mut c = Command::new("bash");
+    c.args([
+        "-c",
+        &format!("exec {STUDIO} run hello.py 3>&1 >/dev/null 2>&1"),
+    ])
+    .env("STUDIO_HOME", h.path())
+    .env("STUDIO_POOL_GRACE", "60s") // the driver and the idle worker stay on
+    .current_dir(examples())
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut pipe = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = pipe.read_to_end(&mut sink);
+        let _ = tx.send(());
+    });
+    let st = wait_for(&mut child, Duration::from_secs(30));
+    assert!(st.is_some_and(|s| s.success()), "{st:?}");
+    assert!(
+        rx.recv_timeout(Duration::from_secs(5)).is_ok(),
+        "the reader saw end-of-file once studio exited (driver and workers \
+         hold no copy of the pipe)"
+    );
+    assert!(!h.pids("worker").is_empty(), "a worker still ran meanwhile");
+}
+
+#[test]
+fn a_relative_studio_home_keeps_checkpoints() {
+    let h = Home::at("relhome");
+    let train = examples().join("train.py").display().to_string();
+    let out = h
+        .cmd(&["run", &train, "--epochs", "2", "--epoch-seconds", "0.1"])
+        .env("STUDIO_HOME", &h.home)
+        .current_dir(h.dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = h.jobs()[0]["id"].as_str().unwrap().to_string();
+    let saved = h
+        .path()
+        .join("jobs")
+        .join(&id)
+        .join("checkpoints")
+        .join("attempt-1.tar.gz");
+    assert!(
+        saved.is_file(),
+        "checkpoint saved under the home: {saved:?}"
+    );
+}
+
+#[test]
+fn a_home_inside_the_scripts_directory_is_not_packed() {
+    // The default `~/.studio` with a script in `~`.
+    let h = Home::at("proj/.studio");
+    let proj = h.dir.path().join("proj");
+    std::fs::create_dir_all(&proj).unwrap();
+    std::fs::copy(examples().join("hello.py"), proj.join("hello.py")).unwrap();
+    for _ in 0..2 {
+        let out = h
+            .cmd(&["run", "hello.py"])
+            .current_dir(&proj)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let tarballs: Vec<_> = std::fs::read_dir(h.path().join("artifacts/workspaces"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(tarballs.len(), 1, "both runs packed the same workspace");
+    assert!(tarballs[0].metadata().unwrap().len() < 4096);
+}
+
+#[test]
+fn state_under_the_home_is_private_to_its_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let h = Home::new();
+    let out = h.run(&["run", "--env", "API_TOKEN=s3cret", "hello.py"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = h.jobs()[0]["id"].as_str().unwrap().to_string();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let home = h.path();
+    assert_eq!(mode(&home), 0o700, "the home");
+    for d in ["jobs", "instances", "artifacts", "artifacts/workspaces"] {
+        assert_eq!(mode(&home.join(d)), 0o700, "{d}");
+    }
+    let mut files = vec![
+        home.join("studio.sqlite3"),
+        home.join("studio.sqlite3-wal"),
+        home.join("driver.log"),
+        home.join("jobs").join(&id).join("log"),
+    ];
+    for d in ["instances", "artifacts/workspaces"] {
+        files.extend(
+            std::fs::read_dir(home.join(d))
+                .unwrap()
+                .flatten()
+                .map(|e| e.path()),
+        );
+    }
+    for f in files {
+        assert_eq!(mode(&f), 0o600, "{f:?}");
+    }
+}
+
+/// A script that says goodbye a while after SIGTERM.
+const SLOW_GOODBYE: &str = r#"import signal, sys, time
+def bye(*_):
+    time.sleep(1.5)
+    print("goodbye after SIGTERM", flush=True)
+    sys.exit(143)
+signal.signal(signal.SIGTERM, bye)
+print("started", flush=True)
+time.sleep(120)
+"#;
+
+#[test]
+fn output_printed_after_a_cancel_is_shown_by_run_and_logs_follow() {
+    let h = Home::new();
+    let goodbye = script(&h.scripts(), "goodbye.py", SLOW_GOODBYE);
+    let (run, id) = start_follower(&h, &goodbye, Stdio::piped());
+    wait_until("the script to start", Duration::from_secs(30), || {
+        h.log(&id).contains("started").then_some(())
+    });
+    let logs = h
+        .cmd(&["logs", "-f", &id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(h.run(&["cancel", &id]).status.success());
+    for (what, child) in [("run", run), ("logs -f", logs)] {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            stdout(&out).contains("goodbye after SIGTERM"),
+            "{what} showed the output printed in the grace: {}",
+            stdout(&out)
+        );
+    }
+}
+
+#[test]
+fn an_ended_jobs_workspace_keeps_only_what_the_script_wrote() {
+    let h = Home::new();
+    assert!(h.run(&["run", "hello.py"]).status.success());
+    let id = h.jobs()[0]["id"].as_str().unwrap().to_string();
+    let ws = h.path().join("jobs").join(&id).join("attempt-1/workspace");
+    wait_until("the inputs to go", Duration::from_secs(20), || {
+        (!ws.join("hello.py").exists()).then_some(())
+    });
+    assert!(!ws.join("train.py").exists());
+    assert_eq!(
+        std::fs::read_to_string(ws.join("hello.txt")).unwrap(),
+        "hello, world\n",
+        "the output is kept"
+    );
+}
+
+#[test]
+fn gc_removes_what_ended_jobs_left_after_the_retention() {
+    let h = Home::new();
+    assert!(h.run(&["run", "hello.py"]).status.success());
+    let id = h.jobs()[0]["id"].as_str().unwrap().to_string();
+    wait_until("the pool to be torn down", Duration::from_secs(30), || {
+        (h.count("SELECT COUNT(*) FROM instances WHERE state != 'terminated'") == 0
+            && h.driver_pids().is_empty())
+        .then_some(())
+    });
+    let kept = h.run(&["gc", "--older-than", "1h"]);
+    assert!(kept.status.success(), "{}", stderr(&kept));
+    assert_eq!(
+        h.count("SELECT COUNT(*) FROM jobs"),
+        1,
+        "within the retention"
+    );
+    assert!(h.path().join("jobs").join(&id).exists());
+
+    let out = h.run(&["gc", "--older-than", "0s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("removed 1 jobs"), "{}", stderr(&out));
+    assert_eq!(h.count("SELECT COUNT(*) FROM jobs"), 0);
+    assert_eq!(h.count("SELECT COUNT(*) FROM instances"), 0);
+    assert_eq!(h.count("SELECT COUNT(*) FROM pools"), 0);
+    assert!(!h.path().join("jobs").join(&id).exists());
+    let left = |d: &str| std::fs::read_dir(h.path().join(d)).unwrap().count();
+    assert_eq!(left("artifacts/workspaces"), 0);
+    assert_eq!(left("instances"), 0);
+    assert_eq!(stdout(&h.run(&["status"])).trim(), "no jobs yet");
+}
+
+#[test]
+fn a_waiting_run_replaces_a_driver_that_died() {
+    let h = Home::new();
+    let follower = h
+        .cmd(&["run", "train.py", "--epochs", "8"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = wait_until("the job to run", Duration::from_secs(30), || {
+        let jobs = h.count("SELECT COUNT(*) FROM jobs WHERE state = 'running'");
+        (jobs == 1).then(|| {
+            let db = rusqlite::Connection::open(h.path().join("studio.sqlite3")).unwrap();
+            db.query_row("SELECT id FROM jobs", [], |r| r.get::<_, String>(0))
+                .unwrap()
+        })
+    });
+    wait_until("epoch 1", Duration::from_secs(30), || {
+        h.log(&id).contains("epoch 1/").then_some(())
+    });
+    for d in h.driver_pids() {
+        signal(d as u32, libc::SIGKILL);
+    }
+    let worker = h.worker_pid_of(&id);
+    signal(worker as u32, libc::SIGKILL);
+    let out = follower.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("training done"), "{}", stdout(&out));
+    assert_eq!(h.db_job(&id).unwrap(), ("finished".to_string(), 2));
+    kill_session(worker);
 }

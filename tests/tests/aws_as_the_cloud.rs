@@ -18,7 +18,7 @@ use studio_core::handlers::{self, Ctx};
 use studio_core::ids::{InstanceId, PoolKey};
 use studio_core::job::{Job, JobState};
 use studio_core::notice::NoNotice;
-use studio_core::ports::ArtifactStore;
+use studio_core::ports::{ArtifactStore, Fleet};
 use studio_core::resources::Cloud;
 use studio_core::worker::{run_worker, WorkerConfig, WorkerExit};
 use studio_tests::fidelity::Fidelity;
@@ -97,7 +97,6 @@ impl World {
 
     /// The machines the group launched (moto starts them at once).
     async fn machines(&self, gk: &PoolKey) -> Vec<InstanceId> {
-        use studio_core::ports::Fleet;
         self.ctx
             .fleet
             .instances(gk)
@@ -112,7 +111,7 @@ impl World {
         WorkerConfig {
             pool: gk.clone(),
             instance: instance.clone(),
-            lease: Duration::from_secs(2),
+            lease: Duration::from_secs(30),
             beat_every: Duration::from_millis(100),
             poll_wait: Duration::from_millis(200),
             heartbeat: Duration::from_millis(100),
@@ -289,7 +288,7 @@ async fn a_thirteen_hour_job_keeps_its_claim_and_its_machine() {
     let (stop2, second) = w.start_worker(cfg2);
 
     // The group rebalances while the job runs: the busy machine stays.
-    let taken = eventually(
+    eventually(
         "the busy machine to be protected",
         Duration::from_secs(10),
         async || {
@@ -305,7 +304,6 @@ async fn a_thirteen_hour_job_keeps_its_claim_and_its_machine() {
         },
     )
     .await;
-    let _ = taken;
     assert!(
         !w.fid
             .group_rebalances(&w.group_name(&gk))

@@ -767,3 +767,144 @@ async fn lifetime_bounds_only_the_wait_for_a_first_start_and_needs_no_worker() {
     };
     assert_eq!((next.id.as_str(), next.attempt), ("ran", 2));
 }
+
+// ---------------------------------------------------------------- issue 9
+
+#[tokio::test]
+async fn a_pools_active_jobs_are_read_without_decoding_the_ended_ones() {
+    // GIVEN a pool with one queued job and an ended job whose record no
+    // longer decodes (standing in for thousands of finished ones)
+    let w = LocalWorld::default().await;
+    submit(&w.be.ctx, "m-1", &JobBuilder::new("j1").json())
+        .await
+        .unwrap();
+    let pool = w.be.store_job_pool("j1").await;
+    w.be.db
+        .conn()
+        .execute(
+            "INSERT INTO jobs (id, pool, state, instance, version, created_at, record)
+             VALUES ('old', ?1, 'finished', NULL, 3, 0, 'not a record')",
+            [pool.as_str()],
+        )
+        .unwrap();
+    // WHEN the handlers ask for the pool's active jobs
+    let active =
+        w.be.store
+            .list_jobs(Some(&pool), &JobState::ACTIVE)
+            .await
+            .unwrap();
+    // THEN the ended row is filtered out by SQL, never decoded
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0].id, job_id("j1"));
+    scale(&w.be.ctx).await.unwrap();
+    cleanup(&w.be.ctx).await.unwrap();
+    let plan: String = w
+        .be
+        .db
+        .conn()
+        .query_row(
+            "EXPLAIN QUERY PLAN SELECT record FROM jobs WHERE pool = ?1 AND state IN ('queued', 'running')",
+            [pool.as_str()],
+            |r| r.get(3),
+        )
+        .unwrap();
+    assert!(plan.contains("USING INDEX"), "{plan}");
+}
+
+#[tokio::test]
+async fn a_wall_clock_step_neither_expires_nor_lengthens_a_lease() {
+    use std::sync::Arc;
+    use studio_core::clock::{ManualClock, Timestamp};
+    let dir = tempfile::tempdir().unwrap();
+    let wall = ManualClock::new(Timestamp(1_800_000_000_000));
+    let lease = ManualClock::new(Timestamp(5_000));
+    let launcher: studio_local::fleet::Launcher =
+        Arc::new(|_: &_, _: &_| std::process::Command::new("true"));
+    let be = studio_local::LocalBackend::open_with_clocks(
+        dir.path(),
+        Settings::default(),
+        Arc::new(wall.clone()),
+        Arc::new(lease.clone()),
+        launcher,
+    )
+    .await
+    .unwrap();
+    be.queue.ensure_queue("q").await.unwrap();
+    be.queue.send("q", &["item".into()]).await.unwrap();
+    let first = be
+        .queue
+        .receive("q", 1, Duration::from_secs(30), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    // NTP steps the wall clock an hour forward: the lease still holds.
+    wall.advance(Duration::from_secs(3600));
+    let none = be
+        .queue
+        .receive("q", 1, Duration::from_secs(30), Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "a wall-clock step expires no lease");
+    assert_eq!(be.queue.depth("q").await.unwrap().in_flight, 1);
+    // 31 s of real (monotonic) time later, it has lapsed.
+    lease.advance(Duration::from_secs(31));
+    let again = be
+        .queue
+        .receive("q", 1, Duration::from_secs(30), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].receive_count, 2);
+    assert_eq!(again[0].message_id, first[0].message_id);
+}
+
+#[tokio::test]
+async fn a_job_written_with_its_submit_message_is_finished_by_the_driver() {
+    use studio_core::contract::SubmitJob;
+    use studio_core::job::Job;
+    use studio_core::pool::PoolSpec;
+    use studio_core::ports::Created;
+    // GIVEN the job and its message written together, as `studio run` does
+    let w = LocalWorld::default().await;
+    let body = JobBuilder::new("j1").json();
+    let spec = SubmitJob::from_json(&body).unwrap();
+    let plan = w.be.ctx.planner.plan(&spec).unwrap();
+    let pool = PoolSpec::for_job(&spec, &plan).key();
+    let job = Job::new(
+        job_id("j1"),
+        spec,
+        plan,
+        pool.clone(),
+        studio_core::clock::Clock::now(&w.clock),
+        "cli:ada",
+    );
+    assert!(matches!(w.be.submit(&job, &body).unwrap(), Created::New(_)));
+    // A second identical submission writes nothing more.
+    assert!(matches!(
+        w.be.submit(&job, &body).unwrap(),
+        Created::Existing(_)
+    ));
+    assert_eq!(
+        w.be.queue
+            .depth(&w.be.ctx.settings.submit_queue)
+            .await
+            .unwrap()
+            .total(),
+        1
+    );
+    // WHEN the driver handles the message
+    let r = w.be.driver().tick().await.unwrap();
+    // THEN the existing job is taken as it is and the steps are finished
+    assert_eq!(r.submitted, 1);
+    assert!(r.rejected.is_empty());
+    let stored = w.be.store.get_job(&job_id("j1")).await.unwrap().unwrap();
+    assert_eq!((stored.state, stored.attempt), (JobState::Queued, 1));
+    assert_eq!(stored.events.len(), 1, "no second 'submitted' event");
+    let depth =
+        w.be.queue
+            .depth(&w.be.ctx.settings.work_queue(&pool))
+            .await
+            .unwrap();
+    assert_eq!(depth.visible, 1, "one work item");
+    assert_eq!(w.be.fleet.instances(&pool).await.unwrap().len(), 1);
+}

@@ -198,7 +198,7 @@ pub async fn submit(
             // recognised and dropped by the worker).
             let pool = ensure_pool(ctx, &pool_spec).await?;
             send_item(ctx, &pool, &WorkItem::new(id.clone(), 1)).await?;
-            scale_pool(ctx, pool, 1).await?;
+            scale_pool(ctx, pool, 1, 0).await?;
             return Ok(SubmitOutcome::Duplicate(id));
         }
     };
@@ -206,7 +206,7 @@ pub async fn submit(
     send_item(ctx, &pool, &WorkItem::new(job.id.clone(), 1)).await?;
     // Scale for the item just sent: the queue's depth counters lag sends
     // by up to a minute on SQS.
-    scale_pool(ctx, pool, 1).await?;
+    scale_pool(ctx, pool, 1, 0).await?;
     info!(job_id = %job.id, pool = %job.pool, "job submitted");
     Ok(SubmitOutcome::Created(job.id))
 }
@@ -330,7 +330,12 @@ async fn create_pool_resources(ctx: &Ctx, pool: &Pool) -> Result<(), HandlerErro
 ///
 /// # Errors
 /// Port errors from the queue or the fleet.
-pub async fn scale_pool(ctx: &Ctx, mut pool: Pool, waiting: u64) -> Result<u32, HandlerError> {
+pub async fn scale_pool(
+    ctx: &Ctx,
+    mut pool: Pool,
+    waiting: u64,
+    running: u64,
+) -> Result<u32, HandlerError> {
     let gk = pool.group_key();
     let max = match pool.spec.policy {
         WorkerPolicy::Fixed(n) => n,
@@ -347,6 +352,9 @@ pub async fn scale_pool(ctx: &Ctx, mut pool: Pool, waiting: u64) -> Result<u32, 
         Err(e) => return Err(e.into()),
     };
     depth.visible = depth.visible.max(waiting);
+    // Items are acked once claimed, so running jobs are not in flight in
+    // the queue: count them from the store.
+    depth.in_flight = depth.in_flight.max(running);
     let group = match ctx.fleet.group(&gk).await? {
         Some(g) => g,
         None => {
@@ -394,15 +402,15 @@ pub async fn scale(ctx: &Ctx) -> Result<Vec<(PoolKey, u32)>, HandlerError> {
             continue;
         }
         let key = pool.key.clone();
-        let waiting = match sweep_pool(ctx, &key).await {
+        let (waiting, running) = match sweep_pool(ctx, &key).await {
             Ok(n) => n,
             Err(e) => {
                 warn!(pool = %key, error = %e, "sweep failed");
                 first_err.get_or_insert(e);
-                0
+                (0, 0)
             }
         };
-        match scale_pool(ctx, pool, waiting).await {
+        match scale_pool(ctx, pool, waiting, running).await {
             Ok(n) => sizes.push((key, n)),
             Err(e) => {
                 warn!(pool = %key, error = %e, "scaling failed");
@@ -453,9 +461,10 @@ fn lifetime_over(job: &Job, now: Timestamp) -> Option<String> {
     })
 }
 
-/// The sweep of one pool (see [`scale`]); returns how many jobs wait.
-async fn sweep_pool(ctx: &Ctx, key: &PoolKey) -> Result<u64, HandlerError> {
-    let mut waiting = 0;
+/// The sweep of one pool (see [`scale`]); returns how many jobs wait and
+/// how many run.
+async fn sweep_pool(ctx: &Ctx, key: &PoolKey) -> Result<(u64, u64), HandlerError> {
+    let (mut waiting, mut running) = (0, 0);
     let mut first_err = None;
     for job in ctx.store.list_jobs(Some(key), &JobState::ACTIVE).await? {
         let now = ctx.clock.now();
@@ -469,7 +478,10 @@ async fn sweep_pool(ctx: &Ctx, key: &PoolKey) -> Result<u64, HandlerError> {
                 Some(why) => requeue(ctx, &job.id, job.attempt, &why, "scale")
                     .await
                     .map(|_| ()),
-                None => Ok(()),
+                None => {
+                    running += 1;
+                    Ok(())
+                }
             },
             JobState::Queued => match lifetime_over(&job, now) {
                 Some(why) => drop_for_lifetime(ctx, &job.id, &why, "scale").await,
@@ -486,7 +498,7 @@ async fn sweep_pool(ctx: &Ctx, key: &PoolKey) -> Result<u64, HandlerError> {
     }
     match first_err {
         Some(e) => Err(e),
-        None => Ok(waiting),
+        None => Ok((waiting, running)),
     }
 }
 
@@ -596,7 +608,7 @@ pub async fn requeue(
     })
     .await?;
     if fallback.is_some() {
-        scale_pool(ctx, pool, 1).await?;
+        scale_pool(ctx, pool, 1, 0).await?;
     }
     match step3 {
         Some((_, true)) => {

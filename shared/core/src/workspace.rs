@@ -49,8 +49,22 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WorkspaceError + '_ {
 /// # Errors
 /// I/O errors, or [`WorkspaceError::TooLarge`] past `limit` bytes of file content.
 pub fn pack_dir(dir: &Path, limit: u64) -> Result<Vec<u8>, WorkspaceError> {
+    pack_dir_except(dir, limit, &[])
+}
+
+/// [`pack_dir`], leaving out the directories `skip` (absolute paths; those
+/// not under `dir` change nothing): Studio's own home when it lies inside
+/// the script's directory.
+///
+/// # Errors
+/// As [`pack_dir`].
+pub fn pack_dir_except(dir: &Path, limit: u64, skip: &[&Path]) -> Result<Vec<u8>, WorkspaceError> {
+    let skip: Vec<std::path::PathBuf> = skip
+        .iter()
+        .filter_map(|s| s.strip_prefix(dir).ok().map(Path::to_path_buf))
+        .collect();
     let mut files = Vec::new();
-    collect(dir, Path::new(""), &mut files)?;
+    collect(dir, Path::new(""), &skip, &mut files)?;
     files.sort();
     let total: u64 = files.iter().map(|(_, len, _)| *len).sum();
     if total > limit {
@@ -81,6 +95,7 @@ pub fn pack_dir(dir: &Path, limit: u64) -> Result<Vec<u8>, WorkspaceError> {
 fn collect(
     root: &Path,
     rel: &Path,
+    skip: &[std::path::PathBuf],
     out: &mut Vec<(std::path::PathBuf, u64, u32)>,
 ) -> Result<(), WorkspaceError> {
     let here = root.join(rel);
@@ -92,8 +107,11 @@ fn collect(
         }
         let meta = entry.metadata().map_err(io(&entry.path()))?;
         let child = rel.join(&name);
+        if skip.contains(&child) {
+            continue;
+        }
         if meta.is_dir() {
-            collect(root, &child, out)?;
+            collect(root, &child, skip, out)?;
         } else if meta.is_file() {
             use std::os::unix::fs::PermissionsExt;
             out.push((child, meta.len(), meta.permissions().mode()));
@@ -148,6 +166,19 @@ mod tests {
             "x"
         );
         assert!(!dst.path().join("__pycache__").exists());
+    }
+
+    #[test]
+    fn a_skipped_directory_is_left_out() {
+        let src = tempfile::tempdir().unwrap();
+        fs::write(src.path().join("train.py"), "print('hi')\n").unwrap();
+        let before = pack_dir(src.path(), 1 << 20).unwrap();
+        fs::create_dir_all(src.path().join(".studio/jobs")).unwrap();
+        fs::write(src.path().join(".studio/studio.sqlite3"), "db").unwrap();
+        let home = src.path().join(".studio");
+        let elsewhere = Path::new("/somewhere/else");
+        let after = pack_dir_except(src.path(), 1 << 20, &[&home, elsewhere]).unwrap();
+        assert_eq!(before, after);
     }
 
     #[test]

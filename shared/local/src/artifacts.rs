@@ -1,6 +1,7 @@
 //! [`ArtifactStore`] as a directory: workspaces under
 //! `artifacts/workspaces/<sha256>.tar.gz`, each job's log at `jobs/<id>/log`.
 
+use crate::files;
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use std::io::Write;
@@ -44,9 +45,9 @@ impl ArtifactStore for DirArtifacts {
         let path = self.workspace_path(&sha);
         if !path.exists() {
             let dir = path.parent().expect("workspace path has a parent");
-            std::fs::create_dir_all(dir).map_err(io)?;
+            files::create_dir_all(dir).map_err(io)?;
             let tmp = dir.join(format!(".{sha}.{}", std::process::id()));
-            std::fs::write(&tmp, tarball).map_err(io)?;
+            files::write(&tmp, tarball).map_err(io)?;
             std::fs::rename(&tmp, &path).map_err(io)?;
         }
         Ok(WorkspaceRef {
@@ -77,12 +78,8 @@ impl ArtifactStore for DirArtifacts {
 
     async fn append_log(&self, job: &JobId, bytes: &[u8]) -> Result<(), PortError> {
         let dir = self.job_dir(job);
-        std::fs::create_dir_all(&dir).map_err(io)?;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("log"))
-            .map_err(io)?;
+        files::create_dir_all(&dir).map_err(io)?;
+        let mut f = files::append(&dir.join("log")).map_err(io)?;
         f.write_all(bytes).map_err(io)
     }
 
@@ -106,9 +103,9 @@ impl ArtifactStore for DirArtifacts {
         tarball: &[u8],
     ) -> Result<(), PortError> {
         let dir = self.job_dir(job).join("checkpoints");
-        std::fs::create_dir_all(&dir).map_err(io)?;
+        files::create_dir_all(&dir).map_err(io)?;
         let tmp = dir.join(format!(".attempt-{attempt}.{}", std::process::id()));
-        std::fs::write(&tmp, tarball).map_err(io)?;
+        files::write(&tmp, tarball).map_err(io)?;
         std::fs::rename(&tmp, dir.join(format!("attempt-{attempt}.tar.gz"))).map_err(io)
     }
 

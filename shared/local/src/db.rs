@@ -2,7 +2,8 @@
 //! and the local fleet. WAL mode and a busy timeout let the CLI, the driver
 //! and every worker process use it at once.
 
-use rusqlite::Connection;
+use crate::files;
+use rusqlite::{Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use studio_core::ports::PortError;
@@ -19,6 +20,15 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_pool_state ON jobs(pool, state);
 CREATE INDEX IF NOT EXISTS jobs_instance ON jobs(instance);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, created_at);
+CREATE TABLE IF NOT EXISTS ended (
+    job TEXT PRIMARY KEY,
+    at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS pools (
     key TEXT PRIMARY KEY,
     state TEXT NOT NULL,
@@ -70,14 +80,28 @@ impl Db {
     /// # Errors
     /// The directory or database cannot be created or opened.
     pub fn open(home: &Path) -> Result<Db, PortError> {
-        std::fs::create_dir_all(home).map_err(|e| PortError::backend("local store", e))?;
+        let err = |e: std::io::Error| PortError::backend("local store", e);
+        files::create_dir_all(home).map_err(err)?;
+        // Best effort on a home made by an older version (or not ours to change).
+        let _ = files::restrict_dir(home);
         let path = home.join("studio.sqlite3");
+        // Create the file 0600 before SQLite does: it gives the WAL and
+        // shared-memory files the database file's mode.
+        files::options()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(err)?;
+        for f in ["studio.sqlite3", "studio.sqlite3-wal", "studio.sqlite3-shm"] {
+            let _ = files::restrict_file(&home.join(f));
+        }
         let conn = Connection::open(&path).map_err(|e| PortError::backend("local store", e))?;
         conn.busy_timeout(std::time::Duration::from_secs(30))
             .and_then(|_| conn.pragma_update(None, "journal_mode", "WAL"))
             .and_then(|_| conn.pragma_update(None, "synchronous", "NORMAL"))
             .and_then(|_| conn.execute_batch(SCHEMA))
             .map_err(|e| PortError::backend("local store", e))?;
+        forget_leases_of_another_boot(&conn).map_err(|e| PortError::backend("local store", e))?;
         Ok(Db {
             conn: Mutex::new(conn),
             path,
@@ -93,7 +117,90 @@ impl Db {
     }
 }
 
+/// The kernel's id of the current boot.
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Leases are kept on the monotonic clock, which restarts at every boot: a
+/// lease taken before a reboot means nothing after it (and its worker is
+/// gone), so the first process to open the database after a reboot makes
+/// every message visible again. A database written by a version that kept
+/// leases on the wall clock has no boot id yet and is treated the same way.
+fn forget_leases_of_another_boot(conn: &Connection) -> rusqlite::Result<()> {
+    let now = boot_id();
+    let stored: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'boot_id'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    if stored.as_deref() == Some(now.as_str()) {
+        return Ok(());
+    }
+    // Checked again under the write lock: only the first opener resets.
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let r = (|| {
+        let again: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'boot_id'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if again.as_deref() != Some(now.as_str()) {
+            conn.execute("UPDATE messages SET visible_at = 0", [])?;
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('boot_id', ?1)",
+                [&now],
+            )?;
+        }
+        Ok(())
+    })();
+    match r {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
 /// Maps a SQLite error onto the port error of `port`.
 pub fn sql(port: &'static str) -> impl Fn(rusqlite::Error) -> PortError {
     move |e| PortError::backend(port, e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leases_of_another_boot_are_forgotten_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        db.conn()
+            .execute(
+                "INSERT INTO messages (id, queue, body, visible_at, sent_at) VALUES ('m', 'q', 'b', 1000000000000, 0)",
+                [],
+            )
+            .unwrap();
+        drop(db);
+        // Same boot: a lease is a lease.
+        let db = Db::open(dir.path()).unwrap();
+        let visible_at = |db: &Db| -> i64 {
+            db.conn()
+                .query_row("SELECT visible_at FROM messages", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(visible_at(&db), 1_000_000_000_000);
+        db.conn()
+            .execute(
+                "UPDATE meta SET value = 'another boot' WHERE key = 'boot_id'",
+                [],
+            )
+            .unwrap();
+        drop(db);
+        let db = Db::open(dir.path()).unwrap();
+        assert_eq!(visible_at(&db), 0, "visible again after a reboot");
+    }
 }

@@ -4,12 +4,22 @@
 //! handle-spot-interruption for every worker that died, scale-on-queue-depth,
 //! the fleet's own reconciliation, and cleanup-empty-group.
 //!
-//! At most one process drives at a time (a lock file); whoever holds it may
-//! be `studio run` waiting in the foreground or a background `studio driver`
-//! that leaves once nothing is left to look after.
+//! One process drives a home: [`serve`] takes an exclusive `flock` on
+//! `driver.lock` for its whole life, or returns at once when another process
+//! holds it, so starting a driver is atomic by construction and any command
+//! may try. No command drives the handlers itself: `studio run` only reads
+//! the store, so a follower that is stopped (Ctrl-Z), blocked on a full pipe
+//! or killed by any signal holds nothing back.
+//!
+//! Leaving without losing work: when a tick finds nothing to do, the driver
+//! releases the lock and only then looks once more. Work written before the
+//! release is seen by that look (and the driver takes the lock back); work
+//! written after it finds the lock free when its writer starts a driver.
 
 use crate::fleet::ProcessFleet;
 use crate::queue::SqliteQueue;
+use crate::{gc, lock, LocalBackend};
+use std::io::{Seek, Write};
 use std::sync::Arc;
 use std::time::Duration;
 use studio_core::handlers::{self, Ctx, HandlerError};
@@ -107,5 +117,83 @@ impl Driver {
 fn log_err(what: &str, r: Result<(), HandlerError>) {
     if let Err(e) = r {
         warn!(error = %e, "{what} failed; next tick retries");
+    }
+}
+
+/// How [`serve`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// Another process drives this home; nothing was done.
+    AlreadyDriven,
+    /// Nothing was left to look after.
+    Idle,
+}
+
+/// Whether anything needs a driver: a pool (its workers, its grace) or a
+/// submit message not yet handled.
+///
+/// # Errors
+/// Database errors.
+pub async fn needs_driver(be: &LocalBackend) -> Result<bool, PortError> {
+    Ok(
+        be.queue.depth(&be.ctx.settings.submit_queue).await?.total() > 0
+            || !be.ctx.store.live_pools().await?.is_empty(),
+    )
+}
+
+/// Drives the home until nothing is left, if no other process does.
+///
+/// # Errors
+/// The lock file cannot be opened, or the database fails.
+pub async fn serve(be: &LocalBackend, every: Duration) -> Result<Served, PortError> {
+    let path = be.driver_lock_path();
+    let io = |e: std::io::Error| PortError::backend("local driver", e);
+    let Some(mut held) = lock::try_lock(&path).map_err(io)? else {
+        return Ok(Served::AlreadyDriven);
+    };
+    let d = be.driver();
+    let mut failures = 0u32;
+    loop {
+        // Who drives, for people and tests (the lock, not this, is the truth).
+        let _ = held.set_len(0).and_then(|_| held.rewind());
+        let _ = writeln!(held, "{}", std::process::id());
+        info!(pid = std::process::id(), "driving");
+        loop {
+            let idle = match d.tick().await {
+                Ok(r) => {
+                    failures = 0;
+                    r.is_idle()
+                }
+                // A minute of failures in a row: the database is gone or
+                // broken; leave, and let the next command start a driver.
+                Err(e) if failures >= 240 => return Err(e),
+                Err(e) => {
+                    failures += 1;
+                    warn!(error = %e, "tick failed; retrying");
+                    false
+                }
+            };
+            if let Err(e) = gc::prune_ended(be).await {
+                warn!(error = %e, "pruning ended jobs failed; next tick retries");
+            }
+            if let Err(e) = gc::collect_if_due(be, be.ctx.clock.now()).await {
+                warn!(error = %e, "collection failed; next tick retries");
+            }
+            if idle && !gc::prune_pending(be)? {
+                break;
+            }
+            tokio::time::sleep(every).await;
+        }
+        let _ = held.set_len(0);
+        drop(held);
+        if !needs_driver(be).await? {
+            info!("nothing left to drive; leaving");
+            return Ok(Served::Idle);
+        }
+        match lock::try_lock(&path).map_err(io)? {
+            Some(again) => held = again,
+            // Someone started driving after we let go: the work is theirs.
+            None => return Ok(Served::Idle),
+        }
     }
 }

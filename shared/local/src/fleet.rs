@@ -9,7 +9,8 @@
 //! SIGKILL, and cannot be confused with a reused pid.
 
 use crate::db::{sql, Db};
-use crate::lock;
+use crate::process;
+use crate::{files, lock};
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
 use std::os::fd::AsRawFd;
@@ -71,7 +72,7 @@ impl ProcessFleet {
             None,
         )?;
         let mut events = Vec::new();
-        for (id, _pool, _pid, _state) in rows {
+        for (id, _pool, pid, _state) in rows {
             if lock::is_held(&self.lock_path(&id)) {
                 continue;
             }
@@ -84,6 +85,15 @@ impl ProcessFleet {
                 )
                 .map_err(sql(PORT))?;
             let _ = std::fs::remove_file(self.lock_path(&id));
+            // What the worker started dies with it, as on a machine that
+            // goes away: the script's own children (other process groups,
+            // reparented to init) included.
+            if let Some(pid) = pid.filter(|p| *p > 1) {
+                let killed = process::signal_session(pid as i32, libc::SIGKILL);
+                if killed > 0 {
+                    info!(instance = %id, killed, "killed what the dead worker left running");
+                }
+            }
             if n == 1 {
                 info!(instance = %id, "instance gone");
                 events.push(InstanceEvent {
@@ -136,13 +146,18 @@ impl ProcessFleet {
     fn spawn(&self, pool: &PoolKey) -> Result<InstanceId, PortError> {
         let id = InstanceId::generate_local();
         let io = |e: std::io::Error| PortError::backend(PORT, e);
-        std::fs::create_dir_all(&self.dir).map_err(io)?;
+        files::create_dir_all(&self.dir).map_err(io)?;
         let held = lock::try_lock(&self.lock_path(id.as_str()))
             .map_err(io)?
             .ok_or_else(|| {
                 PortError::backend(PORT, format!("lock of new instance {id} is taken"))
             })?;
-        let log = std::fs::File::create(self.log_path(id.as_str())).map_err(io)?;
+        let log = files::options()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(self.log_path(id.as_str()))
+            .map_err(io)?;
         let log2 = log.try_clone().map_err(io)?;
         self.db
             .conn()
@@ -157,14 +172,18 @@ impl ProcessFleet {
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
             .env(LOCK_FD_ENV, fd.to_string());
-        // SAFETY: only async-signal-safe calls (setsid, fcntl) between fork and exec.
+        // SAFETY: only async-signal-safe calls (setsid, fcntl, close_range)
+        // between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
-                // Its own session, so a Ctrl-C at the terminal does not reach it;
-                // and the lock fd survives exec so the worker holds the lock.
+                // Its own session, so a Ctrl-C at the terminal does not reach
+                // it and everything it starts can be found (and killed) by
+                // session id when it dies; the lock fd survives exec so the
+                // worker holds the lock; nothing else inherited does.
                 libc::setsid();
                 let flags = libc::fcntl(fd, libc::F_GETFD);
                 libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+                process::close_inherited_fds(Some(fd));
                 Ok(())
             });
         }
@@ -226,6 +245,38 @@ impl ProcessFleet {
         }
         .map_err(sql(PORT))?;
         rows.collect::<Result<_, _>>().map_err(sql(PORT))
+    }
+
+    /// Whether the worker `id` is alive and still runs a process (a script
+    /// in its SIGTERM grace, or what the script started) whose working
+    /// directory is under `dir` (a job's directory).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn runs_in(&self, id: &InstanceId, dir: &std::path::Path) -> Result<bool, PortError> {
+        let pid: Option<Option<i64>> = self
+            .db
+            .conn()
+            .query_row(
+                "SELECT pid FROM instances WHERE id = ?1",
+                [id.as_str()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql(PORT))?;
+        let Some(pid) = pid.flatten().filter(|p| *p > 1) else {
+            return Ok(false);
+        };
+        if !lock::is_held(&self.lock_path(id.as_str())) {
+            return Ok(false);
+        }
+        let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        Ok(process::session_members(pid as i32)
+            .into_iter()
+            .filter(|p| *p as i64 != pid)
+            .any(|p| {
+                std::fs::read_link(format!("/proc/{p}/cwd")).is_ok_and(|cwd| cwd.starts_with(&dir))
+            }))
     }
 
     /// Pids of instances not yet seen dead (for tools and tests that must

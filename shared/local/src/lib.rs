@@ -6,23 +6,32 @@
 //! - [`queue`]: queues with leases, receive counts and dead-letter queues.
 //! - [`fleet`]: worker processes as instances, kept at each group's target.
 //! - [`artifacts`]: workspaces and logs as files.
-//! - [`driver`]: runs the handlers on a timer, as the cloud's events would.
+//! - [`driver`]: runs the handlers on a timer, as the cloud's events would;
+//!   one driver process per home ([`driver::serve`]).
 //! - [`lock`]: `flock` helpers (instance liveness, one driver at a time).
+//! - [`process`]: what background processes must not inherit; killing a
+//!   dead worker's whole session.
+//! - [`files`]: `0700` directories and `0600` files under the home.
+//! - [`gc`]: what `studio gc` removes, and when.
 
 pub mod artifacts;
 pub mod db;
 pub mod driver;
+pub mod files;
 pub mod fleet;
+pub mod gc;
 pub mod lock;
+pub mod process;
 pub mod queue;
 pub mod store;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use studio_core::clock::Clock;
+use studio_core::clock::{Clock, SystemClock};
 use studio_core::handlers::{Ctx, Settings};
+use studio_core::job::Job;
 use studio_core::plan::LocalPlanner;
-use studio_core::ports::{PortError, WorkQueue};
+use studio_core::ports::{Created, PortError, WorkQueue};
 
 /// Every local adapter, opened on one `$STUDIO_HOME`.
 pub struct LocalBackend {
@@ -36,7 +45,28 @@ pub struct LocalBackend {
 }
 
 impl LocalBackend {
-    /// Opens (creating if needed) the backend in `home`.
+    /// Opens (creating if needed) the backend in `home`, on the system's
+    /// clocks: the wall clock for records, the monotonic clock for leases.
+    ///
+    /// # Errors
+    /// The database cannot be opened.
+    pub async fn open_system(
+        home: &Path,
+        settings: Settings,
+        launcher: fleet::Launcher,
+    ) -> Result<LocalBackend, PortError> {
+        LocalBackend::open_with_clocks(
+            home,
+            settings,
+            Arc::new(SystemClock),
+            Arc::new(queue::MonotonicClock),
+            launcher,
+        )
+        .await
+    }
+
+    /// Opens (creating if needed) the backend in `home`, with one clock for
+    /// everything, leases included (tests that move a manual clock).
     ///
     /// # Errors
     /// The database cannot be opened.
@@ -46,9 +76,28 @@ impl LocalBackend {
         clock: Arc<dyn Clock>,
         launcher: fleet::Launcher,
     ) -> Result<LocalBackend, PortError> {
+        LocalBackend::open_with_clocks(home, settings, clock.clone(), clock, launcher).await
+    }
+
+    /// Opens (creating if needed) the backend in `home`; `lease_clock` keeps
+    /// the queues' visibility timeouts.
+    ///
+    /// # Errors
+    /// The database cannot be opened.
+    pub async fn open_with_clocks(
+        home: &Path,
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+        lease_clock: Arc<dyn Clock>,
+        launcher: fleet::Launcher,
+    ) -> Result<LocalBackend, PortError> {
         let db = Arc::new(db::Db::open(home)?);
         let store = Arc::new(store::SqliteStore::new(db.clone()));
-        let queue = Arc::new(queue::SqliteQueue::new(db.clone(), clock.clone()));
+        let queue = Arc::new(queue::SqliteQueue::with_lease_clock(
+            db.clone(),
+            clock.clone(),
+            lease_clock,
+        ));
         let fleet = Arc::new(fleet::ProcessFleet::new(
             db.clone(),
             home.join("instances"),
@@ -56,6 +105,10 @@ impl LocalBackend {
             clock.clone(),
         ));
         let artifacts = Arc::new(artifacts::DirArtifacts::new(home.to_path_buf()));
+        for dir in ["jobs", "instances", "artifacts"] {
+            files::create_dir_all(&home.join(dir))
+                .map_err(|e| PortError::backend("local store", e))?;
+        }
         queue.ensure_queue(&settings.submit_queue).await?;
         let ctx = Ctx {
             store: store.clone(),
@@ -74,6 +127,28 @@ impl LocalBackend {
             artifacts,
             ctx,
         })
+    }
+
+    /// Writes a new job (queued, attempt 1) and its `SubmitJob` message in
+    /// one transaction, so the id can be printed and cancelled at once. The
+    /// driver's submit handler then finds the job and only finishes the
+    /// steps (pool, work item, target). An existing job with that id is
+    /// returned as it is, and nothing is sent.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn submit(&self, job: &Job, body: &str) -> Result<Created<Job>, PortError> {
+        let mut conn = self.db.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db::sql("local store"))?;
+        let created = store::create_in(&tx, job)?;
+        if matches!(created, Created::New(_)) {
+            self.queue
+                .send_in(&tx, &self.ctx.settings.submit_queue, &[body.to_string()])?;
+        }
+        tx.commit().map_err(db::sql("local store"))?;
+        Ok(created)
     }
 
     pub fn driver(&self) -> driver::Driver {

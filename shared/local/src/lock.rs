@@ -2,15 +2,15 @@
 //! dies, however it dies, which makes it the local fleet's liveness signal
 //! and the driver's single-runner guard.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
 fn open(path: &Path) -> std::io::Result<File> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        crate::files::create_dir_all(dir)?;
     }
-    OpenOptions::new()
+    crate::files::options()
         .create(true)
         .truncate(false)
         .write(true)

@@ -5,6 +5,12 @@
 //!
 //! Differences from SQS: delivery is in send order (SQS standard queues are
 //! only roughly ordered), and a receive waits by polling the table.
+//!
+//! Leases (visibility) are kept on a separate *lease clock*, in production
+//! [`MonotonicClock`]: a wall-clock step (NTP, a manual `date -s`) neither
+//! expires every in-flight lease at once nor lengthens them. The monotonic
+//! clock restarts at boot; [`crate::db`] makes every message visible again
+//! after a reboot. `sent_at` stays on the wall clock.
 
 use crate::db::{sql, Db};
 use async_trait::async_trait;
@@ -21,7 +27,30 @@ pub const MAX_RECEIVES: u32 = 5;
 
 pub struct SqliteQueue {
     db: Arc<Db>,
-    clock: Arc<dyn Clock>,
+    /// For `sent_at` only.
+    wall: Arc<dyn Clock>,
+    /// For visibility: leases, release delays, depth.
+    lease: Arc<dyn Clock>,
+}
+
+/// `CLOCK_MONOTONIC` in milliseconds (since boot, not counting suspend),
+/// shared by every process of the machine. Its [`studio_core::clock::Timestamp`]s
+/// are not dates: they only order lease deadlines.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MonotonicClock;
+
+impl Clock for MonotonicClock {
+    fn now(&self) -> studio_core::clock::Timestamp {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into the timespec we own.
+        unsafe {
+            libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+        }
+        studio_core::clock::Timestamp(ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000)
+    }
 }
 
 /// The name of a queue's dead-letter queue.
@@ -30,12 +59,23 @@ pub fn dlq_name(queue: &str) -> String {
 }
 
 impl SqliteQueue {
+    /// A queue whose leases follow `clock` too (tests with a manual clock).
     pub fn new(db: Arc<Db>, clock: Arc<dyn Clock>) -> Self {
-        SqliteQueue { db, clock }
+        SqliteQueue {
+            db,
+            wall: clock.clone(),
+            lease: clock,
+        }
     }
 
+    /// A queue with leases on `lease` (in production [`MonotonicClock`]).
+    pub fn with_lease_clock(db: Arc<Db>, wall: Arc<dyn Clock>, lease: Arc<dyn Clock>) -> Self {
+        SqliteQueue { db, wall, lease }
+    }
+
+    /// Now on the lease clock.
     fn now(&self) -> i64 {
-        self.clock.now().0
+        self.lease.now().0
     }
 
     /// Messages in a queue (most useful on a dead-letter queue): body and note.
@@ -51,6 +91,39 @@ impl SqliteQueue {
             .query_map([queue], |r| Ok((r.get(0)?, r.get(1)?)))
             .map_err(sql(PORT))?;
         rows.map(|r| r.map_err(sql(PORT))).collect()
+    }
+
+    /// Sends inside the caller's transaction (so a job and its submit
+    /// message can be written together).
+    pub(crate) fn send_in(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        queue: &str,
+        bodies: &[String],
+    ) -> Result<(), PortError> {
+        let exists: Option<i64> = tx
+            .query_row("SELECT 1 FROM queues WHERE name = ?1", [queue], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(sql(PORT))?;
+        if exists.is_none() {
+            return Err(PortError::NotFound(format!("queue {queue}")));
+        }
+        for body in bodies {
+            if body.len() > 256 * 1024 {
+                return Err(PortError::TooLarge {
+                    what: "message",
+                    detail: format!("{} bytes; the limit is 256 KiB", body.len()),
+                });
+            }
+            tx.execute(
+                "INSERT INTO messages (id, queue, body, visible_at, sent_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![ulid::Ulid::new().to_string(), queue, body, self.now(), self.wall.now().0],
+            )
+            .map_err(sql(PORT))?;
+        }
+        Ok(())
     }
 
     fn try_receive(
@@ -168,33 +241,11 @@ impl WorkQueue for SqliteQueue {
     }
 
     async fn send(&self, queue: &str, bodies: &[String]) -> Result<(), PortError> {
-        let now = self.now();
         let mut conn = self.db.conn();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql(PORT))?;
-        let exists: Option<i64> = tx
-            .query_row("SELECT 1 FROM queues WHERE name = ?1", [queue], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(sql(PORT))?;
-        if exists.is_none() {
-            return Err(PortError::NotFound(format!("queue {queue}")));
-        }
-        for body in bodies {
-            if body.len() > 256 * 1024 {
-                return Err(PortError::TooLarge {
-                    what: "message",
-                    detail: format!("{} bytes; the limit is 256 KiB", body.len()),
-                });
-            }
-            tx.execute(
-                "INSERT INTO messages (id, queue, body, visible_at, sent_at) VALUES (?1, ?2, ?3, ?4, ?4)",
-                params![ulid::Ulid::new().to_string(), queue, body, now],
-            )
-            .map_err(sql(PORT))?;
-        }
+        self.send_in(&tx, queue, bodies)?;
         tx.commit().map_err(sql(PORT))
     }
 

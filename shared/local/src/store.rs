@@ -40,36 +40,41 @@ fn pool_state(s: PoolState) -> &'static str {
     }
 }
 
+/// Creates the job unless one with its id exists, on `conn` (which may be a
+/// transaction that also writes the job's submit message).
+pub(crate) fn create_in(conn: &rusqlite::Connection, job: &Job) -> Result<Created<Job>, PortError> {
+    let n = conn
+        .execute(
+            "INSERT OR IGNORE INTO jobs (id, pool, state, instance, version, created_at, record)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                job.id.as_str(),
+                job.pool.as_str(),
+                job.state.as_str(),
+                job.instance.as_ref().map(|i| i.as_str()),
+                job.version as i64,
+                job.created_at.0,
+                encode(job)
+            ],
+        )
+        .map_err(sql(PORT))?;
+    if n == 1 {
+        return Ok(Created::New(job.clone()));
+    }
+    let rec: String = conn
+        .query_row(
+            "SELECT record FROM jobs WHERE id = ?1",
+            [job.id.as_str()],
+            |r| r.get(0),
+        )
+        .map_err(sql(PORT))?;
+    Ok(Created::Existing(decode(rec)?))
+}
+
 #[async_trait]
 impl JobStore for SqliteStore {
     async fn create_job(&self, job: &Job) -> Result<Created<Job>, PortError> {
-        let conn = self.db.conn();
-        let n = conn
-            .execute(
-                "INSERT OR IGNORE INTO jobs (id, pool, state, instance, version, created_at, record)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    job.id.as_str(),
-                    job.pool.as_str(),
-                    job.state.as_str(),
-                    job.instance.as_ref().map(|i| i.as_str()),
-                    job.version as i64,
-                    job.created_at.0,
-                    encode(job)
-                ],
-            )
-            .map_err(sql(PORT))?;
-        if n == 1 {
-            return Ok(Created::New(job.clone()));
-        }
-        let rec: String = conn
-            .query_row(
-                "SELECT record FROM jobs WHERE id = ?1",
-                [job.id.as_str()],
-                |r| r.get(0),
-            )
-            .map_err(sql(PORT))?;
-        Ok(Created::Existing(decode(rec)?))
+        create_in(&self.db.conn(), job)
     }
 
     async fn get_job(&self, id: &JobId) -> Result<Option<Job>, PortError> {
@@ -90,7 +95,8 @@ impl JobStore for SqliteStore {
         let mut next = job.clone();
         next.version = job.version + 1;
         let conn = self.db.conn();
-        let n = conn
+        let tx = conn.unchecked_transaction().map_err(sql(PORT))?;
+        let n = tx
             .execute(
                 "UPDATE jobs SET state = ?1, instance = ?2, version = ?3, record = ?4
                  WHERE id = ?5 AND version = ?6",
@@ -104,6 +110,15 @@ impl JobStore for SqliteStore {
                 ],
             )
             .map_err(sql(PORT))?;
+        if n == 1 && next.state.is_terminal() {
+            // The driver prunes the attempt workspaces of jobs listed here.
+            tx.execute(
+                "INSERT OR IGNORE INTO ended (job, at) VALUES (?1, ?2)",
+                params![next.id.as_str(), next.updated_at.0],
+            )
+            .map_err(sql(PORT))?;
+        }
+        tx.commit().map_err(sql(PORT))?;
         if n == 1 {
             return Ok(next);
         }
@@ -124,23 +139,27 @@ impl JobStore for SqliteStore {
         pool: Option<&PoolKey>,
         states: &[JobState],
     ) -> Result<Vec<Job>, PortError> {
-        let conn = self.db.conn();
-        let mut stmt = conn
-            .prepare("SELECT record, state FROM jobs WHERE (?1 IS NULL OR pool = ?1) ORDER BY created_at DESC, id DESC")
-            .map_err(sql(PORT))?;
-        let rows = stmt
-            .query_map([pool.map(|p| p.as_str())], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-            })
-            .map_err(sql(PORT))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (rec, state) = row.map_err(sql(PORT))?;
-            if states.is_empty() || states.iter().any(|s| s.as_str() == state) {
-                out.push(decode(rec)?);
-            }
+        // Filtered in SQL (indexes `jobs_pool_state`, `jobs_state`): a tick
+        // of the driver asks for a pool's few active jobs and must not decode
+        // the thousands that have ended.
+        let mut q = String::from("SELECT record FROM jobs WHERE ");
+        q.push_str(if pool.is_some() {
+            "pool = ?1"
+        } else {
+            "?1 IS NULL"
+        });
+        if !states.is_empty() {
+            let list: Vec<String> = states.iter().map(|s| format!("'{}'", s.as_str())).collect();
+            q.push_str(&format!(" AND state IN ({})", list.join(", ")));
         }
-        Ok(out)
+        q.push_str(" ORDER BY created_at DESC, id DESC");
+        let conn = self.db.conn();
+        let mut stmt = conn.prepare(&q).map_err(sql(PORT))?;
+        let rows = stmt
+            .query_map([pool.map(|p| p.as_str())], |r| r.get::<_, String>(0))
+            .map_err(sql(PORT))?;
+        rows.map(|r| r.map_err(sql(PORT)).and_then(decode))
+            .collect()
     }
 
     async fn jobs_on_instance(&self, instance: &InstanceId) -> Result<Vec<Job>, PortError> {
