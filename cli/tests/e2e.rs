@@ -980,15 +980,16 @@ fn a_follower_blocked_on_a_full_pipe_holds_back_no_other_job() {
     assert!(h.run(&["cancel", &id]).status.success());
 }
 
-#[test]
-fn a_follower_ended_by_sigterm_leaves_a_driver_that_recovers_its_job() {
+/// `studio run train.py` ended by `end` while the job runs; then its worker
+/// dies. With no other command, the job must still be run again.
+fn a_follower_ended_by(end: impl FnOnce(&mut std::process::Child)) {
     let h = Home::new();
-    let (mut follower, id) = start_follower(&h, "train.py", Stdio::null());
+    let (mut follower, id) = start_follower(&h, "train.py", Stdio::piped());
     // (train.py with its defaults: 5 epochs of 0.5 s.)
     wait_until("epoch 1", Duration::from_secs(30), || {
         h.log(&id).contains("epoch 1/").then_some(())
     });
-    signal(follower.id(), libc::SIGTERM);
+    end(&mut follower);
     let _ = follower.wait();
     let worker = h.worker_pid_of(&id);
     signal(worker as u32, libc::SIGKILL);
@@ -998,6 +999,23 @@ fn a_follower_ended_by_sigterm_leaves_a_driver_that_recovers_its_job() {
     });
     assert_eq!(end.1, 2, "finished on its second attempt");
     kill_session(worker);
+}
+
+#[test]
+fn a_follower_ended_by_sigterm_leaves_a_driver_that_recovers_its_job() {
+    a_follower_ended_by(|f| signal(f.id(), libc::SIGTERM));
+}
+
+#[test]
+fn a_follower_ended_by_sighup_leaves_a_driver_that_recovers_its_job() {
+    // The terminal went away.
+    a_follower_ended_by(|f| signal(f.id(), libc::SIGHUP));
+}
+
+#[test]
+fn a_follower_ended_by_sigpipe_leaves_a_driver_that_recovers_its_job() {
+    // `studio run train.py | head -1`: the reader leaves, the next write ends it.
+    a_follower_ended_by(|f| drop(f.stdout.take()));
 }
 
 #[test]
