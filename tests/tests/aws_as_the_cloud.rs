@@ -18,7 +18,7 @@ use studio_core::handlers::{self, Ctx};
 use studio_core::ids::{InstanceId, PoolKey};
 use studio_core::job::{Job, JobState};
 use studio_core::notice::NoNotice;
-use studio_core::ports::{ArtifactStore, Fleet};
+use studio_core::ports::ArtifactStore;
 use studio_core::resources::Cloud;
 use studio_core::worker::{run_worker, WorkerConfig, WorkerExit};
 use studio_tests::fidelity::Fidelity;
