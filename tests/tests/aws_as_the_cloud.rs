@@ -26,6 +26,20 @@ use studio_tests::{eventually, job_id, JobBuilder};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// A running worker task.
+struct Worker {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<WorkerExit, handlers::HandlerError>>,
+}
+
+impl Worker {
+    /// Stops it (it may have left already) and checks it ended cleanly.
+    async fn stop(self) -> WorkerExit {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap().unwrap()
+    }
+}
+
 struct World {
     ctx: Ctx,
     clock: ManualClock,
@@ -128,17 +142,20 @@ impl World {
     }
 
     /// Starts a worker; the sender stops it.
-    fn start_worker(
-        &self,
-        cfg: WorkerConfig,
-    ) -> (
-        watch::Sender<bool>,
-        JoinHandle<Result<WorkerExit, handlers::HandlerError>>,
-    ) {
-        let (tx, rx) = watch::channel(false);
+    fn start_worker(&self, cfg: WorkerConfig) -> Worker {
+        let (stop, rx) = watch::channel(false);
         let (ctx, a) = (self.ctx.clone(), self.artifacts.clone());
         let task = tokio::spawn(async move { run_worker(&ctx, a.as_ref(), &cfg, rx).await });
-        (tx, task)
+        Worker { stop, task }
+    }
+
+    /// A second worker, not a member of the group, polling the pool's queue
+    /// from now on: it would take over any claim that lapsed. It never
+    /// leaves idle (it has no machine to take out of the group).
+    fn start_rival(&self, gk: &PoolKey) -> Worker {
+        let mut cfg = self.worker_config(gk, &InstanceId::new("i-0second").unwrap());
+        cfg.idle_timeout = Duration::from_secs(100 * 3600);
+        self.start_worker(cfg)
     }
 
     async fn until_claimed(&self, id: &str, by: &InstanceId) {
@@ -177,20 +194,13 @@ async fn a_virtualenv_build_outlasting_the_lease_finishes_in_attempt_one() {
     // `python -m venv` alone takes seconds: several of these 1 s leases.
     cfg.lease = Duration::from_secs(1);
     cfg.venv_root = Some(w.work.path().join("venvs"));
-    let (stop1, first) = w.start_worker(cfg);
+    let first = w.start_worker(cfg);
     w.until_claimed("venv", &machine).await;
-    // A second worker polls the same queue from then on.
-    let other = InstanceId::new("i-0second").unwrap();
-    let mut cfg2 = w.worker_config(&gk, &other);
-    cfg2.idle_timeout = Duration::from_secs(100 * 3600);
-    let (stop2, second) = w.start_worker(cfg2);
+    let rival = w.start_rival(&gk);
 
     let job = w.until_ended("venv", Duration::from_secs(90)).await;
-    // (The first worker may have left already: 13 idle hours passed.)
-    let _ = stop1.send(true);
-    let _ = stop2.send(true);
-    first.await.unwrap().unwrap();
-    second.await.unwrap().unwrap();
+    first.stop().await;
+    rival.stop().await;
     assert_eq!(
         (job.state, job.attempt, job.attempts.len()),
         (JobState::Finished, 1, 1),
@@ -217,14 +227,14 @@ async fn a_job_after_the_idle_worker_left_still_runs() {
         .unwrap();
     let gk = w.pool("first").await.group_key();
     let machine = w.machines(&gk).await.remove(0);
-    let (_stop, worker) = w.start_worker(w.worker_config(&gk, &machine));
+    let worker = w.start_worker(w.worker_config(&gk, &machine));
     assert_eq!(
         w.until_ended("first", Duration::from_secs(60)).await.state,
         JobState::Finished
     );
     // Six quiet minutes: the worker's idle timeout (5 min) passes.
     w.clock.advance(Duration::from_secs(360));
-    let exit = tokio::time::timeout(Duration::from_secs(90), worker)
+    let exit = tokio::time::timeout(Duration::from_secs(90), worker.task)
         .await
         .unwrap()
         .unwrap()
@@ -247,10 +257,9 @@ async fn a_job_after_the_idle_worker_left_still_runs() {
         w.machines(&gk).await.into_iter().find(|m| *m != machine)
     })
     .await;
-    let (stop, worker) = w.start_worker(w.worker_config(&gk, &machine));
+    let worker = w.start_worker(w.worker_config(&gk, &machine));
     let job = w.until_ended("second", Duration::from_secs(60)).await;
-    stop.send(true).unwrap();
-    worker.await.unwrap().unwrap();
+    worker.stop().await;
     assert_eq!((job.state, job.attempt), (JobState::Finished, 1));
 }
 
@@ -279,13 +288,9 @@ async fn a_thirteen_hour_job_keeps_its_claim_and_its_machine() {
         .join("attempt-1")
         .join("workspace")
         .join("go");
-    let (stop1, first) = w.start_worker(cfg);
+    let first = w.start_worker(cfg);
     w.until_claimed("long", &machine).await;
-    // A second worker polls the same queue from then on.
-    let other = InstanceId::new("i-0second").unwrap();
-    let mut cfg2 = w.worker_config(&gk, &other);
-    cfg2.idle_timeout = Duration::from_secs(100 * 3600);
-    let (stop2, second) = w.start_worker(cfg2);
+    let rival = w.start_rival(&gk);
 
     // The group rebalances while the job runs: the busy machine stays.
     eventually(
@@ -332,10 +337,8 @@ async fn a_thirteen_hour_job_keeps_its_claim_and_its_machine() {
     std::fs::write(&go, b"").unwrap();
     let job = w.until_ended("long", Duration::from_secs(30)).await;
     // (The first worker may have left already: 13 idle hours passed.)
-    let _ = stop1.send(true);
-    let _ = stop2.send(true);
-    first.await.unwrap().unwrap();
-    second.await.unwrap().unwrap();
+    first.stop().await;
+    rival.stop().await;
     assert_eq!(
         (job.state, job.attempt, job.attempts.len()),
         (JobState::Finished, 1, 1)

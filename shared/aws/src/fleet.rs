@@ -25,8 +25,8 @@
 use crate::AwsError;
 use async_trait::async_trait;
 use aws_sdk_autoscaling::types::{
-    InstancesDistribution, LaunchTemplate, LaunchTemplateOverrides, LaunchTemplateSpecification,
-    MixedInstancesPolicy, Tag as AsgTag,
+    AutoScalingGroup, InstancesDistribution, LaunchTemplate, LaunchTemplateOverrides,
+    LaunchTemplateSpecification, MixedInstancesPolicy, Tag as AsgTag,
 };
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{
@@ -209,8 +209,41 @@ impl AsgFleet {
     }
 }
 
+impl AsgFleet {
+    /// The group, unless it does not exist or is being deleted (a
+    /// force-deleted group stays "Delete in progress" for minutes).
+    async fn describe(&self, key: &PoolKey) -> Result<Option<AutoScalingGroup>, PortError> {
+        let out = self
+            .asg
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(self.group_name(key))
+            .send()
+            .await
+            .map_err(sdk("DescribeAutoScalingGroups"))?;
+        Ok(out
+            .auto_scaling_groups
+            .unwrap_or_default()
+            .into_iter()
+            .find(|g| g.status().is_none_or(|s| !s.contains("Delete"))))
+    }
+}
+
 fn not_found(e: &impl ProvideErrorMetadata) -> bool {
     e.message().is_some_and(|m| m.contains("not found"))
+}
+
+/// An error on a named group: [`PortError::NotFound`] when it does not exist.
+fn group_err<'a, E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+    op: &'static str,
+    name: &'a str,
+) -> impl FnOnce(E) -> PortError + 'a {
+    move |e| {
+        if not_found(&e) {
+            PortError::NotFound(format!("group {name}"))
+        } else {
+            sdk(op)(e)
+        }
+    }
 }
 
 fn max_price(m: Option<u64>) -> Option<String> {
@@ -301,22 +334,10 @@ impl Fleet for AsgFleet {
     }
 
     async fn group(&self, key: &PoolKey) -> Result<Option<GroupStatus>, PortError> {
-        let out = self
-            .asg
-            .describe_auto_scaling_groups()
-            .auto_scaling_group_names(self.group_name(key))
-            .send()
-            .await
-            .map_err(sdk("DescribeAutoScalingGroups"))?;
-        Ok(out
-            .auto_scaling_groups()
-            .iter()
-            // A group being deleted is gone for our purposes.
-            .find(|g| g.status().is_none_or(|s| !s.contains("Delete")))
-            .map(|g| GroupStatus {
-                desired: g.desired_capacity().unwrap_or(0).max(0) as u32,
-                max: Some(g.max_size().unwrap_or(0).max(0) as u32),
-            }))
+        Ok(self.describe(key).await?.map(|g| GroupStatus {
+            desired: g.desired_capacity().unwrap_or(0).max(0) as u32,
+            max: Some(g.max_size().unwrap_or(0).max(0) as u32),
+        }))
     }
 
     async fn set_target(
@@ -326,37 +347,28 @@ impl Fleet for AsgFleet {
         max: Option<u32>,
     ) -> Result<(), PortError> {
         let name = self.group_name(key);
-        let missing = || PortError::NotFound(format!("group {name}"));
         if let Some(max) = max {
             // Maximum and desired capacity in one call, so neither is ever
             // refused for being on the wrong side of the other.
-            return match self
-                .asg
+            self.asg
                 .update_auto_scaling_group()
                 .auto_scaling_group_name(&name)
                 .max_size(max as i32)
                 .desired_capacity(target as i32)
                 .send()
                 .await
-            {
-                Ok(_) => Ok(()),
-                Err(e) if not_found(&e) => Err(missing()),
-                Err(e) => Err(sdk("UpdateAutoScalingGroup")(e)),
-            };
+                .map_err(group_err("UpdateAutoScalingGroup", &name))?;
+        } else {
+            self.asg
+                .set_desired_capacity()
+                .auto_scaling_group_name(&name)
+                .desired_capacity(target as i32)
+                .honor_cooldown(false)
+                .send()
+                .await
+                .map_err(group_err("SetDesiredCapacity", &name))?;
         }
-        let r = self
-            .asg
-            .set_desired_capacity()
-            .auto_scaling_group_name(&name)
-            .desired_capacity(target as i32)
-            .honor_cooldown(false)
-            .send()
-            .await;
-        match r {
-            Ok(_) => Ok(()),
-            Err(e) if not_found(&e) => Err(missing()),
-            Err(e) => Err(sdk("SetDesiredCapacity")(e)),
-        }
+        Ok(())
     }
 
     async fn protect(&self, key: &PoolKey, id: &InstanceId, busy: bool) -> Result<(), PortError> {
@@ -372,15 +384,8 @@ impl Fleet for AsgFleet {
     }
 
     async fn instances(&self, key: &PoolKey) -> Result<Vec<Instance>, PortError> {
-        let out = self
-            .asg
-            .describe_auto_scaling_groups()
-            .auto_scaling_group_names(self.group_name(key))
-            .send()
-            .await
-            .map_err(sdk("DescribeAutoScalingGroups"))?;
         let mut list = Vec::new();
-        for g in out.auto_scaling_groups() {
+        if let Some(g) = self.describe(key).await? {
             for i in g.instances() {
                 let state = i
                     .lifecycle_state()

@@ -196,19 +196,22 @@ pub async fn submit(
             // Queued at attempt 1: an earlier delivery may have died before
             // sending the work item, so finish the steps (a duplicate item is
             // recognised and dropped by the worker).
-            let pool = ensure_pool(ctx, &pool_spec).await?;
-            send_item(ctx, &pool, &WorkItem::new(id.clone(), 1)).await?;
-            scale_pool(ctx, pool, 1, 0).await?;
+            place_first_attempt(ctx, &pool_spec, &id).await?;
             return Ok(SubmitOutcome::Duplicate(id));
         }
     };
-    let pool = ensure_pool(ctx, &pool_spec).await?;
-    send_item(ctx, &pool, &WorkItem::new(job.id.clone(), 1)).await?;
-    // Scale for the item just sent: the queue's depth counters lag sends
-    // by up to a minute on SQS.
-    scale_pool(ctx, pool, 1, 0).await?;
+    place_first_attempt(ctx, &pool_spec, &job.id).await?;
     info!(job_id = %job.id, pool = %job.pool, "job submitted");
     Ok(SubmitOutcome::Created(job.id))
+}
+
+/// Ensures the pool, sends attempt 1's item and scales for it (the queue's
+/// depth counters lag sends by up to a minute on SQS).
+async fn place_first_attempt(ctx: &Ctx, spec: &PoolSpec, id: &JobId) -> Result<(), HandlerError> {
+    let pool = ensure_pool(ctx, spec).await?;
+    send_item(ctx, &pool, &WorkItem::new(id.clone(), 1)).await?;
+    scale_pool(ctx, pool, 1, 0).await?;
+    Ok(())
 }
 
 fn same_request(a: &SubmitJob, b: &SubmitJob) -> bool {
@@ -293,10 +296,7 @@ pub async fn ensure_pool(ctx: &Ctx, spec: &PoolSpec) -> Result<Pool, HandlerErro
                 Ok(p) => p,
                 // Another writer got in first; the next submit creates
                 // again (idempotently) and records it.
-                Err(PortError::Conflict) => {
-                    pool.version += 1;
-                    pool
-                }
+                Err(PortError::Conflict) => pool,
                 Err(e) => return Err(e.into()),
             };
         }
@@ -425,7 +425,7 @@ pub async fn scale(ctx: &Ctx) -> Result<Vec<(PoolKey, u32)>, HandlerError> {
 }
 
 /// Why the running attempt of `job` is lost, if it is.
-pub fn lost_attempt(ctx: &Ctx, job: &Job, now: Timestamp) -> Option<String> {
+fn lost_attempt(ctx: &Ctx, job: &Job, now: Timestamp) -> Option<String> {
     if job.state != JobState::Running {
         return None;
     }
@@ -934,16 +934,13 @@ pub async fn claim_work(
                     item.attempt, job.attempt
                 )))
             }
-            JobState::Queued if lifetime_over(&job, ctx.clock.now()).is_some() => {
-                let why = lifetime_over(&job, ctx.clock.now()).unwrap_or_default();
-                drop_for_lifetime(ctx, &job.id, &why, &format!("worker:{instance}")).await?;
-                return Ok(Claim::Drop(why));
-            }
             JobState::Queued => {
-                if job
-                    .claim(instance, &msg.message_id, ctx.clock.now())
-                    .is_err()
-                {
+                let now = ctx.clock.now();
+                if let Some(why) = lifetime_over(&job, now) {
+                    drop_for_lifetime(ctx, &job.id, &why, &format!("worker:{instance}")).await?;
+                    return Ok(Claim::Drop(why));
+                }
+                if job.claim(instance, &msg.message_id, now).is_err() {
                     continue;
                 }
                 match ctx.store.update_job(&job).await {
@@ -952,23 +949,16 @@ pub async fn claim_work(
                     Err(e) => return Err(e.into()),
                 }
             }
-            JobState::Running if lost_attempt(ctx, &job, ctx.clock.now()).is_some() => {
-                let why = lost_attempt(ctx, &job, ctx.clock.now()).unwrap_or_default();
-                let r = requeue(
-                    ctx,
-                    &job.id,
-                    job.attempt,
-                    &why,
-                    &format!("worker:{instance}"),
-                )
-                .await?;
-                return Ok(Claim::Drop(format!("{why}: {r:?}")));
-            }
             JobState::Running => {
-                return Ok(Claim::Drop(format!(
-                    "duplicate delivery: attempt {} already runs elsewhere",
-                    job.attempt
-                )))
+                let Some(why) = lost_attempt(ctx, &job, ctx.clock.now()) else {
+                    return Ok(Claim::Drop(format!(
+                        "duplicate delivery: attempt {} already runs elsewhere",
+                        job.attempt
+                    )));
+                };
+                let by = format!("worker:{instance}");
+                let r = requeue(ctx, &job.id, job.attempt, &why, &by).await?;
+                return Ok(Claim::Drop(format!("{why}: {r:?}")));
             }
             _ => return Ok(Claim::Drop(format!("job is {}", job.state))),
         }
