@@ -4,15 +4,24 @@
 # its instance profile, and the worker's settings below are only names.
 set -euo pipefail
 
+# Early in boot the metadata service and the network may not answer yet:
+# every call is retried (curl: 8 tries, 2 s apart, connection refusals too).
+# A bootstrap that still fails exits non-zero (cloud-init reports it).
+retry_curl() { curl -fsS --retry 8 --retry-delay 2 --retry-connrefused --max-time 10 "$@"; }
+
 # The instance id, from IMDSv2 (token first).
-token=$(curl -fsS -X PUT http://169.254.169.254/latest/api/token -H "X-aws-ec2-metadata-token-ttl-seconds: 300")
-instance_id=$(curl -fsS -H "X-aws-ec2-metadata-token: $token" http://169.254.169.254/latest/meta-data/instance-id)
+token=$(retry_curl -X PUT http://169.254.169.254/latest/api/token -H "X-aws-ec2-metadata-token-ttl-seconds: 300")
+instance_id=$(retry_curl -H "X-aws-ec2-metadata-token: $token" http://169.254.169.254/latest/meta-data/instance-id)
 
 # The studio binary: from the artifact bucket, checksum verified, unless the
 # image already carries it (no checksum given).
 want_sha256="@STUDIO_SHA256@"
 if [ -n "$want_sha256" ]; then
-    aws s3 cp "s3://@BUCKET@/releases/studio-$want_sha256" /usr/local/bin/studio.download
+    for try in 1 2 3 4 5; do
+        aws s3 cp --only-show-errors "s3://@BUCKET@/releases/studio-$want_sha256" /usr/local/bin/studio.download && break
+        [ "$try" -lt 5 ] || exit 1
+        sleep $((try * 3))
+    done
     echo "$want_sha256  /usr/local/bin/studio.download" | sha256sum -c -
     install -m 0755 /usr/local/bin/studio.download /usr/local/bin/studio
     rm -f /usr/local/bin/studio.download

@@ -181,7 +181,15 @@ fn parse_request(r: &RequestArgs, owner: &str) -> Result<SubmitJob, CliError> {
 }
 
 /// Everything about a run that can be checked before anything is written.
-fn validate_run(a: &RunArgs, owner: &str, home: &Path) -> Result<(SubmitJob, PathBuf), CliError> {
+///
+/// `local_cap` bounds `--num-workers` on the local cloud (the cloud
+/// deployments refuse a size above their own cap at submit).
+fn validate_run(
+    a: &RunArgs,
+    owner: &str,
+    home: &Path,
+    local_cap: u32,
+) -> Result<(SubmitJob, PathBuf), CliError> {
     let Some((script, script_args)) = a.command.split_first() else {
         return Err(usage(
             "missing script: studio run [flags] script.py [script args...]",
@@ -239,6 +247,14 @@ fn validate_run(a: &RunArgs, owner: &str, home: &Path) -> Result<(SubmitJob, Pat
         })
         .transpose()?;
     spec.validate().map_err(usage)?;
+    if let Some(n) = spec
+        .num_workers
+        .filter(|n| spec.cloud == Cloud::Local && *n > local_cap)
+    {
+        return Err(usage(format!(
+            "--num-workers {n} is above this machine's cap of {local_cap} workers (STUDIO_MAX_WORKERS, default: the number of cores)"
+        )));
+    }
     // Plan against the catalogue (a request nothing fits is refused whatever
     // the backend); `run` then picks the backend that runs the cloud.
     let plan = planner(home, spec.region.as_deref())?
@@ -333,7 +349,7 @@ async fn plan(g: &Globals, a: PlanArgs, env: &Env) -> Result<ExitCode, CliError>
 }
 
 async fn run(g: &Globals, env: &Env, a: RunArgs) -> Result<ExitCode, CliError> {
-    let (mut spec, dir) = validate_run(&a, &env.user, &g.home)?;
+    let (mut spec, dir) = validate_run(&a, &env.user, &g.home, g.settings.max_auto_workers)?;
     let side = match spec.cloud {
         Cloud::Local => Side::Local(Box::new(open(g).await?)),
         Cloud::Ec2 | Cloud::Ec2spot => match sides::aws(&g.home, env).await? {
@@ -498,37 +514,36 @@ async fn follow(g: &Globals, side: &Side, id: &JobId) -> Result<Option<Job>, Cli
 }
 
 /// Longest a cancelled script is waited for: the worker's SIGTERM grace
-/// (10 s), the second it takes to notice the cancel, and a margin.
-const SCRIPT_END_LIMIT: Duration = Duration::from_secs(15);
+/// (10 s), the second it takes to notice the cancel, the last log upload
+/// (a file append locally, an S3 object in the cloud) and a margin.
+const SCRIPT_END_LIMIT: Duration = Duration::from_secs(20);
 
 /// After the job's end is recorded, prints what its script still writes
 /// until the script has stopped and its last output is in the log. A job
 /// that ended by its script's own exit is already complete; a cancelled one
 /// may still be in its SIGTERM grace.
+///
+/// The worker records on the attempt when the script's processes are gone
+/// and its last output is in the log (`script_ended_at`), on every backend;
+/// a worker that died never does, so the wait is bounded.
 async fn tail_until_script_ends(side: &Side, job: &Job, mut offset: u64) -> Result<(), CliError> {
-    let Side::Local(be) = side else {
-        print_log(side.artifacts(), &job.id, offset).await?;
-        return Ok(());
-    };
-    let instance = job
+    let attempt = job
         .attempts
         .last()
-        .filter(|_| job.state == JobState::Cancelled)
-        .map(|a| a.instance.clone());
-    if let Some(instance) = instance {
+        .filter(|a| job.state == JobState::Cancelled && a.script_ended_at.is_none())
+        .map(|a| a.number);
+    if let Some(n) = attempt {
         let deadline = tokio::time::Instant::now() + SCRIPT_END_LIMIT;
-        let dir = be.artifacts.job_dir(&job.id);
-        while be.fleet.runs_in(&instance, &dir)? && tokio::time::Instant::now() < deadline {
+        while tokio::time::Instant::now() < deadline {
             offset += print_log(side.artifacts(), &job.id, offset).await?;
-            tokio::time::sleep(FOLLOW_EVERY).await;
-        }
-        // The worker ships the last output right after the script exits
-        // (it flushes every 200 ms): wait until the log is quiet.
-        let mut quiet = 0;
-        while quiet < 3 && tokio::time::Instant::now() < deadline {
-            let n = print_log(side.artifacts(), &job.id, offset).await?;
-            offset += n;
-            quiet = if n == 0 { quiet + 1 } else { 0 };
+            let ended = side.store().get_job(&job.id).await?.is_none_or(|j| {
+                j.attempts
+                    .iter()
+                    .any(|a| a.number == n && a.script_ended_at.is_some())
+            });
+            if ended {
+                break;
+            }
             tokio::time::sleep(FOLLOW_EVERY).await;
         }
     }

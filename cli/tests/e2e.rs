@@ -437,6 +437,14 @@ fn bad_flags_are_one_line_exit_2_and_change_nothing() {
         ),
         (&["run", "--env=NOEQUALS", "hello.py"], "must be NAME=VALUE"),
         (
+            &["run", "--num-workers=100000", "--detach", "hello.py"],
+            "--num-workers 100000 is above this machine's cap of 4 workers",
+        ),
+        (
+            &["run", "--cloud=ec2", "--hdd=17t", "hello.py"],
+            "more than an EC2 gp3 volume holds",
+        ),
+        (
             &["run", "--cloud=ec2", "hello.py"],
             "cloud 'ec2' needs the AWS settings",
         ),

@@ -231,6 +231,33 @@ async fn submit_through_sqs_creates_the_job_the_spot_group_and_the_work_item() {
     assert_eq!(w.ctx.store.list_jobs(None, &[]).await.unwrap().len(), 1);
 }
 
+/// EventBridge `PutEvents` of an `aws.ec2` event fixture, for `instance`
+/// (and, for a state change, in `state`).
+async fn put_ec2_event(
+    eb: &aws_sdk_eventbridge::Client,
+    fixture: &str,
+    instance: &InstanceId,
+    state: Option<&str>,
+) {
+    let fixture: serde_json::Value = serde_json::from_str(fixture).unwrap();
+    let mut detail = fixture["detail"].clone();
+    detail["instance-id"] = instance.as_str().into();
+    if let Some(s) = state {
+        detail["state"] = s.into();
+    }
+    eb.put_events()
+        .entries(
+            aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
+                .source("aws.ec2")
+                .detail_type(fixture["detail-type"].as_str().unwrap())
+                .detail(detail.to_string())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_spot_warning_through_eventbridge_is_left_to_the_worker_and_the_shutdown_requeues_once() {
     let w = world().await;
@@ -290,23 +317,13 @@ async fn a_spot_warning_through_eventbridge_is_left_to_the_worker_and_the_shutdo
         .send()
         .await
         .unwrap();
-    let fixture: serde_json::Value = serde_json::from_str(include_str!(
-        "../fixtures/events/spot-interruption-warning.json"
-    ))
-    .unwrap();
-    let mut detail = fixture["detail"].clone();
-    detail["instance-id"] = instance.as_str().into();
-    eb.put_events()
-        .entries(
-            aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
-                .source("aws.ec2")
-                .detail_type(fixture["detail-type"].as_str().unwrap())
-                .detail(detail.to_string())
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    put_ec2_event(
+        &eb,
+        include_str!("../fixtures/events/spot-interruption-warning.json"),
+        &instance,
+        None,
+    )
+    .await;
 
     let event = w.poll(&iq).await;
     assert_eq!(event.records.len(), 1, "the rule delivered the event");
@@ -321,24 +338,13 @@ async fn a_spot_warning_through_eventbridge_is_left_to_the_worker_and_the_shutdo
     assert!(warned.warned_at.is_some());
 
     // The machine goes: the job runs again, once.
-    let fixture: serde_json::Value = serde_json::from_str(include_str!(
-        "../fixtures/events/instance-state-change.json"
-    ))
-    .unwrap();
-    let mut detail = fixture["detail"].clone();
-    detail["instance-id"] = instance.as_str().into();
-    detail["state"] = "shutting-down".into();
-    eb.put_events()
-        .entries(
-            aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
-                .source("aws.ec2")
-                .detail_type(fixture["detail-type"].as_str().unwrap())
-                .detail(detail.to_string())
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    put_ec2_event(
+        &eb,
+        include_str!("../fixtures/events/instance-state-change.json"),
+        &instance,
+        Some("shutting-down"),
+    )
+    .await;
     let event = w.poll(&iq).await;
     assert_eq!(event.records.len(), 1, "the rule delivered the event");
     let (resp, fates) = lambda::interruption_batch(&w.ctx, &iq, event.clone()).await;
@@ -549,6 +555,25 @@ async fn sqs_batches_leases_and_depth_behave() {
     let w = world().await;
     let q = format!("{}-work-test", w.cfg.prefix);
     w.ctx.queue.ensure_queue(&q).await.unwrap();
+    // Work queues and their dead-letter queues keep messages 14 days (SQS's
+    // most; its default of 4 would drop the item of a job waiting longer).
+    for name in [q.clone(), studio_aws::sqs::dlq_name(&q)] {
+        let attrs = w
+            .sqs()
+            .get_queue_attributes()
+            .queue_url(w.url(&name).await)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::MessageRetentionPeriod)
+            .send()
+            .await
+            .unwrap()
+            .attributes
+            .unwrap();
+        assert_eq!(
+            attrs[&aws_sdk_sqs::types::QueueAttributeName::MessageRetentionPeriod],
+            "1209600",
+            "{name}"
+        );
+    }
     let bodies: Vec<String> = (0..25).map(|i| format!("m{i}")).collect();
     w.ctx.queue.send(&q, &bodies).await.unwrap();
     assert_eq!(w.ctx.queue.depth(&q).await.unwrap().visible, 25);

@@ -21,6 +21,8 @@ use studio_core::pool::QueueDepth;
 use studio_core::ports::{PortError, Received, WorkQueue};
 
 const PORT: &str = "sqs";
+/// How long queues keep a message: 14 days, SQS's maximum.
+pub const RETENTION_SECS: u32 = 14 * 24 * 3600;
 /// Deliveries before SQS moves a message to the dead-letter queue.
 pub const MAX_RECEIVES: u32 = 5;
 
@@ -115,7 +117,7 @@ impl WorkQueue for SqsQueue {
                 &dlq,
                 HashMap::from([(
                     QueueAttributeName::MessageRetentionPeriod,
-                    "1209600".to_string(),
+                    RETENTION_SECS.to_string(),
                 )]),
             )
             .await?;
@@ -139,6 +141,12 @@ impl WorkQueue for SqsQueue {
             HashMap::from([
                 (QueueAttributeName::RedrivePolicy, redrive),
                 (QueueAttributeName::VisibilityTimeout, "30".to_string()),
+                // The most SQS keeps (the default is 4 days): a job waiting
+                // for capacity must not lose its item.
+                (
+                    QueueAttributeName::MessageRetentionPeriod,
+                    RETENTION_SECS.to_string(),
+                ),
             ]),
         )
         .await?;

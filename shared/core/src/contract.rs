@@ -103,7 +103,12 @@ pub enum ContractError {
     MaxDuration,
     #[error("{field} '{value}' may hold only letters, digits, '-', '_' and '.'")]
     Name { field: &'static str, value: String },
+    #[error("args and env take {bytes} bytes; at most {MAX_ARGS_ENV_BYTES} are allowed (the job record must fit a DynamoDB item, 400 KB, with its history)")]
+    TooLarge { bytes: usize },
 }
+
+/// Most bytes a job's args and env (names and values) may take together.
+pub const MAX_ARGS_ENV_BYTES: usize = 64 * 1024;
 
 impl SubmitJob {
     /// A request for `cloud` and `resources` with every other field at its
@@ -163,6 +168,15 @@ impl SubmitJob {
     /// [`ContractError`] for an invalid request, entrypoint, env or owner.
     pub fn validate(&self) -> Result<(), ContractError> {
         self.resources.validate()?;
+        let bytes = self.args.iter().map(String::len).sum::<usize>()
+            + self
+                .env
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        if bytes > MAX_ARGS_ENV_BYTES {
+            return Err(ContractError::TooLarge { bytes });
+        }
         crate::resources::WorkerPolicy::from_flag(self.num_workers)?;
         let ep = std::path::Path::new(&self.entrypoint);
         if self.entrypoint.is_empty()
@@ -315,6 +329,24 @@ pub(crate) mod tests {
         let mut s = sample();
         s.num_workers = Some(0);
         assert!(matches!(s.validate(), Err(ContractError::Request(_))));
+    }
+
+    #[test]
+    fn args_and_env_too_large_for_the_record_are_refused() {
+        let mut j = sample();
+        j.args = vec!["x".repeat(MAX_ARGS_ENV_BYTES - 4)];
+        j.env = [("AB".to_string(), "CD".to_string())].into();
+        assert!(j.validate().is_ok(), "exactly the limit");
+        j.env.insert("E".into(), String::new());
+        assert_eq!(
+            j.validate().unwrap_err().to_string(),
+            "args and env take 65537 bytes; at most 65536 are allowed (the job record must fit a DynamoDB item, 400 KB, with its history)"
+        );
+        let back = SubmitJob::from_json(&j.to_json()).unwrap_err();
+        assert!(
+            matches!(back, ContractError::TooLarge { bytes: 65537 }),
+            "{back}"
+        );
     }
 
     #[test]

@@ -126,6 +126,11 @@ pub struct Attempt {
     /// The state the attempt ended in (`finished`, `failed`, `interrupted`, `cancelled`).
     pub outcome: Option<JobState>,
     pub exit_code: Option<i32>,
+    /// When the worker saw the script's processes gone and its last output
+    /// shipped to the log. A cancelled attempt ends (`ended_at`) before its
+    /// script does (it has a SIGTERM grace); followers wait for this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script_ended_at: Option<Timestamp>,
 }
 
 /// A job: the request, where it stands, and its history.
@@ -300,6 +305,7 @@ impl Job {
             ended_at: None,
             outcome: None,
             exit_code: None,
+            script_ended_at: None,
         });
         Ok(())
     }

@@ -94,6 +94,9 @@ pub enum PlanError {
     Request(String),
 }
 
+/// Largest gp3 EBS volume, in GiB.
+pub const MAX_GP3_GIB: u64 = 16_384;
+
 /// Chooses machines.
 pub trait Planner: Send + Sync {
     /// # Errors
@@ -132,6 +135,13 @@ impl CatalogPlanner {
 
     fn plan_ec2(&self, job: &SubmitJob) -> Result<Plan, PlanError> {
         let cat = self.ec2;
+        // The root volume is gp3: 1 GiB to 16 TiB (EBS volume types). Refused
+        // here, not by RunInstances after the group is made.
+        if let Some(gib) = job.resources.hdd_gib.filter(|g| *g > MAX_GP3_GIB) {
+            return Err(PlanError::NoMachineFits(format!(
+                "--hdd {gib} GiB is more than an EC2 gp3 volume holds (16 TiB, {MAX_GP3_GIB} GiB)"
+            )));
+        }
         if let Some(asked) = job.region.as_ref().filter(|r| **r != cat.region) {
             return Err(PlanError::NoCatalog {
                 asked: asked.clone(),

@@ -564,6 +564,7 @@ async fn run_attempt(
     }
     let last_lines = last_lines(&tail);
     flush(artifacts, &id, &mut buf).await;
+    mark_script_ended(ctx, &id, attempt, &cfg.instance).await;
     // The last checkpoint is saved (and recorded) before the end is, so the
     // next attempt always sees it.
     sync_checkpoint(ctx, artifacts, &id, attempt, &ckpt, &mut saved).await;
@@ -746,6 +747,29 @@ fn fingerprint(dir: &std::path::Path) -> std::io::Result<u64> {
         }
     }
     Ok(h.finish())
+}
+
+/// Records on the attempt that its script is gone and its output shipped
+/// (followers of a cancelled job stop waiting for more output then).
+async fn mark_script_ended(ctx: &Ctx, id: &JobId, attempt: u32, me: &InstanceId) {
+    let now = ctx.clock.now();
+    let r = mutate_job(ctx.store.as_ref(), id, |j| {
+        match j
+            .attempts
+            .iter_mut()
+            .find(|a| a.number == attempt && a.instance == *me && a.script_ended_at.is_none())
+        {
+            Some(a) => {
+                a.script_ended_at = Some(now);
+                Step::Write(())
+            }
+            None => Step::Keep(()),
+        }
+    })
+    .await;
+    if let Err(e) = r {
+        warn!(job_id = %id, error = %e, "could not record the script's end");
+    }
 }
 
 /// The attempt failed before its script could start (workspace, Python

@@ -266,6 +266,22 @@ fn the_extravagant_error_is_the_one_users_see() {
 }
 
 #[test]
+fn a_disk_larger_than_a_gp3_volume_is_refused_at_plan() {
+    let planner = CatalogPlanner::shipped();
+    for cloud in [Cloud::Ec2, Cloud::Ec2spot] {
+        let mut j = job(cloud, 2, 0, None);
+        j.resources.hdd_gib = Some(16_384);
+        assert!(planner.plan(&j).is_ok(), "16 TiB fits");
+        j.resources.hdd_gib = Some(16_385);
+        let e = planner.plan(&j).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "too extravagant: --hdd 16385 GiB is more than an EC2 gp3 volume holds (16 TiB, 16384 GiB)"
+        );
+    }
+}
+
+#[test]
 fn spot_pools_get_up_to_ten_fitting_types_best_first() {
     let p = CatalogPlanner::shipped()
         .plan(&job(Cloud::Ec2spot, 8, 1, Some("16g")))
