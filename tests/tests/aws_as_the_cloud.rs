@@ -462,3 +462,56 @@ async fn a_fixed_size_above_the_cap_is_refused_at_submit() {
     assert!(w.ctx.store.get_job(&job_id("big")).await.unwrap().is_none());
     assert_eq!(w.fid.calls("CreateAutoScalingGroup"), 0);
 }
+
+/// The root volume's device name and minimum size come from the image
+/// (`/dev/xvda` on Amazon Linux, `/dev/sda1` on Ubuntu and most Deep
+/// Learning AMIs): a mapping for a device the image does not boot from
+/// would add a second, unused disk and leave the root at its default size.
+/// An `--hdd` below the image's root snapshot is raised to it.
+#[tokio::test]
+async fn the_root_volume_follows_the_image() {
+    let w = world().await;
+    let ec2 = aws_sdk_ec2::Client::new(&w.sdk);
+    let image = ec2
+        .describe_images()
+        .image_ids(&w.cfg.worker_ami)
+        .send()
+        .await
+        .unwrap()
+        .images()[0]
+        .clone();
+    let device = image.root_device_name().unwrap().to_string();
+    let image_gib = image
+        .block_device_mappings()
+        .iter()
+        .find(|m| m.device_name() == Some(device.as_str()))
+        .and_then(|m| m.ebs())
+        .and_then(|e| e.volume_size())
+        .unwrap_or(0);
+    let ws = workspace(&w, "print('hi')\n", None).await;
+    for (id, asked) in [("small", 1u64), ("big", 500)] {
+        let mut spec = ec2_job(id, ws.clone());
+        spec.resources.hdd_gib = Some(asked);
+        handlers::submit(&w.ctx, id, &spec.to_json()).await.unwrap();
+        let name = w.group_name(&w.pool(id).await.group_key());
+        let data = ec2
+            .describe_launch_template_versions()
+            .launch_template_name(&name)
+            .send()
+            .await
+            .unwrap()
+            .launch_template_versions()[0]
+            .launch_template_data()
+            .unwrap()
+            .clone();
+        let disks = data.block_device_mappings();
+        assert_eq!(disks.len(), 1, "{disks:?}");
+        assert_eq!(disks[0].device_name(), Some(device.as_str()));
+        let want = asked.max(image_gib.max(0) as u64) as i32;
+        assert_eq!(disks[0].ebs().unwrap().volume_size(), Some(want), "{id}");
+    }
+    assert!(
+        image_gib > 1,
+        "the image's root snapshot ({image_gib} GiB) raises --hdd 1g"
+    );
+}
