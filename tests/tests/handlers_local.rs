@@ -908,3 +908,70 @@ async fn a_job_written_with_its_submit_message_is_finished_by_the_driver() {
     assert_eq!(depth.visible, 1, "one work item");
     assert_eq!(w.be.fleet.instances(&pool).await.unwrap().len(), 1);
 }
+
+/// A queued job whose work item the queue gave up on (dead-lettered after
+/// repeated failed claims) is found by the sweep and gets its item again;
+/// after `MAX_RESENDS` it fails with the reason instead of waiting forever.
+/// Other jobs' items, and dead-lettered items of jobs that moved on, are
+/// left alone.
+#[tokio::test]
+async fn a_dead_lettered_item_is_sent_again_then_its_job_fails() {
+    let w = LocalWorld::default().await;
+    for id in ["stuck", "fine"] {
+        submit(&w.be.ctx, id, &JobBuilder::new(id).json())
+            .await
+            .unwrap();
+    }
+    let pool = w.be.store_job_pool("stuck").await;
+    let q = w.be.ctx.settings.work_queue(&pool);
+    let dlq = studio_core::ports::dead_letter_queue(&q);
+    // The queue gives up on stuck's item; fine's stays.
+    let give_up = async || {
+        let mut items = Vec::new();
+        while let Some(m) = w.receive(&q).await {
+            items.push(m);
+        }
+        for m in items {
+            if m.body.contains(r#""stuck""#) {
+                w.be.queue
+                    .dead_letter(&q, &m, "claims kept failing")
+                    .await
+                    .unwrap();
+            } else {
+                w.be.queue
+                    .release(&q, &m.receipt, Duration::ZERO)
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    for n in 1..=handlers::MAX_RESENDS {
+        give_up().await;
+        assert_eq!(w.be.queue.depth(&dlq).await.unwrap().total(), 1);
+        scale(&w.be.ctx).await.unwrap();
+        let job = w.be.store.get_job(&job_id("stuck")).await.unwrap().unwrap();
+        assert_eq!((job.state, job.items_resent), (JobState::Queued, n));
+        assert_eq!(
+            w.be.queue.depth(&dlq).await.unwrap().total(),
+            0,
+            "taken out"
+        );
+        assert_eq!(w.be.queue.depth(&q).await.unwrap().total(), 2, "sent again");
+    }
+    give_up().await;
+    scale(&w.be.ctx).await.unwrap();
+    let job = w.be.store.get_job(&job_id("stuck")).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Failed);
+    assert_eq!(
+        job.reason.as_deref(),
+        Some("its work item was dead-lettered 4 times: no worker could claim it")
+    );
+    assert_eq!(w.be.queue.depth(&dlq).await.unwrap().total(), 0);
+    let fine = w.be.store.get_job(&job_id("fine")).await.unwrap().unwrap();
+    assert_eq!((fine.state, fine.items_resent), (JobState::Queued, 0));
+    assert_eq!(
+        w.be.queue.depth(&q).await.unwrap().total(),
+        1,
+        "fine's item only"
+    );
+}

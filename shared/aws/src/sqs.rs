@@ -38,7 +38,7 @@ fn sdk<E: std::error::Error + Send + Sync + 'static>(
 }
 
 pub fn dlq_name(queue: &str) -> String {
-    format!("{queue}-dlq")
+    studio_core::ports::dead_letter_queue(queue)
 }
 
 fn secs(d: Duration) -> i32 {

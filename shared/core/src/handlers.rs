@@ -19,7 +19,9 @@ use crate::ids::{InstanceId, JobId, PoolKey};
 use crate::job::{Job, JobState};
 use crate::plan::{Plan, PlanError, Planner};
 use crate::pool::{desired_workers, queue_name, Pool, PoolSpec, PoolState, QueueDepth};
-use crate::ports::{Created, Fleet, GroupStatus, JobStore, PortError, Received, WorkQueue};
+use crate::ports::{
+    dead_letter_queue, Created, Fleet, GroupStatus, JobStore, PortError, Received, WorkQueue,
+};
 use crate::resources::{Cloud, WorkerPolicy};
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +50,10 @@ pub struct Settings {
     /// job back before the control plane requeues it itself.
     pub warning_grace: Duration,
 }
+
+/// How often the sweep sends a dead-lettered work item of a queued job
+/// again before the job fails with the reason.
+pub const MAX_RESENDS: u32 = 3;
 
 impl Settings {
     /// The work queue of a pool.
@@ -402,7 +408,7 @@ pub async fn scale(ctx: &Ctx) -> Result<Vec<(PoolKey, u32)>, HandlerError> {
             continue;
         }
         let key = pool.key.clone();
-        let (waiting, running) = match sweep_pool(ctx, &key).await {
+        let (waiting, running) = match sweep_pool(ctx, &pool).await {
             Ok(n) => n,
             Err(e) => {
                 warn!(pool = %key, error = %e, "sweep failed");
@@ -463,10 +469,14 @@ fn lifetime_over(job: &Job, now: Timestamp) -> Option<String> {
 
 /// The sweep of one pool (see [`scale`]); returns how many jobs wait and
 /// how many run.
-async fn sweep_pool(ctx: &Ctx, key: &PoolKey) -> Result<(u64, u64), HandlerError> {
+async fn sweep_pool(ctx: &Ctx, pool: &Pool) -> Result<(u64, u64), HandlerError> {
     let (mut waiting, mut running) = (0, 0);
     let mut first_err = None;
-    for job in ctx.store.list_jobs(Some(key), &JobState::ACTIVE).await? {
+    for job in ctx
+        .store
+        .list_jobs(Some(&pool.key), &JobState::ACTIVE)
+        .await?
+    {
         let now = ctx.clock.now();
         let r = match job.state {
             JobState::Interrupted if now.since(job.updated_at) > Duration::from_secs(60) => {
@@ -496,10 +506,82 @@ async fn sweep_pool(ctx: &Ctx, key: &PoolKey) -> Result<(u64, u64), HandlerError
             first_err.get_or_insert(e);
         }
     }
+    if let Err(e) = resend_dead_lettered(ctx, pool).await {
+        first_err.get_or_insert(e);
+    }
     match first_err {
         Some(e) => Err(e),
         None => Ok((waiting, running)),
     }
+}
+
+/// Work items the queue gave up on (dead-lettered after repeated failed
+/// claims) would leave their jobs queued forever: each one whose job still
+/// waits for that attempt is sent again, up to [`MAX_RESENDS`] times, after
+/// which the job fails with the reason. Items for jobs that moved on are
+/// dropped from the dead-letter queue; bodies that are not work items stay.
+async fn resend_dead_lettered(ctx: &Ctx, pool: &Pool) -> Result<(), HandlerError> {
+    let dlq = dead_letter_queue(&ctx.settings.work_queue(&pool.group_key()));
+    // At most 100 a run: a flood is worked off over several runs.
+    for _ in 0..10 {
+        let msgs = match ctx
+            .queue
+            .receive(&dlq, 10, Duration::from_secs(60), Duration::ZERO)
+            .await
+        {
+            Ok(m) => m,
+            Err(PortError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let n = msgs.len();
+        for msg in msgs {
+            match WorkItem::from_json(&msg.body) {
+                Ok(item) => {
+                    resend_item(ctx, pool, &item).await?;
+                    ctx.queue.ack(&dlq, &msg.receipt).await?;
+                }
+                // A poison body stays as evidence, out of the next runs' way
+                // (SQS keeps it 14 days).
+                Err(_) => {
+                    ctx.queue
+                        .release(&dlq, &msg.receipt, Duration::from_secs(12 * 3600))
+                        .await?
+                }
+            }
+        }
+        if n < 10 {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Sends a dead-lettered item again if its job still waits for it.
+async fn resend_item(ctx: &Ctx, pool: &Pool, item: &WorkItem) -> Result<(), HandlerError> {
+    let now = ctx.clock.now();
+    let r = mutate_job(ctx.store.as_ref(), &item.job_id, |j| {
+        if j.state != JobState::Queued || j.attempt != item.attempt {
+            return Step::Keep(false);
+        }
+        if j.items_resent >= MAX_RESENDS {
+            let why = format!(
+                "its work item was dead-lettered {} times: no worker could claim it",
+                MAX_RESENDS + 1
+            );
+            return match j.fail_queued(now, "scale", &why) {
+                Ok(()) => Step::Write(false),
+                Err(_) => Step::Keep(false),
+            };
+        }
+        j.items_resent += 1;
+        Step::Write(true)
+    })
+    .await?;
+    if let Some((_, true)) = r {
+        warn!(job_id = %item.job_id, attempt = item.attempt, "work item was dead-lettered; sent again");
+        send_item(ctx, pool, item).await?;
+    }
+    Ok(())
 }
 
 /// Cancels a job that waited past its lifetime without starting.

@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! queued ──► running ──► finished | failed
+//!   │                          ▲
+//!   └──── (work item lost) ────┘
 //!   │          │  ▲
 //!   │          ▼  │ (attempt + 1)
 //!   │      interrupted ──► queued
@@ -63,6 +65,7 @@ impl JobState {
                 | (Running, Interrupted)
                 | (Running, Cancelled)
                 | (Interrupted, Queued)
+                | (Queued, Failed)
         )
     }
 
@@ -172,6 +175,13 @@ pub struct Job {
     /// The checkpoint the next attempt resumes from, if any was saved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<CheckpointRef>,
+    /// How many times the sweep sent a dead-lettered work item again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub items_resent: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A saved checkpoint: which attempt wrote it and its content hash.
@@ -219,6 +229,7 @@ impl Job {
             heartbeat_at: None,
             warned_at: None,
             checkpoint: None,
+            items_resent: 0,
         }
     }
 
@@ -381,6 +392,22 @@ impl Job {
     ///
     /// # Errors
     /// [`InvalidTransition`] from any other state.
+    /// `queued → failed`: the job can never start (its work item was lost
+    /// more often than the sweep resends it).
+    ///
+    /// # Errors
+    /// [`InvalidTransition`] unless the job is queued.
+    pub fn fail_queued(
+        &mut self,
+        at: Timestamp,
+        by: &str,
+        reason: &str,
+    ) -> Result<(), InvalidTransition> {
+        self.transition(JobState::Failed, at, by, reason)?;
+        self.reason = Some(reason.to_string());
+        Ok(())
+    }
+
     pub fn cancel(
         &mut self,
         at: Timestamp,
@@ -451,6 +478,7 @@ mod tests {
             (Running, Interrupted),
             (Running, Cancelled),
             (Interrupted, Queued),
+            (Queued, Failed),
         ];
         for from in JobState::ALL {
             for to in JobState::ALL {

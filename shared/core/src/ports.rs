@@ -92,8 +92,14 @@ pub struct Received {
     pub receive_count: u32,
 }
 
+/// The dead-letter queue beside `queue`: every adapter names it so.
+pub fn dead_letter_queue(queue: &str) -> String {
+    format!("{queue}-dlq")
+}
+
 /// At-least-once queues with leases (SQS, Pub/Sub, the local SQLite queue).
-/// Every queue has a dead-letter queue beside it.
+/// Every queue has a dead-letter queue beside it, [`dead_letter_queue`],
+/// which can be received from like any queue.
 #[async_trait]
 pub trait WorkQueue: Send + Sync {
     async fn ensure_queue(&self, queue: &str) -> Result<(), PortError>;

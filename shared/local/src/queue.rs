@@ -55,7 +55,7 @@ impl Clock for MonotonicClock {
 
 /// The name of a queue's dead-letter queue.
 pub fn dlq_name(queue: &str) -> String {
-    format!("{queue}-dlq")
+    studio_core::ports::dead_letter_queue(queue)
 }
 
 impl SqliteQueue {
