@@ -28,6 +28,17 @@ if [ -n "$want_sha256" ]; then
 fi
 test -x /usr/local/bin/studio
 
+# Scripts run as an unprivileged user that cannot reach the instance
+# metadata service (so never the machine's role credentials); the worker
+# itself runs as root and keeps both.
+id -u studio-job >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin studio-job
+iptables -C OUTPUT -d 169.254.169.254 -m owner --uid-owner studio-job -j REJECT 2>/dev/null \
+    || iptables -A OUTPUT -d 169.254.169.254 -m owner --uid-owner studio-job -j REJECT
+if command -v ip6tables >/dev/null; then
+    ip6tables -C OUTPUT -d fd00:ec2::254 -m owner --uid-owner studio-job -j REJECT 2>/dev/null \
+        || ip6tables -A OUTPUT -d fd00:ec2::254 -m owner --uid-owner studio-job -j REJECT
+fi
+
 install -d -m 0755 /etc/studio
 echo "STUDIO_INSTANCE_ID=$instance_id" > /etc/studio/instance.env
 cat > /etc/studio/worker.env <<'ENV'
@@ -43,7 +54,7 @@ Wants=network-online.target
 [Service]
 EnvironmentFile=/etc/studio/worker.env
 EnvironmentFile=/etc/studio/instance.env
-ExecStart=/usr/local/bin/studio worker --pool @POOL@ --instance-id ${STUDIO_INSTANCE_ID} --venv-root /var/lib/studio/venvs
+ExecStart=/usr/local/bin/studio worker --pool @POOL@ --instance-id ${STUDIO_INSTANCE_ID} --venv-root /var/lib/studio/venvs --run-as studio-job
 Restart=on-failure
 RestartSec=5
 

@@ -224,6 +224,9 @@ pub struct WorkerArgs {
     /// Upload the checkpoint directory at most this often.
     #[arg(long, env = "STUDIO_CHECKPOINT_EVERY", default_value = "30s")]
     pub checkpoint_every: String,
+    /// Run scripts as this (unprivileged) user; the worker itself stays root.
+    #[arg(long, env = "STUDIO_RUN_AS", value_name = "USER")]
+    pub run_as: Option<String>,
     /// Give each job a virtualenv (cached here by the hash of its requirements.txt).
     #[arg(long, env = "STUDIO_VENV_ROOT", value_name = "DIR")]
     pub venv_root: Option<PathBuf>,

@@ -635,6 +635,19 @@ async fn driver(g: &Globals) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The uid and gid of a user name (from the system's user database).
+fn user_ids(name: &str) -> Result<(u32, u32), CliError> {
+    let c = std::ffi::CString::new(name).map_err(|_| usage(format!("--run-as '{name}'")))?;
+    // SAFETY: getpwnam returns a pointer into static storage or null; it is
+    // read at once, before any other call could overwrite it.
+    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
+    if pw.is_null() {
+        return Err(usage(format!("--run-as '{name}': no such user")));
+    }
+    // SAFETY: checked non-null above.
+    Ok(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+}
+
 async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<ExitCode, CliError> {
     if let Some(fd) = env.lock_fd {
         // Keep our liveness lock out of the scripts we start.
@@ -686,6 +699,7 @@ async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<ExitCode, CliEr
             Duration::from_millis(200)
         },
         venv_root: a.venv_root,
+        run_as: a.run_as.as_deref().map(user_ids).transpose()?,
     };
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

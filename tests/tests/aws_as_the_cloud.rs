@@ -138,6 +138,7 @@ impl World {
             checkpoint_every: Duration::from_secs(1),
             log_every: Duration::from_millis(100),
             venv_root: None,
+            run_as: None,
         }
     }
 

@@ -203,6 +203,15 @@ async fn submit_through_sqs_creates_the_job_the_spot_group_and_the_work_item() {
         "{user_data}"
     );
     assert!(user_data.contains(&format!("STUDIO_JOBS_TABLE={}", w.cfg.jobs_table)));
+    // The script runs as an unprivileged user cut off from the metadata
+    // service (the machine's role credentials stay with the worker).
+    assert!(user_data.contains("--run-as studio-job"), "{user_data}");
+    assert!(
+        user_data.contains(
+            "iptables -A OUTPUT -d 169.254.169.254 -m owner --uid-owner studio-job -j REJECT"
+        ),
+        "{user_data}"
+    );
     assert!(
         !user_data.to_ascii_lowercase().contains("secret"),
         "no credentials in user-data"
@@ -710,6 +719,7 @@ async fn an_idle_worker_terminates_its_machine_and_lowers_the_group() {
         checkpoint_every: Duration::from_secs(30),
         log_every: Duration::from_millis(100),
         venv_root: None,
+        run_as: None,
     };
     let artifacts = studio_aws::s3::S3Artifacts::from_sdk(&w.sdk, &w.cfg.bucket);
     let (_tx, rx) = tokio::sync::watch::channel(false);

@@ -47,6 +47,7 @@ fn worker_config(
         checkpoint_every: Duration::from_secs(600),
         log_every: Duration::from_millis(100),
         venv_root: None,
+        run_as: None,
     }
 }
 
@@ -378,4 +379,64 @@ async fn jobs_run_in_virtualenvs_cached_by_their_requirements() {
         .filter(|e| e.as_ref().unwrap().path().is_dir())
         .count();
     assert_eq!(built, 2);
+}
+
+/// On a cloud machine the worker runs as root (it needs the machine's role)
+/// and the script as an unprivileged user: the script gets its attempt
+/// directory (workspace, checkpoints) and nothing of the worker's. Needs
+/// root to switch users; elsewhere it says so and checks nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_run_as_the_unprivileged_user_and_own_only_their_attempt() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: switching the script's user needs root");
+        return;
+    }
+    let w = LocalWorld::default().await;
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(
+        src.path().join("who.py"),
+        "import os\n\
+         print('uid', os.getuid())\n\
+         open(os.path.join(os.environ['STUDIO_CHECKPOINT_DIR'], 'c.txt'), 'w').write('x')\n\
+         try:\n    open('/root/.studio-probe', 'w')\n    print('wrote outside')\n\
+         except PermissionError:\n    print('denied outside')\n",
+    )
+    .unwrap();
+    let tar = studio_core::workspace::pack_dir(src.path(), 1 << 20).unwrap();
+    let ws = w.be.artifacts.put_workspace(&tar).await.unwrap();
+    let mut spec = JobBuilder::new("who").workspace(ws).spec();
+    spec.entrypoint = "who.py".into();
+    submit(&w.be.ctx, "m", &spec.to_json()).await.unwrap();
+    let pool = w.be.store_job_pool("who").await;
+    // As on a machine: the work root is traversable, the attempt is handed over.
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        root.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut cfg = worker_config(root.path(), &pool, "w-user", Arc::new(NoNotice));
+    cfg.run_as = Some((65534, 65534));
+    let (ctx, arts) = (w.be.ctx.clone(), w.be.artifacts.clone());
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(async move { run_worker(&ctx, arts.as_ref(), &cfg, rx).await });
+    let job = eventually("the job to end", Duration::from_secs(60), async || {
+        let j =
+            w.be.ctx
+                .store
+                .get_job(&job_id("who"))
+                .await
+                .unwrap()
+                .unwrap();
+        j.state.is_terminal().then_some(j)
+    })
+    .await;
+    stop.send(true).unwrap();
+    worker.await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Finished, "{:?}", job.reason);
+    let log = String::from_utf8(w.be.artifacts.read_log(&job.id, 0).await.unwrap()).unwrap();
+    assert!(log.contains("uid 65534"), "{log}");
+    assert!(log.contains("denied outside"), "{log}");
+    assert_eq!(job.checkpoint.map(|c| c.attempt), Some(1), "it could save");
 }

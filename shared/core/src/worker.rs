@@ -63,6 +63,11 @@ pub struct WorkerConfig {
     /// How often output is shipped to the job's log (each flush is one
     /// object on S3, so cloud workers flush every few seconds).
     pub log_every: Duration,
+    /// `Some((uid, gid))`: scripts run as this user (cloud machines: an
+    /// unprivileged user the bootstrap creates and cuts off from the
+    /// instance metadata service, so a script never gets the machine's
+    /// role credentials). Its attempt directory is handed to it.
+    pub run_as: Option<(u32, u32)>,
     /// `Some(dir)`: each job runs in a virtualenv under `dir`, built from its
     /// `requirements.txt` and cached by the hash of that file and the
     /// interpreter. `None`: scripts run with `python` as it is.
@@ -442,6 +447,13 @@ async fn run_attempt(
         }
         Seen::Ours | Seen::Warned => {}
     }
+    if let Some((uid, gid)) = cfg.run_as {
+        let attempt_dir = job_dir.join(format!("attempt-{attempt}"));
+        if let Err(e) = chown_tree(&attempt_dir, uid, gid) {
+            let why = format!("handing {} to uid {uid}: {e}", attempt_dir.display());
+            return fail_to_start(ctx, &id, attempt, &cfg.instance, why).await;
+        }
+    }
     let mut cmd = Command::new(&python);
     cmd.arg(&job.spec.entrypoint)
         .args(&job.spec.args)
@@ -455,6 +467,9 @@ async fn run_attempt(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    if let Some((uid, gid)) = cfg.run_as {
+        cmd.uid(uid).gid(gid).env("HOME", &ws);
+    }
     #[cfg(target_os = "linux")]
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
@@ -724,6 +739,21 @@ async fn sync_checkpoint(
         }
         Err(e) => warn!(job_id = %id, error = %e, "checkpoint saved but not recorded; retrying"),
     }
+}
+
+/// Gives `dir` and everything under it to `uid:gid` (symlinks themselves,
+/// never their targets).
+fn chown_tree(dir: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))?;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            chown_tree(&e.path(), uid, gid)?;
+        } else {
+            std::os::unix::fs::lchown(e.path(), Some(uid), Some(gid))?;
+        }
+    }
+    Ok(())
 }
 
 /// A hash of every entry's relative path, size and modification time
