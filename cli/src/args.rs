@@ -210,7 +210,9 @@ pub struct WorkerArgs {
     /// Leave after this long without work.
     #[arg(long, default_value = "5m")]
     pub idle_timeout: String,
-    /// How long a received job stays leased between heartbeats.
+    /// The heartbeat bound: a received item's lease until its claim, and
+    /// (locally) how long a running attempt may go without a heartbeat on
+    /// its record; the worker writes one every quarter of it.
     #[arg(long, env = "STUDIO_LEASE", default_value = "30s")]
     pub lease: String,
     #[arg(long, env = "STUDIO_PYTHON", default_value = "python3")]

@@ -85,10 +85,19 @@ pub async fn dispatch(cli: Cli, env: Env) -> Result<ExitCode, CliError> {
         .map_err(|e| usage(format!("STUDIO_HOME '{}': {e}", home.display())))?;
     let pool_grace = humantime::parse_duration(&cli.pool_grace)
         .map_err(|e| usage(format!("STUDIO_POOL_GRACE '{}': {e}", cli.pool_grace)))?;
+    // The bound on a worker's heartbeat: workers (started with this same
+    // environment) write theirs every quarter of it.
+    let heartbeat_timeout = match env.vars.get("STUDIO_LEASE") {
+        Some(v) => {
+            humantime::parse_duration(v).map_err(|e| usage(format!("STUDIO_LEASE '{v}': {e}")))?
+        }
+        None => Settings::default().heartbeat_timeout,
+    };
     let settings = Settings {
         pool_grace,
         max_attempts: cli.max_attempts.max(1),
         max_auto_workers: cli.max_workers.unwrap_or(env.cores).max(1),
+        heartbeat_timeout,
         ..Settings::default()
     };
     let g = Globals {
