@@ -228,24 +228,13 @@ impl Fidelity {
     /// `UpdateAutoScalingGroup`; the proxy remembers the updated value.
     ///
     /// # Panics
-    /// When moto cannot describe the group or refuses a termination.
+    /// When moto refuses a termination.
     pub async fn group_rebalances(&self, group: &str) -> Vec<String> {
         let s = &self.shared;
-        let (status, body) = s
-            .upstream_query(
-                "autoscaling",
-                &[
-                    ("Action", "DescribeAutoScalingGroups"),
-                    ("Version", "2011-01-01"),
-                    ("AutoScalingGroupNames.member.1", group),
-                ],
-            )
-            .await;
-        assert!(status.is_success(), "DescribeAutoScalingGroups: {body}");
-        let Some(g) = xml_inner(&body, "AutoScalingGroups").and_then(|m| xml_inner(m, "member"))
-        else {
+        let Some(g) = s.describe_member(group).await else {
             return Vec::new();
         };
+        let g = g.as_str();
         let suspended = |p: &str| g.contains(&format!("<ProcessName>{p}</ProcessName>"));
         let capacity_rebalance = match s.state().capacity_rebalance.get(group) {
             Some(on) => *on,
