@@ -674,6 +674,9 @@ async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<ExitCode, CliEr
         lease: dur("lease", &a.lease)?,
         poll_wait: Duration::from_secs(1),
         heartbeat: Duration::from_secs(1),
+        // A tag write on the instance: EC2's mutating-call rate is shared by
+        // the account, so every few minutes (the bound is 15).
+        seen_every: Duration::from_secs(300),
         // The heartbeat on the job record: a file write locally, a DynamoDB
         // write in the cloud (bound there: STUDIO_HEARTBEAT_TIMEOUT, 2 min).
         beat_every: if a.backend == "aws" {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use studio_aws::config::AwsConfig;
 use studio_aws::lambda;
 use studio_aws::s3::S3Artifacts;
-use studio_core::clock::{ManualClock, Timestamp};
+use studio_core::clock::{Clock, ManualClock, Timestamp};
 use studio_core::contract::{SubmitJob, WorkspaceRef};
 use studio_core::handlers::{self, Ctx};
 use studio_core::ids::{InstanceId, PoolKey};
@@ -40,7 +40,14 @@ impl Worker {
     }
 }
 
+/// moto's EC2 tag store is not thread-safe: a `CreateTags` during another
+/// request that reads tags fails that request with a 500 ("dictionary
+/// changed size during iteration"). Workers here write their liveness tag,
+/// so the scenarios of this file take turns.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct World {
+    _turn: tokio::sync::MutexGuard<'static, ()>,
     ctx: Ctx,
     clock: ManualClock,
     sdk: aws_config::SdkConfig,
@@ -51,11 +58,15 @@ struct World {
 }
 
 async fn world() -> World {
-    let clock = ManualClock::new(Timestamp(1_800_000_000_000));
+    let turn = TURN.lock().await;
+    // Starts at the wall clock: moto stamps launch times with it, and the
+    // sweep compares them with this clock.
+    let clock = ManualClock::new(studio_core::clock::SystemClock.now());
     let (cfg, sdk, fid) = studio_tests::fidelity_deployment(clock.clone()).await;
     let ctx = lambda::context(&cfg, &sdk, Arc::new(clock.clone()));
     let artifacts = Arc::new(S3Artifacts::from_sdk(&sdk, &cfg.bucket));
     World {
+        _turn: turn,
         ctx,
         clock,
         sdk,
@@ -129,6 +140,7 @@ impl World {
             beat_every: Duration::from_millis(100),
             poll_wait: Duration::from_millis(200),
             heartbeat: Duration::from_millis(100),
+            seen_every: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(300),
             term_grace: Duration::from_secs(2),
             work_root: self.work.path().join(instance.as_str()),
@@ -157,6 +169,32 @@ impl World {
         let mut cfg = self.worker_config(gk, &InstanceId::new("i-0second").unwrap());
         cfg.idle_timeout = Duration::from_secs(100 * 3600);
         self.start_worker(cfg)
+    }
+
+    /// Waits until `machine`'s worker told the fleet it lives at `at` or later.
+    async fn until_seen(&self, machine: &InstanceId, at: Timestamp) {
+        let ec2 = aws_sdk_ec2::Client::new(&self.sdk);
+        eventually(
+            "the worker to be seen",
+            Duration::from_secs(10),
+            async || {
+                let out = ec2
+                    .describe_instances()
+                    .instance_ids(machine.as_str())
+                    .send()
+                    .await
+                    .unwrap();
+                let seen = out
+                    .reservations()
+                    .iter()
+                    .flat_map(|r| r.instances())
+                    .flat_map(|i| i.tags())
+                    .find(|t| t.key() == Some(studio_aws::fleet::SEEN_TAG))
+                    .and_then(|t| t.value()?.parse::<i64>().ok());
+                (seen >= Some(at.0)).then_some(())
+            },
+        )
+        .await
     }
 
     async fn until_claimed(&self, id: &str, by: &InstanceId) {
@@ -282,7 +320,8 @@ async fn a_thirteen_hour_job_keeps_its_claim_and_its_machine() {
         .unwrap();
     let gk = w.pool("long").await.group_key();
     let machine = w.machines(&gk).await.remove(0);
-    let cfg = w.worker_config(&gk, &machine);
+    let mut cfg = w.worker_config(&gk, &machine);
+    cfg.seen_every = Duration::from_millis(100);
     let go = cfg
         .work_root
         .join("long")
@@ -321,11 +360,12 @@ async fn a_thirteen_hour_job_keeps_its_claim_and_its_machine() {
     // Thirteen hours in half-hour steps; the sweep runs after each.
     for _ in 0..26 {
         w.clock.advance(Duration::from_secs(1800));
-        let now = studio_core::clock::Clock::now(&w.clock);
+        let now = w.clock.now();
         eventually("the heartbeat", Duration::from_secs(10), async || {
             (w.job("long").await.heartbeat_at >= Some(now)).then_some(())
         })
         .await;
+        w.until_seen(&machine, now).await;
         handlers::scale(&w.ctx).await.unwrap();
         let j = w.job("long").await;
         assert_eq!(
@@ -515,4 +555,44 @@ async fn the_root_volume_follows_the_image() {
         image_gib > 1,
         "the image's root snapshot ({image_gib} GiB) raises --hdd 1g"
     );
+}
+
+/// A machine whose worker never started (a failed bootstrap) or died for
+/// good costs money and counts as capacity: the sweep takes it out of the
+/// group once it has been silent past the bound, and the reconcile raises the
+/// group again for the work there is. A machine whose worker lives stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_without_a_live_worker_is_retired_and_replaced() {
+    let w = world().await;
+    let ws = workspace(&w, "print('hi')\n", None).await;
+    let mut spec = ec2_job("pair", ws);
+    spec.num_workers = Some(2);
+    handlers::submit(&w.ctx, "m", &spec.to_json())
+        .await
+        .unwrap();
+    let gk = w.pool("pair").await.group_key();
+    let machines = w.machines(&gk).await;
+    assert_eq!(machines.len(), 2);
+    let (live, silent) = (machines[0].clone(), machines[1].clone());
+    let mut cfg = w.worker_config(&gk, &live);
+    cfg.seen_every = Duration::from_millis(100);
+    let worker = w.start_worker(cfg);
+    w.until_seen(&live, w.clock.now()).await;
+
+    // Just launched: both within the bound.
+    handlers::scale(&w.ctx).await.unwrap();
+    assert_eq!(w.machines(&gk).await.len(), 2);
+
+    w.clock.advance(Duration::from_secs(16 * 60));
+    w.until_seen(&live, w.clock.now()).await;
+    handlers::scale(&w.ctx).await.unwrap();
+    let now_in_group = w.machines(&gk).await;
+    assert!(now_in_group.contains(&live), "{now_in_group:?}");
+    assert!(!now_in_group.contains(&silent), "{now_in_group:?}");
+    assert_eq!(
+        w.group(&gk).await.desired_capacity(),
+        Some(2),
+        "the fixed pool is raised back to its size"
+    );
+    worker.stop().await;
 }

@@ -30,7 +30,11 @@ struct World {
 
 async fn world() -> World {
     let (cfg, sdk) = studio_tests::moto_deployment().await;
-    let clock = ManualClock::new(Timestamp(1_800_000_000_000));
+    // Starts at the wall clock: moto stamps launch times with it, and the
+    // sweep compares them with this clock.
+    let clock = ManualClock::new(studio_core::clock::Clock::now(
+        &studio_core::clock::SystemClock,
+    ));
     let ctx = lambda::context(&cfg, &sdk, Arc::new(clock.clone()));
     World {
         ctx,
@@ -710,6 +714,7 @@ async fn an_idle_worker_terminates_its_machine_and_lowers_the_group() {
         beat_every: Duration::from_secs(1),
         poll_wait: Duration::ZERO,
         heartbeat: Duration::from_secs(1),
+        seen_every: Duration::from_secs(60),
         idle_timeout: Duration::ZERO,
         term_grace: Duration::from_secs(1),
         work_root: std::env::temp_dir().join(format!("{}-work", w.cfg.prefix)),

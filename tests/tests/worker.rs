@@ -37,6 +37,7 @@ fn worker_config(
         beat_every: Duration::from_millis(200),
         poll_wait: Duration::from_millis(100),
         heartbeat: Duration::from_millis(100),
+        seen_every: Duration::from_secs(60),
         idle_timeout: Duration::from_secs(600),
         term_grace: Duration::from_secs(5),
         work_root: work_root.to_path_buf(),

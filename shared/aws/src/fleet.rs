@@ -36,6 +36,7 @@ use aws_sdk_ec2::types::{
     RequestLaunchTemplateData, ResourceType, Tag, VolumeType,
 };
 use base64::Engine;
+use std::time::Duration;
 use studio_core::clock::Timestamp;
 use studio_core::ids::{InstanceId, PoolKey};
 use studio_core::pool::PoolSpec;
@@ -43,6 +44,10 @@ use studio_core::ports::{Fleet, GroupStatus, Instance, InstanceState, PortError}
 use studio_core::resources::{Market, WorkerPolicy};
 
 const PORT: &str = "autoscaling";
+
+/// The instance tag a worker refreshes while it lives (milliseconds since
+/// the epoch).
+pub const SEEN_TAG: &str = "studio:worker-seen";
 
 /// The bootstrap every worker runs, with `@NAME@` placeholders.
 pub const BOOTSTRAP: &str = include_str!("../../../infra/worker-bootstrap.sh");
@@ -369,6 +374,84 @@ impl Fleet for AsgFleet {
                 .map_err(group_err("SetDesiredCapacity", &name))?;
         }
         Ok(())
+    }
+
+    /// A tag on the worker's own instance (`ec2:CreateTags`, allowed on
+    /// instances tagged with a Studio pool): no table, and the sweep reads it
+    /// with the launch time in one `DescribeInstances`.
+    async fn worker_seen(
+        &self,
+        _key: &PoolKey,
+        id: &InstanceId,
+        at: Timestamp,
+    ) -> Result<(), PortError> {
+        self.ec2
+            .create_tags()
+            .resources(id.as_str())
+            .tags(Tag::builder().key(SEEN_TAG).value(at.0.to_string()).build())
+            .send()
+            .await
+            .map_err(sdk("CreateTags"))?;
+        Ok(())
+    }
+
+    async fn silent(
+        &self,
+        key: &PoolKey,
+        bound: Duration,
+        now: Timestamp,
+    ) -> Result<Vec<InstanceId>, PortError> {
+        // The group's own members (tags could match another deployment's
+        // group of the same pool key), then their launch times and tags.
+        let members: Vec<String> = match self.describe(key).await? {
+            Some(g) => g
+                .instances()
+                .iter()
+                .filter_map(|i| i.instance_id().map(str::to_string))
+                .collect(),
+            None => return Ok(Vec::new()),
+        };
+        let mut out = Vec::new();
+        if members.is_empty() {
+            return Ok(out);
+        }
+        let mut pages = self
+            .ec2
+            .describe_instances()
+            .set_instance_ids(Some(members))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(sdk("DescribeInstances"))?;
+            let running = page
+                .reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .filter(|i| {
+                    i.state()
+                        .and_then(|st| st.name())
+                        .is_some_and(|n| n.as_str() == "running")
+                });
+            for i in running {
+                let launched = i
+                    .launch_time()
+                    .and_then(|t| t.to_millis().ok())
+                    .unwrap_or(0);
+                let seen = i
+                    .tags()
+                    .iter()
+                    .find(|t| t.key() == Some(SEEN_TAG))
+                    .and_then(|t| t.value())
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .unwrap_or(0);
+                if now.since(Timestamp(launched.max(seen))) > bound {
+                    if let Some(id) = i.instance_id() {
+                        out.push(InstanceId::new(id).map_err(|e| PortError::backend(PORT, e))?);
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn protect(&self, key: &PoolKey, id: &InstanceId, busy: bool) -> Result<(), PortError> {

@@ -71,6 +71,7 @@ pub fn context(cfg: &AwsConfig, sdk: &aws_config::SdkConfig, clock: Arc<dyn Cloc
             max_auto_workers: cfg.max_workers,
             heartbeat_timeout: cfg.heartbeat_timeout,
             warning_grace: std::time::Duration::from_secs(180),
+            worker_grace: std::time::Duration::from_secs(15 * 60),
         },
     }
 }

@@ -49,6 +49,9 @@ pub struct Settings {
     /// After a spot warning, how long the worker has to save and hand the
     /// job back before the control plane requeues it itself.
     pub warning_grace: Duration,
+    /// A running machine whose worker has not been seen (nor the machine
+    /// launched) for this long is taken out of its group.
+    pub worker_grace: Duration,
 }
 
 /// How often the sweep sends a dead-lettered work item of a queued job
@@ -72,6 +75,7 @@ impl Default for Settings {
             max_auto_workers: 2,
             heartbeat_timeout: Duration::from_secs(30),
             warning_grace: Duration::from_secs(180),
+            worker_grace: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -408,6 +412,10 @@ pub async fn scale(ctx: &Ctx) -> Result<Vec<(PoolKey, u32)>, HandlerError> {
             continue;
         }
         let key = pool.key.clone();
+        if let Err(e) = retire_silent_machines(ctx, &pool).await {
+            warn!(pool = %key, error = %e, "retiring silent machines failed");
+            first_err.get_or_insert(e);
+        }
         let (waiting, running) = match sweep_pool(ctx, &pool).await {
             Ok(n) => n,
             Err(e) => {
@@ -428,6 +436,28 @@ pub async fn scale(ctx: &Ctx) -> Result<Vec<(PoolKey, u32)>, HandlerError> {
         Some(e) => Err(e),
         None => Ok(sizes),
     }
+}
+
+/// Machines that run no live worker (a bootstrap that failed, a worker that
+/// died for good) cost money and count as capacity: each is taken out of
+/// its group with decrement, and the reconcile that follows raises the
+/// group again if work waits. A job on such a machine is requeued by its
+/// stale heartbeat.
+async fn retire_silent_machines(ctx: &Ctx, pool: &Pool) -> Result<(), HandlerError> {
+    let gk = pool.group_key();
+    let now = ctx.clock.now();
+    for id in ctx
+        .fleet
+        .silent(&gk, ctx.settings.worker_grace, now)
+        .await?
+    {
+        warn!(pool = %pool.key, instance = %id, "no live worker on this machine; terminating it");
+        match ctx.fleet.terminate(&gk, &id, true).await {
+            Ok(()) | Err(PortError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Why the running attempt of `job` is lost, if it is.

@@ -175,6 +175,23 @@ pub trait Fleet: Send + Sync {
     /// Marks an instance busy (protected from the group's own scale-in and
     /// rebalancing) or free again. Workers call it around each job.
     async fn protect(&self, key: &PoolKey, id: &InstanceId, busy: bool) -> Result<(), PortError>;
+    /// The worker on `id` is alive at `at` (it calls this every few minutes,
+    /// busy or idle).
+    async fn worker_seen(
+        &self,
+        key: &PoolKey,
+        id: &InstanceId,
+        at: Timestamp,
+    ) -> Result<(), PortError>;
+    /// Running instances whose worker has not been seen (nor the machine
+    /// launched) within `bound` before `now`: a bootstrap that failed, a
+    /// worker that died for good. They cost money and count as capacity.
+    async fn silent(
+        &self,
+        key: &PoolKey,
+        bound: Duration,
+        now: Timestamp,
+    ) -> Result<Vec<InstanceId>, PortError>;
     /// Instances that are not terminated.
     async fn instances(&self, key: &PoolKey) -> Result<Vec<Instance>, PortError>;
     /// Terminates one instance; `decrement` lowers the target by one too.

@@ -47,6 +47,9 @@ pub struct WorkerConfig {
     pub poll_wait: Duration,
     /// How often the running job's record is read (cancel, warnings, takeover).
     pub heartbeat: Duration,
+    /// How often the worker tells the fleet it is alive, busy or idle
+    /// (`Fleet::worker_seen`; the control plane retires silent machines).
+    pub seen_every: Duration,
     /// Leave after this long without work and with an empty queue.
     pub idle_timeout: Duration,
     /// Between SIGTERM and SIGKILL when a script is stopped.
@@ -109,6 +112,7 @@ pub async fn run_worker(
         ctx.store.get_pool(&pool_key).await,
         Ok(Some(p)) if matches!(p.spec.policy, crate::resources::WorkerPolicy::Fixed(_))
     );
+    let _alive = spawn_seen(ctx, cfg);
     let mut idle_since = ctx.clock.now();
     let mut draining = false;
     let mut last_notice: Option<Instant> = None;
@@ -325,6 +329,28 @@ fn spawn_heartbeat(
         }
     });
     (rx, AbortOnDrop(task))
+}
+
+/// Tells the fleet every `cfg.seen_every` that this worker lives, for as
+/// long as the returned guard is held.
+fn spawn_seen(ctx: &Ctx, cfg: &WorkerConfig) -> AbortOnDrop {
+    let (ctx, pool, me, every) = (
+        ctx.clone(),
+        cfg.pool.clone(),
+        cfg.instance.clone(),
+        cfg.seen_every,
+    );
+    AbortOnDrop(tokio::spawn(async move {
+        // The first after one period: the bound counts from the launch.
+        let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = ctx.fleet.worker_seen(&pool, &me, ctx.clock.now()).await {
+                warn!(error = %e, "could not tell the fleet this worker lives");
+            }
+        }
+    }))
 }
 
 /// Aborts a task when dropped.

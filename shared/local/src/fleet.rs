@@ -340,6 +340,26 @@ impl Fleet for ProcessFleet {
         Ok(())
     }
 
+    /// Local liveness is the worker's lock file: a dead worker is reaped by
+    /// [`ProcessFleet::reap`], so there is nothing to record.
+    async fn worker_seen(
+        &self,
+        _key: &PoolKey,
+        _id: &InstanceId,
+        _at: studio_core::clock::Timestamp,
+    ) -> Result<(), PortError> {
+        Ok(())
+    }
+
+    async fn silent(
+        &self,
+        _key: &PoolKey,
+        _bound: Duration,
+        _now: studio_core::clock::Timestamp,
+    ) -> Result<Vec<InstanceId>, PortError> {
+        Ok(Vec::new())
+    }
+
     async fn set_target(
         &self,
         key: &PoolKey,
