@@ -92,19 +92,40 @@ impl Home {
         std::fs::read_to_string(self.path().join("jobs").join(id).join("log")).unwrap_or_default()
     }
 
+    /// Processes whose command line (arguments joined by spaces) matches
+    /// `<home>[^ ]* <pattern>`, read from /proc (no procps needed).
     fn pids(&self, pattern: &str) -> Vec<i32> {
-        let out = Command::new("pgrep")
-            .args([
-                "-f",
-                &format!("{}[^ ]* {}", self.dir.path().display(), pattern),
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect()
+        let re = regex::Regex::new(&format!(
+            "{}[^ ]* {}",
+            regex::escape(&self.dir.path().display().to_string()),
+            pattern
+        ))
+        .unwrap();
+        processes_matching(&re)
     }
+}
+
+/// Every process whose command line (arguments joined by spaces) matches.
+fn processes_matching(re: &regex::Regex) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let line = raw
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        if re.is_match(&line) {
+            found.push(pid);
+        }
+    }
+    found
 }
 
 impl Drop for Home {
@@ -114,14 +135,10 @@ impl Drop for Home {
         for pid in self.pids("") {
             kill_session(pid);
         }
-        let _ = Command::new("pkill")
-            .args([
-                "-KILL",
-                "-f",
-                "--",
-                &format!("--home {}", self.dir.path().display()),
-            ])
-            .status();
+        let home = format!("--home {}", self.dir.path().display());
+        for pid in processes_matching(&regex::Regex::new(&regex::escape(&home)).unwrap()) {
+            signal(pid as u32, libc::SIGKILL);
+        }
     }
 }
 
