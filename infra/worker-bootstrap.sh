@@ -13,9 +13,14 @@ retry_curl() { curl -fsS --retry 8 --retry-delay 2 --retry-connrefused --max-tim
 token=$(retry_curl -X PUT http://169.254.169.254/latest/api/token -H "X-aws-ec2-metadata-token-ttl-seconds: 300")
 instance_id=$(retry_curl -H "X-aws-ec2-metadata-token: $token" http://169.254.169.254/latest/meta-data/instance-id)
 
-# The studio binary: from the artifact bucket, checksum verified, unless the
-# image already carries it (no checksum given).
-want_sha256="@STUDIO_SHA256@"
+# The studio binary for this machine's architecture: from the artifact
+# bucket, checksum verified, unless the image already carries it (no
+# checksum given for this architecture).
+case "$(uname -m)" in
+    x86_64) want_sha256="@STUDIO_SHA256_X86_64@" ;;
+    aarch64) want_sha256="@STUDIO_SHA256_ARM64@" ;;
+    *) want_sha256="" ;;
+esac
 if [ -n "$want_sha256" ]; then
     for try in 1 2 3 4 5; do
         aws s3 cp --only-show-errors "s3://@BUCKET@/releases/studio-$want_sha256" /usr/local/bin/studio.download && break

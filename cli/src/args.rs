@@ -53,6 +53,10 @@ pub enum Command {
     Plan(PlanArgs),
     /// Remove what ended jobs left under $STUDIO_HOME after the retention.
     Gc(GcArgs),
+    /// Write the AWS settings of $STUDIO_HOME/config.toml from a deployed stack's outputs.
+    Init(InitArgs),
+    /// Check the configured AWS deployment, one line per check.
+    Doctor(DoctorArgs),
     /// The EC2 instance catalogue.
     #[command(subcommand)]
     Catalog(CatalogCommand),
@@ -194,6 +198,23 @@ pub struct GcArgs {
     /// Remove jobs that ended (and instances that stopped) longer ago than this.
     #[arg(long, default_value = "7d", value_name = "DURATION")]
     pub older_than: String,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The CloudFormation stack `scripts/deploy` created.
+    #[arg(long, value_name = "NAME")]
+    pub stack: String,
+    /// Its region (default: AWS_REGION or the profile's).
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The stack to check against (default: the one `studio init` recorded).
+    #[arg(long, value_name = "NAME")]
+    pub stack: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -1,8 +1,8 @@
 //! What each subcommand does.
 
 use crate::args::{
-    CancelArgs, CatalogCommand, Cli, Command, GcArgs, LogsArgs, Output, PlanArgs, RefreshArgs,
-    RequestArgs, RunArgs, StatusArgs, WorkerArgs,
+    CancelArgs, CatalogCommand, Cli, Command, DoctorArgs, GcArgs, InitArgs, LogsArgs, Output,
+    PlanArgs, RefreshArgs, RequestArgs, RunArgs, StatusArgs, WorkerArgs,
 };
 use anyhow::Context as _;
 use std::io::Write;
@@ -118,6 +118,8 @@ pub async fn dispatch(cli: Cli, env: Env) -> Result<ExitCode, CliError> {
         Command::Driver => driver(&g).await,
         Command::Plan(a) => plan(&g, a, &env).await,
         Command::Catalog(CatalogCommand::Refresh(a)) => catalog_refresh(&g, a).await,
+        Command::Init(a) => init(&g, a).await,
+        Command::Doctor(a) => doctor(&g, &env, a).await,
     }
 }
 
@@ -730,6 +732,7 @@ async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<ExitCode, CliEr
             let be = open(g).await?;
             run_worker(&be.ctx, be.artifacts.as_ref(), &cfg, rx).await?
         }
+        #[cfg(feature = "ec2")]
         "aws" => {
             let aws = studio_aws::config::AwsConfig::from_lookup(|k| env.vars.get(k).cloned())
                 .map_err(usage)?;
@@ -738,6 +741,8 @@ async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<ExitCode, CliEr
             let artifacts = studio_aws::s3::S3Artifacts::from_sdk(&sdk, &aws.bucket);
             run_worker(&ctx, &artifacts, &cfg, rx).await?
         }
+        #[cfg(not(feature = "ec2"))]
+        "aws" => return Err(usage(without_ec2("the EC2 worker"))),
         other => return Err(usage(format!("--backend '{other}': use local or aws"))),
     };
     tracing::info!(?exit, "worker leaving");
@@ -939,6 +944,18 @@ async fn gc(g: &Globals, a: GcArgs) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What a `studio` built without the EC2 SDK says when asked for what needs it.
+#[cfg(not(feature = "ec2"))]
+fn without_ec2(what: &str) -> String {
+    format!("{what} needs the EC2 SDK, which this studio is built without (it takes 7 GB of memory to compile): cargo install --path cli --features ec2")
+}
+
+#[cfg(not(feature = "ec2"))]
+async fn catalog_refresh(_: &Globals, _: RefreshArgs) -> Result<ExitCode, CliError> {
+    Err(usage(without_ec2("`studio catalog refresh`")))
+}
+
+#[cfg(feature = "ec2")]
 async fn catalog_refresh(g: &Globals, a: RefreshArgs) -> Result<ExitCode, CliError> {
     let prices = match &a.on_demand_prices {
         Some(p) => {
@@ -978,4 +995,96 @@ async fn catalog_refresh(g: &Globals, a: RefreshArgs) -> Result<ExitCode, CliErr
         out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `studio init --stack S`: the `[aws]` settings from the stack's outputs,
+/// written into `$STUDIO_HOME/config.toml` (other settings there are kept).
+async fn init(g: &Globals, a: InitArgs) -> Result<ExitCode, CliError> {
+    let sdk = studio_aws::sdk_config_from_env(a.region.as_deref())
+        .await
+        .ok_or_else(|| usage("no AWS region: pass --region or set AWS_REGION"))?;
+    let stack = studio_aws::stack::Stack::describe(&sdk, &a.stack)
+        .await
+        .map_err(|e| usage(format!("stack {}: {e}", a.stack)))?;
+    let settings = stack.client_settings().map_err(usage)?;
+    let file = g.home.join("config.toml");
+    let mut table: toml::Table = match std::fs::read_to_string(&file) {
+        Ok(text) => text
+            .parse()
+            .map_err(|e| usage(format!("{}: {e}", file.display())))?,
+        Err(_) => toml::Table::new(),
+    };
+    let mut aws = toml::Table::new();
+    aws.insert("stack".into(), toml::Value::String(stack.name.clone()));
+    for (k, v) in &settings {
+        aws.insert((*k).into(), toml::Value::String(v.clone()));
+    }
+    table.insert("aws".into(), toml::Value::Table(aws));
+    std::fs::create_dir_all(&g.home)?;
+    // Names only, never credentials; still private like the rest of the home.
+    let tmp = file.with_extension("toml.tmp");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(
+            toml::to_string(&table)
+                .context("writing the settings")?
+                .as_bytes(),
+        )?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &file)?;
+    for (k, v) in &settings {
+        println!("{k:<16} {v}");
+    }
+    eprintln!(
+        "studio: wrote [aws] of stack {} ({}) to {}; `studio doctor` checks it",
+        stack.name,
+        stack.status,
+        file.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `studio doctor`: one line per check of the configured deployment; exit 1
+/// when any fails.
+async fn doctor(g: &Globals, env: &Env, a: DoctorArgs) -> Result<ExitCode, CliError> {
+    let cfg = sides::aws_settings(&g.home, env)?.ok_or_else(|| {
+        usage(format!(
+            "no AWS deployment configured: run `studio init --stack NAME` (writes {})",
+            g.home.join("config.toml").display()
+        ))
+    })?;
+    let stack = match a.stack.or_else(|| sides::configured_stack(&g.home)) {
+        Some(s) => s,
+        None => {
+            return Err(usage(
+                "which stack? pass --stack NAME (or run `studio init --stack NAME`)",
+            ))
+        }
+    };
+    let sdk = studio_aws::sdk_config(&cfg.region).await;
+    let shipped = vec![CatalogPlanner::shipped().ec2.region.clone()];
+    let checks = studio_aws::stack::doctor(&sdk, &cfg, &stack, &shipped).await;
+    let mut failed = false;
+    for c in &checks {
+        match &c.result {
+            Ok(m) | Err(m) if c.skipped => println!("skip  {:<16} {m}", c.what),
+            Ok(m) => println!("ok    {:<16} {m}", c.what),
+            Err(m) => {
+                failed = true;
+                println!("FAIL  {:<16} {m}", c.what);
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

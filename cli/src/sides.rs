@@ -57,6 +57,13 @@ pub fn aws_settings(home: &std::path::Path, env: &Env) -> Result<Option<ClientCo
     ClientConfig::from_lookup(lookup).map_err(|e| usage(format!("AWS settings: {e}")))
 }
 
+/// The stack `studio init` recorded in `$STUDIO_HOME/config.toml`, if any.
+pub fn configured_stack(home: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(home.join("config.toml")).ok()?;
+    let table: toml::Table = text.parse().ok()?;
+    table.get("aws")?.get("stack")?.as_str().map(String::from)
+}
+
 /// The AWS side, if configured.
 pub async fn aws(home: &std::path::Path, env: &Env) -> Result<Option<AwsJobs>, CliError> {
     let Some(cfg) = aws_settings(home, env)? else {

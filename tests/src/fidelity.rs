@@ -73,6 +73,8 @@ struct State {
     pending_delete: Duration,
     list_bucket: bool,
     calls: HashMap<String, usize>,
+    /// Every call as IAM sees it, in order.
+    requests: Vec<Authorized>,
     /// Queue name → times of sends not yet older than the lag.
     sends: HashMap<String, Vec<Timestamp>>,
     /// Queue name → when it was deleted.
@@ -85,6 +87,90 @@ struct State {
     /// Group name → `CapacityRebalance` as last set by
     /// `UpdateAutoScalingGroup`, which moto 5.2 accepts but ignores.
     capacity_rebalance: HashMap<String, bool>,
+}
+
+/// A call as IAM authorizes it: the action (`sqs:SendMessage` for a
+/// `SendMessageBatch`, `s3:GetObject` for a `HeadObject`) and, where the
+/// request names it, the resource's ARN (moto's account `123456789012`).
+/// EC2 calls carry no resource here: their ARNs hold ids the request does
+/// not name, and their policies are conditioned on tags instead.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Authorized {
+    pub action: String,
+    pub resource: Option<String>,
+}
+
+/// moto's account.
+pub const ACCOUNT: &str = "123456789012";
+
+impl Authorized {
+    fn of(parts: &hyper::http::request::Parts, call: &Call) -> Option<Authorized> {
+        let auth = parts
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        // `Credential=AKID/20260101/us-east-1/sqs/aws4_request`
+        let scope: Vec<&str> = auth
+            .split("Credential=")
+            .nth(1)
+            .and_then(|s| s.split([',', ' ']).next())
+            .unwrap_or_default()
+            .split('/')
+            .collect();
+        let region = scope.get(2).copied().unwrap_or("us-east-1");
+        let service = scope.get(3).copied().unwrap_or_default();
+        let req = |action: String, resource: Option<String>| Some(Authorized { action, resource });
+        match call {
+            Call::Json { service, op, body } if service == "AmazonSQS" => {
+                let name = body["QueueName"].as_str().map(String::from).or_else(|| {
+                    body["QueueUrl"]
+                        .as_str()
+                        .and_then(|u| u.rsplit('/').next())
+                        .map(String::from)
+                });
+                // IAM authorizes the batch calls as their single forms.
+                let action = op.strip_suffix("Batch").unwrap_or(op);
+                req(
+                    format!("sqs:{action}"),
+                    name.map(|n| format!("arn:aws:sqs:{region}:{ACCOUNT}:{n}")),
+                )
+            }
+            Call::Json { service, op, body } if service.starts_with("DynamoDB") => {
+                let table = body["TableName"].as_str()?;
+                let arn = format!("arn:aws:dynamodb:{region}:{ACCOUNT}:table/{table}");
+                let arn = match body["IndexName"].as_str() {
+                    Some(i) => format!("{arn}/index/{i}"),
+                    None => arn,
+                };
+                req(format!("dynamodb:{op}"), Some(arn))
+            }
+            Call::Json { service, op, .. } => req(format!("{}:{op}", service.to_lowercase()), None),
+            Call::Query { action, form } => {
+                let resource = match (service, form.get("AutoScalingGroupName")) {
+                    ("autoscaling", Some(g)) => Some(format!(
+                        "arn:aws:autoscaling:{region}:{ACCOUNT}:autoScalingGroup:*:autoScalingGroupName/{g}"
+                    )),
+                    _ => None,
+                };
+                req(format!("{service}:{action}"), resource)
+            }
+            Call::S3 { op, .. } => {
+                let path = parts.uri.path().trim_start_matches('/');
+                let (bucket, key) = path.split_once('/').unwrap_or((path, ""));
+                let (action, arn) = match op.as_str() {
+                    "GetObject" | "HeadObject" => ("GetObject", format!("{bucket}/{key}")),
+                    "PutObject" | "DeleteObject" => (op.as_str(), format!("{bucket}/{key}")),
+                    "ListObjectsV2" | "ListObjects" | "HeadBucket" => {
+                        ("ListBucket", bucket.to_string())
+                    }
+                    other => (other, bucket.to_string()),
+                };
+                req(format!("s3:{action}"), Some(format!("arn:aws:s3:::{arn}")))
+            }
+            Call::Other => None,
+        }
+    }
 }
 
 /// What a request is, as far as the rules care.
@@ -127,6 +213,7 @@ impl Fidelity {
                 pending_delete: Duration::from_secs(300),
                 list_bucket: false,
                 calls: HashMap::new(),
+                requests: Vec::new(),
                 sends: HashMap::new(),
                 deleted_queues: HashMap::new(),
                 receipts: HashMap::new(),
@@ -175,6 +262,11 @@ impl Fidelity {
     /// through the proxy.
     pub fn calls(&self, op: &str) -> usize {
         self.shared.state().calls.get(op).copied().unwrap_or(0)
+    }
+
+    /// Every call so far, as IAM would authorize it, in order.
+    pub fn requests(&self) -> Vec<Authorized> {
+        self.shared.state().requests.clone()
     }
 
     /// Every operation called so far with its count, for failure messages.
@@ -296,8 +388,13 @@ impl Shared {
             Call::S3 { op, .. } => op.clone(),
             Call::Other => String::new(),
         };
-        if !op.is_empty() {
-            *self.state().calls.entry(op).or_default() += 1;
+        let request = Authorized::of(&parts, &call);
+        {
+            let mut state = self.state();
+            if !op.is_empty() {
+                *state.calls.entry(op).or_default() += 1;
+            }
+            state.requests.extend(request);
         }
         match call {
             Call::Json {

@@ -8,6 +8,7 @@
 //! - [`JobBuilder`]: `SubmitJob` bodies that read like sentences.
 
 pub mod fidelity;
+pub mod template;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -201,7 +202,8 @@ pub async fn moto_deployment() -> (studio_aws::config::AwsConfig, aws_config::Sd
         worker_ami: image,
         worker_gpu_ami: None,
         worker_instance_profile: None,
-        studio_sha256: None,
+        studio_sha256_x86_64: None,
+        studio_sha256_arm64: None,
         subnets: vec![],
         availability_zones: vec!["us-east-1a".into()],
         max_workers: 5,

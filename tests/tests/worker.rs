@@ -258,11 +258,14 @@ async fn a_rebalance_recommendation_stops_new_work_and_an_idle_worker_leaves() {
 
 const BOOTSTRAP: &str = include_str!("../../infra/worker-bootstrap.sh");
 
+/// The bootstrap, and the scripts users run (`scripts/deploy`, `scripts/test`).
 #[test]
 fn the_bootstrap_passes_shellcheck() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/worker-bootstrap.sh");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let out = std::process::Command::new("shellcheck")
-        .arg(&path)
+        .arg(root.join("infra/worker-bootstrap.sh"))
+        .arg(root.join("scripts/deploy"))
+        .arg(root.join("scripts/test"))
         .output()
         .expect("shellcheck must be installed (scripts/test installs it)");
     assert!(

@@ -21,8 +21,10 @@ pub struct AwsConfig {
     /// A GPU-ready image (drivers baked in) for pools that ask for GPUs.
     pub worker_gpu_ami: Option<String>,
     pub worker_instance_profile: Option<String>,
-    /// SHA-256 of the `studio` binary workers install from `s3://<bucket>/releases/`.
-    pub studio_sha256: Option<String>,
+    /// SHA-256 of the `studio` binaries workers install from
+    /// `s3://<bucket>/releases/studio-<sha256>`, one per machine architecture.
+    pub studio_sha256_x86_64: Option<String>,
+    pub studio_sha256_arm64: Option<String>,
     pub subnets: Vec<String>,
     pub availability_zones: Vec<String>,
     pub max_workers: u32,
@@ -100,6 +102,14 @@ pub const VARIABLES: &[(&str, &str)] = &[
         "GPU-ready image (drivers baked in) for GPU pools (default: STUDIO_WORKER_AMI)",
     ),
     (
+        "STUDIO_BINARY_SHA256_X86_64",
+        "SHA-256 of the x86_64 studio binary in s3://BUCKET/releases/ (optional: else the image carries it)",
+    ),
+    (
+        "STUDIO_BINARY_SHA256_ARM64",
+        "SHA-256 of the arm64 studio binary in s3://BUCKET/releases/ (optional: else the image carries it)",
+    ),
+    (
         "STUDIO_WORKER_INSTANCE_PROFILE",
         "instance profile of worker machines (optional)",
     ),
@@ -163,6 +173,20 @@ impl AwsConfig {
                 })
             })
         };
+        // A checksum goes into every worker's user-data: a wrong one is a
+        // fleet of machines that never start a worker, so refuse it here.
+        let sha256 = |name: &'static str| -> Result<Option<String>, ConfigError> {
+            match get(name).filter(|v| !v.is_empty()) {
+                None => Ok(None),
+                Some(v) if v.len() == 64 && v.chars().all(|c| c.is_ascii_hexdigit()) => {
+                    Ok(Some(v.to_ascii_lowercase()))
+                }
+                Some(v) => Err(ConfigError::Invalid {
+                    name,
+                    why: format!("'{v}' is not a SHA-256 (64 hex digits)"),
+                }),
+            }
+        };
         let grace = dur("STUDIO_POOL_GRACE", 600)?;
         let prefix = get("STUDIO_PREFIX").unwrap_or_else(|| "studio".into());
         if prefix.is_empty()
@@ -189,7 +213,8 @@ impl AwsConfig {
             worker_ami: req("STUDIO_WORKER_AMI")?,
             worker_gpu_ami: get("STUDIO_WORKER_GPU_AMI"),
             worker_instance_profile: get("STUDIO_WORKER_INSTANCE_PROFILE"),
-            studio_sha256: get("STUDIO_BINARY_SHA256"),
+            studio_sha256_x86_64: sha256("STUDIO_BINARY_SHA256_X86_64")?,
+            studio_sha256_arm64: sha256("STUDIO_BINARY_SHA256_ARM64")?,
             subnets: list("STUDIO_SUBNETS"),
             availability_zones: list("STUDIO_AVAILABILITY_ZONES"),
             max_workers: num("STUDIO_MAX_WORKERS", 20)?,

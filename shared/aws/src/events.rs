@@ -41,13 +41,71 @@ pub enum EventError {
     Detail { id: String, why: String },
 }
 
-/// `Ok(None)` for events that need no action (an instance starting).
+/// An AWS Health event about EC2 (the rule forwards `scheduledChange` only).
+pub const HEALTH: &str = "AWS Health Event";
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HealthDetail {
+    service: String,
+    event_type_category: String,
+    #[serde(default)]
+    event_type_code: String,
+    #[serde(default)]
+    affected_entities: Vec<HealthEntity>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HealthEntity {
+    entity_value: String,
+}
+
+/// The instance events a body carries: none for events that need no action
+/// (an instance starting), one per affected instance for an AWS Health
+/// scheduled change (retirement, stop or reboot maintenance days ahead:
+/// advice, recorded on the job like a rebalance recommendation; the state
+/// change when it happens is what requeues).
 ///
 /// # Errors
-/// [`EventError`] for a body that is not one of the EC2 events Studio subscribes to.
-pub fn parse_instance_event(body: &str) -> Result<Option<InstanceEvent>, EventError> {
+/// [`EventError`] for a body that is not one of the events Studio subscribes to.
+pub fn parse_instance_event(body: &str) -> Result<Vec<InstanceEvent>, EventError> {
     let env: Envelope =
         serde_json::from_str(body).map_err(|e| EventError::Malformed(e.to_string()))?;
+    let detail_error = |why: String| EventError::Detail {
+        id: env.id.clone(),
+        why,
+    };
+    let instance = |id: String| InstanceId::new(id).map_err(|e| detail_error(e.to_string()));
+    if env.source == "aws.health" && env.detail_type == HEALTH {
+        let detail: HealthDetail =
+            serde_json::from_value(env.detail.clone()).map_err(|e| detail_error(e.to_string()))?;
+        if detail.service != "EC2" || detail.event_type_category != "scheduledChange" {
+            return Err(detail_error(format!(
+                "a Health event of {} ({}) is not an EC2 scheduled change",
+                detail.service, detail.event_type_category
+            )));
+        }
+        if detail.affected_entities.is_empty() {
+            return Err(detail_error(format!(
+                "{} names no affected instance",
+                detail.event_type_code
+            )));
+        }
+        // One event per instance, each with its own id, so a redelivery of
+        // the Health event records each instance's advice once.
+        return detail
+            .affected_entities
+            .into_iter()
+            .map(|e| {
+                Ok(InstanceEvent {
+                    event_id: format!("{}/{}", env.id, e.entity_value),
+                    instance: instance(e.entity_value)?,
+                    kind: InstanceEventKind::Rebalance,
+                })
+            })
+            .collect();
+    }
     if env.source != "aws.ec2"
         || ![SPOT_WARNING, REBALANCE, STATE_CHANGE].contains(&env.detail_type.as_str())
     {
@@ -56,14 +114,8 @@ pub fn parse_instance_event(body: &str) -> Result<Option<InstanceEvent>, EventEr
             origin: env.source,
         });
     }
-    let detail: Ec2Detail = serde_json::from_value(env.detail).map_err(|e| EventError::Detail {
-        id: env.id.clone(),
-        why: e.to_string(),
-    })?;
-    let instance = InstanceId::new(detail.instance_id).map_err(|e| EventError::Detail {
-        id: env.id.clone(),
-        why: e.to_string(),
-    })?;
+    let detail: Ec2Detail =
+        serde_json::from_value(env.detail.clone()).map_err(|e| detail_error(e.to_string()))?;
     let kind = match env.detail_type.as_str() {
         SPOT_WARNING => InstanceEventKind::SpotWarning,
         REBALANCE => InstanceEventKind::Rebalance,
@@ -71,20 +123,15 @@ pub fn parse_instance_event(body: &str) -> Result<Option<InstanceEvent>, EventEr
             Some(s @ ("stopping" | "stopped" | "shutting-down" | "terminated")) => {
                 InstanceEventKind::Gone { state: s.into() }
             }
-            Some("pending" | "running") => return Ok(None),
-            other => {
-                return Err(EventError::Detail {
-                    id: env.id,
-                    why: format!("unknown instance state {other:?}"),
-                })
-            }
+            Some("pending" | "running") => return Ok(Vec::new()),
+            other => return Err(detail_error(format!("unknown instance state {other:?}"))),
         },
     };
-    Ok(Some(InstanceEvent {
-        event_id: env.id,
-        instance,
+    Ok(vec![InstanceEvent {
+        event_id: env.id.clone(),
+        instance: instance(detail.instance_id)?,
         kind,
-    }))
+    }])
 }
 
 #[cfg(test)]
@@ -101,20 +148,20 @@ mod tests {
 
     #[test]
     fn the_three_ec2_events_become_instance_events() {
-        let e = parse_instance_event(SPOT).unwrap().unwrap();
+        let e = parse_instance_event(SPOT).unwrap().remove(0);
         assert_eq!(e.instance.as_str(), "i-0123456789");
         assert_eq!(e.event_id, "1e5527d7-bb36-4607-3370-4164db56a40e");
         assert_eq!(e.kind, InstanceEventKind::SpotWarning);
         let r = parse_instance_event(&with(REBALANCE, r#"{"instance-id":"i-1"}"#))
             .unwrap()
-            .unwrap();
+            .remove(0);
         assert_eq!(r.kind, InstanceEventKind::Rebalance);
         let g = parse_instance_event(&with(
             STATE_CHANGE,
             r#"{"instance-id":"i-1","state":"terminated"}"#,
         ))
         .unwrap()
-        .unwrap();
+        .remove(0);
         assert_eq!(
             g.kind,
             InstanceEventKind::Gone {
@@ -126,8 +173,46 @@ mod tests {
                 STATE_CHANGE,
                 r#"{"instance-id":"i-1","state":"running"}"#
             )),
-            Ok(None)
+            Ok(vec![])
         );
+    }
+
+    /// The shape of EVENTS.md (and AWS Health's "EC2 scheduled change" example).
+    fn health(detail: &str) -> String {
+        format!(
+            r#"{{"version":"0","id":"h1","detail-type":"AWS Health Event","source":"aws.health","account":"1","time":"t","region":"us-east-1","resources":["i-1","i-2"],"detail":{detail}}}"#
+        )
+    }
+
+    #[test]
+    fn a_health_scheduled_change_is_advice_for_each_affected_instance() {
+        let events = parse_instance_event(&health(
+            r#"{"eventArn":"arn:aws:health:us-east-1::event/EC2/AWS_EC2_INSTANCE_RETIREMENT_SCHEDULED/x","service":"EC2","eventTypeCode":"AWS_EC2_INSTANCE_RETIREMENT_SCHEDULED","eventTypeCategory":"scheduledChange","startTime":"Sat, 05 Jun 2016 15:10:09 GMT","affectedEntities":[{"entityValue":"i-1"},{"entityValue":"i-2"}]}"#,
+        ))
+        .unwrap();
+        let got: Vec<_> = events
+            .iter()
+            .map(|e| (e.event_id.as_str(), e.instance.as_str(), &e.kind))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("h1/i-1", "i-1", &InstanceEventKind::Rebalance),
+                ("h1/i-2", "i-2", &InstanceEventKind::Rebalance)
+            ]
+        );
+        assert!(matches!(
+            parse_instance_event(&health(
+                r#"{"service":"EC2","eventTypeCategory":"issue","affectedEntities":[{"entityValue":"i-1"}]}"#
+            )),
+            Err(EventError::Detail { .. })
+        ));
+        assert!(matches!(
+            parse_instance_event(&health(
+                r#"{"service":"EC2","eventTypeCategory":"scheduledChange","affectedEntities":[]}"#
+            )),
+            Err(EventError::Detail { .. })
+        ));
     }
 
     #[test]

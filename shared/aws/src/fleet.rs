@@ -69,9 +69,11 @@ pub struct FleetConfig {
     pub max_size: u32,
     /// The worker's environment file (see `AwsConfig::worker_env`), rendered into the bootstrap.
     pub worker_env: String,
-    /// SHA-256 of the `studio` binary in `s3://<bucket>/releases/`; `None`:
-    /// the image carries `/usr/local/bin/studio`.
-    pub studio_sha256: Option<String>,
+    /// SHA-256 of the `studio` binaries in `s3://<bucket>/releases/`, per
+    /// machine architecture (the bootstrap picks by `uname -m`); `None`: the
+    /// image carries `/usr/local/bin/studio`.
+    pub studio_sha256_x86_64: Option<String>,
+    pub studio_sha256_arm64: Option<String>,
     pub bucket: String,
 }
 
@@ -108,8 +110,12 @@ impl AsgFleet {
             .replace("@WORKER_ENV@", &self.cfg.worker_env)
             .replace("@BUCKET@", &self.cfg.bucket)
             .replace(
-                "@STUDIO_SHA256@",
-                self.cfg.studio_sha256.as_deref().unwrap_or(""),
+                "@STUDIO_SHA256_X86_64@",
+                self.cfg.studio_sha256_x86_64.as_deref().unwrap_or(""),
+            )
+            .replace(
+                "@STUDIO_SHA256_ARM64@",
+                self.cfg.studio_sha256_arm64.as_deref().unwrap_or(""),
             )
     }
 
@@ -173,6 +179,15 @@ impl AsgFleet {
             .create_launch_template()
             .launch_template_name(&name)
             .launch_template_data(data.build())
+            // The template itself carries the pool tag: the functions' IAM
+            // policy allows creating, using and deleting only tagged ones.
+            .tag_specifications(
+                aws_sdk_ec2::types::TagSpecification::builder()
+                    .resource_type(ResourceType::LaunchTemplate)
+                    .tags(tag("studio:pool", key.as_str()))
+                    .tags(tag("studio:managed-by", "studio"))
+                    .build(),
+            )
             .send()
             .await;
         match r {

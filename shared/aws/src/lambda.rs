@@ -49,7 +49,8 @@ pub fn context(cfg: &AwsConfig, sdk: &aws_config::SdkConfig, clock: Arc<dyn Cloc
             availability_zones: cfg.availability_zones.clone(),
             max_size: cfg.max_workers,
             worker_env: cfg.worker_env(),
-            studio_sha256: cfg.studio_sha256.clone(),
+            studio_sha256_x86_64: cfg.studio_sha256_x86_64.clone(),
+            studio_sha256_arm64: cfg.studio_sha256_arm64.clone(),
             bucket: cfg.bucket.clone(),
         },
     );
@@ -166,11 +167,20 @@ pub async fn interruption_batch(
         let msg = received(m);
         let r = match parse_instance_event(&msg.body) {
             Err(e) => Err((false, e.to_string())),
-            Ok(None) => Ok(()),
-            Ok(Some(ev)) => handlers::handle_interruption(ctx, &ev)
-                .await
-                .map(|outcome| info!(event_id = %ev.event_id, instance = %ev.instance, ?outcome, "interruption"))
-                .map_err(classify),
+            Ok(events) => {
+                let mut r = Ok(());
+                // Each is idempotent, so a retry of the message redoes none twice.
+                for ev in &events {
+                    r = handlers::handle_interruption(ctx, ev)
+                        .await
+                        .map(|outcome| info!(event_id = %ev.event_id, instance = %ev.instance, ?outcome, "interruption"))
+                        .map_err(classify);
+                    if r.is_err() {
+                        break;
+                    }
+                }
+                r
+            }
         };
         settle(ctx, queue, &msg, r, &mut resp, &mut fates).await;
     }

@@ -1,6 +1,9 @@
 //! Studio's AWS adapters, on the official Rust SDK.
 //!
 //! # Layout
+//! Feature `fleet` (the functions, the cloud worker): [`catalog`], [`fleet`]
+//! and [`lambda`], everything that needs the EC2 and Auto Scaling SDKs.
+//!
 //! - [`catalog`]: the EC2 catalogue from `DescribeInstanceTypes` and
 //!   `DescribeSpotPriceHistory`.
 //! - [`config`]: the deployment's names, read from the environment in `main`.
@@ -10,18 +13,25 @@
 //! - [`s3`]: workspaces and logs on S3.
 //! - [`events`]: EventBridge EC2 events → the domain's instance events.
 //! - [`lambda`]: what the four functions do with their events.
+//! - `stack` (feature `stack`, for the CLI): the deployed stack read back,
+//!   for `studio init` and `studio doctor`.
 //!
 //! Every client honours `AWS_ENDPOINT_URL` (the SDK reads it), which is how
 //! the tests point them at `moto_server`.
 
+#[cfg(feature = "fleet")]
 pub mod catalog;
 pub mod config;
 pub mod dynamo;
 pub mod events;
+#[cfg(feature = "fleet")]
 pub mod fleet;
+#[cfg(feature = "fleet")]
 pub mod lambda;
 pub mod s3;
 pub mod sqs;
+#[cfg(feature = "stack")]
+pub mod stack;
 
 use aws_config::{BehaviorVersion, Region};
 use thiserror::Error;
@@ -48,7 +58,7 @@ impl AwsError {
     ) -> AwsError {
         AwsError::Sdk {
             operation,
-            detail: aws_sdk_ec2::error::DisplayErrorContext(&e).to_string(),
+            detail: aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
             source: Box::new(e),
         }
     }
@@ -61,6 +71,17 @@ pub async fn sdk_config(region: &str) -> aws_config::SdkConfig {
         .region(Region::new(region.to_string()))
         .load()
         .await
+}
+
+/// The shared SDK configuration with the region from `region`, else from
+/// the environment or profile (`None` when none names one).
+pub async fn sdk_config_from_env(region: Option<&str>) -> Option<aws_config::SdkConfig> {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(r) = region {
+        loader = loader.region(Region::new(r.to_string()));
+    }
+    let sdk = loader.load().await;
+    sdk.region().is_some().then_some(sdk)
 }
 
 /// The configuration tests use against an emulator: fixed endpoint, static
@@ -80,6 +101,7 @@ pub fn emulator_config(region: &str, endpoint: &str) -> aws_config::SdkConfig {
         .build()
 }
 
+#[cfg(feature = "fleet")]
 pub async fn ec2_client(region: &str) -> aws_sdk_ec2::Client {
     aws_sdk_ec2::Client::new(&sdk_config(region).await)
 }

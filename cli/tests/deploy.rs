@@ -1,0 +1,468 @@
+//! `infra/template.yaml` deployed into `moto_server` through CloudFormation,
+//! the CLI configured from the stack (`studio init`), checked (`studio
+//! doctor`), and `studio run --cloud=ec2spot` carried through the deployed
+//! queue, tables and bucket: the four functions' code driven in process
+//! with the events Lambda would hand it, and a worker running the job.
+//!
+//! Each function and the worker talk to AWS through a fidelity proxy of
+//! their own, which records every call as IAM authorizes it; every recorded
+//! call must be allowed by that role's policy in the template (actions and
+//! resources; tag conditions are not evaluated, see `studio_tests::template`).
+//! A new SDK call without its permission fails here, not in a deployment.
+//!
+//! What moto 5.2.1 cannot do with this template (found by deploying it):
+//! it skips `AWS::SQS::QueuePolicy`, `AWS::S3::BucketPolicy` and
+//! `AWS::Lambda::EventInvokeConfig`; it ignores the functions'
+//! `Architectures`, DynamoDB TTL, point-in-time recovery and SSE, S3 public
+//! access blocks, ownership and lifecycle rules, and the template's `Rules`
+//! and parameter constraints; its event source mappings try to run the
+//! functions in Docker (none here), so this test is the poller: it receives
+//! from the queues with the function's own credentials and deletes what the
+//! handler did not report failed. Those resources are checked statically in
+//! `tests/tests/template.rs` instead.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+use studio_aws::config::AwsConfig;
+use studio_aws::lambda;
+use studio_core::clock::{Clock, ManualClock};
+use studio_core::handlers::Ctx;
+use studio_core::ids::{InstanceId, JobId};
+use studio_core::job::JobState;
+use studio_core::notice::NoNotice;
+use studio_core::worker::{run_worker, WorkerConfig};
+use studio_tests::fidelity::Fidelity;
+use studio_tests::template::{allows, role_statements, StackContext, Template};
+use studio_tests::{eventually, moto_endpoint, poll_as_lambda};
+
+const STUDIO: &str = env!("CARGO_BIN_EXE_studio");
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+fn studio(home: &Path, args: &[&str]) -> Output {
+    Command::new(STUDIO)
+        .args(args)
+        .env("STUDIO_HOME", home)
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("STUDIO_JOBS_TABLE")
+        .env_remove("STUDIO_POOLS_TABLE")
+        .env_remove("STUDIO_SUBMIT_QUEUE")
+        .env_remove("STUDIO_ARTIFACT_BUCKET")
+        .env_remove("STUDIO_LOG")
+        .current_dir(examples())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A role's view of AWS: its own proxy (recording its calls) and the
+/// handlers' context over it.
+struct Role {
+    logical: &'static str,
+    fid: Fidelity,
+    sdk: aws_config::SdkConfig,
+    ctx: Ctx,
+}
+
+async fn role(logical: &'static str, cfg: &AwsConfig, clock: &ManualClock) -> Role {
+    let fid = Fidelity::start(&moto_endpoint(), clock.clone()).await;
+    let sdk = studio_aws::emulator_config("us-east-1", &fid.url);
+    let ctx = lambda::context(cfg, &sdk, Arc::new(clock.clone()));
+    Role {
+        logical,
+        fid,
+        sdk,
+        ctx,
+    }
+}
+
+impl Role {
+    /// What the Lambda SQS poller does with the function's role: receive a
+    /// batch, hand it over, delete what was not reported failed.
+    async fn poll(&self, queue: &str) -> aws_lambda_events::event::sqs::SqsEvent {
+        let sqs = aws_sdk_sqs::Client::new(&self.sdk);
+        let url = sqs
+            .get_queue_url()
+            .queue_name(queue)
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap();
+        poll_as_lambda(&sqs, &url).await
+    }
+
+    async fn delete_done(
+        &self,
+        queue: &str,
+        event: &aws_lambda_events::event::sqs::SqsEvent,
+        failed: &aws_lambda_events::event::sqs::SqsBatchResponse,
+    ) {
+        let sqs = aws_sdk_sqs::Client::new(&self.sdk);
+        let url = sqs
+            .get_queue_url()
+            .queue_name(queue)
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap();
+        for r in &event.records {
+            let id = r.message_id.clone().unwrap_or_default();
+            if failed
+                .batch_item_failures
+                .iter()
+                .all(|f| f.item_identifier != id)
+            {
+                sqs.delete_message()
+                    .queue_url(&url)
+                    .receipt_handle(r.receipt_handle.clone().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_template_deploys_and_runs_a_job_with_least_privilege() {
+    let moto = studio_aws::emulator_config("us-east-1", &moto_endpoint());
+    // Lower case and short: the stack name prefixes an S3 bucket and every queue.
+    let stack = format!("d{}", &ulid::Ulid::new().to_string().to_lowercase()[18..]);
+
+    // GIVEN the functions' code in a deployment bucket (an empty zip each:
+    // moto stores the code, it never runs it) and a worker image.
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&moto)
+            .force_path_style(true)
+            .build(),
+    );
+    let code_bucket = format!("{stack}-code");
+    s3.create_bucket()
+        .bucket(&code_bucket)
+        .send()
+        .await
+        .unwrap();
+    let empty_zip: Vec<u8> = [b"PK\x05\x06".as_slice(), &[0u8; 18]].concat();
+    for f in [
+        "submit",
+        "scale-on-queue-depth",
+        "handle-spot-interruption",
+        "cleanup-empty-group",
+    ] {
+        s3.put_object()
+            .bucket(&code_bucket)
+            .key(format!("v1/{f}.zip"))
+            .body(empty_zip.clone().into())
+            .send()
+            .await
+            .unwrap();
+    }
+    let ami = aws_sdk_ec2::Client::new(&moto)
+        .describe_images()
+        .owners("amazon")
+        .send()
+        .await
+        .unwrap()
+        .images()[0]
+        .image_id()
+        .unwrap()
+        .to_string();
+    let params = [
+        ("CodeBucket", code_bucket.as_str()),
+        ("CodeKeyPrefix", "v1/"),
+        ("Architecture", "x86_64"),
+        ("WorkerAmi", ami.as_str()),
+        ("AvailabilityZones", "us-east-1a"),
+    ];
+
+    // WHEN the template is deployed through CloudFormation.
+    let cfn = aws_sdk_cloudformation::Client::new(&moto);
+    let mut create = cfn
+        .create_stack()
+        .stack_name(&stack)
+        .template_body(Template::text())
+        .capabilities(aws_sdk_cloudformation::types::Capability::CapabilityIam);
+    for (k, v) in params {
+        create = create.parameters(
+            aws_sdk_cloudformation::types::Parameter::builder()
+                .parameter_key(k)
+                .parameter_value(v)
+                .build(),
+        );
+    }
+    create.send().await.expect("CreateStack");
+    let outputs: HashMap<String, String> = eventually(
+        "the stack to be created",
+        Duration::from_secs(60),
+        async || {
+            let s = cfn
+                .describe_stacks()
+                .stack_name(&stack)
+                .send()
+                .await
+                .unwrap();
+            let s = s.stacks()[0].clone();
+            let status = s.stack_status().unwrap().as_str().to_string();
+            assert!(
+                !status.contains("FAILED") && !status.contains("ROLLBACK"),
+                "{status}: {:?}",
+                s.stack_status_reason()
+            );
+            (status == "CREATE_COMPLETE").then(|| {
+                s.outputs()
+                    .iter()
+                    .map(|o| {
+                        (
+                            o.output_key().unwrap().to_string(),
+                            o.output_value().unwrap().to_string(),
+                        )
+                    })
+                    .collect()
+            })
+        },
+    )
+    .await;
+
+    // The template resolved for this stack names what moto created.
+    let template = Template::load();
+    let mut cx = StackContext::new(&stack);
+    for (k, v) in params {
+        cx = cx.with(k, v);
+    }
+    let resolved = template.outputs(&cx);
+    for k in [
+        "JobsTable",
+        "PoolsTable",
+        "SubmitQueue",
+        "InterruptionQueue",
+        "ArtifactBucket",
+        "Prefix",
+    ] {
+        assert_eq!(outputs[k], resolved[k], "output {k}");
+    }
+
+    // THEN `studio init` configures the CLI from the stack's outputs.
+    let home = tempfile::tempdir().unwrap();
+    let init = studio(home.path(), &["init", "--stack", &stack]);
+    assert!(init.status.success(), "{}", text(&init.stderr));
+    let config: toml::Table = std::fs::read_to_string(home.path().join("config.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let aws = config["aws"].as_table().unwrap();
+    for (output, key) in studio_aws::stack::CLIENT_OUTPUTS {
+        assert_eq!(aws[*key].as_str(), Some(outputs[*output].as_str()), "{key}");
+    }
+    assert_eq!(aws["stack"].as_str(), Some(stack.as_str()));
+    let missing = studio(home.path(), &["init", "--stack", "no-such-stack"]);
+    assert_eq!(missing.status.code(), Some(2), "{}", text(&missing.stderr));
+    assert!(
+        text(&missing.stderr).contains("no-such-stack"),
+        "{}",
+        text(&missing.stderr)
+    );
+
+    // AND `studio doctor` finds it healthy, one line per check.
+    let doctor = studio(home.path(), &["doctor"]);
+    let report = text(&doctor.stdout);
+    assert!(doctor.status.success(), "{report}{}", text(&doctor.stderr));
+    for what in [
+        "credentials",
+        "stack",
+        "settings",
+        "jobs table",
+        "pools table",
+        "submit queue",
+        "artifact bucket",
+        "worker image",
+        "worker binary",
+        "catalogue",
+    ] {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.starts_with("ok ") && l.contains(what)),
+            "no ok line for {what}:\n{report}"
+        );
+    }
+    // A setting gone stale is named, with the command that fixes it.
+    let stale = tempfile::tempdir().unwrap();
+    std::fs::write(
+        stale.path().join("config.toml"),
+        std::fs::read_to_string(home.path().join("config.toml"))
+            .unwrap()
+            .replace(&outputs["JobsTable"], "old-jobs"),
+    )
+    .unwrap();
+    let sick = studio(stale.path(), &["doctor"]);
+    let sick_report = text(&sick.stdout);
+    assert_eq!(sick.status.code(), Some(1), "{sick_report}");
+    let line = sick_report
+        .lines()
+        .find(|l| l.starts_with("FAIL") && l.contains("settings"))
+        .unwrap_or_else(|| panic!("{sick_report}"));
+    assert!(
+        line.contains("old-jobs") && line.contains(&format!("studio init --stack {stack}")),
+        "{line}"
+    );
+
+    // WHEN a user runs a job on ec2spot through the deployed stack.
+    let run = studio(
+        home.path(),
+        &["run", "--cloud=ec2spot", "--detach", "hello.py"],
+    );
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let id = JobId::new(text(&run.stdout).trim()).unwrap();
+
+    // The functions, configured as the template configures them.
+    let env: HashMap<String, String> = template.properties("SubmitFunction", &cx)["Environment"]
+        ["Variables"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), studio_tests::template::text(v)))
+        .collect();
+    let cfg = AwsConfig::from_lookup(|k| {
+        (k == "AWS_REGION")
+            .then(|| "us-east-1".to_string())
+            .or_else(|| env.get(k).cloned())
+    })
+    .unwrap();
+    let clock = ManualClock::new(studio_core::clock::SystemClock.now());
+    let submit = role("SubmitRole", &cfg, &clock).await;
+    let scale = role("ScaleRole", &cfg, &clock).await;
+    let interruption = role("InterruptionRole", &cfg, &clock).await;
+    let cleanup = role("CleanupRole", &cfg, &clock).await;
+    let worker = role("WorkerRole", &cfg, &clock).await;
+    // What the test itself looks at goes straight to moto, outside every role.
+    let observer = lambda::context(&cfg, &moto, Arc::new(clock.clone()));
+
+    // The submit function takes it from the submit queue.
+    let event = submit.poll(&cfg.submit_queue).await;
+    assert_eq!(event.records.len(), 1);
+    let (resp, _) = lambda::submit_batch(&submit.ctx, event.clone()).await;
+    assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
+    submit.delete_done(&cfg.submit_queue, &event, &resp).await;
+    let job = observer.store.get_job(&id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Queued);
+    lambda::scale(&scale.ctx).await.unwrap();
+
+    // A machine of the group runs the worker; the job finishes.
+    let pool = observer.store.get_pool(&job.pool).await.unwrap().unwrap();
+    let gk = pool.group_key();
+    let machine: InstanceId = eventually("a machine", Duration::from_secs(30), async || {
+        let m = observer.fleet.instances(&gk).await.ok()?;
+        m.first().map(|i| i.id.clone())
+    })
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let wcfg = WorkerConfig {
+        pool: gk.clone(),
+        instance: machine.clone(),
+        lease: Duration::from_secs(30),
+        beat_every: Duration::from_millis(200),
+        poll_wait: Duration::from_millis(200),
+        heartbeat: Duration::from_millis(200),
+        seen_every: Duration::from_secs(60),
+        idle_timeout: Duration::from_secs(300),
+        term_grace: Duration::from_secs(2),
+        work_root: work.path().to_path_buf(),
+        python: "python3".into(),
+        notice: Arc::new(NoNotice),
+        notice_every: Duration::from_secs(5),
+        checkpoint_every: Duration::from_secs(1),
+        log_every: Duration::from_millis(100),
+        venv_root: None,
+        run_as: None,
+    };
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let (wctx, wsdk) = (worker.ctx.clone(), worker.sdk.clone());
+    let bucket = cfg.bucket.clone();
+    let task = tokio::spawn(async move {
+        let artifacts = studio_aws::s3::S3Artifacts::from_sdk(&wsdk, &bucket);
+        run_worker(&wctx, &artifacts, &wcfg, rx).await
+    });
+    let ended = eventually("the job to end", Duration::from_secs(60), async || {
+        let j = observer.store.get_job(&id).await.unwrap()?;
+        j.state.is_terminal().then_some(j)
+    })
+    .await;
+    assert_eq!(ended.state, JobState::Finished, "{:?}", ended.events);
+    let _ = stop.send(true);
+    task.await.unwrap().unwrap();
+    let logs = studio(home.path(), &["logs", id.as_str()]);
+    assert!(
+        text(&logs.stdout).contains("hello from Studio"),
+        "{}{}",
+        text(&logs.stdout),
+        text(&logs.stderr)
+    );
+
+    // An EC2 event through the interruption queue, as the rules deliver it.
+    let sqs = aws_sdk_sqs::Client::new(&moto);
+    let interruptions = sqs
+        .get_queue_url()
+        .queue_name(cfg.interruption_queue.as_deref().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    sqs.send_message()
+        .queue_url(&interruptions)
+        .message_body(format!(
+            r#"{{"version":"0","id":"ev-1","detail-type":"EC2 Instance State-change Notification","source":"aws.ec2","account":"123456789012","time":"2026-11-29T08:00:00Z","region":"us-east-1","resources":[],"detail":{{"instance-id":"{machine}","state":"terminated"}}}}"#
+        ))
+        .send()
+        .await
+        .unwrap();
+    let q = cfg.interruption_queue.clone().unwrap();
+    let event = interruption.poll(&q).await;
+    assert_eq!(event.records.len(), 1);
+    let (resp, _) = lambda::interruption_batch(&interruption.ctx, &q, event.clone()).await;
+    assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
+    interruption.delete_done(&q, &event, &resp).await;
+
+    // Idle (a cleanup tick notes since when) past the grace, the pool is torn down.
+    lambda::scale(&scale.ctx).await.unwrap();
+    lambda::cleanup(&cleanup.ctx).await.unwrap();
+    clock.advance(Duration::from_secs(11 * 60));
+    lambda::cleanup(&cleanup.ctx).await.unwrap();
+    let gone = observer.store.get_pool(&job.pool).await.unwrap().unwrap();
+    assert_ne!(gone.state, studio_core::pool::PoolState::Live, "{gone:?}");
+
+    // THEN every call each role made is one its policy allows.
+    let mut denied = Vec::new();
+    for r in [&submit, &scale, &interruption, &cleanup, &worker] {
+        let statements = role_statements(&template.properties(r.logical, &cx));
+        let calls = r.fid.requests();
+        assert!(!calls.is_empty(), "{} made no call", r.logical);
+        let mut seen = std::collections::BTreeSet::new();
+        for c in calls {
+            if seen.insert(c.clone()) && !allows(&statements, &c.action, c.resource.as_deref()) {
+                denied.push(format!(
+                    "{}: {} on {}",
+                    r.logical,
+                    c.action,
+                    c.resource.as_deref().unwrap_or("(any)")
+                ));
+            }
+        }
+    }
+    assert!(
+        denied.is_empty(),
+        "calls the template does not allow:\n{}",
+        denied.join("\n")
+    );
+}

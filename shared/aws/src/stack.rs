@@ -1,0 +1,375 @@
+//! A deployed stack (`infra/template.yaml`), read back: `studio init` writes
+//! the CLI's settings from its outputs, and `studio doctor` checks that a
+//! configured deployment can run jobs, one line per check.
+//!
+//! Only the CLI uses this (feature `stack`), so the functions never build the
+//! CloudFormation SDK.
+
+use crate::config::ClientConfig;
+use crate::AwsError;
+use aws_credential_types::provider::ProvideCredentials;
+use std::collections::BTreeMap;
+
+/// The stack's outputs that make the CLI's settings: output name → key of
+/// `[aws]` in `$STUDIO_HOME/config.toml` (see [`crate::config::CLIENT_KEYS`]).
+pub const CLIENT_OUTPUTS: &[(&str, &str)] = &[
+    ("Region", "region"),
+    ("JobsTable", "jobs_table"),
+    ("PoolsTable", "pools_table"),
+    ("SubmitQueue", "submit_queue"),
+    ("ArtifactBucket", "artifact_bucket"),
+];
+
+/// A stack as CloudFormation describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stack {
+    pub name: String,
+    pub status: String,
+    pub outputs: BTreeMap<String, String>,
+    pub parameters: BTreeMap<String, String>,
+}
+
+impl Stack {
+    /// # Errors
+    /// The call failed (no such stack, no credentials, no permission).
+    pub async fn describe(sdk: &aws_config::SdkConfig, name: &str) -> Result<Stack, AwsError> {
+        let out = aws_sdk_cloudformation::Client::new(sdk)
+            .describe_stacks()
+            .stack_name(name)
+            .send()
+            .await
+            .map_err(|e| AwsError::sdk("DescribeStacks", e))?;
+        let s = out
+            .stacks()
+            .first()
+            .ok_or_else(|| AwsError::Shape(format!("stack {name} does not exist")))?;
+        Ok(Stack {
+            name: s.stack_name().unwrap_or(name).to_string(),
+            status: s
+                .stack_status()
+                .map(|st| st.as_str().to_string())
+                .unwrap_or_default(),
+            outputs: s
+                .outputs()
+                .iter()
+                .filter_map(|o| Some((o.output_key()?.to_string(), o.output_value()?.to_string())))
+                .collect(),
+            parameters: s
+                .parameters()
+                .iter()
+                .filter_map(|p| {
+                    Some((
+                        p.parameter_key()?.to_string(),
+                        p.parameter_value().unwrap_or_default().to_string(),
+                    ))
+                })
+                .collect(),
+        })
+    }
+
+    /// A stack whose last operation completed and left it usable.
+    pub fn usable(&self) -> bool {
+        matches!(
+            self.status.as_str(),
+            "CREATE_COMPLETE" | "UPDATE_COMPLETE" | "UPDATE_ROLLBACK_COMPLETE" | "IMPORT_COMPLETE"
+        )
+    }
+
+    /// The CLI's settings, `[aws]` key → value, from the outputs.
+    ///
+    /// # Errors
+    /// The stack is not usable, or lacks an output (names every one missing).
+    pub fn client_settings(&self) -> Result<Vec<(&'static str, String)>, String> {
+        if !self.usable() {
+            return Err(format!(
+                "stack {} is {}: deploy it (scripts/deploy {}) and wait until it is complete",
+                self.name, self.status, self.name
+            ));
+        }
+        let missing: Vec<&str> = CLIENT_OUTPUTS
+            .iter()
+            .filter(|(o, _)| !self.outputs.contains_key(*o))
+            .map(|(o, _)| *o)
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "stack {} has no output {}: is it a Studio stack (infra/template.yaml)?",
+                self.name,
+                missing.join(", ")
+            ));
+        }
+        Ok(CLIENT_OUTPUTS
+            .iter()
+            .map(|(o, k)| (*k, self.outputs[*o].clone()))
+            .collect())
+    }
+}
+
+/// One line of `studio doctor`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub what: &'static str,
+    /// `Ok(what was found)` or `Err(what is wrong, and what to do)`.
+    pub result: Result<String, String>,
+    /// Not checked at all (`result` says why); not a failure.
+    pub skipped: bool,
+}
+
+impl Check {
+    #[cfg_attr(feature = "fleet", allow(dead_code))]
+    fn skipped(self) -> Check {
+        Check {
+            skipped: true,
+            ..self
+        }
+    }
+}
+
+fn check(what: &'static str, result: Result<String, String>) -> Check {
+    Check {
+        what,
+        result,
+        skipped: false,
+    }
+}
+
+fn sdk_err(e: impl std::error::Error + Send + Sync + 'static) -> String {
+    aws_smithy_types::error::display::DisplayErrorContext(&e).to_string()
+}
+
+/// Every check of a configured deployment. Stops after a failed check that
+/// the next ones need (credentials, the stack).
+///
+/// `catalog_regions`: the regions the functions' planner has an EC2 catalogue for.
+pub async fn doctor(
+    sdk: &aws_config::SdkConfig,
+    cfg: &ClientConfig,
+    stack_name: &str,
+    catalog_regions: &[String],
+) -> Vec<Check> {
+    let mut out = Vec::new();
+    // Credentials: that the chain finds some, then that AWS takes them
+    // (DescribeStacks below is the first signed call).
+    let creds = match sdk.credentials_provider() {
+        None => Err("no credentials provider configured".to_string()),
+        Some(p) => p
+            .provide_credentials()
+            .await
+            .map(|c| format!("found (access key {}…)", c.access_key_id().chars().take(4).collect::<String>()))
+            .map_err(|e| format!("none found ({}): set AWS_PROFILE, run `aws sso login`, or export AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY", sdk_err(e))),
+    };
+    let ok = creds.is_ok();
+    out.push(check("credentials", creds));
+    if !ok {
+        return out;
+    }
+    let stack = match Stack::describe(sdk, stack_name).await {
+        Ok(s) if s.usable() => {
+            out.push(check("stack", Ok(format!("{} is {}", s.name, s.status))));
+            s
+        }
+        Ok(s) => {
+            out.push(check(
+                "stack",
+                Err(format!(
+                    "{} is {}: deploy it again (scripts/deploy {})",
+                    s.name, s.status, s.name
+                )),
+            ));
+            return out;
+        }
+        Err(e) => {
+            out.push(check(
+                "stack",
+                Err(format!(
+                    "{stack_name} cannot be read ({e}): deploy it (scripts/deploy {stack_name}) or fix the region"
+                )),
+            ));
+            return out;
+        }
+    };
+    // The CLI's settings are the stack's (no hand-copied name gone stale).
+    let configured = [
+        ("region", cfg.region.as_str()),
+        ("jobs_table", cfg.jobs_table.as_str()),
+        ("pools_table", cfg.pools_table.as_str()),
+        ("submit_queue", cfg.submit_queue.as_str()),
+        ("artifact_bucket", cfg.bucket.as_str()),
+    ];
+    let stale: Vec<String> = match stack.client_settings() {
+        Ok(want) => want
+            .iter()
+            .filter_map(|(k, v)| {
+                let have = configured.iter().find(|(c, _)| c == k)?.1;
+                (have != v).then(|| format!("{k} is '{have}', the stack says '{v}'"))
+            })
+            .collect(),
+        Err(e) => vec![e],
+    };
+    out.push(check(
+        "settings",
+        if stale.is_empty() {
+            Ok("match the stack's outputs".into())
+        } else {
+            Err(format!(
+                "{}: run `studio init --stack {}`",
+                stale.join("; "),
+                stack.name
+            ))
+        },
+    ));
+    let ddb = aws_sdk_dynamodb::Client::new(sdk);
+    for (what, table) in [
+        ("jobs table", &cfg.jobs_table),
+        ("pools table", &cfg.pools_table),
+    ] {
+        let r = match ddb.describe_table().table_name(table).send().await {
+            Ok(t) => {
+                let status = t
+                    .table()
+                    .and_then(|t| t.table_status())
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_default();
+                if status == "ACTIVE" {
+                    Ok(format!("{table} is ACTIVE"))
+                } else {
+                    Err(format!("{table} is {status}, not ACTIVE"))
+                }
+            }
+            Err(e) => Err(format!("{table}: {}", sdk_err(e))),
+        };
+        out.push(check(what, r));
+    }
+    let r = aws_sdk_sqs::Client::new(sdk)
+        .get_queue_url()
+        .queue_name(&cfg.submit_queue)
+        .send()
+        .await
+        .map(|u| u.queue_url().unwrap_or_default().to_string())
+        .map_err(|e| format!("{}: {}", cfg.submit_queue, sdk_err(e)));
+    out.push(check("submit queue", r));
+    let s3 = aws_sdk_s3::Client::new(sdk);
+    let r = s3
+        .head_bucket()
+        .bucket(&cfg.bucket)
+        .send()
+        .await
+        .map(|_| format!("{} is reachable", cfg.bucket))
+        .map_err(|e| format!("{}: {}", cfg.bucket, sdk_err(e)));
+    out.push(check("artifact bucket", r));
+    out.extend(images(sdk, cfg, &stack).await);
+    // The worker binaries the bootstrap downloads, by checksum.
+    let mut binaries = Vec::new();
+    for (arch, param) in [
+        ("x86_64", "BinarySha256X86"),
+        ("arm64", "BinarySha256Arm64"),
+    ] {
+        let sha = stack.parameters.get(param).cloned().unwrap_or_default();
+        if sha.is_empty() {
+            continue;
+        }
+        let key = format!("releases/studio-{sha}");
+        binaries.push(
+            s3.head_object()
+                .bucket(&cfg.bucket)
+                .key(&key)
+                .send()
+                .await
+                .map(|_| format!("{arch} s3://{}/{key}", cfg.bucket))
+                .map_err(|e| {
+                    format!(
+                        "{arch}: s3://{}/{key} is missing ({}): run scripts/deploy {} again",
+                        cfg.bucket,
+                        sdk_err(e),
+                        stack.name
+                    )
+                }),
+        );
+    }
+    let r = if binaries.is_empty() {
+        Ok("no checksum in the stack: the worker image must carry /usr/local/bin/studio".into())
+    } else if let Some(Err(e)) = binaries.iter().find(|b| b.is_err()) {
+        Err(e.clone())
+    } else {
+        Ok(binaries
+            .into_iter()
+            .filter_map(Result::ok)
+            .collect::<Vec<_>>()
+            .join(", "))
+    };
+    out.push(check("worker binary", r));
+    out.push(check(
+        "catalogue",
+        if catalog_regions.contains(&cfg.region) {
+            Ok(format!("an EC2 catalogue for {}", cfg.region))
+        } else {
+            Err(format!(
+                "the functions plan with the EC2 catalogue they carry, of {} only; a stack in {} would price and pick machines of another region: deploy in {}",
+                catalog_regions.join(", "),
+                cfg.region,
+                catalog_regions.join(" or ")
+            ))
+        },
+    ));
+    out
+}
+
+/// The worker images (what a pool launches) exist and are available.
+#[cfg(feature = "fleet")]
+async fn images(sdk: &aws_config::SdkConfig, cfg: &ClientConfig, stack: &Stack) -> Vec<Check> {
+    let mut out = Vec::new();
+    let ec2 = aws_sdk_ec2::Client::new(sdk);
+    for (what, param) in [("worker image", "WorkerAmi"), ("GPU image", "WorkerGpuAmi")] {
+        let ami = stack.parameters.get(param).cloned().unwrap_or_default();
+        if ami.is_empty() {
+            if param == "WorkerAmi" {
+                out.push(check(what, Err("the stack has no WorkerAmi".into())));
+            }
+            continue;
+        }
+        let r = match ec2.describe_images().image_ids(&ami).send().await {
+            Ok(o) => match o.images().first() {
+                Some(i) => {
+                    let state = i
+                        .state()
+                        .map(|s| s.as_str().to_string())
+                        .unwrap_or_default();
+                    let arch = i
+                        .architecture()
+                        .map(|a| a.as_str().to_string())
+                        .unwrap_or_default();
+                    if state == "available" {
+                        Ok(format!("{ami} ({arch}) is available"))
+                    } else {
+                        Err(format!("{ami} is {state}: pools cannot launch"))
+                    }
+                }
+                None => Err(format!("{ami} does not exist in {}", cfg.region)),
+            },
+            Err(e) => Err(format!(
+                "{ami} does not exist in {} or cannot be read: {}",
+                cfg.region,
+                sdk_err(e)
+            )),
+        };
+        out.push(check(what, r));
+    }
+    out
+}
+
+/// Without the EC2 SDK the images cannot be looked at; say so.
+#[cfg(not(feature = "fleet"))]
+async fn images(_: &aws_config::SdkConfig, _: &ClientConfig, stack: &Stack) -> Vec<Check> {
+    let ami = stack
+        .parameters
+        .get("WorkerAmi")
+        .cloned()
+        .unwrap_or_default();
+    vec![check(
+        "worker image",
+        Err(format!(
+            "{ami} not checked: this studio is built without the EC2 SDK (cargo install --path cli --features ec2)"
+        )),
+    )
+    .skipped()]
+}
