@@ -18,8 +18,14 @@
 //! and parameter constraints; its event source mappings try to run the
 //! functions in Docker (none here), so this test is the poller: it receives
 //! from the queues with the function's own credentials and deletes what the
-//! handler did not report failed. Those resources are checked statically in
-//! `tests/tests/template.rs` instead.
+//! handler did not report failed. moto also matches a schedule rule (no
+//! pattern) against every event, and its Lambda targets fail every
+//! `PutEvents` in the account with a 500 while the stack exists: the test
+//! removes the schedules' targets once it has checked them, and deletes the
+//! stack at the end. Those resources are checked statically in
+//! `tests/tests/template.rs` instead. The template goes in as a body here;
+//! real CloudFormation takes at most 51,200 bytes that way, so
+//! `scripts/deploy` uploads it and passes its URL.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -252,6 +258,40 @@ async fn the_template_deploys_and_runs_a_job_with_least_privilege() {
         assert_eq!(outputs[k], resolved[k], "output {k}");
     }
 
+    // The schedules invoke the scale and cleanup functions (moto created the
+    // rules and targets); then the targets go, see the module's note.
+    let events = aws_sdk_eventbridge::Client::new(&moto);
+    for (rule, function) in [
+        ("ScaleSchedule", "ScaleFunction"),
+        ("CleanupSchedule", "CleanupFunction"),
+    ] {
+        let name = studio_tests::template::text(&template.properties(rule, &cx)["Name"]);
+        let targets = events
+            .list_targets_by_rule()
+            .rule(&name)
+            .send()
+            .await
+            .unwrap();
+        let arns: Vec<&str> = targets.targets().iter().map(|t| t.arn()).collect();
+        assert_eq!(arns.len(), 1, "{rule}: {arns:?}");
+        assert!(
+            arns[0].ends_with(&format!(":function:{}", outputs[function])),
+            "{rule} → {arns:?}"
+        );
+        let ids: Vec<String> = targets
+            .targets()
+            .iter()
+            .map(|t| t.id().to_string())
+            .collect();
+        events
+            .remove_targets()
+            .rule(&name)
+            .set_ids(Some(ids))
+            .send()
+            .await
+            .unwrap();
+    }
+
     // THEN `studio init` configures the CLI from the stack's outputs.
     let home = tempfile::tempdir().unwrap();
     let init = studio(home.path(), &["init", "--stack", &stack]);
@@ -361,6 +401,28 @@ async fn the_template_deploys_and_runs_a_job_with_least_privilege() {
     // A machine of the group runs the worker; the job finishes.
     let pool = observer.store.get_pool(&job.pool).await.unwrap().unwrap();
     let gk = pool.group_key();
+    // The launch template carries the pool tag itself: the functions' policy
+    // lets them run and delete only tagged templates.
+    let templates = aws_sdk_ec2::Client::new(&moto)
+        .describe_launch_templates()
+        .launch_template_names(format!("{}-{gk}", cfg.prefix))
+        .send()
+        .await
+        .unwrap();
+    let tags: Vec<(String, String)> = templates.launch_templates()[0]
+        .tags()
+        .iter()
+        .map(|t| {
+            (
+                t.key().unwrap_or_default().to_string(),
+                t.value().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        tags.contains(&("studio:pool".to_string(), gk.to_string())),
+        "{tags:?}"
+    );
     let machine: InstanceId = eventually("a machine", Duration::from_secs(30), async || {
         let m = observer.fleet.instances(&gk).await.ok()?;
         m.first().map(|i| i.id.clone())
@@ -465,4 +527,5 @@ async fn the_template_deploys_and_runs_a_job_with_least_privilege() {
         "calls the template does not allow:\n{}",
         denied.join("\n")
     );
+    cfn.delete_stack().stack_name(&stack).send().await.unwrap();
 }

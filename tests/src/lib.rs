@@ -200,6 +200,7 @@ pub async fn moto_deployment() -> (studio_aws::config::AwsConfig, aws_config::Sd
         interruption_queue: Some(format!("{p}-interruptions")),
         bucket: format!("{p}-artifacts"),
         worker_ami: image,
+        worker_ami_arm64: None,
         worker_gpu_ami: None,
         worker_instance_profile: None,
         studio_sha256_x86_64: None,

@@ -596,3 +596,68 @@ async fn a_machine_without_a_live_worker_is_retired_and_replaced() {
     );
     worker.stop().await;
 }
+
+/// Graviton pools boot an arm64 image: with `STUDIO_WORKER_AMI_ARM64` set
+/// the launch template of an `--arch arm64` job names it (and an x86_64
+/// job's the x86_64 image); without it the job is refused at submit with
+/// the reason, before any record or resource exists (an x86_64 image on an
+/// arm64 machine never starts a worker).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_arm64_job_gets_the_arm64_image_or_a_clear_refusal() {
+    let w = world().await;
+    let ws = workspace(&w, "print('hi')\n", None).await;
+    let mut arm = ec2_job("graviton", ws.clone());
+    arm.arch = Some(studio_core::catalog::Arch::Arm64);
+
+    let refused = handlers::submit(&w.ctx, "graviton", &arm.to_json())
+        .await
+        .unwrap_err();
+    assert!(!refused.is_retryable(), "{refused}");
+    assert!(
+        refused.to_string().contains("no arm64 worker image"),
+        "{refused}"
+    );
+    assert!(w
+        .ctx
+        .store
+        .get_job(&job_id("graviton"))
+        .await
+        .unwrap()
+        .is_none());
+
+    // An arm64 image moto serves (it launches the group's machines from it).
+    let arm_image = aws_sdk_ec2::Client::new(&w.sdk)
+        .describe_images()
+        .owners("amazon")
+        .send()
+        .await
+        .unwrap()
+        .images()
+        .iter()
+        .find(|i| i.architecture().map(|a| a.as_str()) == Some("arm64"))
+        .and_then(|i| i.image_id())
+        .expect("moto serves an arm64 image")
+        .to_string();
+    let mut cfg = w.cfg.clone();
+    cfg.worker_ami_arm64 = Some(arm_image.clone());
+    let ctx = lambda::context(&cfg, &w.sdk, Arc::new(w.clock.clone()));
+    let x86 = ec2_job("intel", ws);
+    for (id, spec, image) in [
+        ("graviton", &arm, arm_image.as_str()),
+        ("intel", &x86, w.cfg.worker_ami.as_str()),
+    ] {
+        handlers::submit(&ctx, id, &spec.to_json()).await.unwrap();
+        let name = w.group_name(&w.pool(id).await.group_key());
+        let data = aws_sdk_ec2::Client::new(&w.sdk)
+            .describe_launch_template_versions()
+            .launch_template_name(&name)
+            .send()
+            .await
+            .unwrap()
+            .launch_template_versions()[0]
+            .launch_template_data()
+            .unwrap()
+            .clone();
+        assert_eq!(data.image_id(), Some(image), "{id}");
+    }
+}

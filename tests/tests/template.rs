@@ -14,6 +14,7 @@ fn full() -> StackContext {
     StackContext::new(STACK)
         .with("WorkerAmi", "ami-0123456789abcdef0")
         .with("WorkerGpuAmi", "ami-0fedcba9876543210")
+        .with("WorkerAmiArm64", "ami-0aaaaaaaaaaaaaaaa")
         .with("AvailabilityZones", "us-east-1a,us-east-1b")
         .with("BinarySha256X86", &"a".repeat(64))
         .with("BinarySha256Arm64", &"b".repeat(64))

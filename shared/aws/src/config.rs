@@ -18,6 +18,8 @@ pub struct AwsConfig {
     pub interruption_queue: Option<String>,
     pub bucket: String,
     pub worker_ami: String,
+    /// The image of arm64 (Graviton) pools; without it such jobs are refused.
+    pub worker_ami_arm64: Option<String>,
     /// A GPU-ready image (drivers baked in) for pools that ask for GPUs.
     pub worker_gpu_ami: Option<String>,
     pub worker_instance_profile: Option<String>,
@@ -66,6 +68,9 @@ impl AwsConfig {
         if let Some(p) = &self.worker_instance_profile {
             lines.push(format!("STUDIO_WORKER_INSTANCE_PROFILE={p}"));
         }
+        if let Some(a) = &self.worker_ami_arm64 {
+            lines.push(format!("STUDIO_WORKER_AMI_ARM64={a}"));
+        }
         if let Some(g) = &self.worker_gpu_ami {
             lines.push(format!("STUDIO_WORKER_GPU_AMI={g}"));
         }
@@ -96,7 +101,11 @@ pub const VARIABLES: &[(&str, &str)] = &[
         "SQS queue the EventBridge EC2 rules feed (interruption function)",
     ),
     ("STUDIO_ARTIFACT_BUCKET", "S3 bucket of workspaces and logs"),
-    ("STUDIO_WORKER_AMI", "image of worker machines"),
+    ("STUDIO_WORKER_AMI", "image of worker machines (x86_64)"),
+    (
+        "STUDIO_WORKER_AMI_ARM64",
+        "image of arm64 worker machines (optional: without it, --arch arm64 jobs are refused)",
+    ),
     (
         "STUDIO_WORKER_GPU_AMI",
         "GPU-ready image (drivers baked in) for GPU pools (default: STUDIO_WORKER_AMI)",
@@ -211,6 +220,7 @@ impl AwsConfig {
             interruption_queue: get("STUDIO_INTERRUPTION_QUEUE"),
             bucket: req("STUDIO_ARTIFACT_BUCKET")?,
             worker_ami: req("STUDIO_WORKER_AMI")?,
+            worker_ami_arm64: get("STUDIO_WORKER_AMI_ARM64").filter(|v| !v.is_empty()),
             worker_gpu_ami: get("STUDIO_WORKER_GPU_AMI"),
             worker_instance_profile: get("STUDIO_WORKER_INSTANCE_PROFILE"),
             studio_sha256_x86_64: sha256("STUDIO_BINARY_SHA256_X86_64")?,

@@ -37,6 +37,7 @@ use aws_sdk_ec2::types::{
 };
 use base64::Engine;
 use std::time::Duration;
+use studio_core::catalog::Arch;
 use studio_core::clock::Timestamp;
 use studio_core::ids::{InstanceId, PoolKey};
 use studio_core::pool::PoolSpec;
@@ -59,6 +60,8 @@ pub struct FleetConfig {
     pub region: String,
     /// The worker image.
     pub image_id: String,
+    /// The image of arm64 pools.
+    pub arm64_image_id: Option<String>,
     /// The image of GPU pools: drivers baked in, not installed at every boot.
     pub gpu_image_id: Option<String>,
     pub instance_profile: Option<String>,
@@ -128,8 +131,18 @@ impl AsgFleet {
             )
         })?;
         let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
-        let image = match (&self.cfg.gpu_image_id, spec.resources.gpus) {
-            (Some(gpu), n) if n > 0 => gpu,
+        let image = match (spec.arch, &self.cfg.gpu_image_id, spec.resources.gpus) {
+            // Submit refuses arm64 jobs without an arm64 image; this guards
+            // a pool revived after the image was removed.
+            (Arch::Arm64, _, _) => self.cfg.arm64_image_id.as_ref().ok_or_else(|| {
+                PortError::backend(
+                    PORT,
+                    AwsError::Shape(format!(
+                        "pool {key} is arm64 and this deployment has no arm64 worker image (STUDIO_WORKER_AMI_ARM64)"
+                    )),
+                )
+            })?,
+            (_, Some(gpu), n) if n > 0 => gpu,
             _ => &self.cfg.image_id,
         };
         let mut data = RequestLaunchTemplateData::builder()

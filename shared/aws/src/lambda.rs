@@ -43,6 +43,7 @@ pub fn context(cfg: &AwsConfig, sdk: &aws_config::SdkConfig, clock: Arc<dyn Cloc
             prefix: cfg.prefix.clone(),
             region: cfg.region.clone(),
             image_id: cfg.worker_ami.clone(),
+            arm64_image_id: cfg.worker_ami_arm64.clone(),
             gpu_image_id: cfg.worker_gpu_ami.clone(),
             instance_profile: cfg.worker_instance_profile.clone(),
             subnets: cfg.subnets.clone(),
@@ -73,6 +74,15 @@ pub fn context(cfg: &AwsConfig, sdk: &aws_config::SdkConfig, clock: Arc<dyn Cloc
             heartbeat_timeout: cfg.heartbeat_timeout,
             warning_grace: std::time::Duration::from_secs(180),
             worker_grace: std::time::Duration::from_secs(15 * 60),
+            archs: Some(
+                std::iter::once(studio_core::catalog::Arch::X86_64)
+                    .chain(
+                        cfg.worker_ami_arm64
+                            .as_ref()
+                            .map(|_| studio_core::catalog::Arch::Arm64),
+                    )
+                    .collect(),
+            ),
         },
     }
 }

@@ -319,7 +319,11 @@ pub async fn doctor(
 async fn images(sdk: &aws_config::SdkConfig, cfg: &ClientConfig, stack: &Stack) -> Vec<Check> {
     let mut out = Vec::new();
     let ec2 = aws_sdk_ec2::Client::new(sdk);
-    for (what, param) in [("worker image", "WorkerAmi"), ("GPU image", "WorkerGpuAmi")] {
+    for (what, param) in [
+        ("worker image", "WorkerAmi"),
+        ("arm64 image", "WorkerAmiArm64"),
+        ("GPU image", "WorkerGpuAmi"),
+    ] {
         let ami = stack.parameters.get(param).cloned().unwrap_or_default();
         if ami.is_empty() {
             if param == "WorkerAmi" {

@@ -14,15 +14,24 @@ use thiserror::Error;
 pub const CATALOG_FORMAT: u32 = 1;
 
 /// A CPU architecture as EC2 names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Arch {
+    #[default]
     #[serde(rename = "x86_64")]
     X86_64,
     Arm64,
     /// i386, the mac variants: never chosen.
     #[serde(other)]
     Other,
+}
+
+impl Arch {
+    pub fn is_x86_64(&self) -> bool {
+        *self == Arch::X86_64
+    }
 }
 
 impl fmt::Display for Arch {

@@ -13,6 +13,7 @@
 //!   then writes `queued`; whoever sees an `interrupted` job finishes the same
 //!   steps, so a crash between them loses nothing.
 
+use crate::catalog::Arch;
 use crate::clock::{Clock, Timestamp};
 use crate::contract::{ContractError, SubmitJob, WorkItem};
 use crate::ids::{InstanceId, JobId, PoolKey};
@@ -52,6 +53,10 @@ pub struct Settings {
     /// A running machine whose worker has not been seen (nor the machine
     /// launched) for this long is taken out of its group.
     pub worker_grace: Duration,
+    /// The machine architectures this deployment has a worker image for;
+    /// `None`: any (the local backend). A job for another is refused at
+    /// submit, before anything is created.
+    pub archs: Option<Vec<Arch>>,
 }
 
 /// How often the sweep sends a dead-lettered work item of a queued job
@@ -76,6 +81,7 @@ impl Default for Settings {
             heartbeat_timeout: Duration::from_secs(30),
             warning_grace: Duration::from_secs(180),
             worker_grace: Duration::from_secs(15 * 60),
+            archs: None,
         }
     }
 }
@@ -102,6 +108,8 @@ pub enum HandlerError {
     IdReused(JobId),
     #[error("--num-workers {asked} is above this deployment's cap of {cap} workers (STUDIO_MAX_WORKERS)")]
     WorkersAboveCap { asked: u32, cap: u32 },
+    #[error("this deployment has no {0} worker image (on AWS: STUDIO_WORKER_AMI_ARM64, scripts/deploy --worker-ami-arm64); run with --arch x86_64 or add the image")]
+    ArchUnavailable(Arch),
     #[error("pool {0} is being deleted; retry shortly")]
     PoolBusy(PoolKey),
     #[error(transparent)]
@@ -189,6 +197,15 @@ pub async fn submit(
     let cap = ctx.settings.max_auto_workers.max(1);
     if let Some(asked) = spec.num_workers.filter(|n| *n > cap) {
         return Err(HandlerError::WorkersAboveCap { asked, cap });
+    }
+    let arch = spec.arch.unwrap_or(Arch::X86_64);
+    if ctx
+        .settings
+        .archs
+        .as_ref()
+        .is_some_and(|a| !a.contains(&arch))
+    {
+        return Err(HandlerError::ArchUnavailable(arch));
     }
     let plan = ctx.planner.plan(&spec)?;
     let pool_spec = PoolSpec::for_job(&spec, &plan);

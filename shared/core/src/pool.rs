@@ -2,6 +2,7 @@
 //! work queue. The key is derived from the normalized request and the plan,
 //! so equal requests always meet in the same pool.
 
+use crate::catalog::Arch;
 use crate::clock::Timestamp;
 use crate::contract::SubmitJob;
 use crate::ids::PoolKey;
@@ -21,6 +22,10 @@ pub struct PoolSpec {
     pub bid: Option<Bid>,
     pub max_price_micro_usd_per_hour: Option<u64>,
     pub policy: WorkerPolicy,
+    /// The machines' architecture (the fleet picks the worker image by it).
+    /// Left out of the record when x86_64, so existing pool keys stay.
+    #[serde(default, skip_serializing_if = "Arch::is_x86_64")]
+    pub arch: Arch,
 }
 
 impl PoolSpec {
@@ -34,6 +39,7 @@ impl PoolSpec {
             bid: job.bid,
             max_price_micro_usd_per_hour: plan.max_price_micro_usd_per_hour,
             policy: WorkerPolicy::from_flag(job.num_workers).unwrap_or(WorkerPolicy::Auto),
+            arch: job.arch.unwrap_or(Arch::X86_64),
         }
     }
 
