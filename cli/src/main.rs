@@ -85,6 +85,9 @@ fn main() -> ExitCode {
 fn default_log_level(cli: &args::Cli) -> &'static str {
     match cli.command {
         args::Command::Worker(_) | args::Command::Driver => "info",
-        _ => "warn",
+        // The SDK's own warnings (a region looked for on a metadata service
+        // a laptop has not) are not the user's business; its errors are
+        // reported by the command.
+        _ => "warn,aws_config=error,aws_smithy_runtime=error",
     }
 }

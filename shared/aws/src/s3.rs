@@ -25,6 +25,16 @@ fn sdk<E: std::error::Error + Send + Sync + 'static>(
     move |e| PortError::backend(PORT, AwsError::sdk(op, e))
 }
 
+/// An S3 client for `sdk`: path-style addressing when an endpoint is given
+/// (an emulator on `localhost` has no `BUCKET.localhost` host names).
+pub fn client(sdk: &aws_config::SdkConfig) -> Client {
+    Client::from_conf(
+        aws_sdk_s3::config::Builder::from(sdk)
+            .force_path_style(sdk.endpoint_url().is_some())
+            .build(),
+    )
+}
+
 impl S3Artifacts {
     pub fn new(client: Client, bucket: impl Into<String>) -> Self {
         S3Artifacts {
@@ -36,10 +46,7 @@ impl S3Artifacts {
     /// A client for `bucket`; path-style addressing when a custom endpoint
     /// (an emulator) is configured, since it serves no bucket subdomains.
     pub fn from_sdk(sdk: &aws_config::SdkConfig, bucket: impl Into<String>) -> Self {
-        let conf = aws_sdk_s3::config::Builder::from(sdk)
-            .force_path_style(sdk.endpoint_url().is_some())
-            .build();
-        S3Artifacts::new(Client::from_conf(conf), bucket)
+        S3Artifacts::new(client(sdk), bucket)
     }
 
     fn workspace_key(sha: &str) -> String {

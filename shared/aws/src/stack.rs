@@ -248,7 +248,7 @@ pub async fn doctor(
         .map(|u| u.queue_url().unwrap_or_default().to_string())
         .map_err(|e| format!("{}: {}", cfg.submit_queue, sdk_err(e)));
     out.push(check("submit queue", r));
-    let s3 = aws_sdk_s3::Client::new(sdk);
+    let s3 = crate::s3::client(sdk);
     let r = s3
         .head_bucket()
         .bucket(&cfg.bucket)
