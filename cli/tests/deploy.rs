@@ -38,8 +38,7 @@ use studio_core::clock::{Clock, ManualClock};
 use studio_core::handlers::Ctx;
 use studio_core::ids::{InstanceId, JobId};
 use studio_core::job::JobState;
-use studio_core::notice::NoNotice;
-use studio_core::worker::{run_worker, WorkerConfig};
+use studio_core::worker::run_worker;
 use studio_tests::fidelity::Fidelity;
 use studio_tests::template::{allows, role_statements, StackContext, Template};
 use studio_tests::{eventually, moto_endpoint, poll_as_lambda};
@@ -92,18 +91,21 @@ async fn role(logical: &'static str, cfg: &AwsConfig, clock: &ManualClock) -> Ro
 }
 
 impl Role {
-    /// What the Lambda SQS poller does with the function's role: receive a
-    /// batch, hand it over, delete what was not reported failed.
-    async fn poll(&self, queue: &str) -> aws_lambda_events::event::sqs::SqsEvent {
-        let sqs = aws_sdk_sqs::Client::new(&self.sdk);
-        let url = sqs
-            .get_queue_url()
+    async fn queue_url(&self, sqs: &aws_sdk_sqs::Client, queue: &str) -> String {
+        sqs.get_queue_url()
             .queue_name(queue)
             .send()
             .await
             .unwrap()
             .queue_url
-            .unwrap();
+            .unwrap()
+    }
+
+    /// What the Lambda SQS poller does with the function's role: receive a
+    /// batch, hand it over, delete what was not reported failed.
+    async fn poll(&self, queue: &str) -> aws_lambda_events::event::sqs::SqsEvent {
+        let sqs = aws_sdk_sqs::Client::new(&self.sdk);
+        let url = self.queue_url(&sqs, queue).await;
         poll_as_lambda(&sqs, &url).await
     }
 
@@ -114,14 +116,7 @@ impl Role {
         failed: &aws_lambda_events::event::sqs::SqsBatchResponse,
     ) {
         let sqs = aws_sdk_sqs::Client::new(&self.sdk);
-        let url = sqs
-            .get_queue_url()
-            .queue_name(queue)
-            .send()
-            .await
-            .unwrap()
-            .queue_url
-            .unwrap();
+        let url = self.queue_url(&sqs, queue).await;
         for r in &event.records {
             let id = r.message_id.clone().unwrap_or_default();
             if failed
@@ -429,25 +424,7 @@ async fn the_template_deploys_and_runs_a_job_with_least_privilege() {
     })
     .await;
     let work = tempfile::tempdir().unwrap();
-    let wcfg = WorkerConfig {
-        pool: gk.clone(),
-        instance: machine.clone(),
-        lease: Duration::from_secs(30),
-        beat_every: Duration::from_millis(200),
-        poll_wait: Duration::from_millis(200),
-        heartbeat: Duration::from_millis(200),
-        seen_every: Duration::from_secs(60),
-        idle_timeout: Duration::from_secs(300),
-        term_grace: Duration::from_secs(2),
-        work_root: work.path().to_path_buf(),
-        python: "python3".into(),
-        notice: Arc::new(NoNotice),
-        notice_every: Duration::from_secs(5),
-        checkpoint_every: Duration::from_secs(1),
-        log_every: Duration::from_millis(100),
-        venv_root: None,
-        run_as: None,
-    };
+    let wcfg = studio_tests::quick_worker_config(&gk, &machine, work.path().to_path_buf());
     let (stop, rx) = tokio::sync::watch::channel(false);
     let (wctx, wsdk) = (worker.ctx.clone(), worker.sdk.clone());
     let bucket = cfg.bucket.clone();

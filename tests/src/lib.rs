@@ -377,3 +377,31 @@ pub async fn fidelity_deployment(
     let sdk = studio_aws::emulator_config("us-east-1", &fidelity.url);
     (cfg, sdk, fidelity)
 }
+
+/// A worker tuned for tests on the AWS adapters: beats and polls in tenths
+/// of a second, leaves idle after five minutes, no notices, no virtualenvs.
+pub fn quick_worker_config(
+    pool: &studio_core::ids::PoolKey,
+    instance: &InstanceId,
+    work_root: std::path::PathBuf,
+) -> studio_core::worker::WorkerConfig {
+    studio_core::worker::WorkerConfig {
+        pool: pool.clone(),
+        instance: instance.clone(),
+        lease: Duration::from_secs(30),
+        beat_every: Duration::from_millis(100),
+        poll_wait: Duration::from_millis(200),
+        heartbeat: Duration::from_millis(100),
+        seen_every: Duration::from_secs(60),
+        idle_timeout: Duration::from_secs(300),
+        term_grace: Duration::from_secs(2),
+        work_root,
+        python: "python3".into(),
+        notice: std::sync::Arc::new(studio_core::notice::NoNotice),
+        notice_every: Duration::from_secs(5),
+        checkpoint_every: Duration::from_secs(1),
+        log_every: Duration::from_millis(100),
+        venv_root: None,
+        run_as: None,
+    }
+}

@@ -17,7 +17,6 @@ use studio_core::contract::{SubmitJob, WorkspaceRef};
 use studio_core::handlers::{self, Ctx};
 use studio_core::ids::{InstanceId, PoolKey};
 use studio_core::job::{Job, JobState};
-use studio_core::notice::NoNotice;
 use studio_core::ports::ArtifactStore;
 use studio_core::resources::Cloud;
 use studio_core::worker::{run_worker, WorkerConfig, WorkerExit};
@@ -133,25 +132,24 @@ impl World {
     }
 
     fn worker_config(&self, gk: &PoolKey, instance: &InstanceId) -> WorkerConfig {
-        WorkerConfig {
-            pool: gk.clone(),
-            instance: instance.clone(),
-            lease: Duration::from_secs(30),
-            beat_every: Duration::from_millis(100),
-            poll_wait: Duration::from_millis(200),
-            heartbeat: Duration::from_millis(100),
-            seen_every: Duration::from_secs(60),
-            idle_timeout: Duration::from_secs(300),
-            term_grace: Duration::from_secs(2),
-            work_root: self.work.path().join(instance.as_str()),
-            python: "python3".into(),
-            notice: Arc::new(NoNotice),
-            notice_every: Duration::from_secs(5),
-            checkpoint_every: Duration::from_secs(1),
-            log_every: Duration::from_millis(100),
-            venv_root: None,
-            run_as: None,
-        }
+        studio_tests::quick_worker_config(gk, instance, self.work.path().join(instance.as_str()))
+    }
+
+    /// The data of the pool group's launch template (its one version).
+    async fn launch_template_data(
+        &self,
+        gk: &PoolKey,
+    ) -> aws_sdk_ec2::types::ResponseLaunchTemplateData {
+        aws_sdk_ec2::Client::new(&self.sdk)
+            .describe_launch_template_versions()
+            .launch_template_name(self.group_name(gk))
+            .send()
+            .await
+            .unwrap()
+            .launch_template_versions()[0]
+            .launch_template_data()
+            .unwrap()
+            .clone()
     }
 
     /// Starts a worker; the sender stops it.
@@ -271,13 +269,29 @@ async fn a_job_after_the_idle_worker_left_still_runs() {
         w.until_ended("first", Duration::from_secs(60)).await.state,
         JobState::Finished
     );
-    // Six quiet minutes: the worker's idle timeout (5 min) passes.
-    w.clock.advance(Duration::from_secs(360));
-    let exit = tokio::time::timeout(Duration::from_secs(90), worker.task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    // Quiet minutes: the worker's idle timeout (5 min) passes. The clock
+    // moves on until the worker leaves: it starts its idle time when it has
+    // recorded the end, which on a loaded machine may come after a first
+    // advance.
+    // (At most twice: past 15 minutes the sweep below would retire the
+    // next machine as silent.)
+    let mut task = worker.task;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let mut advances = 0;
+    let exit = loop {
+        if advances < 2 {
+            w.clock
+                .advance(Duration::from_secs(if advances == 0 { 360 } else { 310 }));
+            advances += 1;
+        }
+        if let Ok(done) = tokio::time::timeout(Duration::from_millis(500), &mut task).await {
+            break done.unwrap().unwrap();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the idle worker did not leave"
+        );
+    };
     assert_eq!(exit, WorkerExit::Idle);
     assert_eq!(w.group(&gk).await.desired_capacity(), Some(0));
 
@@ -534,17 +548,7 @@ async fn the_root_volume_follows_the_image() {
         let mut spec = ec2_job(id, ws.clone());
         spec.resources.hdd_gib = Some(asked);
         handlers::submit(&w.ctx, id, &spec.to_json()).await.unwrap();
-        let name = w.group_name(&w.pool(id).await.group_key());
-        let data = ec2
-            .describe_launch_template_versions()
-            .launch_template_name(&name)
-            .send()
-            .await
-            .unwrap()
-            .launch_template_versions()[0]
-            .launch_template_data()
-            .unwrap()
-            .clone();
+        let data = w.launch_template_data(&w.pool(id).await.group_key()).await;
         let disks = data.block_device_mappings();
         assert_eq!(disks.len(), 1, "{disks:?}");
         assert_eq!(disks[0].device_name(), Some(device.as_str()));
@@ -647,17 +651,7 @@ async fn an_arm64_job_gets_the_arm64_image_or_a_clear_refusal() {
         ("intel", &x86, w.cfg.worker_ami.as_str()),
     ] {
         handlers::submit(&ctx, id, &spec.to_json()).await.unwrap();
-        let name = w.group_name(&w.pool(id).await.group_key());
-        let data = aws_sdk_ec2::Client::new(&w.sdk)
-            .describe_launch_template_versions()
-            .launch_template_name(&name)
-            .send()
-            .await
-            .unwrap()
-            .launch_template_versions()[0]
-            .launch_template_data()
-            .unwrap()
-            .clone();
+        let data = w.launch_template_data(&w.pool(id).await.group_key()).await;
         assert_eq!(data.image_id(), Some(image), "{id}");
     }
 }
