@@ -43,6 +43,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a script: `studio run [flags] script.py [script args...]`.
     Run(RunArgs),
+    /// Send a prepared SubmitJob (JSON): `studio submit --file job.json` (or `-` for stdin).
+    Submit(SubmitArgs),
     /// Show jobs: a table of all, or one job in detail.
     Status(StatusArgs),
     /// Print a job's output.
@@ -122,6 +124,13 @@ pub struct RunArgs {
     /// Print the job id and return instead of waiting.
     #[arg(long)]
     pub detach: bool,
+    /// Print the SubmitJob this would send (JSON) and change nothing: no
+    /// upload, no job.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --dry-run: `json` (the default for a dry run) or `table`.
+    #[arg(long, short, value_enum)]
+    pub output: Option<Output>,
     /// On ec2spot/gcspot: when the job runs out of attempts, move it to on-demand machines instead of failing it.
     #[arg(long)]
     pub fallback_on_demand: bool,
@@ -198,6 +207,16 @@ pub struct GcArgs {
     /// Remove jobs that ended (and instances that stopped) longer ago than this.
     #[arg(long, default_value = "7d", value_name = "DURATION")]
     pub older_than: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The SubmitJob, as JSON (the contract in the README); `-` reads stdin.
+    /// Its `workspace` is either the stored tarball's reference
+    /// (`{"sha256", "bytes"}`) or a directory (a string, relative to the
+    /// file's directory), which is packed and uploaded.
+    #[arg(long, value_name = "FILE")]
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -2,7 +2,7 @@
 
 use crate::args::{
     CancelArgs, CatalogCommand, Cli, Command, DoctorArgs, GcArgs, InitArgs, LogsArgs, Output,
-    PlanArgs, RefreshArgs, RequestArgs, RunArgs, StatusArgs, WorkerArgs,
+    PlanArgs, RefreshArgs, RequestArgs, RunArgs, StatusArgs, SubmitArgs, WorkerArgs,
 };
 use anyhow::Context as _;
 use std::io::Write;
@@ -110,6 +110,7 @@ pub async fn dispatch(cli: Cli, env: Env) -> Result<ExitCode, CliError> {
     };
     match cli.command {
         Command::Run(a) => run(&g, &env, a).await,
+        Command::Submit(a) => submit(&g, &env, a).await,
         Command::Status(a) => status(&g, &env, a).await,
         Command::Logs(a) => logs(&g, &env, a).await,
         Command::Cancel(a) => cancel(&g, &env, a).await,
@@ -361,14 +362,128 @@ async fn plan(g: &Globals, a: PlanArgs, env: &Env) -> Result<ExitCode, CliError>
 
 async fn run(g: &Globals, env: &Env, a: RunArgs) -> Result<ExitCode, CliError> {
     let (mut spec, dir) = validate_run(&a, &env.user, &g.home, g.settings.max_auto_workers)?;
-    let side = match spec.cloud {
+    if a.dry_run {
+        // What would be sent: the workspace packed (for its reference) but
+        // not uploaded, no job id assigned unless given, nothing created.
+        let tarball = pack_workspace(g, &dir)?;
+        spec.workspace = studio_core::contract::WorkspaceRef {
+            sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&tarball)),
+            bytes: tarball.len() as u64,
+        };
+        if a.output == Some(Output::Table) {
+            println!("{}", spec.to_json());
+        } else {
+            println!("{}", serde_json::to_string_pretty(&spec)?);
+        }
+        eprintln!("studio: dry run: nothing uploaded or sent (`studio submit --file` takes this with \"workspace\": \"DIR\" to upload the directory)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if a.output.is_some() {
+        return Err(usage("--output goes with --dry-run"));
+    }
+    let side = side_for(g, env, spec.cloud).await?;
+    let tarball = pack_workspace(g, &dir)?;
+    spec.workspace = side.artifacts().put_workspace(&tarball).await?;
+    let id = send(g, env, &side, &mut spec).await?;
+    if a.detach {
+        println!("{id}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("studio: job {id} submitted ({} cloud)", spec.cloud);
+    let job = follow(g, &side, &id).await?;
+    Ok(report_end(&job))
+}
+
+/// `studio submit --file F`: a prepared SubmitJob, validated as every entry
+/// point validates it, its workspace directory (if it names one) packed and
+/// uploaded, sent; prints the job id.
+async fn submit(g: &Globals, env: &Env, a: SubmitArgs) -> Result<ExitCode, CliError> {
+    let (text, base) = if a.file.as_os_str() == "-" {
+        let mut t = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)?;
+        (t, std::env::current_dir()?)
+    } else {
+        let t = std::fs::read_to_string(&a.file)
+            .map_err(|e| usage(format!("--file {}: {e}", a.file.display())))?;
+        let dir = a
+            .file
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map_or_else(std::env::current_dir, |d| Ok(d.to_path_buf()))?;
+        (t, dir)
+    };
+    let what = a.file.display().to_string();
+    let mut value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| usage(format!("{what}: not JSON: {e}")))?;
+    let Some(fields) = value.as_object_mut() else {
+        return Err(usage(format!("{what}: a SubmitJob is a JSON object")));
+    };
+    // The owner is who submits, unless the file says.
+    fields
+        .entry("owner")
+        .or_insert_with(|| serde_json::Value::String(env.user.clone()));
+    // A directory to upload: packed now, sent as its reference.
+    let dir = match fields.get("workspace") {
+        Some(serde_json::Value::String(d)) => {
+            let dir = base.join(d);
+            if !dir.is_dir() {
+                return Err(usage(format!(
+                    "{what}: workspace '{d}' is not a directory (relative to {})",
+                    base.display()
+                )));
+            }
+            fields.insert(
+                "workspace".into(),
+                serde_json::json!({"sha256": "0".repeat(64), "bytes": 0}),
+            );
+            Some(dir)
+        }
+        _ => None,
+    };
+    let mut spec =
+        SubmitJob::from_json(&value.to_string()).map_err(|e| usage(format!("{what}: {e}")))?;
+    planner(&g.home, spec.region.as_deref())?
+        .plan(&spec)
+        .map_err(|e| usage(format!("{what}: {e}")))?;
+    if spec.cloud == Cloud::Local {
+        if let Some(asked) = spec
+            .num_workers
+            .filter(|n| *n > g.settings.max_auto_workers)
+        {
+            return Err(usage(format!(
+                "{what}: num_workers {asked} is above this machine's cap of {} (STUDIO_MAX_WORKERS)",
+                g.settings.max_auto_workers
+            )));
+        }
+    }
+    let side = side_for(g, env, spec.cloud).await?;
+    if let Some(dir) = dir {
+        let tarball = pack_workspace(g, &dir.canonicalize()?)?;
+        spec.workspace = side.artifacts().put_workspace(&tarball).await?;
+    }
+    let id = send(g, env, &side, &mut spec).await?;
+    println!("{id}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The workspace tarball of `dir`, Studio's own state left out (the default
+/// `~/.studio` with a script in `~`: the database, logs and earlier
+/// workspaces would grow every run's tarball).
+fn pack_workspace(g: &Globals, dir: &Path) -> Result<Vec<u8>, CliError> {
+    let home = g.home.canonicalize().unwrap_or_else(|_| g.home.clone());
+    studio_core::workspace::pack_dir_except(dir, WORKSPACE_LIMIT, &[&home]).map_err(usage)
+}
+
+/// Where jobs of `cloud` go.
+async fn side_for(g: &Globals, env: &Env, cloud: Cloud) -> Result<Side, CliError> {
+    Ok(match cloud {
         Cloud::Local => Side::Local(Box::new(open(g).await?)),
         Cloud::Ec2 | Cloud::Ec2spot => match sides::aws(&g.home, env).await? {
             Some(aws) => Side::Aws(Box::new(aws)),
             None => {
                 return Err(usage(format!(
                     "cloud '{}' needs the AWS settings: set {} (or [aws] in {}); see the README",
-                    spec.cloud,
+                    cloud,
                     studio_aws::config::CLIENT_KEYS
                         .iter()
                         .map(|(k, _)| *k)
@@ -378,40 +493,40 @@ async fn run(g: &Globals, env: &Env, a: RunArgs) -> Result<ExitCode, CliError> {
                 )))
             }
         },
-        Cloud::Gcloud | Cloud::Gcspot => {
-            return Err(usage(PlanError::CloudUnavailable(spec.cloud)))
-        }
-    };
-    // Studio's own state is never part of a workspace (the default
-    // `~/.studio` with a script in `~`): the database, logs and earlier
-    // workspaces would grow every run's tarball.
-    let home = g.home.canonicalize().unwrap_or_else(|_| g.home.clone());
-    let tarball =
-        studio_core::workspace::pack_dir_except(&dir, WORKSPACE_LIMIT, &[&home]).map_err(usage)?;
-    spec.workspace = side.artifacts().put_workspace(&tarball).await?;
+        Cloud::Gcloud | Cloud::Gcspot => return Err(usage(PlanError::CloudUnavailable(cloud))),
+    })
+}
+
+/// Sends `spec` (its workspace stored) as a job and returns its id: the same
+/// id twice is one job, a different request under a used id is refused.
+/// Locally the job record is written before the id is returned, so
+/// `studio cancel $id` works at once, and a driver runs.
+async fn send(
+    g: &Globals,
+    env: &Env,
+    side: &Side,
+    spec: &mut SubmitJob,
+) -> Result<JobId, CliError> {
     let id = spec.job_id.clone().unwrap_or_else(JobId::generate);
     spec.job_id = Some(id.clone());
     if let Some(existing) = side.store().get_job(&id).await? {
-        if existing.spec != spec {
+        if existing.spec != *spec {
             return Err(usage(format!(
                 "job id '{id}' was already used for a different request"
             )));
         }
-        eprintln!(
-            "studio: job {id} already exists ({}); following it",
-            existing.state
-        );
+        eprintln!("studio: job {id} already exists ({})", existing.state);
     } else {
-        match &side {
+        match side {
             Side::Local(be) => {
                 // The job itself, not only its message, before the id is
                 // printed: `studio cancel $id` works at once.
-                let plan = be.ctx.planner.plan(&spec).map_err(usage)?;
-                let pool = PoolSpec::for_job(&spec, &plan).key();
+                let plan = be.ctx.planner.plan(spec).map_err(usage)?;
+                let pool = PoolSpec::for_job(spec, &plan).key();
                 let by = format!("cli:{}", env.user);
                 let job = Job::new(id.clone(), spec.clone(), plan, pool, SystemClock.now(), &by);
                 if let Created::Existing(existing) = be.submit(&job, &spec.to_json())? {
-                    if existing.spec != spec {
+                    if existing.spec != *spec {
                         return Err(usage(format!(
                             "job id '{id}' was already used for a different request"
                         )));
@@ -421,16 +536,10 @@ async fn run(g: &Globals, env: &Env, a: RunArgs) -> Result<ExitCode, CliError> {
             Side::Aws(aws) => aws.queue.send(&aws.submit_queue, &[spec.to_json()]).await?,
         }
     }
-    if let Side::Local(be) = &side {
+    if let Side::Local(be) = side {
         ensure_driver(g, be).await?;
     }
-    if a.detach {
-        println!("{id}");
-        return Ok(ExitCode::SUCCESS);
-    }
-    eprintln!("studio: job {id} submitted ({} cloud)", spec.cloud);
-    let job = follow(g, &side, &id).await?;
-    Ok(report_end(&job))
+    Ok(id)
 }
 
 fn report_end(job: &Option<Job>) -> ExitCode {

@@ -378,6 +378,122 @@ fn a_worker_killed_mid_job_means_attempt_2_elsewhere_resuming_the_checkpoint() {
     assert!(log.contains("training done"), "{log}");
 }
 
+/// `run --dry-run` prints the SubmitJob it would send, a valid contract
+/// message, and creates nothing: no home, no job, no driver.
+#[test]
+fn a_dry_run_prints_the_submit_job_and_changes_nothing() {
+    let h = Home::new();
+    let out = h.run(&[
+        "run",
+        "--dry-run",
+        "--cpus=2",
+        "--job-id",
+        "dry-1",
+        "--env",
+        "LR=0.1",
+        "hello.py",
+        "x",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let spec = studio_core::contract::SubmitJob::from_json(&stdout(&out))
+        .unwrap_or_else(|e| panic!("{e}: {}", stdout(&out)));
+    assert_eq!(
+        (
+            spec.entrypoint.as_str(),
+            spec.args.clone(),
+            spec.resources.cpus,
+            spec.env.get("LR").map(String::as_str),
+            spec.job_id.as_ref().map(|j| j.to_string())
+        ),
+        (
+            "hello.py",
+            vec!["x".to_string()],
+            2,
+            Some("0.1"),
+            Some("dry-1".into())
+        )
+    );
+    assert_eq!(spec.workspace.sha256.len(), 64);
+    assert!(spec.workspace.bytes > 0);
+    assert!(
+        !h.path().join("studio.sqlite3").exists(),
+        "a dry run made a job store"
+    );
+    // A bad flag is refused the same way as without --dry-run.
+    let bad = h.run(&["run", "--dry-run", "--ram=16", "hello.py"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+}
+
+/// `studio submit --file` sends a prepared SubmitJob: its workspace
+/// directory packed and uploaded, the job run; the same file again is the
+/// same job; a file that breaks the contract is refused with the reason and
+/// creates nothing.
+#[test]
+fn submit_sends_a_prepared_job_and_uploads_the_directory_it_names() {
+    let h = Home::new();
+    let dir = h.dir.path().join("prepared");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(examples().join("hello.py"), dir.join("hello.py")).unwrap();
+    std::fs::write(
+        dir.join("job.json"),
+        r#"{"version": 1, "job_id": "file-1", "workspace": ".", "entrypoint": "hello.py", "args": ["from", "a", "file"]}"#,
+    )
+    .unwrap();
+    let file = dir.join("job.json");
+    let out = h.cmd(&["submit", "--file"]).arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "file-1");
+    wait_until("file-1 to finish", Duration::from_secs(30), || {
+        (h.job("file-1")["state"] == "finished").then_some(())
+    });
+    assert!(
+        h.log("file-1").contains("args: from a file"),
+        "{}",
+        h.log("file-1")
+    );
+    let again = h.cmd(&["submit", "--file"]).arg(&file).output().unwrap();
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(h.jobs().len(), 1, "the same file twice is one job");
+
+    std::fs::write(
+        dir.join("typo.json"),
+        r#"{"version": 1, "job_id": "file-2", "workspace": ".", "entrypoint": "hello.py", "cpu": 8}"#,
+    )
+    .unwrap();
+    let typo = h
+        .cmd(&["submit", "--file"])
+        .arg(dir.join("typo.json"))
+        .output()
+        .unwrap();
+    assert_eq!(typo.status.code(), Some(2));
+    assert!(
+        stderr(&typo).contains("unknown field `cpu`"),
+        "{}",
+        stderr(&typo)
+    );
+    let missing = h
+        .cmd(&["submit", "--file", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(
+                br#"{"version": 1, "workspace": "no-such-dir", "entrypoint": "hello.py"}"#,
+            )?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        stderr(&missing).contains("is not a directory"),
+        "{}",
+        stderr(&missing)
+    );
+    assert_eq!(h.jobs().len(), 1, "nothing more was created");
+}
+
 #[test]
 fn the_same_job_id_twice_makes_one_job() {
     let h = Home::new();
