@@ -16,7 +16,7 @@ pub const SUBMIT_JOB_VERSION: u32 = 1;
 pub const WORK_ITEM_VERSION: u32 = 1;
 
 /// Where the job's files are: a content-addressed tarball in the artifact store.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkspaceRef {
     /// SHA-256 of the `.tar.gz`, hex; also its key in the artifact store.
@@ -26,7 +26,7 @@ pub struct WorkspaceRef {
 }
 
 /// A request to run a script: the one message every entry point sends.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitJob {
     /// Must be [`SUBMIT_JOB_VERSION`].
@@ -111,6 +111,15 @@ pub enum ContractError {
 pub const MAX_ARGS_ENV_BYTES: usize = 64 * 1024;
 
 impl SubmitJob {
+    /// The JSON Schema of the contract, generated from these types (checked
+    /// in at `docs/submit-contract.schema.json`; a test fails when it drifts).
+    pub fn json_schema() -> serde_json::Value {
+        let mut schema =
+            serde_json::to_value(schemars::schema_for!(SubmitJob)).expect("a schema serializes");
+        schema["$id"] = "urn:studio:submit-job:1".into();
+        schema
+    }
+
     /// A request for `cloud` and `resources` with every other field at its
     /// default (no workspace or entrypoint yet).
     pub fn new(cloud: Cloud, resources: ResourceRequest, owner: &str) -> SubmitJob {

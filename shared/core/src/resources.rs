@@ -14,7 +14,18 @@ pub const RAM_STEP_MIB: u64 = 256;
 
 /// Where a job runs.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Default,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Cloud {
@@ -93,7 +104,7 @@ impl fmt::Display for Market {
 }
 
 /// A validated, normalized machine request.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResourceRequest {
     /// vCPUs, at least 1.
@@ -189,7 +200,7 @@ impl ResourceRequest {
 }
 
 /// The most a job will pay for a spot machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Bid {
     /// An absolute price, in millionths of a US dollar per hour.
