@@ -160,6 +160,7 @@ async fn the_template_deploys_and_runs_a_job_with_least_privilege() {
         "scale-on-queue-depth",
         "handle-spot-interruption",
         "cleanup-empty-group",
+        "webhook",
     ] {
         s3.put_object()
             .bucket(&code_bucket)
@@ -380,6 +381,7 @@ async fn the_template_deploys_and_runs_a_job_with_least_privilege() {
     let interruption = role("InterruptionRole", &cfg, &clock).await;
     let cleanup = role("CleanupRole", &cfg, &clock).await;
     let worker = role("WorkerRole", &cfg, &clock).await;
+    let webhook = role("WebhookRole", &cfg, &clock).await;
     // What the test itself looks at goes straight to moto, outside every role.
     let observer = lambda::context(&cfg, &moto, Arc::new(clock.clone()));
 
@@ -481,9 +483,69 @@ async fn the_template_deploys_and_runs_a_job_with_least_privilege() {
     let gone = observer.store.get_pool(&job.pool).await.unwrap().unwrap();
     assert_ne!(gone.state, studio_core::pool::PoolState::Live, "{gone:?}");
 
+    // The webhook, as the function runs it: its keys from the SecureString
+    // the stack names (scripts/deploy makes it), a signed status request
+    // through the function URL adapter.
+    let keys_parameter = outputs["WebhookKeysParameter"].clone();
+    aws_sdk_ssm::Client::new(&moto)
+        .put_parameter()
+        .name(&keys_parameter)
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .value(r#"{"ci": "a-secret-of-sixteen-or-more"}"#)
+        .send()
+        .await
+        .unwrap();
+    let keys = lambda::webhook_keys(&webhook.sdk, &keys_parameter)
+        .await
+        .unwrap();
+    let schema = studio_aws::webhook::schema();
+    let hook = studio_aws::webhook::Webhook {
+        keys: &keys,
+        queue: webhook.ctx.queue.as_ref(),
+        store: webhook.ctx.store.as_ref(),
+        clock: webhook.ctx.clock.as_ref(),
+        submit_queue: &cfg.submit_queue,
+        schema: &schema,
+    };
+    let ts = (clock.now().0 / 1000).to_string();
+    let path = format!("/v1/jobs/{id}");
+    let event: aws_lambda_events::event::lambda_function_urls::LambdaFunctionUrlRequest =
+        serde_json::from_value(serde_json::json!({
+            "version": "2.0",
+            "rawPath": path,
+            "rawQueryString": "",
+            "headers": {
+                "x-studio-key": "ci",
+                "x-studio-timestamp": ts,
+                "x-studio-signature": studio_aws::webhook::sign(b"a-secret-of-sixteen-or-more", &ts, b""),
+            },
+            // The shape of AWS's function URL payload (version 2.0).
+            "requestContext": {
+                "accountId": "anonymous",
+                "apiId": "urlid",
+                "domainName": "urlid.lambda-url.us-east-1.on.aws",
+                "domainPrefix": "urlid",
+                "http": {"method": "GET", "path": path, "protocol": "HTTP/1.1", "sourceIp": "192.0.2.1", "userAgent": "curl/8"},
+                "requestId": "r-1",
+                "routeKey": "$default",
+                "stage": "$default",
+                "time": "29/Nov/2026:09:00:00 +0000",
+                "timeEpoch": 1795942800000u64
+            },
+            "isBase64Encoded": false
+        }))
+        .unwrap();
+    let resp = lambda::webhook(&hook, event).await;
+    let body: serde_json::Value = serde_json::from_str(resp.body.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        (resp.status_code, body["state"].as_str()),
+        (200, Some("finished")),
+        "{body}"
+    );
+
     // THEN every call each role made is one its policy allows.
     let mut denied = Vec::new();
-    for r in [&submit, &scale, &interruption, &cleanup, &worker] {
+    for r in [&submit, &scale, &interruption, &cleanup, &worker, &webhook] {
         let statements = role_statements(&template.properties(r.logical, &cx));
         let calls = r.fid.requests();
         assert!(!calls.is_empty(), "{} made no call", r.logical);

@@ -145,6 +145,16 @@ impl Authorized {
                 };
                 req(format!("dynamodb:{op}"), Some(arn))
             }
+            Call::Json { service, op, body } if service == "AmazonSSM" => {
+                let name = body["Name"].as_str().unwrap_or_default();
+                req(
+                    format!("ssm:{op}"),
+                    Some(format!(
+                        "arn:aws:ssm:{region}:{ACCOUNT}:parameter/{}",
+                        name.trim_start_matches('/')
+                    )),
+                )
+            }
             Call::Json { service, op, .. } => req(format!("{}:{op}", service.to_lowercase()), None),
             Call::Query { action, form } => {
                 let resource = match (service, form.get("AutoScalingGroupName")) {

@@ -162,6 +162,9 @@ impl Template {
             ("AWS::IAM::InstanceProfile", "Arn") => {
                 format!("arn:aws:iam::{account}:instance-profile/{name}")
             }
+            ("AWS::Lambda::Url", "FunctionUrl") => {
+                format!("https://{logical}.lambda-url.{region}.on.aws/")
+            }
             ("AWS::Logs::LogGroup", "Arn") => {
                 format!("arn:aws:logs:{region}:{account}:log-group:{name}:*")
             }

@@ -30,6 +30,7 @@ const FUNCTIONS: &[(&str, &str, &str)] = &[
         "handle-spot-interruption",
     ),
     ("CleanupFunction", "CleanupRole", "cleanup-empty-group"),
+    ("WebhookFunction", "WebhookRole", "webhook"),
 ];
 
 fn env_of(t: &Template, f: &str, cx: &StackContext) -> std::collections::HashMap<String, String> {
@@ -282,17 +283,32 @@ fn the_rules_and_schedules_reach_their_handlers() {
             ),
         ]
     );
-    let mut permitted: Vec<(String, String)> = t
+    let permissions: Vec<Value> = t
         .of_type("AWS::Lambda::Permission")
         .iter()
+        .map(|p| t.properties(p, &cx))
+        .collect();
+    let mut permitted: Vec<(String, String)> = permissions
+        .iter()
+        .filter(|p| p["Action"] == "lambda:InvokeFunction")
         .map(|p| {
-            let p = t.properties(p, &cx);
             assert_eq!(text(&p["Principal"]), "events.amazonaws.com");
             (text(&p["FunctionName"]), text(&p["SourceArn"]))
         })
         .collect();
     permitted.sort();
     assert_eq!(permitted.len(), 2, "{permitted:?}");
+    // The webhook's URL: public, because every request is HMAC-signed; its
+    // permission allows invoking through the URL only.
+    let url = t.properties("WebhookUrl", &cx);
+    assert_eq!(text(&url["AuthType"]), "NONE");
+    let public: Vec<&Value> = permissions
+        .iter()
+        .filter(|p| text(&p["Principal"]) == "*")
+        .collect();
+    assert_eq!(public.len(), 1, "{permissions:?}");
+    assert_eq!(text(&public[0]["Action"]), "lambda:InvokeFunctionUrl");
+    assert_eq!(text(&public[0]["FunctionUrlAuthType"]), "NONE");
 }
 
 /// The tables the store queries, as the code creates them in tests.
@@ -360,7 +376,7 @@ fn every_policy_is_least_privilege() {
     let t = Template::load();
     let cx = full();
     let roles = t.of_type("AWS::IAM::Role");
-    assert_eq!(roles.len(), 5, "{roles:?}");
+    assert_eq!(roles.len(), 6, "{roles:?}");
     let worker_role_arn = text(&t.resolve(
         &serde_json::json!({"Fn::GetAtt": ["WorkerRole", "Arn"]}),
         &cx,

@@ -218,3 +218,76 @@ pub async fn cleanup(ctx: &Ctx) -> Result<CleanupReport, HandlerError> {
 pub fn lambda_error(e: HandlerError) -> lambda_runtime::Error {
     Box::new(e)
 }
+
+/// The webhook's signing keys, from the SSM SecureString parameter (a JSON
+/// object of name to secret), decrypted; read once at cold start.
+///
+/// # Errors
+/// The parameter cannot be read, or is not a valid key set (the function
+/// then fails to start, naming why, and Lambda reports it).
+#[cfg(feature = "webhook")]
+pub async fn webhook_keys(
+    sdk: &aws_config::SdkConfig,
+    parameter: &str,
+) -> Result<crate::webhook::Keys, lambda_runtime::Error> {
+    let out = aws_sdk_ssm::Client::new(sdk)
+        .get_parameter()
+        .name(parameter)
+        .with_decryption(true)
+        .send()
+        .await
+        .map_err(|e| crate::AwsError::sdk("GetParameter", e))?;
+    let text = out
+        .parameter()
+        .and_then(|p| p.value())
+        .ok_or_else(|| format!("parameter {parameter} has no value"))?;
+    Ok(crate::webhook::Keys::from_json(text).map_err(|e| format!("parameter {parameter}: {e}"))?)
+}
+
+/// A function URL request → the webhook → a function URL response.
+#[cfg(feature = "webhook")]
+pub async fn webhook(
+    hook: &crate::webhook::Webhook<'_>,
+    event: aws_lambda_events::event::lambda_function_urls::LambdaFunctionUrlRequest,
+) -> aws_lambda_events::event::lambda_function_urls::LambdaFunctionUrlResponse {
+    use base64::Engine;
+    let body = event.body.unwrap_or_default();
+    let body = if event.is_base64_encoded {
+        base64::engine::general_purpose::STANDARD
+            .decode(body.as_bytes())
+            .unwrap_or_default()
+    } else {
+        body.into_bytes()
+    };
+    let request = crate::webhook::Request {
+        method: event
+            .request_context
+            .http
+            .method
+            .unwrap_or_default()
+            .to_ascii_uppercase(),
+        path: event.raw_path.unwrap_or_default(),
+        headers: event
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_ascii_lowercase(),
+                    v.to_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect(),
+        body,
+    };
+    let resp = hook.handle(&request).await;
+    info!(status = resp.status, method = %request.method, path = %request.path, "webhook");
+    let mut out =
+        aws_lambda_events::event::lambda_function_urls::LambdaFunctionUrlResponse::default();
+    out.status_code = i64::from(resp.status);
+    out.headers.insert(
+        "content-type",
+        aws_lambda_events::http::HeaderValue::from_static("application/json"),
+    );
+    out.body = Some(resp.body.to_string());
+    out
+}

@@ -32,6 +32,8 @@ pub mod s3;
 pub mod sqs;
 #[cfg(feature = "stack")]
 pub mod stack;
+#[cfg(feature = "webhook")]
+pub mod webhook;
 
 use aws_config::{BehaviorVersion, Region};
 use thiserror::Error;

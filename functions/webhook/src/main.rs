@@ -1,0 +1,34 @@
+//! `webhook`: a Lambda function URL (auth type NONE: every request is
+//! HMAC-signed, see `studio_aws::webhook`). The signing keys are read once,
+//! at cold start, from the SSM SecureString parameter named by
+//! `STUDIO_WEBHOOK_KEYS_PARAMETER`: never from an environment variable's value.
+
+use aws_lambda_events::event::lambda_function_urls::LambdaFunctionUrlRequest;
+use lambda_runtime::{run, service_fn, Error, LambdaEvent};
+use studio_aws::{config::AwsConfig, lambda, webhook};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    lambda::init_tracing();
+    let cfg = AwsConfig::from_lookup(|k| std::env::var(k).ok())?;
+    let parameter = std::env::var("STUDIO_WEBHOOK_KEYS_PARAMETER")
+        .map_err(|_| "missing environment variable STUDIO_WEBHOOK_KEYS_PARAMETER")?;
+    let sdk = studio_aws::sdk_config(&cfg.region).await;
+    let keys = lambda::webhook_keys(&sdk, &parameter).await?;
+    let ctx = lambda::context_from_env(&cfg).await;
+    let schema = webhook::schema();
+    run(service_fn(
+        |event: LambdaEvent<LambdaFunctionUrlRequest>| {
+            let hook = webhook::Webhook {
+                keys: &keys,
+                queue: ctx.queue.as_ref(),
+                store: ctx.store.as_ref(),
+                clock: ctx.clock.as_ref(),
+                submit_queue: &cfg.submit_queue,
+                schema: &schema,
+            };
+            async move { Ok::<_, Error>(lambda::webhook(&hook, event.payload).await) }
+        },
+    ))
+    .await
+}

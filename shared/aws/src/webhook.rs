@@ -1,0 +1,284 @@
+//! The webhook: HTTP entry point for programs that cannot send to SQS (a CI
+//! system, a notebook, a lab's scheduler). Written over the ports and plain
+//! request/response values, so the Lambda function URL adapter and the tests'
+//! HTTP server drive the same code.
+//!
+//! - `POST /v1/jobs`: body = a SubmitJob (without `owner`: the owner is the
+//!   name of the key that signed the request). Headers `X-Studio-Key` (the
+//!   key's name), `X-Studio-Timestamp` (Unix seconds, within 5 minutes of
+//!   now) and `X-Studio-Signature: sha256=<hex HMAC-SHA256 of
+//!   "{timestamp}.{body}">`. A valid request puts the SubmitJob on the submit
+//!   queue and answers `202 {"job_id", "status_url"}`; without a `job_id`
+//!   the id is derived from the key and body, so a retried request (a new
+//!   timestamp, a new signature) is the same job.
+//! - `GET /v1/jobs/{id}`, signed the same way over an empty body: the job's
+//!   state, attempts and times.
+//!
+//! Every refusal says why, and nothing is enqueued.
+
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use studio_core::clock::Clock;
+use studio_core::contract::SubmitJob;
+use studio_core::ids::JobId;
+use studio_core::ports::{JobStore, WorkQueue};
+
+/// Largest body taken: an SQS message's limit, 256 KiB.
+pub const MAX_BODY: usize = 256 * 1024;
+/// How far a request's timestamp may be from now, either way.
+pub const MAX_SKEW: Duration = Duration::from_secs(300);
+
+/// The signing keys: name → secret. Several at once, so a key is rotated by
+/// adding the new one, moving the senders, then removing the old.
+#[derive(Clone, Default)]
+pub struct Keys(BTreeMap<String, Vec<u8>>);
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Names only: secrets never reach a log.
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
+impl Keys {
+    /// From the stored JSON object `{"name": "secret", ...}`.
+    ///
+    /// # Errors
+    /// Not such an object, or no key, or an empty secret.
+    pub fn from_json(text: &str) -> Result<Keys, String> {
+        let map: BTreeMap<String, String> = serde_json::from_str(text).map_err(|e| {
+            format!("the webhook keys are not a JSON object of name to secret: {e}")
+        })?;
+        if map.is_empty() {
+            return Err("no webhook key is configured".into());
+        }
+        if let Some((name, _)) = map.iter().find(|(_, s)| s.len() < 16) {
+            return Err(format!(
+                "webhook key '{name}': a secret of at least 16 characters"
+            ));
+        }
+        Ok(Keys(
+            map.into_iter().map(|(k, v)| (k, v.into_bytes())).collect(),
+        ))
+    }
+}
+
+/// An HTTP request, as far as the webhook cares (header names lower case).
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+/// An HTTP response: status and a JSON body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+fn refuse(status: u16, why: impl Into<String>) -> Response {
+    Response {
+        status,
+        body: serde_json::json!({ "error": why.into() }),
+    }
+}
+
+/// What the webhook needs.
+pub struct Webhook<'a> {
+    pub keys: &'a Keys,
+    pub queue: &'a dyn WorkQueue,
+    pub store: &'a dyn JobStore,
+    pub clock: &'a dyn Clock,
+    /// The submit queue's name.
+    pub submit_queue: &'a str,
+    /// The contract's schema, compiled once.
+    pub schema: &'a jsonschema::Validator,
+}
+
+/// The compiled SubmitJob schema (once per cold start).
+pub fn schema() -> jsonschema::Validator {
+    jsonschema::validator_for(&SubmitJob::json_schema()).expect("the SubmitJob schema compiles")
+}
+
+impl Webhook<'_> {
+    pub async fn handle(&self, req: &Request) -> Response {
+        if req.body.len() > MAX_BODY {
+            return refuse(
+                413,
+                format!(
+                    "the body is {} bytes; at most {MAX_BODY} are taken",
+                    req.body.len()
+                ),
+            );
+        }
+        let owner = match self.authenticate(req) {
+            Ok(o) => o,
+            Err(why) => return refuse(401, why),
+        };
+        let path = req.path.trim_end_matches('/');
+        match (req.method.as_str(), path) {
+            ("POST", "/v1/jobs") => self.post_job(&owner, &req.body).await,
+            ("GET", p) if p.starts_with("/v1/jobs/") => self.get_job(&p["/v1/jobs/".len()..]).await,
+            (m, p) => refuse(
+                404,
+                format!("no route {m} {p}: POST /v1/jobs, GET /v1/jobs/ID"),
+            ),
+        }
+    }
+
+    /// The signing key's name, or why the request is refused.
+    fn authenticate(&self, req: &Request) -> Result<String, String> {
+        let header = |name: &str| {
+            req.headers
+                .get(name)
+                .map(|v| v.trim().to_string())
+                .ok_or_else(|| format!("missing header {name}"))
+        };
+        let key_name = header("x-studio-key")?;
+        let ts_text = header("x-studio-timestamp")?;
+        let signature = header("x-studio-signature")?;
+        let ts: i64 = ts_text
+            .parse()
+            .map_err(|_| format!("x-studio-timestamp '{ts_text}' is not Unix seconds"))?;
+        let now = self.clock.now().0 / 1000;
+        let skew = MAX_SKEW.as_secs() as i64;
+        if ts < now - skew {
+            return Err(format!(
+                "x-studio-timestamp is {} s old; at most {skew} s are taken (sign each request anew)",
+                now - ts
+            ));
+        }
+        if ts > now + skew {
+            return Err(format!(
+                "x-studio-timestamp is {} s in the future; check the sender's clock",
+                ts - now
+            ));
+        }
+        let secret = self
+            .keys
+            .0
+            .get(&key_name)
+            .ok_or_else(|| format!("unknown key '{key_name}'"))?;
+        let hex_sig = signature
+            .strip_prefix("sha256=")
+            .ok_or("x-studio-signature must be sha256=<hex>")?;
+        let given =
+            hex::decode(hex_sig).map_err(|_| "x-studio-signature is not hex".to_string())?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+        mac.update(ts_text.as_bytes());
+        mac.update(b".");
+        mac.update(&req.body);
+        // Constant-time comparison.
+        mac.verify_slice(&given).map_err(|_| {
+            "the signature does not match: HMAC-SHA256 of \"{timestamp}.{body}\" with the key's secret"
+                .to_string()
+        })?;
+        Ok(key_name)
+    }
+
+    async fn post_job(&self, owner: &str, body: &[u8]) -> Response {
+        let mut value: serde_json::Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => return refuse(400, format!("the body is not JSON: {e}")),
+        };
+        let Some(fields) = value.as_object_mut() else {
+            return refuse(400, "the body must be a JSON object (a SubmitJob)");
+        };
+        match fields.get("owner") {
+            Some(o) if o != owner => {
+                return refuse(
+                    400,
+                    format!("owner is the signing key's name ('{owner}'); leave it out"),
+                )
+            }
+            _ => {
+                fields.insert("owner".into(), owner.into());
+            }
+        }
+        if !fields.contains_key("job_id") {
+            // The same key and body: the same job, however often retried.
+            let digest = hex::encode(Sha256::digest([owner.as_bytes(), b"\n", body].concat()));
+            fields.insert("job_id".into(), format!("wh-{}", &digest[..26]).into());
+        }
+        let reasons: Vec<String> = self
+            .schema
+            .iter_errors(&value)
+            .map(|e| {
+                let at = e.instance_path.to_string();
+                format!("{}: {e}", if at.is_empty() { "/" } else { &at })
+            })
+            .collect();
+        if !reasons.is_empty() {
+            return Response {
+                status: 400,
+                body: serde_json::json!({ "error": "not a valid SubmitJob", "reasons": reasons }),
+            };
+        }
+        let text = value.to_string();
+        let spec = match SubmitJob::from_json(&text) {
+            Ok(s) => s,
+            Err(e) => {
+                return Response {
+                    status: 400,
+                    body: serde_json::json!({ "error": "not a valid SubmitJob", "reasons": [e.to_string()] }),
+                }
+            }
+        };
+        let id = spec.job_id.clone().expect("set above");
+        if let Ok(Some(existing)) = self.store.get_job(&id).await {
+            if existing.spec.owner != owner {
+                return refuse(409, format!("job id '{id}' belongs to another key"));
+            }
+        }
+        if let Err(e) = self.queue.send(self.submit_queue, &[text]).await {
+            return refuse(
+                503,
+                format!("the submit queue did not take it ({e}); retry"),
+            );
+        }
+        Response {
+            status: 202,
+            body: serde_json::json!({
+                "job_id": id.as_str(),
+                "status_url": format!("/v1/jobs/{id}"),
+            }),
+        }
+    }
+
+    async fn get_job(&self, id: &str) -> Response {
+        let Ok(id) = JobId::new(id) else {
+            return refuse(400, format!("'{id}' is not a job id"));
+        };
+        match self.store.get_job(&id).await {
+            Ok(Some(job)) => Response {
+                status: 200,
+                body: serde_json::json!({
+                    "job_id": job.id.as_str(),
+                    "state": job.state.to_string(),
+                    "attempt": job.attempt,
+                    "attempts": job.attempts,
+                    "events": job.events,
+                }),
+            },
+            Ok(None) => refuse(
+                404,
+                format!("no job '{id}' (yet: a job appears once the submit function has taken it, within seconds)"),
+            ),
+            Err(e) => refuse(503, format!("the job store did not answer ({e}); retry")),
+        }
+    }
+}
+
+/// The signature a sender computes (for tests and the docs' example).
+pub fn sign(secret: &[u8], timestamp: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
