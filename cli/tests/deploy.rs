@@ -501,9 +501,8 @@ async fn the_template_deploys_and_runs_a_job_with_least_privilege() {
     let schema = studio_aws::webhook::schema();
     let hook = studio_aws::webhook::Webhook {
         keys: &keys,
-        queue: webhook.ctx.queue.as_ref(),
-        store: webhook.ctx.store.as_ref(),
-        clock: webhook.ctx.clock.as_ref(),
+        ctx: &webhook.ctx,
+        push: None,
         submit_queue: &cfg.submit_queue,
         schema: &schema,
     };

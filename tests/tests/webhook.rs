@@ -8,11 +8,13 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::sync::Arc;
-use studio_aws::webhook::{sign, Keys, Request, Webhook, MAX_BODY};
+use studio_aws::webhook::{sign, Keys, PushAuth, Request, Webhook, MAX_BODY};
 use studio_core::clock::{Clock, ManualClock, SystemClock};
 use studio_core::handlers::Ctx;
 
 const SECRET: &str = "s3cret-for-the-ci-key";
+/// The push subscription's audience: the endpoint's URL.
+const AUDIENCE: &str = "https://hooks.example/v1/pubsub/preemption";
 
 struct Server {
     url: String,
@@ -35,12 +37,16 @@ async fn server() -> Server {
     let schema = Arc::new(studio_aws::webhook::schema());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let (sctx, sclock, queue) = (ctx.clone(), clock.clone(), cfg.submit_queue.clone());
+    let push = Arc::new(PushAuth {
+        audience: AUDIENCE.into(),
+        jwks: serde_json::from_str(include_str!("../fixtures/oidc/jwks.json")).unwrap(),
+    });
+    let (sctx, spush, queue) = (ctx.clone(), push.clone(), cfg.submit_queue.clone());
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let (ctx, clock, keys, schema, queue) = (
+            let (ctx, push, keys, schema, queue) = (
                 sctx.clone(),
-                sclock.clone(),
+                spush.clone(),
                 keys.clone(),
                 schema.clone(),
                 queue.clone(),
@@ -48,9 +54,9 @@ async fn server() -> Server {
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(
                     move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (ctx, clock, keys, schema, queue) = (
+                        let (ctx, push, keys, schema, queue) = (
                             ctx.clone(),
-                            clock.clone(),
+                            push.clone(),
                             keys.clone(),
                             schema.clone(),
                             queue.clone(),
@@ -75,9 +81,8 @@ async fn server() -> Server {
                             };
                             let hook = Webhook {
                                 keys: &keys,
-                                queue: ctx.queue.as_ref(),
-                                store: ctx.store.as_ref(),
-                                clock: &clock,
+                                ctx: &ctx,
+                                push: Some(push.as_ref()),
                                 submit_queue: &queue,
                                 schema: &schema,
                             };
@@ -160,6 +165,17 @@ impl Server {
             ("x-studio-signature", sign(secret.as_bytes(), ts, body)),
         ];
         self.send(method, path, &headers, body).await
+    }
+
+    /// A Pub/Sub push with `token`.
+    async fn push(&self, token: String, body: Vec<u8>) -> (u16, serde_json::Value) {
+        self.send(
+            "POST",
+            "/v1/pubsub/preemption",
+            &[("authorization", format!("Bearer {token}"))],
+            &body,
+        )
+        .await
     }
 
     /// Everything on the submit queue now (taken off it).
@@ -336,4 +352,145 @@ async fn a_signed_request_makes_one_job_and_every_bad_one_is_refused_with_the_re
         .signed("GET", "/v1/jobs/no-such-job", "ci", SECRET, &s.now(), b"")
         .await;
     assert_eq!(status, 404, "{missing}");
+}
+
+/// A token as Google's push signs it: RS256 by a key of the JWKS.
+fn token(audience: &str, issuer: &str, exp_in: i64) -> String {
+    let now = SystemClock.now().0 / 1000;
+    let claims = serde_json::json!({
+        "iss": issuer,
+        "aud": audience,
+        "sub": "1234567890",
+        "email": "pubsub-push@project.iam.gserviceaccount.com",
+        "iat": now,
+        "exp": now + exp_in,
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("studio-test-1".into());
+    let key =
+        jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!("../fixtures/oidc/test-key.pem"))
+            .unwrap();
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+/// A push envelope carrying the GCE audit-log entry of `instance`'s preemption
+/// (the shape of EVENTS.md).
+fn envelope(message_id: &str, instance: &str) -> Vec<u8> {
+    use base64::Engine;
+    let entry = serde_json::json!({
+        "protoPayload": {
+            "@type": "type.googleapis.com/google.cloud.audit.AuditLog",
+            "status": {"message": "Instance was preempted."},
+            "serviceName": "compute.googleapis.com",
+            "methodName": "compute.instances.preempted",
+            "resourceName": format!("projects/P/zones/europe-west1-c/instances/{instance}"),
+        },
+        "resource": {"type": "gce_instance", "labels": {"instance_id": "1844674407370955", "project_id": "P", "zone": "europe-west1-c"}},
+        "logName": "projects/P/logs/cloudaudit.googleapis.com%2Fsystem_event",
+    });
+    serde_json::to_vec(&serde_json::json!({
+        "message": {
+            "data": base64::engine::general_purpose::STANDARD.encode(entry.to_string()),
+            "messageId": message_id,
+            "publishTime": "2026-11-29T09:00:00Z",
+            "attributes": {},
+        },
+        "subscription": "projects/P/subscriptions/studio-preemptions",
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pubsub_preemption_push_requeues_the_job_once_and_bad_tokens_are_refused() {
+    use studio_core::handlers::{claim_work, Claim};
+    let s = server().await;
+    // A job running on a machine.
+    let mut spec = studio_tests::JobBuilder::new("preempted-1").spec();
+    spec.cloud = studio_core::resources::Cloud::Ec2;
+    studio_core::handlers::submit(&s.ctx, "m-p", &spec.to_json())
+        .await
+        .unwrap();
+    let id = studio_core::ids::JobId::new("preempted-1").unwrap();
+    let pool = s.ctx.store.get_job(&id).await.unwrap().unwrap().pool;
+    let gk = s
+        .ctx
+        .store
+        .get_pool(&pool)
+        .await
+        .unwrap()
+        .unwrap()
+        .group_key();
+    let instance = s.ctx.fleet.instances(&gk).await.unwrap().remove(0).id;
+    let item = s
+        .ctx
+        .queue
+        .receive(
+            &s.ctx.settings.work_queue(&gk),
+            1,
+            std::time::Duration::from_secs(30),
+            std::time::Duration::ZERO,
+        )
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(matches!(
+        claim_work(&s.ctx, &instance, &item).await.unwrap(),
+        Claim::Run(_)
+    ));
+
+    let body = envelope("msg-1", instance.as_str());
+    // Refused: another audience, another issuer, expired, no token, tampered.
+    let good = token(AUDIENCE, "https://accounts.google.com", 600);
+    let mut tampered = good.clone();
+    tampered.replace_range(tampered.len() - 4.., "AAAA");
+    for (what, t) in [
+        (
+            "another audience",
+            token(
+                "https://elsewhere.example/",
+                "https://accounts.google.com",
+                600,
+            ),
+        ),
+        (
+            "another issuer",
+            token(AUDIENCE, "https://evil.example", 600),
+        ),
+        (
+            "expired",
+            token(AUDIENCE, "https://accounts.google.com", -600),
+        ),
+        ("tampered", tampered),
+    ] {
+        let (status, why) = s.push(t, body.clone()).await;
+        assert_eq!(status, 401, "{what}: {why}");
+    }
+    let (status, _) = s.send("POST", "/v1/pubsub/preemption", &[], &body).await;
+    assert_eq!(status, 401);
+    let job = s.ctx.store.get_job(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (job.state.to_string().as_str(), job.attempt),
+        ("running", 1),
+        "refusals changed nothing"
+    );
+
+    // A genuine push: the job runs again elsewhere; the same message again
+    // changes nothing.
+    let (status, outcome) = s.push(good.clone(), body.clone()).await;
+    assert_eq!(status, 200, "{outcome}");
+    let (status, _) = s.push(good, body).await;
+    assert_eq!(status, 200);
+    let job = s.ctx.store.get_job(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (job.state.to_string().as_str(), job.attempt),
+        ("queued", 2),
+        "{:?}",
+        job.events
+    );
+    let requeues = job
+        .events
+        .iter()
+        .filter(|e| e.to.to_string() == "interrupted")
+        .count();
+    assert_eq!(requeues, 1, "one requeue");
 }

@@ -2,6 +2,9 @@
 //! HMAC-signed, see `studio_aws::webhook`). The signing keys are read once,
 //! at cold start, from the SSM SecureString parameter named by
 //! `STUDIO_WEBHOOK_KEYS_PARAMETER`: never from an environment variable's value.
+//! `POST /v1/pubsub/preemption` takes Pub/Sub pushes whose OIDC token is
+//! for `STUDIO_PUBSUB_AUDIENCE` and signed by a key of the JWKS in the SSM
+//! parameter `STUDIO_PUBSUB_JWKS_PARAMETER` (both unset: refused).
 
 use aws_lambda_events::event::lambda_function_urls::LambdaFunctionUrlRequest;
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
@@ -17,13 +20,22 @@ async fn main() -> Result<(), Error> {
     let keys = lambda::webhook_keys(&sdk, &parameter).await?;
     let ctx = lambda::context_from_env(&cfg).await;
     let schema = webhook::schema();
+    // The Pub/Sub push route, when configured (the GCP backend sets both).
+    let push = match (
+        std::env::var("STUDIO_PUBSUB_AUDIENCE"),
+        std::env::var("STUDIO_PUBSUB_JWKS_PARAMETER"),
+    ) {
+        (Ok(audience), Ok(parameter)) => {
+            Some(lambda::push_auth(&sdk, &audience, &parameter).await?)
+        }
+        _ => None,
+    };
     run(service_fn(
         |event: LambdaEvent<LambdaFunctionUrlRequest>| {
             let hook = webhook::Webhook {
                 keys: &keys,
-                queue: ctx.queue.as_ref(),
-                store: ctx.store.as_ref(),
-                clock: ctx.clock.as_ref(),
+                ctx: &ctx,
+                push: push.as_ref(),
                 submit_queue: &cfg.submit_queue,
                 schema: &schema,
             };

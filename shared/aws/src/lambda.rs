@@ -244,6 +244,32 @@ pub async fn webhook_keys(
     Ok(crate::webhook::Keys::from_json(text).map_err(|e| format!("parameter {parameter}: {e}"))?)
 }
 
+/// The Pub/Sub push route's trust: the audience, and the JWKS stored in the
+/// SSM parameter (Google's keys; the GCP backend keeps it current).
+///
+/// # Errors
+/// The parameter cannot be read or is not a JWKS.
+#[cfg(feature = "webhook")]
+pub async fn push_auth(
+    sdk: &aws_config::SdkConfig,
+    audience: &str,
+    parameter: &str,
+) -> Result<crate::webhook::PushAuth, lambda_runtime::Error> {
+    let out = aws_sdk_ssm::Client::new(sdk)
+        .get_parameter()
+        .name(parameter)
+        .send()
+        .await
+        .map_err(|e| crate::AwsError::sdk("GetParameter", e))?;
+    let text = out.parameter().and_then(|p| p.value()).unwrap_or_default();
+    let jwks = serde_json::from_str(text)
+        .map_err(|e| format!("parameter {parameter}: not a JWKS: {e}"))?;
+    Ok(crate::webhook::PushAuth {
+        audience: audience.to_string(),
+        jwks,
+    })
+}
+
 /// A function URL request → the webhook → a function URL response.
 #[cfg(feature = "webhook")]
 pub async fn webhook(

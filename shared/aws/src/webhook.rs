@@ -20,10 +20,10 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use studio_core::clock::Clock;
 use studio_core::contract::SubmitJob;
+use studio_core::handlers::{Ctx, InstanceEvent, InstanceEventKind};
+use studio_core::ids::InstanceId;
 use studio_core::ids::JobId;
-use studio_core::ports::{JobStore, WorkQueue};
 
 /// Largest body taken: an SQS message's limit, 256 KiB.
 pub const MAX_BODY: usize = 256 * 1024;
@@ -88,12 +88,25 @@ fn refuse(status: u16, why: impl Into<String>) -> Response {
     }
 }
 
+/// Who may push Pub/Sub messages: OIDC tokens Google signs for the push
+/// subscription's service account, for this audience.
+pub struct PushAuth {
+    /// The audience the push subscription sets (the endpoint's URL).
+    pub audience: String,
+    /// Google's signing keys (https://www.googleapis.com/oauth2/v3/certs).
+    pub jwks: jsonwebtoken::jwk::JwkSet,
+}
+
+/// Issuers of Google's OIDC tokens.
+const GOOGLE_ISSUERS: &[&str] = &["https://accounts.google.com", "accounts.google.com"];
+
 /// What the webhook needs.
 pub struct Webhook<'a> {
     pub keys: &'a Keys,
-    pub queue: &'a dyn WorkQueue,
-    pub store: &'a dyn JobStore,
-    pub clock: &'a dyn Clock,
+    /// The handlers' context: the submit queue, the job store, the clock.
+    pub ctx: &'a Ctx,
+    /// `None`: the Pub/Sub push route refuses every request.
+    pub push: Option<&'a PushAuth>,
     /// The submit queue's name.
     pub submit_queue: &'a str,
     /// The contract's schema, compiled once.
@@ -115,6 +128,13 @@ impl Webhook<'_> {
                     req.body.len()
                 ),
             );
+        }
+        if req.path.trim_end_matches('/') == "/v1/pubsub/preemption" {
+            return if req.method == "POST" {
+                self.preemption(req).await
+            } else {
+                refuse(405, "POST only")
+            };
         }
         let owner = match self.authenticate(req) {
             Ok(o) => o,
@@ -145,7 +165,7 @@ impl Webhook<'_> {
         let ts: i64 = ts_text
             .parse()
             .map_err(|_| format!("x-studio-timestamp '{ts_text}' is not Unix seconds"))?;
-        let now = self.clock.now().0 / 1000;
+        let now = self.ctx.clock.now().0 / 1000;
         let skew = MAX_SKEW.as_secs() as i64;
         if ts < now - skew {
             return Err(format!(
@@ -230,12 +250,12 @@ impl Webhook<'_> {
             }
         };
         let id = spec.job_id.clone().expect("set above");
-        if let Ok(Some(existing)) = self.store.get_job(&id).await {
+        if let Ok(Some(existing)) = self.ctx.store.get_job(&id).await {
             if existing.spec.owner != owner {
                 return refuse(409, format!("job id '{id}' belongs to another key"));
             }
         }
-        if let Err(e) = self.queue.send(self.submit_queue, &[text]).await {
+        if let Err(e) = self.ctx.queue.send(self.submit_queue, &[text]).await {
             return refuse(
                 503,
                 format!("the submit queue did not take it ({e}); retry"),
@@ -254,7 +274,7 @@ impl Webhook<'_> {
         let Ok(id) = JobId::new(id) else {
             return refuse(400, format!("'{id}' is not a job id"));
         };
-        match self.store.get_job(&id).await {
+        match self.ctx.store.get_job(&id).await {
             Ok(Some(job)) => Response {
                 status: 200,
                 body: serde_json::json!({
@@ -272,6 +292,103 @@ impl Webhook<'_> {
             Err(e) => refuse(503, format!("the job store did not answer ({e}); retry")),
         }
     }
+}
+
+impl Webhook<'_> {
+    /// `POST /v1/pubsub/preemption`: a Pub/Sub push of a GCE preemption
+    /// audit-log entry, authenticated by the push's OIDC token; the job on
+    /// that instance runs again elsewhere. Idempotent on `messageId` (a
+    /// redelivery finds the job already requeued).
+    async fn preemption(&self, req: &Request) -> Response {
+        let Some(auth) = self.push else {
+            return refuse(401, "Pub/Sub push is not configured on this deployment");
+        };
+        let token = match req
+            .headers
+            .get("authorization")
+            .and_then(|h| h.strip_prefix("Bearer "))
+        {
+            Some(t) => t.trim(),
+            None => return refuse(401, "missing header authorization: Bearer <OIDC token>"),
+        };
+        if let Err(why) = verify_token(auth, token) {
+            return refuse(401, why);
+        }
+        let envelope: serde_json::Value = match serde_json::from_slice(&req.body) {
+            Ok(v) => v,
+            Err(e) => return refuse(400, format!("not a Pub/Sub push envelope: {e}")),
+        };
+        let (Some(message_id), Some(data)) = (
+            envelope["message"]["messageId"].as_str(),
+            envelope["message"]["data"].as_str(),
+        ) else {
+            return refuse(
+                400,
+                "not a Pub/Sub push envelope: message.messageId and message.data are required",
+            );
+        };
+        use base64::Engine;
+        let entry: serde_json::Value = match base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+        {
+            Some(e) => e,
+            None => return refuse(400, "message.data is not base64 of a JSON log entry"),
+        };
+        let method = entry["protoPayload"]["methodName"]
+            .as_str()
+            .unwrap_or_default();
+        if method != "compute.instances.preempted" {
+            return refuse(
+                400,
+                format!("not a preemption entry (methodName '{method}')"),
+            );
+        }
+        let name = entry["protoPayload"]["resourceName"]
+            .as_str()
+            .and_then(|r| r.rsplit_once("/instances/").map(|(_, n)| n.to_string()));
+        let Some(instance) = name.and_then(|n| InstanceId::new(n).ok()) else {
+            return refuse(
+                400,
+                "the entry names no instance (protoPayload.resourceName)",
+            );
+        };
+        let event = InstanceEvent {
+            event_id: message_id.to_string(),
+            instance,
+            kind: InstanceEventKind::Gone {
+                state: "preempted".into(),
+            },
+        };
+        match studio_core::handlers::handle_interruption(self.ctx, &event).await {
+            Ok(outcome) => Response {
+                status: 200,
+                body: serde_json::json!({ "message_id": message_id, "outcome": format!("{outcome:?}") }),
+            },
+            // Not acknowledged: Pub/Sub pushes it again.
+            Err(e) => refuse(503, format!("{e}; Pub/Sub will push it again")),
+        }
+    }
+}
+
+/// A Google-signed OIDC token for `auth.audience`: the signature (RS256,
+/// by a key of the JWKS named in the token's `kid`), the issuer, the
+/// audience and the expiry.
+fn verify_token(auth: &PushAuth, token: &str) -> Result<(), String> {
+    let header = jsonwebtoken::decode_header(token).map_err(|e| format!("not a JWT: {e}"))?;
+    let kid = header.kid.ok_or("the token names no key (kid)")?;
+    let jwk = auth
+        .jwks
+        .find(&kid)
+        .ok_or_else(|| format!("the token's key '{kid}' is not among the configured keys"))?;
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|e| format!("key '{kid}': {e}"))?;
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.set_audience(&[auth.audience.as_str()]);
+    validation.set_issuer(GOOGLE_ISSUERS);
+    jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)
+        .map(|_| ())
+        .map_err(|e| format!("the token is not valid for this endpoint: {e}"))
 }
 
 /// The signature a sender computes (for tests and the docs' example).
