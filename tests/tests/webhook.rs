@@ -30,7 +30,7 @@ async fn server() -> Server {
     let ctx = studio_aws::lambda::context(&cfg, &sdk, Arc::new(clock.clone()));
     let keys = Arc::new(
         Keys::from_json(&format!(
-            r#"{{"ci": "{SECRET}", "lab": "another-secret-of-the-lab"}}"#
+            r#"{{"ci": "{SECRET}", "lab": "another-secret-of-the-lab", "default": "{SECRET}"}}"#
         ))
         .unwrap(),
     );
@@ -493,4 +493,44 @@ async fn a_pubsub_preemption_push_requeues_the_job_once_and_bad_tokens_are_refus
         .filter(|e| e.to.to_string() == "interrupted")
         .count();
     assert_eq!(requeues, 1, "one requeue");
+}
+
+/// The curl example of `docs/submit-contract.md`, run as written (bash,
+/// openssl, curl) against this webhook, with a `job.json` that ends in a
+/// newline as editors write it: 202 and one SubmitJob on the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_curl_example_of_the_contract_page_is_accepted() {
+    let s = server().await;
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/submit-contract.md"),
+    )
+    .unwrap();
+    let script = doc
+        .split("```sh\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .find(|b| b.contains("curl"))
+        .expect("the curl example");
+    let dir = tempfile::tempdir().unwrap();
+    let mut job = String::from_utf8(job_body()).unwrap();
+    job.push('\n');
+    std::fs::write(dir.path().join("job.json"), job).unwrap();
+    // The webhook's clock is the test's manual clock, started at the wall clock.
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir.path())
+        .env("STUDIO_WEBHOOK_URL", format!("{}/", s.url))
+        .env("STUDIO_WEBHOOK_SECRET", SECRET)
+        .output()
+        .expect("bash, openssl and curl (the example's tools)");
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{answer}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let body: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert!(body["job_id"].is_string(), "{body}");
+    assert_eq!(s.drain().await.len(), 1);
 }
