@@ -91,21 +91,11 @@ async fn role(logical: &'static str, cfg: &AwsConfig, clock: &ManualClock) -> Ro
 }
 
 impl Role {
-    async fn queue_url(&self, sqs: &aws_sdk_sqs::Client, queue: &str) -> String {
-        sqs.get_queue_url()
-            .queue_name(queue)
-            .send()
-            .await
-            .unwrap()
-            .queue_url
-            .unwrap()
-    }
-
     /// What the Lambda SQS poller does with the function's role: receive a
     /// batch, hand it over, delete what was not reported failed.
     async fn poll(&self, queue: &str) -> aws_lambda_events::event::sqs::SqsEvent {
         let sqs = aws_sdk_sqs::Client::new(&self.sdk);
-        let url = self.queue_url(&sqs, queue).await;
+        let url = studio_tests::queue_url(&sqs, queue).await;
         poll_as_lambda(&sqs, &url).await
     }
 
@@ -116,7 +106,7 @@ impl Role {
         failed: &aws_lambda_events::event::sqs::SqsBatchResponse,
     ) {
         let sqs = aws_sdk_sqs::Client::new(&self.sdk);
-        let url = self.queue_url(&sqs, queue).await;
+        let url = studio_tests::queue_url(&sqs, queue).await;
         for r in &event.records {
             let id = r.message_id.clone().unwrap_or_default();
             if failed
@@ -452,14 +442,8 @@ async fn the_template_deploys_and_runs_a_job_with_least_privilege() {
 
     // An EC2 event through the interruption queue, as the rules deliver it.
     let sqs = aws_sdk_sqs::Client::new(&moto);
-    let interruptions = sqs
-        .get_queue_url()
-        .queue_name(cfg.interruption_queue.as_deref().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
+    let interruptions =
+        studio_tests::queue_url(&sqs, cfg.interruption_queue.as_deref().unwrap()).await;
     sqs.send_message()
         .queue_url(&interruptions)
         .message_body(format!(

@@ -888,14 +888,7 @@ async fn on_aws_run_submits_through_sqs_and_status_and_cancel_use_dynamodb() {
     let id = stdout(&out).trim().to_string();
 
     let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let url = sqs
-        .get_queue_url()
-        .queue_name(&cfg.submit_queue)
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
+    let url = studio_tests::queue_url(&sqs, &cfg.submit_queue).await;
     let event = studio_tests::poll_as_lambda(&sqs, &url).await;
     assert_eq!(event.records.len(), 1);
     let spec =

@@ -145,6 +145,17 @@ pub fn moto_endpoint() -> String {
         .expect("AWS_ENDPOINT_URL must point at moto_server: run the tests with scripts/test, which starts it")
 }
 
+/// The URL of queue `name` (it must exist).
+pub async fn queue_url(sqs: &aws_sdk_sqs::Client, name: &str) -> String {
+    sqs.get_queue_url()
+        .queue_name(name)
+        .send()
+        .await
+        .expect("GetQueueUrl")
+        .queue_url
+        .expect("a queue URL")
+}
+
 /// What the Lambda SQS poller does: receive up to 10 messages and hand them
 /// over as an `SqsEvent` (record shape from `tests/fixtures/events/sqs-batch.json`).
 pub async fn poll_as_lambda(

@@ -52,14 +52,7 @@ impl World {
         aws_sdk_autoscaling::Client::new(&self.sdk)
     }
     async fn url(&self, queue: &str) -> String {
-        self.sqs()
-            .get_queue_url()
-            .queue_name(queue)
-            .send()
-            .await
-            .unwrap()
-            .queue_url
-            .unwrap()
+        studio_tests::queue_url(&self.sqs(), queue).await
     }
 
     async fn poll(&self, queue: &str) -> SqsEvent {

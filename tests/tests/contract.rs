@@ -128,14 +128,7 @@ async fn the_boto3_example_sends_a_job() {
         String::from_utf8_lossy(&out.stderr)
     );
     let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let url = sqs
-        .get_queue_url()
-        .queue_name(&cfg.submit_queue)
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
+    let url = studio_tests::queue_url(&sqs, &cfg.submit_queue).await;
     let event = studio_tests::poll_as_lambda(&sqs, &url).await;
     assert_eq!(event.records.len(), 1);
     assert_eq!(

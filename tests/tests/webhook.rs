@@ -104,14 +104,7 @@ async fn server() -> Server {
         }
     });
     let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let queue_url = sqs
-        .get_queue_url()
-        .queue_name(&cfg.submit_queue)
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
+    let queue_url = studio_tests::queue_url(&sqs, &cfg.submit_queue).await;
     Server {
         url,
         ctx,
