@@ -8,6 +8,7 @@
 //! - [`JobBuilder`]: `SubmitJob` bodies that read like sentences.
 
 pub mod fidelity;
+pub mod gcp;
 pub mod template;
 
 use std::sync::Arc;

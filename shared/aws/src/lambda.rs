@@ -74,6 +74,10 @@ pub fn context(cfg: &AwsConfig, sdk: &aws_config::SdkConfig, clock: Arc<dyn Cloc
             heartbeat_timeout: cfg.heartbeat_timeout,
             warning_grace: std::time::Duration::from_secs(180),
             worker_grace: std::time::Duration::from_secs(15 * 60),
+            clouds: Some(vec![
+                studio_core::resources::Cloud::Ec2,
+                studio_core::resources::Cloud::Ec2spot,
+            ]),
             archs: Some(
                 std::iter::once(studio_core::catalog::Arch::X86_64)
                     .chain(

@@ -57,6 +57,9 @@ pub struct Settings {
     /// `None`: any (the local backend). A job for another is refused at
     /// submit, before anything is created.
     pub archs: Option<Vec<Arch>>,
+    /// The clouds this deployment runs machines on; `None`: any. A job for
+    /// another is refused at submit, before anything is created.
+    pub clouds: Option<Vec<Cloud>>,
 }
 
 /// How often the sweep sends a dead-lettered work item of a queued job
@@ -82,6 +85,7 @@ impl Default for Settings {
             warning_grace: Duration::from_secs(180),
             worker_grace: Duration::from_secs(15 * 60),
             archs: None,
+            clouds: None,
         }
     }
 }
@@ -110,6 +114,8 @@ pub enum HandlerError {
     WorkersAboveCap { asked: u32, cap: u32 },
     #[error("this deployment has no {0} worker image (on AWS: STUDIO_WORKER_AMI_ARM64, scripts/deploy --worker-ami-arm64); run with --arch x86_64 or add the image")]
     ArchUnavailable(Arch),
+    #[error("this deployment does not run {0} machines: its GCP settings (STUDIO_GCP_PROJECT, STUDIO_GCP_ZONE, ...) are not set; see the README, \"GCP\"")]
+    CloudUnavailable(Cloud),
     #[error("pool {0} is being deleted; retry shortly")]
     PoolBusy(PoolKey),
     #[error(transparent)]
@@ -206,6 +212,14 @@ pub async fn submit(
         .is_some_and(|a| !a.contains(&arch))
     {
         return Err(HandlerError::ArchUnavailable(arch));
+    }
+    if ctx
+        .settings
+        .clouds
+        .as_ref()
+        .is_some_and(|c| !c.contains(&spec.cloud))
+    {
+        return Err(HandlerError::CloudUnavailable(spec.cloud));
     }
     let plan = ctx.planner.plan(&spec)?;
     let pool_spec = PoolSpec::for_job(&spec, &plan);

@@ -31,6 +31,7 @@ pub mod plan;
 pub mod pool;
 pub mod ports;
 pub mod resources;
+pub mod route;
 pub mod size;
 pub mod worker;
 pub mod workspace;

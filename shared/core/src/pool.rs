@@ -26,6 +26,11 @@ pub struct PoolSpec {
     /// Left out of the record when x86_64, so existing pool keys stay.
     #[serde(default, skip_serializing_if = "Arch::is_x86_64")]
     pub arch: Arch,
+    /// The GPU model where the machine type does not say it (GCE: a
+    /// custom shape plus accelerators). Left out when none, so existing
+    /// pool keys stay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_type: Option<String>,
 }
 
 impl PoolSpec {
@@ -40,6 +45,10 @@ impl PoolSpec {
             max_price_micro_usd_per_hour: plan.max_price_micro_usd_per_hour,
             policy: WorkerPolicy::from_flag(job.num_workers).unwrap_or(WorkerPolicy::Auto),
             arch: job.arch.unwrap_or(Arch::X86_64),
+            gpu_type: match job.cloud {
+                Cloud::Gcloud | Cloud::Gcspot if plan.gpus > 0 => plan.gpu_model.clone(),
+                _ => None,
+            },
         }
     }
 

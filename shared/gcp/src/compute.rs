@@ -1,0 +1,610 @@
+//! Worker groups on Compute Engine: per pool generation an instance
+//! template and a zonal managed instance group (MIG), both named
+//! `<prefix>-<group key>` and labelled `studio-pool`.
+//!
+//! - `gcspot`: `provisioningModel: SPOT` with `instanceTerminationAction:
+//!   DELETE`, so a machine Google takes back is deleted and the group, which
+//!   keeps its target size, starts a replacement; `gcloud`: standard VMs.
+//! - GPUs come with `onHostMaintenance: TERMINATE` (GCE cannot live-migrate
+//!   them); the boot disk is `--hdd` or the image's own minimum, whichever
+//!   is larger.
+//! - Every call whose result the next call needs waits for its operation
+//!   (template before group, group delete before template delete, resize
+//!   and deleteInstances before the size is read back).
+//! - A MIG removes machines only when resized down or told to delete one;
+//!   Studio resizes a pool down only at cleanup, when no job is active, and
+//!   an idle worker deletes its own machine with `deleteInstances`, which
+//!   also lowers the target. So busy machines need no protection, and
+//!   [`Fleet::protect`] has nothing to do on GCE.
+//! - Liveness: the worker stamps its machine's label `studio-seen` (Unix
+//!   seconds); [`Fleet::silent`] reads the labels of the group's running
+//!   machines.
+
+use crate::{code_of, gcp_err, Code, GcpConfig};
+use async_trait::async_trait;
+use google_cloud_compute_v1::client::{
+    Images, InstanceGroupManagers, InstanceTemplates, Instances,
+};
+use google_cloud_compute_v1::model::{
+    self, AcceleratorConfig, AttachedDisk, AttachedDiskInitializeParams, InstanceGroupManager,
+    InstanceGroupManagersDeleteInstancesRequest, InstanceProperties, InstanceTemplate,
+    InstancesSetLabelsRequest, Metadata, NetworkInterface, Scheduling, ServiceAccount,
+};
+use google_cloud_lro::Poller;
+use std::time::Duration;
+use studio_core::clock::Timestamp;
+use studio_core::ids::{InstanceId, PoolKey};
+use studio_core::pool::PoolSpec;
+use studio_core::ports::{Fleet, GroupStatus, Instance, InstanceState, PortError};
+use studio_core::resources::Cloud;
+
+const PORT: &str = "compute";
+/// The label that names a machine's pool (group key).
+pub const POOL_LABEL: &str = "studio-pool";
+/// The label a live worker stamps with the Unix seconds it was last seen.
+pub const SEEN_LABEL: &str = "studio-seen";
+/// Scopes of the workers' service account: Storage read/write (the
+/// bucket's IAM narrows it), Pub/Sub, Compute (its own machine's label and
+/// deletion; narrowed by IAM conditions on the name prefix), logging.
+pub const WORKER_SCOPES: [&str; 4] = [
+    "https://www.googleapis.com/auth/devstorage.read_write",
+    "https://www.googleapis.com/auth/pubsub",
+    "https://www.googleapis.com/auth/compute",
+    "https://www.googleapis.com/auth/logging.write",
+];
+
+pub struct MigFleet {
+    cfg: GcpConfig,
+    templates: InstanceTemplates,
+    groups: InstanceGroupManagers,
+    images: Images,
+    instances: Instances,
+}
+
+fn err(op: &'static str) -> impl Fn(google_cloud_gax::error::Error) -> PortError {
+    move |e| gcp_err(PORT, op, e)
+}
+
+/// `projects/P/global/images/family/F` or `projects/P/global/images/NAME`.
+fn parse_image(image: &str) -> Result<(String, Result<String, String>), PortError> {
+    let bad = || {
+        PortError::backend(
+            PORT,
+            format!("image '{image}': expected projects/P/global/images/NAME or projects/P/global/images/family/FAMILY"),
+        )
+    };
+    let rest = image.strip_prefix("projects/").ok_or_else(bad)?;
+    let (project, rest) = rest.split_once("/global/images/").ok_or_else(bad)?;
+    Ok(match rest.strip_prefix("family/") {
+        Some(f) => (project.to_string(), Err(f.to_string())),
+        None => (project.to_string(), Ok(rest.to_string())),
+    })
+}
+
+impl MigFleet {
+    /// Clients for the configured project and zone.
+    ///
+    /// # Errors
+    /// A client that cannot be built (no credentials found).
+    pub async fn new(cfg: &GcpConfig) -> Result<MigFleet, PortError> {
+        macro_rules! build {
+            ($b:expr) => {{
+                let mut b = $b;
+                if let Some(e) = &cfg.compute_endpoint {
+                    b = b.with_endpoint(e.clone());
+                }
+                if cfg.anonymous {
+                    b = b.with_credentials(crate::anonymous());
+                }
+                b.build().await.map_err(|e| PortError::backend(PORT, e))?
+            }};
+        }
+        Ok(MigFleet {
+            cfg: cfg.clone(),
+            templates: build!(InstanceTemplates::builder()),
+            groups: build!(InstanceGroupManagers::builder()),
+            images: build!(Images::builder()),
+            instances: build!(Instances::builder()),
+        })
+    }
+
+    /// The group's (and its template's) name.
+    pub fn name(&self, key: &PoolKey) -> String {
+        format!("{}-{key}", self.cfg.prefix)
+    }
+
+    fn instance_url(&self, id: &InstanceId) -> String {
+        format!(
+            "projects/{}/zones/{}/instances/{id}",
+            self.cfg.project, self.cfg.zone
+        )
+    }
+
+    async fn image_disk_gb(&self, image: &str) -> Result<i64, PortError> {
+        let (project, which) = parse_image(image)?;
+        let img = match which {
+            Ok(name) => self
+                .images
+                .get()
+                .set_project(project)
+                .set_image(name)
+                .send()
+                .await
+                .map_err(err("images.get"))?,
+            Err(family) => self
+                .images
+                .get_from_family()
+                .set_project(project)
+                .set_family(family)
+                .send()
+                .await
+                .map_err(err("images.getFromFamily"))?,
+        };
+        Ok(img.disk_size_gb.unwrap_or(10))
+    }
+
+    /// The instance template for `spec`, named `name`.
+    async fn template(
+        &self,
+        key: &PoolKey,
+        name: &str,
+        spec: &PoolSpec,
+    ) -> Result<InstanceTemplate, PortError> {
+        let machine =
+            spec.machine_types.first().cloned().ok_or_else(|| {
+                PortError::backend(PORT, format!("pool {key} has no machine type"))
+            })?;
+        let gpus = spec.resources.gpus;
+        let image = match (&self.cfg.gpu_image, gpus) {
+            (Some(g), n) if n > 0 => g.clone(),
+            _ => self.cfg.image.clone(),
+        };
+        let min_gb = self.image_disk_gb(&image).await?;
+        let want_gb = spec.resources.hdd_gib.map_or(0, |g| g as i64);
+        let spot = spec.cloud == Cloud::Gcspot;
+        let mut scheduling = Scheduling::new()
+            .set_automatic_restart(!spot && gpus == 0)
+            .set_on_host_maintenance(if spot || gpus > 0 {
+                model::scheduling::OnHostMaintenance::Terminate
+            } else {
+                model::scheduling::OnHostMaintenance::Migrate
+            });
+        if spot {
+            scheduling = scheduling
+                .set_provisioning_model(model::scheduling::ProvisioningModel::Spot)
+                .set_instance_termination_action(
+                    model::scheduling::InstanceTerminationAction::Delete,
+                );
+        } else {
+            scheduling =
+                scheduling.set_provisioning_model(model::scheduling::ProvisioningModel::Standard);
+        }
+        let mut props = InstanceProperties::new()
+            .set_machine_type(machine)
+            .set_disks([AttachedDisk::new()
+                .set_boot(true)
+                .set_auto_delete(true)
+                .set_initialize_params(
+                    AttachedDiskInitializeParams::new()
+                        .set_source_image(image)
+                        .set_disk_size_gb(want_gb.max(min_gb))
+                        .set_disk_type("pd-balanced"),
+                )])
+            .set_scheduling(scheduling)
+            .set_labels([
+                (POOL_LABEL.to_string(), key.as_str().to_string()),
+                ("studio-deployment".to_string(), self.cfg.prefix.clone()),
+            ])
+            .set_metadata(
+                Metadata::new().set_items([model::metadata::Items::new()
+                    .set_key("startup-script")
+                    .set_value(crate::startup::script(&self.cfg, key))]),
+            )
+            .set_service_accounts([ServiceAccount::new()
+                .set_email(self.cfg.service_account.clone())
+                .set_scopes(WORKER_SCOPES)])
+            .set_network_interfaces([{
+                let nic = NetworkInterface::new().set_network(self.cfg.network.clone());
+                match &self.cfg.subnetwork {
+                    Some(s) => nic.set_subnetwork(s.clone()),
+                    None => nic,
+                }
+            }]);
+        if gpus > 0 {
+            let gpu_type = spec
+                .gpu_type
+                .clone()
+                .unwrap_or_else(|| studio_core::gce::DEFAULT_GPU.to_string());
+            props = props.set_guest_accelerators([AcceleratorConfig::new()
+                .set_accelerator_type(gpu_type)
+                .set_accelerator_count(gpus as i32)]);
+        }
+        Ok(InstanceTemplate::new()
+            .set_name(name)
+            .set_description(format!("Studio pool {key}"))
+            .set_properties(props))
+    }
+
+    async fn get_group(&self, key: &PoolKey) -> Result<Option<InstanceGroupManager>, PortError> {
+        match self
+            .groups
+            .get()
+            .set_project(&self.cfg.project)
+            .set_zone(&self.cfg.zone)
+            .set_instance_group_manager(self.name(key))
+            .send()
+            .await
+        {
+            Ok(g) => Ok(Some(g)),
+            Err(e) if code_of(&e) == Some(Code::NotFound) => Ok(None),
+            Err(e) => Err(gcp_err(PORT, "instanceGroupManagers.get", e)),
+        }
+    }
+
+    /// The group's managed instances: (name, status).
+    async fn managed(
+        &self,
+        key: &PoolKey,
+    ) -> Result<Vec<(String, Option<model::managed_instance::InstanceStatus>)>, PortError> {
+        let resp = match self
+            .groups
+            .list_managed_instances()
+            .set_project(&self.cfg.project)
+            .set_zone(&self.cfg.zone)
+            .set_instance_group_manager(self.name(key))
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) if code_of(&e) == Some(Code::NotFound) => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(gcp_err(
+                    PORT,
+                    "instanceGroupManagers.listManagedInstances",
+                    e,
+                ))
+            }
+        };
+        Ok(resp
+            .managed_instances
+            .into_iter()
+            .filter_map(|m| {
+                let url = m.instance?;
+                let name = url.rsplit('/').next()?.to_string();
+                Some((name, m.instance_status))
+            })
+            .collect())
+    }
+}
+
+fn timestamp_of(rfc3339: Option<&str>) -> Timestamp {
+    // Compute writes `2026-11-29T10:12:00.123-08:00`.
+    rfc3339.and_then(humantime_rfc3339).unwrap_or(Timestamp(0))
+}
+
+/// Milliseconds since the epoch of an RFC 3339 time with any offset.
+fn humantime_rfc3339(s: &str) -> Option<Timestamp> {
+    let (main, offset_min) = match s.rfind(['+', '-']) {
+        Some(i) if i > 18 => {
+            let (m, o) = s.split_at(i);
+            let sign = if o.starts_with('-') { -1 } else { 1 };
+            let (h, mm) = o[1..].split_once(':')?;
+            (
+                m,
+                sign * (h.parse::<i64>().ok()? * 60 + mm.parse::<i64>().ok()?),
+            )
+        }
+        _ => (s.trim_end_matches('Z'), 0),
+    };
+    let (date, time) = main.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>());
+    let (y, mo, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':').map(|x| x.parse::<i64>());
+    let (h, mi, sec) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
+    let ms: i64 = format!("{:0<3}", &frac[..frac.len().min(3)]).parse().ok()?;
+    // Days from civil (Howard Hinnant's algorithm).
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * (mo + if mo > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset_min * 60;
+    Some(Timestamp(secs * 1000 + ms))
+}
+
+#[async_trait]
+impl Fleet for MigFleet {
+    async fn ensure_group(&self, key: &PoolKey, spec: &PoolSpec) -> Result<(), PortError> {
+        let name = self.name(key);
+        let template = self.template(key, &name, spec).await?;
+        match self
+            .templates
+            .insert()
+            .set_project(&self.cfg.project)
+            .set_body(template)
+            .poller()
+            .until_done()
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if code_of(&e) == Some(Code::AlreadyExists) => {}
+            Err(e) => return Err(gcp_err(PORT, "instanceTemplates.insert", e)),
+        }
+        let group = InstanceGroupManager::new()
+            .set_name(&name)
+            .set_base_instance_name(
+                name.chars()
+                    .take(58)
+                    .collect::<String>()
+                    .trim_end_matches('-'),
+            )
+            .set_instance_template(format!(
+                "projects/{}/global/instanceTemplates/{name}",
+                self.cfg.project
+            ))
+            .set_target_size(0)
+            .set_description(format!("Studio pool {key}"));
+        match self
+            .groups
+            .insert()
+            .set_project(&self.cfg.project)
+            .set_zone(&self.cfg.zone)
+            .set_body(group)
+            .poller()
+            .until_done()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if code_of(&e) == Some(Code::AlreadyExists) => Ok(()),
+            Err(e) => Err(gcp_err(PORT, "instanceGroupManagers.insert", e)),
+        }
+    }
+
+    async fn group(&self, key: &PoolKey) -> Result<Option<GroupStatus>, PortError> {
+        Ok(self.get_group(key).await?.map(|g| GroupStatus {
+            desired: g.target_size.unwrap_or(0).max(0) as u32,
+            // A MIG has no maximum of its own: the handlers' cap is the one.
+            max: None,
+        }))
+    }
+
+    async fn set_target(
+        &self,
+        key: &PoolKey,
+        target: u32,
+        _max: Option<u32>,
+    ) -> Result<(), PortError> {
+        self.groups
+            .resize()
+            .set_project(&self.cfg.project)
+            .set_zone(&self.cfg.zone)
+            .set_instance_group_manager(self.name(key))
+            .set_size(target as i32)
+            .poller()
+            .until_done()
+            .await
+            .map_err(|e| match code_of(&e) {
+                Some(Code::NotFound) => PortError::NotFound(format!("group {}", self.name(key))),
+                _ => gcp_err(PORT, "instanceGroupManagers.resize", e),
+            })?;
+        Ok(())
+    }
+
+    async fn protect(
+        &self,
+        _key: &PoolKey,
+        _id: &InstanceId,
+        _busy: bool,
+    ) -> Result<(), PortError> {
+        // See the module doc: a MIG never removes a machine on its own.
+        Ok(())
+    }
+
+    async fn worker_seen(
+        &self,
+        key: &PoolKey,
+        id: &InstanceId,
+        at: Timestamp,
+    ) -> Result<(), PortError> {
+        // setLabels replaces the whole map and needs the current fingerprint.
+        let inst = self
+            .instances
+            .get()
+            .set_project(&self.cfg.project)
+            .set_zone(&self.cfg.zone)
+            .set_instance(id.as_str())
+            .send()
+            .await
+            .map_err(|e| match code_of(&e) {
+                Some(Code::NotFound) => PortError::NotFound(format!("instance {id}")),
+                _ => gcp_err(PORT, "instances.get", e),
+            })?;
+        let mut labels = inst.labels;
+        labels.insert(POOL_LABEL.into(), key.as_str().into());
+        labels.insert(SEEN_LABEL.into(), (at.0 / 1000).to_string());
+        let mut body = InstancesSetLabelsRequest::new().set_labels(labels);
+        if let Some(f) = inst.label_fingerprint {
+            body = body.set_label_fingerprint(f);
+        }
+        self.instances
+            .set_labels()
+            .set_project(&self.cfg.project)
+            .set_zone(&self.cfg.zone)
+            .set_instance(id.as_str())
+            .set_body(body)
+            .poller()
+            .until_done()
+            .await
+            .map_err(err("instances.setLabels"))?;
+        Ok(())
+    }
+
+    async fn silent(
+        &self,
+        key: &PoolKey,
+        bound: Duration,
+        now: Timestamp,
+    ) -> Result<Vec<InstanceId>, PortError> {
+        let mut out = Vec::new();
+        for (name, status) in self.managed(key).await? {
+            if status != Some(model::managed_instance::InstanceStatus::Running) {
+                continue;
+            }
+            let inst = match self
+                .instances
+                .get()
+                .set_project(&self.cfg.project)
+                .set_zone(&self.cfg.zone)
+                .set_instance(&name)
+                .send()
+                .await
+            {
+                Ok(i) => i,
+                Err(e) if code_of(&e) == Some(Code::NotFound) => continue,
+                Err(e) => return Err(gcp_err(PORT, "instances.get", e)),
+            };
+            let launched = timestamp_of(inst.creation_timestamp.as_deref());
+            let seen = inst
+                .labels
+                .get(SEEN_LABEL)
+                .and_then(|s| s.parse::<i64>().ok())
+                .map_or(Timestamp(0), |s| Timestamp(s * 1000));
+            let last = launched.0.max(seen.0);
+            if now.0.saturating_sub(last) > bound.as_millis() as i64 {
+                if let Ok(id) = InstanceId::new(name) {
+                    out.push(id);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn instances(&self, key: &PoolKey) -> Result<Vec<Instance>, PortError> {
+        use model::managed_instance::InstanceStatus as S;
+        Ok(self
+            .managed(key)
+            .await?
+            .into_iter()
+            .filter_map(|(name, status)| {
+                let state = match status {
+                    Some(S::Running) => InstanceState::Running,
+                    Some(S::Terminated) | Some(S::Stopped) | Some(S::Stopping) => return None,
+                    _ => InstanceState::Pending,
+                };
+                Some(Instance {
+                    id: InstanceId::new(name).ok()?,
+                    pool: key.clone(),
+                    state,
+                    launched_at: Timestamp(0),
+                })
+            })
+            .collect())
+    }
+
+    async fn terminate(
+        &self,
+        key: &PoolKey,
+        id: &InstanceId,
+        decrement: bool,
+    ) -> Result<(), PortError> {
+        if !decrement {
+            // Deleting the machine itself: the group notices and replaces it.
+            return self
+                .instances
+                .delete()
+                .set_project(&self.cfg.project)
+                .set_zone(&self.cfg.zone)
+                .set_instance(id.as_str())
+                .poller()
+                .until_done()
+                .await
+                .map(|_| ())
+                .map_err(|e| match code_of(&e) {
+                    Some(Code::NotFound) => PortError::NotFound(format!("instance {id}")),
+                    _ => gcp_err(PORT, "instances.delete", e),
+                });
+        }
+        // deleteInstances lowers the target size by the machines it deletes.
+        self.groups
+            .delete_instances()
+            .set_project(&self.cfg.project)
+            .set_zone(&self.cfg.zone)
+            .set_instance_group_manager(self.name(key))
+            .set_body(
+                InstanceGroupManagersDeleteInstancesRequest::new()
+                    .set_instances([self.instance_url(id)])
+                    .set_skip_instances_on_validation_error(false),
+            )
+            .poller()
+            .until_done()
+            .await
+            .map(|_| ())
+            .map_err(|e| match code_of(&e) {
+                Some(Code::NotFound) => {
+                    PortError::NotFound(format!("instance {id} in {}", self.name(key)))
+                }
+                _ => gcp_err(PORT, "instanceGroupManagers.deleteInstances", e),
+            })
+    }
+
+    async fn delete_group(&self, key: &PoolKey) -> Result<(), PortError> {
+        let name = self.name(key);
+        match self
+            .groups
+            .delete()
+            .set_project(&self.cfg.project)
+            .set_zone(&self.cfg.zone)
+            .set_instance_group_manager(&name)
+            .poller()
+            .until_done()
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if code_of(&e) == Some(Code::NotFound) => {}
+            Err(e) => return Err(gcp_err(PORT, "instanceGroupManagers.delete", e)),
+        }
+        // Only once the group is gone: a template in use cannot be deleted.
+        match self
+            .templates
+            .delete()
+            .set_project(&self.cfg.project)
+            .set_instance_template(&name)
+            .poller()
+            .until_done()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if code_of(&e) == Some(Code::NotFound) => Ok(()),
+            Err(e) => Err(gcp_err(PORT, "instanceTemplates.delete", e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compute_timestamps_with_offsets_read_as_utc_milliseconds() {
+        let utc = humantime_rfc3339("2026-11-29T10:12:00.123Z").unwrap();
+        let pst = humantime_rfc3339("2026-11-29T02:12:00.123-08:00").unwrap();
+        assert_eq!(utc, pst);
+        // 2026-11-29T10:12:00Z = 1795947120 s since the epoch (Python agrees).
+        assert_eq!(utc.0, 1_795_947_120_123);
+    }
+
+    #[test]
+    fn images_by_name_or_family() {
+        assert_eq!(
+            parse_image("projects/debian-cloud/global/images/family/debian-12").unwrap(),
+            ("debian-cloud".into(), Err("debian-12".into()))
+        );
+        assert_eq!(
+            parse_image("projects/p/global/images/studio-worker-3").unwrap(),
+            ("p".into(), Ok("studio-worker-3".into()))
+        );
+        assert!(parse_image("debian-12").is_err());
+    }
+}

@@ -1,0 +1,141 @@
+//! The GCP side of the test world: Google's Pub/Sub emulator and a GCS
+//! emulator (both started by `scripts/test`, found through
+//! `STUDIO_TEST_PUBSUB` and `STUDIO_TEST_GCS`), and the Compute stand-in
+//! (`tests/standins/gce.py`, one per test, started here). No Compute
+//! emulator exists, so the stand-in speaks Compute's REST shapes itself:
+//! operations that are not done until polled, `deleteInstances` lowering
+//! the target, label fingerprints, spot reclamation with replacement.
+
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+use studio_gcp::GcpConfig;
+
+/// The Pub/Sub emulator's endpoint.
+pub fn pubsub_endpoint() -> String {
+    std::env::var("STUDIO_TEST_PUBSUB").expect(
+        "STUDIO_TEST_PUBSUB must point at Google's Pub/Sub emulator: run the tests with scripts/test, which starts it",
+    )
+}
+
+/// The GCS emulator's endpoint; it serves the bucket [`TEST_BUCKET`].
+pub fn gcs_endpoint() -> String {
+    std::env::var("STUDIO_TEST_GCS").expect(
+        "STUDIO_TEST_GCS must point at the GCS emulator: run the tests with scripts/test, which starts it",
+    )
+}
+
+/// The bucket `scripts/test` has the GCS emulator create.
+pub const TEST_BUCKET: &str = "studio-test-gcs";
+pub const PROJECT: &str = "studio-test";
+pub const ZONE: &str = "us-central1-a";
+pub const IMAGE: &str = "projects/studio-images/global/images/family/studio-worker";
+
+/// The Compute stand-in, stopped when dropped.
+pub struct StandIn {
+    child: Child,
+    pub url: String,
+}
+
+impl StandIn {
+    /// Starts `tests/standins/gce.py` on a free port, with the worker image
+    /// registered (10 GB minimum disk).
+    pub async fn start() -> StandIn {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/standins/gce.py");
+        let mut child = Command::new("python3")
+            .args([script, "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 runs the Compute stand-in");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("the stand-in said {line:?}"))
+            .to_string();
+        let s = StandIn { child, url };
+        s.control(
+            "images",
+            serde_json::json!({"project": "studio-images", "name": "studio-worker-1",
+                "family": "studio-worker", "diskSizeGb": "10", "architecture": "X86_64"}),
+        )
+        .await;
+        s
+    }
+
+    /// POSTs to a control endpoint (`/_standin/<what>`).
+    pub async fn control(&self, what: &str, body: serde_json::Value) -> serde_json::Value {
+        http_json("POST", &format!("{}/_standin/{what}", self.url), Some(body)).await
+    }
+
+    /// Everything the stand-in holds.
+    pub async fn state(&self) -> serde_json::Value {
+        http_json("GET", &format!("{}/_standin/state", self.url), None).await
+    }
+
+    /// The metadata server base of one VM.
+    pub fn metadata(&self, instance: &str) -> String {
+        format!("{}/vm/{instance}", self.url)
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One JSON request over plain HTTP/1.1 (the stand-in's control API).
+pub async fn http_json(
+    method: &str,
+    url: &str,
+    body: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(bytes)))
+        .unwrap();
+    let resp = client.request(req).await.expect("the stand-in answers");
+    let status = resp.status();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert!(status.is_success(), "{method} {url}: {status} {body:?}");
+    serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null)
+}
+
+/// A deployment's GCP settings pointing at the emulators and `standin`.
+pub fn config(prefix: &str, standin: Option<&StandIn>) -> GcpConfig {
+    let env = |k: &str| -> Option<String> {
+        match k {
+            "STUDIO_GCP_PROJECT" => Some(PROJECT.into()),
+            "STUDIO_GCP_ZONE" => Some(ZONE.into()),
+            "STUDIO_GCP_BUCKET" => Some(TEST_BUCKET.into()),
+            "STUDIO_GCP_SERVICE_ACCOUNT" => {
+                Some(format!("studio-worker@{PROJECT}.iam.gserviceaccount.com"))
+            }
+            "STUDIO_GCP_IMAGE" => Some(IMAGE.into()),
+            "STUDIO_GCP_WORKER_ROLE_ARN" => {
+                Some("arn:aws:iam::123456789012:role/studio-gce-worker".into())
+            }
+            "STUDIO_PUBSUB_ENDPOINT" => Some(pubsub_endpoint()),
+            "STUDIO_GCS_ENDPOINT" => Some(gcs_endpoint()),
+            "STUDIO_COMPUTE_ENDPOINT" => standin.map(|s| s.url.clone()),
+            "STUDIO_GCP_ANONYMOUS" => Some("1".into()),
+            _ => None,
+        }
+    };
+    GcpConfig::from_lookup(env, prefix)
+        .expect("valid test settings")
+        .expect("GCP is configured")
+}

@@ -1,0 +1,346 @@
+//! The GCP adapters on their own: the work queue against Google's Pub/Sub
+//! emulator, the artifact store against a GCS emulator, the fleet against
+//! the Compute stand-in (`tests/standins/gce.py`: no Compute emulator
+//! exists; the stand-in speaks the REST shapes, operations that finish only
+//! when polled, and the MIG behaviours the adapter relies on).
+
+use std::time::Duration;
+use studio_core::clock::Timestamp;
+use studio_core::contract::SubmitJob;
+use studio_core::ids::{InstanceId, JobId};
+use studio_core::plan::{CatalogPlanner, Planner};
+use studio_core::pool::PoolSpec;
+use studio_core::ports::{dead_letter_queue, ArtifactStore, Fleet, PortError, WorkQueue};
+use studio_core::resources::{Cloud, ResourceRequest, WorkerPolicy};
+use studio_gcp::compute::MigFleet;
+use studio_gcp::gcs::GcsArtifacts;
+use studio_gcp::pubsub::PubSubQueue;
+use studio_tests::gcp::{self, StandIn};
+
+fn unique(what: &str) -> String {
+    format!("t-{what}-{}", ulid::Ulid::new().to_string().to_lowercase())
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+const WAIT: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn pubsub_queue_sends_receives_acks_and_releases() {
+    let q = PubSubQueue::new(&gcp::config("studio", None))
+        .await
+        .unwrap();
+    let name = unique("work");
+    q.ensure_queue(&name).await.unwrap();
+    q.ensure_queue(&name).await.expect("ensure is idempotent");
+    assert_eq!(q.depth(&name).await.unwrap().total(), 0);
+
+    q.send(&name, &["one".to_string()]).await.unwrap();
+    let got = q.receive(&name, 1, LEASE, WAIT).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body, "one");
+    assert!(got[0].receive_count >= 1);
+    // Released: delivered again (after the subscription's back-off), same message id.
+    q.release(&name, &got[0].receipt, Duration::ZERO)
+        .await
+        .unwrap();
+    let again = studio_tests::eventually(
+        "the released item again",
+        Duration::from_secs(60),
+        async || {
+            let m = q.receive(&name, 1, LEASE, WAIT).await.unwrap();
+            m.into_iter().next()
+        },
+    )
+    .await;
+    assert_eq!(again.message_id, got[0].message_id);
+    assert_eq!(again.body, "one");
+    q.ack(&name, &again.receipt).await.unwrap();
+    // Pub/Sub's acknowledge is idempotent: a second ack (a retry) is harmless.
+    q.ack(&name, &again.receipt).await.unwrap();
+    // Acked: gone for good.
+    assert!(q.receive(&name, 1, LEASE, WAIT).await.unwrap().is_empty());
+    q.delete_queue(&name).await.unwrap();
+}
+
+#[tokio::test]
+async fn pubsub_dead_letters_with_the_reason_and_deletes_everything() {
+    let q = PubSubQueue::new(&gcp::config("studio", None))
+        .await
+        .unwrap();
+    let name = unique("work");
+    q.ensure_queue(&name).await.unwrap();
+    q.send(&name, &["poison".to_string()]).await.unwrap();
+    let m = q.receive(&name, 1, LEASE, WAIT).await.unwrap().remove(0);
+    q.dead_letter(&name, &m, "not a work item").await.unwrap();
+    assert!(q.receive(&name, 1, LEASE, WAIT).await.unwrap().is_empty());
+    let dlq = dead_letter_queue(&name);
+    let parked = q.receive(&dlq, 10, LEASE, WAIT).await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].body, "poison");
+    q.ack(&dlq, &parked[0].receipt).await.unwrap();
+
+    q.delete_queue(&name).await.unwrap();
+    q.delete_queue(&name).await.expect("deleting twice is fine");
+    assert!(matches!(q.depth(&name).await, Err(PortError::NotFound(_))));
+    assert!(matches!(
+        q.receive(&name, 1, LEASE, WAIT).await,
+        Err(PortError::NotFound(_))
+    ));
+    assert!(matches!(
+        q.send(&name, &["late".to_string()]).await,
+        Err(PortError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn pubsub_gives_each_item_to_one_receiver() {
+    let q = PubSubQueue::new(&gcp::config("studio", None))
+        .await
+        .unwrap();
+    let name = unique("work");
+    q.ensure_queue(&name).await.unwrap();
+    let bodies: Vec<String> = (0..6).map(|i| format!("item-{i}")).collect();
+    q.send(&name, &bodies).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < bodies.len() {
+        let got = q.receive(&name, 2, LEASE, WAIT).await.unwrap();
+        assert!(!got.is_empty(), "items missing: got {seen:?}");
+        assert!(got.len() <= 2, "flow control: at most the 2 asked");
+        for m in got {
+            q.ack(&name, &m.receipt).await.unwrap();
+            seen.push(m.body);
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, bodies);
+    q.delete_queue(&name).await.unwrap();
+}
+
+#[tokio::test]
+async fn gcs_keeps_workspaces_checkpoints_and_an_ordered_log_from_two_writers() {
+    let cfg = gcp::config("studio", None);
+    let a = GcsArtifacts::new(&cfg).await.unwrap();
+    let b = GcsArtifacts::new(&cfg).await.unwrap();
+
+    let tarball = format!("workspace {}", ulid::Ulid::new()).into_bytes();
+    let r = a.put_workspace(&tarball).await.unwrap();
+    assert_eq!(a.put_workspace(&tarball).await.unwrap(), r, "idempotent");
+    assert_eq!(b.get_workspace(&r).await.unwrap(), tarball);
+    let mut missing = r.clone();
+    missing.sha256 = "0".repeat(64);
+    assert!(matches!(
+        b.get_workspace(&missing).await,
+        Err(PortError::NotFound(_))
+    ));
+
+    // Attempt 1 writes on one machine, attempt 2 on another: one log, in order.
+    let job = JobId::new(unique("job")).unwrap();
+    a.append_log(&job, b"one\n").await.unwrap();
+    a.append_log(&job, b"two\n").await.unwrap();
+    b.append_log(&job, b"three\n").await.unwrap();
+    a.append_log(&job, b"four\n").await.unwrap();
+    let reader = GcsArtifacts::new(&cfg).await.unwrap();
+    assert_eq!(
+        reader.read_log(&job, 0).await.unwrap(),
+        b"one\ntwo\nthree\nfour\n"
+    );
+    assert_eq!(reader.read_log(&job, 6).await.unwrap(), b"o\nthree\nfour\n");
+    assert!(reader.read_log(&job, 19).await.unwrap().is_empty());
+    b.append_log(&job, b"five\n").await.unwrap();
+    assert_eq!(reader.read_log(&job, 19).await.unwrap(), b"five\n");
+
+    a.put_checkpoint(&job, 1, b"ckpt-1").await.unwrap();
+    b.put_checkpoint(&job, 2, b"ckpt-2").await.unwrap();
+    assert_eq!(reader.get_checkpoint(&job, 1).await.unwrap(), b"ckpt-1");
+    assert_eq!(reader.get_checkpoint(&job, 2).await.unwrap(), b"ckpt-2");
+    assert!(matches!(
+        reader.get_checkpoint(&job, 3).await,
+        Err(PortError::NotFound(_))
+    ));
+}
+
+/// A planned GCE pool spec.
+fn gce_spec(cloud: Cloud, cpus: u32, ram: &str, gpus: u32, hdd: Option<&str>) -> PoolSpec {
+    let mut job = SubmitJob::new(
+        cloud,
+        ResourceRequest::parse(cpus, gpus, Some(ram), hdd).unwrap(),
+        "ada",
+    );
+    job.num_workers = Some(2);
+    let plan = CatalogPlanner::shipped().plan(&job).unwrap();
+    PoolSpec::for_job(&job, &plan)
+}
+
+fn template_of<'a>(state: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    state["templates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("no template {name} in {state}"))
+}
+
+#[tokio::test]
+async fn compute_spot_group_has_the_custom_shape_spot_scheduling_and_no_secrets() {
+    let standin = StandIn::start().await;
+    let fleet = MigFleet::new(&gcp::config("studio-dev", Some(&standin)))
+        .await
+        .unwrap();
+    let spec = gce_spec(Cloud::Gcspot, 4, "8g", 0, Some("50g"));
+    assert_eq!(spec.machine_types, ["custom-4-8192"]);
+    assert_eq!(spec.policy, WorkerPolicy::Fixed(2));
+    let key = spec.key();
+    assert!(fleet.group(&key).await.unwrap().is_none());
+    fleet.ensure_group(&key, &spec).await.unwrap();
+    fleet.ensure_group(&key, &spec).await.expect("idempotent");
+    let g = fleet.group(&key).await.unwrap().expect("the group exists");
+    assert_eq!(g.desired, 0);
+
+    let state = standin.state().await;
+    let name = fleet.name(&key);
+    let t = &template_of(&state, &name)["properties"];
+    assert_eq!(t["machineType"], "custom-4-8192");
+    assert_eq!(t["scheduling"]["provisioningModel"], "SPOT");
+    assert_eq!(t["scheduling"]["instanceTerminationAction"], "DELETE");
+    assert_eq!(t["scheduling"]["automaticRestart"], false);
+    assert_eq!(t["labels"]["studio-pool"], key.as_str());
+    let disk = &t["disks"][0]["initializeParams"];
+    assert_eq!(disk["diskSizeGb"], "50", "--hdd 50g over the image's 10");
+    assert_eq!(disk["sourceImage"], gcp::IMAGE);
+    let script = t["metadata"]["items"][0]["value"].as_str().unwrap();
+    assert!(script.contains(&format!("STUDIO_POOL='{key}'")), "{script}");
+    assert!(script.contains("AWS_ROLE_ARN='arn:aws:iam::123456789012:role/studio-gce-worker'"));
+    for secret in [
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_ACCESS_KEY_ID",
+        "private_key",
+        "BEGIN",
+    ] {
+        assert!(
+            !script.contains(secret),
+            "the startup script carries {secret}"
+        );
+    }
+    assert_eq!(
+        t["serviceAccounts"][0]["email"],
+        format!("studio-worker@{}.iam.gserviceaccount.com", gcp::PROJECT)
+    );
+    assert!(t
+        .get("guestAccelerators")
+        .is_none_or(|g| g.as_array().unwrap().is_empty()));
+
+    // Resize; the machines come; the group reports its size back.
+    fleet.set_target(&key, 2, None).await.unwrap();
+    assert_eq!(fleet.group(&key).await.unwrap().unwrap().desired, 2);
+    let machines = studio_tests::eventually("2 machines", Duration::from_secs(10), async || {
+        let m = fleet.instances(&key).await.unwrap();
+        (m.len() == 2).then_some(m)
+    })
+    .await;
+
+    // An idle worker leaves: its machine goes, and the target with it.
+    fleet.terminate(&key, &machines[0].id, true).await.unwrap();
+    assert_eq!(fleet.group(&key).await.unwrap().unwrap().desired, 1);
+    let left = fleet.instances(&key).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].id, machines[1].id);
+
+    fleet.delete_group(&key).await.unwrap();
+    fleet
+        .delete_group(&key)
+        .await
+        .expect("deleting twice is fine");
+    assert!(fleet.group(&key).await.unwrap().is_none());
+    let state = standin.state().await;
+    assert!(
+        state["templates"].as_array().unwrap().is_empty(),
+        "template left: {state}"
+    );
+    assert!(state["instances"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn compute_gpu_and_standard_templates() {
+    let standin = StandIn::start().await;
+    let fleet = MigFleet::new(&gcp::config("studio-dev", Some(&standin)))
+        .await
+        .unwrap();
+    let gpu = gce_spec(Cloud::Gcloud, 8, "30g", 1, None);
+    fleet.ensure_group(&gpu.key(), &gpu).await.unwrap();
+    let state = standin.state().await;
+    let t = &template_of(&state, &fleet.name(&gpu.key()))["properties"];
+    assert_eq!(t["scheduling"]["provisioningModel"], "STANDARD");
+    assert_eq!(t["scheduling"]["onHostMaintenance"], "TERMINATE");
+    assert_eq!(
+        t["guestAccelerators"][0]["acceleratorType"],
+        "nvidia-tesla-t4"
+    );
+    assert_eq!(t["guestAccelerators"][0]["acceleratorCount"], 1);
+    assert_eq!(
+        t["disks"][0]["initializeParams"]["diskSizeGb"], "10",
+        "the image's minimum when --hdd is not given"
+    );
+
+    let cpu = gce_spec(Cloud::Gcloud, 2, "4g", 0, None);
+    fleet.ensure_group(&cpu.key(), &cpu).await.unwrap();
+    let state = standin.state().await;
+    let t = &template_of(&state, &fleet.name(&cpu.key()))["properties"];
+    assert_eq!(t["scheduling"]["onHostMaintenance"], "MIGRATE");
+    assert_eq!(t["scheduling"]["automaticRestart"], true);
+}
+
+#[tokio::test]
+async fn compute_liveness_labels_find_silent_machines() {
+    let standin = StandIn::start().await;
+    let fleet = MigFleet::new(&gcp::config("studio-dev", Some(&standin)))
+        .await
+        .unwrap();
+    let spec = gce_spec(Cloud::Gcspot, 2, "4g", 0, None);
+    let key = spec.key();
+    fleet.ensure_group(&key, &spec).await.unwrap();
+    fleet.set_target(&key, 2, None).await.unwrap();
+    let ids: Vec<InstanceId> =
+        studio_tests::eventually("2 running", Duration::from_secs(10), async || {
+            let m = fleet.instances(&key).await.unwrap();
+            (m.len() == 2
+                && m.iter()
+                    .all(|i| i.state == studio_core::ports::InstanceState::Running))
+            .then(|| m.into_iter().map(|i| i.id).collect())
+        })
+        .await;
+    let now = Timestamp(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64,
+    );
+    let bound = Duration::from_secs(15 * 60);
+    assert!(
+        fleet.silent(&key, bound, now).await.unwrap().is_empty(),
+        "just launched"
+    );
+    // Twenty minutes on, only the machine whose worker spoke is alive.
+    let later = Timestamp(now.0 + 20 * 60 * 1000);
+    fleet
+        .worker_seen(&key, &ids[0], Timestamp(later.0 - 60_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        fleet.silent(&key, bound, later).await.unwrap(),
+        vec![ids[1].clone()]
+    );
+    // A machine deleted without decrement is replaced by the group.
+    fleet.terminate(&key, &ids[1], false).await.unwrap();
+    let after = studio_tests::eventually("a replacement", Duration::from_secs(10), async || {
+        let m = fleet.instances(&key).await.unwrap();
+        (m.len() == 2 && !m.iter().any(|i| i.id == ids[1])).then_some(m)
+    })
+    .await;
+    assert!(after.iter().any(|i| i.id == ids[0]));
+    assert!(matches!(
+        fleet
+            .worker_seen(&key, &InstanceId::new("gone-1").unwrap(), later)
+            .await,
+        Err(PortError::NotFound(_))
+    ));
+}
