@@ -266,6 +266,7 @@ fn the_bootstrap_passes_shellcheck() {
         .arg(root.join("infra/worker-bootstrap.sh"))
         .arg(root.join("scripts/deploy"))
         .arg(root.join("scripts/test"))
+        .arg(root.join(".ci/run"))
         .output()
         .expect("shellcheck must be installed (scripts/test installs it)");
     assert!(
