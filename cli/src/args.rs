@@ -272,7 +272,7 @@ pub struct WorkerArgs {
     /// Give each job a virtualenv (cached here by the hash of its requirements.txt).
     #[arg(long, env = "STUDIO_VENV_ROOT", value_name = "DIR")]
     pub venv_root: Option<PathBuf>,
-    /// Where the worker's queue, store and artifacts are: local or aws.
+    /// Where the worker's queue, store and artifacts are: local, aws or gce.
     #[arg(long, env = "STUDIO_BACKEND", default_value = "local")]
     pub backend: String,
 }

@@ -18,7 +18,7 @@ use studio_core::handlers::{self, CancelOutcome, Settings};
 use studio_core::ids::{InstanceId, JobId, PoolKey};
 use studio_core::job::{Job, JobState};
 use studio_core::notice::{Ec2Metadata, GceMetadata, NoNotice};
-use studio_core::plan::{CatalogPlanner, PlanError, Planner};
+use studio_core::plan::{CatalogPlanner, Planner};
 use studio_core::pool::PoolSpec;
 use studio_core::ports::{ArtifactStore, Created, JobStore, WorkQueue};
 use studio_core::resources::{Bid, Cloud, Market, ResourceRequest, WorkerPolicy};
@@ -478,10 +478,16 @@ fn pack_workspace(g: &Globals, dir: &Path) -> Result<Vec<u8>, CliError> {
 async fn side_for(g: &Globals, env: &Env, cloud: Cloud) -> Result<Side, CliError> {
     Ok(match cloud {
         Cloud::Local => Side::Local(Box::new(open(g).await?)),
-        Cloud::Ec2 | Cloud::Ec2spot => match sides::aws(&g.home, env).await? {
-            Some(aws) => Side::Aws(Box::new(aws)),
-            None => {
-                return Err(usage(format!(
+        Cloud::Ec2 | Cloud::Ec2spot | Cloud::Gcloud | Cloud::Gcspot => {
+            match sides::aws(&g.home, env).await? {
+                // One control plane: GCE jobs go through the same submit
+                // queue; only their files go to GCS.
+                Some(aws) if matches!(cloud, Cloud::Gcloud | Cloud::Gcspot) => {
+                    Side::Gcp(Box::new(aws), Box::new(sides::gcs(&g.home, env).await?))
+                }
+                Some(aws) => Side::Aws(Box::new(aws)),
+                None => {
+                    return Err(usage(format!(
                     "cloud '{}' needs the AWS settings: set {} (or [aws] in {}); see the README",
                     cloud,
                     studio_aws::config::CLIENT_KEYS
@@ -491,9 +497,9 @@ async fn side_for(g: &Globals, env: &Env, cloud: Cloud) -> Result<Side, CliError
                         .join(", "),
                     g.home.join("config.toml").display()
                 )))
+                }
             }
-        },
-        Cloud::Gcloud | Cloud::Gcspot => return Err(usage(PlanError::CloudUnavailable(cloud))),
+        }
     })
 }
 
@@ -533,7 +539,9 @@ async fn send(
                     }
                 }
             }
-            Side::Aws(aws) => aws.queue.send(&aws.submit_queue, &[spec.to_json()]).await?,
+            Side::Aws(aws) | Side::Gcp(aws, _) => {
+                aws.queue.send(&aws.submit_queue, &[spec.to_json()]).await?
+            }
         }
     }
     if let Side::Local(be) = side {
@@ -573,7 +581,7 @@ fn report_end(job: &Option<Job>) -> ExitCode {
 async fn follow(g: &Globals, side: &Side, id: &JobId) -> Result<Option<Job>, CliError> {
     let local = match side {
         Side::Local(be) => Some(be.as_ref()),
-        Side::Aws(_) => None,
+        Side::Aws(_) | Side::Gcp(..) => None,
     };
     let every = if local.is_some() {
         FOLLOW_EVERY
@@ -779,6 +787,8 @@ async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<ExitCode, CliEr
     let dur = |name: &str, v: &str| {
         humantime::parse_duration(v).map_err(|e| usage(format!("--{name} '{v}': {e}")))
     };
+    #[cfg(feature = "gcp")]
+    let cfg_meta_url = a.metadata_url.clone();
     let cfg = WorkerConfig {
         pool: PoolKey::new(a.pool).map_err(usage)?,
         instance: InstanceId::new(a.instance_id).map_err(usage)?,
@@ -790,7 +800,7 @@ async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<ExitCode, CliEr
         seen_every: Duration::from_secs(300),
         // The heartbeat on the job record: a file write locally, a DynamoDB
         // write in the cloud (bound there: STUDIO_HEARTBEAT_TIMEOUT, 2 min).
-        beat_every: if a.backend == "aws" {
+        beat_every: if a.backend != "local" {
             Duration::from_secs(30)
         } else {
             dur("lease", &a.lease)? / 4
@@ -816,7 +826,7 @@ async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<ExitCode, CliEr
         notice_every: Duration::from_secs(5),
         checkpoint_every: dur("checkpoint-every", &a.checkpoint_every)?,
         // Locally a flush is a file append; on S3 each flush is an object.
-        log_every: if a.backend == "aws" {
+        log_every: if a.backend != "local" {
             Duration::from_secs(3)
         } else {
             Duration::from_millis(200)
@@ -852,7 +862,41 @@ async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<ExitCode, CliEr
         }
         #[cfg(not(feature = "ec2"))]
         "aws" => return Err(usage(without_ec2("the EC2 worker"))),
-        other => return Err(usage(format!("--backend '{other}': use local or aws"))),
+        #[cfg(feature = "gcp")]
+        "gce" => {
+            let lookup = |k: &str| env.vars.get(k).cloned();
+            let aws = studio_aws::config::AwsConfig::from_lookup(lookup).map_err(usage)?;
+            let gcp = studio_gcp::GcpConfig::from_lookup(lookup, &aws.prefix)
+                .map_err(usage)?
+                .ok_or_else(|| usage("--backend gce: STUDIO_GCP_PROJECT is not set"))?;
+            let role = lookup("AWS_ROLE_ARN")
+                .ok_or_else(|| usage("--backend gce: AWS_ROLE_ARN (the GCE worker role) is not set"))?;
+            let metadata = cfg_metadata_base(&cfg_meta_url);
+            // AWS credentials from this machine's Google identity: no key.
+            let identity = studio_aws::gce_identity::GceWebIdentity::new(
+                &aws.region,
+                metadata,
+                lookup("STUDIO_GCP_AUDIENCE").unwrap_or_else(|| role.clone()),
+                role,
+                cfg.instance.to_string(),
+            )
+            .await;
+            let sdk = studio_aws::gce_identity::sdk_config(&aws.region, identity).await;
+            let ctx = studio_gcp::with_gcp(
+                studio_aws::lambda::context(&aws, &sdk, Arc::new(SystemClock)),
+                &gcp,
+            )
+            .await?;
+            let artifacts = studio_gcp::gcs::GcsArtifacts::new(&gcp).await?;
+            run_worker(&ctx, &artifacts, &cfg, rx).await?
+        }
+        #[cfg(not(feature = "gcp"))]
+        "gce" => {
+            return Err(usage(
+                "the GCE worker needs the Compute and Pub/Sub clients, which this studio is built without: cargo install --path cli --features gcp",
+            ))
+        }
+        other => return Err(usage(format!("--backend '{other}': use local, aws or gce"))),
     };
     tracing::info!(?exit, "worker leaving");
     Ok(match exit {
@@ -862,13 +906,20 @@ async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<ExitCode, CliEr
     })
 }
 
+/// The GCE metadata server (a stand-in's in tests).
+#[cfg(feature = "gcp")]
+fn cfg_metadata_base(url: &Option<String>) -> String {
+    url.clone()
+        .unwrap_or_else(|| "http://metadata.google.internal".into())
+}
+
 async fn status(g: &Globals, env: &Env, a: StatusArgs) -> Result<ExitCode, CliError> {
     let local = local_if_exists(g).await?;
     let aws = sides::aws(&g.home, env).await?;
     let now = SystemClock.now();
     if let Some(j) = a.job {
         let id = JobId::new(j).map_err(usage)?;
-        let (_, job) = sides::find(local, aws, &id).await?;
+        let (_, job) = sides::find(&g.home, env, local, aws, &id).await?;
         if a.output == Output::Json {
             println!("{}", serde_json::to_string_pretty(&job)?);
         } else {
@@ -971,6 +1022,8 @@ fn print_job(j: &Job, now: studio_core::clock::Timestamp) {
 async fn logs(g: &Globals, env: &Env, a: LogsArgs) -> Result<ExitCode, CliError> {
     let id = JobId::new(a.job).map_err(usage)?;
     let (side, job) = sides::find(
+        &g.home,
+        env,
         local_if_exists(g).await?,
         sides::aws(&g.home, env).await?,
         &id,
@@ -1003,6 +1056,8 @@ async fn logs(g: &Globals, env: &Env, a: LogsArgs) -> Result<ExitCode, CliError>
 async fn cancel(g: &Globals, env: &Env, a: CancelArgs) -> Result<ExitCode, CliError> {
     let id = JobId::new(a.job).map_err(usage)?;
     let (side, _) = sides::find(
+        &g.home,
+        env,
         local_if_exists(g).await?,
         sides::aws(&g.home, env).await?,
         &id,

@@ -1,6 +1,8 @@
 //! Where jobs live: the local backend (always), and an AWS deployment when
 //! its settings are given (environment, or `[aws]` in `$STUDIO_HOME/config.toml`).
 //! `status`, `logs` and `cancel` look in both, so they work the same for every cloud.
+//! GCE jobs' records are in the same deployment; their workspaces and logs
+//! are in the GCS bucket of `[gcp]` (or `STUDIO_GCP_BUCKET`).
 
 use crate::commands::{usage, CliError, Env};
 use studio_aws::config::{ClientConfig, CLIENT_KEYS};
@@ -8,18 +10,21 @@ use studio_aws::AwsJobs;
 use studio_core::ids::JobId;
 use studio_core::job::Job;
 use studio_core::ports::{ArtifactStore, JobStore};
+use studio_gcp::gcs::GcsArtifacts;
 use studio_local::LocalBackend;
 
 pub enum Side {
     Local(Box<LocalBackend>),
     Aws(Box<AwsJobs>),
+    /// GCE jobs: records and the submit queue on AWS, files in GCS.
+    Gcp(Box<AwsJobs>, Box<GcsArtifacts>),
 }
 
 impl Side {
     pub fn store(&self) -> &dyn JobStore {
         match self {
             Side::Local(b) => b.store.as_ref(),
-            Side::Aws(a) => &a.store,
+            Side::Aws(a) | Side::Gcp(a, _) => &a.store,
         }
     }
 
@@ -27,7 +32,44 @@ impl Side {
         match self {
             Side::Local(b) => b.artifacts.as_ref(),
             Side::Aws(a) => &a.artifacts,
+            Side::Gcp(_, g) => g.as_ref(),
         }
+    }
+}
+
+/// The GCS bucket of GCE jobs' files: `STUDIO_GCP_BUCKET`, else `bucket`
+/// in `[gcp]`; `STUDIO_GCS_ENDPOINT` / `storage_endpoint` for an emulator.
+///
+/// # Errors
+/// An unreadable config file, or no bucket.
+pub async fn gcs(home: &std::path::Path, env: &Env) -> Result<GcsArtifacts, CliError> {
+    let table = config_table(home)?;
+    let gcp = table.get("gcp").and_then(|v| v.as_table());
+    let get = |var: &str, key: &str| {
+        env.vars
+            .get(var)
+            .cloned()
+            .or_else(|| gcp?.get(key)?.as_str().map(String::from))
+            .filter(|v| !v.is_empty())
+    };
+    let bucket = get("STUDIO_GCP_BUCKET", "bucket").ok_or_else(|| {
+        usage(format!(
+            "GCE jobs keep their files in a GCS bucket: set STUDIO_GCP_BUCKET (or bucket in [gcp] of {}); see the README, \"GCP\"",
+            home.join("config.toml").display()
+        ))
+    })?;
+    let endpoint = get("STUDIO_GCS_ENDPOINT", "storage_endpoint");
+    let anonymous = get("STUDIO_GCP_ANONYMOUS", "anonymous").is_some_and(|v| v == "1");
+    Ok(GcsArtifacts::for_bucket(&bucket, endpoint.as_deref(), anonymous).await?)
+}
+
+fn config_table(home: &std::path::Path) -> Result<toml::Table, CliError> {
+    let file = home.join("config.toml");
+    match std::fs::read_to_string(&file) {
+        Ok(text) => text
+            .parse()
+            .map_err(|e| usage(format!("{}: {e}", file.display()))),
+        Err(_) => Ok(toml::Table::new()),
     }
 }
 
@@ -36,13 +78,7 @@ impl Side {
 /// # Errors
 /// An unreadable config file, or settings given only in part.
 pub fn aws_settings(home: &std::path::Path, env: &Env) -> Result<Option<ClientConfig>, CliError> {
-    let file = home.join("config.toml");
-    let table: toml::Table = match std::fs::read_to_string(&file) {
-        Ok(text) => text
-            .parse()
-            .map_err(|e| usage(format!("{}: {e}", file.display())))?,
-        Err(_) => toml::Table::new(),
-    };
+    let table = config_table(home)?;
     let aws = table
         .get("aws")
         .and_then(|v| v.as_table())
@@ -78,6 +114,8 @@ pub async fn aws(home: &std::path::Path, env: &Env) -> Result<Option<AwsJobs>, C
 /// # Errors
 /// A usage error when no side has it.
 pub async fn find(
+    home: &std::path::Path,
+    env: &Env,
     local: Option<LocalBackend>,
     aws: Option<AwsJobs>,
     id: &JobId,
@@ -89,6 +127,10 @@ pub async fn find(
     }
     if let Some(a) = aws {
         if let Some(j) = a.store.get_job(id).await? {
+            if studio_core::route::Provider::of(j.spec.cloud) == studio_core::route::Provider::Gcp {
+                let g = gcs(home, env).await?;
+                return Ok((Side::Gcp(Box::new(a), Box::new(g)), j));
+            }
             return Ok((Side::Aws(Box::new(a)), j));
         }
     }

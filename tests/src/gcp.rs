@@ -128,8 +128,17 @@ pub async fn http_json(
     serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null)
 }
 
+/// A deployment's GCP settings for tests that reach no server.
+pub fn config_without_emulators(prefix: &str) -> GcpConfig {
+    settings(prefix, None, false)
+}
+
 /// A deployment's GCP settings pointing at the emulators and `standin`.
 pub fn config(prefix: &str, standin: Option<&StandIn>) -> GcpConfig {
+    settings(prefix, standin, true)
+}
+
+fn settings(prefix: &str, standin: Option<&StandIn>, emulators: bool) -> GcpConfig {
     let env = |k: &str| -> Option<String> {
         match k {
             "STUDIO_GCP_PROJECT" => Some(PROJECT.into()),
@@ -143,7 +152,7 @@ pub fn config(prefix: &str, standin: Option<&StandIn>) -> GcpConfig {
                 Some("arn:aws:iam::123456789012:role/studio-gce-worker".into())
             }
             "STUDIO_PUBSUB_ENDPOINT" => std::env::var("STUDIO_TEST_PUBSUB").ok(),
-            "STUDIO_GCS_ENDPOINT" => Some(gcs_endpoint()),
+            "STUDIO_GCS_ENDPOINT" => emulators.then(gcs_endpoint),
             "STUDIO_COMPUTE_ENDPOINT" => standin.map(|s| s.url.clone()),
             "STUDIO_GCP_ANONYMOUS" => Some("1".into()),
             _ => None,

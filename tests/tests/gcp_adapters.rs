@@ -217,8 +217,12 @@ async fn compute_spot_group_has_the_custom_shape_spot_scheduling_and_no_secrets(
     assert_eq!(disk["diskSizeGb"], "50", "--hdd 50g over the image's 10");
     assert_eq!(disk["sourceImage"], gcp::IMAGE);
     let script = t["metadata"]["items"][0]["value"].as_str().unwrap();
-    assert!(script.contains(&format!("STUDIO_POOL='{key}'")), "{script}");
-    assert!(script.contains("AWS_ROLE_ARN='arn:aws:iam::123456789012:role/studio-gce-worker'"));
+    assert!(
+        script.contains(&format!("worker --pool {key} ")),
+        "{script}"
+    );
+    assert!(script.contains("\nAWS_ROLE_ARN=arn:aws:iam::123456789012:role/studio-gce-worker\n"));
+    assert!(script.contains("\nSTUDIO_BACKEND=gce\n"));
     for secret in [
         "AWS_SECRET_ACCESS_KEY",
         "AWS_ACCESS_KEY_ID",
@@ -352,4 +356,33 @@ async fn compute_liveness_labels_find_silent_machines() {
             .await,
         Err(PortError::NotFound(_))
     ));
+}
+
+/// The startup script every GCE worker boots with passes shellcheck.
+#[test]
+fn the_gce_startup_script_passes_shellcheck() {
+    let mut cfg = gcp::config_without_emulators("studio-dev");
+    cfg.worker_binary = Some((
+        "gs://studio-dev-releases/releases/studio-abc".into(),
+        "ab".repeat(32),
+    ));
+    cfg.add_worker_env(
+        "STUDIO_BACKEND=aws\nSTUDIO_JOBS_TABLE=studio-dev-jobs\nAWS_REGION=us-east-1",
+    );
+    let key = gce_spec(Cloud::Gcspot, 2, "4g", 0, None).key();
+    let script = studio_gcp::startup::script(&cfg, &key);
+    assert!(script.contains("\nSTUDIO_JOBS_TABLE=studio-dev-jobs\n"));
+    assert!(!script.contains("STUDIO_BACKEND=aws"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("startup.sh");
+    std::fs::write(&file, &script).unwrap();
+    let out = std::process::Command::new("shellcheck")
+        .arg(&file)
+        .output()
+        .expect("shellcheck must be installed (scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "{}\n{script}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

@@ -14,7 +14,13 @@ async fn main() -> Result<(), Error> {
         .interruption_queue
         .clone()
         .ok_or("missing environment variable STUDIO_INTERRUPTION_QUEUE")?;
-    let ctx = lambda::context_from_env(&cfg).await;
+    // GCE pools too, when the deployment has GCP settings.
+    let ctx = studio_gcp::attach_from_env(
+        lambda::context_from_env(&cfg).await,
+        &cfg.prefix,
+        &cfg.worker_env(),
+    )
+    .await?;
     run(service_fn(|event: LambdaEvent<SqsEvent>| {
         let (ctx, queue) = (&ctx, &queue);
         async move {

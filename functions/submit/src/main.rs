@@ -9,7 +9,13 @@ use studio_aws::{config::AwsConfig, lambda};
 async fn main() -> Result<(), Error> {
     lambda::init_tracing();
     let cfg = AwsConfig::from_lookup(|k| std::env::var(k).ok())?;
-    let ctx = lambda::context_from_env(&cfg).await;
+    // GCE pools too, when the deployment has GCP settings.
+    let ctx = studio_gcp::attach_from_env(
+        lambda::context_from_env(&cfg).await,
+        &cfg.prefix,
+        &cfg.worker_env(),
+    )
+    .await?;
     run(service_fn(|event: LambdaEvent<SqsEvent>| {
         let ctx = &ctx;
         async move { Ok::<SqsBatchResponse, Error>(lambda::submit_batch(ctx, event.payload).await.0) }

@@ -18,7 +18,13 @@ async fn main() -> Result<(), Error> {
         .map_err(|_| "missing environment variable STUDIO_WEBHOOK_KEYS_PARAMETER")?;
     let sdk = studio_aws::sdk_config(&cfg.region).await;
     let keys = lambda::webhook_keys(&sdk, &parameter).await?;
-    let ctx = lambda::context_from_env(&cfg).await;
+    // A preemption push requeues onto the pool's Pub/Sub queue.
+    let ctx = studio_gcp::attach_from_env(
+        lambda::context_from_env(&cfg).await,
+        &cfg.prefix,
+        &cfg.worker_env(),
+    )
+    .await?;
     let schema = webhook::schema();
     // The Pub/Sub push route, when configured (the GCP backend sets both).
     let push = match (

@@ -27,6 +27,8 @@ pub mod events;
 #[cfg(feature = "fleet")]
 pub mod fleet;
 #[cfg(feature = "fleet")]
+pub mod gce_identity;
+#[cfg(feature = "fleet")]
 pub mod lambda;
 pub mod s3;
 pub mod sqs;

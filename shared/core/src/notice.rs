@@ -120,7 +120,20 @@ impl NoticeSource for GceMetadata {
     }
 }
 
+/// One GET of a metadata service (GCE's wants `Metadata-Flavor: Google`).
+///
+/// # Errors
+/// No answer within 2 s, or not HTTP.
+pub async fn metadata_get(
+    base: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String)> {
+    http(base, "GET", path, headers).await
+}
+
 /// One HTTP/1.1 request with a 2-second budget; returns status and body.
+/// `base` may carry a path prefix (a stand-in serving several machines).
 async fn http(
     base: &str,
     method: &str,
@@ -131,7 +144,11 @@ async fn http(
     let host = base
         .strip_prefix("http://")
         .ok_or_else(|| bad("only http:// metadata endpoints"))?;
-    let host = host.trim_end_matches('/');
+    let (host, prefix) = match host.split_once('/') {
+        Some((h, p)) => (h, format!("/{}", p.trim_end_matches('/'))),
+        None => (host, String::new()),
+    };
+    let path = format!("{prefix}{path}");
     let addr = if host.contains(':') {
         host.to_string()
     } else {

@@ -54,16 +54,28 @@ impl GcsArtifacts {
     /// # Errors
     /// A client that cannot be built (no credentials found).
     pub async fn new(cfg: &GcpConfig) -> Result<GcsArtifacts, PortError> {
+        GcsArtifacts::for_bucket(&cfg.bucket, cfg.storage_endpoint.as_deref(), cfg.anonymous).await
+    }
+
+    /// A client for `bucket` (the CLI's: it needs no other GCP setting).
+    ///
+    /// # Errors
+    /// A client that cannot be built (no credentials found).
+    pub async fn for_bucket(
+        bucket: &str,
+        endpoint: Option<&str>,
+        anonymous: bool,
+    ) -> Result<GcsArtifacts, PortError> {
         let mut b = Storage::builder();
-        if let Some(e) = &cfg.storage_endpoint {
-            b = b.with_endpoint(e.clone());
+        if let Some(e) = endpoint {
+            b = b.with_endpoint(e.to_string());
         }
-        if cfg.anonymous {
+        if anonymous {
             b = b.with_credentials(crate::anonymous());
         }
         Ok(GcsArtifacts {
             client: b.build().await.map_err(|e| PortError::backend(PORT, e))?,
-            bucket: format!("projects/_/buckets/{}", cfg.bucket),
+            bucket: format!("projects/_/buckets/{bucket}"),
             logs: Mutex::default(),
         })
     }

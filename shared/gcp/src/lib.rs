@@ -13,9 +13,12 @@
 //! the same for every cloud: [`studio_core::route`] sends each pool's calls
 //! to its cloud's adapters.
 
+#[cfg(feature = "fleet")]
 pub mod compute;
 pub mod gcs;
+#[cfg(feature = "fleet")]
 pub mod pubsub;
+#[cfg(feature = "fleet")]
 pub mod startup;
 
 pub use google_cloud_gax::error::rpc::Code;
@@ -129,10 +132,61 @@ impl GcpConfig {
         }))
     }
 
+    /// Adds the deployment's `KEY=VALUE` lines to the workers' environment,
+    /// with the GCE backend and metadata in place of EC2's.
+    pub fn add_worker_env(&mut self, lines: &str) {
+        for line in lines.lines() {
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
+            let v = match k {
+                "STUDIO_BACKEND" | "STUDIO_METADATA" => "gce",
+                _ => v,
+            };
+            self.worker_env.retain(|(key, _)| key != k);
+            self.worker_env.push((k.to_string(), v.to_string()));
+        }
+    }
+
     /// The zone's region (`us-central1-a` → `us-central1`).
     pub fn region(&self) -> &str {
         self.zone.rsplit_once('-').map_or(&self.zone, |(r, _)| r)
     }
+}
+
+/// `ctx` with GCE pools: their groups on [`compute::MigFleet`], their
+/// queues on [`pubsub::PubSubQueue`].
+///
+/// # Errors
+/// A client that cannot be built (no credentials found).
+#[cfg(feature = "fleet")]
+pub async fn with_gcp(
+    ctx: studio_core::handlers::Ctx,
+    cfg: &GcpConfig,
+) -> Result<studio_core::handlers::Ctx, PortError> {
+    let queue = std::sync::Arc::new(pubsub::PubSubQueue::new(cfg).await?);
+    let fleet = std::sync::Arc::new(compute::MigFleet::new(cfg).await?);
+    Ok(studio_core::route::with_gcp(ctx, queue, fleet))
+}
+
+/// What a function's `main` does: `ctx` with GCE pools when the
+/// environment has the GCP settings ([`GCP_KEYS`]), else `ctx` as it is.
+/// `aws_worker_env` (`KEY=VALUE` lines, the deployment's names) goes into
+/// the GCE workers' startup script, so they find the job table and queues.
+///
+/// # Errors
+/// Settings given in part, or a client that cannot be built.
+#[cfg(feature = "fleet")]
+pub async fn attach_from_env(
+    ctx: studio_core::handlers::Ctx,
+    prefix: &str,
+    aws_worker_env: &str,
+) -> Result<studio_core::handlers::Ctx, String> {
+    let Some(mut cfg) = GcpConfig::from_lookup(|k| std::env::var(k).ok(), prefix)? else {
+        return Ok(ctx);
+    };
+    cfg.add_worker_env(aws_worker_env);
+    with_gcp(ctx, &cfg).await.map_err(|e| e.to_string())
 }
 
 /// The credentials every client uses: anonymous for emulators, else

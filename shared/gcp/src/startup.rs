@@ -13,9 +13,13 @@ fn sh(v: &str) -> String {
 
 /// The script for a worker of group `key`.
 pub fn script(cfg: &GcpConfig, key: &PoolKey) -> String {
+    // A systemd EnvironmentFile: KEY=VALUE lines, values without newlines.
     let mut env = String::new();
     for (k, v) in &cfg.worker_env {
-        env.push_str(&format!("export {k}={}\n", sh(v)));
+        if matches!(k.as_str(), "STUDIO_BACKEND" | "STUDIO_METADATA") {
+            continue;
+        }
+        env.push_str(&format!("{k}={}\n", v.replace('\n', " ")));
     }
     let (url, sha) = cfg
         .worker_binary
@@ -23,37 +27,77 @@ pub fn script(cfg: &GcpConfig, key: &PoolKey) -> String {
         .unwrap_or_else(|| (String::new(), String::new()));
     format!(
         r#"#!/bin/bash
-# Studio worker bootstrap (GCE). Names only; credentials come from the
-# machine's own identity: Google's from the metadata server, AWS's from
-# STS AssumeRoleWithWebIdentity with the machine's identity token.
+# Studio worker bootstrap (GCE startup-script, run at every boot). Names
+# only; credentials come from the machine's own identity: Google's from the
+# metadata server, AWS's from STS AssumeRoleWithWebIdentity with the
+# machine's identity token (the worker does the exchange itself).
 set -euo pipefail
-export STUDIO_CLOUD=gce
-export STUDIO_POOL={pool}
-export STUDIO_GCP_PROJECT={project}
-export STUDIO_GCP_ZONE={zone}
-export STUDIO_GCP_BUCKET={bucket}
-{env}MD=http://metadata.google.internal/computeMetadata/v1
-token() {{ curl -sf -H 'Metadata-Flavor: Google' "$MD/instance/service-accounts/default/token" | sed -E 's/.*"access_token":"([^"]+)".*/\1/'; }}
+MD=http://metadata.google.internal/computeMetadata/v1
+md() {{ curl -sf -H 'Metadata-Flavor: Google' "$MD/$1"; }}
 BIN=/usr/local/bin/studio
 URL={url}
-if [ -n "$URL" ] && ! echo {sha}"  $BIN" | sha256sum -c --status 2>/dev/null; then
-  OBJ="${{URL#gs://}}"; B="${{OBJ%%/*}}"; O="${{OBJ#*/}}"
-  for i in 1 2 3 4 5; do
-    curl -sf -H "Authorization: Bearer $(token)" -o "$BIN.tmp" \
-      "https://storage.googleapis.com/storage/v1/b/$B/o/$(printf %s "$O" | sed 's|/|%2F|g')?alt=media" && break
-    sleep $((i * 5))
-  done
-  echo {sha}"  $BIN.tmp" | sha256sum -c --status
-  chmod 0755 "$BIN.tmp" && mv "$BIN.tmp" "$BIN"
+SHA={sha}
+if [ -n "$URL" ] && ! echo "$SHA  $BIN" | sha256sum -c --status 2>/dev/null; then
+    OBJ="${{URL#gs://}}"
+    B="${{OBJ%%/*}}"
+    O="${{OBJ#*/}}"
+    for try in 1 2 3 4 5; do
+        TOKEN=$(md instance/service-accounts/default/token | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
+        curl -sf -H "Authorization: Bearer $TOKEN" -o "$BIN.download" \
+            "https://storage.googleapis.com/storage/v1/b/$B/o/${{O//\//%2F}}?alt=media" && break
+        [ "$try" -lt 5 ] || exit 1
+        sleep $((try * 3))
+    done
+    echo "$SHA  $BIN.download" | sha256sum -c -
+    install -m 0755 "$BIN.download" "$BIN"
+    rm -f "$BIN.download"
 fi
-export STUDIO_INSTANCE="$(curl -sf -H 'Metadata-Flavor: Google' "$MD/instance/name")"
-# The worker keeps the identity token file fresh itself (tokens last an hour).
-exec "$BIN" worker --gce
+test -x "$BIN"
+
+# Scripts run as an unprivileged user that cannot reach the metadata server
+# (so never the machine's tokens); the worker itself runs as root.
+id -u studio-job >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin studio-job
+iptables -C OUTPUT -d 169.254.169.254 -m owner --uid-owner studio-job -j REJECT 2>/dev/null \
+    || iptables -A OUTPUT -d 169.254.169.254 -m owner --uid-owner studio-job -j REJECT
+
+install -d -m 0755 /etc/studio
+echo "STUDIO_INSTANCE_ID=$(md instance/name)" > /etc/studio/instance.env
+cat > /etc/studio/worker.env <<'ENV'
+STUDIO_BACKEND=gce
+STUDIO_METADATA=gce
+STUDIO_GCP_PROJECT={project}
+STUDIO_GCP_ZONE={zone}
+STUDIO_GCP_BUCKET={bucket}
+STUDIO_GCP_SERVICE_ACCOUNT={account}
+STUDIO_GCP_IMAGE={image}
+{env}ENV
+
+cat > /etc/systemd/system/studio-worker.service <<'UNIT'
+[Unit]
+Description=Studio worker for pool {pool}
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+EnvironmentFile=/etc/studio/worker.env
+EnvironmentFile=/etc/studio/instance.env
+ExecStart=/usr/local/bin/studio worker --pool {pool} --instance-id ${{STUDIO_INSTANCE_ID}} --venv-root /var/lib/studio/venvs --run-as studio-job
+Restart=on-failure
+RestartSec=5
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+
+systemctl daemon-reload
+systemctl enable --now studio-worker.service
 "#,
-        pool = sh(key.as_str()),
-        project = sh(&cfg.project),
-        zone = sh(&cfg.zone),
-        bucket = sh(&cfg.bucket),
+        pool = key,
+        project = cfg.project,
+        zone = cfg.zone,
+        bucket = cfg.bucket,
+        account = cfg.service_account,
+        image = cfg.image,
         url = sh(&url),
         sha = sh(&sha),
     )
