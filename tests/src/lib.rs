@@ -9,6 +9,7 @@
 
 pub mod fidelity;
 pub mod gcp;
+pub mod pubsub_push;
 pub mod template;
 
 use std::sync::Arc;

@@ -347,51 +347,7 @@ async fn a_signed_request_makes_one_job_and_every_bad_one_is_refused_with_the_re
     assert_eq!(status, 404, "{missing}");
 }
 
-/// A token as Google's push signs it: RS256 by a key of the JWKS.
-fn token(audience: &str, issuer: &str, exp_in: i64) -> String {
-    let now = SystemClock.now().0 / 1000;
-    let claims = serde_json::json!({
-        "iss": issuer,
-        "aud": audience,
-        "sub": "1234567890",
-        "email": "pubsub-push@project.iam.gserviceaccount.com",
-        "iat": now,
-        "exp": now + exp_in,
-    });
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-    header.kid = Some("studio-test-1".into());
-    let key =
-        jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!("../fixtures/oidc/test-key.pem"))
-            .unwrap();
-    jsonwebtoken::encode(&header, &claims, &key).unwrap()
-}
-
-/// A push envelope carrying the GCE audit-log entry of `instance`'s preemption
-/// (the shape of EVENTS.md).
-fn envelope(message_id: &str, instance: &str) -> Vec<u8> {
-    use base64::Engine;
-    let entry = serde_json::json!({
-        "protoPayload": {
-            "@type": "type.googleapis.com/google.cloud.audit.AuditLog",
-            "status": {"message": "Instance was preempted."},
-            "serviceName": "compute.googleapis.com",
-            "methodName": "compute.instances.preempted",
-            "resourceName": format!("projects/P/zones/europe-west1-c/instances/{instance}"),
-        },
-        "resource": {"type": "gce_instance", "labels": {"instance_id": "1844674407370955", "project_id": "P", "zone": "europe-west1-c"}},
-        "logName": "projects/P/logs/cloudaudit.googleapis.com%2Fsystem_event",
-    });
-    serde_json::to_vec(&serde_json::json!({
-        "message": {
-            "data": base64::engine::general_purpose::STANDARD.encode(entry.to_string()),
-            "messageId": message_id,
-            "publishTime": "2026-11-29T09:00:00Z",
-            "attributes": {},
-        },
-        "subscription": "projects/P/subscriptions/studio-preemptions",
-    }))
-    .unwrap()
-}
+use studio_tests::pubsub_push::{envelope, token};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pubsub_preemption_push_requeues_the_job_once_and_bad_tokens_are_refused() {

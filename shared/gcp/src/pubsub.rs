@@ -17,6 +17,7 @@
 //!   The receipt is the ack id; a lease is an ack deadline (Pub/Sub's
 //!   maximum is 600 s, so longer leases are capped there); `release(delay)`
 //!   sets the deadline to `delay`, after which the item is delivered again.
+//!   A pull is never abandoned (see `receive`).
 //! - **dead_letter** publishes the body to `<queue>-dlq` with the reason
 //!   (attribute `studio-reason`), then acks. The subscription's own
 //!   dead-letter policy (5 delivery attempts, Pub/Sub's minimum) does the
@@ -59,6 +60,8 @@ pub struct PubSubQueue {
     topics: TopicAdmin,
     subs: SubscriptionAdmin,
     publishers: tokio::sync::Mutex<HashMap<String, Publisher>>,
+    /// Per queue, a pull still waiting for the server's answer.
+    pending: tokio::sync::Mutex<HashMap<String, PendingPull>>,
     http: reqwest::Client,
     /// `https://pubsub.googleapis.com`, or the emulator's.
     rest: String,
@@ -66,6 +69,8 @@ pub struct PubSubQueue {
     endpoint: Option<String>,
     anonymous: bool,
 }
+
+type PendingPull = tokio::task::JoinHandle<Result<bytes::Bytes, PortError>>;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -118,6 +123,7 @@ impl PubSubQueue {
             topics: build!(TopicAdmin::builder()),
             subs: build!(SubscriptionAdmin::builder()),
             publishers: Default::default(),
+            pending: Default::default(),
             http: reqwest::Client::new(),
             rest: cfg
                 .pubsub_endpoint
@@ -143,39 +149,52 @@ impl PubSubQueue {
     async fn call(
         &self,
         queue: &str,
-        verb: &str,
+        verb: &'static str,
         body: serde_json::Value,
     ) -> Result<bytes::Bytes, PortError> {
-        let headers = match self
-            .credentials
-            .headers(Default::default())
-            .await
-            .map_err(|e| PortError::backend(PORT, e))?
-        {
-            CacheableResource::New { data, .. } => data,
-            CacheableResource::NotModified => Default::default(),
-        };
+        self.request(queue, verb, body).await
+    }
+
+    /// [`Self::call`] as a future that owns what it needs (a pull may
+    /// outlive the receive that started it).
+    fn request(
+        &self,
+        queue: &str,
+        verb: &'static str,
+        body: serde_json::Value,
+    ) -> impl std::future::Future<Output = Result<bytes::Bytes, PortError>> + Send + 'static {
+        let (http, credentials) = (self.http.clone(), self.credentials.clone());
         let url = format!("{}/v1/{}:{verb}", self.rest, self.subscription(queue));
-        let resp = self
-            .http
-            .post(&url)
-            .headers(headers)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| PortError::backend(PORT, format!("{verb}: {e}")))?;
-        let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| PortError::backend(PORT, format!("{verb}: {e}")))?;
-        match status.as_u16() {
-            200..=299 => Ok(bytes),
-            404 => Err(PortError::NotFound(format!("subscription {queue}"))),
-            code => Err(PortError::backend(
-                PORT,
-                format!("{verb}: HTTP {code}: {}", String::from_utf8_lossy(&bytes)),
-            )),
+        let queue = queue.to_string();
+        async move {
+            let headers = match credentials
+                .headers(Default::default())
+                .await
+                .map_err(|e| PortError::backend(PORT, e))?
+            {
+                CacheableResource::New { data, .. } => data,
+                CacheableResource::NotModified => Default::default(),
+            };
+            let resp = http
+                .post(&url)
+                .headers(headers)
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| PortError::backend(PORT, format!("{verb}: {e}")))?;
+            let status = resp.status();
+            let bytes = resp
+                .bytes()
+                .await
+                .map_err(|e| PortError::backend(PORT, format!("{verb}: {e}")))?;
+            match status.as_u16() {
+                200..=299 => Ok(bytes),
+                404 => Err(PortError::NotFound(format!("subscription {queue}"))),
+                code => Err(PortError::backend(
+                    PORT,
+                    format!("{verb}: HTTP {code}: {}", String::from_utf8_lossy(&bytes)),
+                )),
+            }
         }
     }
 
@@ -305,6 +324,11 @@ impl WorkQueue for PubSubQueue {
 
     async fn delete_queue(&self, queue: &str) -> Result<(), PortError> {
         let dlq = dead_letter_queue(queue);
+        for q in [queue, dlq.as_str()] {
+            if let Some(p) = self.pending.lock().await.remove(q) {
+                p.abort();
+            }
+        }
         for sub in [queue, dlq.as_str()] {
             match self
                 .subs
@@ -347,24 +371,37 @@ impl WorkQueue for PubSubQueue {
         wait: Duration,
     ) -> Result<Vec<Received>, PortError> {
         // A pull with messages waiting answers at once; on an empty
-        // subscription it is held open by the server (for a minute and
-        // more), so each one is bounded by the time left of `wait`. A zero
-        // wait asks the server to answer at once.
+        // subscription the server holds it open (a minute and more). A pull
+        // is never abandoned, since the server may hand it messages at any
+        // moment and they would stay leased to nobody until their deadline:
+        // when `wait` runs out first, the pull stays in flight and the next
+        // receive on the queue picks up its answer. A zero wait asks the
+        // server to answer at once (`returnImmediately`).
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let body = serde_json::json!({
-                "maxMessages": max.max(1),
-                "returnImmediately": left.is_zero(),
-            });
-            let bytes = if left.is_zero() {
-                self.call(queue, "pull", body).await?
+            let bytes = if wait.is_zero() {
+                self.call(
+                    queue,
+                    "pull",
+                    serde_json::json!({"maxMessages": max.max(1), "returnImmediately": true}),
+                )
+                .await?
             } else {
-                match tokio::time::timeout(left, self.call(queue, "pull", body)).await {
-                    Ok(r) => r?,
-                    // Anything the server leased to the abandoned pull comes
-                    // back when its ack deadline passes.
-                    Err(_) => return Ok(Vec::new()),
+                let mut pull = match self.pending.lock().await.remove(queue) {
+                    Some(p) => p,
+                    None => tokio::spawn(self.request(
+                        queue,
+                        "pull",
+                        serde_json::json!({"maxMessages": max.max(1)}),
+                    )),
+                };
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match tokio::time::timeout(left, &mut pull).await {
+                    Ok(joined) => joined.map_err(|e| PortError::backend(PORT, e))??,
+                    Err(_) => {
+                        self.pending.lock().await.insert(queue.to_string(), pull);
+                        return Ok(Vec::new());
+                    }
                 }
             };
             let resp: PullResponse = serde_json::from_slice(&bytes)

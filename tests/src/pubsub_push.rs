@@ -1,0 +1,54 @@
+//! Pub/Sub pushes as Google sends them, for the webhook's preemption
+//! route: an OIDC token signed by the test key of `tests/fixtures/oidc`
+//! (its JWKS is `jwks.json` there) and the envelope of a GCE audit-log entry.
+
+use studio_core::clock::{Clock, SystemClock};
+
+/// The JWKS that verifies [`token`].
+pub const JWKS: &str = include_str!("../fixtures/oidc/jwks.json");
+
+/// A token as Google's push signs it: RS256 by a key of the JWKS.
+pub fn token(audience: &str, issuer: &str, exp_in: i64) -> String {
+    let now = SystemClock.now().0 / 1000;
+    let claims = serde_json::json!({
+        "iss": issuer,
+        "aud": audience,
+        "sub": "1234567890",
+        "email": "pubsub-push@project.iam.gserviceaccount.com",
+        "iat": now,
+        "exp": now + exp_in,
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("studio-test-1".into());
+    let key =
+        jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!("../fixtures/oidc/test-key.pem"))
+            .unwrap();
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+/// A push envelope carrying the GCE audit-log entry of `instance`'s preemption
+/// (the shape of EVENTS.md).
+pub fn envelope(message_id: &str, instance: &str) -> Vec<u8> {
+    use base64::Engine;
+    let entry = serde_json::json!({
+        "protoPayload": {
+            "@type": "type.googleapis.com/google.cloud.audit.AuditLog",
+            "status": {"message": "Instance was preempted."},
+            "serviceName": "compute.googleapis.com",
+            "methodName": "compute.instances.preempted",
+            "resourceName": format!("projects/P/zones/europe-west1-c/instances/{instance}"),
+        },
+        "resource": {"type": "gce_instance", "labels": {"instance_id": "1844674407370955", "project_id": "P", "zone": "europe-west1-c"}},
+        "logName": "projects/P/logs/cloudaudit.googleapis.com%2Fsystem_event",
+    });
+    serde_json::to_vec(&serde_json::json!({
+        "message": {
+            "data": base64::engine::general_purpose::STANDARD.encode(entry.to_string()),
+            "messageId": message_id,
+            "publishTime": "2026-11-29T09:00:00Z",
+            "attributes": {},
+        },
+        "subscription": "projects/P/subscriptions/studio-preemptions",
+    }))
+    .unwrap()
+}
