@@ -376,7 +376,7 @@ fn every_policy_is_least_privilege() {
     let t = Template::load();
     let cx = full();
     let roles = t.of_type("AWS::IAM::Role");
-    assert_eq!(roles.len(), 6, "{roles:?}");
+    assert_eq!(roles.len(), 7, "{roles:?}");
     let worker_role_arn = text(&t.resolve(
         &serde_json::json!({"Fn::GetAtt": ["WorkerRole", "Arn"]}),
         &cx,
@@ -429,6 +429,39 @@ fn every_policy_is_least_privilege() {
             Some("arn:aws:iam::123456789012:role/other")
         ));
     }
+    // The GCE workers' role: the job records only (their queues, groups
+    // and files are on GCP), assumable only with the workers' Google
+    // identity for this role's audience.
+    let gce = t.properties("GceWorkerRole", &cx);
+    let gce_st = role_statements(&gce);
+    let (jobs_arn, pools_arn) = (
+        format!(
+            "arn:aws:dynamodb:us-east-1:{}:table/{STACK}-jobs",
+            cx.account
+        ),
+        format!(
+            "arn:aws:dynamodb:us-east-1:{}:table/{STACK}-pools",
+            cx.account
+        ),
+    );
+    assert!(allows(&gce_st, "dynamodb:PutItem", Some(&jobs_arn)));
+    assert!(allows(&gce_st, "dynamodb:GetItem", Some(&pools_arn)));
+    assert!(!allows(&gce_st, "dynamodb:PutItem", Some(&pools_arn)));
+    for a in [
+        "sqs:ReceiveMessage",
+        "s3:GetObject",
+        "ec2:CreateTags",
+        "dynamodb:Scan",
+    ] {
+        assert!(!allows(&gce_st, a, None), "the GCE worker may {a}");
+    }
+    let trust = &gce["AssumeRolePolicyDocument"]["Statement"][0];
+    assert_eq!(text(&trust["Action"]), "sts:AssumeRoleWithWebIdentity");
+    let cond = trust["Condition"]["StringEquals"].to_string();
+    assert!(
+        cond.contains("accounts.google.com:sub") && cond.contains("accounts.google.com:oaud"),
+        "{trust}"
+    );
     // The workers' role: the README's table.
     let worker = role_statements(&t.properties("WorkerRole", &cx));
     let bucket = t.outputs(&cx)["ArtifactBucket"].clone();
