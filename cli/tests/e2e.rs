@@ -583,7 +583,7 @@ fn bad_flags_are_one_line_exit_2_and_change_nothing() {
         ),
         (
             &["run", "--cloud=gcloud", "hello.py"],
-            "cloud 'gcloud' is not configured",
+            "cloud 'gcloud' needs the AWS settings",
         ),
         (&["run"], "missing script"),
         (&["run", "nope.py"], "script 'nope.py' not found"),

@@ -216,6 +216,10 @@ async fn compute_spot_group_has_the_custom_shape_spot_scheduling_and_no_secrets(
     let disk = &t["disks"][0]["initializeParams"];
     assert_eq!(disk["diskSizeGb"], "50", "--hdd 50g over the image's 10");
     assert_eq!(disk["sourceImage"], gcp::IMAGE);
+    assert_eq!(
+        t["networkInterfaces"][0]["accessConfigs"][0]["type"], "ONE_TO_ONE_NAT",
+        "workers reach AWS and GCS without Cloud NAT"
+    );
     let script = t["metadata"]["items"][0]["value"].as_str().unwrap();
     assert!(
         script.contains(&format!("worker --pool {key} ")),

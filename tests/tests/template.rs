@@ -458,10 +458,20 @@ fn every_policy_is_least_privilege() {
     let trust = &gce["AssumeRolePolicyDocument"]["Statement"][0];
     assert_eq!(text(&trust["Action"]), "sts:AssumeRoleWithWebIdentity");
     let cond = trust["Condition"]["StringEquals"].to_string();
-    assert!(
-        cond.contains("accounts.google.com:sub") && cond.contains("accounts.google.com:oaud"),
-        "{trust}"
+    assert_eq!(
+        text(&trust["Principal"]["Federated"]),
+        "accounts.google.com"
     );
+    for key in [
+        "accounts.google.com:aud",
+        "accounts.google.com:sub",
+        "accounts.google.com:oaud",
+    ] {
+        assert!(
+            cond.contains(key),
+            "the trust does not check {key}: {trust}"
+        );
+    }
     // The workers' role: the README's table.
     let worker = role_statements(&t.properties("WorkerRole", &cx));
     let bucket = t.outputs(&cx)["ArtifactBucket"].clone();

@@ -204,7 +204,14 @@ impl MigFleet {
                 .set_email(self.cfg.service_account.clone())
                 .set_scopes(WORKER_SCOPES)])
             .set_network_interfaces([{
-                let nic = NetworkInterface::new().set_network(self.cfg.network.clone());
+                // An external address: the worker reaches STS, DynamoDB and
+                // storage.googleapis.com directly (without it the subnet
+                // needs Cloud NAT and Private Google Access).
+                let nic = NetworkInterface::new()
+                    .set_network(self.cfg.network.clone())
+                    .set_access_configs([model::AccessConfig::new()
+                        .set_name("External NAT")
+                        .set_type(model::access_config::Type::OneToOneNat)]);
                 match &self.cfg.subnetwork {
                     Some(s) => nic.set_subnetwork(s.clone()),
                     None => nic,

@@ -48,7 +48,7 @@ pub struct GcpConfig {
     /// names and the AWS role its web identity is exchanged for. Names,
     /// never secrets.
     pub worker_env: Vec<(String, String)>,
-    /// `https://storage.googleapis.com/...` URL of the worker binary and its SHA-256.
+    /// `gs://BUCKET/OBJECT` of the worker binary, and its SHA-256.
     pub worker_binary: Option<(String, String)>,
     /// Endpoints of emulators and stand-ins (tests); `None`: Google's.
     pub pubsub_endpoint: Option<String>,
@@ -95,6 +95,13 @@ impl GcpConfig {
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
             && prefix.starts_with(|c: char| c.is_ascii_lowercase());
+        // Group and template names are `<prefix>-<group key>`, at most 63
+        // characters; the longest group key is 35.
+        if prefix.len() > 27 {
+            return Err(format!(
+                "STUDIO_PREFIX '{prefix}' is too long for GCE names: at most 27 characters with GCP pools"
+            ));
+        }
         if !prefix_ok {
             return Err(format!(
                 "STUDIO_PREFIX '{prefix}' cannot name GCE resources: use lowercase letters, digits and '-', starting with a letter"
@@ -107,9 +114,12 @@ impl GcpConfig {
         let worker_binary = match get("STUDIO_GCP_WORKER_BINARY") {
             None => None,
             Some(v) => {
-                let (url, sha) = v.rsplit_once('#').ok_or_else(|| {
-                    "STUDIO_GCP_WORKER_BINARY: expected gs://BUCKET/OBJECT#SHA256".to_string()
-                })?;
+                let (url, sha) = v
+                    .rsplit_once('#')
+                    .filter(|(u, s)| u.starts_with("gs://") && s.len() == 64)
+                    .ok_or_else(|| {
+                        "STUDIO_GCP_WORKER_BINARY: expected gs://BUCKET/OBJECT#SHA256".to_string()
+                    })?;
                 Some((url.to_string(), sha.to_string()))
             }
         };

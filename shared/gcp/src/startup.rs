@@ -42,7 +42,7 @@ if [ -n "$URL" ] && ! echo "$SHA  $BIN" | sha256sum -c --status 2>/dev/null; the
     B="${{OBJ%%/*}}"
     O="${{OBJ#*/}}"
     for try in 1 2 3 4 5; do
-        TOKEN=$(md instance/service-accounts/default/token | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
+        TOKEN=$(md instance/service-accounts/default/token | sed -E 's/.*"access_token":"([^"]+)".*/\1/' || true)
         curl -sf -H "Authorization: Bearer $TOKEN" -o "$BIN.download" \
             "https://storage.googleapis.com/storage/v1/b/$B/o/${{O//\//%2F}}?alt=media" && break
         [ "$try" -lt 5 ] || exit 1
@@ -56,6 +56,7 @@ test -x "$BIN"
 
 # Scripts run as an unprivileged user that cannot reach the metadata server
 # (so never the machine's tokens); the worker itself runs as root.
+command -v iptables >/dev/null || { apt-get update -q && apt-get install -y -q iptables; }
 id -u studio-job >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin studio-job
 iptables -C OUTPUT -d 169.254.169.254 -m owner --uid-owner studio-job -j REJECT 2>/dev/null \
     || iptables -A OUTPUT -d 169.254.169.254 -m owner --uid-owner studio-job -j REJECT
