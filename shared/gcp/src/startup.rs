@@ -56,7 +56,7 @@ test -x "$BIN"
 
 # Scripts run as an unprivileged user that cannot reach the metadata server
 # (so never the machine's tokens); the worker itself runs as root.
-command -v iptables >/dev/null || { apt-get update -q && apt-get install -y -q iptables; }
+command -v iptables >/dev/null || {{ apt-get update -q && apt-get install -y -q iptables; }}
 id -u studio-job >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin studio-job
 iptables -C OUTPUT -d 169.254.169.254 -m owner --uid-owner studio-job -j REJECT 2>/dev/null \
     || iptables -A OUTPUT -d 169.254.169.254 -m owner --uid-owner studio-job -j REJECT
