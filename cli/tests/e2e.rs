@@ -180,6 +180,19 @@ fn signal(pid: u32, sig: i32) {
     }
 }
 
+/// SIGSTOP, then waits until the process is stopped: kill(2) returns before
+/// the signal takes effect, and a process still running on the other core
+/// may take a lock in between.
+fn stop(pid: u32) {
+    signal(pid, libc::SIGSTOP);
+    wait_until("the process to stop", Duration::from_secs(10), || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The state follows the command name's closing parenthesis.
+        let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+        matches!(state, "T" | "t").then_some(())
+    });
+}
+
 /// Waits for a child with a deadline; `None` (and the child killed) past it.
 fn wait_for(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + limit;
@@ -1255,7 +1268,7 @@ fn a_detached_id_can_be_cancelled_at_once_while_the_driver_is_busy() {
         "the driver stopped between writes",
         Duration::from_secs(20),
         || {
-            signal(driver as u32, libc::SIGSTOP);
+            stop(driver as u32);
             let db = rusqlite::Connection::open(h.path().join("studio.sqlite3")).unwrap();
             db.busy_timeout(Duration::from_millis(300)).unwrap();
             if db.execute_batch("BEGIN IMMEDIATE; COMMIT").is_ok() {
