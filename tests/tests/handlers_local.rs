@@ -975,3 +975,27 @@ async fn a_dead_lettered_item_is_sent_again_then_its_job_fails() {
         "fine's item only"
     );
 }
+
+/// A deployment without GCP settings refuses a GCE job at submit, with the
+/// reason, before anything is created (the function dead-letters it: the
+/// error is not retryable).
+#[tokio::test]
+async fn a_cloud_the_deployment_does_not_run_is_refused_before_anything_is_made() {
+    use studio_core::resources::Cloud;
+    let w = LocalWorld::new(Settings {
+        clouds: Some(vec![Cloud::Local, Cloud::Ec2, Cloud::Ec2spot]),
+        ..Settings::default()
+    })
+    .await;
+    let mut spec = JobBuilder::new("g1").spec();
+    spec.cloud = Cloud::Gcspot;
+    let err = submit(&w.be.ctx, "m-g", &spec.to_json()).await.unwrap_err();
+    assert!(
+        matches!(err, HandlerError::CloudUnavailable(Cloud::Gcspot)),
+        "{err}"
+    );
+    assert!(!err.is_retryable());
+    assert!(err.to_string().contains("STUDIO_GCP_PROJECT"), "{err}");
+    assert!(w.be.store.get_job(&job_id("g1")).await.unwrap().is_none());
+    assert!(w.be.store.live_pools().await.unwrap().is_empty());
+}

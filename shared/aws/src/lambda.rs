@@ -74,7 +74,11 @@ pub fn context(cfg: &AwsConfig, sdk: &aws_config::SdkConfig, clock: Arc<dyn Cloc
             heartbeat_timeout: cfg.heartbeat_timeout,
             warning_grace: std::time::Duration::from_secs(180),
             worker_grace: std::time::Duration::from_secs(15 * 60),
+            // Every cloud whose machines this deployment runs: GCE only
+            // once `studio_gcp::attach_from_env` adds it. (`local` specs
+            // are served by the home fleet, as before; the tests use them.)
             clouds: Some(vec![
+                studio_core::resources::Cloud::Local,
                 studio_core::resources::Cloud::Ec2,
                 studio_core::resources::Cloud::Ec2spot,
             ]),
