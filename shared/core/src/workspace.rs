@@ -1,5 +1,14 @@
 //! Workspaces: the script's directory as a reproducible `.tar.gz`.
 //!
+//! What is packed: every regular file under the directory except
+//! [`EXCLUDED`] names, symlinks, and what the directory's ignore files say.
+//! A `.studioignore` (gitignore syntax; one in a subdirectory applies below
+//! it) decides when the directory has one at its top, as `.skyignore` does
+//! for SkyPilot and `.gcloudignore` for gcloud; otherwise the `.gitignore`
+//! files do (with or without a git repository). Ignore files above the
+//! directory, git's global excludes and `.git/info/exclude` do not count:
+//! the workspace is the directory, wherever it is cloned.
+//!
 //! Entries are sorted and carry no owner or time, so the same files always
 //! give the same bytes and the same SHA-256: the artifact store keeps one copy.
 
@@ -32,9 +41,29 @@ pub enum WorkspaceError {
         source: std::io::Error,
     },
     #[error(
-        "workspace is {bytes} bytes, more than the {limit} allowed: move data to object storage"
+        "workspace is {} MiB, more than the {} MiB allowed; the largest files: {}. List what the job does not need in {ignore_file} (gitignore syntax), or move data to object storage",
+        bytes / (1 << 20),
+        limit / (1 << 20),
+        largest.iter().map(|(p, n)| format!("{p} ({})", human(*n))).collect::<Vec<_>>().join(", ")
     )]
-    TooLarge { bytes: u64, limit: u64 },
+    TooLarge {
+        bytes: u64,
+        limit: u64,
+        /// The biggest files packed, largest first (at most 5).
+        largest: Vec<(String, u64)>,
+        /// `.studioignore`, or the `.gitignore` that was used instead.
+        ignore_file: &'static str,
+    },
+}
+
+/// A file size as people read it: `239 MiB`, `12 KiB`, `9 bytes`.
+fn human(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{} MiB", n >> 20),
+        n if n >= 1 << 10 => format!("{} KiB", n >> 10),
+        n => format!("{n} bytes"),
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WorkspaceError + '_ {
@@ -63,14 +92,26 @@ pub fn pack_dir_except(dir: &Path, limit: u64, skip: &[&Path]) -> Result<Vec<u8>
         .iter()
         .filter_map(|s| s.strip_prefix(dir).ok().map(Path::to_path_buf))
         .collect();
-    let mut files = Vec::new();
-    collect(dir, Path::new(""), &skip, &mut files)?;
+    let studioignore = dir.join(".studioignore").is_file();
+    let mut files = collect(dir, &skip, studioignore)?;
     files.sort();
     let total: u64 = files.iter().map(|(_, len, _)| *len).sum();
     if total > limit {
+        let mut largest: Vec<(String, u64)> = files
+            .iter()
+            .map(|(p, n, _)| (p.display().to_string(), *n))
+            .collect();
+        largest.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        largest.truncate(5);
         return Err(WorkspaceError::TooLarge {
             bytes: total,
             limit,
+            largest,
+            ignore_file: if studioignore || !dir.join(".gitignore").is_file() {
+                ".studioignore"
+            } else {
+                ".gitignore (or a .studioignore, which replaces it)"
+            },
         });
     }
     let mut builder = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
@@ -92,32 +133,56 @@ pub fn pack_dir_except(dir: &Path, limit: u64, skip: &[&Path]) -> Result<Vec<u8>
     gz.finish().map_err(io(dir))
 }
 
+type Files = Vec<(std::path::PathBuf, u64, u32)>;
+
+/// The files to pack, relative to `root`.
 fn collect(
     root: &Path,
-    rel: &Path,
     skip: &[std::path::PathBuf],
-    out: &mut Vec<(std::path::PathBuf, u64, u32)>,
-) -> Result<(), WorkspaceError> {
-    let here = root.join(rel);
-    for entry in fs::read_dir(&here).map_err(io(&here))? {
-        let entry = entry.map_err(io(&here))?;
-        let name = entry.file_name();
-        if EXCLUDED.iter().any(|x| name == *x) {
-            continue;
-        }
-        let meta = entry.metadata().map_err(io(&entry.path()))?;
-        let child = rel.join(&name);
-        if skip.contains(&child) {
-            continue;
-        }
-        if meta.is_dir() {
-            collect(root, &child, skip, out)?;
-        } else if meta.is_file() {
-            use std::os::unix::fs::PermissionsExt;
-            out.push((child, meta.len(), meta.permissions().mode()));
-        }
+    studioignore: bool,
+) -> Result<Files, WorkspaceError> {
+    let mut walk = ignore::WalkBuilder::new(root);
+    walk.standard_filters(false).follow_links(false);
+    if studioignore {
+        walk.add_custom_ignore_filename(".studioignore");
+    } else {
+        walk.git_ignore(true).require_git(false);
     }
-    Ok(())
+    let root_owned = root.to_path_buf();
+    let skip = skip.to_vec();
+    walk.filter_entry(move |e| {
+        if EXCLUDED.iter().any(|x| e.file_name() == *x) {
+            return false;
+        }
+        e.path()
+            .strip_prefix(&root_owned)
+            .map_or(true, |rel| !skip.iter().any(|s| s == rel))
+    });
+    let mut out = Vec::new();
+    for entry in walk.build() {
+        let entry = entry.map_err(|e| WorkspaceError::Io {
+            path: root.display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let Some(ft) = entry.file_type() else {
+            continue;
+        };
+        if !ft.is_file() {
+            continue;
+        }
+        let meta = entry.metadata().map_err(|e| WorkspaceError::Io {
+            path: entry.path().display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let rel = entry
+            .path()
+            .strip_prefix(root)
+            .expect("the walk stays under its root")
+            .to_path_buf();
+        use std::os::unix::fs::PermissionsExt;
+        out.push((rel, meta.len(), meta.permissions().mode()));
+    }
+    Ok(out)
 }
 
 /// Unpacks a workspace into `dest` (created if missing). Entries that would
@@ -182,15 +247,102 @@ mod tests {
     }
 
     #[test]
-    fn too_large_is_refused() {
+    fn too_large_names_the_largest_files_and_the_ignore_file() {
         let src = tempfile::tempdir().unwrap();
-        fs::write(src.path().join("big.bin"), vec![0u8; 2048]).unwrap();
-        assert!(matches!(
-            pack_dir(src.path(), 1024),
-            Err(WorkspaceError::TooLarge {
-                bytes: 2048,
-                limit: 1024
+        fs::write(src.path().join("big.bin"), vec![0u8; 3 << 20]).unwrap();
+        fs::create_dir_all(src.path().join("data")).unwrap();
+        fs::write(src.path().join("data/medium.npy"), vec![0u8; 2 << 20]).unwrap();
+        fs::write(src.path().join("train.py"), "x").unwrap();
+        let err = pack_dir(src.path(), 1 << 20).unwrap_err();
+        match &err {
+            WorkspaceError::TooLarge {
+                bytes,
+                largest,
+                ignore_file,
+                ..
+            } => {
+                assert_eq!(*bytes, (5 << 20) + 1);
+                assert_eq!(largest[0].0, "big.bin");
+                assert_eq!(largest[1].0, "data/medium.npy");
+                assert_eq!(*ignore_file, ".studioignore");
+            }
+            other => panic!("{other}"),
+        }
+        let text = err.to_string();
+        assert!(
+            text.contains("big.bin (3 MiB), data/medium.npy (2 MiB), train.py (1 bytes)"),
+            "{text}"
+        );
+        assert!(text.contains(".studioignore (gitignore syntax)"), "{text}");
+        // With a .gitignore in use, the message says how to take over.
+        fs::write(src.path().join(".gitignore"), "*.tmp\n").unwrap();
+        let text = pack_dir(src.path(), 1 << 20).unwrap_err().to_string();
+        assert!(
+            text.contains("in .gitignore (or a .studioignore, which replaces it)"),
+            "{text}"
+        );
+    }
+
+    fn packed(dir: &Path) -> Vec<String> {
+        let out = tempfile::tempdir().unwrap();
+        unpack(&pack_dir(dir, 1 << 20).unwrap(), out.path()).unwrap();
+        let mut names: Vec<String> = ignore::WalkBuilder::new(out.path())
+            .standard_filters(false)
+            .build()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_some_and(|t| t.is_file()))
+            .map(|e| {
+                e.path()
+                    .strip_prefix(out.path())
+                    .unwrap()
+                    .display()
+                    .to_string()
             })
-        ));
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn gitignore_is_honoured_without_a_repository() {
+        let src = tempfile::tempdir().unwrap();
+        fs::write(src.path().join(".gitignore"), "*.ckpt\n/data/\n").unwrap();
+        fs::write(src.path().join("train.py"), "x").unwrap();
+        fs::write(src.path().join("model.ckpt"), "x").unwrap();
+        fs::create_dir_all(src.path().join("data")).unwrap();
+        fs::write(src.path().join("data/big.bin"), "x").unwrap();
+        fs::create_dir_all(src.path().join("lib/data")).unwrap();
+        fs::write(src.path().join("lib/data/table.csv"), "x").unwrap();
+        assert_eq!(
+            packed(src.path()),
+            [".gitignore", "lib/data/table.csv", "train.py"],
+            "/data/ is anchored: lib/data stays"
+        );
+    }
+
+    #[test]
+    fn a_studioignore_replaces_the_gitignore_and_nests() {
+        let src = tempfile::tempdir().unwrap();
+        fs::write(src.path().join(".gitignore"), "notes.txt\n").unwrap();
+        fs::write(src.path().join(".studioignore"), "data/*\n!data/keep.txt\n").unwrap();
+        fs::write(src.path().join("notes.txt"), "x").unwrap();
+        fs::create_dir_all(src.path().join("data")).unwrap();
+        fs::write(src.path().join("data/big.bin"), "x").unwrap();
+        fs::write(src.path().join("data/keep.txt"), "x").unwrap();
+        fs::create_dir_all(src.path().join("sub")).unwrap();
+        fs::write(src.path().join("sub/.studioignore"), "*.log\n").unwrap();
+        fs::write(src.path().join("sub/run.log"), "x").unwrap();
+        fs::write(src.path().join("run.log"), "x").unwrap();
+        assert_eq!(
+            packed(src.path()),
+            [
+                ".gitignore",
+                ".studioignore",
+                "data/keep.txt",
+                "notes.txt",
+                "run.log",
+                "sub/.studioignore"
+            ]
+        );
     }
 }
