@@ -109,6 +109,10 @@ pub struct RequestArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub request: RequestArgs,
+    /// The directory to snapshot as the job's workspace (default: the
+    /// script's); the script must be inside it, and runs from its top.
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
     /// Your idempotency key: submitting the same id twice makes one job.
     #[arg(long, value_name = "ID")]
     pub job_id: Option<String>,

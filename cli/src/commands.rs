@@ -219,11 +219,28 @@ fn validate_run(
     let path = path
         .canonicalize()
         .map_err(|e| usage(format!("script '{script}': {e}")))?;
-    let dir = path.parent().expect("a file has a parent").to_path_buf();
+    let dir = match &a.workspace {
+        None => path.parent().expect("a file has a parent").to_path_buf(),
+        Some(w) => w
+            .canonicalize()
+            .map_err(|e| usage(format!("--workspace '{}': {e}", w.display())))?,
+    };
+    if !dir.is_dir() {
+        return Err(usage(format!(
+            "--workspace '{}' is not a directory",
+            dir.display()
+        )));
+    }
     let mut spec = parse_request(&a.request, owner)?;
     spec.entrypoint = path
-        .file_name()
-        .and_then(|n| n.to_str())
+        .strip_prefix(&dir)
+        .map_err(|_| {
+            usage(format!(
+                "script '{script}' is not inside the workspace {}",
+                dir.display()
+            ))
+        })?
+        .to_str()
         .ok_or_else(|| usage(format!("script '{script}' has no usable name")))?
         .to_string();
     spec.args = script_args.to_vec();

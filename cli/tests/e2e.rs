@@ -1576,3 +1576,42 @@ fn a_waiting_run_replaces_a_driver_that_died() {
     assert_eq!(h.db_job(&id).unwrap(), ("finished".to_string(), 2));
     kill_session(worker);
 }
+
+/// `--workspace DIR`: the whole project is the workspace, the script in a
+/// subdirectory runs from its top; a script outside it is refused.
+#[test]
+fn a_workspace_other_than_the_scripts_directory() {
+    let h = Home::new();
+    let proj = h.dir.path().join("proj");
+    std::fs::create_dir_all(proj.join("scripts")).unwrap();
+    std::fs::write(proj.join("data.txt"), "from the project's top\n").unwrap();
+    script(
+        &proj.join("scripts"),
+        "run.py",
+        "print(open('data.txt').read().strip())\n",
+    );
+    let out = h.run(&[
+        "run",
+        "--workspace",
+        proj.to_str().unwrap(),
+        proj.join("scripts/run.py").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("from the project's top"),
+        "{}",
+        stdout(&out)
+    );
+    let outside = h.run(&[
+        "run",
+        "--workspace",
+        proj.join("scripts").to_str().unwrap(),
+        proj.join("data.txt").to_str().unwrap(),
+    ]);
+    assert_eq!(outside.status.code(), Some(2));
+    assert!(
+        stderr(&outside).contains("is not inside the workspace"),
+        "{}",
+        stderr(&outside)
+    );
+}
