@@ -21,19 +21,36 @@ fn unique(what: &str) -> String {
     format!("t-{what}-{}", ulid::Ulid::new().to_string().to_lowercase())
 }
 
-const LEASE: Duration = Duration::from_secs(30);
-const WAIT: Duration = Duration::from_secs(5);
-
-#[tokio::test]
-async fn pubsub_queue_sends_receives_acks_and_releases() {
-    if !gcp::have_pubsub("pubsub_queue_sends_receives_acks_and_releases") {
-        return;
+/// A new queue on the emulator (`None`, saying so, where there is none).
+async fn fresh_queue(test: &str) -> Option<(PubSubQueue, String)> {
+    if !gcp::have_pubsub(test) {
+        return None;
     }
     let q = PubSubQueue::new(&gcp::config("studio", None))
         .await
         .unwrap();
     let name = unique("work");
     q.ensure_queue(&name).await.unwrap();
+    Some((q, name))
+}
+
+/// A fleet on a fresh Compute stand-in (kept alive by the caller).
+async fn fleet() -> (StandIn, MigFleet) {
+    let standin = StandIn::start().await;
+    let fleet = MigFleet::new(&gcp::config("studio-dev", Some(&standin)))
+        .await
+        .unwrap();
+    (standin, fleet)
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+const WAIT: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn pubsub_queue_sends_receives_acks_and_releases() {
+    let Some((q, name)) = fresh_queue("pubsub_queue_sends_receives_acks_and_releases").await else {
+        return;
+    };
     q.ensure_queue(&name).await.expect("ensure is idempotent");
     assert_eq!(q.depth(&name).await.unwrap().total(), 0);
 
@@ -67,14 +84,11 @@ async fn pubsub_queue_sends_receives_acks_and_releases() {
 
 #[tokio::test]
 async fn pubsub_dead_letters_with_the_reason_and_deletes_everything() {
-    if !gcp::have_pubsub("pubsub_dead_letters_with_the_reason_and_deletes_everything") {
+    let Some((q, name)) =
+        fresh_queue("pubsub_dead_letters_with_the_reason_and_deletes_everything").await
+    else {
         return;
-    }
-    let q = PubSubQueue::new(&gcp::config("studio", None))
-        .await
-        .unwrap();
-    let name = unique("work");
-    q.ensure_queue(&name).await.unwrap();
+    };
     q.send(&name, &["poison".to_string()]).await.unwrap();
     let m = q.receive(&name, 1, LEASE, WAIT).await.unwrap().remove(0);
     q.dead_letter(&name, &m, "not a work item").await.unwrap();
@@ -100,14 +114,9 @@ async fn pubsub_dead_letters_with_the_reason_and_deletes_everything() {
 
 #[tokio::test]
 async fn pubsub_gives_each_item_to_one_receiver() {
-    if !gcp::have_pubsub("pubsub_gives_each_item_to_one_receiver") {
+    let Some((q, name)) = fresh_queue("pubsub_gives_each_item_to_one_receiver").await else {
         return;
-    }
-    let q = PubSubQueue::new(&gcp::config("studio", None))
-        .await
-        .unwrap();
-    let name = unique("work");
-    q.ensure_queue(&name).await.unwrap();
+    };
     let bodies: Vec<String> = (0..6).map(|i| format!("item-{i}")).collect();
     q.send(&name, &bodies).await.unwrap();
     let mut seen = Vec::new();
@@ -191,10 +200,7 @@ fn template_of<'a>(state: &'a serde_json::Value, name: &str) -> &'a serde_json::
 
 #[tokio::test]
 async fn compute_spot_group_has_the_custom_shape_spot_scheduling_and_no_secrets() {
-    let standin = StandIn::start().await;
-    let fleet = MigFleet::new(&gcp::config("studio-dev", Some(&standin)))
-        .await
-        .unwrap();
+    let (standin, fleet) = fleet().await;
     let spec = gce_spec(Cloud::Gcspot, 4, "8g", 0, Some("50g"));
     assert_eq!(spec.machine_types, ["custom-4-8192"]);
     assert_eq!(spec.policy, WorkerPolicy::Fixed(2));
@@ -278,10 +284,7 @@ async fn compute_spot_group_has_the_custom_shape_spot_scheduling_and_no_secrets(
 
 #[tokio::test]
 async fn compute_gpu_and_standard_templates() {
-    let standin = StandIn::start().await;
-    let fleet = MigFleet::new(&gcp::config("studio-dev", Some(&standin)))
-        .await
-        .unwrap();
+    let (standin, fleet) = fleet().await;
     let gpu = gce_spec(Cloud::Gcloud, 8, "30g", 1, None);
     fleet.ensure_group(&gpu.key(), &gpu).await.unwrap();
     let state = standin.state().await;
@@ -308,10 +311,7 @@ async fn compute_gpu_and_standard_templates() {
 
 #[tokio::test]
 async fn compute_liveness_labels_find_silent_machines() {
-    let standin = StandIn::start().await;
-    let fleet = MigFleet::new(&gcp::config("studio-dev", Some(&standin)))
-        .await
-        .unwrap();
+    let (_standin, fleet) = fleet().await;
     let spec = gce_spec(Cloud::Gcspot, 2, "4g", 0, None);
     let key = spec.key();
     fleet.ensure_group(&key, &spec).await.unwrap();

@@ -7,7 +7,6 @@ use crate::AwsError;
 use async_trait::async_trait;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
-use sha2::{Digest, Sha256};
 use studio_core::contract::WorkspaceRef;
 use studio_core::ids::JobId;
 use studio_core::ports::{ArtifactStore, PortError};
@@ -91,7 +90,8 @@ impl S3Artifacts {
 #[async_trait]
 impl ArtifactStore for S3Artifacts {
     async fn put_workspace(&self, tarball: &[u8]) -> Result<WorkspaceRef, PortError> {
-        let sha = hex::encode(Sha256::digest(tarball));
+        let r = WorkspaceRef::of(tarball);
+        let sha = r.sha256.clone();
         let key = Self::workspace_key(&sha);
         let exists = self
             .client
@@ -104,10 +104,7 @@ impl ArtifactStore for S3Artifacts {
         if !exists {
             self.put(&key, tarball.to_vec()).await?;
         }
-        Ok(WorkspaceRef {
-            sha256: sha,
-            bytes: tarball.len() as u64,
-        })
+        Ok(r)
     }
 
     async fn get_workspace(&self, r: &WorkspaceRef) -> Result<Vec<u8>, PortError> {
@@ -115,13 +112,7 @@ impl ArtifactStore for S3Artifacts {
             .get(&Self::workspace_key(&r.sha256))
             .await?
             .ok_or_else(|| PortError::NotFound(format!("workspace {}", r.sha256)))?;
-        if hex::encode(Sha256::digest(&bytes)) != r.sha256 {
-            return Err(PortError::backend(
-                PORT,
-                AwsError::Shape(format!("workspace {} is corrupt", r.sha256)),
-            ));
-        }
-        Ok(bytes)
+        r.verify(PORT, bytes)
     }
 
     async fn append_log(&self, job: &JobId, bytes: &[u8]) -> Result<(), PortError> {

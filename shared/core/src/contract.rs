@@ -25,6 +25,37 @@ pub struct WorkspaceRef {
     pub bytes: u64,
 }
 
+impl WorkspaceRef {
+    /// The reference of `tarball`: its SHA-256 and size.
+    pub fn of(tarball: &[u8]) -> WorkspaceRef {
+        use sha2::Digest;
+        WorkspaceRef {
+            sha256: hex::encode(sha2::Sha256::digest(tarball)),
+            bytes: tarball.len() as u64,
+        }
+    }
+
+    /// `bytes` if they are this workspace, as every artifact store checks
+    /// what it read back.
+    ///
+    /// # Errors
+    /// A backend error of `port` naming the corrupt workspace.
+    pub fn verify(
+        &self,
+        port: &'static str,
+        bytes: Vec<u8>,
+    ) -> Result<Vec<u8>, crate::ports::PortError> {
+        use sha2::Digest;
+        if hex::encode(sha2::Sha256::digest(&bytes)) != self.sha256 {
+            return Err(crate::ports::PortError::backend(
+                port,
+                format!("workspace {} is corrupt", self.sha256),
+            ));
+        }
+        Ok(bytes)
+    }
+}
+
 /// A request to run a script: the one message every entry point sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -88,16 +88,12 @@ impl MigFleet {
     /// A client that cannot be built (no credentials found).
     pub async fn new(cfg: &GcpConfig) -> Result<MigFleet, PortError> {
         macro_rules! build {
-            ($b:expr) => {{
-                let mut b = $b;
-                if let Some(e) = &cfg.compute_endpoint {
-                    b = b.with_endpoint(e.clone());
-                }
-                if cfg.anonymous {
-                    b = b.with_credentials(crate::anonymous());
-                }
-                b.build().await.map_err(|e| PortError::backend(PORT, e))?
-            }};
+            ($b:expr) => {
+                crate::client!($b, cfg.compute_endpoint.as_ref(), cfg.anonymous)
+                    .build()
+                    .await
+                    .map_err(|e| PortError::backend(PORT, e))?
+            };
         }
         Ok(MigFleet {
             cfg: cfg.clone(),

@@ -21,7 +21,6 @@
 use crate::{code_of, gcp_err, Code, GcpConfig};
 use async_trait::async_trait;
 use google_cloud_storage::client::Storage;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use studio_core::contract::WorkspaceRef;
 use studio_core::ids::JobId;
@@ -66,15 +65,12 @@ impl GcsArtifacts {
         endpoint: Option<&str>,
         anonymous: bool,
     ) -> Result<GcsArtifacts, PortError> {
-        let mut b = Storage::builder();
-        if let Some(e) = endpoint {
-            b = b.with_endpoint(e.to_string());
-        }
-        if anonymous {
-            b = b.with_credentials(crate::anonymous());
-        }
+        let client = crate::client!(Storage::builder(), endpoint, anonymous)
+            .build()
+            .await
+            .map_err(|e| PortError::backend(PORT, e))?;
         Ok(GcsArtifacts {
-            client: b.build().await.map_err(|e| PortError::backend(PORT, e))?,
+            client,
             bucket: format!("projects/_/buckets/{bucket}"),
             logs: Mutex::default(),
         })
@@ -161,13 +157,11 @@ impl GcsArtifacts {
 #[async_trait]
 impl ArtifactStore for GcsArtifacts {
     async fn put_workspace(&self, tarball: &[u8]) -> Result<WorkspaceRef, PortError> {
-        let sha = hex::encode(Sha256::digest(tarball));
+        let r = WorkspaceRef::of(tarball);
+        let sha = r.sha256.clone();
         self.create(&format!("workspaces/{sha}.tar.gz"), tarball)
             .await?;
-        Ok(WorkspaceRef {
-            sha256: sha,
-            bytes: tarball.len() as u64,
-        })
+        Ok(r)
     }
 
     async fn get_workspace(&self, r: &WorkspaceRef) -> Result<Vec<u8>, PortError> {
@@ -175,13 +169,7 @@ impl ArtifactStore for GcsArtifacts {
             .get(&format!("workspaces/{}.tar.gz", r.sha256))
             .await?
             .ok_or_else(|| PortError::NotFound(format!("workspace {}", r.sha256)))?;
-        if hex::encode(Sha256::digest(&bytes)) != r.sha256 {
-            return Err(PortError::backend(
-                PORT,
-                format!("workspace {} is corrupt", r.sha256),
-            ));
-        }
-        Ok(bytes)
+        r.verify(PORT, bytes)
     }
 
     async fn append_log(&self, job: &JobId, bytes: &[u8]) -> Result<(), PortError> {
@@ -190,11 +178,16 @@ impl ArtifactStore for GcsArtifacts {
         }
         let mut logs = self.logs.lock().await;
         let state = logs.entry(job.clone()).or_default();
-        let mut n = self.first_free(job, state.next).await?;
-        // Another writer may take the number between the probe and the
-        // write; the conditional write tells, and the next number is tried.
-        while !self.create(&chunk_name(job, n), bytes).await? {
-            n += 1;
+        // A writer that has appended before tries the number after its
+        // last chunk at once (one request); a new writer, or one another
+        // writer got ahead of, finds the first free number. The
+        // conditional write decides every race.
+        let mut n = state.next;
+        if state.next == 0 || !self.create(&chunk_name(job, n), bytes).await? {
+            n = self.first_free(job, n).await?;
+            while !self.create(&chunk_name(job, n), bytes).await? {
+                n += 1;
+            }
         }
         state.next = n + 1;
         Ok(())

@@ -13,6 +13,23 @@
 //! the same for every cloud: [`studio_core::route`] sends each pool's calls
 //! to its cloud's adapters.
 
+/// A google-cloud-rust client builder with the configured endpoint (an
+/// emulator or stand-in in tests) and anonymous credentials when asked:
+/// `client!(Builder::new(), endpoint: Option<&String>, anonymous: bool)`.
+macro_rules! client {
+    ($builder:expr, $endpoint:expr, $anonymous:expr) => {{
+        let mut b = $builder;
+        if let Some(e) = $endpoint {
+            b = b.with_endpoint(e.to_string());
+        }
+        if $anonymous {
+            b = b.with_credentials($crate::anonymous());
+        }
+        b
+    }};
+}
+pub(crate) use client;
+
 #[cfg(feature = "fleet")]
 pub mod compute;
 pub mod gcs;

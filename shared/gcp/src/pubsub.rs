@@ -107,16 +107,12 @@ impl PubSubQueue {
     /// A client that cannot be built (no credentials found).
     pub async fn new(cfg: &GcpConfig) -> Result<PubSubQueue, PortError> {
         macro_rules! build {
-            ($b:expr) => {{
-                let mut b = $b;
-                if let Some(e) = &cfg.pubsub_endpoint {
-                    b = b.with_endpoint(e.clone());
-                }
-                if cfg.anonymous {
-                    b = b.with_credentials(crate::anonymous());
-                }
-                b.build().await.map_err(|e| PortError::backend(PORT, e))?
-            }};
+            ($b:expr) => {
+                crate::client!($b, cfg.pubsub_endpoint.as_ref(), cfg.anonymous)
+                    .build()
+                    .await
+                    .map_err(|e| PortError::backend(PORT, e))?
+            };
         }
         Ok(PubSubQueue {
             project: cfg.project.clone(),
@@ -218,14 +214,14 @@ impl PubSubQueue {
         if let Some(p) = map.get(topic) {
             return Ok(p.clone());
         }
-        let mut b = Publisher::builder(self.topic(topic));
-        if let Some(e) = &self.endpoint {
-            b = b.with_endpoint(e.clone());
-        }
-        if self.anonymous {
-            b = b.with_credentials(crate::anonymous());
-        }
-        let p = b.build().await.map_err(|e| PortError::backend(PORT, e))?;
+        let p = crate::client!(
+            Publisher::builder(self.topic(topic)),
+            self.endpoint.as_ref(),
+            self.anonymous
+        )
+        .build()
+        .await
+        .map_err(|e| PortError::backend(PORT, e))?;
         map.insert(topic.to_string(), p.clone());
         Ok(p)
     }

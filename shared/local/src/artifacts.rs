@@ -3,7 +3,6 @@
 
 use crate::files;
 use async_trait::async_trait;
-use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::PathBuf;
 use studio_core::contract::WorkspaceRef;
@@ -41,7 +40,8 @@ impl DirArtifacts {
 #[async_trait]
 impl ArtifactStore for DirArtifacts {
     async fn put_workspace(&self, tarball: &[u8]) -> Result<WorkspaceRef, PortError> {
-        let sha = hex::encode(Sha256::digest(tarball));
+        let r = WorkspaceRef::of(tarball);
+        let sha = r.sha256.clone();
         let path = self.workspace_path(&sha);
         if !path.exists() {
             let dir = path.parent().expect("workspace path has a parent");
@@ -50,10 +50,7 @@ impl ArtifactStore for DirArtifacts {
             files::write(&tmp, tarball).map_err(io)?;
             std::fs::rename(&tmp, &path).map_err(io)?;
         }
-        Ok(WorkspaceRef {
-            sha256: sha,
-            bytes: tarball.len() as u64,
-        })
+        Ok(r)
     }
 
     async fn get_workspace(&self, r: &WorkspaceRef) -> Result<Vec<u8>, PortError> {
@@ -67,13 +64,7 @@ impl ArtifactStore for DirArtifacts {
             }
             Err(e) => return Err(io(e)),
         };
-        if hex::encode(Sha256::digest(&bytes)) != r.sha256 {
-            return Err(PortError::backend(
-                PORT,
-                format!("workspace {} is corrupt", r.sha256),
-            ));
-        }
-        Ok(bytes)
+        r.verify(PORT, bytes)
     }
 
     async fn append_log(&self, job: &JobId, bytes: &[u8]) -> Result<(), PortError> {
