@@ -3,13 +3,17 @@
 - a few "epochs", each saving a checkpoint to $STUDIO_CHECKPOINT_DIR;
 - on start, resume from the checkpoint if one exists (a rerun after an
   interruption picks up where the last attempt stopped);
-- on SIGTERM, save and exit cleanly.
+- on SIGTERM, save and exit cleanly;
+- what it produces goes to $STUDIO_OUTPUT_DIR (metrics per epoch under
+  results/, the model as model.bin), which Studio uploads at the end of
+  every attempt and `studio run` downloads into ./studio-out/JOB/.
 
 Usage: train.py [--epochs N] [--epoch-seconds S] [--fail-with CODE]
 """
 import argparse
 import json
 import os
+import random
 import signal
 import sys
 import time
@@ -23,6 +27,11 @@ args = parser.parse_args()
 ckpt_dir = os.environ.get("STUDIO_CHECKPOINT_DIR", "checkpoints")
 os.makedirs(ckpt_dir, exist_ok=True)
 ckpt = os.path.join(ckpt_dir, "train.json")
+
+out_dir = os.environ.get("STUDIO_OUTPUT_DIR", "outputs")
+os.makedirs(os.path.join(out_dir, "results"), exist_ok=True)
+with open(os.path.join(out_dir, "config.json"), "w") as f:
+    json.dump(vars(args), f, sort_keys=True)
 
 state = {"epoch": 0, "loss": 1.0}
 if os.path.exists(ckpt):
@@ -38,8 +47,15 @@ def save():
     os.replace(tmp, ckpt)
 
 
+def save_model():
+    # 4 MiB of "weights", a function of the epoch reached.
+    with open(os.path.join(out_dir, "model.bin"), "wb") as f:
+        f.write(random.Random(state["epoch"]).randbytes(4 << 20))
+
+
 def on_term(signum, frame):
     save()
+    save_model()
     print(f"SIGTERM: checkpoint saved at epoch {state['epoch']}; exiting", flush=True)
     sys.exit(143)
 
@@ -51,7 +67,10 @@ while state["epoch"] < args.epochs:
     state["epoch"] += 1
     state["loss"] = round(state["loss"] * 0.7, 6)
     save()
+    with open(os.path.join(out_dir, "results", f"epoch-{state['epoch']:03}.json"), "w") as f:
+        json.dump(state, f)
     print(f"epoch {state['epoch']}/{args.epochs} loss {state['loss']}", flush=True)
 
+save_model()
 print("training done", flush=True)
 sys.exit(args.fail_with)

@@ -53,6 +53,10 @@ pub enum Command {
     Cancel(CancelArgs),
     /// Show the machine, price and pool a request would get; changes nothing.
     Plan(PlanArgs),
+    /// Download a job's outputs (the last attempt's, or --attempt N's).
+    Pull(PullArgs),
+    /// What jobs cost, summed: total, or --by pool, owner or cloud.
+    Cost(CostArgs),
     /// Remove what ended jobs left under $STUDIO_HOME after the retention.
     Gc(GcArgs),
     /// Write the AWS settings of $STUDIO_HOME/config.toml from a deployed stack's outputs.
@@ -133,8 +137,19 @@ pub struct RunArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// With --dry-run: `json` (the default for a dry run) or `table`.
-    #[arg(long, short, value_enum)]
-    pub output: Option<Output>,
+    #[arg(long, value_enum)]
+    pub format: Option<Output>,
+    /// A file or directory of the workspace the script writes, collected
+    /// with $STUDIO_OUTPUT_DIR at the end of every attempt (repeatable).
+    #[arg(long = "output", value_name = "PATH")]
+    pub outputs: Vec<String>,
+    /// Stop the job (and its re-runs), cancelled with the reason, before
+    /// its machines cost more than this many USD, e.g. 2.50.
+    #[arg(long, value_name = "USD")]
+    pub max_cost: Option<String>,
+    /// Do not download the job's outputs into ./studio-out/JOB/ when it ends.
+    #[arg(long)]
+    pub no_pull: bool,
     /// On ec2spot/gcspot: when the job runs out of attempts, move it to on-demand machines instead of failing it.
     #[arg(long)]
     pub fallback_on_demand: bool,
@@ -194,6 +209,35 @@ pub enum Output {
 pub struct StatusArgs {
     /// One job, in detail.
     pub job: Option<String>,
+    #[arg(long, short, value_enum, default_value = "table")]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    pub job: String,
+    /// Where to write them (default: ./studio-out/JOB).
+    pub dest: Option<PathBuf>,
+    /// One attempt's outputs instead of the last attempt's that left any.
+    #[arg(long, value_name = "N")]
+    pub attempt: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum CostBy {
+    Pool,
+    Owner,
+    Cloud,
+}
+
+#[derive(Debug, Args)]
+pub struct CostArgs {
+    /// Only jobs created within this long, e.g. 7d (default: all).
+    #[arg(long, value_name = "DURATION")]
+    pub since: Option<String>,
+    /// One line per pool, owner or cloud.
+    #[arg(long, value_enum)]
+    pub by: Option<CostBy>,
     #[arg(long, short, value_enum, default_value = "table")]
     pub output: Output,
 }

@@ -1,8 +1,9 @@
 //! What each subcommand does.
 
 use crate::args::{
-    CancelArgs, CatalogCommand, Cli, Command, DoctorArgs, GcArgs, InitArgs, LogsArgs, Output,
-    PlanArgs, RefreshArgs, RequestArgs, RunArgs, StatusArgs, SubmitArgs, WorkerArgs,
+    CancelArgs, CatalogCommand, Cli, Command, CostArgs, CostBy, DoctorArgs, GcArgs, InitArgs,
+    LogsArgs, Output, PlanArgs, PullArgs, RefreshArgs, RequestArgs, RunArgs, StatusArgs,
+    SubmitArgs, WorkerArgs,
 };
 use anyhow::Context as _;
 use std::io::Write;
@@ -16,7 +17,7 @@ use studio_core::clock::{format_age, Clock, SystemClock};
 use studio_core::contract::SubmitJob;
 use studio_core::handlers::{self, CancelOutcome, Settings};
 use studio_core::ids::{InstanceId, JobId, PoolKey};
-use studio_core::job::{Job, JobState};
+use studio_core::job::{usd, Job, JobState};
 use studio_core::notice::{Ec2Metadata, GceMetadata, NoNotice};
 use studio_core::plan::{CatalogPlanner, Planner};
 use studio_core::pool::PoolSpec;
@@ -51,6 +52,16 @@ impl<E: Into<anyhow::Error>> From<E> for CliError {
 
 pub fn usage(msg: impl std::fmt::Display) -> CliError {
     CliError::Usage(msg.to_string())
+}
+
+impl CliError {
+    /// The one line a user reads.
+    pub fn message(&self) -> String {
+        match self {
+            CliError::Usage(m) => m.clone(),
+            CliError::Other(e) => format!("{e:#}"),
+        }
+    }
 }
 
 /// What `main` read from the process environment.
@@ -115,6 +126,8 @@ pub async fn dispatch(cli: Cli, env: Env) -> Result<ExitCode, CliError> {
         Command::Logs(a) => logs(&g, &env, a).await,
         Command::Cancel(a) => cancel(&g, &env, a).await,
         Command::Gc(a) => gc(&g, a).await,
+        Command::Pull(a) => pull(&g, &env, a).await,
+        Command::Cost(a) => cost(&g, &env, a).await,
         Command::Worker(a) => worker(&g, &env, a).await,
         Command::Driver => driver(&g).await,
         Command::Plan(a) => plan(&g, a, &env).await,
@@ -245,6 +258,9 @@ fn validate_run(
         .to_string();
     spec.args = script_args.to_vec();
     spec.fallback_on_demand = a.fallback_on_demand;
+    spec.outputs = a.outputs.clone();
+    spec.max_cost_cents = a.max_cost.as_deref().map(parse_usd_cents).transpose()?;
+    spec.settle_version();
     spec.job_id = a
         .job_id
         .as_deref()
@@ -293,6 +309,31 @@ fn validate_run(
         eprintln!("studio: warning: {w}");
     }
     Ok((spec, dir))
+}
+
+/// `--max-cost 2.50` (USD) in cents: at least one cent, at most two decimals.
+fn parse_usd_cents(v: &str) -> Result<u64, CliError> {
+    let bad = || {
+        usage(format!(
+            "--max-cost '{v}' must be an amount of USD of at least 0.01, e.g. 2.50"
+        ))
+    };
+    let t = v.trim().trim_start_matches('$');
+    let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
+    if whole.is_empty() && frac.is_empty()
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+        || frac.len() > 2
+        || whole.len() > 9
+    {
+        return Err(bad());
+    }
+    let cents =
+        whole.parse::<u64>().unwrap_or(0) * 100 + format!("{frac:0<2}").parse::<u64>().unwrap_or(0);
+    if cents == 0 {
+        return Err(bad());
+    }
+    Ok(cents)
 }
 
 /// The catalogue planner. A catalogue refreshed into `$STUDIO_HOME/catalog/`
@@ -387,7 +428,7 @@ async fn run(g: &Globals, env: &Env, a: RunArgs) -> Result<ExitCode, CliError> {
             sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&tarball)),
             bytes: tarball.len() as u64,
         };
-        if a.output == Some(Output::Table) {
+        if a.format == Some(Output::Table) {
             println!("{}", spec.to_json());
         } else {
             println!("{}", serde_json::to_string_pretty(&spec)?);
@@ -395,8 +436,8 @@ async fn run(g: &Globals, env: &Env, a: RunArgs) -> Result<ExitCode, CliError> {
         eprintln!("studio: dry run: nothing uploaded or sent (`studio submit --file` takes this with \"workspace\": \"DIR\" to upload the directory)");
         return Ok(ExitCode::SUCCESS);
     }
-    if a.output.is_some() {
-        return Err(usage("--output goes with --dry-run"));
+    if a.format.is_some() {
+        return Err(usage("--format goes with --dry-run"));
     }
     let side = side_for(g, env, spec.cloud).await?;
     let tarball = pack_workspace(g, &dir)?;
@@ -408,7 +449,201 @@ async fn run(g: &Globals, env: &Env, a: RunArgs) -> Result<ExitCode, CliError> {
     }
     eprintln!("studio: job {id} submitted ({} cloud)", spec.cloud);
     let job = follow(g, &side, &id).await?;
+    if let Some(j) = job.as_ref().filter(|_| !a.no_pull) {
+        if j.attempts.iter().any(|a| a.outputs.is_some()) {
+            let dest = PathBuf::from(PULL_DIR).join(id.as_str());
+            if let Err(e) = pull_outputs(&side, j, None, &dest, false).await {
+                eprintln!("studio: outputs not downloaded: {}", e.message());
+            }
+        }
+        let spent = j.cost_micro_usd(SystemClock.now());
+        if spent > 0 {
+            eprintln!("studio: job {id} cost {}", usd(spent));
+        }
+    }
     Ok(report_end(&job))
+}
+
+/// `studio pull JOB [DEST] [--attempt N]`.
+async fn pull(g: &Globals, env: &Env, a: PullArgs) -> Result<ExitCode, CliError> {
+    let id = JobId::new(a.job).map_err(usage)?;
+    let (side, job) = sides::find(
+        &g.home,
+        env,
+        local_if_exists(g).await?,
+        sides::aws(&g.home, env).await?,
+        &id,
+    )
+    .await?;
+    let dest = a
+        .dest
+        .unwrap_or_else(|| PathBuf::from(PULL_DIR).join(id.as_str()));
+    pull_outputs(&side, &job, a.attempt, &dest, true).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Downloads an attempt's outputs into `dest` (checked, unchanged files
+/// kept), with a progress line on a terminal, and says what it wrote: each
+/// file on stdout when `list` (`studio pull`), else only the summary (a
+/// waiting `run`, whose stdout is the script's).
+async fn pull_outputs(
+    side: &Side,
+    job: &Job,
+    attempt: Option<u32>,
+    dest: &Path,
+    list: bool,
+) -> Result<(), CliError> {
+    use std::io::IsTerminal;
+    let chosen = match attempt {
+        Some(n) => {
+            let Some(a) = job.attempts.iter().find(|a| a.number == n) else {
+                return Err(usage(format!("job {} has no attempt {n}", job.id)));
+            };
+            match &a.outputs {
+                Some(o) => (n, o.clone()),
+                None => {
+                    return Err(usage(format!(
+                        "attempt {n} of job {} left no outputs{}",
+                        job.id,
+                        if a.script_ended_at.is_none() { " (yet)" } else { "" }
+                    )))
+                }
+            }
+        }
+        None => match job.attempts.iter().rev().find_map(|a| a.outputs.clone().map(|o| (a.number, o))) {
+            Some(c) => c,
+            None => {
+                return Err(usage(format!(
+                    "job {} has no outputs{}: a script writes them to $STUDIO_OUTPUT_DIR (or names them with --output)",
+                    job.id,
+                    if job.state.is_terminal() { "" } else { " yet" }
+                )))
+            }
+        },
+    };
+    let (n, r) = chosen;
+    let m = studio_core::outputs::manifest(side.artifacts(), &job.id, &r, &std::env::temp_dir())
+        .await?;
+    std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
+    let total: u64 = m.files.iter().map(|f| f.size).sum();
+    let tty = std::io::stderr().is_terminal();
+    let mut done = 0u64;
+    let mut count = 0usize;
+    let files = m.files.len();
+    let mut progress = |p: &studio_core::outputs::Pulled| {
+        use studio_core::outputs::Pulled;
+        let size = match p {
+            Pulled::Wrote { size, .. } | Pulled::Kept { size, .. } => *size,
+        };
+        done += size;
+        count += 1;
+        if tty {
+            let width = 30usize;
+            let filled = (done * width as u64)
+                .checked_div(total)
+                .unwrap_or(width as u64) as usize;
+            eprint!(
+                "\r\x1b[2K[{}{}] {count}/{files} files, {} of {}",
+                "#".repeat(filled),
+                " ".repeat(width - filled),
+                format_bytes(done),
+                format_bytes(total)
+            );
+        }
+    };
+    let pulled = studio_core::outputs::pull(side.artifacts(), &job.id, &m, dest, &mut progress)
+        .await
+        .map_err(|e| CliError::Other(anyhow::anyhow!("pulling outputs of {}: {e}", job.id)))?;
+    if tty {
+        eprintln!();
+    }
+    let (mut wrote, mut kept, mut bytes) = (0, 0, 0u64);
+    for p in &pulled {
+        match p {
+            studio_core::outputs::Pulled::Wrote { path, size } => {
+                wrote += 1;
+                bytes += size;
+                if list {
+                    println!("{}", dest.join(path).display());
+                }
+            }
+            studio_core::outputs::Pulled::Kept { .. } => kept += 1,
+        }
+    }
+    eprintln!(
+        "studio: outputs of job {} attempt {n} in {}: {wrote} written ({}), {kept} already there",
+        job.id,
+        dest.display(),
+        format_bytes(bytes)
+    );
+    Ok(())
+}
+
+/// Bytes for people: `812 B`, `3.4 MiB`, `1.2 GiB`.
+fn format_bytes(n: u64) -> String {
+    match n {
+        n if n < 1 << 10 => format!("{n} B"),
+        n if n < 1 << 20 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n if n < 1 << 30 => format!("{:.1} MiB", n as f64 / f64::from(1u32 << 20)),
+        n => format!("{:.1} GiB", n as f64 / f64::from(1u32 << 30)),
+    }
+}
+
+/// `studio cost [--since 7d] [--by pool|owner|cloud]`.
+async fn cost(g: &Globals, env: &Env, a: CostArgs) -> Result<ExitCode, CliError> {
+    let now = SystemClock.now();
+    let since = a
+        .since
+        .as_deref()
+        .map(|d| {
+            humantime::parse_duration(d).map_err(|e| usage(format!("--since '{d}': {e} (e.g. 7d)")))
+        })
+        .transpose()?;
+    let mut jobs = Vec::new();
+    if let Some(be) = local_if_exists(g).await? {
+        jobs.extend(be.store.list_jobs(None, &[]).await?);
+    }
+    if let Some(aws) = sides::aws(&g.home, env).await? {
+        jobs.extend(aws.store.list_jobs(None, &[]).await?);
+    }
+    if let Some(d) = since {
+        let from = studio_core::clock::Timestamp(now.0 - d.as_millis() as i64);
+        jobs.retain(|j| j.created_at >= from);
+    }
+    let rows = studio_core::job::cost_by(
+        &jobs,
+        |j| match a.by {
+            None => "total".to_string(),
+            Some(CostBy::Pool) => j.pool.to_string(),
+            Some(CostBy::Owner) => j.spec.owner.clone(),
+            Some(CostBy::Cloud) => j.spec.cloud.to_string(),
+        },
+        now,
+    );
+    if a.output == Output::Json {
+        let v: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(k, n, c)| serde_json::json!({"key": k, "jobs": n, "cost_usd": *c as f64 / 1e6}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let head = match a.by {
+        None => "",
+        Some(CostBy::Pool) => "POOL",
+        Some(CostBy::Owner) => "OWNER",
+        Some(CostBy::Cloud) => "CLOUD",
+    };
+    let mut table = vec![vec![head.to_string(), "JOBS".into(), "COST".into()]];
+    for (k, n, c) in &rows {
+        table.push(vec![k.clone(), n.to_string(), usd(*c)]);
+    }
+    if rows.is_empty() {
+        println!("no jobs");
+    } else {
+        print_table(&table);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `studio submit --file F`: a prepared SubmitJob, validated as every entry
@@ -486,10 +721,19 @@ async fn submit(g: &Globals, env: &Env, a: SubmitArgs) -> Result<ExitCode, CliEr
 /// The workspace tarball of `dir`, Studio's own state left out (the default
 /// `~/.studio` with a script in `~`: the database, logs and earlier
 /// workspaces would grow every run's tarball).
+/// Packs `dir`, leaving out Studio's home and the outputs earlier runs
+/// pulled (`./studio-out`) where they lie inside it.
 fn pack_workspace(g: &Globals, dir: &Path) -> Result<Vec<u8>, CliError> {
     let home = g.home.canonicalize().unwrap_or_else(|_| g.home.clone());
-    studio_core::workspace::pack_dir_except(dir, WORKSPACE_LIMIT, &[&home]).map_err(usage)
+    let pulled = std::env::current_dir()
+        .map(|d| d.join(PULL_DIR))
+        .unwrap_or_else(|_| PathBuf::from(PULL_DIR));
+    let pulled = pulled.canonicalize().unwrap_or(pulled);
+    studio_core::workspace::pack_dir_except(dir, WORKSPACE_LIMIT, &[&home, &pulled]).map_err(usage)
 }
+
+/// Where `studio run` and `studio pull` put outputs, under the current directory.
+const PULL_DIR: &str = "studio-out";
 
 /// Where jobs of `cloud` go.
 async fn side_for(g: &Globals, env: &Env, cloud: Cloud) -> Result<Side, CliError> {
@@ -960,9 +1204,11 @@ async fn status(g: &Globals, env: &Env, a: StatusArgs) -> Result<ExitCode, CliEr
         println!("no jobs yet");
         return Ok(ExitCode::SUCCESS);
     }
-    let mut rows = vec![["ID", "STATE", "CLOUD", "MACHINE", "ATTEMPTS", "AGE"]
-        .map(String::from)
-        .to_vec()];
+    let mut rows = vec![
+        ["ID", "STATE", "CLOUD", "MACHINE", "ATTEMPTS", "AGE", "COST"]
+            .map(String::from)
+            .to_vec(),
+    ];
     for j in &jobs {
         rows.push(vec![
             j.id.to_string(),
@@ -971,6 +1217,7 @@ async fn status(g: &Globals, env: &Env, a: StatusArgs) -> Result<ExitCode, CliEr
             j.plan.machine.clone(),
             j.attempt.to_string(),
             format_age(now.since(j.created_at)),
+            usd(j.cost_micro_usd(now)),
         ]);
     }
     print_table(&rows);
@@ -1014,19 +1261,36 @@ fn print_job(j: &Job, now: studio_core::clock::Timestamp) {
     println!("script    {} {}", j.spec.entrypoint, j.spec.args.join(" "));
     println!("owner     {}", j.spec.owner);
     println!("age       {}", format_age(now.since(j.created_at)));
+    let spent = j.cost_micro_usd(now);
+    let budget = j.spec.max_cost_cents.map_or(String::new(), |c| {
+        format!(" of a {} budget", usd(c * 10_000))
+    });
+    if j.state.is_terminal() {
+        println!("cost      {}{budget}", usd(spent));
+    } else {
+        println!("cost      {} so far{budget}", usd(spent));
+    }
     println!("attempts");
     for a in &j.attempts {
         let outcome = a.outcome.map_or("running".to_string(), |o| o.to_string());
         let took = a.ended_at.unwrap_or(now).since(a.started_at);
         println!(
-            "  #{} {} on {} ({}, ${:.4}/h) {} after {}",
+            "  #{} {} on {} ({}, {}, ${:.4}/h {}) {} after {}, {}{}",
             a.number,
             outcome,
             a.instance,
             a.machine,
+            a.market,
             a.price_micro_usd_per_hour as f64 / 1e6,
+            a.price_basis(),
             a.exit_code.map_or(String::new(), |c| format!("exit {c}")),
-            humantime::format_duration(Duration::from_secs(took.as_secs()))
+            humantime::format_duration(Duration::from_secs(took.as_secs())),
+            usd(a.cost_micro_usd(now)),
+            a.outputs.as_ref().map_or(String::new(), |o| format!(
+                ", outputs: {} file(s), {}",
+                o.files,
+                format_bytes(o.bytes)
+            ))
         );
     }
     println!("events");

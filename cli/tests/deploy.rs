@@ -346,7 +346,14 @@ async fn the_template_deploys_and_runs_a_job_with_least_privilege() {
     // WHEN a user runs a job on ec2spot through the deployed stack.
     let run = studio(
         home.path(),
-        &["run", "--cloud=ec2spot", "--detach", "hello.py"],
+        &[
+            "run",
+            "--cloud=ec2spot",
+            "--detach",
+            "--output",
+            "hello.py",
+            "hello.py",
+        ],
     );
     assert!(run.status.success(), "{}", text(&run.stderr));
     let id = JobId::new(text(&run.stdout).trim()).unwrap();
@@ -438,6 +445,22 @@ async fn the_template_deploys_and_runs_a_job_with_least_privilege() {
         "{}{}",
         text(&logs.stdout),
         text(&logs.stderr)
+    );
+    // Its output (`--output hello.py`) went up under the worker's role and
+    // comes back with the user's credentials; a second pull writes nothing.
+    let dest = tempfile::tempdir().unwrap();
+    let dest_arg = dest.path().to_str().unwrap();
+    let pulled = studio(home.path(), &["pull", id.as_str(), dest_arg]);
+    assert!(pulled.status.success(), "{}", text(&pulled.stderr));
+    assert_eq!(
+        std::fs::read(dest.path().join("hello.py")).unwrap(),
+        std::fs::read(examples().join("hello.py")).unwrap()
+    );
+    let again = studio(home.path(), &["pull", id.as_str(), dest_arg]);
+    assert!(
+        text(&again.stderr).contains("0 written (0 B), 1 already there"),
+        "{}",
+        text(&again.stderr)
     );
 
     // An EC2 event through the interruption queue, as the rules deliver it.

@@ -43,6 +43,19 @@ impl Home {
         self.dir.path().join(&self.home)
     }
 
+    /// Commands run in a copy of `examples/` of this home's own, so the
+    /// outputs `studio run` pulls (`./studio-out/`) never land in the repository.
+    fn work(&self) -> PathBuf {
+        let work = self.dir.path().join("work");
+        if !work.exists() {
+            std::fs::create_dir_all(&work).unwrap();
+            for f in ["hello.py", "train.py"] {
+                std::fs::copy(examples().join(f), work.join(f)).unwrap();
+            }
+        }
+        work
+    }
+
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(STUDIO);
         c.args(args)
@@ -50,7 +63,7 @@ impl Home {
             .env("STUDIO_POOL_GRACE", "1s")
             .env("STUDIO_MAX_WORKERS", "4")
             .env_remove("STUDIO_LOG")
-            .current_dir(examples());
+            .current_dir(self.work());
         c
     }
 
@@ -599,6 +612,26 @@ fn bad_flags_are_one_line_exit_2_and_change_nothing() {
             "cloud 'gcloud' needs the AWS settings",
         ),
         (&["run"], "missing script"),
+        (
+            &["run", "--max-cost=0", "hello.py"],
+            "--max-cost '0' must be an amount of USD of at least 0.01",
+        ),
+        (
+            &["run", "--max-cost=1.234", "hello.py"],
+            "--max-cost '1.234' must be an amount of USD",
+        ),
+        (
+            &["run", "--max-cost=ten", "hello.py"],
+            "--max-cost 'ten' must be an amount of USD",
+        ),
+        (
+            &["run", "--output=../secrets", "hello.py"],
+            "output '../secrets' must be a relative path inside the workspace",
+        ),
+        (
+            &["run", "--output=/etc", "hello.py"],
+            "output '/etc' must be a relative path inside the workspace",
+        ),
         (&["run", "nope.py"], "script 'nope.py' not found"),
         (
             &["run", "--frobnicate", "hello.py"],
@@ -711,7 +744,13 @@ fn logs_follow_shows_lines_while_the_job_runs() {
         "the line arrived while the job ran"
     );
     let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
-    assert_eq!(rest.last().map(String::as_str), Some("training done"));
+    let n = rest.len();
+    assert!(n >= 2, "{rest:?}");
+    assert_eq!(rest[n - 2], "training done");
+    assert!(
+        rest[n - 1].starts_with("[studio] outputs of attempt 1: 8 file(s)"),
+        "the outputs' note is the log's last line: {rest:?}"
+    );
     assert!(child.wait().unwrap().success());
 }
 
@@ -1390,16 +1429,13 @@ fn a_relative_studio_home_keeps_checkpoints() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let id = h.jobs()[0]["id"].as_str().unwrap().to_string();
-    let saved = h
-        .path()
-        .join("jobs")
-        .join(&id)
-        .join("checkpoints")
-        .join("attempt-1.tar.gz");
-    assert!(
-        saved.is_file(),
-        "checkpoint saved under the home: {saved:?}"
-    );
+    let dir = h.path().join("jobs").join(&id).join("checkpoints");
+    let saved: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("attempt-1-"))
+        .collect();
+    assert_eq!(saved.len(), 1, "checkpoint saved under the home: {dir:?}");
 }
 
 #[test]
@@ -1613,5 +1649,106 @@ fn a_workspace_other_than_the_scripts_directory() {
         stderr(&outside).contains("is not inside the workspace"),
         "{}",
         stderr(&outside)
+    );
+}
+
+/// The README's first example: train.py's outputs (a 4 MiB model, a config
+/// and a directory of results) come back into `./studio-out/JOB/` byte for
+/// byte; `studio pull` again writes nothing; status and cost show the job.
+#[test]
+fn a_run_brings_its_outputs_back_and_a_second_pull_writes_nothing() {
+    let h = Home::new();
+    let out = h.run(&[
+        "run",
+        "train.py",
+        "--epochs",
+        "3",
+        "--epoch-seconds",
+        "0.05",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = h.jobs()[0]["id"].as_str().unwrap().to_string();
+    assert!(
+        stderr(&out).contains(&format!(
+            "outputs of job {id} attempt 1 in studio-out/{id}: 5 written"
+        )),
+        "{}",
+        stderr(&out)
+    );
+    let got = h.work().join("studio-out").join(&id);
+    // The model as Python makes it, independently of Studio.
+    let want = Command::new("python3")
+        .args([
+            "-c",
+            "import random, sys; sys.stdout.buffer.write(random.Random(3).randbytes(4 << 20))",
+        ])
+        .output()
+        .unwrap()
+        .stdout;
+    assert_eq!(want.len(), 4 << 20);
+    assert!(
+        std::fs::read(got.join("model.bin")).unwrap() == want,
+        "model.bin differs"
+    );
+    for e in 1..=3 {
+        let r: Value = serde_json::from_str(
+            &std::fs::read_to_string(got.join(format!("results/epoch-{e:03}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(r["epoch"], e);
+    }
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(got.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["epochs"], 3);
+
+    let again = h.run(&["pull", &id]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(
+        stdout(&again).is_empty(),
+        "nothing written: {}",
+        stdout(&again)
+    );
+    assert!(
+        stderr(&again).contains("0 written (0 B), 5 already there"),
+        "{}",
+        stderr(&again)
+    );
+    let elsewhere = h.dir.path().join("elsewhere");
+    let to = h.run(&["pull", &id, elsewhere.to_str().unwrap()]);
+    assert!(to.status.success(), "{}", stderr(&to));
+    assert_eq!(stdout(&to).lines().count(), 5, "{}", stdout(&to));
+    assert!(std::fs::read(elsewhere.join("model.bin")).unwrap() == want);
+    let none = h.run(&["pull", &id, "--attempt", "2"]);
+    assert_eq!(none.status.code(), Some(2));
+    assert!(
+        stderr(&none).contains("has no attempt 2"),
+        "{}",
+        stderr(&none)
+    );
+
+    // The second run's workspace leaves out what the first pulled.
+    assert!(h.run(&["run", "hello.py"]).status.success());
+    let tarballs: Vec<u64> = std::fs::read_dir(h.path().join("artifacts/workspaces"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().unwrap().len())
+        .collect();
+    assert!(tarballs.iter().all(|n| *n < 64 << 10), "{tarballs:?}");
+
+    let status = stdout(&h.run(&["status", &id]));
+    assert!(status.contains("cost      $0.0000"), "{status}");
+    assert!(status.contains("outputs: 5 file(s), 4.0 MiB"), "{status}");
+    let cost = h.run(&["cost", "--by", "pool"]);
+    assert!(cost.status.success(), "{}", stderr(&cost));
+    let pool = h.jobs()[0]["pool"].as_str().unwrap().to_string();
+    let row = stdout(&cost)
+        .lines()
+        .find(|l| l.starts_with(&pool))
+        .unwrap_or_else(|| panic!("{}", stdout(&cost)))
+        .to_string();
+    assert_eq!(
+        row.split_whitespace().collect::<Vec<_>>(),
+        [pool.as_str(), "2", "$0.0000"],
+        "both jobs, local: free"
     );
 }

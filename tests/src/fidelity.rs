@@ -21,6 +21,9 @@
 //! - Auto Scaling: `SetDesiredCapacity` outside `[MinSize, MaxSize]` is refused.
 //! - S3 ([`Fidelity::set_list_bucket`]): a missing key is `403 AccessDenied`
 //!   for a caller without `s3:ListBucket` (the default here).
+//! - S3: `ListParts` and `CompleteMultipartUpload` answer with their
+//!   documented `<…Result>` roots (moto's are `<…Response>`, which the SDK
+//!   cannot read).
 //! - Auto Scaling: [`Fidelity::group_rebalances`] makes a group terminate
 //!   (and replace) instances by itself, as capacity rebalancing and AZ
 //!   rebalancing do.
@@ -171,6 +174,13 @@ impl Authorized {
                 let (action, arn) = match op.as_str() {
                     "GetObject" | "HeadObject" => ("GetObject", format!("{bucket}/{key}")),
                     "PutObject" | "DeleteObject" => (op.as_str(), format!("{bucket}/{key}")),
+                    // IAM authorizes a multipart upload's steps as PutObject.
+                    "CreateMultipartUpload" | "UploadPart" | "CompleteMultipartUpload" => {
+                        ("PutObject", format!("{bucket}/{key}"))
+                    }
+                    "ListParts" => ("ListMultipartUploadParts", format!("{bucket}/{key}")),
+                    "AbortMultipartUpload" => ("AbortMultipartUpload", format!("{bucket}/{key}")),
+                    "ListMultipartUploads" => ("ListBucketMultipartUploads", bucket.to_string()),
                     "ListObjectsV2" | "ListObjects" | "HeadBucket" => {
                         ("ListBucket", bucket.to_string())
                     }
@@ -921,6 +931,11 @@ impl Shared {
     /// HTTP status code 403 Access Denied error." (HeadObject: the same, with
     /// no body.)
     fn s3(&self, op: &str, object: bool, answer: Answer) -> Answer {
+        if matches!(op, "ListParts" | "CompleteMultipartUpload")
+            && answer.status() == StatusCode::OK
+        {
+            return documented_root(op, answer);
+        }
         if !object
             || answer.status() != StatusCode::NOT_FOUND
             || self.state().list_bucket
@@ -953,6 +968,21 @@ impl Shared {
 
 // ------------------------------------------------------------------ helpers
 
+/// moto (5.2.1 to 5.2.5 at least) answers ListParts and
+/// CompleteMultipartUpload with `<ListPartsResponse>` and
+/// `<CompleteMultipartUploadResponse>` roots; S3 documents and sends
+/// `<ListPartsResult>` and `<CompleteMultipartUploadResult>`
+/// (<https://docs.aws.amazon.com/AmazonS3/latest/API/API_ListParts.html>,
+/// `API_CompleteMultipartUpload.html`), and the SDK refuses any other root.
+/// The root is put right, nothing else.
+fn documented_root(op: &str, answer: Answer) -> Answer {
+    let (parts, body) = answer.into_parts();
+    let text = String::from_utf8_lossy(&full_bytes(&body))
+        .replace(&format!("<{op}Response"), &format!("<{op}Result"))
+        .replace(&format!("</{op}Response>"), &format!("</{op}Result>"));
+    with_body(parts, text.into_bytes())
+}
+
 fn classify(parts: &hyper::http::request::Parts, body: &Bytes) -> Call {
     let header = |n: &str| {
         parts
@@ -984,6 +1014,12 @@ fn classify(parts: &hyper::http::request::Parts, body: &Bytes) -> Call {
         let object = !bucket.is_empty() && !key.is_empty();
         let query = parts.uri.query().unwrap_or_default();
         let op = match (&parts.method, object) {
+            (&Method::GET, true) if query.contains("uploadId=") => "ListParts",
+            (&Method::PUT, true) if query.contains("uploadId=") => "UploadPart",
+            (&Method::POST, true) if query.contains("uploadId=") => "CompleteMultipartUpload",
+            (&Method::POST, true) if query.contains("uploads") => "CreateMultipartUpload",
+            (&Method::DELETE, true) if query.contains("uploadId=") => "AbortMultipartUpload",
+            (&Method::GET, false) if query.contains("uploads") => "ListMultipartUploads",
             (&Method::GET, true) => "GetObject",
             (&Method::HEAD, true) => "HeadObject",
             (&Method::PUT, true) if parts.headers.contains_key("x-amz-copy-source") => "CopyObject",

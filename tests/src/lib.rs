@@ -7,6 +7,7 @@
 //!   what the "workers" do by calling the worker-side handlers itself.
 //! - [`JobBuilder`]: `SubmitJob` bodies that read like sentences.
 
+pub mod artifacts;
 pub mod fidelity;
 pub mod gcp;
 pub mod pubsub_push;

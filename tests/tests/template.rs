@@ -509,6 +509,9 @@ fn every_policy_is_least_privilege() {
         ("s3:GetObject", "releases/studio-abc"),
         ("s3:PutObject", "logs/j/0001"),
         ("s3:PutObject", "checkpoints/j/1.tar.gz"),
+        ("s3:GetObject", "files/j/0123abcd"),
+        ("s3:PutObject", "files/j/0123abcd"),
+        ("s3:ListMultipartUploadParts", "files/j/0123abcd"),
     ] {
         let arn = format!("arn:aws:s3:::{bucket}/{r}");
         assert!(
@@ -537,6 +540,11 @@ fn every_policy_is_least_privilege() {
     ] {
         assert!(!allows(&worker, a, Some(r)), "the worker may {a} on {r}");
     }
+    assert!(allows(
+        &worker,
+        "s3:ListBucketMultipartUploads",
+        Some(&format!("arn:aws:s3:::{bucket}"))
+    ));
     assert!(allows(&worker, "ec2:CreateTags", None));
     assert!(!allows(&worker, "ec2:RunInstances", None));
     assert!(!allows(&worker, "iam:PassRole", None));

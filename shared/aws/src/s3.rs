@@ -1,7 +1,15 @@
 //! [`ArtifactStore`] on S3: workspaces at `workspaces/<sha256>.tar.gz`
 //! (content-addressed, written once, verified on read), logs as numbered
 //! chunks under `logs/<job>/` (S3 has no append: a chunk per flush, read back
-//! in key order), checkpoints at `checkpoints/<job>.tar.gz` (the latest wins).
+//! in key order), checkpoints at `checkpoints/<job>/attempt-<n>-<sha256>.tar.gz`
+//! (never replaced), outputs and their manifests by content at
+//! `files/<job>/<sha256>`.
+//!
+//! Files above [`MULTIPART_THRESHOLD`] go up in parts (S3 caps a single
+//! PUT at 5 GiB and a part at 5 MiB–5 GiB, 10,000 parts). An upload is
+//! resumable: the key is the content's hash, so a part an earlier, broken
+//! upload of the same key left (`ListMultipartUploads`, `ListParts`) with
+//! the size the part must have holds the same bytes and is not sent again.
 
 use crate::AwsError;
 use async_trait::async_trait;
@@ -9,6 +17,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use studio_core::contract::WorkspaceRef;
 use studio_core::ids::JobId;
+use studio_core::job::CheckpointRef;
 use studio_core::ports::{ArtifactStore, PortError};
 
 const PORT: &str = "s3";
@@ -16,6 +25,24 @@ const PORT: &str = "s3";
 pub struct S3Artifacts {
     client: Client,
     bucket: String,
+    threshold: u64,
+    part_size: u64,
+}
+
+/// Files larger than this go up in parts.
+pub const MULTIPART_THRESHOLD: u64 = 64 << 20;
+/// The part size (grown for files that would need more than 10,000 parts).
+pub const PART_SIZE: u64 = 16 << 20;
+
+/// What one [`S3Artifacts::put_file`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PutStats {
+    /// Parts of the object (0: one plain PUT, or the object was there).
+    pub parts: u32,
+    /// Parts an earlier upload of the same content had already sent.
+    pub reused: u32,
+    /// The object was already stored whole.
+    pub present: bool,
 }
 
 fn sdk<E: std::error::Error + Send + Sync + 'static>(
@@ -39,7 +66,163 @@ impl S3Artifacts {
         S3Artifacts {
             client,
             bucket: bucket.into(),
+            threshold: MULTIPART_THRESHOLD,
+            part_size: PART_SIZE,
         }
+    }
+
+    /// Other multipart sizes (tests use S3's smallest part, 5 MiB).
+    #[must_use]
+    pub fn with_parts(mut self, threshold: u64, part_size: u64) -> Self {
+        self.threshold = threshold;
+        self.part_size = part_size.max(5 << 20);
+        self
+    }
+
+    fn blob_key(job: &JobId, sha: &str) -> String {
+        format!("files/{job}/{sha}")
+    }
+
+    /// Uploads the file at `src` to `key` unless an object of its size is
+    /// there: one PUT up to the threshold, else a multipart upload that
+    /// resumes one an earlier try left.
+    ///
+    /// # Errors
+    /// The file cannot be read or S3 refuses a call.
+    pub async fn put_file(&self, key: &str, src: &std::path::Path) -> Result<PutStats, PortError> {
+        use aws_sdk_s3::primitives::Length;
+        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+        let size = std::fs::metadata(src)
+            .map_err(|e| PortError::backend(PORT, e))?
+            .len();
+        // Under least privilege a HEAD of a missing key is a 403, not a 404:
+        // any failure means "not there".
+        if let Ok(h) = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            if h.content_length() == Some(size as i64) {
+                return Ok(PutStats {
+                    present: true,
+                    ..PutStats::default()
+                });
+            }
+        }
+        let body = |offset: u64, len: u64| async move {
+            ByteStream::read_from()
+                .path(src)
+                .offset(offset)
+                .length(Length::Exact(len))
+                .build()
+                .await
+                .map_err(|e| PortError::backend(PORT, e))
+        };
+        if size <= self.threshold {
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .body(body(0, size).await?)
+                .send()
+                .await
+                .map_err(sdk("PutObject"))?;
+            return Ok(PutStats::default());
+        }
+        let part = self.part_size.max(size.div_ceil(10_000));
+        let count = size.div_ceil(part) as i32;
+        let len_of = |n: i32| part.min(size - (n as u64 - 1) * part);
+        // An upload of this key left behind: same key, same content.
+        let mut upload_id = None;
+        let listed = self
+            .client
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .prefix(key)
+            .send()
+            .await
+            .map_err(sdk("ListMultipartUploads"))?;
+        if let Some(u) = listed.uploads().iter().find(|u| u.key() == Some(key)) {
+            upload_id = u.upload_id().map(str::to_string);
+        }
+        let mut done: std::collections::BTreeMap<i32, String> = Default::default();
+        if let Some(id) = &upload_id {
+            let mut pages = self
+                .client
+                .list_parts()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(id)
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                for p in page.map_err(sdk("ListParts"))?.parts() {
+                    if let (Some(n), Some(etag), Some(sz)) = (p.part_number(), p.e_tag(), p.size())
+                    {
+                        if n >= 1 && n <= count && sz as u64 == len_of(n) {
+                            done.insert(n, etag.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        let upload_id = match upload_id {
+            Some(id) => id,
+            None => self
+                .client
+                .create_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .send()
+                .await
+                .map_err(sdk("CreateMultipartUpload"))?
+                .upload_id()
+                .ok_or_else(|| PortError::backend(PORT, "CreateMultipartUpload: no upload id"))?
+                .to_string(),
+        };
+        let reused = done.len() as u32;
+        for n in 1..=count {
+            if done.contains_key(&n) {
+                continue;
+            }
+            let r = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .part_number(n)
+                .body(body((n as u64 - 1) * part, len_of(n)).await?)
+                .send()
+                .await
+                .map_err(sdk("UploadPart"))?;
+            done.insert(n, r.e_tag().unwrap_or_default().to_string());
+        }
+        let parts = done
+            .into_iter()
+            .map(|(n, etag)| CompletedPart::builder().part_number(n).e_tag(etag).build())
+            .collect::<Vec<_>>();
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(&upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(sdk("CompleteMultipartUpload"))?;
+        Ok(PutStats {
+            parts: count as u32,
+            reused,
+            present: false,
+        })
     }
 
     /// A client for `bucket`; path-style addressing when a custom endpoint
@@ -162,23 +345,68 @@ impl ArtifactStore for S3Artifacts {
     async fn put_checkpoint(
         &self,
         job: &JobId,
-        attempt: u32,
+        r: &CheckpointRef,
         tarball: &[u8],
     ) -> Result<(), PortError> {
-        self.put(&checkpoint_key(job, attempt), tarball.to_vec())
-            .await
+        self.put(&checkpoint_key(job, r), tarball.to_vec()).await
     }
 
-    async fn get_checkpoint(&self, job: &JobId, attempt: u32) -> Result<Vec<u8>, PortError> {
-        let key = checkpoint_key(job, attempt);
+    async fn get_checkpoint(&self, job: &JobId, r: &CheckpointRef) -> Result<Vec<u8>, PortError> {
+        let key = checkpoint_key(job, r);
         self.get(&key)
             .await?
             .ok_or_else(|| PortError::NotFound(format!("s3://{}/{key}", self.bucket)))
     }
+
+    async fn put_blob(
+        &self,
+        job: &JobId,
+        sha256: &str,
+        src: &std::path::Path,
+    ) -> Result<(), PortError> {
+        self.put_file(&Self::blob_key(job, sha256), src).await?;
+        Ok(())
+    }
+
+    async fn get_blob(
+        &self,
+        job: &JobId,
+        sha256: &str,
+        dest: &std::path::Path,
+    ) -> Result<(), PortError> {
+        let key = Self::blob_key(job, sha256);
+        let o = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
+                return Err(PortError::NotFound(format!("s3://{}/{key}", self.bucket)))
+            }
+            Err(e) => return Err(sdk("GetObject")(e)),
+        };
+        let mut file = tokio::fs::File::create(dest)
+            .await
+            .map_err(|e| PortError::backend(PORT, e))?;
+        let mut body = o.body.into_async_read();
+        tokio::io::copy(&mut body, &mut file)
+            .await
+            .map_err(|e| PortError::backend(PORT, e))?;
+        tokio::io::AsyncWriteExt::flush(&mut file)
+            .await
+            .map_err(|e| PortError::backend(PORT, e))
+    }
 }
 
-/// Each attempt's checkpoint under its own key: a new attempt never reads
-/// an object an old attempt is still writing.
-fn checkpoint_key(job: &JobId, attempt: u32) -> String {
-    format!("checkpoints/{job}/attempt-{attempt}.tar.gz")
+/// Each checkpoint under its attempt and hash: never replaced, so a new
+/// attempt never reads an object an old attempt is still writing.
+fn checkpoint_key(job: &JobId, r: &CheckpointRef) -> String {
+    format!(
+        "checkpoints/{job}/attempt-{}-{}.tar.gz",
+        r.attempt, r.sha256
+    )
 }

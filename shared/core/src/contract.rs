@@ -10,8 +10,13 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use thiserror::Error;
 
-/// The version of [`SubmitJob`] this build writes and reads.
-pub const SUBMIT_JOB_VERSION: u32 = 1;
+/// The newest version of [`SubmitJob`] this build reads. Version 2 added
+/// `outputs` and `max_cost_cents`; a message is written in the oldest
+/// version that holds its fields ([`SubmitJob::settle_version`]), so a
+/// deployment not yet upgraded still takes what it can run.
+pub const SUBMIT_JOB_VERSION: u32 = 2;
+/// Versions of [`SubmitJob`] this build reads.
+pub const SUBMIT_JOB_VERSIONS: std::ops::RangeInclusive<u32> = 1..=SUBMIT_JOB_VERSION;
 /// The version of [`WorkItem`] this build writes and reads.
 pub const WORK_ITEM_VERSION: u32 = 1;
 
@@ -60,7 +65,7 @@ impl WorkspaceRef {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitJob {
-    /// Must be [`SUBMIT_JOB_VERSION`].
+    /// 1 or 2 ([`SUBMIT_JOB_VERSIONS`]); v2 fields need version 2.
     pub version: u32,
     /// The idempotency key. Absent: the queue message id is used, so a
     /// redelivered message still makes one job.
@@ -102,7 +107,30 @@ pub struct SubmitJob {
     /// machines instead of failing it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fallback_on_demand: bool,
+    /// Files or directories of the workspace (relative paths) collected as
+    /// outputs at the end of every attempt, beside `$STUDIO_OUTPUT_DIR`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<String>,
+    /// Stop the job (and its re-runs), `cancelled` with the reason, before
+    /// its machines cost more than this many US cents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_cents: Option<u64>,
     pub owner: String,
+}
+
+/// Whether `s` is a SHA-256 in lowercase hex (a content address).
+pub fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Whether `p` is a non-empty relative path that stays inside its directory.
+fn is_inside(p: &str) -> bool {
+    let path = std::path::Path::new(p);
+    !p.is_empty()
+        && !path.is_absolute()
+        && path
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
 }
 
 fn default_cloud() -> Cloud {
@@ -118,7 +146,13 @@ pub enum ContractError {
     Version {
         what: &'static str,
         got: u32,
-        want: u32,
+        want: String,
+    },
+    #[error("field '{field}' needs SubmitJob version {needs} (the message says version {got})")]
+    FieldVersion {
+        field: &'static str,
+        needs: u32,
+        got: u32,
     },
     #[error(transparent)]
     Request(#[from] RequestError),
@@ -134,9 +168,18 @@ pub enum ContractError {
     MaxDuration,
     #[error("{field} '{value}' may hold only letters, digits, '-', '_' and '.'")]
     Name { field: &'static str, value: String },
+    #[error("output '{0}' must be a relative path inside the workspace")]
+    Output(String),
+    #[error("at most {MAX_OUTPUTS} outputs may be named")]
+    TooManyOutputs,
+    #[error("max_cost_cents must be at least 1")]
+    MaxCost,
     #[error("args and env take {bytes} bytes; at most {MAX_ARGS_ENV_BYTES} are allowed (the job record must fit a DynamoDB item, 400 KB, with its history)")]
     TooLarge { bytes: usize },
 }
+
+/// Most outputs (`--output`) a job may name.
+pub const MAX_OUTPUTS: usize = 64;
 
 /// Most bytes a job's args and env (names and values) may take together.
 pub const MAX_ARGS_ENV_BYTES: usize = 64 * 1024;
@@ -155,7 +198,7 @@ impl SubmitJob {
     /// default (no workspace or entrypoint yet).
     pub fn new(cloud: Cloud, resources: ResourceRequest, owner: &str) -> SubmitJob {
         SubmitJob {
-            version: SUBMIT_JOB_VERSION,
+            version: 1,
             job_id: None,
             cloud,
             resources,
@@ -174,6 +217,8 @@ impl SubmitJob {
             max_duration_secs: None,
             lifetime_secs: None,
             fallback_on_demand: false,
+            outputs: Vec::new(),
+            max_cost_cents: None,
             owner: owner.to_string(),
         }
     }
@@ -188,12 +233,19 @@ impl SubmitJob {
                 what: "SubmitJob",
                 detail: e.to_string(),
             })?;
-        let version = v.get("version").and_then(|x| x.as_u64()).unwrap_or(0) as u32;
-        if version != SUBMIT_JOB_VERSION {
+        let version = v
+            .get("version")
+            .and_then(|x| x.as_u64())
+            .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX));
+        if !SUBMIT_JOB_VERSIONS.contains(&version) {
             return Err(ContractError::Version {
                 what: "SubmitJob",
                 got: version,
-                want: SUBMIT_JOB_VERSION,
+                want: format!(
+                    "{} to {}",
+                    SUBMIT_JOB_VERSIONS.start(),
+                    SUBMIT_JOB_VERSIONS.end()
+                ),
             });
         }
         let job: SubmitJob = serde_json::from_value(v).map_err(|e| ContractError::Malformed {
@@ -204,9 +256,50 @@ impl SubmitJob {
         Ok(job)
     }
 
+    /// The oldest version that holds this request's fields.
+    pub fn min_version(&self) -> u32 {
+        if self.outputs.is_empty() && self.max_cost_cents.is_none() {
+            1
+        } else {
+            2
+        }
+    }
+
+    /// Marks the request with [`SubmitJob::min_version`] (what senders write).
+    pub fn settle_version(&mut self) {
+        self.version = self.min_version();
+    }
+
     /// # Errors
     /// [`ContractError`] for an invalid request, entrypoint, env or owner.
     pub fn validate(&self) -> Result<(), ContractError> {
+        if !SUBMIT_JOB_VERSIONS.contains(&self.version) {
+            return Err(ContractError::Version {
+                what: "SubmitJob",
+                got: self.version,
+                want: format!(
+                    "{} to {}",
+                    SUBMIT_JOB_VERSIONS.start(),
+                    SUBMIT_JOB_VERSIONS.end()
+                ),
+            });
+        }
+        if self.version < 2 {
+            let field = if !self.outputs.is_empty() {
+                Some("outputs")
+            } else if self.max_cost_cents.is_some() {
+                Some("max_cost_cents")
+            } else {
+                None
+            };
+            if let Some(field) = field {
+                return Err(ContractError::FieldVersion {
+                    field,
+                    needs: 2,
+                    got: self.version,
+                });
+            }
+        }
         self.resources.validate()?;
         let bytes = self.args.iter().map(String::len).sum::<usize>()
             + self
@@ -218,14 +311,21 @@ impl SubmitJob {
             return Err(ContractError::TooLarge { bytes });
         }
         crate::resources::WorkerPolicy::from_flag(self.num_workers)?;
-        let ep = std::path::Path::new(&self.entrypoint);
-        if self.entrypoint.is_empty()
-            || ep.is_absolute()
-            || ep
-                .components()
-                .any(|c| !matches!(c, std::path::Component::Normal(_)))
-        {
+        if !is_inside(&self.entrypoint) {
             return Err(ContractError::Entrypoint(self.entrypoint.clone()));
+        }
+        if self.outputs.len() > MAX_OUTPUTS {
+            return Err(ContractError::TooManyOutputs);
+        }
+        if let Some(o) = self
+            .outputs
+            .iter()
+            .find(|o| !is_inside(o) || o.len() > 1024)
+        {
+            return Err(ContractError::Output(o.clone()));
+        }
+        if self.max_cost_cents == Some(0) {
+            return Err(ContractError::MaxCost);
         }
         for name in self.env.keys() {
             let mut chars = name.chars();
@@ -300,7 +400,7 @@ impl WorkItem {
             return Err(ContractError::Version {
                 what: "WorkItem",
                 got: item.version,
-                want: WORK_ITEM_VERSION,
+                want: WORK_ITEM_VERSION.to_string(),
             });
         }
         Ok(item)
@@ -340,7 +440,14 @@ pub(crate) mod tests {
         let cases: &[(&str, &str)] = &[
             ("not json", "not a valid SubmitJob message"),
             ("{}", "unsupported SubmitJob version 0"),
-            (r#"{"version":2}"#, "unsupported SubmitJob version 2"),
+            (
+                r#"{"version":3}"#,
+                "unsupported SubmitJob version 3: this build reads version 1 to 2",
+            ),
+            (
+                r#"{"version":4294967297}"#,
+                "unsupported SubmitJob version 4294967295",
+            ),
             (r#"{"version":1}"#, "missing field `workspace`"),
         ];
         for (body, want) in cases {
@@ -369,6 +476,50 @@ pub(crate) mod tests {
         let mut s = sample();
         s.num_workers = Some(0);
         assert!(matches!(s.validate(), Err(ContractError::Request(_))));
+        for bad in ["../up", "/etc", "", "a/../../b"] {
+            let mut s = sample();
+            s.version = 2;
+            s.outputs = vec![bad.into()];
+            assert!(
+                matches!(s.validate(), Err(ContractError::Output(_))),
+                "{bad:?}"
+            );
+        }
+        let mut s = sample();
+        s.version = 2;
+        s.max_cost_cents = Some(0);
+        assert!(matches!(s.validate(), Err(ContractError::MaxCost)));
+    }
+
+    /// Version 2's fields need version 2; a sender writes the oldest
+    /// version that holds its fields, so a v1-only deployment still takes
+    /// every job that does not use them.
+    #[test]
+    fn new_fields_need_version_2_and_senders_write_the_oldest_that_fits() {
+        let mut s = sample();
+        s.settle_version();
+        assert_eq!(s.version, 1);
+        assert_eq!(SubmitJob::from_json(&s.to_json()).unwrap(), s);
+        s.outputs = vec!["runs".into()];
+        let e = SubmitJob::from_json(&s.to_json()).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "field 'outputs' needs SubmitJob version 2 (the message says version 1)"
+        );
+        s.settle_version();
+        assert_eq!(s.version, 2);
+        assert_eq!(SubmitJob::from_json(&s.to_json()).unwrap(), s);
+        let mut m = sample();
+        m.max_cost_cents = Some(250);
+        assert!(matches!(
+            m.validate(),
+            Err(ContractError::FieldVersion {
+                field: "max_cost_cents",
+                ..
+            })
+        ));
+        m.settle_version();
+        assert!(m.validate().is_ok());
     }
 
     #[test]

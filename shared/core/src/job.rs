@@ -17,6 +17,7 @@
 use crate::clock::Timestamp;
 use crate::contract::SubmitJob;
 use crate::ids::{InstanceId, JobId, PoolKey};
+use crate::outputs::OutputsRef;
 use crate::plan::Plan;
 use crate::resources::Market;
 use serde::{Deserialize, Serialize};
@@ -134,6 +135,53 @@ pub struct Attempt {
     /// script does (it has a SIGTERM grace); followers wait for this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub script_ended_at: Option<Timestamp>,
+    /// What the attempt left behind (its output manifest), once uploaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<OutputsRef>,
+}
+
+impl Attempt {
+    /// What the machine cost while this attempt held it, in millionths of
+    /// USD: its hourly price from claim to end (or to `now` while running).
+    pub fn cost_micro_usd(&self, now: Timestamp) -> u64 {
+        let end = self.ended_at.unwrap_or(now);
+        let ms = end.0.saturating_sub(self.started_at.0).max(0) as u128;
+        (u128::from(self.price_micro_usd_per_hour) * ms / 3_600_000) as u64
+    }
+
+    /// Where the price comes from, for people reading a bill.
+    pub fn price_basis(&self) -> &'static str {
+        match self.market {
+            // The price the plan chose the machine at (the price table's
+            // spot price); the machine's actual spot price can differ.
+            Market::Spot => "planned spot price",
+            Market::OnDemand => "on-demand list price",
+            Market::Local => "local: free",
+        }
+    }
+}
+
+/// Millionths of USD as `$1.2345`.
+pub fn usd(micro: u64) -> String {
+    format!("${}.{:04}", micro / 1_000_000, (micro % 1_000_000) / 100)
+}
+
+/// Jobs' costs summed by `key` (`None`: one line, `total`), largest first:
+/// `(key, jobs, cost in millionths of USD)`.
+pub fn cost_by<'a>(
+    jobs: impl IntoIterator<Item = &'a Job>,
+    key: impl Fn(&Job) -> String,
+    now: Timestamp,
+) -> Vec<(String, u32, u64)> {
+    let mut sums: std::collections::BTreeMap<String, (u32, u64)> = Default::default();
+    for j in jobs {
+        let e = sums.entry(key(j)).or_default();
+        e.0 += 1;
+        e.1 += j.cost_micro_usd(now);
+    }
+    let mut rows: Vec<(String, u32, u64)> = sums.into_iter().map(|(k, (n, c))| (k, n, c)).collect();
+    rows.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+    rows
 }
 
 /// A job: the request, where it stands, and its history.
@@ -240,6 +288,11 @@ impl Job {
             && self.instance.as_ref() == Some(instance)
     }
 
+    /// The job's cost so far, in millionths of USD: the sum of its attempts.
+    pub fn cost_micro_usd(&self, now: Timestamp) -> u64 {
+        self.attempts.iter().map(|a| a.cost_micro_usd(now)).sum()
+    }
+
     /// When the current attempt last showed life: its heartbeat, or its claim.
     pub fn last_beat(&self) -> Timestamp {
         self.heartbeat_at.unwrap_or(self.updated_at)
@@ -317,6 +370,7 @@ impl Job {
             outcome: None,
             exit_code: None,
             script_ended_at: None,
+            outputs: None,
         });
         Ok(())
     }
@@ -442,6 +496,62 @@ mod tests {
             Timestamp(1000),
             "test",
         )
+    }
+
+    /// `job()` on a machine at `price`/h: attempt 1 from t=0 to 30 min
+    /// (interrupted), attempt 2 from 40 min, running.
+    fn priced(price: u64, pool: &str) -> Job {
+        let mut j = job();
+        j.pool = PoolKey::new(pool).unwrap();
+        j.plan.price_micro_usd_per_hour = price;
+        j.plan.market = Market::Spot;
+        let w = InstanceId::new("w-1").unwrap();
+        let min = |m: i64| Timestamp(m * 60_000);
+        j.claim(&w, "m1", min(0)).unwrap();
+        j.interrupt(min(30), "t", "spot").unwrap();
+        j.requeue(min(31), "t").unwrap();
+        j.claim(&w, "m2", min(40)).unwrap();
+        j
+    }
+
+    #[test]
+    fn cost_is_price_times_time_per_attempt_and_stops_at_the_end() {
+        let min = |m: i64| Timestamp(m * 60_000);
+        let mut j = priced(1_200_000, "p"); // $1.20/h: 2 cents a minute
+        assert_eq!(j.attempts[0].cost_micro_usd(min(100)), 600_000, "30 min");
+        assert_eq!(
+            j.attempts[1].cost_micro_usd(min(50)),
+            200_000,
+            "10 min so far"
+        );
+        assert_eq!(j.cost_micro_usd(min(50)), 800_000);
+        j.complete(Some(0), None, min(55), "t").unwrap();
+        assert_eq!(j.cost_micro_usd(min(500)), 900_000, "ended at 55 min");
+        assert_eq!(usd(j.cost_micro_usd(min(500))), "$0.9000");
+        assert_eq!(j.attempts[0].price_basis(), "planned spot price");
+        // A local job is free.
+        let mut l = job();
+        l.claim(&InstanceId::new("w").unwrap(), "m", min(0))
+            .unwrap();
+        assert_eq!(l.cost_micro_usd(min(600)), 0);
+    }
+
+    #[test]
+    fn costs_sum_by_key_largest_first() {
+        let now = Timestamp(60 * 60_000);
+        let a = priced(1_200_000, "pool-a"); // 30 + 20 min at $1.20
+        let b = priced(600_000, "pool-a"); // 30 + 20 min at $0.60
+        let c = priced(3_000_000, "pool-b"); // 30 + 20 min at $3.00
+        let rows = cost_by([&a, &b, &c], |j| j.pool.to_string(), now);
+        assert_eq!(
+            rows,
+            vec![
+                ("pool-b".to_string(), 1, 2_500_000),
+                ("pool-a".to_string(), 2, 1_500_000),
+            ]
+        );
+        let total = cost_by([&a, &b, &c], |_| "total".into(), now);
+        assert_eq!(total, vec![("total".to_string(), 3, 4_000_000)]);
     }
 
     fn in_state(s: JobState) -> Job {

@@ -16,6 +16,7 @@
 //! - [`worker`]: the worker loop that runs scripts.
 //! - [`notice`]: interruption notices from the EC2 and GCE metadata services.
 //! - [`workspace`]: reproducible workspace tarballs.
+//! - [`outputs`]: what attempts leave behind, stored by content, and pulling it back.
 //!
 //! No cloud SDK is a dependency of this crate.
 
@@ -27,6 +28,7 @@ pub mod handlers;
 pub mod ids;
 pub mod job;
 pub mod notice;
+pub mod outputs;
 pub mod plan;
 pub mod pool;
 pub mod ports;

@@ -5,7 +5,7 @@
 use crate::clock::Timestamp;
 use crate::contract::WorkspaceRef;
 use crate::ids::{InstanceId, JobId, PoolKey};
-use crate::job::{Job, JobState};
+use crate::job::{CheckpointRef, Job, JobState};
 use crate::pool::{Pool, PoolSpec, QueueDepth};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -214,20 +214,42 @@ pub trait ArtifactStore: Send + Sync {
     async fn append_log(&self, job: &JobId, bytes: &[u8]) -> Result<(), PortError>;
     /// The log from byte `offset` on (empty when there is nothing new).
     async fn read_log(&self, job: &JobId, offset: u64) -> Result<Vec<u8>, PortError>;
-    /// Stores attempt `attempt`'s checkpoint (a tarball of its checkpoint
-    /// directory). Each attempt writes under its own name, so a new attempt
-    /// never reads one an old attempt is still writing; which checkpoint
+    /// Stores a checkpoint (a tarball of an attempt's checkpoint directory)
+    /// under its attempt and SHA-256, so an object is never replaced: an
+    /// old attempt still saving on its way out cannot change the bytes the
+    /// record names while the next attempt reads them. Which checkpoint
     /// counts is recorded on the job ([`crate::job::Job::checkpoint`]).
     async fn put_checkpoint(
         &self,
         job: &JobId,
-        attempt: u32,
+        r: &CheckpointRef,
         tarball: &[u8],
     ) -> Result<(), PortError>;
-    /// The checkpoint attempt `attempt` stored.
+    /// The checkpoint `r` names (the caller checks its hash).
     ///
     /// # Errors
     /// [`PortError::NotFound`] when there is none; callers only ask for a
-    /// checkpoint the job record says exists, so that is a real error.
-    async fn get_checkpoint(&self, job: &JobId, attempt: u32) -> Result<Vec<u8>, PortError>;
+    /// checkpoint the job record names, so that is a real error.
+    async fn get_checkpoint(&self, job: &JobId, r: &CheckpointRef) -> Result<Vec<u8>, PortError>;
+    /// Stores the file at `src`, whose SHA-256 is `sha256`, among the job's
+    /// files by content (its outputs and their manifests): a file unchanged
+    /// between attempts is one object. Streams from disk; large files go in
+    /// parts and a retried upload resumes where the store allows it.
+    async fn put_blob(
+        &self,
+        job: &JobId,
+        sha256: &str,
+        src: &std::path::Path,
+    ) -> Result<(), PortError>;
+    /// Writes the job's file `sha256` to `dest` (created or replaced); the
+    /// caller checks its hash.
+    ///
+    /// # Errors
+    /// [`PortError::NotFound`] when the store has no such file.
+    async fn get_blob(
+        &self,
+        job: &JobId,
+        sha256: &str,
+        dest: &std::path::Path,
+    ) -> Result<(), PortError>;
 }

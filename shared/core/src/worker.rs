@@ -18,8 +18,9 @@
 use crate::clock::Timestamp;
 use crate::handlers::{claim_work, mutate_job, requeue, Claim, Ctx, HandlerError, Step};
 use crate::ids::{InstanceId, JobId, PoolKey};
-use crate::job::{CheckpointRef, Job, JobState};
+use crate::job::{usd, CheckpointRef, Job, JobState};
 use crate::notice::{Notice, NoticeSource};
+use crate::outputs::OutputsRef;
 use crate::ports::{ArtifactStore, PortError, Received};
 use crate::resources::Cloud;
 use sha2::Digest;
@@ -257,6 +258,8 @@ enum Stop {
     Shutdown,
     /// The record moved on without us (our lease lapsed and another took over).
     Lost,
+    /// The job's cost would pass its `max_cost_cents` before the next check.
+    Budget(String),
 }
 
 /// What the heartbeat task last saw on the job record.
@@ -400,6 +403,7 @@ async fn run_attempt(
     let ckpt = job_dir
         .join(format!("attempt-{attempt}"))
         .join("checkpoints");
+    let out_dir = job_dir.join(format!("attempt-{attempt}")).join("outputs");
     let mut saved = Saved::default();
     info!(job_id = %id, attempt, "running");
     if attempt > 1 {
@@ -414,12 +418,13 @@ async fn run_attempt(
             .map_err(|e| e.to_string())?;
         crate::workspace::unpack(&bytes, &ws).map_err(|e| e.to_string())?;
         std::fs::create_dir_all(&ckpt).map_err(|e| format!("checkpoint dir: {e}"))?;
+        std::fs::create_dir_all(&out_dir).map_err(|e| format!("output dir: {e}"))?;
         // The checkpoint the record names, so the script resumes instead of
         // starting over. Only a recorded one is fetched: under least
         // privilege a probe for a missing key is a 403, not a "none".
         if let Some(c) = &job.checkpoint {
             let tar = artifacts
-                .get_checkpoint(&id, c.attempt)
+                .get_checkpoint(&id, c)
                 .await
                 .map_err(|e| format!("checkpoint of attempt {}: {e}", c.attempt))?;
             let sha = hex::encode(sha2::Sha256::digest(&tar));
@@ -488,6 +493,7 @@ async fn run_attempt(
         .env("STUDIO_JOB_ID", id.as_str())
         .env("STUDIO_ATTEMPT", attempt.to_string())
         .env("STUDIO_CHECKPOINT_DIR", &ckpt)
+        .env("STUDIO_OUTPUT_DIR", &out_dir)
         .env("PYTHONUNBUFFERED", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -570,6 +576,9 @@ async fn run_attempt(
                     if let Some(m) = max.filter(|m| started.elapsed() >= *m) {
                         new_stop.get_or_insert(Stop::MaxDuration(m));
                     }
+                    if let Some(b) = over_budget(&job, ctx.clock.now(), cfg.heartbeat) {
+                        new_stop.get_or_insert(Stop::Budget(b));
+                    }
                 }
                 if kill_at.is_some_and(|k| Instant::now() >= k) {
                     signal_group(pgid, libc::SIGKILL);
@@ -585,6 +594,7 @@ async fn run_attempt(
                 Stop::Shutdown => "worker shutting down".to_string(),
                 Stop::Preempted(why) => format!("interruption notice: {why}"),
                 Stop::Lost => "attempt taken over elsewhere".to_string(),
+                Stop::Budget(why) => why.clone(),
             };
             info!(job_id = %id, reason = %what, "stopping script with SIGTERM");
             signal_group(pgid, libc::SIGTERM);
@@ -605,10 +615,11 @@ async fn run_attempt(
     }
     let last_lines = last_lines(&tail);
     flush(artifacts, &id, &mut buf).await;
-    mark_script_ended(ctx, &id, attempt, &cfg.instance).await;
-    // The last checkpoint is saved (and recorded) before the end is, so the
-    // next attempt always sees it.
+    // The last checkpoint and the outputs are saved (and recorded) before
+    // the end is, so the next attempt and whoever waits on the job see them.
     sync_checkpoint(ctx, artifacts, &id, attempt, &ckpt, &mut saved).await;
+    let outputs = save_outputs(artifacts, &job, attempt, &out_dir, &ws).await;
+    mark_script_ended(ctx, &id, attempt, &cfg.instance, outputs).await;
 
     let (code, signal) = match &status {
         Ok(st) => {
@@ -642,6 +653,10 @@ async fn run_attempt(
             RunEnd::default()
         }
         Some(Stop::Cancelled) | Some(Stop::Lost) => RunEnd::default(),
+        Some(Stop::Budget(why)) => {
+            end_over_budget(ctx, &id, attempt, &cfg.instance, &why, last_lines).await;
+            RunEnd::default()
+        }
         Some(Stop::Shutdown) => {
             hand_back(
                 ctx,
@@ -730,15 +745,15 @@ async fn sync_checkpoint(
         saved.fingerprint = Some(fp);
         return;
     }
-    if let Err(e) = artifacts.put_checkpoint(id, attempt, &tar).await {
-        warn!(job_id = %id, error = %e, "checkpoint upload failed");
-        return;
-    }
     let r = CheckpointRef {
         attempt,
         sha256: sha.clone(),
         bytes: tar.len() as u64,
     };
+    if let Err(e) = artifacts.put_checkpoint(id, &r, &tar).await {
+        warn!(job_id = %id, error = %e, "checkpoint upload failed");
+        return;
+    }
     let recorded = mutate_job(ctx.store.as_ref(), id, |j| {
         // Never over a later attempt's checkpoint, nor once the next
         // attempt has started (it restored what was recorded before).
@@ -807,7 +822,13 @@ fn fingerprint(dir: &std::path::Path) -> std::io::Result<u64> {
 
 /// Records on the attempt that its script is gone and its output shipped
 /// (followers of a cancelled job stop waiting for more output then).
-async fn mark_script_ended(ctx: &Ctx, id: &JobId, attempt: u32, me: &InstanceId) {
+async fn mark_script_ended(
+    ctx: &Ctx,
+    id: &JobId,
+    attempt: u32,
+    me: &InstanceId,
+    outputs: Option<OutputsRef>,
+) {
     let now = ctx.clock.now();
     let r = mutate_job(ctx.store.as_ref(), id, |j| {
         match j
@@ -817,6 +838,7 @@ async fn mark_script_ended(ctx: &Ctx, id: &JobId, attempt: u32, me: &InstanceId)
         {
             Some(a) => {
                 a.script_ended_at = Some(now);
+                a.outputs = outputs.clone();
                 Step::Write(())
             }
             None => Step::Keep(()),
@@ -826,6 +848,119 @@ async fn mark_script_ended(ctx: &Ctx, id: &JobId, attempt: u32, me: &InstanceId)
     if let Err(e) = r {
         warn!(job_id = %id, error = %e, "could not record the script's end");
     }
+}
+
+/// `Some(why)` when the job's cost, by the time of the next check (`every`
+/// from `now`), would pass its budget.
+fn over_budget(job: &Job, now: Timestamp, every: Duration) -> Option<String> {
+    let budget = job.spec.max_cost_cents?.saturating_mul(10_000);
+    let price = job
+        .attempts
+        .last()
+        .map_or(0, |a| a.price_micro_usd_per_hour);
+    let spent = job.cost_micro_usd(now);
+    let next = (u128::from(price) * every.as_millis() / 3_600_000) as u64;
+    (spent.saturating_add(next) >= budget)
+        .then(|| format!("budget of {} reached: {} spent", usd(budget), usd(spent)))
+}
+
+/// The budget stopped the job: `cancelled`, with the reason.
+async fn end_over_budget(
+    ctx: &Ctx,
+    id: &JobId,
+    attempt: u32,
+    me: &InstanceId,
+    why: &str,
+    last_lines: Vec<String>,
+) {
+    let by = format!("worker:{me}");
+    let now = ctx.clock.now();
+    let r = mutate_job(ctx.store.as_ref(), id, |j| {
+        if j.runs(attempt, me) && j.cancel(now, &by, why).is_ok() {
+            j.last_lines = last_lines.clone();
+            Step::Write(())
+        } else {
+            Step::Keep(())
+        }
+    })
+    .await;
+    match r {
+        Ok(Some(_)) => info!(job_id = %id, reason = %why, "job stopped at its budget"),
+        Ok(None) => {}
+        Err(e) => {
+            warn!(job_id = %id, error = %e, "could not record the budget stop; the sweep ends the attempt")
+        }
+    }
+}
+
+/// Uploads what the attempt left in `out_dir` and the workspace paths the
+/// job names; says in the job's log what was saved and what was missing.
+/// Files the job's earlier attempts stored are not sent again.
+async fn save_outputs(
+    artifacts: &dyn ArtifactStore,
+    job: &Job,
+    attempt: u32,
+    out_dir: &std::path::Path,
+    ws: &std::path::Path,
+) -> Option<OutputsRef> {
+    let (o, w, named) = (
+        out_dir.to_path_buf(),
+        ws.to_path_buf(),
+        job.spec.outputs.clone(),
+    );
+    let (files, missing) =
+        tokio::task::spawn_blocking(move || crate::outputs::gather(&o, &w, &named))
+            .await
+            .ok()?;
+    let scratch = out_dir.with_file_name(".studio");
+    let mut known = std::collections::HashSet::new();
+    if !files.is_empty() {
+        for r in job
+            .attempts
+            .iter()
+            .filter(|a| a.number < attempt)
+            .filter_map(|a| a.outputs.as_ref())
+        {
+            if let Ok(m) = crate::outputs::manifest(artifacts, &job.id, r, &scratch).await {
+                known.extend(m.files.into_iter().map(|f| f.sha256));
+                known.insert(r.manifest.clone());
+            }
+        }
+    }
+    let mut note = String::new();
+    for m in &missing {
+        note.push_str(&format!(
+            "[studio] output {m} not found (or not a regular file or directory)\n"
+        ));
+    }
+    let saved = crate::outputs::upload(artifacts, &job.id, &files, &known, &scratch).await;
+    let outputs = match saved {
+        Ok(u) => {
+            if let Some(r) = &u.outputs {
+                let unchanged = if u.sent < r.files {
+                    format!(", {} already stored (same content)", r.files - u.sent)
+                } else {
+                    String::new()
+                };
+                note.push_str(&format!(
+                    "[studio] outputs of attempt {attempt}: {} file(s), {} bytes{unchanged}\n",
+                    r.files, r.bytes
+                ));
+            }
+            u.outputs
+        }
+        Err(e) => {
+            warn!(job_id = %job.id, error = %e, "outputs not saved");
+            note.push_str(&format!(
+                "[studio] outputs of attempt {attempt} not saved: {e}\n"
+            ));
+            None
+        }
+    };
+    if !note.is_empty() {
+        let _ = artifacts.append_log(&job.id, note.as_bytes()).await;
+    }
+    outputs
 }
 
 /// The attempt failed before its script could start (workspace, Python
@@ -1018,4 +1153,42 @@ fn last_lines(tail: &[u8]) -> Vec<String> {
         .iter()
         .map(|l| l.to_string())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{InstanceId, PoolKey};
+
+    /// A job with a 1-cent budget on a $3.60/h machine (1 cent per 10 s),
+    /// claimed at t = 0.
+    fn budgeted() -> Job {
+        let mut spec = crate::contract::tests::sample();
+        spec.max_cost_cents = Some(1);
+        let mut plan = crate::plan::Plan::local(&Default::default());
+        plan.price_micro_usd_per_hour = 3_600_000;
+        let mut j = Job::new(
+            JobId::new("j").unwrap(),
+            spec,
+            plan,
+            PoolKey::new("p").unwrap(),
+            Timestamp(0),
+            "t",
+        );
+        j.claim(&InstanceId::new("w").unwrap(), "m", Timestamp(0))
+            .unwrap();
+        j
+    }
+
+    #[test]
+    fn the_budget_stops_a_job_before_the_next_check_would_pass_it() {
+        let j = budgeted();
+        let every = Duration::from_secs(1); // 1,000 micro-USD per check
+        assert_eq!(over_budget(&j, Timestamp(8_999), every), None);
+        let why = over_budget(&j, Timestamp(9_000), every).expect("stops");
+        assert_eq!(why, "budget of $0.0100 reached: $0.0090 spent");
+        let mut free = j.clone();
+        free.spec.max_cost_cents = None;
+        assert_eq!(over_budget(&free, Timestamp(1 << 40), every), None);
+    }
 }

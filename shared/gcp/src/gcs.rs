@@ -12,11 +12,16 @@
 //!   which GCS decides atomically, so chunks from any number of writers
 //!   (one attempt after another, on different machines) form one total
 //!   order; a reader walks them from 0 until the first missing one;
-//! - checkpoints at `checkpoints/<job>/<attempt>.tar.gz`.
+//! - checkpoints at `checkpoints/<job>/attempt-<n>-<sha256>.tar.gz`, never
+//!   replaced;
+//! - outputs and their manifests by content at `files/<job>/<sha256>`,
+//!   streamed from disk, written only if absent.
 //!
-//! Every upload sends its CRC32C up front (the bytes are in memory), so
-//! GCS checks the object end to end and the request is a plain two-part
-//! multipart upload.
+//! Every upload from memory sends its CRC32C up front, so GCS checks the
+//! object end to end and the request is a plain two-part multipart upload.
+//! Files stream from disk with their size known, which the client turns
+//! into a resumable upload above its threshold (it resumes a broken
+//! connection within the upload; a new process starts the object over).
 
 use crate::{code_of, gcp_err, Code, GcpConfig};
 use async_trait::async_trait;
@@ -24,6 +29,7 @@ use google_cloud_storage::client::Storage;
 use std::collections::HashMap;
 use studio_core::contract::WorkspaceRef;
 use studio_core::ids::JobId;
+use studio_core::job::CheckpointRef;
 use studio_core::ports::{ArtifactStore, PortError};
 use tokio::sync::Mutex;
 
@@ -41,6 +47,13 @@ pub struct GcsArtifacts {
 struct LogState {
     next: u64,
     sizes: Vec<u64>,
+}
+
+fn checkpoint_name(job: &JobId, r: &CheckpointRef) -> String {
+    format!(
+        "checkpoints/{job}/attempt-{}-{}.tar.gz",
+        r.attempt, r.sha256
+    )
 }
 
 fn chunk_name(job: &JobId, n: u64) -> String {
@@ -109,16 +122,6 @@ impl GcsArtifacts {
             }
             Err(e) => Err(gcp_err(PORT, "objects.insert", e)),
         }
-    }
-
-    async fn put(&self, name: &str, bytes: &[u8]) -> Result<(), PortError> {
-        self.client
-            .write_object(&self.bucket, name, bytes::Bytes::copy_from_slice(bytes))
-            .with_known_crc32c(crc32c::crc32c(bytes))
-            .send_unbuffered()
-            .await
-            .map_err(|e| gcp_err(PORT, "objects.insert", e))?;
-        Ok(())
     }
 
     async fn exists(&self, name: &str) -> Result<bool, PortError> {
@@ -224,16 +227,91 @@ impl ArtifactStore for GcsArtifacts {
     async fn put_checkpoint(
         &self,
         job: &JobId,
-        attempt: u32,
+        r: &CheckpointRef,
         tarball: &[u8],
     ) -> Result<(), PortError> {
-        self.put(&format!("checkpoints/{job}/{attempt}.tar.gz"), tarball)
-            .await
+        self.create(&checkpoint_name(job, r), tarball).await?;
+        Ok(())
     }
 
-    async fn get_checkpoint(&self, job: &JobId, attempt: u32) -> Result<Vec<u8>, PortError> {
-        self.get(&format!("checkpoints/{job}/{attempt}.tar.gz"))
-            .await?
-            .ok_or_else(|| PortError::NotFound(format!("checkpoint of {job} attempt {attempt}")))
+    async fn get_checkpoint(&self, job: &JobId, r: &CheckpointRef) -> Result<Vec<u8>, PortError> {
+        self.get(&checkpoint_name(job, r)).await?.ok_or_else(|| {
+            PortError::NotFound(format!("checkpoint of {job} attempt {}", r.attempt))
+        })
+    }
+
+    async fn put_blob(
+        &self,
+        job: &JobId,
+        sha256: &str,
+        src: &std::path::Path,
+    ) -> Result<(), PortError> {
+        // The checksum up front, as for every upload: GCS checks the
+        // object end to end (and the emulator accepts no other way).
+        let path = src.to_path_buf();
+        let crc = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut f = std::fs::File::open(path)?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut crc = 0u32;
+            loop {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    return Ok::<u32, std::io::Error>(crc);
+                }
+                crc = crc32c::crc32c_append(crc, &buf[..n]);
+            }
+        })
+        .await
+        .map_err(|e| PortError::backend(PORT, e))?
+        .map_err(|e| PortError::backend(PORT, e))?;
+        let file = tokio::fs::File::open(src)
+            .await
+            .map_err(|e| PortError::backend(PORT, e))?;
+        match self
+            .client
+            .write_object(&self.bucket, format!("files/{job}/{sha256}"), file)
+            .set_if_generation_match(0)
+            .with_known_crc32c(crc)
+            .send_unbuffered()
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Stored already: same name, same content.
+            Err(e)
+                if e.http_status_code() == Some(412)
+                    || code_of(&e) == Some(Code::FailedPrecondition) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(gcp_err(PORT, "objects.insert", e)),
+        }
+    }
+
+    async fn get_blob(
+        &self,
+        job: &JobId,
+        sha256: &str,
+        dest: &std::path::Path,
+    ) -> Result<(), PortError> {
+        use tokio::io::AsyncWriteExt;
+        let name = format!("files/{job}/{sha256}");
+        let mut resp = match self.client.read_object(&self.bucket, &name).send().await {
+            Ok(r) => r,
+            Err(e) if code_of(&e) == Some(Code::NotFound) => {
+                return Err(PortError::NotFound(format!("gs object {name}")))
+            }
+            Err(e) => return Err(gcp_err(PORT, "objects.get", e)),
+        };
+        let mut file = tokio::fs::File::create(dest)
+            .await
+            .map_err(|e| PortError::backend(PORT, e))?;
+        while let Some(chunk) = resp.next().await {
+            let chunk = chunk.map_err(|e| gcp_err(PORT, "objects.get", e))?;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| PortError::backend(PORT, e))?;
+        }
+        file.flush().await.map_err(|e| PortError::backend(PORT, e))
     }
 }

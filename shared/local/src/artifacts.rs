@@ -1,5 +1,7 @@
 //! [`ArtifactStore`] as a directory: workspaces under
-//! `artifacts/workspaces/<sha256>.tar.gz`, each job's log at `jobs/<id>/log`.
+//! `artifacts/workspaces/<sha256>.tar.gz`, each job's log at `jobs/<id>/log`,
+//! its checkpoints at `jobs/<id>/checkpoints/attempt-<n>-<sha256>.tar.gz`, its
+//! outputs and their manifests by content at `jobs/<id>/files/<sha256>`.
 
 use crate::files;
 use async_trait::async_trait;
@@ -7,6 +9,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use studio_core::contract::WorkspaceRef;
 use studio_core::ids::JobId;
+use studio_core::job::CheckpointRef;
 use studio_core::ports::{ArtifactStore, PortError};
 
 const PORT: &str = "local artifacts";
@@ -31,9 +34,23 @@ impl DirArtifacts {
             .join(format!("{sha}.tar.gz"))
     }
 
-    /// The directory a job's files (log, attempts, checkpoints) live in.
+    /// The directory a job's files (log, attempts, checkpoints, outputs) live in.
     pub fn job_dir(&self, job: &JobId) -> PathBuf {
         self.root.join("jobs").join(job.as_str())
+    }
+
+    fn checkpoint_path(&self, job: &JobId, r: &CheckpointRef) -> PathBuf {
+        self.job_dir(job)
+            .join("checkpoints")
+            .join(format!("attempt-{}-{}.tar.gz", r.attempt, r.sha256))
+    }
+
+    /// `jobs/<id>/files/<sha256>`; a name that is not a SHA-256 is refused.
+    fn blob_path(&self, job: &JobId, sha256: &str) -> Result<PathBuf, PortError> {
+        if !studio_core::contract::is_sha256(sha256) {
+            return Err(PortError::NotFound(format!("file {sha256:?} of job {job}")));
+        }
+        Ok(self.job_dir(job).join("files").join(sha256))
     }
 }
 
@@ -90,26 +107,64 @@ impl ArtifactStore for DirArtifacts {
     async fn put_checkpoint(
         &self,
         job: &JobId,
-        attempt: u32,
+        r: &CheckpointRef,
         tarball: &[u8],
     ) -> Result<(), PortError> {
-        let dir = self.job_dir(job).join("checkpoints");
-        files::create_dir_all(&dir).map_err(io)?;
-        let tmp = dir.join(format!(".attempt-{attempt}.{}", std::process::id()));
+        let path = self.checkpoint_path(job, r);
+        let dir = path.parent().expect("checkpoint path has a parent");
+        files::create_dir_all(dir).map_err(io)?;
+        let tmp = dir.join(format!(".{}.{}", r.sha256, std::process::id()));
         files::write(&tmp, tarball).map_err(io)?;
-        std::fs::rename(&tmp, dir.join(format!("attempt-{attempt}.tar.gz"))).map_err(io)
+        std::fs::rename(&tmp, &path).map_err(io)
     }
 
-    async fn get_checkpoint(&self, job: &JobId, attempt: u32) -> Result<Vec<u8>, PortError> {
-        let path = self
-            .job_dir(job)
-            .join("checkpoints")
-            .join(format!("attempt-{attempt}.tar.gz"));
+    async fn get_checkpoint(&self, job: &JobId, r: &CheckpointRef) -> Result<Vec<u8>, PortError> {
+        let path = self.checkpoint_path(job, r);
         match std::fs::read(&path) {
             Ok(b) => Ok(b),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(PortError::NotFound(
                 format!("checkpoint {}", path.display()),
             )),
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    async fn put_blob(
+        &self,
+        job: &JobId,
+        sha256: &str,
+        src: &std::path::Path,
+    ) -> Result<(), PortError> {
+        let path = self.blob_path(job, sha256)?;
+        if path.exists() {
+            return Ok(());
+        }
+        let dir = path.parent().expect("blob path has a parent");
+        files::create_dir_all(dir).map_err(io)?;
+        let tmp = dir.join(format!(".{sha256}.{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        // A link, not a copy, where the attempt's directory is on the same
+        // file system (a multi-GB model is not stored twice): the script is
+        // gone when outputs are collected, and the attempt directory is
+        // removed, not rewritten, once the job ends.
+        if std::fs::hard_link(src, &tmp).is_err() {
+            std::fs::copy(src, &tmp).map_err(io)?;
+        }
+        std::fs::rename(&tmp, &path).map_err(io)
+    }
+
+    async fn get_blob(
+        &self,
+        job: &JobId,
+        sha256: &str,
+        dest: &std::path::Path,
+    ) -> Result<(), PortError> {
+        let path = self.blob_path(job, sha256)?;
+        match std::fs::copy(&path, dest) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !path.exists() => {
+                Err(PortError::NotFound(format!("file {sha256} of job {job}")))
+            }
             Err(e) => Err(io(e)),
         }
     }
