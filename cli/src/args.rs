@@ -143,6 +143,11 @@ pub struct RunArgs {
     /// with $STUDIO_OUTPUT_DIR at the end of every attempt (repeatable).
     #[arg(long = "output", value_name = "PATH")]
     pub outputs: Vec<String>,
+    /// Data too large for the workspace, fetched by the worker before the
+    /// script starts: s3://BUCKET/PREFIX, into PATH of the workspace
+    /// (default: the prefix's last part) (repeatable).
+    #[arg(long = "input", value_name = "s3://BUCKET/PREFIX[:PATH]")]
+    pub inputs: Vec<String>,
     /// Stop the job (and its re-runs), cancelled with the reason, before
     /// its machines cost more than this many USD, e.g. 2.50.
     #[arg(long, value_name = "USD")]

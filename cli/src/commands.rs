@@ -259,6 +259,11 @@ fn validate_run(
     spec.args = script_args.to_vec();
     spec.fallback_on_demand = a.fallback_on_demand;
     spec.outputs = a.outputs.clone();
+    spec.inputs = a
+        .inputs
+        .iter()
+        .map(|i| parse_input(i))
+        .collect::<Result<_, _>>()?;
     spec.max_cost_cents = a.max_cost.as_deref().map(parse_usd_cents).transpose()?;
     spec.settle_version();
     spec.job_id = a
@@ -309,6 +314,36 @@ fn validate_run(
         eprintln!("studio: warning: {w}");
     }
     Ok((spec, dir))
+}
+
+/// `--input s3://bucket/prefix[:path]`: the last `:` after the scheme
+/// starts the path; without one, the path is the prefix's last part (or
+/// the bucket's name).
+fn parse_input(v: &str) -> Result<studio_core::contract::Input, CliError> {
+    let bad = |why: &str| {
+        usage(format!(
+            "--input '{v}': {why} (e.g. --input s3://my-bucket/datasets/imagenet:data/)"
+        ))
+    };
+    let Some(rest) = v.strip_prefix("s3://") else {
+        return Err(bad("only s3:// URLs are supported"));
+    };
+    let (url, path) = match rest.rsplit_once(':') {
+        Some((u, p)) => (format!("s3://{u}"), p.trim_end_matches('/').to_string()),
+        None => {
+            let last = rest
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or(rest)
+                .to_string();
+            (format!("s3://{rest}"), last)
+        }
+    };
+    if studio_core::contract::parse_s3_url(&url).is_none() {
+        return Err(bad("not s3://BUCKET/PREFIX with a valid bucket name"));
+    }
+    Ok(studio_core::contract::Input { url, path })
 }
 
 /// `--max-cost 2.50` (USD) in cents: at least one cent, at most two decimals.
@@ -1094,6 +1129,7 @@ async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<ExitCode, CliEr
         },
         venv_root: a.venv_root,
         run_as: a.run_as.as_deref().map(user_ids).transpose()?,
+        inputs: None,
     };
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -1110,6 +1146,11 @@ async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<ExitCode, CliEr
     let exit = match a.backend.as_str() {
         "local" => {
             let be = open(g).await?;
+            // Inputs with the user's own AWS credentials (the default chain).
+            let mut cfg = cfg;
+            cfg.inputs = Some(Arc::new(studio_aws::s3::S3Inputs::new(
+                studio_aws::s3::client(&local_aws_config().await),
+            )));
             run_worker(&be.ctx, be.artifacts.as_ref(), &cfg, rx).await?
         }
         #[cfg(feature = "ec2")]
@@ -1119,6 +1160,10 @@ async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<ExitCode, CliEr
             let ctx = studio_aws::lambda::context_from_env(&aws).await;
             let sdk = studio_aws::sdk_config(&aws.region).await;
             let artifacts = studio_aws::s3::S3Artifacts::from_sdk(&sdk, &aws.bucket);
+            let mut cfg = cfg;
+            cfg.inputs = Some(Arc::new(studio_aws::s3::S3Inputs::new(
+                studio_aws::s3::client(&sdk),
+            )));
             run_worker(&ctx, &artifacts, &cfg, rx).await?
         }
         #[cfg(not(feature = "ec2"))]
@@ -1149,6 +1194,10 @@ async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<ExitCode, CliEr
             )
             .await?;
             let artifacts = studio_gcp::gcs::GcsArtifacts::new(&gcp).await?;
+            let mut cfg = cfg;
+            cfg.inputs = Some(Arc::new(studio_aws::s3::S3Inputs::new(
+                studio_aws::s3::client(&sdk),
+            )));
             run_worker(&ctx, &artifacts, &cfg, rx).await?
         }
         #[cfg(not(feature = "gcp"))]
@@ -1168,6 +1217,15 @@ async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<ExitCode, CliEr
 }
 
 /// The GCE metadata server (a stand-in's in tests).
+/// The user's own AWS configuration for a local worker's inputs: the
+/// default chain, in the configured region or else us-east-1.
+async fn local_aws_config() -> aws_config::SdkConfig {
+    match studio_aws::sdk_config_from_env(None).await {
+        Some(sdk) => sdk,
+        None => studio_aws::sdk_config("us-east-1").await,
+    }
+}
+
 #[cfg(feature = "gcp")]
 fn cfg_metadata_base(url: &Option<String>) -> String {
     url.clone()

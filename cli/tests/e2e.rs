@@ -1752,3 +1752,90 @@ fn a_run_brings_its_outputs_back_and_a_second_pull_writes_nothing() {
         "both jobs, local: free"
     );
 }
+
+/// `--input s3://…`: the worker fetches the objects under the prefix into
+/// the workspace before the script starts, with its own credentials (here
+/// the test's, against `moto_server`); a prefix with nothing under it fails
+/// the job with the reason; a malformed one is a usage error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_from_s3_are_in_the_workspace_before_the_script_starts() {
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&studio_aws::emulator_config(
+            "us-east-1",
+            &studio_tests::moto_endpoint(),
+        ))
+        .force_path_style(true)
+        .build(),
+    );
+    let bucket = format!("inputs-{}", ulid::Ulid::new().to_string().to_lowercase());
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    for (key, body) in [
+        ("datasets/mnist/train.csv", "1,2,3\n"),
+        ("datasets/mnist/labels/all.txt", "seven\n"),
+        ("datasets/mnistique/other.csv", "not this\n"),
+    ] {
+        s3.put_object()
+            .bucket(&bucket)
+            .key(key)
+            .body(body.as_bytes().to_vec().into())
+            .send()
+            .await
+            .unwrap();
+    }
+    let h = Home::new();
+    let reader = script(
+        &h.work(),
+        "read.py",
+        "import os\nfor root, _, files in sorted(os.walk('data')):\n    for f in sorted(files):\n        p = os.path.join(root, f)\n        print(p, open(p).read().strip())\n",
+    );
+    let url = format!("s3://{bucket}/datasets/mnist:data");
+    let out = tokio::task::spawn_blocking({
+        let (url, reader) = (url.clone(), reader.clone());
+        let cmd = h.cmd(&["run", "--input", &url, &reader]);
+        move || {
+            let mut cmd = cmd;
+            cmd.stdin(Stdio::null()).output().unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let so = stdout(&out);
+    assert!(so.contains("data/train.csv 1,2,3"), "{so}");
+    assert!(so.contains("data/labels/all.txt seven"), "{so}");
+    assert!(!so.contains("not this"), "a prefix is a directory: {so}");
+    assert!(
+        so.contains(&format!(
+            "[studio] input s3://{bucket}/datasets/mnist -> data: 2 file(s), 12 bytes"
+        )),
+        "{so}"
+    );
+
+    let missing = format!("s3://{bucket}/nothing-here");
+    let cmd = h.cmd(&["run", "--input", &missing, &reader]);
+    let out = tokio::task::spawn_blocking(move || {
+        let mut cmd = cmd;
+        cmd.stdin(Stdio::null()).output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("objects under {missing} not found")),
+        "{}",
+        stderr(&out)
+    );
+
+    for (bad, want) in [
+        ("gs://b/p", "only s3:// URLs are supported"),
+        ("s3://B/p", "with a valid bucket name"),
+        (
+            "s3://bucket/p:../up",
+            "the path relative, inside the workspace",
+        ),
+    ] {
+        let out = h.run(&["run", "--input", bad, "hello.py"]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(stderr(&out).contains(want), "{bad}: {}", stderr(&out));
+    }
+}

@@ -417,5 +417,6 @@ pub fn quick_worker_config(
         log_every: Duration::from_millis(100),
         venv_root: None,
         run_as: None,
+        inputs: None,
     }
 }

@@ -718,6 +718,7 @@ async fn an_idle_worker_terminates_its_machine_and_lowers_the_group() {
         log_every: Duration::from_millis(100),
         venv_root: None,
         run_as: None,
+        inputs: None,
     };
     let artifacts = studio_aws::s3::S3Artifacts::from_sdk(&w.sdk, &w.cfg.bucket);
     let (_tx, rx) = tokio::sync::watch::channel(false);

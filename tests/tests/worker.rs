@@ -50,6 +50,7 @@ fn worker_config(
         log_every: Duration::from_millis(100),
         venv_root: None,
         run_as: None,
+        inputs: None,
     }
 }
 

@@ -410,3 +410,123 @@ fn checkpoint_key(job: &JobId, r: &CheckpointRef) -> String {
         r.attempt, r.sha256
     )
 }
+
+/// Jobs' `s3://` inputs, read with whatever credentials `client` has (the
+/// machine's role on EC2, the web identity on GCE, the user's locally).
+pub struct S3Inputs {
+    client: Client,
+}
+
+impl S3Inputs {
+    pub fn new(client: Client) -> Self {
+        S3Inputs { client }
+    }
+}
+
+/// Where the object `key`, found under `prefix`, goes below the input's
+/// directory: its path below the prefix, or its own name when the prefix
+/// names it. `None` for keys that are not below the prefix at a `/` (a
+/// prefix `data` does not take `database/x`) and folder markers; an error
+/// for a key that would leave the directory.
+fn input_rel(prefix: &str, key: &str) -> Result<Option<String>, PortError> {
+    if key.ends_with('/') {
+        return Ok(None);
+    }
+    let rel = if key == prefix {
+        key.rsplit('/').next().unwrap_or(key)
+    } else if prefix.is_empty() || prefix.ends_with('/') {
+        &key[prefix.len()..]
+    } else if key.as_bytes().get(prefix.len()) == Some(&b'/') {
+        &key[prefix.len() + 1..]
+    } else {
+        return Ok(None);
+    };
+    let safe = !rel.is_empty()
+        && std::path::Path::new(rel)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !safe {
+        return Err(PortError::backend(
+            PORT,
+            format!("object key {key:?} would be written outside the input's directory"),
+        ));
+    }
+    Ok(Some(rel.to_string()))
+}
+
+#[async_trait]
+impl studio_core::ports::InputSource for S3Inputs {
+    async fn fetch(
+        &self,
+        url: &str,
+        dest: &std::path::Path,
+    ) -> Result<studio_core::ports::Fetched, PortError> {
+        use tokio::io::AsyncWriteExt;
+        let (bucket, prefix) = studio_core::contract::parse_s3_url(url)
+            .ok_or_else(|| PortError::NotFound(format!("input {url:?} (not an s3:// URL)")))?;
+        let mut got = studio_core::ports::Fetched::default();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(sdk("ListObjectsV2"))?;
+            for o in page.contents() {
+                let key = o.key().unwrap_or_default();
+                let Some(rel) = input_rel(prefix, key)? else {
+                    continue;
+                };
+                let path = dest.join(&rel);
+                if let Some(dir) = path.parent() {
+                    tokio::fs::create_dir_all(dir)
+                        .await
+                        .map_err(|e| PortError::backend(PORT, e))?;
+                }
+                let obj = self
+                    .client
+                    .get_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .send()
+                    .await
+                    .map_err(sdk("GetObject"))?;
+                let mut file = tokio::fs::File::create(&path)
+                    .await
+                    .map_err(|e| PortError::backend(PORT, e))?;
+                let n = tokio::io::copy(&mut obj.body.into_async_read(), &mut file)
+                    .await
+                    .map_err(|e| PortError::backend(PORT, e))?;
+                file.flush()
+                    .await
+                    .map_err(|e| PortError::backend(PORT, e))?;
+                got.files += 1;
+                got.bytes += n;
+            }
+        }
+        if got.files == 0 {
+            return Err(PortError::NotFound(format!("objects under {url}")));
+        }
+        Ok(got)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::input_rel;
+
+    #[test]
+    fn input_keys_land_below_the_input_directory() {
+        let rel = |p: &str, k: &str| input_rel(p, k).unwrap();
+        assert_eq!(rel("data/", "data/a/b.csv").as_deref(), Some("a/b.csv"));
+        assert_eq!(rel("data", "data/a.csv").as_deref(), Some("a.csv"));
+        assert_eq!(rel("data", "database/a.csv"), None, "not below the prefix");
+        assert_eq!(rel("data/x.csv", "data/x.csv").as_deref(), Some("x.csv"));
+        assert_eq!(rel("", "top.txt").as_deref(), Some("top.txt"));
+        assert_eq!(rel("data/", "data/dir/"), None, "a folder marker");
+        assert!(input_rel("data/", "data/../../etc/cron.d/x").is_err());
+        assert!(input_rel("data/", "data//abs").is_err());
+    }
+}

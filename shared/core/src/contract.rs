@@ -111,11 +111,42 @@ pub struct SubmitJob {
     /// outputs at the end of every attempt, beside `$STUDIO_OUTPUT_DIR`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outputs: Vec<String>,
+    /// Data fetched into the workspace before the script starts, with the
+    /// machine's own credentials.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<Input>,
     /// Stop the job (and its re-runs), `cancelled` with the reason, before
     /// its machines cost more than this many US cents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_cost_cents: Option<u64>,
     pub owner: String,
+}
+
+/// Objects under an S3 URL, fetched into the workspace at `path`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    /// `s3://BUCKET/PREFIX`: every object under the prefix (keys below it
+    /// keep their relative paths), or the one object the URL names.
+    pub url: String,
+    /// Where in the workspace (relative, no `..`).
+    pub path: String,
+}
+
+/// Most inputs a job may name.
+pub const MAX_INPUTS: usize = 16;
+
+/// `(bucket, prefix)` of an `s3://BUCKET[/PREFIX]` URL; `None` when it is
+/// not one (bucket names as S3 allows them: 3 to 63 of `a-z 0-9 . -`).
+pub fn parse_s3_url(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("s3://")?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let ok = (3..=63).contains(&bucket.len())
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        && prefix.len() <= 1024;
+    ok.then_some((bucket, prefix))
 }
 
 /// Whether `s` is a SHA-256 in lowercase hex (a content address).
@@ -172,6 +203,10 @@ pub enum ContractError {
     Output(String),
     #[error("at most {MAX_OUTPUTS} outputs may be named")]
     TooManyOutputs,
+    #[error("input '{url}' -> '{path}': the URL must be s3://BUCKET/PREFIX and the path relative, inside the workspace")]
+    Input { url: String, path: String },
+    #[error("at most {MAX_INPUTS} inputs may be named")]
+    TooManyInputs,
     #[error("max_cost_cents must be at least 1")]
     MaxCost,
     #[error("args and env take {bytes} bytes; at most {MAX_ARGS_ENV_BYTES} are allowed (the job record must fit a DynamoDB item, 400 KB, with its history)")]
@@ -218,6 +253,7 @@ impl SubmitJob {
             lifetime_secs: None,
             fallback_on_demand: false,
             outputs: Vec::new(),
+            inputs: Vec::new(),
             max_cost_cents: None,
             owner: owner.to_string(),
         }
@@ -258,7 +294,7 @@ impl SubmitJob {
 
     /// The oldest version that holds this request's fields.
     pub fn min_version(&self) -> u32 {
-        if self.outputs.is_empty() && self.max_cost_cents.is_none() {
+        if self.outputs.is_empty() && self.inputs.is_empty() && self.max_cost_cents.is_none() {
             1
         } else {
             2
@@ -287,6 +323,8 @@ impl SubmitJob {
         if self.version < 2 {
             let field = if !self.outputs.is_empty() {
                 Some("outputs")
+            } else if !self.inputs.is_empty() {
+                Some("inputs")
             } else if self.max_cost_cents.is_some() {
                 Some("max_cost_cents")
             } else {
@@ -323,6 +361,19 @@ impl SubmitJob {
             .find(|o| !is_inside(o) || o.len() > 1024)
         {
             return Err(ContractError::Output(o.clone()));
+        }
+        if self.inputs.len() > MAX_INPUTS {
+            return Err(ContractError::TooManyInputs);
+        }
+        if let Some(i) = self
+            .inputs
+            .iter()
+            .find(|i| parse_s3_url(&i.url).is_none() || !is_inside(&i.path) || i.path.len() > 1024)
+        {
+            return Err(ContractError::Input {
+                url: i.url.clone(),
+                path: i.path.clone(),
+            });
         }
         if self.max_cost_cents == Some(0) {
             return Err(ContractError::MaxCost);

@@ -14,6 +14,27 @@ use thiserror::Error;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// What [`InputSource::fetch`] brought.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fetched {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Where a job's inputs (`s3://…`) come from, with the machine's own
+/// credentials (an instance role on EC2, the web identity on GCE, the
+/// user's locally).
+#[async_trait]
+pub trait InputSource: Send + Sync {
+    /// Copies every object under `url` into `dest` (keys below the prefix
+    /// keep their relative paths; a URL naming one object gives one file
+    /// at `dest`'s name inside `dest`).
+    ///
+    /// # Errors
+    /// Nothing there, access denied, a key that would leave `dest`, I/O.
+    async fn fetch(&self, url: &str, dest: &std::path::Path) -> Result<Fetched, PortError>;
+}
+
 /// What can go wrong behind a port.
 #[derive(Debug, Error)]
 pub enum PortError {

@@ -21,7 +21,7 @@ use crate::ids::{InstanceId, JobId, PoolKey};
 use crate::job::{usd, CheckpointRef, Job, JobState};
 use crate::notice::{Notice, NoticeSource};
 use crate::outputs::OutputsRef;
-use crate::ports::{ArtifactStore, PortError, Received};
+use crate::ports::{ArtifactStore, InputSource, PortError, Received};
 use crate::resources::Cloud;
 use sha2::Digest;
 use std::path::PathBuf;
@@ -76,6 +76,9 @@ pub struct WorkerConfig {
     /// `requirements.txt` and cached by the hash of that file and the
     /// interpreter. `None`: scripts run with `python` as it is.
     pub venv_root: Option<PathBuf>,
+    /// Fetches jobs' `inputs`; `None`: a job that names any fails to start,
+    /// saying so.
+    pub inputs: Option<Arc<dyn InputSource>>,
 }
 
 /// Largest checkpoint directory the worker uploads.
@@ -417,6 +420,24 @@ async fn run_attempt(
             .await
             .map_err(|e| e.to_string())?;
         crate::workspace::unpack(&bytes, &ws).map_err(|e| e.to_string())?;
+        for i in &job.spec.inputs {
+            let Some(src) = &cfg.inputs else {
+                return Err(format!(
+                    "input {}: this worker has no way to fetch it",
+                    i.url
+                ));
+            };
+            let dest = ws.join(&i.path);
+            let got = src
+                .fetch(&i.url, &dest)
+                .await
+                .map_err(|e| format!("input {}: {e}", i.url))?;
+            let line = format!(
+                "[studio] input {} -> {}: {} file(s), {} bytes\n",
+                i.url, i.path, got.files, got.bytes
+            );
+            let _ = artifacts.append_log(&id, line.as_bytes()).await;
+        }
         std::fs::create_dir_all(&ckpt).map_err(|e| format!("checkpoint dir: {e}"))?;
         std::fs::create_dir_all(&out_dir).map_err(|e| format!("output dir: {e}"))?;
         // The checkpoint the record names, so the script resumes instead of
