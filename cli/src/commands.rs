@@ -1333,10 +1333,13 @@ fn print_job(j: &Job, now: studio_core::clock::Timestamp) {
         let outcome = a.outcome.map_or("running".to_string(), |o| o.to_string());
         let took = a.ended_at.unwrap_or(now).since(a.started_at);
         println!(
-            "  #{} {} on {} ({}, {}, ${:.4}/h {}) {} after {}, {}{}",
+            "  #{} {} on {}{} ({}, {}, ${:.4}/h {}) {} after {}, {}{}",
             a.number,
             outcome,
             a.instance,
+            a.zone
+                .as_deref()
+                .map_or(String::new(), |z| format!(" in {z}")),
             a.machine,
             a.market,
             a.price_micro_usd_per_hour as f64 / 1e6,

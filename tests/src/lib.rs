@@ -299,6 +299,11 @@ impl MetadataStandIn {
                         }
                     } else if line.starts_with("GET /latest/meta-data/") && !token_ok {
                         (401, String::new())
+                    } else if line.starts_with("GET /latest/meta-data/placement/availability-zone ")
+                    {
+                        (200, "us-east-1c".to_string())
+                    } else if line.starts_with("GET /computeMetadata/v1/instance/zone") {
+                        (200, "projects/123/zones/us-central1-f".to_string())
                     } else if line.starts_with("GET /latest/meta-data/spot/instance-action ") {
                         if t.load(Ordering::SeqCst) {
                             (

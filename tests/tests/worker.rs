@@ -65,6 +65,8 @@ async fn the_metadata_clients_read_imdsv2_and_gce_notices() {
     };
     assert_eq!(ec2.check().await, Notice::Clear);
     assert_eq!(gce.check().await, Notice::Clear);
+    assert_eq!(ec2.zone().await.as_deref(), Some("us-east-1c"));
+    assert_eq!(gce.zone().await.as_deref(), Some("us-central1-f"));
     md.set_rebalance(true);
     assert_eq!(ec2.check().await, Notice::Rebalance);
     md.set_terminate(true);
@@ -134,6 +136,11 @@ async fn notice_then_resume(ctx: Ctx, artifacts: Arc<dyn ArtifactStore>, work_ro
     eprintln!("notice to job queued as attempt 2: {:?}", noticed.elapsed());
     assert_eq!((job.state, job.attempt), (JobState::Queued, 2));
     assert_eq!(job.attempts[0].outcome, Some(JobState::Interrupted));
+    assert_eq!(
+        job.attempts[0].zone.as_deref(),
+        Some("us-east-1c"),
+        "the zone the machine's metadata service gave"
+    );
     assert!(
         job.reason
             .as_deref()

@@ -135,6 +135,9 @@ pub struct Attempt {
     /// script does (it has a SIGTERM grace); followers wait for this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub script_ended_at: Option<Timestamp>,
+    /// The machine's zone, as its metadata service says (once known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
     /// What the attempt left behind (its output manifest), once uploaded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outputs: Option<OutputsRef>,
@@ -370,6 +373,7 @@ impl Job {
             outcome: None,
             exit_code: None,
             script_ended_at: None,
+            zone: None,
             outputs: None,
         });
         Ok(())

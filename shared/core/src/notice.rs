@@ -27,6 +27,10 @@ pub trait NoticeSource: Send + Sync {
     async fn check(&self) -> Notice;
     /// How long the script gets between SIGTERM and SIGKILL on a notice.
     fn grace(&self) -> Duration;
+    /// The machine's zone, recorded on its attempts (`None`: unknown).
+    async fn zone(&self) -> Option<String> {
+        None
+    }
 }
 
 /// No metadata service (the local backend).
@@ -95,6 +99,30 @@ impl NoticeSource for Ec2Metadata {
     fn grace(&self) -> Duration {
         Duration::from_secs(90)
     }
+    async fn zone(&self) -> Option<String> {
+        let Ok((200, token)) = http(
+            &self.base,
+            "PUT",
+            "/latest/api/token",
+            &[("X-aws-ec2-metadata-token-ttl-seconds", "60")],
+        )
+        .await
+        else {
+            return None;
+        };
+        let auth = [("X-aws-ec2-metadata-token", token.trim())];
+        match http(
+            &self.base,
+            "GET",
+            "/latest/meta-data/placement/availability-zone",
+            &auth,
+        )
+        .await
+        {
+            Ok((200, z)) if !z.trim().is_empty() => Some(z.trim().to_string()),
+            _ => None,
+        }
+    }
 }
 
 #[async_trait]
@@ -117,6 +145,25 @@ impl NoticeSource for GceMetadata {
     /// About 30 s between the soft off and power off.
     fn grace(&self) -> Duration {
         Duration::from_secs(20)
+    }
+    /// `projects/NUMBER/zones/ZONE` on the server: the last part.
+    async fn zone(&self) -> Option<String> {
+        match http(
+            &self.base,
+            "GET",
+            "/computeMetadata/v1/instance/zone",
+            &[("Metadata-Flavor", "Google")],
+        )
+        .await
+        {
+            Ok((200, z)) => z
+                .trim()
+                .rsplit('/')
+                .next()
+                .filter(|z| !z.is_empty())
+                .map(str::to_string),
+            _ => None,
+        }
     }
 }
 

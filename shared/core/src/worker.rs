@@ -286,6 +286,7 @@ fn spawn_heartbeat(
     cfg: &WorkerConfig,
     id: &JobId,
     attempt: u32,
+    zone: Option<String>,
 ) -> (watch::Receiver<Seen>, AbortOnDrop) {
     let (tx, rx) = watch::channel(Seen::Ours);
     let (ctx, id, me) = (ctx.clone(), id.clone(), cfg.instance.clone());
@@ -312,8 +313,21 @@ fn spawn_heartbeat(
                 } else {
                     Seen::Ours
                 };
+                // The zone goes on the attempt with the first look.
+                let zoned = match (
+                    &zone,
+                    j.attempts.iter_mut().rev().find(|a| a.number == attempt),
+                ) {
+                    (Some(z), Some(a)) if a.zone.is_none() => {
+                        a.zone = Some(z.clone());
+                        true
+                    }
+                    _ => false,
+                };
                 if due {
                     j.heartbeat_at = Some(now);
+                }
+                if due || zoned {
                     Step::Write(seen)
                 } else {
                     Step::Keep(seen)
@@ -378,7 +392,8 @@ async fn run_job(
 ) -> RunEnd {
     let id = job.id.clone();
     let attempt = job.attempt;
-    let (mut seen, _beating) = spawn_heartbeat(ctx, cfg, &id, attempt);
+    let zone = cfg.notice.zone().await;
+    let (mut seen, _beating) = spawn_heartbeat(ctx, cfg, &id, attempt, zone);
     // Busy: the group must not pick this machine for scale-in or rebalancing.
     if let Err(e) = ctx.fleet.protect(&cfg.pool, &cfg.instance, true).await {
         warn!(error = %e, "could not protect this machine from scale-in");
