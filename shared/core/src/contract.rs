@@ -209,6 +209,8 @@ pub enum ContractError {
     TooManyInputs,
     #[error("max_cost_cents must be at least 1")]
     MaxCost,
+    #[error("arch must be x86_64 or arm64")]
+    Arch,
     #[error("args and env take {bytes} bytes; at most {MAX_ARGS_ENV_BYTES} are allowed (the job record must fit a DynamoDB item, 400 KB, with its history)")]
     TooLarge { bytes: usize },
 }
@@ -377,6 +379,11 @@ impl SubmitJob {
         }
         if self.max_cost_cents == Some(0) {
             return Err(ContractError::MaxCost);
+        }
+        // The catalogue reads other architectures (i386, the mac types)
+        // as `Other`; a request may not ask for one.
+        if self.arch == Some(crate::catalog::Arch::Other) {
+            return Err(ContractError::Arch);
         }
         for name in self.env.keys() {
             let mut chars = name.chars();

@@ -54,6 +54,9 @@ pub enum WorkspaceError {
         /// `.studioignore`, or the `.gitignore` that was used instead.
         ignore_file: &'static str,
     },
+    /// A tarball Studio did not pack, or one tampered with.
+    #[error("workspace tarball refused: {0}")]
+    Unsafe(String),
 }
 
 /// A file size as people read it: `239 MiB`, `12 KiB`, `9 bytes`.
@@ -191,10 +194,81 @@ fn collect(
 /// # Errors
 /// I/O errors or a corrupt archive.
 pub fn unpack(tarball: &[u8], dest: &Path) -> Result<(), WorkspaceError> {
+    unpack_limited(tarball, dest, UNPACK_LIMIT, UNPACK_ENTRIES)
+}
+
+/// Most bytes [`unpack`] writes: above the largest checkpoint (2 GiB) and
+/// workspace (256 MiB) Studio packs; a tarball that expands past it (a
+/// "tarball bomb") is refused.
+pub const UNPACK_LIMIT: u64 = 3 << 30;
+/// Most entries [`unpack`] takes.
+pub const UNPACK_ENTRIES: u64 = 200_000;
+
+/// [`unpack`] with other limits. Only what Studio packs is taken: regular
+/// files and directories at relative paths that stay inside `dest`. A
+/// symlink, hard link, device or FIFO, an absolute path or one with `..`,
+/// more than `max_entries` entries or `max_bytes` bytes, each refuses the
+/// tarball with its name (what came before it stays in `dest`, nowhere else).
+///
+/// # Errors
+/// [`WorkspaceError::Unsafe`] as above; I/O and corrupt data.
+pub fn unpack_limited(
+    tarball: &[u8],
+    dest: &Path,
+    max_bytes: u64,
+    max_entries: u64,
+) -> Result<(), WorkspaceError> {
+    use std::path::Component;
+    use tar::EntryType;
     fs::create_dir_all(dest).map_err(io(dest))?;
-    tar::Archive::new(GzDecoder::new(tarball))
-        .unpack(dest)
-        .map_err(io(dest))
+    let mut archive = tar::Archive::new(GzDecoder::new(tarball));
+    let (mut bytes, mut count) = (0u64, 0u64);
+    for entry in archive.entries().map_err(io(dest))? {
+        let mut entry = entry.map_err(io(dest))?;
+        count += 1;
+        if count > max_entries {
+            return Err(WorkspaceError::Unsafe(format!(
+                "it holds more than {max_entries} entries"
+            )));
+        }
+        let path = entry.path().map_err(io(dest))?.into_owned();
+        let shown = path.display().to_string();
+        let inside = path
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+            && path.components().any(|c| matches!(c, Component::Normal(_)));
+        if !inside {
+            return Err(WorkspaceError::Unsafe(format!(
+                "entry '{shown}' would be written outside the workspace"
+            )));
+        }
+        match entry.header().entry_type() {
+            EntryType::Regular => {
+                bytes = bytes.saturating_add(entry.header().size().map_err(io(dest))?);
+                if bytes > max_bytes {
+                    return Err(WorkspaceError::Unsafe(format!(
+                        "it expands to more than {} MiB (at '{shown}')",
+                        max_bytes >> 20
+                    )));
+                }
+            }
+            EntryType::Directory => {}
+            other => {
+                return Err(WorkspaceError::Unsafe(format!(
+                    "entry '{shown}' is a {} (only files and directories are taken)",
+                    match other {
+                        EntryType::Symlink => "symbolic link",
+                        EntryType::Link => "hard link",
+                        EntryType::Char | EntryType::Block => "device",
+                        EntryType::Fifo => "FIFO",
+                        _ => "special entry",
+                    }
+                )));
+            }
+        }
+        entry.unpack_in(dest).map_err(io(dest))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
