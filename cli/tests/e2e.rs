@@ -1839,3 +1839,218 @@ async fn inputs_from_s3_are_in_the_workspace_before_the_script_starts() {
         assert!(stderr(&out).contains(want), "{bad}: {}", stderr(&out));
     }
 }
+
+/// A small seeded generator (xorshift64*): a failing chaos run replays
+/// with its printed seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// True with probability `p`.
+    fn chance(&mut self, p: f64) -> bool {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+}
+
+/// Chaos (issue 13), as a user's machine sees it: N jobs on the local
+/// backend while a seeded loop, every 50 ms, gives 45 % of the running
+/// attempts it sees an interruption notice (SIGTERM to their worker: the
+/// worker stops the script and hands the job back), kills a tenth of them
+/// outright (SIGKILL: the machine vanishes), and every few seconds kills
+/// the driver mid-work and starts it again after a random delay. Every job
+/// must end `finished`, exactly once, with its attempts; nothing may be left.
+///
+/// `STUDIO_CHAOS_JOBS` (default 200) and `STUDIO_CHAOS_SEED` (default: the
+/// clock) size and replay it; both are printed. `scripts/bench` runs 1,000.
+#[test]
+fn chaos_every_job_finishes_exactly_once_whatever_dies() {
+    let n: usize = std::env::var("STUDIO_CHAOS_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let seed: u64 = std::env::var("STUDIO_CHAOS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!(
+        "chaos: {n} jobs, seed {seed} (STUDIO_CHAOS_JOBS={n} STUDIO_CHAOS_SEED={seed} to replay)"
+    );
+    let mut rng = Rng(seed);
+    let h = Home::new();
+    let cmd = |args: &[&str]| {
+        let mut c = h.cmd(args);
+        c.env("STUDIO_MAX_WORKERS", "8")
+            .env("STUDIO_MAX_ATTEMPTS", "1000")
+            .stdin(Stdio::null());
+        c
+    };
+    script(
+        &h.work(),
+        "chaos.py",
+        "import sys, time\ntime.sleep(float(sys.argv[1]))\nprint('done', sys.argv[2], flush=True)\n",
+    );
+    let started = Instant::now();
+    for i in 0..n {
+        let secs = format!("{:.2}", 0.3 + (i % 7) as f64 * 0.1);
+        let out = cmd(&[
+            "run",
+            "--detach",
+            "--num-workers",
+            "8",
+            "--job-id",
+            &format!("chaos-{i:04}"),
+            "chaos.py",
+            &secs,
+            &i.to_string(),
+        ])
+        .output()
+        .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    eprintln!("chaos: {n} submitted in {:?}", started.elapsed());
+
+    let home = h.path().display().to_string();
+    let db = rusqlite::Connection::open(h.path().join("studio.sqlite3")).unwrap();
+    db.busy_timeout(Duration::from_secs(30)).unwrap();
+    let worker_pid = |instance: &str| {
+        h.pids(&format!("worker --pool [^ ]+ --instance-id {instance} "))
+            .first()
+            .copied()
+    };
+    let mut decided = std::collections::HashSet::new();
+    let (mut notices, mut kills, mut driver_kills) = (0usize, 0usize, 0usize);
+    let mut next_driver_kill = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let running: Vec<(String, i64, String)> = db
+            .prepare(
+                "SELECT id, json_extract(record, '$.attempt'), json_extract(record, '$.instance')
+                 FROM jobs WHERE state = 'running'",
+            )
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for (id, attempt, instance) in running {
+            if !decided.insert((id, attempt)) {
+                continue;
+            }
+            let Some(pid) = worker_pid(&instance) else {
+                continue;
+            };
+            if rng.chance(0.45) {
+                signal(pid as u32, libc::SIGTERM);
+                notices += 1;
+            } else if rng.chance(0.15) {
+                signal(pid as u32, libc::SIGKILL);
+                kills += 1;
+            }
+        }
+        if Instant::now() >= next_driver_kill {
+            for pid in h.driver_pids() {
+                signal(pid as u32, libc::SIGKILL);
+                driver_kills += 1;
+            }
+            // The driver comes back a moment later, as a user's next
+            // `studio` command (or a waiting `studio run`) brings it back.
+            std::thread::sleep(Duration::from_millis(rng.next() % 500));
+            let _ = cmd(&["--home", home.as_str(), "driver"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            next_driver_kill = Instant::now() + Duration::from_millis(2000 + rng.next() % 3000);
+        }
+        let ended: i64 = db
+            .query_row(
+                "SELECT COUNT(*) FROM jobs WHERE state IN ('finished', 'failed', 'cancelled')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        if ended as usize == n {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "chaos (seed {seed}): {ended} of {n} ended after 10 minutes"
+        );
+        // Not synchronization: the chaos loop's own pace.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = started.elapsed();
+
+    let jobs = h.jobs();
+    assert_eq!(jobs.len(), n);
+    let mut attempts = 0usize;
+    let mut interrupted_jobs = 0usize;
+    for j in &jobs {
+        let id = j["id"].as_str().unwrap();
+        assert_eq!(j["state"], "finished", "seed {seed}: {id}: {j}");
+        let events = j["events"].as_array().unwrap();
+        let finished = events.iter().filter(|e| e["to"] == "finished").count();
+        assert_eq!(finished, 1, "seed {seed}: {id} finished once: {events:?}");
+        let tries = j["attempts"].as_array().unwrap();
+        let ok = tries.iter().filter(|a| a["outcome"] == "finished").count();
+        assert_eq!(
+            ok, 1,
+            "seed {seed}: {id}: one successful attempt: {tries:?}"
+        );
+        assert_eq!(
+            tries.len() as u64,
+            j["attempt"].as_u64().unwrap(),
+            "seed {seed}: {id}: every attempt is recorded"
+        );
+        assert!(
+            tries[..tries.len() - 1]
+                .iter()
+                .all(|a| a["outcome"] == "interrupted"),
+            "seed {seed}: {id}: every earlier attempt was interrupted: {tries:?}"
+        );
+        attempts += tries.len();
+        if tries.len() > 1 {
+            interrupted_jobs += 1;
+        }
+    }
+    eprintln!(
+        "chaos: {n} jobs finished in {took:?}; {attempts} attempts, {notices} notices ({:.0} % of attempts), {kills} workers killed, {driver_kills} drivers killed, {interrupted_jobs} jobs ran more than once",
+        100.0 * notices as f64 / attempts as f64
+    );
+    assert!(
+        notices * 5 >= attempts,
+        "seed {seed}: notices reached {notices} of {attempts} attempts, under 20 %"
+    );
+    // Nothing left once the pool's grace (1 s) is over.
+    let _ = cmd(&["--home", home.as_str(), "driver"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(
+        "the pool and its workers gone",
+        Duration::from_secs(60),
+        || {
+            (h.count("SELECT COUNT(*) FROM pools WHERE state != 'deleted'") == 0
+                && h.pids("worker").is_empty()
+                && h.driver_pids().is_empty())
+            .then_some(())
+        },
+    );
+    assert_eq!(
+        h.count("SELECT COUNT(*) FROM messages"),
+        0,
+        "no work item left"
+    );
+}
