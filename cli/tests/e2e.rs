@@ -1929,6 +1929,7 @@ fn chaos_every_job_finishes_exactly_once_whatever_dies() {
             .copied()
     };
     let mut decided = std::collections::HashSet::new();
+    let mut drivers: Vec<std::process::Child> = Vec::new();
     let (mut notices, mut kills, mut driver_kills) = (0usize, 0usize, 0usize);
     let mut next_driver_kill = Instant::now() + Duration::from_secs(2);
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -1966,11 +1967,13 @@ fn chaos_every_job_finishes_exactly_once_whatever_dies() {
             // The driver comes back a moment later, as a user's next
             // `studio` command (or a waiting `studio run`) brings it back.
             std::thread::sleep(Duration::from_millis(rng.next() % 500));
-            let _ = cmd(&["--home", home.as_str(), "driver"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
+            drivers.push(
+                cmd(&["--home", home.as_str(), "driver"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            );
             next_driver_kill = Instant::now() + Duration::from_millis(2000 + rng.next() % 3000);
         }
         let ended: i64 = db
@@ -2033,11 +2036,13 @@ fn chaos_every_job_finishes_exactly_once_whatever_dies() {
         "seed {seed}: notices reached {notices} of {attempts} attempts, under 20 %"
     );
     // Nothing left once the pool's grace (1 s) is over.
-    let _ = cmd(&["--home", home.as_str(), "driver"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    drivers.push(
+        cmd(&["--home", home.as_str(), "driver"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     wait_until(
         "the pool and its workers gone",
         Duration::from_secs(60),
@@ -2053,4 +2058,8 @@ fn chaos_every_job_finishes_exactly_once_whatever_dies() {
         0,
         "no work item left"
     );
+    for mut d in drivers {
+        // Each has exited (or was killed above): reap it.
+        d.wait().unwrap();
+    }
 }
