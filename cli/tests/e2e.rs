@@ -7,6 +7,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// Says what a test of size and seed did, on the real stderr: libtest
+/// captures `eprintln!` of passing tests, and CI's log must show the sizes
+/// and seeds of every run.
+macro_rules! report {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 const STUDIO: &str = env!("CARGO_BIN_EXE_studio");
 
 fn examples() -> PathBuf {
@@ -1883,7 +1893,7 @@ fn chaos_every_job_finishes_exactly_once_whatever_dies() {
                 .as_nanos() as u64
                 | 1
         });
-    eprintln!(
+    report!(
         "chaos: {n} jobs, seed {seed} (STUDIO_CHAOS_JOBS={n} STUDIO_CHAOS_SEED={seed} to replay)"
     );
     let mut rng = Rng(seed);
@@ -1918,7 +1928,7 @@ fn chaos_every_job_finishes_exactly_once_whatever_dies() {
         .unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
     }
-    eprintln!("chaos: {n} submitted in {:?}", started.elapsed());
+    report!("chaos: {n} submitted in {:?}", started.elapsed());
 
     let home = h.path().display().to_string();
     let db = rusqlite::Connection::open(h.path().join("studio.sqlite3")).unwrap();
@@ -2027,7 +2037,7 @@ fn chaos_every_job_finishes_exactly_once_whatever_dies() {
             interrupted_jobs += 1;
         }
     }
-    eprintln!(
+    report!(
         "chaos: {n} jobs finished in {took:?}; {attempts} attempts, {notices} notices ({:.0} % of attempts), {kills} workers killed, {driver_kills} drivers killed, {interrupted_jobs} jobs ran more than once",
         100.0 * notices as f64 / attempts as f64
     );

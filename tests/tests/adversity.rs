@@ -26,6 +26,16 @@ use studio_core::job::{Job, JobState};
 use studio_core::resources::Cloud;
 use studio_tests::{job_id, JobBuilder};
 
+/// Says what a test of size and seed did, on the real stderr: libtest
+/// captures `eprintln!` of passing tests, and CI's log must show the sizes
+/// and seeds of every run.
+macro_rules! report {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 struct World {
     ctx: Ctx,
     sdk: aws_config::SdkConfig,
@@ -705,7 +715,7 @@ async fn every_bad_input_is_refused_with_its_reason_and_changes_nothing() {
     let envelopes = envelope_cases();
     let tarballs = tarball_cases();
     let total = submits.len() + envelopes.len() + tarballs.len();
-    eprintln!(
+    report!(
         "bad input: {} SubmitJob bodies, {} event envelopes, {} tarballs: {total} cases",
         submits.len(),
         envelopes.len(),
@@ -961,7 +971,7 @@ async fn twice_and_out_of_order_ends_as_once() {
         // attempt 1's item again (the first delivery may have died before
         // sending it); that copy is stale once attempt 1 is claimed.
         assert_eq!((end.live, end.jobs), (1, 1), "{what}");
-        eprintln!(
+        report!(
             "{what}: same records as once ({} events); {} stale item(s) a worker drops",
             end.job.events.len(),
             end.stale
