@@ -1132,14 +1132,13 @@ async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<ExitCode, CliEr
         inputs: None,
     };
     let (tx, rx) = tokio::sync::watch::channel(false);
+    // Registered here, before anything else: on this single-threaded
+    // runtime a spawned task first runs at the main task's first wait, and
+    // a SIGTERM before then would kill the worker without a hand-back.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return;
-        };
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         let _ = tx.send(true);
     });

@@ -600,6 +600,12 @@ async fn run_attempt(
                         Notice::Clear => {}
                     }
                 }
+                // The flag as well as its change: a stop must not depend on
+                // which wait saw the change first (the bench once saw a
+                // SIGTERM during an attempt go unanswered until its end).
+                if stop.is_none() && new_stop.is_none() && *shutdown.borrow() {
+                    new_stop = Some(Stop::Shutdown);
+                }
                 if stop.is_none() && new_stop.is_none() {
                     new_stop = match *seen.borrow() {
                         Seen::Cancelled => Some(Stop::Cancelled),
