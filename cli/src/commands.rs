@@ -1145,11 +1145,10 @@ async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<ExitCode, CliEr
     let exit = match a.backend.as_str() {
         "local" => {
             let be = open(g).await?;
-            // Inputs with the user's own AWS credentials (the default chain).
+            // Inputs with the user's own AWS credentials (the default
+            // chain, loaded when a job first names an input).
             let mut cfg = cfg;
-            cfg.inputs = Some(Arc::new(studio_aws::s3::S3Inputs::new(
-                studio_aws::s3::client(&local_aws_config().await),
-            )));
+            cfg.inputs = Some(Arc::new(studio_aws::s3::S3Inputs::from_default_chain()));
             run_worker(&be.ctx, be.artifacts.as_ref(), &cfg, rx).await?
         }
         #[cfg(feature = "ec2")]
@@ -1216,15 +1215,6 @@ async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<ExitCode, CliEr
 }
 
 /// The GCE metadata server (a stand-in's in tests).
-/// The user's own AWS configuration for a local worker's inputs: the
-/// default chain, in the configured region or else us-east-1.
-async fn local_aws_config() -> aws_config::SdkConfig {
-    match studio_aws::sdk_config_from_env(None).await {
-        Some(sdk) => sdk,
-        None => studio_aws::sdk_config("us-east-1").await,
-    }
-}
-
 #[cfg(feature = "gcp")]
 fn cfg_metadata_base(url: &Option<String>) -> String {
     url.clone()

@@ -414,12 +414,36 @@ fn checkpoint_key(job: &JobId, r: &CheckpointRef) -> String {
 /// Jobs' `s3://` inputs, read with whatever credentials `client` has (the
 /// machine's role on EC2, the web identity on GCE, the user's locally).
 pub struct S3Inputs {
-    client: Client,
+    client: tokio::sync::OnceCell<Client>,
 }
 
 impl S3Inputs {
     pub fn new(client: Client) -> Self {
-        S3Inputs { client }
+        S3Inputs {
+            client: tokio::sync::OnceCell::new_with(Some(client)),
+        }
+    }
+
+    /// With the default chain's configuration (the user's, on a local
+    /// worker), loaded at the first fetch: loading it probes the
+    /// environment, and off EC2 the metadata service, which a worker whose
+    /// jobs name no input must not wait for.
+    pub fn from_default_chain() -> Self {
+        S3Inputs {
+            client: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    async fn client(&self) -> &Client {
+        self.client
+            .get_or_init(|| async {
+                let sdk = match crate::sdk_config_from_env(None).await {
+                    Some(sdk) => sdk,
+                    None => crate::sdk_config("us-east-1").await,
+                };
+                client(&sdk)
+            })
+            .await
     }
 }
 
@@ -465,8 +489,8 @@ impl studio_core::ports::InputSource for S3Inputs {
         let (bucket, prefix) = studio_core::contract::parse_s3_url(url)
             .ok_or_else(|| PortError::NotFound(format!("input {url:?} (not an s3:// URL)")))?;
         let mut got = studio_core::ports::Fetched::default();
-        let mut pages = self
-            .client
+        let s3 = self.client().await;
+        let mut pages = s3
             .list_objects_v2()
             .bucket(bucket)
             .prefix(prefix)
@@ -485,8 +509,7 @@ impl studio_core::ports::InputSource for S3Inputs {
                         .await
                         .map_err(|e| PortError::backend(PORT, e))?;
                 }
-                let obj = self
-                    .client
+                let obj = s3
                     .get_object()
                     .bucket(bucket)
                     .key(key)
