@@ -999,3 +999,72 @@ async fn a_cloud_the_deployment_does_not_run_is_refused_before_anything_is_made(
     assert!(w.be.store.get_job(&job_id("g1")).await.unwrap().is_none());
     assert!(w.be.store.live_pools().await.unwrap().is_empty());
 }
+
+/// Two processes raise the same group's target at the same moment (the
+/// CLI's submit and the driver do): one worker is launched, not one each.
+/// Each round lowers the target to 0, then two backends on the same home
+/// set it to 1 at once, from two threads released together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_raising_a_target_at_once_launch_one_worker() {
+    use std::sync::{Arc, Barrier};
+    let w = LocalWorld::default().await;
+    let launcher: studio_local::fleet::Launcher = Arc::new(
+        |_: &studio_core::ids::PoolKey, _: &studio_core::ids::InstanceId| {
+            let mut c = std::process::Command::new("sleep");
+            c.arg("600");
+            c
+        },
+    );
+    let other = studio_local::LocalBackend::open(
+        w.dir.path(),
+        w.be.ctx.settings.clone(),
+        Arc::new(w.clock.clone()),
+        launcher,
+    )
+    .await
+    .unwrap();
+    submit(&w.be.ctx, "m1", &JobBuilder::new("race").json())
+        .await
+        .unwrap();
+    let key = w.be.store_job_pool("race").await;
+    let gk =
+        w.be.store
+            .get_pool(&key)
+            .await
+            .unwrap()
+            .unwrap()
+            .group_key();
+    let running = || -> i64 {
+        w.be.db
+            .conn()
+            .query_row(
+                "SELECT COUNT(*) FROM instances WHERE pool = ?1 AND state = 'running'",
+                [gk.as_str()],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    let handle = tokio::runtime::Handle::current();
+    for round in 0..20 {
+        w.be.fleet.set_target(&gk, 0, None).await.unwrap();
+        assert_eq!(running(), 0, "round {round}: all stopped");
+        let barrier = Arc::new(Barrier::new(2));
+        let raise = |fleet: Arc<studio_local::fleet::ProcessFleet>| {
+            let (barrier, gk, handle) = (barrier.clone(), gk.clone(), handle.clone());
+            tokio::task::spawn_blocking(move || {
+                barrier.wait();
+                handle.block_on(fleet.set_target(&gk, 1, None))
+            })
+        };
+        let (a, b) = (raise(w.be.fleet.clone()), raise(other.fleet.clone()));
+        a.await.unwrap().unwrap();
+        b.await.unwrap().unwrap();
+        assert_eq!(running(), 1, "round {round}: one launch for one gap");
+    }
+    for pid in other.fleet.live_pids().unwrap_or_default() {
+        // SAFETY: the `sleep` processes this test started.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    }
+}

@@ -113,6 +113,11 @@ impl ProcessFleet {
     /// # Errors
     /// Database errors, or a worker that cannot be started.
     pub fn reconcile(&self) -> Result<(), PortError> {
+        // One process at a time: each reads the targets and the running
+        // instances, then launches what is missing, so two at once (the
+        // CLI's submit and the driver) both launched for the same gap.
+        let _one_at_a_time = crate::lock::lock(&self.dir.join("reconcile.lock"))
+            .map_err(|e| PortError::backend(PORT, e))?;
         let groups: Vec<(String, u32)> = {
             let conn = self.db.conn();
             let mut stmt = conn
