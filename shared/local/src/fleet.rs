@@ -116,8 +116,9 @@ impl ProcessFleet {
         // One process at a time: each reads the targets and the running
         // instances, then launches what is missing, so two at once (the
         // CLI's submit and the driver) both launched for the same gap.
-        let _one_at_a_time = crate::lock::lock(&self.dir.join("reconcile.lock"))
-            .map_err(|e| PortError::backend(PORT, e))?;
+        // (Beside `instances/`, which holds only instances' own files.)
+        let lock = self.dir.parent().unwrap_or(&self.dir).join("fleet.lock");
+        let _one_at_a_time = crate::lock::lock(&lock).map_err(|e| PortError::backend(PORT, e))?;
         let groups: Vec<(String, u32)> = {
             let conn = self.db.conn();
             let mut stmt = conn
