@@ -502,14 +502,7 @@ async fn run(g: &Globals, env: &Env, a: RunArgs) -> Result<ExitCode, CliError> {
 /// `studio pull JOB [DEST] [--attempt N]`.
 async fn pull(g: &Globals, env: &Env, a: PullArgs) -> Result<ExitCode, CliError> {
     let id = JobId::new(a.job).map_err(usage)?;
-    let (side, job) = sides::find(
-        &g.home,
-        env,
-        local_if_exists(g).await?,
-        sides::aws(&g.home, env).await?,
-        &id,
-    )
-    .await?;
+    let (side, job) = find_job(g, env, &id).await?;
     let dest = a
         .dest
         .unwrap_or_else(|| PathBuf::from(PULL_DIR).join(id.as_str()));
@@ -634,13 +627,11 @@ async fn cost(g: &Globals, env: &Env, a: CostArgs) -> Result<ExitCode, CliError>
             humantime::parse_duration(d).map_err(|e| usage(format!("--since '{d}': {e} (e.g. 7d)")))
         })
         .transpose()?;
-    let mut jobs = Vec::new();
-    if let Some(be) = local_if_exists(g).await? {
-        jobs.extend(be.store.list_jobs(None, &[]).await?);
-    }
-    if let Some(aws) = sides::aws(&g.home, env).await? {
-        jobs.extend(aws.store.list_jobs(None, &[]).await?);
-    }
+    let mut jobs = all_jobs(
+        local_if_exists(g).await?.as_ref(),
+        sides::aws(&g.home, env).await?.as_ref(),
+    )
+    .await?;
     if let Some(d) = since {
         let from = studio_core::clock::Timestamp(now.0 - d.as_millis() as i64);
         jobs.retain(|j| j.created_at >= from);
@@ -1221,6 +1212,34 @@ fn cfg_metadata_base(url: &Option<String>) -> String {
         .unwrap_or_else(|| "http://metadata.google.internal".into())
 }
 
+/// A job wherever it lives (this home, or the configured AWS deployment),
+/// with the side that holds its records and files.
+async fn find_job(g: &Globals, env: &Env, id: &JobId) -> Result<(Side, Job), CliError> {
+    sides::find(
+        &g.home,
+        env,
+        local_if_exists(g).await?,
+        sides::aws(&g.home, env).await?,
+        id,
+    )
+    .await
+}
+
+/// Every job of this home and of the configured AWS deployment.
+async fn all_jobs(
+    local: Option<&LocalBackend>,
+    aws: Option<&studio_aws::AwsJobs>,
+) -> Result<Vec<Job>, CliError> {
+    let mut jobs = Vec::new();
+    if let Some(be) = local {
+        jobs.extend(be.store.list_jobs(None, &[]).await?);
+    }
+    if let Some(aws) = aws {
+        jobs.extend(aws.store.list_jobs(None, &[]).await?);
+    }
+    Ok(jobs)
+}
+
 async fn status(g: &Globals, env: &Env, a: StatusArgs) -> Result<ExitCode, CliError> {
     let local = local_if_exists(g).await?;
     let aws = sides::aws(&g.home, env).await?;
@@ -1235,13 +1254,7 @@ async fn status(g: &Globals, env: &Env, a: StatusArgs) -> Result<ExitCode, CliEr
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let mut jobs = Vec::new();
-    if let Some(be) = &local {
-        jobs.extend(be.store.list_jobs(None, &[]).await?);
-    }
-    if let Some(aws) = &aws {
-        jobs.extend(aws.store.list_jobs(None, &[]).await?);
-    }
+    let mut jobs = all_jobs(local.as_ref(), aws.as_ref()).await?;
     jobs.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
     if a.output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&jobs)?);
@@ -1352,14 +1365,7 @@ fn print_job(j: &Job, now: studio_core::clock::Timestamp) {
 
 async fn logs(g: &Globals, env: &Env, a: LogsArgs) -> Result<ExitCode, CliError> {
     let id = JobId::new(a.job).map_err(usage)?;
-    let (side, job) = sides::find(
-        &g.home,
-        env,
-        local_if_exists(g).await?,
-        sides::aws(&g.home, env).await?,
-        &id,
-    )
-    .await?;
+    let (side, job) = find_job(g, env, &id).await?;
     if !a.follow {
         print_log(side.artifacts(), &id, 0).await?;
         return Ok(ExitCode::SUCCESS);
@@ -1386,14 +1392,7 @@ async fn logs(g: &Globals, env: &Env, a: LogsArgs) -> Result<ExitCode, CliError>
 
 async fn cancel(g: &Globals, env: &Env, a: CancelArgs) -> Result<ExitCode, CliError> {
     let id = JobId::new(a.job).map_err(usage)?;
-    let (side, _) = sides::find(
-        &g.home,
-        env,
-        local_if_exists(g).await?,
-        sides::aws(&g.home, env).await?,
-        &id,
-    )
-    .await?;
+    let (side, _) = find_job(g, env, &id).await?;
     let by = format!("cli:{}", env.user);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
