@@ -706,7 +706,7 @@ pub async fn requeue(
                     format!("{reason}; out of spot attempts, moving to on-demand pool {pool}");
                 match job.interrupt(now, by, &why) {
                     Ok(()) => {
-                        job.plan = plan;
+                        job.plan = plan.for_record();
                         job.pool = pool;
                         Step::Write(Some(Ok(())))
                     }

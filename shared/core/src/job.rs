@@ -257,7 +257,7 @@ impl Job {
         Job {
             id,
             spec,
-            plan,
+            plan: plan.for_record(),
             pool,
             state: JobState::Queued,
             attempt: 1,

@@ -46,6 +46,16 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The plan as a job record keeps it: without the ranked candidates.
+    /// They are the planner's working (the dry run shows them); the pool
+    /// keeps the machine types, and the record is written several times
+    /// per job, each write charged by its size (DynamoDB: per KB). Ten
+    /// candidates were two thirds of a spot job's record.
+    pub fn for_record(mut self) -> Plan {
+        self.candidates = Vec::new();
+        self
+    }
+
     /// A plan for the best of `candidates` (the first); the others are what
     /// a mixed-instances pool may also use.
     fn from_candidates(cloud: Cloud, region: String, candidates: Vec<Candidate>) -> Plan {
