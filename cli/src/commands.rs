@@ -24,7 +24,7 @@ use studio_core::pool::PoolSpec;
 use studio_core::ports::{ArtifactStore, Created, JobStore, WorkQueue};
 use studio_core::resources::{Bid, Cloud, Market, ResourceRequest, WorkerPolicy};
 use studio_core::size::format_mib;
-use studio_core::worker::{run_worker, WorkerConfig, WorkerExit};
+use studio_core::worker::{run_worker, Cadence, WorkerConfig, WorkerExit};
 use studio_local::LocalBackend;
 
 use crate::sides::{self, Side};
@@ -1080,15 +1080,13 @@ async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<ExitCode, CliEr
         pool: PoolKey::new(a.pool).map_err(usage)?,
         instance: InstanceId::new(a.instance_id).map_err(usage)?,
         lease: dur("lease", &a.lease)?,
-        poll_wait: Duration::from_secs(1),
-        heartbeat: Duration::from_secs(1),
-        // A tag write on the instance: EC2's mutating-call rate is shared by
-        // the account, so every few minutes (the bound is 15).
-        seen_every: Duration::from_secs(300),
+        poll_wait: Cadence::CLOUD.poll_wait,
+        heartbeat: Cadence::CLOUD.heartbeat,
+        seen_every: Cadence::CLOUD.seen_every,
         // The heartbeat on the job record: a file write locally, a DynamoDB
-        // write in the cloud (bound there: STUDIO_HEARTBEAT_TIMEOUT, 2 min).
+        // write in the cloud.
         beat_every: if a.backend != "local" {
-            Duration::from_secs(30)
+            Cadence::CLOUD.beat_every
         } else {
             dur("lease", &a.lease)? / 4
         },
@@ -1110,11 +1108,11 @@ async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<ExitCode, CliEr
             }),
             other => return Err(usage(format!("--metadata '{other}': use none, ec2 or gce"))),
         },
-        notice_every: Duration::from_secs(5),
+        notice_every: Cadence::CLOUD.notice_every,
         checkpoint_every: dur("checkpoint-every", &a.checkpoint_every)?,
         // Locally a flush is a file append; on S3 each flush is an object.
         log_every: if a.backend != "local" {
-            Duration::from_secs(3)
+            Cadence::CLOUD.log_every
         } else {
             Duration::from_millis(200)
         },

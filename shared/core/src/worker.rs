@@ -34,6 +34,47 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{interval, timeout, Instant, MissedTickBehavior};
 use tracing::{info, warn};
 
+/// How often a worker polls, reads, beats, tells the fleet and flushes its
+/// log. On a cloud machine each is an API call (SQS, DynamoDB, EC2, S3), so
+/// these set what a job costs in requests: `studio worker` uses
+/// [`Cadence::CLOUD`] there, and the request-count measurement
+/// (`tests/tests/chaos_aws.rs`) uses the same values.
+#[derive(Debug, Clone, Copy)]
+pub struct Cadence {
+    pub poll_wait: Duration,
+    pub heartbeat: Duration,
+    pub beat_every: Duration,
+    pub seen_every: Duration,
+    pub notice_every: Duration,
+    pub log_every: Duration,
+}
+
+impl Cadence {
+    /// A worker on an EC2 or GCE machine.
+    pub const CLOUD: Cadence = Cadence {
+        poll_wait: Duration::from_secs(1),
+        heartbeat: Duration::from_secs(1),
+        // A DynamoDB write (the bound, STUDIO_HEARTBEAT_TIMEOUT, is 2 min).
+        beat_every: Duration::from_secs(30),
+        // A tag write on the instance: EC2's mutating-call rate is shared by
+        // the account, so every few minutes (the bound is 15).
+        seen_every: Duration::from_secs(300),
+        notice_every: Duration::from_secs(5),
+        // Each flush is one object on S3.
+        log_every: Duration::from_secs(3),
+    };
+
+    /// Sets these on `cfg`.
+    pub fn apply(&self, cfg: &mut WorkerConfig) {
+        cfg.poll_wait = self.poll_wait;
+        cfg.heartbeat = self.heartbeat;
+        cfg.beat_every = self.beat_every;
+        cfg.seen_every = self.seen_every;
+        cfg.notice_every = self.notice_every;
+        cfg.log_every = self.log_every;
+    }
+}
+
 #[derive(Clone)]
 pub struct WorkerConfig {
     pub pool: PoolKey,
