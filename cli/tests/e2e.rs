@@ -6,6 +6,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+use studio_tests::Rng;
 
 /// Says what a test of size and seed did, on the real stderr: libtest
 /// captures `eprintln!` of passing tests, and CI's log must show the sizes
@@ -1850,23 +1851,6 @@ async fn inputs_from_s3_are_in_the_workspace_before_the_script_starts() {
     }
 }
 
-/// A small seeded generator (xorshift64*): a failing chaos run replays
-/// with its printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    /// True with probability `p`.
-    fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
-    }
-}
-
 /// Chaos (issue 13), as a user's machine sees it: N jobs on the local
 /// backend while a seeded loop, every 50 ms, gives 45 % of the running
 /// attempts it sees an interruption notice (SIGTERM to their worker: the
@@ -1883,16 +1867,7 @@ fn chaos_every_job_finishes_exactly_once_whatever_dies() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
-    let seed: u64 = std::env::var("STUDIO_CHAOS_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
+    let seed = Rng::seed_from_env("STUDIO_CHAOS_SEED");
     report!(
         "chaos: {n} jobs, seed {seed} (STUDIO_CHAOS_JOBS={n} STUDIO_CHAOS_SEED={seed} to replay)"
     );
@@ -1976,7 +1951,7 @@ fn chaos_every_job_finishes_exactly_once_whatever_dies() {
             }
             // The driver comes back a moment later, as a user's next
             // `studio` command (or a waiting `studio run`) brings it back.
-            std::thread::sleep(Duration::from_millis(rng.next() % 500));
+            std::thread::sleep(Duration::from_millis(rng.next_u64() % 500));
             drivers.push(
                 cmd(&["--home", home.as_str(), "driver"])
                     .stdout(Stdio::null())
@@ -1984,7 +1959,7 @@ fn chaos_every_job_finishes_exactly_once_whatever_dies() {
                     .spawn()
                     .unwrap(),
             );
-            next_driver_kill = Instant::now() + Duration::from_millis(2000 + rng.next() % 3000);
+            next_driver_kill = Instant::now() + Duration::from_millis(2000 + rng.next_u64() % 3000);
         }
         let ended: i64 = db
             .query_row(

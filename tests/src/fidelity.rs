@@ -29,7 +29,16 @@
 //!   rebalancing do.
 //!
 //! [`Fidelity::calls`] counts the operations clients called through the proxy
-//! (the proxy's own look-ups in moto are not counted).
+//! (the proxy's own look-ups in moto are not counted). [`Fidelity::door`]
+//! opens another address onto the same proxy (same rules, same state) whose
+//! calls are also counted under its label ([`Fidelity::calls_through`]), so a
+//! test can tell whose calls they were (the functions', the workers', its own).
+//!
+//! moto's EC2 backend is not thread-safe: a request that writes tags (a
+//! worker's liveness tag, a launch) during one that reads them fails the
+//! reader with a 500 ("dictionary changed size during iteration"). AWS has
+//! no such defect, so the proxy passes EC2 and Auto Scaling calls (the query
+//! protocol) to moto one at a time, across every proxy in the process.
 //!
 //! # Protocols
 //! SQS speaks AWS JSON 1.0 (`X-Amz-Target: AmazonSQS.<Op>`; errors carry
@@ -76,6 +85,8 @@ struct State {
     pending_delete: Duration,
     list_bucket: bool,
     calls: HashMap<String, usize>,
+    /// (door label, operation) → count.
+    calls_by_door: HashMap<(String, String), usize>,
     /// Every call as IAM sees it, in order.
     requests: Vec<Authorized>,
     /// Queue name → times of sends not yet older than the lag.
@@ -233,6 +244,7 @@ impl Fidelity {
                 pending_delete: Duration::from_secs(300),
                 list_bucket: false,
                 calls: HashMap::new(),
+                calls_by_door: HashMap::new(),
                 requests: Vec::new(),
                 sends: HashMap::new(),
                 deleted_queues: HashMap::new(),
@@ -241,22 +253,30 @@ impl Fidelity {
                 capacity_rebalance: HashMap::new(),
             }),
         });
-        let server = shared.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let shared = server.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let shared = shared.clone();
-                        async move { Ok::<_, std::convert::Infallible>(shared.handle(req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        serve(listener, shared.clone(), Arc::from(""));
         Fidelity { url, shared }
+    }
+
+    /// Another address onto this proxy: the same rules and state, its calls
+    /// counted under `label` as well ([`Fidelity::calls_through`]).
+    pub async fn door(&self, label: &str) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a door of the fidelity proxy");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        serve(listener, self.shared.clone(), Arc::from(label));
+        url
+    }
+
+    /// Every operation called through the door `label`, with its count.
+    pub fn calls_through(&self, label: &str) -> HashMap<String, usize> {
+        self.shared
+            .state()
+            .calls_by_door
+            .iter()
+            .filter(|((door, _), _)| door == label)
+            .map(|((_, op), n)| (op.clone(), *n))
+            .collect()
     }
 
     /// How long a sent message stays out of `ApproximateNumberOfMessages`
@@ -343,6 +363,7 @@ impl Fidelity {
     /// When moto refuses a termination.
     pub async fn group_rebalances(&self, group: &str) -> Vec<String> {
         let s = &self.shared;
+        let _turn = EC2_TURN.lock().await;
         let Some(g) = s.describe_member(group).await else {
             return Vec::new();
         };
@@ -386,6 +407,27 @@ impl Fidelity {
     }
 }
 
+/// Serves `listener` for the proxy's life, each call counted under `door`.
+fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, door: Arc<str>) {
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (shared, door) = (shared.clone(), door.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let (shared, door) = (shared.clone(), door.clone());
+                    async move { Ok::<_, std::convert::Infallible>(shared.handle(&door, req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}
+
+/// One EC2 or Auto Scaling call in moto at a time (see the module's doc).
+static EC2_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 impl Shared {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().expect("fidelity state")
@@ -395,7 +437,7 @@ impl Shared {
         self.clock.now()
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Answer {
+    async fn handle(&self, door: &str, req: Request<Incoming>) -> Answer {
         let (parts, body) = req.into_parts();
         let body = match body.collect().await {
             Ok(b) => b.to_bytes(),
@@ -412,6 +454,10 @@ impl Shared {
         {
             let mut state = self.state();
             if !op.is_empty() {
+                *state
+                    .calls_by_door
+                    .entry((door.to_string(), op.clone()))
+                    .or_default() += 1;
                 *state.calls.entry(op).or_default() += 1;
             }
             state.requests.extend(request);
@@ -422,7 +468,10 @@ impl Shared {
                 op,
                 body: json,
             } if service == "AmazonSQS" => self.sqs(&op, &json, parts, body).await,
-            Call::Query { action, form } => self.query(&action, &form, parts, body).await,
+            Call::Query { action, form } => {
+                let _turn = EC2_TURN.lock().await;
+                self.query(&action, &form, parts, body).await
+            }
             Call::S3 { op, object } => {
                 let answer = self.forward(parts, body).await;
                 self.s3(&op, object, answer)

@@ -172,22 +172,71 @@ pub async fn poll_as_lambda(
         .send()
         .await
         .expect("ReceiveMessage");
+    sqs_event(out.messages())
+}
+
+/// The `SqsEvent` Lambda's SQS poller hands a function for `messages`
+/// (record shape from `tests/fixtures/events/sqs-batch.json`; the receive
+/// count is the message's own when it was asked for).
+pub fn sqs_event(
+    messages: &[aws_sdk_sqs::types::Message],
+) -> aws_lambda_events::event::sqs::SqsEvent {
     let mut event: serde_json::Value =
         serde_json::from_str(include_str!("../fixtures/events/sqs-batch.json")).expect("fixture");
     let template = event["Records"][0].clone();
-    let records: Vec<serde_json::Value> = out
-        .messages()
+    let records: Vec<serde_json::Value> = messages
         .iter()
         .map(|m| {
             let mut r = template.clone();
             r["messageId"] = m.message_id().unwrap_or_default().into();
             r["receiptHandle"] = m.receipt_handle().unwrap_or_default().into();
             r["body"] = m.body().unwrap_or_default().into();
+            if let Some(n) = m.attributes().and_then(|a| {
+                a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount)
+            }) {
+                r["attributes"]["ApproximateReceiveCount"] = n.as_str().into();
+            }
             r
         })
         .collect();
     event["Records"] = records.into();
     serde_json::from_value(event).expect("an SqsEvent")
+}
+
+/// A small seeded generator (xorshift64*): a failing chaos run replays
+/// with its printed seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A seed from `var` when set, else from the clock.
+    pub fn seed_from_env(var: &str) -> u64 {
+        std::env::var(var)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+                    | 1
+            })
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+
+    /// A number in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
 }
 
 /// A Studio AWS deployment of its own (unique names) inside `moto_server`:
