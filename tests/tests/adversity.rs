@@ -697,6 +697,205 @@ fn tarball_cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     ]
 }
 
+const WEBHOOK_SECRET: &str = "the-ci-key-secret-0123";
+
+/// Webhook requests (`studio_aws::webhook`, the function URL's code), each
+/// with the status and the words its refusal must carry. `now` is the
+/// clock's Unix seconds.
+fn webhook_cases(
+    now: i64,
+) -> Vec<(
+    &'static str,
+    studio_aws::webhook::Request,
+    u16,
+    &'static str,
+)> {
+    use studio_aws::webhook::{sign, Request, MAX_BODY};
+    let job = br#"{"version": 1, "cloud": "ec2", "workspace": {"sha256": "0c1e3b5d7f9a1c3e5b7d9f1a9f2a5c0e4b7d1a3f6e8c0b2d4f6a8c0e1b3d5f7a", "bytes": 512}, "entrypoint": "hello.py"}"#;
+    let req = |method: &str, path: &str, headers: &[(&str, String)], body: &[u8]| Request {
+        method: method.into(),
+        path: path.into(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+        body: body.to_vec(),
+    };
+    let signed = |key: &str, secret: &str, ts: &str, body: &[u8]| {
+        vec![
+            ("x-studio-key", key.to_string()),
+            ("x-studio-timestamp", ts.to_string()),
+            ("x-studio-signature", sign(secret.as_bytes(), ts, body)),
+        ]
+    };
+    let ts = now.to_string();
+    let ok = |body: &[u8]| signed("ci", WEBHOOK_SECRET, &ts, body);
+    let spec = |f: &dyn Fn(&mut Value)| {
+        let mut v: Value = serde_json::from_slice(job).unwrap();
+        f(&mut v);
+        serde_json::to_vec(&v).unwrap()
+    };
+    let dotdot = spec(&|v| v["entrypoint"] = "../escape.py".into());
+    let absolute = spec(&|v| v["entrypoint"] = "/etc/passwd".into());
+    let taken = spec(&|v| v["job_id"] = "good".into());
+    let big = vec![b' '; MAX_BODY + 1];
+    vec![
+        (
+            "webhook: wrong secret",
+            req(
+                "POST",
+                "/v1/jobs",
+                &signed("ci", "not-the-secret-at-all", &ts, job),
+                job,
+            ),
+            401,
+            "does not match",
+        ),
+        (
+            "webhook: unknown key",
+            req(
+                "POST",
+                "/v1/jobs",
+                &signed("intruder", WEBHOOK_SECRET, &ts, job),
+                job,
+            ),
+            401,
+            "unknown key",
+        ),
+        (
+            "webhook: stale timestamp",
+            req(
+                "POST",
+                "/v1/jobs",
+                &signed("ci", WEBHOOK_SECRET, &(now - 301).to_string(), job),
+                job,
+            ),
+            401,
+            "s old",
+        ),
+        (
+            "webhook: timestamp in the future",
+            req(
+                "POST",
+                "/v1/jobs",
+                &signed("ci", WEBHOOK_SECRET, &(now + 301).to_string(), job),
+                job,
+            ),
+            401,
+            "in the future",
+        ),
+        (
+            "webhook: timestamp not a number",
+            req(
+                "POST",
+                "/v1/jobs",
+                &signed("ci", WEBHOOK_SECRET, "yesterday", job),
+                job,
+            ),
+            401,
+            "not Unix seconds",
+        ),
+        (
+            "webhook: no signature",
+            req("POST", "/v1/jobs", &ok(job)[..2], job),
+            401,
+            "missing header x-studio-signature",
+        ),
+        (
+            "webhook: body changed after signing",
+            req(
+                "POST",
+                "/v1/jobs",
+                &ok(job),
+                &[job.as_slice(), b" "].concat(),
+            ),
+            401,
+            "does not match",
+        ),
+        (
+            "webhook: body over the limit",
+            req("POST", "/v1/jobs", &ok(&big), &big),
+            413,
+            "at most",
+        ),
+        (
+            "webhook: body not JSON",
+            req("POST", "/v1/jobs", &ok(b"{not json"), b"{not json"),
+            400,
+            "not JSON",
+        ),
+        (
+            "webhook: body a JSON array",
+            req("POST", "/v1/jobs", &ok(b"[]"), b"[]"),
+            400,
+            "JSON object",
+        ),
+        (
+            "webhook: schema violation",
+            req(
+                "POST",
+                "/v1/jobs",
+                &ok(br#"{"version": 1, "resources": {"cpus": "eight"}}"#),
+                br#"{"version": 1, "resources": {"cpus": "eight"}}"#,
+            ),
+            400,
+            "not a valid SubmitJob",
+        ),
+        (
+            "webhook: an owner in the body",
+            req(
+                "POST",
+                "/v1/jobs",
+                &ok(&spec(&|v| v["owner"] = "someone-else".into())),
+                &spec(&|v| v["owner"] = "someone-else".into()),
+            ),
+            400,
+            "owner is the signing key",
+        ),
+        (
+            "webhook: entrypoint with ..",
+            req("POST", "/v1/jobs", &ok(&dotdot), &dotdot),
+            400,
+            "..",
+        ),
+        (
+            "webhook: absolute entrypoint",
+            req("POST", "/v1/jobs", &ok(&absolute), &absolute),
+            400,
+            "/etc/passwd",
+        ),
+        (
+            "webhook: another key's job id",
+            req("POST", "/v1/jobs", &ok(&taken), &taken),
+            409,
+            "belongs to another key",
+        ),
+        (
+            "webhook: no such route",
+            req("POST", "/v1/jobz", &ok(job), job),
+            404,
+            "no route",
+        ),
+        (
+            "webhook: DELETE a job",
+            req("DELETE", "/v1/jobs/good", &ok(b""), b""),
+            404,
+            "no route",
+        ),
+        (
+            "webhook: Pub/Sub push route not configured",
+            req(
+                "POST",
+                "/v1/pubsub/preemption",
+                &[("authorization", "Bearer x".into())],
+                b"{}",
+            ),
+            401,
+            "",
+        ),
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_input_is_refused_with_its_reason_and_changes_nothing() {
     let w = world().await;
@@ -714,12 +913,15 @@ async fn every_bad_input_is_refused_with_its_reason_and_changes_nothing() {
     let submits = submit_cases();
     let envelopes = envelope_cases();
     let tarballs = tarball_cases();
-    let total = submits.len() + envelopes.len() + tarballs.len();
+    let now = studio_core::clock::Clock::now(w.ctx.clock.as_ref()).0 / 1000;
+    let hooks = webhook_cases(now);
+    let total = submits.len() + envelopes.len() + tarballs.len() + hooks.len();
     report!(
-        "bad input: {} SubmitJob bodies, {} event envelopes, {} tarballs: {total} cases",
+        "bad input: {} SubmitJob bodies, {} event envelopes, {} tarballs, {} webhook requests: {total} cases",
         submits.len(),
         envelopes.len(),
-        tarballs.len()
+        tarballs.len(),
+        hooks.len()
     );
     assert!(total >= 60, "{total} cases");
 
@@ -751,6 +953,33 @@ async fn every_bad_input_is_refused_with_its_reason_and_changes_nothing() {
         let (dead, reason) = w.dead_letter(&q).await;
         assert_eq!((&dead, &reason), (body, why), "{name}");
         assert_eq!(w.snapshot().await, before, "{name}: nothing written");
+    }
+
+    let keys =
+        studio_aws::webhook::Keys::from_json(&format!(r#"{{"ci": "{WEBHOOK_SECRET}"}}"#)).unwrap();
+    let schema = studio_aws::webhook::schema();
+    let hook = studio_aws::webhook::Webhook {
+        keys: &keys,
+        ctx: &w.ctx,
+        push: None,
+        submit_queue: &w.cfg.submit_queue,
+        schema: &schema,
+    };
+    for (name, req, status, want) in &hooks {
+        let resp = hook.handle(req).await;
+        assert_eq!(resp.status, *status, "{name}: {}", resp.body);
+        let error = resp.body["error"].as_str().unwrap_or_default();
+        assert!(!error.is_empty(), "{name}: a reason: {}", resp.body);
+        assert!(
+            resp.body.to_string().contains(want),
+            "{name}: {}",
+            resp.body
+        );
+        assert_eq!(
+            w.snapshot().await,
+            before,
+            "{name}: nothing enqueued or written"
+        );
     }
 
     for (name, tar, want) in &tarballs {
