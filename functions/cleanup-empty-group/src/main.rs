@@ -19,7 +19,7 @@ async fn main() -> Result<(), Error> {
         let ctx = &ctx;
         async move {
             let report = lambda::cleanup(ctx).await.map_err(lambda::lambda_error)?;
-            Ok::<_, Error>(
+            Ok::<_, lambda_runtime::Diagnostic>(
                 serde_json::json!({ "deleted": report.deleted, "waiting": report.waiting }),
             )
         }

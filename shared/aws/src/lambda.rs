@@ -223,8 +223,31 @@ pub async fn cleanup(ctx: &Ctx) -> Result<CleanupReport, HandlerError> {
 }
 
 /// Lambda's error for a handler error: the message is what CloudWatch shows.
-pub fn lambda_error(e: HandlerError) -> lambda_runtime::Error {
-    Box::new(e)
+///
+/// Its `errorType` names the failure (`studio::HandlerError::Port`): a
+/// boxed error showed only `&alloc::boxed::Box<dyn core::error::Error …>`
+/// there, the type name of the box.
+pub fn lambda_error(e: HandlerError) -> lambda_runtime::Diagnostic {
+    lambda_runtime::Diagnostic {
+        error_type: format!("studio::HandlerError::{}", e.kind()),
+        error_message: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_invocation_names_its_kind_and_says_why() {
+        let e = HandlerError::PoolBusy(studio_core::ids::PoolKey::new("ec2-2c-0g-abc").unwrap());
+        let d = lambda_error(e);
+        assert_eq!(d.error_type, "studio::HandlerError::PoolBusy");
+        assert_eq!(
+            d.error_message,
+            "pool ec2-2c-0g-abc is being deleted; retry shortly"
+        );
+    }
 }
 
 /// The webhook's signing keys, from the SSM SecureString parameter (a JSON

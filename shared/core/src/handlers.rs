@@ -125,6 +125,22 @@ pub enum HandlerError {
 }
 
 impl HandlerError {
+    /// The kind of failure, by name: what a failed Lambda invocation shows
+    /// as its `errorType` (CloudWatch, the Invoke API's answer).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HandlerError::BadInput(_) => "BadInput",
+            HandlerError::Plan(_) => "Plan",
+            HandlerError::IdReused(_) => "IdReused",
+            HandlerError::WorkersAboveCap { .. } => "WorkersAboveCap",
+            HandlerError::ArchUnavailable(_) => "ArchUnavailable",
+            HandlerError::CloudUnavailable(_) => "CloudUnavailable",
+            HandlerError::PoolBusy(_) => "PoolBusy",
+            HandlerError::Port(_) => "Port",
+            HandlerError::Contention(_) => "Contention",
+        }
+    }
+
     /// Whether delivering the same message again may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(
