@@ -1915,6 +1915,13 @@ fn chaos_every_job_finishes_exactly_once_whatever_dies() {
     };
     let mut decided = std::collections::HashSet::new();
     let mut drivers: Vec<std::process::Child> = Vec::new();
+    let driver = || {
+        cmd(&["--home", home.as_str(), "driver"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
     let (mut notices, mut kills, mut driver_kills) = (0usize, 0usize, 0usize);
     let mut next_driver_kill = Instant::now() + Duration::from_secs(2);
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -1952,13 +1959,7 @@ fn chaos_every_job_finishes_exactly_once_whatever_dies() {
             // The driver comes back a moment later, as a user's next
             // `studio` command (or a waiting `studio run`) brings it back.
             std::thread::sleep(Duration::from_millis(rng.next_u64() % 500));
-            drivers.push(
-                cmd(&["--home", home.as_str(), "driver"])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap(),
-            );
+            drivers.push(driver());
             next_driver_kill = Instant::now() + Duration::from_millis(2000 + rng.next_u64() % 3000);
         }
         let ended: i64 = db
@@ -2021,13 +2022,7 @@ fn chaos_every_job_finishes_exactly_once_whatever_dies() {
         "seed {seed}: notices reached {notices} of {attempts} attempts, under 20 %"
     );
     // Nothing left once the pool's grace (1 s) is over.
-    drivers.push(
-        cmd(&["--home", home.as_str(), "driver"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    drivers.push(driver());
     wait_until(
         "the pool and its workers gone",
         Duration::from_secs(60),

@@ -203,6 +203,52 @@ pub fn sqs_event(
     serde_json::from_value(event).expect("an SqsEvent")
 }
 
+/// EC2's events to the deployment's interruption queue as infra routes
+/// them: the rules `SpotWarningRule` and `InstanceStateRule`, with their
+/// patterns read from `infra/template.yaml`.
+pub async fn route_ec2_events(sdk: &aws_config::SdkConfig, cfg: &studio_aws::config::AwsConfig) {
+    let eb = aws_sdk_eventbridge::Client::new(sdk);
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+    let queue = cfg
+        .interruption_queue
+        .as_ref()
+        .expect("an interruption queue");
+    let attr = aws_sdk_sqs::types::QueueAttributeName::QueueArn;
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(queue_url(&sqs, queue).await)
+        .attribute_names(attr.clone())
+        .send()
+        .await
+        .expect("GetQueueAttributes")
+        .attributes
+        .and_then(|mut a| a.remove(&attr))
+        .expect("the queue's ARN");
+    let template = template::Template::load();
+    for logical in ["SpotWarningRule", "InstanceStateRule"] {
+        let pattern = &template.resource(logical)["Properties"]["EventPattern"];
+        let rule = format!("{}-{logical}", cfg.prefix);
+        eb.put_rule()
+            .name(&rule)
+            .event_pattern(pattern.to_string())
+            .send()
+            .await
+            .expect("PutRule");
+        eb.put_targets()
+            .rule(&rule)
+            .targets(
+                aws_sdk_eventbridge::types::Target::builder()
+                    .id("q")
+                    .arn(&arn)
+                    .build()
+                    .expect("a target"),
+            )
+            .send()
+            .await
+            .expect("PutTargets");
+    }
+}
+
 /// A small seeded generator (xorshift64*): a failing chaos run replays
 /// with its printed seed.
 pub struct Rng(pub u64);

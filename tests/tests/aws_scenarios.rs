@@ -288,41 +288,10 @@ async fn a_spot_warning_through_eventbridge_is_left_to_the_worker_and_the_shutdo
     ));
     w.ctx.queue.ack(&q, &item.receipt).await.unwrap();
 
-    // EventBridge rule → SQS target, as infra sets it up.
+    // EventBridge rules → SQS target, as infra sets them up.
+    studio_tests::route_ec2_events(&w.sdk, &w.cfg).await;
     let eb = aws_sdk_eventbridge::Client::new(&w.sdk);
-    let rule = format!("{}-ec2-interruptions", w.cfg.prefix);
-    eb.put_rule()
-        .name(&rule)
-        .event_pattern(
-            r#"{"source":["aws.ec2"],"detail-type":["EC2 Spot Instance Interruption Warning","EC2 Instance Rebalance Recommendation","EC2 Instance State-change Notification"]}"#,
-        )
-        .send()
-        .await
-        .unwrap();
     let iq = w.cfg.interruption_queue.clone().unwrap();
-    let arn = w
-        .sqs()
-        .get_queue_attributes()
-        .queue_url(w.url(&iq).await)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
-        .clone();
-    eb.put_targets()
-        .rule(&rule)
-        .targets(
-            aws_sdk_eventbridge::types::Target::builder()
-                .id("q")
-                .arn(arn)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
     put_ec2_event(
         &eb,
         include_str!("../fixtures/events/spot-interruption-warning.json"),

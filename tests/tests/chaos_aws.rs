@@ -218,7 +218,7 @@ async fn world(seed: u64, cadence: Cadence) -> Arc<World> {
         work: tempfile::tempdir().unwrap(),
         stop: watch::channel(false).0,
     };
-    w.route_ec2_events().await;
+    studio_tests::route_ec2_events(&w.obs_sdk, &w.cfg).await;
     Arc::new(w)
 }
 
@@ -228,49 +228,6 @@ type BatchOut = (aws_lambda_events::event::sqs::SqsBatchResponse, Vec<Fate>);
 impl World {
     fn sqs(&self, sdk: &aws_config::SdkConfig) -> aws_sdk_sqs::Client {
         aws_sdk_sqs::Client::new(sdk)
-    }
-
-    /// The EventBridge rules → interruption queue, with the patterns of
-    /// `infra/template.yaml` (its state filter keeps launches' `pending` and
-    /// `running` away from the function).
-    async fn route_ec2_events(&self) {
-        let eb = aws_sdk_eventbridge::Client::new(&self.obs_sdk);
-        let sqs = self.sqs(&self.obs_sdk);
-        let url =
-            studio_tests::queue_url(&sqs, self.cfg.interruption_queue.as_ref().unwrap()).await;
-        let arn = sqs
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .unwrap()
-            .attributes
-            .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
-            .clone();
-        let template = studio_tests::template::Template::load();
-        for logical in ["SpotWarningRule", "InstanceStateRule"] {
-            let pattern = &template.resource(logical)["Properties"]["EventPattern"];
-            let rule = format!("{}-{logical}", self.cfg.prefix);
-            eb.put_rule()
-                .name(&rule)
-                .event_pattern(serde_json::to_string(pattern).unwrap())
-                .send()
-                .await
-                .unwrap();
-            eb.put_targets()
-                .rule(&rule)
-                .targets(
-                    aws_sdk_eventbridge::types::Target::builder()
-                        .id("q")
-                        .arn(&arn)
-                        .build()
-                        .unwrap(),
-                )
-                .send()
-                .await
-                .unwrap();
-        }
     }
 
     /// The scripts' workspace: `main.py SECONDS NAME` sleeps, then says so.
@@ -789,53 +746,44 @@ impl World {
         let groups = aws_sdk_autoscaling::Client::new(&self.obs_sdk)
             .describe_auto_scaling_groups()
             .send()
-            .await;
-        match groups {
-            Ok(g) => left.extend(
+            .await
+            .map(|g| {
                 g.auto_scaling_groups()
                     .iter()
-                    .filter_map(|g| g.auto_scaling_group_name())
-                    .filter(|n| n.starts_with(p.as_str()))
-                    .map(|n| format!("group {n}")),
-            ),
-            Err(e) => left.push(format!("groups: {e}")),
-        }
+                    .filter_map(|g| g.auto_scaling_group_name().map(String::from))
+                    .collect()
+            });
         let templates = aws_sdk_ec2::Client::new(&self.obs_sdk)
             .describe_launch_templates()
             .send()
-            .await;
-        match templates {
-            Ok(t) => left.extend(
+            .await
+            .map(|t| {
                 t.launch_templates()
                     .iter()
-                    .filter_map(|t| t.launch_template_name())
-                    .filter(|n| n.starts_with(p.as_str()))
-                    .map(|n| format!("launch template {n}")),
-            ),
-            Err(e) => left.push(format!("launch templates: {e}")),
-        }
+                    .filter_map(|t| t.launch_template_name().map(String::from))
+                    .collect()
+            });
+        let queues = self
+            .sqs(&self.obs_sdk)
+            .list_queues()
+            .queue_name_prefix(p)
+            .send()
+            .await
+            .map(|q| {
+                q.queue_urls()
+                    .iter()
+                    .filter_map(|u| u.rsplit('/').next().map(String::from))
+                    .collect()
+            });
         let keep = [
             self.cfg.submit_queue.clone(),
             format!("{}-dlq", self.cfg.submit_queue),
             self.cfg.interruption_queue.clone().unwrap(),
             format!("{}-dlq", self.cfg.interruption_queue.as_ref().unwrap()),
         ];
-        match self
-            .sqs(&self.obs_sdk)
-            .list_queues()
-            .queue_name_prefix(p)
-            .send()
-            .await
-        {
-            Ok(q) => left.extend(
-                q.queue_urls()
-                    .iter()
-                    .filter_map(|u| u.rsplit('/').next())
-                    .filter(|n| !keep.iter().any(|k| k == n))
-                    .map(|n| format!("queue {n}")),
-            ),
-            Err(e) => left.push(format!("queues: {e}")),
-        }
+        left.extend(ours("group", p, &[], groups));
+        left.extend(ours("launch template", p, &[], templates));
+        left.extend(ours("queue", p, &keep, queues));
         left.extend(
             self.machines
                 .lock()
@@ -875,6 +823,24 @@ impl World {
         for w in workers {
             w.abort();
         }
+    }
+}
+
+/// `WHAT NAME` for each listed name of this deployment (its `prefix`) but
+/// those to `keep`, or why the listing failed.
+fn ours<E: std::fmt::Display>(
+    what: &str,
+    prefix: &str,
+    keep: &[String],
+    listed: Result<Vec<String>, E>,
+) -> Vec<String> {
+    match listed {
+        Ok(names) => names
+            .into_iter()
+            .filter(|n| n.starts_with(prefix) && !keep.contains(n))
+            .map(|n| format!("{what} {n}"))
+            .collect(),
+        Err(e) => vec![format!("{what}s: {e}")],
     }
 }
 
