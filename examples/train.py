@@ -4,6 +4,8 @@
 - on start, resume from the checkpoint if one exists (a rerun after an
   interruption picks up where the last attempt stopped);
 - on SIGTERM, save and exit cleanly;
+- after each epoch, a line `STUDIO_PROGRESS=0.4` (the fraction done), which
+  Studio shows as a progress bar;
 - what it produces goes to $STUDIO_OUTPUT_DIR (metrics per epoch under
   results/, the model as model.bin), which Studio uploads at the end of
   every attempt and `studio run` downloads into ./studio-out/JOB/.
@@ -70,6 +72,8 @@ while state["epoch"] < args.epochs:
     with open(os.path.join(out_dir, "results", f"epoch-{state['epoch']:03}.json"), "w") as f:
         json.dump(state, f)
     print(f"epoch {state['epoch']}/{args.epochs} loss {state['loss']}", flush=True)
+    # Studio draws this as a progress bar (studio status --watch, studio ui).
+    print(f"STUDIO_PROGRESS={state['epoch'] / args.epochs:.3f}", flush=True)
 
 save_model()
 print("training done", flush=True)

@@ -685,6 +685,7 @@ async fn an_idle_worker_terminates_its_machine_and_lowers_the_group() {
         notice_every: Duration::from_secs(5),
         checkpoint_every: Duration::from_secs(30),
         log_every: Duration::from_millis(100),
+        progress_every: Duration::from_millis(100),
         venv_root: None,
         run_as: None,
         inputs: None,

@@ -387,7 +387,7 @@ impl World {
                     let _ = scale.await;
                 }
             }
-            if round % 3 == 0 {
+            if round.is_multiple_of(3) {
                 self.invoked("cleanup-empty-group");
                 let cleanup = lambda::cleanup(&self.cleanup);
                 match self.chaos.kill_after() {
@@ -966,6 +966,7 @@ async fn aws_chaos_every_job_finishes_exactly_once_whatever_dies() {
         seen_every: Duration::from_secs(2),
         notice_every: Duration::from_millis(100),
         log_every: Duration::from_millis(500),
+        progress_every: Duration::from_secs(1),
     };
     let w = world(seed, fast).await;
     let ws = w.workspace().await;
@@ -1125,6 +1126,7 @@ async fn aws_interruption_to_queued_again() {
         seen_every: Duration::from_secs(2),
         notice_every: Duration::from_millis(100),
         log_every: Duration::from_millis(500),
+        progress_every: Duration::from_secs(1),
     };
     let w = world(2, fast).await;
     let ws = w.workspace().await;

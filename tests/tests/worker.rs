@@ -48,6 +48,7 @@ fn worker_config(
         // Long: the checkpoint seen after the notice is the one saved on the way out.
         checkpoint_every: Duration::from_secs(600),
         log_every: Duration::from_millis(100),
+        progress_every: Duration::from_millis(100),
         venv_root: None,
         run_as: None,
         inputs: None,
@@ -578,6 +579,78 @@ fn the_bootstrap_holds_no_secret() {
         BOOTSTRAP.contains("X-aws-ec2-metadata-token"),
         "it uses IMDSv2 for the instance id"
     );
+}
+
+/// A script's progress reaches its job record: from a `STUDIO_PROGRESS=`
+/// line (a malformed one after it changes nothing), then from
+/// `progress.json` in its checkpoint directory, and its last word with its
+/// end. The script waits for the test's go-ahead files between steps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scripts_progress_is_recorded_from_its_output_and_its_checkpoint_file() {
+    let w = LocalWorld::default().await;
+    let src = tempfile::tempdir().unwrap();
+    let gate = tempfile::tempdir().unwrap();
+    std::fs::write(
+        src.path().join("steps.py"),
+        [
+            "import json, os, sys, time",
+            "gate = sys.argv[1]",
+            "def wait(name):",
+            "    while not os.path.exists(os.path.join(gate, name)):",
+            "        time.sleep(0.02)",
+            "print('STUDIO_PROGRESS=0.25', flush=True)",
+            "print('STUDIO_PROGRESS=lots', flush=True)",
+            "wait('one')",
+            "with open(os.path.join(os.environ['STUDIO_CHECKPOINT_DIR'], 'progress.json'), 'w') as f:",
+            "    json.dump({'progress': '60%'}, f)",
+            "wait('two')",
+            "print('STUDIO_PROGRESS=1', flush=True)",
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let tar = studio_core::workspace::pack_dir(src.path(), 1 << 20).unwrap();
+    let ws = w.be.artifacts.put_workspace(&tar).await.unwrap();
+    let mut spec = JobBuilder::new("steps").workspace(ws).spec();
+    spec.entrypoint = "steps.py".into();
+    spec.args = vec![gate.path().display().to_string()];
+    submit(&w.be.ctx, "m", &spec.to_json()).await.unwrap();
+    let pool = w.be.store_job_pool("steps").await;
+    let cfg = config(&w, &pool, "w-progress", Arc::new(NoNotice));
+    let (ctx, arts) = (w.be.ctx.clone(), w.be.artifacts.clone());
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(async move { run_worker(&ctx, arts.as_ref(), &cfg, rx).await });
+    let job_now = async || {
+        w.be.ctx
+            .store
+            .get_job(&job_id("steps"))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let j = eventually("progress 0.25", Duration::from_secs(30), async || {
+        let j = job_now().await;
+        (j.progress == Some(0.25)).then_some(j)
+    })
+    .await;
+    assert_eq!(j.state, JobState::Running);
+    std::fs::write(gate.path().join("one"), "").unwrap();
+    let j = eventually("progress 0.6", Duration::from_secs(30), async || {
+        let j = job_now().await;
+        (j.progress == Some(0.6)).then_some(j)
+    })
+    .await;
+    assert_eq!(j.state, JobState::Running);
+    std::fs::write(gate.path().join("two"), "").unwrap();
+    let job = eventually("the end", Duration::from_secs(30), async || {
+        let j = job_now().await;
+        j.state.is_terminal().then_some(j)
+    })
+    .await;
+    stop.send(true).unwrap();
+    worker.await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Finished, "{:?}", job.reason);
+    assert_eq!(job.progress, Some(1.0));
 }
 
 /// Runs `jobs` (id, requirements.txt) one after the other on one worker with

@@ -229,6 +229,13 @@ pub struct Job {
     /// How many times the sweep sent a dead-lettered work item again.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub items_resent: u32,
+    /// What the script last reported of its progress, 0 to 1 (a line
+    /// `STUDIO_PROGRESS=0.42` in its output, or `progress.json` in its
+    /// checkpoint directory); written with the heartbeat, so it costs no
+    /// write of its own. Kept across attempts: a resumed script goes on
+    /// from its checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<f32>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -281,6 +288,7 @@ impl Job {
             warned_at: None,
             checkpoint: None,
             items_resent: 0,
+            progress: None,
         }
     }
 

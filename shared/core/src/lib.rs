@@ -32,6 +32,7 @@ pub mod outputs;
 pub mod plan;
 pub mod pool;
 pub mod ports;
+pub mod progress;
 pub mod resources;
 pub mod route;
 pub mod size;

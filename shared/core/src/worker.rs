@@ -22,6 +22,7 @@ use crate::job::{usd, CheckpointRef, Job, JobState};
 use crate::notice::{Notice, NoticeSource};
 use crate::outputs::OutputsRef;
 use crate::ports::{ArtifactStore, InputSource, PortError, Received};
+use crate::progress;
 use crate::resources::Cloud;
 use sha2::Digest;
 use std::path::PathBuf;
@@ -47,6 +48,7 @@ pub struct Cadence {
     pub seen_every: Duration,
     pub notice_every: Duration,
     pub log_every: Duration,
+    pub progress_every: Duration,
 }
 
 impl Cadence {
@@ -62,6 +64,8 @@ impl Cadence {
         notice_every: Duration::from_secs(5),
         // Each flush is one object on S3.
         log_every: Duration::from_secs(3),
+        // With the heartbeat's own write: progress costs no request.
+        progress_every: Duration::from_secs(30),
     };
 
     /// Sets these on `cfg`.
@@ -72,6 +76,7 @@ impl Cadence {
         cfg.seen_every = self.seen_every;
         cfg.notice_every = self.notice_every;
         cfg.log_every = self.log_every;
+        cfg.progress_every = self.progress_every;
     }
 }
 
@@ -108,6 +113,9 @@ pub struct WorkerConfig {
     /// How often output is shipped to the job's log (each flush is one
     /// object on S3, so cloud workers flush every few seconds).
     pub log_every: Duration,
+    /// A changed progress ([`crate::progress`]) is written on the record
+    /// at most this often (with a heartbeat when it is one's multiple).
+    pub progress_every: Duration,
     /// `Some((uid, gid))`: scripts run as this user (cloud machines: an
     /// unprivileged user the bootstrap creates and cuts off from the
     /// instance metadata service, so a script never gets the machine's
@@ -328,12 +336,14 @@ fn spawn_heartbeat(
     id: &JobId,
     attempt: u32,
     zone: Option<String>,
+    progress: watch::Receiver<Option<f32>>,
 ) -> (watch::Receiver<Seen>, AbortOnDrop) {
     let (tx, rx) = watch::channel(Seen::Ours);
     let (ctx, id, me) = (ctx.clone(), id.clone(), cfg.instance.clone());
-    let (check, beat) = (cfg.heartbeat, cfg.beat_every);
+    let (check, beat, progress_every) = (cfg.heartbeat, cfg.beat_every, cfg.progress_every);
     let task = tokio::spawn(async move {
         let mut last_write = Instant::now();
+        let mut last_progress = Instant::now();
         let mut tick = interval(check.min(beat));
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         tick.tick().await;
@@ -341,6 +351,8 @@ fn spawn_heartbeat(
             tick.tick().await;
             // Monotonic: a wall-clock step neither skips nor doubles beats.
             let due = last_write.elapsed() >= beat;
+            let report = *progress.borrow();
+            let progress_due = due || last_progress.elapsed() >= progress_every;
             let now = ctx.clock.now();
             let r = mutate_job(ctx.store.as_ref(), &id, |j| {
                 if j.state == JobState::Cancelled {
@@ -368,7 +380,14 @@ fn spawn_heartbeat(
                 if due {
                     j.heartbeat_at = Some(now);
                 }
-                if due || zoned {
+                let progressed = match report {
+                    Some(p) if progress_due && j.progress != Some(p) => {
+                        j.progress = Some(p);
+                        true
+                    }
+                    _ => false,
+                };
+                if due || zoned || progressed {
                     Step::Write(seen)
                 } else {
                     Step::Keep(seen)
@@ -379,6 +398,9 @@ fn spawn_heartbeat(
                 Ok(Some((_, seen))) => {
                     if due && matches!(seen, Seen::Ours | Seen::Warned) {
                         last_write = Instant::now();
+                    }
+                    if progress_due {
+                        last_progress = Instant::now();
                     }
                     let _ = tx.send(seen);
                 }
@@ -434,12 +456,13 @@ async fn run_job(
     let id = job.id.clone();
     let attempt = job.attempt;
     let zone = cfg.notice.zone().await;
-    let (mut seen, _beating) = spawn_heartbeat(ctx, cfg, &id, attempt, zone);
+    let (progress_tx, progress_rx) = watch::channel(None::<f32>);
+    let (mut seen, _beating) = spawn_heartbeat(ctx, cfg, &id, attempt, zone, progress_rx);
     // Busy: the group must not pick this machine for scale-in or rebalancing.
     if let Err(e) = ctx.fleet.protect(&cfg.pool, &cfg.instance, true).await {
         warn!(error = %e, "could not protect this machine from scale-in");
     }
-    let end = run_attempt(ctx, artifacts, cfg, job, shutdown, &mut seen).await;
+    let end = run_attempt(ctx, artifacts, cfg, job, shutdown, &mut seen, &progress_tx).await;
     if let Err(e) = ctx.fleet.protect(&cfg.pool, &cfg.instance, false).await {
         warn!(error = %e, "could not lift this machine's scale-in protection");
     }
@@ -453,6 +476,7 @@ async fn run_attempt(
     job: Job,
     shutdown: &mut watch::Receiver<bool>,
     seen: &mut watch::Receiver<Seen>,
+    progress_tx: &watch::Sender<Option<f32>>,
 ) -> RunEnd {
     let id = job.id.clone();
     let attempt = job.attempt;
@@ -622,6 +646,13 @@ async fn run_attempt(
             Some(chunk) = rx.recv() => {
                 buf.extend_from_slice(&chunk);
                 keep_tail(&mut tail, &chunk);
+                // A complete line may carry progress (the tail holds the
+                // last 8 KiB, so a marker split across reads is still seen).
+                if chunk.contains(&b'\n') {
+                    if let Some(p) = progress::last_in_output(&tail) {
+                        progress_tx.send_if_modified(|v| (*v != Some(p)).then(|| *v = Some(p)).is_some());
+                    }
+                }
             }
             _ = flush_tick.tick() => flush(artifacts, &id, &mut buf).await,
             r = shutdown.changed(), if stop.is_none() => {
@@ -629,6 +660,9 @@ async fn run_attempt(
                 new_stop = Some(Stop::Shutdown);
             }
             _ = beat.tick() => {
+                if let Some(p) = progress::read_file(&ckpt) {
+                    progress_tx.send_if_modified(|v| (*v != Some(p)).then(|| *v = Some(p)).is_some());
+                }
                 if last_sync.elapsed() >= cfg.checkpoint_every {
                     last_sync = Instant::now();
                     sync_checkpoint(ctx, artifacts, &id, attempt, &ckpt, &mut saved).await;
@@ -702,7 +736,11 @@ async fn run_attempt(
     // the end is, so the next attempt and whoever waits on the job see them.
     sync_checkpoint(ctx, artifacts, &id, attempt, &ckpt, &mut saved).await;
     let outputs = save_outputs(artifacts, &job, attempt, &out_dir, &ws).await;
-    mark_script_ended(ctx, &id, attempt, &cfg.instance, outputs).await;
+    // The script's last word on its progress goes with its end.
+    let last_progress = progress::last_in_output(&tail)
+        .or_else(|| progress::read_file(&ckpt))
+        .or(*progress_tx.borrow());
+    mark_script_ended(ctx, &id, attempt, &cfg.instance, outputs, last_progress).await;
 
     let (code, signal) = match &status {
         Ok(st) => {
@@ -911,6 +949,7 @@ async fn mark_script_ended(
     attempt: u32,
     me: &InstanceId,
     outputs: Option<OutputsRef>,
+    progress: Option<f32>,
 ) {
     let now = ctx.clock.now();
     let r = mutate_job(ctx.store.as_ref(), id, |j| {
@@ -922,6 +961,9 @@ async fn mark_script_ended(
             Some(a) => {
                 a.script_ended_at = Some(now);
                 a.outputs = outputs.clone();
+                if progress.is_some() {
+                    j.progress = progress;
+                }
                 Step::Write(())
             }
             None => Step::Keep(()),
