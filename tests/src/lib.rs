@@ -515,8 +515,125 @@ pub fn quick_worker_config(
         notice_every: Duration::from_secs(5),
         checkpoint_every: Duration::from_secs(1),
         log_every: Duration::from_millis(100),
+        progress_every: Duration::from_millis(100),
         venv_root: None,
         run_as: None,
         inputs: None,
     }
+}
+
+/// Jobs made for the listing tests, created in `store` directly: 57 of
+/// them, two by two with the same creation time (the id breaks the tie),
+/// every third owned by `bob` (the rest by `alice`), two pools (1 and 2
+/// CPUs), every fifth cancelled, and job `job007` carrying a secret in its
+/// env. Returns them newest first, as a listing must.
+pub async fn listing_jobs(store: &dyn studio_core::ports::JobStore) -> Vec<studio_core::job::Job> {
+    use studio_core::plan::Planner as _;
+    let planner = studio_core::plan::CatalogPlanner::shipped();
+    let base = 1_790_000_000_000i64;
+    let mut made = Vec::new();
+    for i in 0..57u32 {
+        let mut spec = studio_core::contract::SubmitJob::new(
+            studio_core::resources::Cloud::Local,
+            studio_core::resources::ResourceRequest::parse(1 + i % 2, 0, None, None)
+                .expect("a request"),
+            if i % 3 == 0 { "bob" } else { "alice" },
+        );
+        spec.entrypoint = "train.py".into();
+        if i == 7 {
+            spec.env.insert("TOKEN".into(), "s3cr3t-value".into());
+        }
+        let plan = planner.plan(&spec).expect("a plan");
+        let pool = studio_core::pool::PoolSpec::for_job(&spec, &plan).key();
+        let at = Timestamp(base + i64::from(i / 2) * 1000);
+        let mut job =
+            studio_core::job::Job::new(job_id(&format!("job{i:03}")), spec, plan, pool, at, "test");
+        if i % 5 == 0 {
+            job.cancel(at, "test", "cancelled by the test")
+                .expect("queued can be cancelled");
+        }
+        store.create_job(&job).await.expect("create");
+        made.push(job);
+    }
+    made.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+    made
+}
+
+/// Every page of `q` (its `limit` a page) from `store`, the ids in order,
+/// and how many pages it took.
+pub async fn all_pages(
+    store: &dyn studio_core::ports::JobStore,
+    mut q: studio_core::ports::JobQuery,
+) -> (Vec<String>, usize) {
+    let (mut ids, mut pages) = (Vec::new(), 0);
+    loop {
+        let page = store.page_jobs(&q).await.expect("a page");
+        pages += 1;
+        assert!(
+            page.jobs.len() <= q.limit as usize,
+            "a page holds at most its limit"
+        );
+        ids.extend(page.jobs.iter().map(|j| j.id.to_string()));
+        match page.next {
+            Some(n) => q.before = Some(n),
+            None => return (ids, pages),
+        }
+        assert!(pages < 100, "the pages end");
+    }
+}
+
+/// The listing contract every store keeps: every job once, newest first,
+/// paged without gap or repeat, alone and with each filter.
+pub async fn check_listing(store: &dyn studio_core::ports::JobStore) {
+    use studio_core::job::{Job, JobState};
+    use studio_core::ports::JobQuery;
+    let made = listing_jobs(store).await;
+    let ids = |keep: &dyn Fn(&Job) -> bool| -> Vec<String> {
+        made.iter()
+            .filter(|j| keep(j))
+            .map(|j| j.id.to_string())
+            .collect()
+    };
+    let q = |limit| JobQuery {
+        limit,
+        ..JobQuery::default()
+    };
+    assert_eq!(all_pages(store, q(20)).await, (ids(&|_| true), 3));
+    assert_eq!(
+        all_pages(store, q(57)).await,
+        (ids(&|_| true), 1),
+        "exactly one full page"
+    );
+    assert_eq!(all_pages(store, q(1)).await.0, ids(&|_| true));
+    let bob = JobQuery {
+        owner: Some("bob".into()),
+        ..q(7)
+    };
+    assert_eq!(
+        all_pages(store, bob).await.0,
+        ids(&|j| j.spec.owner == "bob")
+    );
+    let cancelled = JobQuery {
+        state: Some(JobState::Cancelled),
+        ..q(4)
+    };
+    assert_eq!(
+        all_pages(store, cancelled).await.0,
+        ids(&|j| j.state == JobState::Cancelled)
+    );
+    let pool = made[0].pool.clone();
+    let mixed = JobQuery {
+        state: Some(JobState::Queued),
+        owner: Some("alice".into()),
+        pool: Some(pool.clone()),
+        ..q(5)
+    };
+    let want = ids(&|j| j.state == JobState::Queued && j.spec.owner == "alice" && j.pool == pool);
+    assert!(!want.is_empty());
+    assert_eq!(all_pages(store, mixed).await.0, want);
+    let nobody = JobQuery {
+        owner: Some("carol".into()),
+        ..q(10)
+    };
+    assert_eq!(all_pages(store, nobody).await, (vec![], 1));
 }

@@ -207,6 +207,63 @@ async fn an_auto_pool_starts_at_one_and_grows_while_work_waits_up_to_the_cap() {
     assert_eq!(w.be.fleet.instances(&pool).await.unwrap().len(), 3);
 }
 
+/// Scaling records what it saw on the pool (the chart of `studio ui`): one
+/// sample per `pool_sample_every` however often it runs, the machines
+/// there, the work waiting; the oldest go beyond `SAMPLES_KEPT`, and each
+/// sample stays a short array in the record.
+#[tokio::test]
+async fn scaling_samples_the_pool_at_most_once_a_period_and_keeps_the_newest() {
+    let w = LocalWorld::default().await; // cap 3
+    for i in 0..6 {
+        submit(
+            &w.be.ctx,
+            &format!("m{i}"),
+            &JobBuilder::new(&format!("j{i}")).json(),
+        )
+        .await
+        .unwrap();
+    }
+    let pool = w.be.store_job_pool("j0").await;
+    scale(&w.be.ctx).await.unwrap();
+    scale(&w.be.ctx).await.unwrap();
+    let samples = |p: studio_core::pool::Pool| p.samples;
+    let first = samples(w.be.store.get_pool(&pool).await.unwrap().unwrap());
+    assert_eq!(first.len(), 1, "one sample within a period: {first:?}");
+    let every = w.be.ctx.settings.pool_sample_every;
+    w.clock.advance(every);
+    w.be.fleet.reconcile().unwrap();
+    scale(&w.be.ctx).await.unwrap();
+    let s = samples(w.be.store.get_pool(&pool).await.unwrap().unwrap());
+    assert_eq!(s.len(), 2);
+    let last = s[1];
+    assert_eq!(
+        (last.target, last.actual, last.visible),
+        (3, 3, 6),
+        "{last:?}"
+    );
+    assert_eq!(last.at, w.clock.now());
+    for _ in 0..studio_core::pool::SAMPLES_KEPT + 5 {
+        w.clock.advance(every);
+        scale(&w.be.ctx).await.unwrap();
+    }
+    let p = w.be.store.get_pool(&pool).await.unwrap().unwrap();
+    assert_eq!(p.samples.len(), studio_core::pool::SAMPLES_KEPT);
+    assert_eq!(
+        p.samples.last().unwrap().at,
+        w.clock.now(),
+        "the newest kept"
+    );
+    assert!(p
+        .samples
+        .windows(2)
+        .all(|w| w[1].at.since(w[0].at) == every));
+    let bytes = serde_json::to_string(&p.samples).unwrap().len();
+    assert!(
+        bytes < 40 * studio_core::pool::SAMPLES_KEPT,
+        "{bytes} bytes of samples"
+    );
+}
+
 /// GIVEN a job running on w-1, WHEN a spot warning for w-1 arrives (twice),
 /// THEN the job stays with its worker, which saves and hands it back (the
 /// warning is recorded); WHEN the machine then shuts down (twice), THEN the

@@ -339,6 +339,10 @@ fn the_tables_have_the_keys_indexes_and_ttl_the_store_uses() {
     assert_eq!(
         indexes,
         [
+            (
+                "by-created".to_string(),
+                vec!["listing".to_string(), "created_key".to_string()]
+            ),
             ("by-instance".to_string(), vec!["instance".to_string()]),
             (
                 "by-pool-state".to_string(),

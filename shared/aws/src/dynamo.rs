@@ -9,7 +9,10 @@
 //! an `expires_at` for the table's TTL.
 //!
 //! Jobs table: key `id`; GSIs `by-instance` (`instance`, sparse: only jobs
-//! with a machine) and `by-pool-state` (`pool`, `state`). Pools table: key `key`.
+//! with a machine), `by-pool-state` (`pool`, `state`) and `by-created`
+//! (`listing`, `created_key`): the newest-first listing of `studio ui`,
+//! its partition spread over [`LISTING_SHARDS`] values so that no one
+//! index partition takes every job write. Pools table: key `key`.
 
 use crate::AwsError;
 use async_trait::async_trait;
@@ -23,10 +26,26 @@ use std::time::Duration;
 use studio_core::ids::{InstanceId, JobId, PoolKey};
 use studio_core::job::{Job, JobState};
 use studio_core::pool::{Pool, PoolState};
-use studio_core::ports::{Created, JobStore, PortError};
+use studio_core::ports::{
+    listing_key, merge_pages, Created, JobPage, JobQuery, JobStore, PortError,
+};
 
 const PORT: &str = "dynamodb";
 type Item = HashMap<String, AttributeValue>;
+
+/// How many partitions of the `by-created` index jobs are spread over; a
+/// listing queries each and merges them. DynamoDB takes up to 1,000
+/// writes a second on one partition value, and each job write is one on
+/// the index: four keep a burst of submits clear of that.
+pub const LISTING_SHARDS: u32 = 4;
+
+/// The `by-created` partition of a job: a stable hash of its id.
+fn listing_shard(id: &JobId) -> String {
+    let h = id.as_str().bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    format!("jobs#{}", h % LISTING_SHARDS)
+}
 
 /// How long a finished, failed or cancelled job stays before TTL removes it.
 pub const TERMINAL_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -66,6 +85,9 @@ fn job_item(job: &Job) -> Item {
         ("version".to_string(), n(job.version)),
         ("pool".to_string(), s(job.pool.as_str())),
         ("created_at".to_string(), n(job.created_at.0)),
+        ("listing".to_string(), s(listing_shard(&job.id))),
+        ("created_key".to_string(), s(listing_key(job))),
+        ("owner".to_string(), s(job.spec.owner.as_str())),
         (
             "record".to_string(),
             s(serde_json::to_string(job).expect("jobs serialize")),
@@ -155,11 +177,20 @@ impl DynamoStore {
             .attribute_definitions(attr("instance"))
             .attribute_definitions(attr("pool"))
             .attribute_definitions(attr("state"))
+            .attribute_definitions(attr("listing"))
+            .attribute_definitions(attr("created_key"))
             .key_schema(key("id", KeyType::Hash))
             .global_secondary_indexes(gsi("by-instance", vec![key("instance", KeyType::Hash)]))
             .global_secondary_indexes(gsi(
                 "by-pool-state",
                 vec![key("pool", KeyType::Hash), key("state", KeyType::Range)],
+            ))
+            .global_secondary_indexes(gsi(
+                "by-created",
+                vec![
+                    key("listing", KeyType::Hash),
+                    key("created_key", KeyType::Range),
+                ],
             ))
             .send()
             .await;
@@ -277,6 +308,64 @@ impl DynamoStore {
             out.extend(page.map_err(sdk("Query"))?.items.unwrap_or_default());
         }
         Ok(out)
+    }
+
+    /// Up to `q.limit` jobs of one `by-created` partition, newest first,
+    /// reading pages until the filter has passed that many or the
+    /// partition has no more (a filter is applied after DynamoDB reads).
+    async fn page_shard(&self, shard: &str, q: &JobQuery) -> Result<JobPage, PortError> {
+        let limit = q.limit.max(1) as usize;
+        let mut names = HashMap::from([("#l".to_string(), "listing".to_string())]);
+        let mut values = Item::from([(":l".to_string(), s(shard))]);
+        let mut condition = "#l = :l".to_string();
+        if let Some(b) = &q.before {
+            names.insert("#k".into(), "created_key".into());
+            values.insert(":b".into(), s(b.as_str()));
+            condition.push_str(" AND #k < :b");
+        }
+        let mut filters = Vec::new();
+        for (name, attr, value) in [
+            ("#s", "state", q.state.map(|st| st.as_str().to_string())),
+            ("#p", "pool", q.pool.as_ref().map(|p| p.to_string())),
+            ("#o", "owner", q.owner.clone()),
+        ] {
+            if let Some(v) = value {
+                let placeholder = format!(":{}", &name[1..]);
+                filters.push(format!("{name} = {placeholder}"));
+                names.insert(name.into(), attr.into());
+                values.insert(placeholder, s(v));
+            }
+        }
+        let mut jobs = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.jobs)
+                .index_name("by-created")
+                .key_condition_expression(&condition)
+                .set_filter_expression((!filters.is_empty()).then(|| filters.join(" AND ")))
+                .set_expression_attribute_names(Some(names.clone()))
+                .set_expression_attribute_values(Some(values.clone()))
+                .scan_index_forward(false)
+                .limit(limit as i32 + 1)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(sdk("Query"))?;
+            for item in out.items.unwrap_or_default() {
+                jobs.push(decode::<Job>(&item)?);
+            }
+            start = out.last_evaluated_key.filter(|k| !k.is_empty());
+            if jobs.len() > limit || start.is_none() {
+                break;
+            }
+        }
+        let more = jobs.len() > limit || start.is_some();
+        jobs.truncate(limit);
+        let next = more.then(|| jobs.last().map(listing_key)).flatten();
+        Ok(JobPage { jobs, next })
     }
 
     async fn scan(&self, table: &str) -> Result<Vec<Item>, PortError> {
@@ -398,6 +487,14 @@ impl JobStore for DynamoStore {
         Ok(newest_first(
             items.iter().map(decode).collect::<Result<_, _>>()?,
         ))
+    }
+
+    async fn page_jobs(&self, q: &JobQuery) -> Result<JobPage, PortError> {
+        let mut pages = Vec::new();
+        for shard in 0..LISTING_SHARDS {
+            pages.push(self.page_shard(&format!("jobs#{shard}"), q).await?);
+        }
+        Ok(merge_pages(pages, q.limit))
     }
 
     async fn jobs_on_instance(&self, instance: &InstanceId) -> Result<Vec<Job>, PortError> {

@@ -91,6 +91,7 @@ pub fn context(cfg: &AwsConfig, sdk: &aws_config::SdkConfig, clock: Arc<dyn Cloc
                     )
                     .collect(),
             ),
+            ..Settings::default()
         },
     }
 }
@@ -234,22 +235,6 @@ pub fn lambda_error(e: HandlerError) -> lambda_runtime::Diagnostic {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_failed_invocation_names_its_kind_and_says_why() {
-        let e = HandlerError::PoolBusy(studio_core::ids::PoolKey::new("ec2-2c-0g-abc").unwrap());
-        let d = lambda_error(e);
-        assert_eq!(d.error_type, "studio::HandlerError::PoolBusy");
-        assert_eq!(
-            d.error_message,
-            "pool ec2-2c-0g-abc is being deleted; retry shortly"
-        );
-    }
-}
-
 /// The webhook's signing keys, from the SSM SecureString parameter (a JSON
 /// object of name to secret), decrypted; read once at cold start.
 ///
@@ -347,4 +332,20 @@ pub async fn webhook(
     );
     out.body = Some(resp.body.to_string());
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_invocation_names_its_kind_and_says_why() {
+        let e = HandlerError::PoolBusy(studio_core::ids::PoolKey::new("ec2-2c-0g-abc").unwrap());
+        let d = lambda_error(e);
+        assert_eq!(d.error_type, "studio::HandlerError::PoolBusy");
+        assert_eq!(
+            d.error_message,
+            "pool ec2-2c-0g-abc is being deleted; retry shortly"
+        );
+    }
 }

@@ -19,7 +19,7 @@ use crate::contract::{ContractError, SubmitJob, WorkItem};
 use crate::ids::{InstanceId, JobId, PoolKey};
 use crate::job::{Job, JobState};
 use crate::plan::{Plan, PlanError, Planner};
-use crate::pool::{desired_workers, queue_name, Pool, PoolSpec, PoolState, QueueDepth};
+use crate::pool::{desired_workers, queue_name, Pool, PoolSample, PoolSpec, PoolState, QueueDepth};
 use crate::ports::{
     dead_letter_queue, Created, Fleet, GroupStatus, JobStore, PortError, Received, WorkQueue,
 };
@@ -60,6 +60,9 @@ pub struct Settings {
     /// The clouds this deployment runs machines on; `None`: any. A job for
     /// another is refused at submit, before anything is created.
     pub clouds: Option<Vec<Cloud>>,
+    /// How often scaling records a pool's size and queue depth on its
+    /// record (the chart of `studio ui`); [`crate::pool::SAMPLES_KEPT`] are kept.
+    pub pool_sample_every: Duration,
 }
 
 /// How often the sweep sends a dead-lettered work item of a queued job
@@ -86,6 +89,8 @@ impl Default for Settings {
             worker_grace: Duration::from_secs(15 * 60),
             archs: None,
             clouds: None,
+            // The schedule's own period on AWS: one sample per run.
+            pool_sample_every: Duration::from_secs(60),
         }
     }
 }
@@ -429,9 +434,38 @@ pub async fn scale_pool(
         ctx.fleet.set_target(&gk, want, new_max).await?;
         info!(pool = %pool.key, from = group.desired, to = want, max, visible = depth.visible, in_flight = depth.in_flight, "pool resized");
     }
-    if pool.target != want {
+    let now = ctx.clock.now();
+    let sample_due = pool
+        .samples
+        .last()
+        .is_none_or(|s| now.since(s.at) >= ctx.settings.pool_sample_every);
+    // The machines there now: one more (free) describe call per sample.
+    let actual = if sample_due {
+        match ctx.fleet.instances(&gk).await {
+            Ok(i) => Some(i.len() as u32),
+            Err(e) => {
+                warn!(pool = %pool.key, error = %e, "could not count the group's machines");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let sampled = actual.is_some_and(|actual| {
+        pool.record_sample(
+            PoolSample {
+                at: now,
+                target: want,
+                actual,
+                visible: depth.visible,
+                in_flight: depth.in_flight,
+            },
+            ctx.settings.pool_sample_every,
+        )
+    });
+    if pool.target != want || sampled {
         pool.target = want;
-        pool.updated_at = ctx.clock.now();
+        pool.updated_at = now;
         match ctx.store.update_pool(&pool).await {
             // Someone else wrote the pool; the record's target is only for display.
             Ok(_) | Err(PortError::Conflict) => {}

@@ -101,9 +101,70 @@ pub struct Pool {
     pub idle_since: Option<Timestamp>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// What scaling saw, oldest first, at most [`SAMPLES_KEPT`]: the chart
+    /// of `studio ui`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<PoolSample>,
+}
+
+/// How many [`PoolSample`]s a pool keeps: two hours at the AWS schedule's
+/// one a minute. Each is about 35 bytes of the record (an array).
+pub const SAMPLES_KEPT: usize = 120;
+
+/// One look at a pool by scaling. Stored as an array
+/// `[at, target, actual, visible, in_flight]` to keep the record small.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    from = "(Timestamp, u32, u32, u64, u64)",
+    into = "(Timestamp, u32, u32, u64, u64)"
+)]
+pub struct PoolSample {
+    pub at: Timestamp,
+    /// The size asked of the group.
+    pub target: u32,
+    /// The machines the group had (not terminated).
+    pub actual: u32,
+    /// Work waiting in the queue.
+    pub visible: u64,
+    /// Work received or running.
+    pub in_flight: u64,
+}
+
+impl From<(Timestamp, u32, u32, u64, u64)> for PoolSample {
+    fn from((at, target, actual, visible, in_flight): (Timestamp, u32, u32, u64, u64)) -> Self {
+        PoolSample {
+            at,
+            target,
+            actual,
+            visible,
+            in_flight,
+        }
+    }
+}
+
+impl From<PoolSample> for (Timestamp, u32, u32, u64, u64) {
+    fn from(s: PoolSample) -> Self {
+        (s.at, s.target, s.actual, s.visible, s.in_flight)
+    }
 }
 
 impl Pool {
+    /// Keeps `s` unless the last sample is less than `every` older;
+    /// drops the oldest beyond [`SAMPLES_KEPT`]. Whether it was kept.
+    pub fn record_sample(&mut self, s: PoolSample, every: std::time::Duration) -> bool {
+        if self
+            .samples
+            .last()
+            .is_some_and(|l| s.at.since(l.at) < every)
+        {
+            return false;
+        }
+        self.samples.push(s);
+        let over = self.samples.len().saturating_sub(SAMPLES_KEPT);
+        self.samples.drain(..over);
+        true
+    }
+
     pub fn new(spec: PoolSpec, at: Timestamp) -> Pool {
         Pool {
             key: spec.key(),
@@ -116,6 +177,7 @@ impl Pool {
             idle_since: None,
             created_at: at,
             updated_at: at,
+            samples: Vec::new(),
         }
     }
 

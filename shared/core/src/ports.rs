@@ -71,6 +71,61 @@ pub enum Created<T> {
     Existing(T),
 }
 
+/// One page of a jobs listing ([`JobStore::page_jobs`]): newest first,
+/// optionally one state, pool or owner.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobQuery {
+    pub state: Option<JobState>,
+    pub pool: Option<PoolKey>,
+    pub owner: Option<String>,
+    /// Only jobs older than this [`listing_key`] (the previous page's last).
+    pub before: Option<String>,
+    /// Most jobs on the page (at least 1).
+    pub limit: u32,
+}
+
+/// A page of jobs; `next` is the [`listing_key`] to ask `before` for the
+/// next page, `None` when this was the last.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobPage {
+    pub jobs: Vec<Job>,
+    pub next: Option<String>,
+}
+
+/// The key listings are ordered by, newest last in byte order: the
+/// creation time in milliseconds, 13 digits, `-`, then the id. Unique, so a
+/// page boundary is exact; safe in a URL as it is (ids are letters,
+/// digits, `-`, `_` and `.`), so it is also the API's page cursor.
+pub fn listing_key(job: &Job) -> String {
+    format!("{:013}-{}", job.created_at.0, job.id)
+}
+
+/// The creation time and id of a [`listing_key`]; `None` when `key` is not one.
+pub fn parse_listing_key(key: &str) -> Option<(i64, &str)> {
+    let (at, id) = (key.get(..13)?, key.get(13..)?.strip_prefix('-')?);
+    (at.bytes().all(|b| b.is_ascii_digit()) && !id.is_empty())
+        .then(|| at.parse::<i64>().ok())
+        .flatten()
+        .filter(|_| JobId::new(id).is_ok())
+        .map(|at| (at, id))
+}
+
+/// Merges pages of several listings (stores, or shards of one) that were
+/// each asked for `limit` jobs `before` the same key: the newest `limit`
+/// of them, and the key to continue from when any listing had more.
+pub fn merge_pages(pages: Vec<JobPage>, limit: u32) -> JobPage {
+    let more = pages.iter().any(|p| p.next.is_some());
+    let mut jobs: Vec<Job> = pages.into_iter().flat_map(|p| p.jobs).collect();
+    jobs.sort_by_key(|j| std::cmp::Reverse(listing_key(j)));
+    let limit = limit.max(1) as usize;
+    let cut = jobs.len() > limit;
+    jobs.truncate(limit);
+    let next = (cut || more)
+        .then(|| jobs.last().map(listing_key))
+        .flatten();
+    JobPage { jobs, next }
+}
+
 /// Job and pool records. Every update is a compare-and-set on `version`.
 #[async_trait]
 pub trait JobStore: Send + Sync {
@@ -89,6 +144,9 @@ pub trait JobStore: Send + Sync {
         pool: Option<&PoolKey>,
         states: &[JobState],
     ) -> Result<Vec<Job>, PortError>;
+    /// One page of jobs, newest first, through an index (never a scan of
+    /// every job): what `studio ui` lists.
+    async fn page_jobs(&self, q: &JobQuery) -> Result<JobPage, PortError>;
     /// Jobs whose current attempt runs on `instance`.
     async fn jobs_on_instance(&self, instance: &InstanceId) -> Result<Vec<Job>, PortError>;
 
@@ -273,4 +331,72 @@ pub trait ArtifactStore: Send + Sync {
         sha256: &str,
         dest: &std::path::Path,
     ) -> Result<(), PortError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Timestamp;
+
+    fn job(id: &str, at: i64) -> Job {
+        let spec = crate::contract::SubmitJob::new(
+            crate::resources::Cloud::Local,
+            crate::resources::ResourceRequest::parse(1, 0, None, None).unwrap(),
+            "me",
+        );
+        let plan =
+            crate::plan::Planner::plan(&crate::plan::CatalogPlanner::shipped(), &spec).unwrap();
+        let pool = crate::pool::PoolSpec::for_job(&spec, &plan).key();
+        Job::new(
+            JobId::new(id).unwrap(),
+            spec,
+            plan,
+            pool,
+            Timestamp(at),
+            "test",
+        )
+    }
+
+    #[test]
+    fn listing_keys_order_by_time_then_id_and_parse_back() {
+        let (a, b, c) = (job("a-1", 5), job("b.2", 5), job("a_0", 1_000));
+        let (ka, kb, kc) = (listing_key(&a), listing_key(&b), listing_key(&c));
+        assert!(ka < kb && kb < kc, "{ka} {kb} {kc}");
+        assert_eq!(parse_listing_key(&ka), Some((5, "a-1")));
+        for bad in [
+            "",
+            "5-a",
+            "000000000000x-a",
+            "0000000000005-",
+            "0000000000005#a",
+            "0000000000005-a/b",
+        ] {
+            assert_eq!(parse_listing_key(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn merged_pages_keep_the_newest_and_continue_after_the_last_shown() {
+        let page = |ids: &[(&str, i64)], more: bool| JobPage {
+            jobs: ids.iter().map(|(i, at)| job(i, *at)).collect(),
+            next: more.then(|| "x".to_string()),
+        };
+        // Two listings asked for 3 each: 5, 4, 3 and 6, 2, 1.
+        let m = merge_pages(
+            vec![
+                page(&[("e", 5), ("d", 4), ("c", 3)], true),
+                page(&[("f", 6), ("b", 2), ("a", 1)], false),
+            ],
+            3,
+        );
+        let ids: Vec<&str> = m.jobs.iter().map(|j| j.id.as_str()).collect();
+        assert_eq!(ids, ["f", "e", "d"]);
+        assert_eq!(m.next, Some(listing_key(&job("d", 4))));
+        // Everything fits and no listing has more: the last page.
+        let m = merge_pages(vec![page(&[("b", 2)], false), page(&[("a", 1)], false)], 3);
+        assert_eq!((m.jobs.len(), m.next), (2, None));
+        // All fit, but a listing had more beyond its page.
+        let m = merge_pages(vec![page(&[("b", 2)], true), page(&[], false)], 3);
+        assert_eq!(m.next, Some(listing_key(&job("b", 2))));
+    }
 }

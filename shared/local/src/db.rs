@@ -21,6 +21,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_pool_state ON jobs(pool, state);
 CREATE INDEX IF NOT EXISTS jobs_instance ON jobs(instance);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, created_at);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at, id);
 CREATE TABLE IF NOT EXISTS ended (
     job TEXT PRIMARY KEY,
     at INTEGER NOT NULL

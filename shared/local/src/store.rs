@@ -10,7 +10,7 @@ use std::sync::Arc;
 use studio_core::ids::{InstanceId, JobId, PoolKey};
 use studio_core::job::{Job, JobState};
 use studio_core::pool::{Pool, PoolState};
-use studio_core::ports::{Created, JobStore, PortError};
+use studio_core::ports::{Created, JobPage, JobQuery, JobStore, PortError};
 
 const PORT: &str = "local store";
 
@@ -160,6 +160,52 @@ impl JobStore for SqliteStore {
             .map_err(sql(PORT))?;
         rows.map(|r| r.map_err(sql(PORT)).and_then(decode))
             .collect()
+    }
+
+    async fn page_jobs(&self, q: &JobQuery) -> Result<JobPage, PortError> {
+        // Walks `jobs_created` backwards (or `jobs_state` for one state);
+        // one more row than asked says whether there is a next page.
+        let (before_at, before_id) = match q.before.as_deref() {
+            None => (i64::MAX, String::new()),
+            Some(b) => studio_core::ports::parse_listing_key(b)
+                .map(|(at, id)| (at, id.to_string()))
+                .ok_or_else(|| PortError::NotFound(format!("page cursor '{b}'")))?,
+        };
+        let limit = q.limit.max(1);
+        let conn = self.db.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT record FROM jobs
+                 WHERE (created_at < ?1 OR (created_at = ?1 AND id < ?2))
+                   AND (?3 IS NULL OR state = ?3)
+                   AND (?4 IS NULL OR pool = ?4)
+                   AND (?5 IS NULL OR json_extract(record, '$.spec.owner') = ?5)
+                 ORDER BY created_at DESC, id DESC
+                 LIMIT ?6",
+            )
+            .map_err(sql(PORT))?;
+        let rows = stmt
+            .query_map(
+                params![
+                    before_at,
+                    before_id,
+                    q.state.map(|s| s.as_str()),
+                    q.pool.as_ref().map(|p| p.as_str()),
+                    q.owner.as_deref(),
+                    limit as i64 + 1
+                ],
+                |r| r.get::<_, String>(0),
+            )
+            .map_err(sql(PORT))?;
+        let mut jobs: Vec<Job> = rows
+            .map(|r| r.map_err(sql(PORT)).and_then(decode))
+            .collect::<Result<_, _>>()?;
+        let more = jobs.len() > limit as usize;
+        jobs.truncate(limit as usize);
+        let next = more
+            .then(|| jobs.last().map(studio_core::ports::listing_key))
+            .flatten();
+        Ok(JobPage { jobs, next })
     }
 
     async fn jobs_on_instance(&self, instance: &InstanceId) -> Result<Vec<Job>, PortError> {
