@@ -63,6 +63,8 @@ pub enum Command {
     Init(InitArgs),
     /// Check the configured AWS deployment, one line per check.
     Doctor(DoctorArgs),
+    /// Serve a web page of jobs and pools on this machine (127.0.0.1).
+    Ui(UiArgs),
     /// The EC2 instance catalogue.
     #[command(subcommand)]
     Catalog(CatalogCommand),
@@ -216,6 +218,32 @@ pub struct StatusArgs {
     pub job: Option<String>,
     #[arg(long, short, value_enum, default_value = "table")]
     pub output: Output,
+    /// Keep the table live: redrawn in place on a terminal (q or Ctrl-C to
+    /// leave), one line per change when piped.
+    #[arg(long, short, conflicts_with_all = ["job", "output"])]
+    pub watch: bool,
+    /// How often --watch looks (e.g. 1s, 500ms).
+    #[arg(
+        long,
+        default_value = "1s",
+        requires = "watch",
+        value_name = "DURATION"
+    )]
+    pub every: String,
+}
+
+#[derive(Debug, Args)]
+pub struct UiArgs {
+    /// The port (0: any free one; the address is printed).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// The address to listen on. Anything but loopback lets others on the
+    /// network see your jobs and cancel them: there is no login.
+    #[arg(long, default_value = "127.0.0.1", value_name = "IP")]
+    pub bind: String,
+    /// Open the page in a browser (xdg-open, or open on macOS).
+    #[arg(long)]
+    pub open: bool,
 }
 
 #[derive(Debug, Args)]

@@ -3,7 +3,7 @@
 use crate::args::{
     CancelArgs, CatalogCommand, Cli, Command, CostArgs, CostBy, DoctorArgs, GcArgs, InitArgs,
     LogsArgs, Output, PlanArgs, PullArgs, RefreshArgs, RequestArgs, RunArgs, StatusArgs,
-    SubmitArgs, WorkerArgs,
+    SubmitArgs, UiArgs, WorkerArgs,
 };
 use anyhow::Context as _;
 use std::io::Write;
@@ -28,6 +28,9 @@ use studio_core::worker::{run_worker, Cadence, WorkerConfig, WorkerExit};
 use studio_local::LocalBackend;
 
 use crate::sides::{self, Side};
+use crate::{term, ui};
+use studio_core::ports::{merge_pages, JobQuery};
+use studio_core::progress;
 
 /// Largest workspace the CLI uploads.
 const WORKSPACE_LIMIT: u64 = 256 << 20;
@@ -109,6 +112,8 @@ pub async fn dispatch(cli: Cli, env: Env) -> Result<ExitCode, CliError> {
         max_attempts: cli.max_attempts.max(1),
         max_auto_workers: cli.max_workers.unwrap_or(env.cores).max(1),
         heartbeat_timeout,
+        // The chart of `studio ui`: a record write is a file write here.
+        pool_sample_every: Duration::from_secs(5),
         ..Settings::default()
     };
     let g = Globals {
@@ -134,6 +139,7 @@ pub async fn dispatch(cli: Cli, env: Env) -> Result<ExitCode, CliError> {
         Command::Catalog(CatalogCommand::Refresh(a)) => catalog_refresh(&g, a).await,
         Command::Init(a) => init(&g, a).await,
         Command::Doctor(a) => doctor(&g, &env, a).await,
+        Command::Ui(a) => serve_ui(&g, &env, a).await,
     }
 }
 
@@ -877,6 +883,7 @@ async fn follow(g: &Globals, side: &Side, id: &JobId) -> Result<Option<Job>, Cli
     };
     let mut offset = 0u64;
     let mut seen = 0usize;
+    let mut bar = ProgressLine::new();
     let mut waited = Duration::ZERO;
     let mut driver_checked = tokio::time::Instant::now();
     let ctrl_c = tokio::signal::ctrl_c();
@@ -890,7 +897,13 @@ async fn follow(g: &Globals, side: &Side, id: &JobId) -> Result<Option<Job>, Cli
             }
         }
         let job = side.store().get_job(id).await?;
-        offset += print_log(side.artifacts(), id, offset).await?;
+        let bytes = side.artifacts().read_log(id, offset).await?;
+        let news = job.as_ref().is_some_and(|j| j.events.len() > seen);
+        if !bytes.is_empty() || news {
+            bar.clear();
+        }
+        offset += write_out(&bytes)?;
+        bar.after_output(&bytes);
         match job {
             Some(job) => {
                 for e in job.events.iter().skip(seen) {
@@ -898,8 +911,10 @@ async fn follow(g: &Globals, side: &Side, id: &JobId) -> Result<Option<Job>, Cli
                 }
                 seen = job.events.len();
                 if job.state.is_terminal() {
+                    bar.clear();
                     break Some(job);
                 }
+                bar.show(job.progress);
             }
             None if waited > Duration::from_secs(5) => {
                 if let Some(why) = local
@@ -916,6 +931,7 @@ async fn follow(g: &Globals, side: &Side, id: &JobId) -> Result<Option<Job>, Cli
         }
         tokio::select! {
             _ = &mut ctrl_c => {
+                bar.clear();
                 eprintln!("studio: stopped following; job {id} goes on (studio logs -f {id}, studio cancel {id})");
                 break None;
             }
@@ -982,13 +998,67 @@ async fn print_log(
     id: &JobId,
     offset: u64,
 ) -> Result<u64, CliError> {
-    let bytes = artifacts.read_log(id, offset).await?;
+    write_out(&artifacts.read_log(id, offset).await?)
+}
+
+/// Writes output bytes to stdout; how many.
+fn write_out(bytes: &[u8]) -> Result<u64, CliError> {
     if !bytes.is_empty() {
         let mut out = std::io::stdout().lock();
-        out.write_all(&bytes)?;
+        out.write_all(bytes)?;
         out.flush()?;
     }
     Ok(bytes.len() as u64)
+}
+
+/// The progress bar a waiting `run` keeps under the script's output, on
+/// the terminal's last line (stderr, so a piped stdout never gets it).
+/// It is cleared before anything else is written there, and drawn again
+/// only where a line starts, so it never splits the script's output.
+struct ProgressLine {
+    on: bool,
+    shown: Option<f32>,
+    /// Whether the script's output ends at a line's start (stdout on the
+    /// same terminal), so the bar can go below it.
+    at_line_start: bool,
+    stdout_tty: bool,
+}
+
+impl ProgressLine {
+    fn new() -> ProgressLine {
+        use std::io::IsTerminal;
+        ProgressLine {
+            on: std::io::stderr().is_terminal(),
+            shown: None,
+            at_line_start: true,
+            stdout_tty: std::io::stdout().is_terminal(),
+        }
+    }
+
+    fn clear(&mut self) {
+        if self.shown.take().is_some() {
+            eprint!("\r\x1b[2K");
+        }
+    }
+
+    fn after_output(&mut self, bytes: &[u8]) {
+        if let Some(last) = bytes.last() {
+            self.at_line_start = *last == b'\n';
+        }
+    }
+
+    fn show(&mut self, p: Option<f32>) {
+        let Some(p) = p.filter(|_| self.on) else {
+            return;
+        };
+        if self.shown == Some(p) || (self.stdout_tty && !self.at_line_start) {
+            return;
+        }
+        let cols = term::size(2).map_or(80, |(c, _)| c);
+        let line = format!("{} studio: running", progress::bar(p, 30));
+        eprint!("\r\x1b[2K{}", term::cut(&line, cols.saturating_sub(1)));
+        self.shown = Some(p);
+    }
 }
 
 /// The local backend, if this home has one (commands that only read never
@@ -1116,6 +1186,12 @@ async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<ExitCode, CliEr
         } else {
             Duration::from_millis(200)
         },
+        // Locally a record write is a file write: progress shows within a second.
+        progress_every: if a.backend != "local" {
+            Cadence::CLOUD.progress_every
+        } else {
+            Duration::from_secs(1)
+        },
         venv_root: a.venv_root,
         run_as: a.run_as.as_deref().map(user_ids).transpose()?,
         inputs: None,
@@ -1239,6 +1315,14 @@ async fn all_jobs(
 }
 
 async fn status(g: &Globals, env: &Env, a: StatusArgs) -> Result<ExitCode, CliError> {
+    if a.watch {
+        let every = humantime::parse_duration(&a.every)
+            .map_err(|e| usage(format!("--every '{}': {e} (e.g. 1s, 500ms)", a.every)))?;
+        if every < Duration::from_millis(100) {
+            return Err(usage(format!("--every '{}' is below 100ms", a.every)));
+        }
+        return watch(g, env, every).await;
+    }
     let local = local_if_exists(g).await?;
     let aws = sides::aws(&g.home, env).await?;
     let now = SystemClock.now();
@@ -1283,17 +1367,331 @@ async fn status(g: &Globals, env: &Env, a: StatusArgs) -> Result<ExitCode, CliEr
 }
 
 fn print_table(rows: &[Vec<String>]) {
-    let widths: Vec<usize> = (0..rows[0].len())
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(v, w)| format!("{v:<w$}"))
-            .collect();
-        println!("{}", line.join("  ").trim_end());
+    for l in table_lines(rows) {
+        println!("{l}");
     }
+}
+
+/// Rows as aligned lines (columns as wide as their widest cell).
+fn table_lines(rows: &[Vec<String>]) -> Vec<String> {
+    let widths: Vec<usize> = (0..rows.first().map_or(0, Vec::len))
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    rows.iter()
+        .map(|r| {
+            let line: Vec<String> = r
+                .iter()
+                .zip(&widths)
+                .map(|(v, w)| format!("{v:<w$}"))
+                .collect();
+            line.join("  ").trim_end().to_string()
+        })
+        .collect()
+}
+
+/// The newest `limit` jobs of this home and of the AWS deployment, through
+/// the stores' listing index (never a scan).
+async fn newest_jobs(
+    local: Option<&LocalBackend>,
+    aws: Option<&studio_aws::AwsJobs>,
+    limit: u32,
+) -> Result<Vec<Job>, CliError> {
+    let q = JobQuery {
+        limit,
+        ..JobQuery::default()
+    };
+    let mut pages = Vec::new();
+    if let Some(be) = local {
+        pages.push(be.store.page_jobs(&q).await?);
+    }
+    if let Some(aws) = aws {
+        pages.push(aws.store.page_jobs(&q).await?);
+    }
+    Ok(merge_pages(pages, limit).jobs)
+}
+
+/// The script and its arguments, as typed.
+fn script_of(j: &Job) -> String {
+    std::iter::once(j.spec.entrypoint.as_str())
+        .chain(j.spec.args.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// How long a job has run: from its first attempt's start to its end (or now).
+fn runtime_of(j: &Job, now: studio_core::clock::Timestamp) -> Duration {
+    match j.attempts.first() {
+        None => Duration::ZERO,
+        Some(a) => {
+            let end = if j.state.is_terminal() {
+                j.updated_at
+            } else {
+                now
+            };
+            end.since(a.started_at)
+        }
+    }
+}
+
+/// One frame of `status --watch` on a terminal.
+fn watch_frame(jobs: &[Job], now: studio_core::clock::Timestamp, every: Duration) -> Vec<String> {
+    let clock = now.to_string();
+    let mut lines = vec![
+        format!(
+            "studio status --watch   {} job(s)   {} UTC   every {}   q to quit",
+            jobs.len(),
+            clock.get(11..19).unwrap_or(&clock),
+            humantime::format_duration(every)
+        ),
+        String::new(),
+    ];
+    if jobs.is_empty() {
+        lines.push("no jobs yet".into());
+        return lines;
+    }
+    let mut rows = vec![[
+        "JOB", "SCRIPT", "STATE", "CLOUD", "MACHINE", "ATTEMPT", "RUNTIME", "COST", "PROGRESS",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for j in jobs {
+        rows.push(vec![
+            j.id.to_string(),
+            term::cut(&script_of(j), 28).to_string(),
+            j.state.to_string(),
+            j.plan.cloud.to_string(),
+            j.plan.machine.clone(),
+            j.attempt.to_string(),
+            format_age(runtime_of(j, now)),
+            usd(j.cost_micro_usd(now)),
+            j.progress.map_or("-".into(), |p| progress::bar(p, 20)),
+        ]);
+    }
+    lines.extend(table_lines(&rows));
+    lines
+}
+
+/// A job's line when `status --watch` writes to a pipe: what changed is
+/// printed again (cost and runtime, which move every second, are left out).
+fn watch_line(j: &Job) -> String {
+    format!(
+        "{}  {}  {}  attempt {}  {} {}  {}{}",
+        j.id,
+        script_of(j),
+        j.state,
+        j.attempt,
+        j.plan.cloud,
+        j.plan.machine,
+        j.progress
+            .map_or("-".to_string(), |p| format!("{:.0}%", p * 100.0)),
+        j.reason
+            .as_deref()
+            .filter(|_| j.state.is_terminal())
+            .map_or(String::new(), |r| format!("  ({r})"))
+    )
+}
+
+/// `studio status --watch`: the jobs table, live. On a terminal it takes
+/// the screen (given back on q, Ctrl-C, SIGTERM, and around Ctrl-Z) and
+/// redraws in place; into a pipe it writes a timestamped line whenever a
+/// job appears or changes, until the pipe closes or a signal ends it.
+async fn watch(g: &Globals, env: &Env, every: Duration) -> Result<ExitCode, CliError> {
+    use std::io::IsTerminal;
+    use tokio::signal::unix::{signal, SignalKind};
+    let aws = sides::aws(&g.home, env).await?;
+    let mut local = local_if_exists(g).await?;
+    let tty = std::io::stdout().is_terminal();
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigtstp = signal(SignalKind::from_raw(libc::SIGTSTP))?;
+    let mut winch = signal(SignalKind::window_change())?;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let (key_tx, mut keys) = tokio::sync::mpsc::channel::<u8>(8);
+    if tty && std::io::stdin().is_terminal() {
+        std::thread::spawn(move || {
+            use std::io::Read as _;
+            let mut b = [0u8; 1];
+            while let Ok(1) = std::io::stdin().read(&mut b) {
+                if key_tx.blocking_send(b[0]).is_err() {
+                    break;
+                }
+            }
+        });
+    } else {
+        drop(key_tx);
+    }
+    let mut keys_open = tty;
+    let mut screen = tty.then(term::Screen::enter);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut printed: std::collections::HashMap<JobId, String> = std::collections::HashMap::new();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = winch.recv() => {}
+            k = keys.recv(), if keys_open => match k {
+                Some(b'q' | b'Q') => break,
+                Some(_) => continue,
+                None => keys_open = false,
+            },
+            _ = &mut ctrl_c => break,
+            _ = sigterm.recv() => break,
+            _ = sighup.recv() => break,
+            _ = sigtstp.recv() => {
+                // Ctrl-Z: give the terminal back, stop, and take it again on `fg`.
+                if let Some(s) = screen.as_mut() {
+                    s.suspend();
+                }
+                term::stop_self();
+                if let Some(s) = screen.as_mut() {
+                    s.resume();
+                }
+            }
+        }
+        if local.is_none() {
+            local = local_if_exists(g).await?;
+        }
+        let now = SystemClock.now();
+        match &screen {
+            Some(s) => {
+                let (cols, rows) = term::size(1).unwrap_or((100, 30));
+                let jobs = newest_jobs(
+                    local.as_ref(),
+                    aws.as_ref(),
+                    rows.saturating_sub(3).max(1) as u32,
+                )
+                .await?;
+                if s.draw(&watch_frame(&jobs, now, every), cols, rows).is_err() {
+                    break;
+                }
+            }
+            None => {
+                let jobs = newest_jobs(local.as_ref(), aws.as_ref(), 200).await?;
+                let mut out = std::io::stdout().lock();
+                for j in jobs.iter().rev() {
+                    let line = watch_line(j);
+                    if printed.get(&j.id) != Some(&line) {
+                        // A closed pipe ends the watch quietly, like any unix tool.
+                        if writeln!(out, "{now}  {line}")
+                            .and_then(|_| out.flush())
+                            .is_err()
+                        {
+                            return Ok(ExitCode::SUCCESS);
+                        }
+                        printed.insert(j.id.clone(), line);
+                    }
+                }
+            }
+        }
+    }
+    drop(screen);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `studio ui`: serves the page and its API until Ctrl-C or SIGTERM.
+async fn serve_ui(g: &Globals, env: &Env, a: UiArgs) -> Result<ExitCode, CliError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let ip: std::net::IpAddr = a.bind.parse().map_err(|e| {
+        usage(format!(
+            "--bind '{}': {e} (an IP address, e.g. 127.0.0.1)",
+            a.bind
+        ))
+    })?;
+    let local = local_if_exists(g).await?;
+    let aws = sides::aws(&g.home, env).await?;
+    let gcs = match &aws {
+        Some(_) => sides::gcs(&g.home, env).await.ok(),
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind((ip, a.port))
+        .await
+        .with_context(|| {
+            format!(
+                "listening on {ip}:{} (another studio ui? --port 0 picks a free port)",
+                a.port
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    let shown = if ip.is_unspecified() {
+        std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    };
+    if !ip.is_loopback() {
+        eprintln!(
+            "studio: warning: serving on {addr}: anyone who can reach it sees your jobs and can cancel them (there is no login)"
+        );
+    }
+    let scratch = std::env::temp_dir().join(format!("studio-ui-{}", std::process::id()));
+    let src = Arc::new(ui::Sources {
+        local: std::sync::Mutex::new(local.map(Arc::new)),
+        aws,
+        gcs,
+        user: env.user.clone(),
+        loopback_port: ip.is_loopback().then_some(addr.port()),
+        scratch: scratch.clone(),
+    });
+    let url = format!("http://{shown}/");
+    println!("studio ui: {url}");
+    std::io::stdout().flush()?;
+    eprintln!("studio: serving jobs and pools at {url} (Ctrl-C to stop)");
+    if a.open {
+        let opener = if cfg!(target_os = "macos") {
+            "open"
+        } else {
+            "xdg-open"
+        };
+        if let Err(e) = std::process::Command::new(opener)
+            .arg(&url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            eprintln!("studio: could not open a browser ({opener}: {e}); open {url} yourself");
+        }
+    }
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut looks = tokio::time::interval(DRIVER_CHECK_EVERY);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let src = src.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| ui::handle(src.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+            _ = looks.tick() => {
+                // A home that appeared (a first `studio run` in another
+                // shell), and a driver for it while the page is open, as
+                // `status` and a waiting `run` make sure of.
+                let current = src.local.lock().expect("not poisoned").clone();
+                match current {
+                    None => {
+                        if let Some(be) = local_if_exists(g).await? {
+                            *src.local.lock().expect("not poisoned") = Some(Arc::new(be));
+                        }
+                    }
+                    Some(be) if !studio_local::lock::is_held(&be.driver_lock_path()) => {
+                        ensure_driver(g, &be).await?;
+                    }
+                    Some(_) => {}
+                }
+            }
+            _ = &mut ctrl_c => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    eprintln!("studio: ui stopped");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_job(j: &Job, now: studio_core::clock::Timestamp) {

@@ -4,6 +4,8 @@
 mod args;
 mod commands;
 mod sides;
+mod term;
+mod ui;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -1,0 +1,975 @@
+//! The live views as a user meets them: `studio ui` driven by a real
+//! headless Chromium through WebDriver (Debian's `chromium` and
+//! `chromedriver`, which scripts/test installs), its JSON API against the
+//! DynamoDB store on moto_server, and `studio status --watch` and
+//! `studio run`'s progress bar under a pseudo-terminal and into a pipe.
+//! Waits are polls with a deadline.
+
+use serde_json::{json, Value};
+use std::io::{BufRead, Read, Write};
+use std::os::fd::FromRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[macro_use]
+mod common;
+use common::*;
+
+/// Where the screenshots go (a test artifact): `STUDIO_UI_SCREENSHOTS`, or
+/// `ui-screenshots` in cargo's temporary directory for tests.
+fn screenshots() -> PathBuf {
+    let dir = std::env::var_os("STUDIO_UI_SCREENSHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `studio ui --port 0`, and the URL it printed.
+fn start_ui(h: &Home) -> (Child, String) {
+    let mut child = h
+        .cmd(&["ui", "--port", "0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("studio ui: ")
+        .unwrap_or_else(|| panic!("studio ui printed {line:?}"))
+        .to_string();
+    (child, url)
+}
+
+struct Stopped(Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+// ---------------------------------------------------------------- WebDriver
+
+/// A WebDriver session on headless Chromium, spoken to over HTTP (W3C
+/// WebDriver: the protocol every browser driver serves).
+struct Browser {
+    http: reqwest::Client,
+    session: String,
+    driver: Child,
+    _profile: tempfile::TempDir,
+}
+
+fn tool(var: &str, default: &str, package: &str) -> String {
+    let path = std::env::var(var).unwrap_or_else(|_| default.to_string());
+    assert!(
+        std::path::Path::new(&path).exists(),
+        "{path} is missing: the browser test needs Debian's {package} (scripts/test installs it: apt-get install chromium chromium-driver), or set {var}"
+    );
+    path
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let driver_bin = tool(
+            "STUDIO_TEST_CHROMEDRIVER",
+            "/usr/bin/chromedriver",
+            "chromium-driver",
+        );
+        let chromium = tool("STUDIO_TEST_CHROMIUM", "/usr/bin/chromium", "chromium");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = Command::new(driver_bin)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let http = reqwest::Client::new();
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = match http.get(format!("{base}/status")).send().await {
+                Ok(r) => r
+                    .json::<Value>()
+                    .await
+                    .ok()
+                    .is_some_and(|v| v["value"]["ready"] == true),
+                Err(_) => false,
+            };
+            if ready {
+                break;
+            }
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let profile = tempfile::tempdir().unwrap();
+        // Headless and closed off: this machine has no network beyond
+        // loopback, and Chromium's own background calls must not wait on it.
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "unhandledPromptBehavior": "ignore",
+            "goog:chromeOptions": {
+                "binary": chromium,
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync", "--no-first-run", "--disable-quic",
+                    "--window-size=1280,1000",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ]
+            }
+        }}});
+        let r: Value = http
+            .post(format!("{base}/session"))
+            .json(&caps)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = r["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no WebDriver session: {r}"))
+            .to_string();
+        Browser {
+            http,
+            session: format!("{base}/session/{id}"),
+            driver,
+            _profile: profile,
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut req = self.http.request(method, format!("{}{path}", self.session));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r: Value = req.send().await.unwrap().json().await.unwrap();
+        if let Some(e) = r["value"]["error"].as_str() {
+            panic!("WebDriver {path}: {e}: {}", r["value"]["message"]);
+        }
+        r["value"].clone()
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Value {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn goto(&self, url: &str) {
+        self.post("/url", json!({ "url": url })).await;
+    }
+
+    /// Runs `body` (a function body; `return` its answer) in the page.
+    async fn js(&self, body: &str) -> Value {
+        self.post("/execute/sync", json!({ "script": body, "args": [] }))
+            .await
+    }
+
+    /// Polls `body` in the page until it returns something truthy.
+    async fn until(&self, what: &str, limit: Duration, body: &str) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let v = self.js(body).await;
+            if !(v.is_null() || v == false || v == "" || v == 0) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; the page says: {}",
+                self.js("return document.querySelector('main').innerText")
+                    .await
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// A real click (pointer events through the browser), not a JS call.
+    async fn click(&self, css: &str) {
+        let el = self
+            .post("/element", json!({ "using": "css selector", "value": css }))
+            .await;
+        let id = el
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no element {css}"))
+            .to_string();
+        self.post(&format!("/element/{id}/click"), json!({})).await;
+    }
+
+    async fn screenshot(&self, name: &str) -> PathBuf {
+        use base64::Engine as _;
+        let png = self.call(reqwest::Method::GET, "/screenshot", None).await;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap())
+            .unwrap();
+        assert!(bytes.starts_with(b"\x89PNG"), "a PNG");
+        let path = screenshots().join(format!("{name}.png"));
+        std::fs::write(&path, bytes).unwrap();
+        report!("screenshot: {}", path.display());
+        path
+    }
+
+    async fn window(&self, width: u32, height: u32) {
+        self.post("/window/rect", json!({ "width": width, "height": height }))
+            .await;
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn js_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+/// A JS expression: the text of job `id`'s state cell in the list, or null.
+fn state_cell(id: &str) -> String {
+    format!(
+        "(document.querySelector({})?.textContent.trim() ?? null)",
+        js_str(&format!("tr[data-job-id=\"{id}\"] td.state"))
+    )
+}
+
+/// The page end to end on the local backend: a job reaching `finished` in
+/// the list without a reload, an interrupted job's page with its log and
+/// both attempts, the pools page's chart, Cancel on a running job, an
+/// output downloaded through its link, and the page at a phone's width.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_in_chromium_follows_jobs_cancels_and_charts_pools() {
+    let h = Home::new();
+    let (ui, url) = start_ui(&h);
+    let _ui = Stopped(ui);
+    let browser = Browser::start().await;
+    browser.goto(&url).await;
+    browser.js("window.__loaded_once = true; return true").await;
+    let detach = |args: &[&str]| -> String {
+        let mut all = vec!["run", "--detach"];
+        all.extend_from_slice(args);
+        let out = h.run(&all);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out).trim().to_string()
+    };
+
+    // The list, open before the job is submitted, shows it come and
+    // follows it to `finished`, without a reload.
+    let quick = detach(&["train.py", "--epochs", "10", "--epoch-seconds", "0.4"]);
+    let first = browser
+        .until(
+            "the quick job in the list",
+            Duration::from_secs(30),
+            &format!("return {}", state_cell(&quick)),
+        )
+        .await;
+    assert_ne!(
+        first, "finished",
+        "the list was opened before the job ended"
+    );
+    let progress = browser
+        .until(
+            "a progress bar on the running job",
+            Duration::from_secs(30),
+            &format!(
+                "const p = document.querySelector('tr[data-job-id=\"{quick}\"] td.progress progress'); return p && p.value > 0 && p.value < 1 ? p.value : null"
+            ),
+        )
+        .await;
+    report!("progress seen in the list: {progress}");
+    browser
+        .until(
+            "the quick job to reach finished in the list",
+            Duration::from_secs(60),
+            &format!("return {} === 'finished'", state_cell(&quick)),
+        )
+        .await;
+    assert_eq!(
+        browser.js("return window.__loaded_once === true").await,
+        true,
+        "the list changed without a reload"
+    );
+    browser.screenshot("jobs").await;
+
+    // An interrupted job: its worker killed mid-run, attempt 2 elsewhere.
+    let resumed = detach(&["train.py", "--epochs", "12", "--epoch-seconds", "0.3"]);
+    wait_until(
+        "epoch 4 of the job to interrupt",
+        Duration::from_secs(60),
+        || h.log(&resumed).contains("epoch 4/12").then_some(()),
+    );
+    let worker = h.job(&resumed)["instance"].as_str().unwrap().to_string();
+    let pids = h.pids(&format!("worker --pool .* --instance-id {worker}"));
+    assert_eq!(pids.len(), 1, "one worker process for {worker}");
+    signal(pids[0] as u32, libc::SIGKILL);
+    browser.goto(&format!("{url}#/jobs/{resumed}")).await;
+    browser
+        .until(
+            "the interrupted job's page to show it finished after two attempts",
+            Duration::from_secs(90),
+            "return document.querySelector('#job-state')?.textContent.trim() === 'finished' && document.querySelectorAll('#attempts tr[data-attempt]').length === 2",
+        )
+        .await;
+    let attempts = browser
+        .js("return [...document.querySelectorAll('#attempts tr[data-attempt]')].map(r => r.dataset.attempt + ' ' + r.innerText)")
+        .await;
+    let attempts: Vec<String> = serde_json::from_value(attempts).unwrap();
+    assert!(
+        attempts[0].starts_with("1 ") && attempts[0].contains("interrupted"),
+        "{attempts:?}"
+    );
+    assert!(
+        attempts[1].starts_with("2 ") && attempts[1].contains("finished"),
+        "{attempts:?}"
+    );
+    let log = browser
+        .until(
+            "the log's last line",
+            Duration::from_secs(30),
+            "const t = document.querySelector('#log')?.textContent || ''; return t.includes('training done') ? t : null",
+        )
+        .await;
+    let log = log.as_str().unwrap();
+    assert!(
+        log.contains("epoch 1/12") && log.contains("resuming from checkpoint: epoch"),
+        "{log}"
+    );
+    let timeline = browser
+        .js("return document.querySelector('#timeline').innerText")
+        .await;
+    assert!(
+        timeline.as_str().unwrap().contains("interrupted"),
+        "the timeline shows the interruption: {timeline}"
+    );
+    // Its outputs download through their links, byte for byte.
+    let href = browser
+        .until(
+            "the model's download link",
+            Duration::from_secs(10),
+            "const a = [...document.querySelectorAll('#outputs a')].find(a => a.textContent.includes('model.bin')); return a ? a.href : null",
+        )
+        .await;
+    let body = reqwest::get(href.as_str().unwrap()).await.unwrap();
+    assert_eq!(body.status(), 200);
+    let model = body.bytes().await.unwrap();
+    assert_eq!(model.len(), 4 << 20, "model.bin is 4 MiB");
+    browser.screenshot("job").await;
+
+    // A long job to cancel, and the pool it keeps alive for the chart.
+    let long = detach(&["train.py", "--epochs", "1000", "--epoch-seconds", "0.5"]);
+    wait_until("the long job to run", Duration::from_secs(60), || {
+        h.log(&long).contains("epoch 1/1000").then_some(())
+    });
+    browser.goto(&format!("{url}#/pools")).await;
+    let points = browser
+        .until(
+            "the pool chart's size line",
+            Duration::from_secs(30),
+            "const l = document.querySelector('.pool svg.chart polyline.series-size'); return l && l.getAttribute('points').trim() ? l.getAttribute('points') : null",
+        )
+        .await;
+    report!("pool size points: {points}");
+    assert!(
+        browser
+            .js("return !!document.querySelector('.pool svg.chart polyline.series-depth')")
+            .await
+            == true
+    );
+    browser.screenshot("pools").await;
+
+    browser.goto(&format!("{url}#/jobs/{long}")).await;
+    browser
+        .until(
+            "the long job's page and its log",
+            Duration::from_secs(30),
+            "return document.querySelector('#job-state')?.textContent.trim() === 'running' && (document.querySelector('#log')?.textContent || '').includes('epoch 1/1000')",
+        )
+        .await;
+    browser.click("#cancel").await;
+    let asked = browser
+        .call(reqwest::Method::GET, "/alert/text", None)
+        .await;
+    assert!(
+        asked.as_str().unwrap().contains(&long),
+        "the confirmation names the job: {asked}"
+    );
+    browser.post("/alert/accept", json!({})).await;
+    browser
+        .until(
+            "the page to show the job cancelled",
+            Duration::from_secs(30),
+            "return document.querySelector('#job-state')?.textContent.trim() === 'cancelled'",
+        )
+        .await;
+    let job = h.job(&long);
+    assert_eq!(job["state"], "cancelled");
+    let by = job["events"].as_array().unwrap().last().unwrap()["by"].clone();
+    assert!(
+        by.as_str().unwrap().starts_with("ui:"),
+        "cancelled by the page: {by}"
+    );
+    assert!(
+        browser.js("return !document.querySelector('#cancel') || document.querySelector('#cancel').hidden || document.querySelector('#cancel').offsetParent === null").await == true,
+        "no Cancel on an ended job"
+    );
+
+    // A phone: nothing wider than the screen but the tables, which scroll.
+    browser.window(390, 844).await;
+    browser.goto(&url).await;
+    browser
+        .until(
+            "the list at a phone's width",
+            Duration::from_secs(30),
+            &format!("return {}", state_cell(&quick)),
+        )
+        .await;
+    let overflow = browser
+        .js("return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        .await;
+    assert_eq!(overflow, 0, "the page fits a phone's width");
+    let unlabelled = browser
+        .js("return [...document.querySelectorAll('input, select')].filter(e => !e.labels || e.labels.length === 0).map(e => e.id)")
+        .await;
+    assert_eq!(unlabelled, json!([]), "every field has a label");
+    browser.screenshot("jobs-phone").await;
+}
+
+// ---------------------------------------------------------- API on DynamoDB
+
+/// The API over the DynamoDB store on moto, behind the fidelity proxy so
+/// every call is counted: pages follow each other without a gap or a
+/// repeat, newest first; the filters; ETags; cancel; env values never
+/// leave; and the listing is Query on the `by-created` index, never a Scan.
+#[tokio::test]
+async fn the_api_on_dynamodb_pages_through_the_index_and_cancels() {
+    use studio_core::ports::JobStore;
+    let (cfg, sdk) = studio_tests::moto_deployment().await;
+    let proxy = studio_tests::fidelity::Fidelity::start(
+        &studio_tests::moto_endpoint(),
+        studio_core::clock::ManualClock::new(studio_core::clock::Timestamp(0)),
+    )
+    .await;
+    let door = proxy.door("ui").await;
+    let store = studio_aws::dynamo::DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        &cfg.jobs_table,
+        &cfg.pools_table,
+    );
+    // The store's own paging and filters are `tests/tests/listing.rs`'s;
+    // here, that the API carries them.
+    let newest_first = studio_tests::listing_jobs(&store).await;
+    let h = Home::new();
+    let mut ui = h
+        .cmd(&["ui", "--port", "0"])
+        .env("AWS_ENDPOINT_URL", &door)
+        .env("AWS_REGION", "us-east-1")
+        .env("STUDIO_JOBS_TABLE", &cfg.jobs_table)
+        .env("STUDIO_POOLS_TABLE", &cfg.pools_table)
+        .env("STUDIO_SUBMIT_QUEUE", &cfg.submit_queue)
+        .env("STUDIO_ARTIFACT_BUCKET", &cfg.bucket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(ui.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ui = Stopped(ui);
+    let url = line.trim().strip_prefix("studio ui: ").unwrap().to_string();
+    let http = reqwest::Client::new();
+    let get = |path: String| {
+        let http = http.clone();
+        let url = url.clone();
+        async move {
+            let r = http.get(format!("{url}{path}")).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+
+    // Every job once, newest first (ties by id, descending), 20 a page.
+    let want: Vec<&str> = newest_first.iter().map(|j| j.id.as_str()).collect();
+    let mut seen: Vec<String> = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let q = cursor
+            .as_deref()
+            .map_or(String::new(), |c| format!("&cursor={c}"));
+        let (status, page) = get(format!("api/v1/jobs?limit=20{q}")).await;
+        assert_eq!(status, 200, "{page}");
+        pages += 1;
+        seen.extend(
+            page["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["id"].as_str().unwrap().to_string()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+        assert!(pages < 10, "the pages end");
+    }
+    assert_eq!(seen, want, "every job once, newest first");
+    assert_eq!(pages, 3);
+
+    // The filters reach the store.
+    let pool = newest_first[0].pool.to_string();
+    let (_, page) = get(format!(
+        "api/v1/jobs?state=queued&owner=alice&pool={pool}&limit=200"
+    ))
+    .await;
+    let got: Vec<&str> = page["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    let want: Vec<&str> = newest_first
+        .iter()
+        .filter(|j| {
+            j.state == studio_core::job::JobState::Queued
+                && j.spec.owner == "alice"
+                && j.pool.as_str() == pool
+        })
+        .map(|j| j.id.as_str())
+        .collect();
+    assert!(!want.is_empty());
+    assert_eq!(got, want, "state, owner and pool filters");
+    assert_eq!(page["jobs"][0]["owner"], "alice");
+
+    // Bad parameters say what is wrong.
+    for (q, says) in [
+        ("state=sleeping", "state 'sleeping'"),
+        ("limit=0", "limit '0'"),
+        ("limit=500", "limit '500'"),
+        ("cursor=garbage", "cursor 'garbage'"),
+    ] {
+        let (status, body) = get(format!("api/v1/jobs?{q}")).await;
+        assert_eq!(status, 400, "{q}");
+        assert!(
+            body["error"].as_str().unwrap().contains(says),
+            "{q}: {body}"
+        );
+    }
+
+    // An unchanged answer is a 304 without a body.
+    let r = http
+        .get(format!("{url}api/v1/jobs?limit=5"))
+        .send()
+        .await
+        .unwrap();
+    let tag = r.headers()["etag"].to_str().unwrap().to_string();
+    let again = http
+        .get(format!("{url}api/v1/jobs?limit=5"))
+        .header("If-None-Match", &tag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    assert!(again.bytes().await.unwrap().is_empty());
+
+    // Env values never leave the store.
+    let r = http
+        .get(format!("{url}api/v1/jobs/job007"))
+        .send()
+        .await
+        .unwrap();
+    let text = r.text().await.unwrap();
+    assert!(!text.contains("s3cr3t"), "{text}");
+    let detail: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(detail["env"], json!({"TOKEN": "••••"}));
+    assert_eq!(get("api/v1/jobs/nosuchjob".into()).await.0, 404);
+
+    // Cancel: a form's content type is refused and changes nothing; JSON
+    // cancels, recorded as the page's user.
+    let form = http
+        .post(format!("{url}api/v1/jobs/job001/cancel"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("x=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 415);
+    let id1 = studio_core::ids::JobId::new("job001").unwrap();
+    assert_eq!(
+        store.get_job(&id1).await.unwrap().unwrap().state,
+        studio_core::job::JobState::Queued
+    );
+    let ok = http
+        .post(format!("{url}api/v1/jobs/job001/cancel"))
+        .header("Content-Type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.json::<Value>().await.unwrap()["outcome"], "cancelled");
+    let j = store.get_job(&id1).await.unwrap().unwrap();
+    assert_eq!(j.state, studio_core::job::JobState::Cancelled);
+    assert!(j.events.last().unwrap().by.starts_with("ui:"));
+    let twice = http
+        .post(format!("{url}api/v1/jobs/job001/cancel"))
+        .header("Content-Type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        twice.json::<Value>().await.unwrap()["outcome"],
+        "already ended: cancelled"
+    );
+
+    // Another Host (DNS rebinding) is not served.
+    let port = url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut s = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+    s.write_all(b"GET /api/v1/jobs HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 421"), "{answer}");
+
+    // The listing is a Query of the index; nothing scanned the jobs.
+    let calls = proxy.calls_through("ui");
+    report!("calls of studio ui to DynamoDB: {calls:?}");
+    assert!(calls.get("Query").copied().unwrap_or(0) >= 4, "{calls:?}");
+    assert!(!calls.contains_key("Scan"), "{calls:?}");
+}
+
+// ------------------------------------------------------------- terminals
+
+/// A process on a pseudo-terminal of `cols`×`rows`, its controlling
+/// terminal, with everything it writes collected.
+struct Pty {
+    master: std::fs::File,
+    out: Arc<Mutex<Vec<u8>>>,
+    child: Child,
+}
+
+impl Pty {
+    fn spawn(mut cmd: Command, cols: u16, rows: u16) -> Pty {
+        let (mut m, mut s) = (0, 0);
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: openpty fills two fds we then own.
+        let rc =
+            unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), &ws) };
+        assert_eq!(rc, 0, "openpty");
+        let (master, slave) =
+            unsafe { (std::fs::File::from_raw_fd(m), std::fs::File::from_raw_fd(s)) };
+        cmd.stdin(slave.try_clone().unwrap())
+            .stdout(slave.try_clone().unwrap())
+            .stderr(slave);
+        // SAFETY: async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                libc::ioctl(0, libc::TIOCSCTTY, 0);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap();
+        drop(cmd);
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let (sink, mut reader) = (out.clone(), master.try_clone().unwrap());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Pty { master, out, child }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.out.lock().unwrap()).into_owned()
+    }
+
+    fn wait_for(&self, what: &str, limit: Duration, f: impl Fn(&str) -> bool) -> String {
+        wait_until(what, limit, || {
+            let t = self.text();
+            f(&t).then_some(t)
+        })
+    }
+
+    fn key(&mut self, bytes: &[u8]) {
+        self.master.write_all(bytes).unwrap();
+    }
+}
+
+impl Drop for Pty {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const ENTER: &str = "\x1b[?1049h\x1b[?25l";
+const LEAVE: &str = "\x1b[?25h\x1b[?1049l";
+
+fn process_state(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .next()?
+            .to_string(),
+    )
+}
+
+/// `status --watch` on a terminal takes the screen and redraws the table in
+/// place (home, each line cleared, the rest cleared: no scrolling), shows
+/// the job's state and progress bar as they change, gives the terminal
+/// back around Ctrl-Z, and leaves on `q`, restoring it.
+#[test]
+fn status_watch_on_a_terminal_redraws_in_place_and_q_leaves() {
+    let h = Home::new();
+    let out = h.run(&[
+        "run",
+        "--detach",
+        "train.py",
+        "--epochs",
+        "10",
+        "--epoch-seconds",
+        "0.4",
+    ]);
+    let id = stdout(&out).trim().to_string();
+    let mut cmd = h.cmd(&["status", "--watch", "--every", "200ms"]);
+    cmd.env("TERM", "xterm");
+    let mut pty = Pty::spawn(cmd, 150, 20);
+    pty.wait_for(
+        "the job running with a progress bar",
+        Duration::from_secs(60),
+        |t| {
+            t.lines()
+                .any(|l| l.contains(&id) && l.contains("running") && l.contains("[#"))
+        },
+    );
+    let text = pty.wait_for("the job finished", Duration::from_secs(60), |t| {
+        t.contains(&id)
+            && t.rsplit("\x1b[H")
+                .next()
+                .is_some_and(|f| f.contains("finished") && f.contains("100%"))
+    });
+    assert!(
+        text.starts_with(ENTER),
+        "takes the screen first: {:?}",
+        &text[..40.min(text.len())]
+    );
+    let frames: Vec<&str> = text.split("\x1b[H").skip(1).collect();
+    assert!(frames.len() >= 5, "redrawn, {} frames", frames.len());
+    for f in &frames {
+        // Each frame: lines cleared to their end, then everything below;
+        // never more lines than the terminal has, and never a bare newline.
+        assert!(
+            f.ends_with("\x1b[J") || f.ends_with("\x1b[J\x1b[?25h\x1b[?1049l"),
+            "{f:?}"
+        );
+        assert!(f.matches("\r\n").count() < 20, "{f:?}");
+        assert_eq!(f.matches('\n').count(), f.matches("\r\n").count(), "{f:?}");
+        assert!(f
+            .lines()
+            .all(|l| l.trim_end_matches("\x1b[K").chars().count() <= 150 + 8));
+    }
+    let last = frames.last().unwrap();
+    assert!(
+        last.contains("JOB")
+            && last.contains("PROGRESS")
+            && last.contains("[####################] 100%"),
+        "{last:?}"
+    );
+
+    // Ctrl-Z (SIGTSTP: a terminal sends it to a foreground job; this test's
+    // process group is not one, so it sends it itself): the terminal back,
+    // stopped; continued: the screen again.
+    let pid = pty.child.id();
+    signal(pid, libc::SIGTSTP);
+    wait_until("the watch to stop", Duration::from_secs(10), || {
+        (process_state(pid).as_deref() == Some("T")).then_some(())
+    });
+    // Given back before stopping: nothing drawn after the screen was left.
+    let stopped = pty.wait_for("the terminal given back", Duration::from_secs(10), |t| {
+        t.rfind(LEAVE).is_some_and(|at| !t[at..].contains("\x1b[H"))
+    });
+    let before = stopped.len();
+    signal(pid, libc::SIGCONT);
+    pty.wait_for("the screen taken again", Duration::from_secs(10), |t| {
+        t.len() > before && t[before..].contains(ENTER) && t[before..].contains("\x1b[H")
+    });
+
+    pty.key(b"q");
+    let status = wait_until("the watch to leave on q", Duration::from_secs(10), || {
+        pty.child.try_wait().unwrap()
+    });
+    assert!(status.success());
+    let text = pty.text();
+    assert!(
+        text.ends_with(LEAVE),
+        "the terminal restored: {:?}",
+        &text[text.len().saturating_sub(40)..]
+    );
+}
+
+/// Ctrl-C leaves as q does, and the terminal is restored.
+#[test]
+fn status_watch_leaves_on_ctrl_c_restoring_the_terminal() {
+    let h = Home::new();
+    let mut pty = Pty::spawn(h.cmd(&["status", "--watch", "--every", "200ms"]), 100, 10);
+    pty.wait_for("a frame", Duration::from_secs(30), |t| {
+        t.contains("no jobs yet")
+    });
+    pty.key(b"\x03");
+    let status = wait_until(
+        "the watch to leave on Ctrl-C",
+        Duration::from_secs(10),
+        || pty.child.try_wait().unwrap(),
+    );
+    assert!(status.success(), "{status:?}");
+    assert!(pty.text().ends_with(LEAVE));
+}
+
+/// Into a pipe, `status --watch` writes plain lines, one when a job appears
+/// or changes (no escape codes, no redraws), and ends quietly on SIGTERM.
+#[test]
+fn status_watch_into_a_pipe_writes_a_line_per_change() {
+    let h = Home::new();
+    let mut watch = h
+        .cmd(&["status", "--watch", "--every", "200ms"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (sink, out) = (lines.clone(), watch.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(out).lines() {
+            let Ok(l) = l else { break };
+            sink.lock().unwrap().push(l);
+        }
+    });
+    let out = h.run(&[
+        "run",
+        "--detach",
+        "train.py",
+        "--epochs",
+        "4",
+        "--epoch-seconds",
+        "0.3",
+    ]);
+    let id = stdout(&out).trim().to_string();
+    wait_until("the job's finished line", Duration::from_secs(60), || {
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(&id) && l.contains("finished"))
+            .then_some(())
+    });
+    signal(watch.id(), libc::SIGTERM);
+    let status = wait_until("the watch to end", Duration::from_secs(10), || {
+        watch.try_wait().unwrap()
+    });
+    assert!(status.success(), "{status:?}");
+    let lines = lines.lock().unwrap().clone();
+    let mine: Vec<&String> = lines.iter().filter(|l| l.contains(&id)).collect();
+    assert!(
+        lines.iter().all(|l| !l.contains('\x1b')),
+        "plain text: {lines:?}"
+    );
+    assert!(mine.len() >= 3, "a line per change: {mine:#?}");
+    for pair in mine.windows(2) {
+        let strip = |l: &str| {
+            l.split_once("  ")
+                .map(|(_, rest)| rest.to_string())
+                .unwrap()
+        };
+        assert_ne!(
+            strip(pair[0]),
+            strip(pair[1]),
+            "only changes are written: {mine:#?}"
+        );
+    }
+    assert!(
+        mine.last().unwrap().contains("finished") && mine.last().unwrap().contains("100%"),
+        "{mine:#?}"
+    );
+    assert!(mine.iter().any(|l| l.contains("running")), "{mine:#?}");
+    assert!(
+        mine[0].starts_with("20"),
+        "each line starts with its time: {}",
+        mine[0]
+    );
+}
+
+/// A waiting `run` on a terminal keeps a progress bar under the script's
+/// output: drawn on its own line, cleared before output, gone at the end.
+#[test]
+fn run_on_a_terminal_shows_a_progress_bar_under_the_output() {
+    let h = Home::new();
+    let mut cmd = h.cmd(&["run", "train.py", "--epochs", "6", "--epoch-seconds", "0.4"]);
+    cmd.env("TERM", "xterm");
+    let mut pty = Pty::spawn(cmd, 120, 30);
+    let status = wait_until("the run to end", Duration::from_secs(90), || {
+        pty.child.try_wait().unwrap()
+    });
+    assert!(status.success(), "{}", pty.text());
+    let text = pty.text();
+    assert!(text.contains("training done"), "{text}");
+    let bars = text
+        .split("\r\x1b[2K")
+        .filter(|s| s.starts_with('[') && s.contains("% studio: running"))
+        .count();
+    assert!(bars >= 2, "the bar drawn as progress moved: {text:?}");
+    for line in text.split("\r\n") {
+        if line.contains("studio: running") {
+            // Drawn where a line starts, never after part of the script's.
+            assert!(line.starts_with("\r\x1b[2K"), "{line:?}");
+        }
+        // What the line finally shows is the script's or the bar, not both.
+        let shown = line.rsplit("\r\x1b[2K").next().unwrap();
+        assert!(
+            !(shown.contains("epoch ") && shown.contains("studio: running")),
+            "{line:?}"
+        );
+    }
+    let end = text.rsplit("\r\n").find(|l| !l.is_empty()).unwrap();
+    assert!(
+        !end.rsplit("\r\x1b[2K")
+            .next()
+            .unwrap()
+            .contains("studio: running"),
+        "the bar is gone at the end: {end:?}"
+    );
+}
