@@ -32,6 +32,7 @@ use studio_core::ports::{
     merge_pages, parse_listing_key, ArtifactStore, JobPage, JobQuery, JobStore, PortError,
 };
 use studio_core::resources::WorkerPolicy;
+use studio_core::url;
 use studio_gcp::gcs::GcsArtifacts;
 use studio_local::LocalBackend;
 
@@ -238,7 +239,7 @@ async fn route(src: &Sources, req: Request<Incoming>) -> ApiResult {
             })?;
             let file = rest
                 .iter()
-                .map(|p| percent_decode(p))
+                .map(|p| url::decode(p))
                 .collect::<Vec<_>>()
                 .join("/");
             output(src, &job_id(id)?, n, &file).await
@@ -255,7 +256,7 @@ async fn route(src: &Sources, req: Request<Incoming>) -> ApiResult {
 }
 
 fn job_id(s: &str) -> Result<JobId, ApiError> {
-    JobId::new(percent_decode(s))
+    JobId::new(url::decode(s))
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("job id: {e}")))
 }
 
@@ -394,7 +395,7 @@ async fn detail(src: &Sources, id: &JobId) -> ApiResult {
                 "files": m.files.iter().map(|f| json!({
                     "path": f.path,
                     "size": f.size,
-                    "url": format!("/api/v1/jobs/{}/outputs/{n}/{}", j.id, f.path.split('/').map(percent_encode).collect::<Vec<_>>().join("/")),
+                    "url": format!("/api/v1/jobs/{}/outputs/{n}/{}", j.id, f.path.split('/').map(url::encode).collect::<Vec<_>>().join("/")),
                 })).collect::<Vec<_>>(),
             })
         }
@@ -575,6 +576,8 @@ async fn pools(src: &Sources) -> ApiResult {
             let last = p.samples.last();
             json!({
                 "key": p.key.as_str(),
+                // This generation's group (and queue) key: the cloud's names end in it.
+                "group": p.group_key().as_str(),
                 "cloud": p.spec.cloud.to_string(),
                 "region": p.spec.region,
                 "market": p.spec.market.to_string(),
@@ -677,40 +680,7 @@ fn query_pairs(q: &str) -> Vec<(String, String)> {
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (
-                percent_decode(&k.replace('+', " ")),
-                percent_decode(&v.replace('+', " ")),
-            )
-        })
-        .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push(h << 4 | l);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
+            (url::decode_form(k), url::decode_form(v))
         })
         .collect()
 }
@@ -730,10 +700,6 @@ mod tests {
                 ("x".into(), "".into())
             ]
         );
-        assert_eq!(percent_decode("model%2Ebin%"), "model.bin%");
-        assert_eq!(percent_decode("%4"), "%4");
-        assert_eq!(percent_encode("a b/ü"), "a%20b%2F%C3%BC");
-        assert_eq!(percent_decode(&percent_encode("a b/ü")), "a b/ü");
     }
 
     #[test]

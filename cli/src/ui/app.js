@@ -410,7 +410,8 @@ function poolSection(pl) {
   return h('section', { class: 'pool', 'data-pool': pl.key },
     h('h2', {}, h('code', {}, pl.key), ' ', badge(pl.state)),
     h('dl', { class: 'kv' }, kv([
-      ['Group', [pl.cloud, pl.region, pl.market].filter(Boolean).join(' · ')],
+      ['Group', pl.group || pl.key],
+      ['Where', [pl.cloud, pl.region, pl.market].filter(Boolean).join(' · ')],
       ['Machine types', (pl.machine_types || []).join(', ')],
       ['Policy', pl.policy], ['Target', pl.target], ['Actual', pl.actual],
       ['Queue depth', `${vis + fly} (${vis} waiting, ${fly} in flight)`],

@@ -10,15 +10,16 @@
 //!
 //! Jobs table: key `id`; GSIs `by-instance` (`instance`, sparse: only jobs
 //! with a machine), `by-pool-state` (`pool`, `state`) and `by-created`
-//! (`listing`, `created_key`): the newest-first listing of `studio ui`,
-//! its partition spread over [`LISTING_SHARDS`] values so that no one
-//! index partition takes every job write. Pools table: key `key`.
+//! (`listing`, `created_key`, keys only): the newest-first listing of
+//! `studio ui`, its partition spread over [`LISTING_SHARDS`] values so that
+//! no one index partition takes every job's creation. Pools table: key `key`.
 
 use crate::AwsError;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
-    KeyType, Projection, ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
+    KeyType, KeysAndAttributes, Projection, ProjectionType, ScalarAttributeType,
+    TimeToLiveSpecification,
 };
 use aws_sdk_dynamodb::Client;
 use std::collections::HashMap;
@@ -34,9 +35,10 @@ const PORT: &str = "dynamodb";
 type Item = HashMap<String, AttributeValue>;
 
 /// How many partitions of the `by-created` index jobs are spread over; a
-/// listing queries each and merges them. DynamoDB takes up to 1,000
-/// writes a second on one partition value, and each job write is one on
-/// the index: four keep a burst of submits clear of that.
+/// listing queries each and merges them. A partition of an index takes at
+/// most 1,000 write units a second, and a throttled index throttles the
+/// table's writes too; the index is written once per job (its keys never
+/// change), so four keep bursts of thousands of submits a second clear.
 pub const LISTING_SHARDS: u32 = 4;
 
 /// The `by-created` partition of a job: a stable hash of its id.
@@ -87,7 +89,6 @@ fn job_item(job: &Job) -> Item {
         ("created_at".to_string(), n(job.created_at.0)),
         ("listing".to_string(), s(listing_shard(&job.id))),
         ("created_key".to_string(), s(listing_key(job))),
-        ("owner".to_string(), s(job.spec.owner.as_str())),
         (
             "record".to_string(),
             s(serde_json::to_string(job).expect("jobs serialize")),
@@ -160,11 +161,18 @@ impl DynamoStore {
         let all = Projection::builder()
             .projection_type(ProjectionType::All)
             .build();
+        let keys_only = Projection::builder()
+            .projection_type(ProjectionType::KeysOnly)
+            .build();
         let gsi = |name: &str, keys: Vec<KeySchemaElement>| {
             GlobalSecondaryIndex::builder()
                 .index_name(name)
                 .set_key_schema(Some(keys))
-                .projection(all.clone())
+                .projection(if name == "by-created" {
+                    keys_only.clone()
+                } else {
+                    all.clone()
+                })
                 .build()
                 .expect("complete index")
         };
@@ -310,9 +318,12 @@ impl DynamoStore {
         Ok(out)
     }
 
-    /// Up to `q.limit` jobs of one `by-created` partition, newest first,
-    /// reading pages until the filter has passed that many or the
-    /// partition has no more (a filter is applied after DynamoDB reads).
+    /// Up to `q.limit` jobs of one `by-created` partition, newest first.
+    /// The index holds keys only (a job is written to it once, when it is
+    /// created; a projection of the record would copy every later write of
+    /// the job, each a write unit per KB): each page of keys is read with
+    /// BatchGetItem, consistently, and filtered here, page after page until
+    /// more than `limit` match or the partition ends.
     async fn page_shard(&self, shard: &str, q: &JobQuery) -> Result<JobPage, PortError> {
         let limit = q.limit.max(1) as usize;
         let mut names = HashMap::from([("#l".to_string(), "listing".to_string())]);
@@ -323,19 +334,6 @@ impl DynamoStore {
             values.insert(":b".into(), s(b.as_str()));
             condition.push_str(" AND #k < :b");
         }
-        let mut filters = Vec::new();
-        for (name, attr, value) in [
-            ("#s", "state", q.state.map(|st| st.as_str().to_string())),
-            ("#p", "pool", q.pool.as_ref().map(|p| p.to_string())),
-            ("#o", "owner", q.owner.clone()),
-        ] {
-            if let Some(v) = value {
-                let placeholder = format!(":{}", &name[1..]);
-                filters.push(format!("{name} = {placeholder}"));
-                names.insert(name.into(), attr.into());
-                values.insert(placeholder, s(v));
-            }
-        }
         let mut jobs = Vec::new();
         let mut start: Option<Item> = None;
         loop {
@@ -345,7 +343,6 @@ impl DynamoStore {
                 .table_name(&self.jobs)
                 .index_name("by-created")
                 .key_condition_expression(&condition)
-                .set_filter_expression((!filters.is_empty()).then(|| filters.join(" AND ")))
                 .set_expression_attribute_names(Some(names.clone()))
                 .set_expression_attribute_values(Some(values.clone()))
                 .scan_index_forward(false)
@@ -354,9 +351,17 @@ impl DynamoStore {
                 .send()
                 .await
                 .map_err(sdk("Query"))?;
-            for item in out.items.unwrap_or_default() {
-                jobs.push(decode::<Job>(&item)?);
-            }
+            let ids: Vec<String> = out
+                .items()
+                .iter()
+                .filter_map(|i| i.get("id")?.as_s().ok().cloned())
+                .collect();
+            jobs.extend(
+                self.get_jobs(&ids)
+                    .await?
+                    .into_iter()
+                    .filter(|j| q.matches(j)),
+            );
             start = out.last_evaluated_key.filter(|k| !k.is_empty());
             if jobs.len() > limit || start.is_none() {
                 break;
@@ -366,6 +371,62 @@ impl DynamoStore {
         jobs.truncate(limit);
         let next = more.then(|| jobs.last().map(listing_key)).flatten();
         Ok(JobPage { jobs, next })
+    }
+
+    /// The jobs `ids` names, in that order, read consistently with
+    /// BatchGetItem (100 keys a call; keys DynamoDB leaves unprocessed,
+    /// when throttled, are asked again with backoff). A job TTL removed
+    /// since its key was listed is left out.
+    async fn get_jobs(&self, ids: &[String]) -> Result<Vec<Job>, PortError> {
+        let mut found: HashMap<String, Job> = HashMap::new();
+        for chunk in ids.chunks(100) {
+            let mut keys: Vec<Item> = chunk
+                .iter()
+                .map(|id| Item::from([("id".to_string(), s(id.as_str()))]))
+                .collect();
+            let mut tries = 0u32;
+            while !keys.is_empty() {
+                let wanted = KeysAndAttributes::builder()
+                    .set_keys(Some(keys))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(|e| PortError::backend(PORT, e))?;
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.jobs, wanted)
+                    .send()
+                    .await
+                    .map_err(sdk("BatchGetItem"))?;
+                for item in out
+                    .responses
+                    .and_then(|mut r| r.remove(&self.jobs))
+                    .unwrap_or_default()
+                {
+                    let job: Job = decode(&item)?;
+                    found.insert(job.id.to_string(), job);
+                }
+                keys = out
+                    .unprocessed_keys
+                    .and_then(|mut u| u.remove(&self.jobs))
+                    .map(|k| k.keys)
+                    .unwrap_or_default();
+                if !keys.is_empty() {
+                    tries += 1;
+                    if tries > 6 {
+                        return Err(PortError::backend(
+                            PORT,
+                            AwsError::Shape(format!(
+                                "BatchGetItem left {} keys unprocessed after {tries} tries (throttled)",
+                                keys.len()
+                            )),
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(25 << tries)).await;
+                }
+            }
+        }
+        Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
     }
 
     async fn scan(&self, table: &str) -> Result<Vec<Item>, PortError> {

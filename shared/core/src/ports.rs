@@ -84,6 +84,15 @@ pub struct JobQuery {
     pub limit: u32,
 }
 
+impl JobQuery {
+    /// Whether `job` passes the state, pool and owner filters.
+    pub fn matches(&self, job: &Job) -> bool {
+        self.state.is_none_or(|s| s == job.state)
+            && self.pool.as_ref().is_none_or(|p| *p == job.pool)
+            && self.owner.as_ref().is_none_or(|o| *o == job.spec.owner)
+    }
+}
+
 /// A page of jobs; `next` is the [`listing_key`] to ask `before` for the
 /// next page, `None` when this was the last.
 #[derive(Debug, Clone, Default, PartialEq)]
