@@ -146,13 +146,7 @@ fn a_worker_killed_mid_job_means_attempt_2_elsewhere_resuming_the_checkpoint() {
         Duration::from_secs(30),
         || h.log(&id).contains("epoch 6/12").then_some(()),
     );
-    let worker = h.job(&id)["instance"].as_str().unwrap().to_string();
-    let pids = h.pids(&format!("worker --pool .* --instance-id {worker}"));
-    assert_eq!(pids.len(), 1, "one worker process for {worker}");
-    Command::new("kill")
-        .args(["-KILL", &pids[0].to_string()])
-        .status()
-        .unwrap();
+    let worker = h.kill_worker_of(&id);
 
     let job = wait_until("the job to finish", Duration::from_secs(60), || {
         let j = h.job(&id);

@@ -28,25 +28,10 @@ fn screenshots() -> PathBuf {
     dir
 }
 
-/// `studio ui --port 0`, and the URL it printed.
-fn start_ui(h: &Home) -> (Child, String) {
-    let mut child = h
-        .cmd(&["ui", "--port", "0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("studio ui: ")
-        .unwrap_or_else(|| panic!("studio ui printed {line:?}"))
-        .to_string();
-    (child, url)
+/// `studio ui --port 0` run by `cmd`, and the URL it printed.
+fn start_ui(mut cmd: Command) -> (Child, String) {
+    cmd.stdin(Stdio::null()).stderr(Stdio::inherit());
+    studio_tests::spawn_announcing(cmd, "studio ui: ")
 }
 
 struct Stopped(Child);
@@ -256,7 +241,7 @@ fn state_cell(id: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_in_chromium_follows_jobs_cancels_and_charts_pools() {
     let h = Home::new();
-    let (ui, url) = start_ui(&h);
+    let (ui, url) = start_ui(h.cmd(&["ui", "--port", "0"]));
     let _ui = Stopped(ui);
     let browser = Browser::start().await;
     browser.goto(&url).await;
@@ -314,10 +299,7 @@ async fn the_page_in_chromium_follows_jobs_cancels_and_charts_pools() {
         Duration::from_secs(60),
         || h.log(&resumed).contains("epoch 4/12").then_some(()),
     );
-    let worker = h.job(&resumed)["instance"].as_str().unwrap().to_string();
-    let pids = h.pids(&format!("worker --pool .* --instance-id {worker}"));
-    assert_eq!(pids.len(), 1, "one worker process for {worker}");
-    signal(pids[0] as u32, libc::SIGKILL);
+    h.kill_worker_of(&resumed);
     browser.goto(&format!("{url}#/jobs/{resumed}")).await;
     browser
         .until(
@@ -475,24 +457,15 @@ async fn the_api_on_dynamodb_pages_through_the_index_and_cancels() {
     // here, that the API carries them.
     let newest_first = studio_tests::listing_jobs(&store).await;
     let h = Home::new();
-    let mut ui = h
-        .cmd(&["ui", "--port", "0"])
-        .env("AWS_ENDPOINT_URL", &door)
+    let mut cmd = h.cmd(&["ui", "--port", "0"]);
+    cmd.env("AWS_ENDPOINT_URL", &door)
         .env("AWS_REGION", "us-east-1")
         .env("STUDIO_JOBS_TABLE", &cfg.jobs_table)
         .env("STUDIO_POOLS_TABLE", &cfg.pools_table)
         .env("STUDIO_SUBMIT_QUEUE", &cfg.submit_queue)
-        .env("STUDIO_ARTIFACT_BUCKET", &cfg.bucket)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(ui.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+        .env("STUDIO_ARTIFACT_BUCKET", &cfg.bucket);
+    let (ui, url) = start_ui(cmd);
     let _ui = Stopped(ui);
-    let url = line.trim().strip_prefix("studio ui: ").unwrap().to_string();
     let http = reqwest::Client::new();
     let get = |path: String| {
         let http = http.clone();

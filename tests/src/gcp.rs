@@ -6,7 +6,6 @@
 //! operations that are not done until polled, `deleteInstances` lowering
 //! the target, label fingerprints, spot reclamation with replacement.
 
-use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use studio_gcp::GcpConfig;
 
@@ -55,21 +54,10 @@ impl StandIn {
     /// registered (10 GB minimum disk).
     pub async fn start() -> StandIn {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/standins/gce.py");
-        let mut child = Command::new("python3")
-            .args([script, "--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 runs the Compute stand-in");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("the stand-in said {line:?}"))
-            .to_string();
+        let mut cmd = Command::new("python3");
+        cmd.args([script, "--listen", "127.0.0.1:0"])
+            .stderr(Stdio::null());
+        let (child, url) = crate::spawn_announcing(cmd, "listening on ");
         let s = StandIn { child, url };
         s.control(
             "images",

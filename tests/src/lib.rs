@@ -637,3 +637,29 @@ pub async fn check_listing(store: &dyn studio_core::ports::JobStore) {
     };
     assert_eq!(all_pages(store, nobody).await, (vec![], 1));
 }
+
+/// Starts `cmd` with its stdout piped and returns it with the rest of the
+/// first line it prints after `prefix` (a server announcing its address).
+///
+/// # Panics
+/// When the first line does not start with `prefix`.
+pub fn spawn_announcing(
+    mut cmd: std::process::Command,
+    prefix: &str,
+) -> (std::process::Child, String) {
+    use std::io::BufRead as _;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .expect("its first line");
+    let said = line
+        .trim()
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("{cmd:?} said {line:?}"))
+        .to_string();
+    (child, said)
+}

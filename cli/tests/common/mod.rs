@@ -130,6 +130,18 @@ impl Home {
     }
 }
 
+impl Home {
+    /// SIGKILL to the worker process running job `id` (as the OOM killer
+    /// or a lost machine would end it); returns its instance id.
+    pub fn kill_worker_of(&self, id: &str) -> String {
+        let worker = self.job(id)["instance"].as_str().unwrap().to_string();
+        let pids = self.pids(&format!("worker --pool .* --instance-id {worker}"));
+        assert_eq!(pids.len(), 1, "one worker process for {worker}");
+        signal(pids[0] as u32, libc::SIGKILL);
+        worker
+    }
+}
+
 /// Every process whose command line (arguments joined by spaces) matches.
 pub fn processes_matching(re: &regex::Regex) -> Vec<i32> {
     let mut found = Vec::new();

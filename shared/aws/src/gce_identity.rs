@@ -55,7 +55,7 @@ impl GceWebIdentity {
     pub async fn exchange(&self) -> Result<Credentials, CredentialsError> {
         let path = format!(
             "/computeMetadata/v1/instance/service-accounts/default/identity?audience={}&format=full",
-            percent(&self.audience)
+            studio_core::url::encode(&self.audience)
         );
         let token =
             match metadata_get(&self.metadata, &path, &[("Metadata-Flavor", "Google")]).await {
@@ -95,17 +95,6 @@ impl GceWebIdentity {
             "gce-web-identity",
         ))
     }
-}
-
-fn percent(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 impl ProvideCredentials for GceWebIdentity {

@@ -36,5 +36,6 @@ pub mod progress;
 pub mod resources;
 pub mod route;
 pub mod size;
+pub mod url;
 pub mod worker;
 pub mod workspace;
