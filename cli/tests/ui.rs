@@ -575,38 +575,26 @@ async fn the_api_on_dynamodb_pages_through_the_index_and_cancels() {
 
     // Cancel: a form's content type is refused and changes nothing; JSON
     // cancels, recorded as the page's user.
-    let form = http
-        .post(format!("{url}api/v1/jobs/job001/cancel"))
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .body("x=1")
-        .send()
-        .await
-        .unwrap();
+    let cancel = |content_type: &'static str| {
+        http.post(format!("{url}api/v1/jobs/job001/cancel"))
+            .header("Content-Type", content_type)
+            .body("{}")
+            .send()
+    };
+    let form = cancel("application/x-www-form-urlencoded").await.unwrap();
     assert_eq!(form.status(), 415);
     let id1 = studio_core::ids::JobId::new("job001").unwrap();
     assert_eq!(
         store.get_job(&id1).await.unwrap().unwrap().state,
         studio_core::job::JobState::Queued
     );
-    let ok = http
-        .post(format!("{url}api/v1/jobs/job001/cancel"))
-        .header("Content-Type", "application/json")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let ok = cancel("application/json").await.unwrap();
     assert_eq!(ok.status(), 200);
     assert_eq!(ok.json::<Value>().await.unwrap()["outcome"], "cancelled");
     let j = store.get_job(&id1).await.unwrap().unwrap();
     assert_eq!(j.state, studio_core::job::JobState::Cancelled);
     assert!(j.events.last().unwrap().by.starts_with("ui:"));
-    let twice = http
-        .post(format!("{url}api/v1/jobs/job001/cancel"))
-        .header("Content-Type", "application/json")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let twice = cancel("application/json; charset=utf-8").await.unwrap();
     assert_eq!(
         twice.json::<Value>().await.unwrap()["outcome"],
         "already ended: cancelled"
