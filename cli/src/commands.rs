@@ -1012,7 +1012,7 @@ fn write_out(bytes: &[u8]) -> Result<u64, CliError> {
 }
 
 /// The progress bar a waiting `run` keeps under the script's output, on
-/// the terminal's last line (stderr, so a piped stdout never gets it).
+/// the terminal's last line (stderr, so stdout never gets it).
 /// It is cleared before anything else is written there, and drawn again
 /// only where a line starts, so it never splits the script's output.
 struct ProgressLine {
@@ -1027,8 +1027,17 @@ struct ProgressLine {
 impl ProgressLine {
     fn new() -> ProgressLine {
         use std::io::IsTerminal;
+        // Into a pipe, what reads it (`| tee log`) may print on this same
+        // terminal at any moment, in the middle of the bar: no bar then.
+        // A file or a terminal is fine.
+        let stdout_pipe = {
+            // SAFETY: fstat on fd 1 into a stat we own.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            let ok = unsafe { libc::fstat(1, &mut st) } == 0;
+            ok && matches!(st.st_mode & libc::S_IFMT, libc::S_IFIFO | libc::S_IFSOCK)
+        };
         ProgressLine {
-            on: std::io::stderr().is_terminal(),
+            on: std::io::stderr().is_terminal() && !stdout_pipe,
             shown: None,
             at_line_start: true,
             stdout_tty: std::io::stdout().is_terminal(),

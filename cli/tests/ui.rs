@@ -632,7 +632,13 @@ struct Pty {
 }
 
 impl Pty {
-    fn spawn(mut cmd: Command, cols: u16, rows: u16) -> Pty {
+    fn spawn(cmd: Command, cols: u16, rows: u16) -> Pty {
+        Pty::spawn_with(cmd, cols, rows, false)
+    }
+
+    /// With `pipe_stdout`, stdout is a pipe (`child.stdout`), as in
+    /// `studio run … | tee log`; stdin and stderr stay the terminal.
+    fn spawn_with(mut cmd: Command, cols: u16, rows: u16, pipe_stdout: bool) -> Pty {
         let (mut m, mut s) = (0, 0);
         let ws = libc::winsize {
             ws_row: rows,
@@ -647,7 +653,11 @@ impl Pty {
         let (master, slave) =
             unsafe { (std::fs::File::from_raw_fd(m), std::fs::File::from_raw_fd(s)) };
         cmd.stdin(slave.try_clone().unwrap())
-            .stdout(slave.try_clone().unwrap())
+            .stdout(if pipe_stdout {
+                Stdio::piped()
+            } else {
+                slave.try_clone().unwrap().into()
+            })
             .stderr(slave);
         // SAFETY: async-signal-safe calls between fork and exec.
         unsafe {
@@ -932,5 +942,40 @@ fn run_on_a_terminal_shows_a_progress_bar_under_the_output() {
             .unwrap()
             .contains("studio: running"),
         "the bar is gone at the end: {end:?}"
+    );
+}
+
+/// Into a pipe (`studio run … | tee log`), the reader may print on the same
+/// terminal at any time, so there is no bar on stderr: the script's output
+/// goes whole into the pipe, and the terminal sees no bar.
+#[test]
+fn run_into_a_pipe_draws_no_bar_on_the_terminal() {
+    let h = Home::new();
+    let mut cmd = h.cmd(&["run", "train.py", "--epochs", "4", "--epoch-seconds", "0.3"]);
+    cmd.env("TERM", "xterm");
+    let mut pty = Pty::spawn_with(cmd, 120, 30, true);
+    let mut piped = String::new();
+    pty.child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut piped)
+        .unwrap();
+    let status = wait_until("the run to end", Duration::from_secs(60), || {
+        pty.child.try_wait().unwrap()
+    });
+    assert!(status.success(), "{}", pty.text());
+    assert!(
+        piped.contains("epoch 4/4") && piped.contains("training done"),
+        "{piped}"
+    );
+    let terminal = pty.text();
+    assert!(
+        !terminal.contains("studio: running"),
+        "no bar: {terminal:?}"
+    );
+    assert!(
+        terminal.contains("finished"),
+        "state changes still on stderr: {terminal:?}"
     );
 }
