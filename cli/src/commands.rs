@@ -1633,6 +1633,7 @@ async fn serve_ui(g: &Globals, env: &Env, a: UiArgs) -> Result<ExitCode, CliErro
         );
     }
     let scratch = std::env::temp_dir().join(format!("studio-ui-{}", std::process::id()));
+    let token = ui::new_token().context("reading /dev/urandom for the page's token")?;
     let src = Arc::new(ui::Sources {
         local: std::sync::Mutex::new(local.map(Arc::new)),
         aws,
@@ -1640,8 +1641,9 @@ async fn serve_ui(g: &Globals, env: &Env, a: UiArgs) -> Result<ExitCode, CliErro
         user: env.user.clone(),
         loopback_port: ip.is_loopback().then_some(addr.port()),
         scratch: scratch.clone(),
+        token: token.clone(),
     });
-    let url = format!("http://{shown}/");
+    let url = format!("http://{shown}/?token={token}");
     println!("studio ui: {url}");
     std::io::stdout().flush()?;
     eprintln!("studio: serving jobs and pools at {url} (Ctrl-C to stop)");

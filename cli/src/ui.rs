@@ -8,10 +8,15 @@
 //! README ("studio ui"). Live updates are polls with ETags: an unchanged
 //! answer is a bodiless 304.
 //!
-//! Bound to 127.0.0.1 unless told otherwise. On loopback the `Host` header
-//! must name loopback (a page elsewhere cannot reach it by DNS rebinding),
-//! and the one write, cancel, needs a JSON content type (which a cross-site
-//! form cannot send without a CORS preflight this server never grants).
+//! Bound to 127.0.0.1 unless told otherwise. Every request must carry the
+//! token the address printed at start holds (other users of the machine
+//! can reach a loopback port): the page's first request brings it in the
+//! query and gets it back as an `HttpOnly`, `SameSite=Strict` cookie;
+//! scripts send `Authorization: Bearer TOKEN`. On loopback the `Host`
+//! header must name loopback (a page elsewhere cannot reach it by DNS
+//! rebinding), and the one write, cancel, needs a JSON content type (which
+//! a cross-site form cannot send without a CORS preflight this server never
+//! grants).
 
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
@@ -65,6 +70,45 @@ pub struct Sources {
     pub loopback_port: Option<u16>,
     /// Where output files are fetched to before they are sent.
     pub scratch: PathBuf,
+    /// What every request must show (cookie `studio_ui`, or a bearer token).
+    pub token: String,
+}
+
+/// The cookie the page keeps the token in.
+const COOKIE: &str = "studio_ui";
+
+/// 128 random bits, hex.
+///
+/// # Errors
+/// The system's random source cannot be read.
+pub fn new_token() -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(hex::encode(b))
+}
+
+/// Equal, in time that does not depend on where they differ.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+/// Whether the request shows the token: its cookie, or a bearer token.
+fn shows_token(req: &Request<Incoming>, token: &str) -> bool {
+    let h = req.headers();
+    let bearer = h
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| same(t.trim(), token));
+    let cookie = h
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .any(|(k, v)| k == COOKIE && same(v, token));
+    bearer || cookie
 }
 
 /// Which store holds a job.
@@ -179,6 +223,32 @@ pub async fn handle(
                 "this server answers only to 127.0.0.1 and localhost",
             ));
         }
+    }
+    // The printed address: its token becomes the page's cookie.
+    let offered = req.uri().query().and_then(|q| {
+        query_pairs(q)
+            .into_iter()
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v)
+    });
+    if req.uri().path() == "/" && offered.as_deref().is_some_and(|t| same(t, &src.token)) {
+        let mut r = Response::new(Full::new(Bytes::new()).boxed());
+        *r.status_mut() = StatusCode::SEE_OTHER;
+        let h = r.headers_mut();
+        h.insert(header::LOCATION, HeaderValue::from_static("/"));
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
+            src.token
+        )) {
+            h.insert(header::SET_COOKIE, v);
+        }
+        return Ok(r);
+    }
+    if !shows_token(&req, &src.token) {
+        return Ok(error(
+            StatusCode::UNAUTHORIZED,
+            "open the address studio ui printed when it started: it carries this server's token",
+        ));
     }
     let etag_in = req
         .headers()

@@ -28,10 +28,16 @@ fn screenshots() -> PathBuf {
     dir
 }
 
-/// `studio ui --port 0` run by `cmd`, and the URL it printed.
-fn start_ui(mut cmd: Command) -> (Child, String) {
+/// `studio ui --port 0` run by `cmd`: the process, the page's base URL
+/// and the token of the address it printed (`BASE?token=TOKEN`).
+fn start_ui(mut cmd: Command) -> (Stopped, String, String) {
     cmd.stdin(Stdio::null()).stderr(Stdio::inherit());
-    studio_tests::spawn_announcing(cmd, "studio ui: ")
+    let (child, address) = studio_tests::spawn_announcing(cmd, "studio ui: ");
+    let (base, token) = address
+        .split_once("?token=")
+        .unwrap_or_else(|| panic!("no token in {address}"));
+    assert_eq!(token.len(), 32, "128 bits, hex: {token}");
+    (Stopped(child), base.to_string(), token.to_string())
 }
 
 struct Stopped(Child);
@@ -241,10 +247,16 @@ fn state_cell(id: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_in_chromium_follows_jobs_cancels_and_charts_pools() {
     let h = Home::new();
-    let (ui, url) = start_ui(h.cmd(&["ui", "--port", "0"]));
-    let _ui = Stopped(ui);
+    let (_ui, url, token) = start_ui(h.cmd(&["ui", "--port", "0"]));
+    let address = format!("{url}?token={token}");
     let browser = Browser::start().await;
-    browser.goto(&url).await;
+    // The printed address: its token becomes the page's cookie.
+    browser.goto(&address).await;
+    assert_eq!(
+        browser.js("return location.search").await,
+        "",
+        "the token left the address bar"
+    );
     browser.js("window.__loaded_once = true; return true").await;
     let detach = |args: &[&str]| -> String {
         let mut all = vec!["run", "--detach"];
@@ -347,7 +359,12 @@ async fn the_page_in_chromium_follows_jobs_cancels_and_charts_pools() {
             "const a = [...document.querySelectorAll('#outputs a')].find(a => a.textContent.includes('model.bin')); return a ? a.href : null",
         )
         .await;
-    let body = reqwest::get(href.as_str().unwrap()).await.unwrap();
+    let body = reqwest::Client::new()
+        .get(href.as_str().unwrap())
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(body.status(), 200);
     let model = body.bytes().await.unwrap();
     assert_eq!(model.len(), 4 << 20, "model.bin is 4 MiB");
@@ -414,6 +431,16 @@ async fn the_page_in_chromium_follows_jobs_cancels_and_charts_pools() {
     // A phone: nothing wider than the screen but the tables, which scroll.
     browser.window(390, 844).await;
     browser.goto(&url).await;
+    assert_eq!(
+        browser
+            .js("return document.querySelector('#error').hidden")
+            .await,
+        true,
+        "the cookie carries the token: {}",
+        browser
+            .js("return document.querySelector('#error').innerText")
+            .await
+    );
     browser
         .until(
             "the list at a phone's width",
@@ -464,9 +491,62 @@ async fn the_api_on_dynamodb_pages_through_the_index_and_cancels() {
         .env("STUDIO_POOLS_TABLE", &cfg.pools_table)
         .env("STUDIO_SUBMIT_QUEUE", &cfg.submit_queue)
         .env("STUDIO_ARTIFACT_BUCKET", &cfg.bucket);
-    let (ui, url) = start_ui(cmd);
-    let _ui = Stopped(ui);
-    let http = reqwest::Client::new();
+    let (_ui, url, token) = start_ui(cmd);
+
+    // Without the token, nothing; the printed address sets it as a cookie.
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for req in [
+        plain.get(format!("{url}api/v1/jobs")),
+        plain.get(format!("{url}app.js")),
+        plain
+            .get(format!("{url}api/v1/jobs"))
+            .bearer_auth("0".repeat(32)),
+        plain
+            .get(format!("{url}api/v1/jobs"))
+            .header("Cookie", "studio_ui=nope"),
+        plain.get(format!("{url}?token=wrong")),
+    ] {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        assert!(r
+            .text()
+            .await
+            .unwrap()
+            .contains("the address studio ui printed"));
+    }
+    let r = plain
+        .get(format!("{url}?token={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.starts_with(&format!("studio_ui={token};"))
+            && cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let by_cookie = plain
+        .get(format!("{url}api/v1/jobs?limit=1"))
+        .header("Cookie", format!("other=1; studio_ui={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_cookie.status(), 200);
+
+    let mut auth = reqwest::header::HeaderMap::new();
+    auth.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    let http = reqwest::Client::builder()
+        .default_headers(auth)
+        .build()
+        .unwrap();
     let get = |path: String| {
         let http = http.clone();
         let url = url.clone();
