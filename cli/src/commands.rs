@@ -1632,7 +1632,17 @@ async fn serve_ui(g: &Globals, env: &Env, a: UiArgs) -> Result<ExitCode, CliErro
             "studio: warning: serving on {addr}: anyone who can reach it sees your jobs and can cancel them (there is no login)"
         );
     }
-    let scratch = std::env::temp_dir().join(format!("studio-ui-{}", std::process::id()));
+    // Output files pass through here on their way to the browser: under
+    // the home, private to its user (not the shared /tmp).
+    let scratch = g.home.join(format!("ui-scratch-{}", std::process::id()));
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&scratch)
+            .with_context(|| format!("creating {}", scratch.display()))?;
+    }
     let token = ui::new_token().context("reading /dev/urandom for the page's token")?;
     let src = Arc::new(ui::Sources {
         local: std::sync::Mutex::new(local.map(Arc::new)),

@@ -43,7 +43,17 @@ fn start_ui(mut cmd: Command) -> (Stopped, String, String) {
 struct Stopped(Child);
 
 impl Drop for Stopped {
+    /// SIGTERM, as a user's Ctrl-C or a service manager stops it; SIGKILL
+    /// only if it has not left within 10 s.
     fn drop(&mut self) {
+        signal(self.0.id(), libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -247,7 +257,7 @@ fn state_cell(id: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_in_chromium_follows_jobs_cancels_and_charts_pools() {
     let h = Home::new();
-    let (_ui, url, token) = start_ui(h.cmd(&["ui", "--port", "0"]));
+    let (ui, url, token) = start_ui(h.cmd(&["ui", "--port", "0"]));
     let address = format!("{url}?token={token}");
     let browser = Browser::start().await;
     // The printed address: its token becomes the page's cookie.
@@ -457,6 +467,19 @@ async fn the_page_in_chromium_follows_jobs_cancels_and_charts_pools() {
         .await;
     assert_eq!(unlabelled, json!([]), "every field has a label");
     browser.screenshot("jobs-phone").await;
+
+    // Stopped (SIGTERM), it leaves nothing behind: the output that passed
+    // through on its way to the browser went with it.
+    let pid = ui.0.id();
+    let scratch = h.path().join(format!("ui-scratch-{pid}"));
+    assert!(scratch.is_dir(), "{}", scratch.display());
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        scratch.metadata().unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    drop(ui);
+    assert!(!scratch.exists(), "{} left behind", scratch.display());
 }
 
 // ---------------------------------------------------------- API on DynamoDB
