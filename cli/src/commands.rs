@@ -884,6 +884,13 @@ async fn follow(g: &Globals, side: &Side, id: &JobId) -> Result<Option<Job>, Cli
     let mut offset = 0u64;
     let mut seen = 0usize;
     let mut bar = ProgressLine::new();
+    let mut tstp = if bar.on {
+        Some(tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::from_raw(libc::SIGTSTP),
+        )?)
+    } else {
+        None
+    };
     let mut waited = Duration::ZERO;
     let mut driver_checked = tokio::time::Instant::now();
     let ctrl_c = tokio::signal::ctrl_c();
@@ -936,6 +943,12 @@ async fn follow(g: &Globals, side: &Side, id: &JobId) -> Result<Option<Job>, Cli
                 break None;
             }
             _ = tokio::time::sleep(every) => waited += every,
+            // Ctrl-Z with the bar up: take it down first, as a stopped job's
+            // line should not keep a bar; it comes back on `fg`.
+            _ = async { tstp.as_mut().expect("only with a bar").recv().await }, if tstp.is_some() => {
+                bar.clear();
+                term::stop_self();
+            }
         }
     };
     if let Some(job) = &result {

@@ -1015,11 +1015,27 @@ fn run_on_a_terminal_shows_a_progress_bar_under_the_output() {
     let mut cmd = h.cmd(&["run", "train.py", "--epochs", "6", "--epoch-seconds", "0.4"]);
     cmd.env("TERM", "xterm");
     let mut pty = Pty::spawn(cmd, 120, 30);
+    // Ctrl-Z with the bar up takes the bar down before stopping; `fg`
+    // (SIGCONT) and the run goes on.
+    pty.wait_for("a bar", Duration::from_secs(60), |t| {
+        t.contains("% studio: running")
+    });
+    let pid = pty.child.id();
+    signal(pid, libc::SIGTSTP);
+    wait_until("the run to stop", Duration::from_secs(10), || {
+        (process_state(pid).as_deref() == Some("T")).then_some(())
+    });
+    let stopped = pty.wait_for("the bar taken down", Duration::from_secs(10), |t| {
+        t.rsplit_once("% studio: running")
+            .is_some_and(|(_, after)| after.contains("\r\x1b[2K"))
+    });
+    signal(pid, libc::SIGCONT);
     let status = wait_until("the run to end", Duration::from_secs(90), || {
         pty.child.try_wait().unwrap()
     });
     assert!(status.success(), "{}", pty.text());
     let text = pty.text();
+    assert!(text.len() > stopped.len(), "it went on after SIGCONT");
     assert!(text.contains("training done"), "{text}");
     let bars = text
         .split("\r\x1b[2K")
