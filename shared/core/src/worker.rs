@@ -639,6 +639,7 @@ async fn run_attempt(
     let mut last_sync = Instant::now();
     let mut stop: Option<Stop> = None;
     let mut kill_at: Option<Instant> = None;
+    let mut reports = progress::Reports::default();
     let status = loop {
         let mut new_stop = None;
         tokio::select! {
@@ -646,12 +647,8 @@ async fn run_attempt(
             Some(chunk) = rx.recv() => {
                 buf.extend_from_slice(&chunk);
                 keep_tail(&mut tail, &chunk);
-                // A complete line may carry progress (the tail holds the
-                // last 8 KiB, so a marker split across reads is still seen).
-                if chunk.contains(&b'\n') {
-                    if let Some(p) = progress::last_in_output(&tail) {
-                        progress_tx.send_if_modified(|v| (*v != Some(p)).then(|| *v = Some(p)).is_some());
-                    }
+                if reports.output(&chunk) {
+                    progress_tx.send_replace(reports.latest());
                 }
             }
             _ = flush_tick.tick() => flush(artifacts, &id, &mut buf).await,
@@ -660,8 +657,8 @@ async fn run_attempt(
                 new_stop = Some(Stop::Shutdown);
             }
             _ = beat.tick() => {
-                if let Some(p) = progress::read_file(&ckpt) {
-                    progress_tx.send_if_modified(|v| (*v != Some(p)).then(|| *v = Some(p)).is_some());
+                if reports.file(&ckpt) {
+                    progress_tx.send_replace(reports.latest());
                 }
                 if last_sync.elapsed() >= cfg.checkpoint_every {
                     last_sync = Instant::now();
@@ -729,6 +726,7 @@ async fn run_attempt(
     while let Ok(Some(chunk)) = timeout(Duration::from_secs(2), rx.recv()).await {
         buf.extend_from_slice(&chunk);
         keep_tail(&mut tail, &chunk);
+        reports.output(&chunk);
     }
     let last_lines = last_lines(&tail);
     flush(artifacts, &id, &mut buf).await;
@@ -737,10 +735,8 @@ async fn run_attempt(
     sync_checkpoint(ctx, artifacts, &id, attempt, &ckpt, &mut saved).await;
     let outputs = save_outputs(artifacts, &job, attempt, &out_dir, &ws).await;
     // The script's last word on its progress goes with its end.
-    let last_progress = progress::last_in_output(&tail)
-        .or_else(|| progress::read_file(&ckpt))
-        .or(*progress_tx.borrow());
-    mark_script_ended(ctx, &id, attempt, &cfg.instance, outputs, last_progress).await;
+    reports.file(&ckpt);
+    mark_script_ended(ctx, &id, attempt, &cfg.instance, outputs, reports.latest()).await;
 
     let (code, signal) = match &status {
         Ok(st) => {
