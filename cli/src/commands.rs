@@ -899,9 +899,7 @@ async fn follow(g: &Globals, side: &Side, id: &JobId) -> Result<Option<Job>, Cli
         // A driver that died (killed, OOM) is replaced while we wait.
         if let Some(be) = local.filter(|_| driver_checked.elapsed() >= DRIVER_CHECK_EVERY) {
             driver_checked = tokio::time::Instant::now();
-            if !studio_local::lock::is_held(&be.driver_lock_path()) {
-                ensure_driver(g, be).await?;
-            }
+            replace_dead_driver(g, be).await?;
         }
         let job = side.store().get_job(id).await?;
         let bytes = side.artifacts().read_log(id, offset).await?;
@@ -1094,6 +1092,15 @@ async fn local_if_exists(g: &Globals) -> Result<Option<LocalBackend>, CliError> 
     let be = open(g).await?;
     ensure_driver(g, &be).await?;
     Ok(Some(be))
+}
+
+/// A driver that died (killed, OOM) is replaced, by a command that stays
+/// (a waiting `run`, `studio ui`); a look at the lock while one lives.
+async fn replace_dead_driver(g: &Globals, be: &LocalBackend) -> Result<(), CliError> {
+    if !studio_local::lock::is_held(&be.driver_lock_path()) {
+        ensure_driver(g, be).await?;
+    }
+    Ok(())
 }
 
 /// Starts a background driver for this home if anything needs one. The
@@ -1432,29 +1439,6 @@ async fn newest_jobs(
     Ok(merge_pages(pages, limit).jobs)
 }
 
-/// The script and its arguments, as typed.
-fn script_of(j: &Job) -> String {
-    std::iter::once(j.spec.entrypoint.as_str())
-        .chain(j.spec.args.iter().map(String::as_str))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// How long a job has run: from its first attempt's start to its end (or now).
-fn runtime_of(j: &Job, now: studio_core::clock::Timestamp) -> Duration {
-    match j.attempts.first() {
-        None => Duration::ZERO,
-        Some(a) => {
-            let end = if j.state.is_terminal() {
-                j.updated_at
-            } else {
-                now
-            };
-            end.since(a.started_at)
-        }
-    }
-}
-
 /// One frame of `status --watch` on a terminal.
 fn watch_frame(jobs: &[Job], now: studio_core::clock::Timestamp, every: Duration) -> Vec<String> {
     let clock = now.to_string();
@@ -1479,12 +1463,12 @@ fn watch_frame(jobs: &[Job], now: studio_core::clock::Timestamp, every: Duration
     for j in jobs {
         rows.push(vec![
             j.id.to_string(),
-            term::cut(&script_of(j), 28).to_string(),
+            term::cut(&j.command_line(), 28).to_string(),
             j.state.to_string(),
             j.plan.cloud.to_string(),
             j.plan.machine.clone(),
             j.attempt.to_string(),
-            format_age(runtime_of(j, now)),
+            format_age(j.runtime(now)),
             usd(j.cost_micro_usd(now)),
             j.progress.map_or("-".into(), |p| progress::bar(p, 20)),
         ]);
@@ -1499,7 +1483,7 @@ fn watch_line(j: &Job) -> String {
     format!(
         "{}  {}  {}  attempt {}  {} {}  {}{}",
         j.id,
-        script_of(j),
+        j.command_line(),
         j.state,
         j.attempt,
         j.plan.cloud,
@@ -1713,10 +1697,7 @@ async fn serve_ui(g: &Globals, env: &Env, a: UiArgs) -> Result<ExitCode, CliErro
                             *src.local.lock().expect("not poisoned") = Some(Arc::new(be));
                         }
                     }
-                    Some(be) if !studio_local::lock::is_held(&be.driver_lock_path()) => {
-                        ensure_driver(g, &be).await?;
-                    }
-                    Some(_) => {}
+                    Some(be) => replace_dead_driver(g, &be).await?,
                 }
             }
             _ = &mut ctrl_c => break,

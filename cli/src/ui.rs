@@ -19,7 +19,7 @@
 //! grants).
 
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -41,7 +41,9 @@ use studio_core::url;
 use studio_gcp::gcs::GcsArtifacts;
 use studio_local::LocalBackend;
 
-type Body = BoxBody<Bytes, Infallible>;
+/// Answers are whole in memory (JSON, the page, an output file), so the
+/// ETag is computed from their bytes before they go out.
+type Answer = Response<Bytes>;
 
 const INDEX_HTML: &str = include_str!("ui/index.html");
 const APP_JS: &str = include_str!("ui/app.js");
@@ -126,7 +128,7 @@ impl From<PortError> for ApiError {
     }
 }
 
-type ApiResult = Result<Response<Body>, ApiError>;
+type ApiResult = Result<Answer, ApiError>;
 
 impl Sources {
     fn local(&self) -> Option<Arc<LocalBackend>> {
@@ -215,13 +217,17 @@ impl<T: ArtifactStore> ArtifactRef for &T {
 pub async fn handle(
     src: Arc<Sources>,
     req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(answer(&src, req).await.map(Full::new))
+}
+
+async fn answer(src: &Sources, req: Request<Incoming>) -> Answer {
     if let Some(port) = src.loopback_port {
         if !loopback_host(&req, port) {
-            return Ok(error(
+            return error(
                 StatusCode::MISDIRECTED_REQUEST,
                 "this server answers only to 127.0.0.1 and localhost",
-            ));
+            );
         }
     }
     // The printed address: its token becomes the page's cookie.
@@ -232,7 +238,7 @@ pub async fn handle(
             .map(|(_, v)| v)
     });
     if req.uri().path() == "/" && offered.as_deref().is_some_and(|t| same(t, &src.token)) {
-        let mut r = Response::new(Full::new(Bytes::new()).boxed());
+        let mut r = Response::new(Bytes::new());
         *r.status_mut() = StatusCode::SEE_OTHER;
         let h = r.headers_mut();
         h.insert(header::LOCATION, HeaderValue::from_static("/"));
@@ -242,23 +248,23 @@ pub async fn handle(
         )) {
             h.insert(header::SET_COOKIE, v);
         }
-        return Ok(r);
+        return r;
     }
     if !shows_token(&req, &src.token) {
-        return Ok(error(
+        return error(
             StatusCode::UNAUTHORIZED,
             "open the address studio ui printed when it started: it carries this server's token",
-        ));
+        );
     }
     let etag_in = req
         .headers()
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .map(String::from);
-    let r = route(&src, req)
+    let r = route(src, req)
         .await
         .unwrap_or_else(|ApiError(code, msg)| error(code, &msg));
-    Ok(with_etag(r, etag_in.as_deref()))
+    with_etag(r, etag_in.as_deref())
 }
 
 fn loopback_host(req: &Request<Incoming>, port: u16) -> bool {
@@ -394,16 +400,10 @@ fn ms(t: Timestamp) -> i64 {
 /// The fields of a job in the list.
 fn summary(j: &Job, now: Timestamp) -> Value {
     let started = j.attempts.first().map(|a| a.started_at);
-    let ended = j.state.is_terminal().then_some(j.updated_at);
-    let from = started.unwrap_or(j.created_at);
-    let script = std::iter::once(j.spec.entrypoint.as_str())
-        .chain(j.spec.args.iter().map(String::as_str))
-        .collect::<Vec<_>>()
-        .join(" ");
     let cost = j.cost_micro_usd(now);
     json!({
         "id": j.id.as_str(),
-        "script": script,
+        "script": j.command_line(),
         "owner": j.spec.owner,
         "state": j.state.as_str(),
         "cloud": j.spec.cloud.to_string(),
@@ -413,8 +413,8 @@ fn summary(j: &Job, now: Timestamp) -> Value {
         "attempts": j.attempt,
         "created_at": ms(j.created_at),
         "started_at": started.map(ms),
-        "ended_at": ended.map(ms),
-        "duration_secs": ended.unwrap_or(now).since(from).as_secs(),
+        "ended_at": j.ended_at().map(ms),
+        "duration_secs": j.runtime(now).as_secs(),
         "cost_usd": cost as f64 / 1e6,
         "cost": usd(cost),
         // f32 on the record; four places are all a bar can show.
@@ -622,7 +622,7 @@ async fn output(src: &Sources, id: &JobId, n: u32, path: &str) -> ApiResult {
         .next()
         .unwrap_or(path)
         .replace(['"', '\\'], "_");
-    let mut resp = Response::new(Full::new(Bytes::from(bytes)).boxed());
+    let mut resp = Response::new(Bytes::from(bytes));
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -656,7 +656,7 @@ async fn pools(src: &Sources) -> ApiResult {
                     WorkerPolicy::Auto => "auto".to_string(),
                     WorkerPolicy::Fixed(n) => format!("fixed {n}"),
                 },
-                "state": format!("{:?}", p.state).to_lowercase(),
+                "state": p.state.as_str(),
                 "target": p.target,
                 "actual": last.map(|s| s.actual),
                 "queue_visible": last.map(|s| s.visible),
@@ -680,15 +680,15 @@ fn not_found(id: &JobId) -> ApiError {
     ApiError(StatusCode::NOT_FOUND, format!("no job '{id}'"))
 }
 
-fn asset(body: &'static str, content_type: &'static str) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())).boxed());
+fn asset(body: &'static str, content_type: &'static str) -> Answer {
+    let mut r = Response::new(Bytes::from_static(body.as_bytes()));
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
-fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(v.to_string())).boxed());
+fn json_response(status: StatusCode, v: &Value) -> Answer {
+    let mut r = Response::new(Bytes::from(v.to_string()));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -697,14 +697,14 @@ fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
     r
 }
 
-fn error(status: StatusCode, msg: &str) -> Response<Body> {
+fn error(status: StatusCode, msg: &str) -> Answer {
     json_response(status, &json!({ "error": msg }))
 }
 
 /// Successful GETs of JSON and assets carry an ETag (of their bytes); a
 /// request that already has them gets 304. Every answer is `no-cache`:
 /// the browser asks each time, and the ETag makes asking cheap.
-fn with_etag(resp: Response<Body>, if_none_match: Option<&str>) -> Response<Body> {
+fn with_etag(resp: Answer, if_none_match: Option<&str>) -> Answer {
     use sha2::Digest as _;
     let (mut parts, body) = resp.into_parts();
     parts
@@ -715,33 +715,16 @@ fn with_etag(resp: Response<Body>, if_none_match: Option<&str>) -> Response<Body
     if !cacheable {
         return Response::from_parts(parts, body);
     }
-    // Bodies here are whole in memory (Full): collecting is immediate.
-    let bytes = futures_now(body);
-    let tag = format!("\"{}\"", &hex::encode(sha2::Sha256::digest(&bytes))[..20]);
+    let tag = format!("\"{}\"", &hex::encode(sha2::Sha256::digest(&body))[..20]);
     if let Ok(v) = HeaderValue::from_str(&tag) {
         parts.headers.insert(header::ETAG, v);
     }
     if if_none_match.is_some_and(|m| m.split(',').any(|t| t.trim() == tag)) {
         parts.status = StatusCode::NOT_MODIFIED;
         parts.headers.remove(header::CONTENT_TYPE);
-        return Response::from_parts(parts, Full::new(Bytes::new()).boxed());
+        return Response::from_parts(parts, Bytes::new());
     }
-    Response::from_parts(parts, Full::new(bytes).boxed())
-}
-
-/// The bytes of a body that is already complete.
-fn futures_now(body: Body) -> Bytes {
-    use std::future::Future as _;
-    let mut fut = std::pin::pin!(body.collect());
-    let waker = std::task::Waker::noop();
-    match fut
-        .as_mut()
-        .poll(&mut std::task::Context::from_waker(waker))
-    {
-        std::task::Poll::Ready(Ok(c)) => c.to_bytes(),
-        std::task::Poll::Ready(Err(never)) => match never {},
-        std::task::Poll::Pending => unreachable!("in-memory bodies are complete"),
-    }
+    Response::from_parts(parts, body)
 }
 
 /// `a=1&b=x%20y` as pairs, `+` as space.
@@ -778,7 +761,7 @@ mod tests {
         let tag = r.headers()[header::ETAG].to_str().unwrap().to_string();
         let again = with_etag(json_response(StatusCode::OK, &json!({"a": 1})), Some(&tag));
         assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
-        assert!(futures_now(again.into_body()).is_empty());
+        assert!(again.body().is_empty());
         let changed = with_etag(json_response(StatusCode::OK, &json!({"a": 2})), Some(&tag));
         assert_eq!(changed.status(), StatusCode::OK);
         let err = with_etag(error(StatusCode::NOT_FOUND, "x"), Some(&tag));

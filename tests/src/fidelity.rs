@@ -84,6 +84,8 @@ struct State {
     depth_lag: Duration,
     pending_delete: Duration,
     list_bucket: bool,
+    /// Most keys one BatchGetItem answers; the rest come back unprocessed.
+    batch_get_limit: Option<usize>,
     calls: HashMap<String, usize>,
     /// (door label, operation) → count.
     calls_by_door: HashMap<(String, String), usize>,
@@ -243,6 +245,7 @@ impl Fidelity {
                 depth_lag: Duration::from_secs(60),
                 pending_delete: Duration::from_secs(300),
                 list_bucket: false,
+                batch_get_limit: None,
                 calls: HashMap::new(),
                 calls_by_door: HashMap::new(),
                 requests: Vec::new(),
@@ -295,6 +298,12 @@ impl Fidelity {
     /// key answers `403 AccessDenied`).
     pub fn set_list_bucket(&self, granted: bool) {
         self.shared.state().list_bucket = granted;
+    }
+
+    /// At most `n` keys of each `BatchGetItem` are read, the rest returned
+    /// as `UnprocessedKeys` (default: all read, as moto does).
+    pub fn set_batch_get_limit(&self, n: usize) {
+        self.shared.state().batch_get_limit = Some(n.max(1));
     }
 
     /// How many times clients called `op` (e.g. `"SetDesiredCapacity"`,
@@ -468,6 +477,13 @@ impl Shared {
                 op,
                 body: json,
             } if service == "AmazonSQS" => self.sqs(&op, &json, parts, body).await,
+            Call::Json {
+                service,
+                op,
+                body: json,
+            } if service.starts_with("DynamoDB") && op == "BatchGetItem" => {
+                self.batch_get(json, parts, body).await
+            }
             Call::Query { action, form } => {
                 let _turn = EC2_TURN.lock().await;
                 self.query(&action, &form, parts, body).await
@@ -478,6 +494,52 @@ impl Shared {
             }
             _ => self.forward(parts, body).await,
         }
+    }
+
+    /// BatchGetItem API reference
+    /// (https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_BatchGetItem.html):
+    /// "BatchGetItem returns a partial result if the response size limit is
+    /// exceeded, the table's provisioned throughput is exceeded, more than
+    /// 1MB per partition is requested, or an internal processing failure
+    /// occurs. If a partial result is returned, the operation returns a
+    /// value for UnprocessedKeys." moto always answers every key; with
+    /// [`Fidelity::set_batch_get_limit`] the proxy asks moto for the first
+    /// keys only and returns the others unprocessed.
+    async fn batch_get(
+        &self,
+        mut json: serde_json::Value,
+        parts: hyper::http::request::Parts,
+        body: Bytes,
+    ) -> Answer {
+        let Some(mut room) = self.state().batch_get_limit else {
+            return self.forward(parts, body).await;
+        };
+        let mut unprocessed = serde_json::Map::new();
+        if let Some(tables) = json["RequestItems"].as_object_mut() {
+            for (table, wanted) in tables.iter_mut() {
+                let Some(keys) = wanted["Keys"].as_array_mut() else {
+                    continue;
+                };
+                let keep = room.min(keys.len());
+                room -= keep;
+                let rest = keys.split_off(keep);
+                if !rest.is_empty() {
+                    let mut left = wanted.clone();
+                    left["Keys"] = serde_json::Value::Array(rest);
+                    unprocessed.insert(table.clone(), left);
+                }
+            }
+            tables.retain(|_, w| w["Keys"].as_array().is_some_and(|k| !k.is_empty()));
+        }
+        let answer = self.forward(parts, Bytes::from(json.to_string())).await;
+        let (parts, body) = answer.into_parts();
+        let Ok(mut out) = serde_json::from_slice::<serde_json::Value>(&full_bytes(&body)) else {
+            return Response::from_parts(parts, body);
+        };
+        if parts.status.is_success() && !unprocessed.is_empty() {
+            out["UnprocessedKeys"] = serde_json::Value::Object(unprocessed);
+        }
+        with_body(parts, out.to_string().into_bytes())
     }
 
     /// Sends the request to moto as it came, and its answer back as it came.

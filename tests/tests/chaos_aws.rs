@@ -270,9 +270,7 @@ impl World {
             .unwrap();
     }
 
-    /// Lambda's SQS poller for one function: batches of up to 10, the
-    /// successes deleted, the failures (and a killed invocation's whole
-    /// batch) left to come back.
+    /// Counts an invocation of `function`.
     fn invoked(&self, function: &'static str) {
         *self
             .invocations
@@ -282,6 +280,30 @@ impl World {
             .or_default() += 1;
     }
 
+    /// One invocation of `function`, as Lambda runs it, killed mid-way now
+    /// and then (counted); `None` when it was.
+    async fn invoke<T>(
+        &self,
+        function: &'static str,
+        run: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        self.invoked(function);
+        let out = match self.chaos.kill_after() {
+            Some(after) => tokio::time::timeout(after, run).await.ok(),
+            None => Some(run.await),
+        };
+        if out.is_none() {
+            self.chaos
+                .tally
+                .invocation_kills
+                .fetch_add(1, Ordering::SeqCst);
+        }
+        out
+    }
+
+    /// Lambda's SQS poller for one function: batches of up to 10, the
+    /// successes deleted, the failures (and a killed invocation's whole
+    /// batch) left to come back.
     async fn poller<F>(self: Arc<Self>, name: &'static str, queue: String, function: F)
     where
         F: Fn(Arc<World>, Batch) -> futures_like::BoxFuture<BatchOut>,
@@ -312,18 +334,9 @@ impl World {
                 }
                 continue;
             }
-            self.invoked(name);
             let run = function(self.clone(), studio_tests::sqs_event(&msgs));
             let t0 = Instant::now();
-            let out = match self.chaos.kill_after() {
-                Some(after) => tokio::time::timeout(after, run).await.ok(),
-                None => Some(run.await),
-            };
-            let Some((resp, _)) = out else {
-                self.chaos
-                    .tally
-                    .invocation_kills
-                    .fetch_add(1, Ordering::SeqCst);
+            let Some((resp, _)) = self.invoke(name, run).await else {
                 continue;
             };
             self.durations
@@ -372,37 +385,11 @@ impl World {
         let mut stop = self.stop.subscribe();
         let mut round = 0u64;
         while !*stop.borrow() {
-            self.invoked("scale-on-queue-depth");
-            let scale = lambda::scale(&self.scale);
-            match self.chaos.kill_after() {
-                Some(after) => {
-                    if tokio::time::timeout(after, scale).await.is_err() {
-                        self.chaos
-                            .tally
-                            .invocation_kills
-                            .fetch_add(1, Ordering::SeqCst);
-                    }
-                }
-                None => {
-                    let _ = scale.await;
-                }
-            }
+            self.invoke("scale-on-queue-depth", lambda::scale(&self.scale))
+                .await;
             if round.is_multiple_of(3) {
-                self.invoked("cleanup-empty-group");
-                let cleanup = lambda::cleanup(&self.cleanup);
-                match self.chaos.kill_after() {
-                    Some(after) => {
-                        if tokio::time::timeout(after, cleanup).await.is_err() {
-                            self.chaos
-                                .tally
-                                .invocation_kills
-                                .fetch_add(1, Ordering::SeqCst);
-                        }
-                    }
-                    None => {
-                        let _ = cleanup.await;
-                    }
-                }
+                self.invoke("cleanup-empty-group", lambda::cleanup(&self.cleanup))
+                    .await;
             }
             round += 1;
             tokio::select! {

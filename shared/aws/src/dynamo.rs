@@ -104,18 +104,10 @@ fn job_item(job: &Job) -> Item {
     item
 }
 
-fn pool_state(p: PoolState) -> &'static str {
-    match p {
-        PoolState::Live => "live",
-        PoolState::Deleting => "deleting",
-        PoolState::Deleted => "deleted",
-    }
-}
-
 fn pool_item(pool: &Pool) -> Item {
     Item::from([
         ("key".to_string(), s(pool.key.as_str())),
-        ("state".to_string(), s(pool_state(pool.state))),
+        ("state".to_string(), s(pool.state.as_str())),
         ("version".to_string(), n(pool.version)),
         (
             "record".to_string(),
@@ -374,8 +366,8 @@ impl DynamoStore {
     }
 
     /// The jobs `ids` names, in that order, read with BatchGetItem (100
-    /// keys a call; keys DynamoDB leaves unprocessed, when throttled, are
-    /// asked again with backoff). Eventually consistent, at half the read
+    /// keys a call; keys DynamoDB leaves unprocessed are asked again, with
+    /// backoff when a call read none). Eventually consistent, at half the read
     /// units: a listing is a look, and the index it came from lags anyway.
     /// A job TTL removed since its key was listed is left out.
     async fn get_jobs(&self, ids: &[String]) -> Result<Vec<Job>, PortError> {
@@ -385,8 +377,11 @@ impl DynamoStore {
                 .iter()
                 .map(|id| Item::from([("id".to_string(), s(id.as_str()))]))
                 .collect();
-            let mut tries = 0u32;
+            // Backoff only when a call read nothing: a partial answer (the
+            // response's size) is asked again at once.
+            let mut idle = 0u32;
             while !keys.is_empty() {
+                let asked = keys.len();
                 let wanted = KeysAndAttributes::builder()
                     .set_keys(Some(keys))
                     .consistent_read(false)
@@ -412,18 +407,17 @@ impl DynamoStore {
                     .and_then(|mut u| u.remove(&self.jobs))
                     .map(|k| k.keys)
                     .unwrap_or_default();
-                if !keys.is_empty() {
-                    tries += 1;
-                    if tries > 6 {
+                if !keys.is_empty() && keys.len() == asked {
+                    idle += 1;
+                    if idle > 6 {
                         return Err(PortError::backend(
                             PORT,
                             AwsError::Shape(format!(
-                                "BatchGetItem left {} keys unprocessed after {tries} tries (throttled)",
-                                keys.len()
+                                "BatchGetItem read none of {asked} keys in {idle} tries (throttled)"
                             )),
                         ));
                     }
-                    tokio::time::sleep(Duration::from_millis(25 << tries)).await;
+                    tokio::time::sleep(Duration::from_millis(25 << idle)).await;
                 }
             }
         }

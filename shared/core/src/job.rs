@@ -304,6 +304,29 @@ impl Job {
         self.attempts.iter().map(|a| a.cost_micro_usd(now)).sum()
     }
 
+    /// The script and its arguments, as typed.
+    pub fn command_line(&self) -> String {
+        std::iter::once(self.spec.entrypoint.as_str())
+            .chain(self.spec.args.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// When the job ended: its last write, once it is terminal.
+    pub fn ended_at(&self) -> Option<Timestamp> {
+        self.state.is_terminal().then_some(self.updated_at)
+    }
+
+    /// How long it has run: from its first attempt's start to its end (or
+    /// `now`); zero before any attempt started.
+    pub fn runtime(&self, now: Timestamp) -> std::time::Duration {
+        self.attempts
+            .first()
+            .map_or(std::time::Duration::ZERO, |a| {
+                self.ended_at().unwrap_or(now).since(a.started_at)
+            })
+    }
+
     /// When the current attempt last showed life: its heartbeat, or its claim.
     pub fn last_beat(&self) -> Timestamp {
         self.heartbeat_at.unwrap_or(self.updated_at)

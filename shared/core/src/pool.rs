@@ -77,6 +77,17 @@ pub enum PoolState {
     Deleted,
 }
 
+impl PoolState {
+    /// The word stores and the API keep (as serde writes it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolState::Live => "live",
+            PoolState::Deleting => "deleting",
+            PoolState::Deleted => "deleted",
+        }
+    }
+}
+
 /// A pool record, written with compare-and-set on `version` like a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pool {

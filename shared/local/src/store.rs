@@ -9,7 +9,7 @@ use rusqlite::{params, OptionalExtension};
 use std::sync::Arc;
 use studio_core::ids::{InstanceId, JobId, PoolKey};
 use studio_core::job::{Job, JobState};
-use studio_core::pool::{Pool, PoolState};
+use studio_core::pool::Pool;
 use studio_core::ports::{Created, JobPage, JobQuery, JobStore, PortError};
 
 const PORT: &str = "local store";
@@ -30,14 +30,6 @@ fn decode<T: serde::de::DeserializeOwned>(s: String) -> Result<T, PortError> {
 
 fn encode<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("records always serialize")
-}
-
-fn pool_state(s: PoolState) -> &'static str {
-    match s {
-        PoolState::Live => "live",
-        PoolState::Deleting => "deleting",
-        PoolState::Deleted => "deleted",
-    }
 }
 
 /// Creates the job unless one with its id exists, on `conn` (which may be a
@@ -241,7 +233,7 @@ impl JobStore for SqliteStore {
                 "INSERT OR IGNORE INTO pools (key, state, version, record) VALUES (?1, ?2, ?3, ?4)",
                 params![
                     pool.key.as_str(),
-                    pool_state(pool.state),
+                    pool.state.as_str(),
                     pool.version as i64,
                     encode(pool)
                 ],
@@ -269,7 +261,7 @@ impl JobStore for SqliteStore {
             .execute(
                 "UPDATE pools SET state = ?1, version = ?2, record = ?3 WHERE key = ?4 AND version = ?5",
                 params![
-                    pool_state(next.state),
+                    next.state.as_str(),
                     next.version as i64,
                     encode(&next),
                     pool.key.as_str(),
