@@ -113,13 +113,6 @@ fn shows_token(req: &Request<Incoming>, token: &str) -> bool {
     bearer || cookie
 }
 
-/// Which store holds a job.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Local,
-    Aws,
-}
-
 struct ApiError(StatusCode, String);
 
 impl From<PortError> for ApiError {
@@ -135,51 +128,25 @@ impl Sources {
         self.local.lock().expect("not poisoned").clone()
     }
 
-    fn stores(&self) -> Vec<(Side, StoreRef<'_>)> {
+    fn stores(&self) -> Vec<StoreRef<'_>> {
         let mut out = Vec::new();
         if let Some(l) = self.local() {
-            out.push((Side::Local, StoreRef::Local(l)));
+            out.push(StoreRef::Local(l));
         }
         if let Some(a) = &self.aws {
-            out.push((Side::Aws, StoreRef::Aws(a)));
+            out.push(StoreRef::Aws(a));
         }
         out
     }
 
-    async fn find(&self, id: &JobId) -> Result<Option<(Side, StoreRef<'_>, Job)>, ApiError> {
-        for (side, store) in self.stores() {
+    /// A job, and the store that holds its record.
+    async fn find(&self, id: &JobId) -> Result<Option<(StoreRef<'_>, Job)>, ApiError> {
+        for store in self.stores() {
             if let Some(j) = store.get().get_job(id).await? {
-                return Ok(Some((side, store, j)));
+                return Ok(Some((store, j)));
             }
         }
         Ok(None)
-    }
-
-    /// The files of `job`, held on `side`.
-    fn artifacts(&self, side: Side, job: &Job) -> Result<Box<dyn ArtifactRef + '_>, ApiError> {
-        match side {
-            Side::Local => Ok(Box::new(
-                self.local().expect("found there").artifacts.clone(),
-            )),
-            Side::Aws => {
-                let aws = self.aws.as_ref().expect("found there");
-                if studio_core::route::Provider::of(job.spec.cloud)
-                    == studio_core::route::Provider::Gcp
-                {
-                    return self
-                        .gcs
-                        .as_ref()
-                        .map(|g| Box::new(g) as Box<dyn ArtifactRef>)
-                        .ok_or_else(|| {
-                            ApiError(
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                "GCE jobs keep their files in a GCS bucket: set STUDIO_GCP_BUCKET (or bucket in [gcp] of config.toml)".into(),
-                            )
-                        });
-                }
-                Ok(Box::new(&aws.artifacts))
-            }
-        }
     }
 }
 
@@ -189,27 +156,37 @@ enum StoreRef<'a> {
     Aws(&'a studio_aws::AwsJobs),
 }
 
-impl StoreRef<'_> {
+impl<'a> StoreRef<'a> {
     fn get(&self) -> &dyn JobStore {
         match self {
             StoreRef::Local(l) => l.store.as_ref(),
             StoreRef::Aws(a) => &a.store,
         }
     }
-}
 
-/// An artifact store however it is held.
-trait ArtifactRef: Send + Sync {
-    fn get(&self) -> &dyn ArtifactStore;
-}
-impl<T: ArtifactStore> ArtifactRef for Arc<T> {
-    fn get(&self) -> &dyn ArtifactStore {
-        self.as_ref()
-    }
-}
-impl<T: ArtifactStore> ArtifactRef for &T {
-    fn get(&self) -> &dyn ArtifactStore {
-        *self
+    /// The files of `job`, whose record this store holds: GCE jobs'
+    /// records are in the AWS deployment, their files in GCS.
+    fn artifacts<'s>(
+        &'s self,
+        src: &'s Sources,
+        job: &Job,
+    ) -> Result<&'s dyn ArtifactStore, ApiError> {
+        match self {
+            StoreRef::Local(l) => Ok(l.artifacts.as_ref()),
+            StoreRef::Aws(a) => {
+                if studio_core::route::Provider::of(job.spec.cloud)
+                    != studio_core::route::Provider::Gcp
+                {
+                    return Ok(&a.artifacts);
+                }
+                src.gcs.as_ref().map(|g| g as &dyn ArtifactStore).ok_or_else(|| {
+                    ApiError(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "GCE jobs keep their files in a GCS bucket: set STUDIO_GCP_BUCKET (or bucket in [gcp] of config.toml)".into(),
+                    )
+                })
+            }
+        }
     }
 }
 
@@ -379,7 +356,7 @@ async fn list(src: &Sources, query: &[(String, String)]) -> ApiResult {
         limit,
     };
     let mut pages = Vec::new();
-    for (_, store) in src.stores() {
+    for store in src.stores() {
         pages.push(store.get().page_jobs(&q).await?);
     }
     let JobPage { jobs, next } = merge_pages(pages, limit);
@@ -445,7 +422,7 @@ fn attempt_json(j: &Job, a: &Attempt, now: Timestamp) -> Value {
 
 /// `GET /api/v1/jobs/ID`.
 async fn detail(src: &Sources, id: &JobId) -> ApiResult {
-    let Some((side, _, j)) = src.find(id).await? else {
+    let Some((store, j)) = src.find(id).await? else {
         return Err(not_found(id));
     };
     let now = SystemClock.now();
@@ -458,8 +435,8 @@ async fn detail(src: &Sources, id: &JobId) -> ApiResult {
     {
         None => Value::Null,
         Some((n, r)) => {
-            let arts = src.artifacts(side, &j)?;
-            let m = studio_core::outputs::manifest(arts.get(), &j.id, &r, &src.scratch).await?;
+            let arts = store.artifacts(src, &j)?;
+            let m = studio_core::outputs::manifest(arts, &j.id, &r, &src.scratch).await?;
             json!({
                 "attempt": n,
                 "files": m.files.iter().map(|f| json!({
@@ -494,7 +471,7 @@ async fn detail(src: &Sources, id: &JobId) -> ApiResult {
 
 /// `GET /api/v1/jobs/ID/log?offset=N`.
 async fn log(src: &Sources, id: &JobId, query: &[(String, String)]) -> ApiResult {
-    let Some((side, _, j)) = src.find(id).await? else {
+    let Some((store, j)) = src.find(id).await? else {
         return Err(not_found(id));
     };
     let offset = match query.iter().find(|(k, _)| k == "offset") {
@@ -506,8 +483,8 @@ async fn log(src: &Sources, id: &JobId, query: &[(String, String)]) -> ApiResult
             )
         })?),
     };
-    let arts = src.artifacts(side, &j)?;
-    let bytes = arts.get().read_log(id, offset.unwrap_or(0)).await?;
+    let arts = store.artifacts(src, &j)?;
+    let bytes = arts.read_log(id, offset.unwrap_or(0)).await?;
     let mut start = offset.unwrap_or(0);
     let mut text: &[u8] = &bytes;
     if offset.is_none() && text.len() > LOG_TAIL {
@@ -550,7 +527,7 @@ async fn log(src: &Sources, id: &JobId, query: &[(String, String)]) -> ApiResult
 
 /// `POST /api/v1/jobs/ID/cancel`: what `studio cancel` does.
 async fn cancel(src: &Sources, id: &JobId) -> ApiResult {
-    let Some((_, store, _)) = src.find(id).await? else {
+    let Some((store, _)) = src.find(id).await? else {
         return Err(not_found(id));
     };
     let by = format!("ui:{}", src.user);
@@ -583,7 +560,7 @@ async fn cancel(src: &Sources, id: &JobId) -> ApiResult {
 
 /// `GET /api/v1/jobs/ID/outputs/N/PATH`: one output file of attempt N.
 async fn output(src: &Sources, id: &JobId, n: u32, path: &str) -> ApiResult {
-    let Some((side, _, j)) = src.find(id).await? else {
+    let Some((store, j)) = src.find(id).await? else {
         return Err(not_found(id));
     };
     let r = j
@@ -597,8 +574,8 @@ async fn output(src: &Sources, id: &JobId, n: u32, path: &str) -> ApiResult {
                 format!("attempt {n} of job {id} left no outputs"),
             )
         })?;
-    let arts = src.artifacts(side, &j)?;
-    let m = studio_core::outputs::manifest(arts.get(), id, &r, &src.scratch).await?;
+    let arts = store.artifacts(src, &j)?;
+    let m = studio_core::outputs::manifest(arts, id, &r, &src.scratch).await?;
     let f = m.files.iter().find(|f| f.path == path).ok_or_else(|| {
         ApiError(
             StatusCode::NOT_FOUND,
@@ -608,7 +585,7 @@ async fn output(src: &Sources, id: &JobId, n: u32, path: &str) -> ApiResult {
     let tmp = src
         .scratch
         .join(format!("{}.{}", f.sha256, std::process::id()));
-    arts.get().get_blob(id, &f.sha256, &tmp).await?;
+    arts.get_blob(id, &f.sha256, &tmp).await?;
     let read = tokio::fs::read(&tmp).await;
     let _ = tokio::fs::remove_file(&tmp).await;
     let bytes = read.map_err(|e| {
@@ -637,7 +614,7 @@ async fn output(src: &Sources, id: &JobId, n: u32, path: &str) -> ApiResult {
 /// `GET /api/v1/pools`: live pools with what scaling last saw.
 async fn pools(src: &Sources) -> ApiResult {
     let mut all: Vec<Pool> = Vec::new();
-    for (_, store) in src.stores() {
+    for store in src.stores() {
         all.extend(store.get().live_pools().await?);
     }
     let pools: Vec<Value> = all
