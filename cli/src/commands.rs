@@ -556,7 +556,7 @@ async fn pull_outputs(
         },
     };
     let (n, r) = chosen;
-    let m = studio_core::outputs::manifest(side.artifacts(), &job.id, &r, &std::env::temp_dir())
+    let m = studio_core::outputs_store::manifest(side.artifacts(), &job.id, &r, &std::env::temp_dir())
         .await?;
     std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
     let total: u64 = m.files.iter().map(|f| f.size).sum();
@@ -564,8 +564,8 @@ async fn pull_outputs(
     let mut done = 0u64;
     let mut count = 0usize;
     let files = m.files.len();
-    let mut progress = |p: &studio_core::outputs::Pulled| {
-        use studio_core::outputs::Pulled;
+    let mut progress = |p: &studio_core::outputs_store::Pulled| {
+        use studio_core::outputs_store::Pulled;
         let size = match p {
             Pulled::Wrote { size, .. } | Pulled::Kept { size, .. } => *size,
         };
@@ -585,7 +585,7 @@ async fn pull_outputs(
             );
         }
     };
-    let pulled = studio_core::outputs::pull(side.artifacts(), &job.id, &m, dest, &mut progress)
+    let pulled = studio_core::outputs_store::pull(side.artifacts(), &job.id, &m, dest, &mut progress)
         .await
         .map_err(|e| CliError::Other(anyhow::anyhow!("pulling outputs of {}: {e}", job.id)))?;
     if tty {
@@ -594,14 +594,14 @@ async fn pull_outputs(
     let (mut wrote, mut kept, mut bytes) = (0, 0, 0u64);
     for p in &pulled {
         match p {
-            studio_core::outputs::Pulled::Wrote { path, size } => {
+            studio_core::outputs_store::Pulled::Wrote { path, size } => {
                 wrote += 1;
                 bytes += size;
                 if list {
                     println!("{}", dest.join(path).display());
                 }
             }
-            studio_core::outputs::Pulled::Kept { .. } => kept += 1,
+            studio_core::outputs_store::Pulled::Kept { .. } => kept += 1,
         }
     }
     eprintln!(

@@ -436,7 +436,7 @@ async fn detail(src: &Sources, id: &JobId) -> ApiResult {
         None => Value::Null,
         Some((n, r)) => {
             let arts = store.artifacts(src, &j)?;
-            let m = studio_core::outputs::manifest(arts, &j.id, &r, &src.scratch).await?;
+            let m = studio_core::outputs_store::manifest(arts, &j.id, &r, &src.scratch).await?;
             json!({
                 "attempt": n,
                 "files": m.files.iter().map(|f| json!({
@@ -575,7 +575,7 @@ async fn output(src: &Sources, id: &JobId, n: u32, path: &str) -> ApiResult {
             )
         })?;
     let arts = store.artifacts(src, &j)?;
-    let m = studio_core::outputs::manifest(arts, id, &r, &src.scratch).await?;
+    let m = studio_core::outputs_store::manifest(arts, id, &r, &src.scratch).await?;
     let f = m.files.iter().find(|f| f.path == path).ok_or_else(|| {
         ApiError(
             StatusCode::NOT_FOUND,

@@ -176,10 +176,14 @@ async fn notice_then_resume(ctx: Ctx, artifacts: Arc<dyn ArtifactStore>, work_ro
         .clone()
         .expect("attempt 1's outputs");
     let scratch = tempfile::tempdir().unwrap();
-    let m1 =
-        studio_core::outputs::manifest(artifacts.as_ref(), &job.id, &first_outputs, scratch.path())
-            .await
-            .unwrap();
+    let m1 = studio_core::outputs_store::manifest(
+        artifacts.as_ref(),
+        &job.id,
+        &first_outputs,
+        scratch.path(),
+    )
+    .await
+    .unwrap();
     let paths: Vec<&str> = m1.files.iter().map(|f| f.path.as_str()).collect();
     assert!(
         paths.contains(&"model.bin") && paths.contains(&"config.json"),
@@ -226,17 +230,21 @@ async fn notice_then_resume(ctx: Ctx, artifacts: Arc<dyn ArtifactStore>, work_ro
         .outputs
         .clone()
         .expect("attempt 2's outputs");
-    let m2 = studio_core::outputs::manifest(artifacts.as_ref(), &done.id, &last, scratch.path())
-        .await
-        .unwrap();
+    let m2 =
+        studio_core::outputs_store::manifest(artifacts.as_ref(), &done.id, &last, scratch.path())
+            .await
+            .unwrap();
     let dest = tempfile::tempdir().unwrap();
     let mut heard = 0;
-    let pulled =
-        studio_core::outputs::pull(artifacts.as_ref(), &done.id, &m2, dest.path(), &mut |_| {
-            heard += 1
-        })
-        .await
-        .unwrap();
+    let pulled = studio_core::outputs_store::pull(
+        artifacts.as_ref(),
+        &done.id,
+        &m2,
+        dest.path(),
+        &mut |_| heard += 1,
+    )
+    .await
+    .unwrap();
     assert_eq!((pulled.len(), heard), (m2.files.len(), m2.files.len()));
     let produced = work_root.join(done.id.as_str()).join("attempt-2/outputs");
     for f in ["model.bin", "config.json", "results/epoch-012.json"] {
@@ -257,26 +265,36 @@ async fn notice_then_resume(ctx: Ctx, artifacts: Arc<dyn ArtifactStore>, work_ro
         "each attempt's outputs are its own"
     );
     // A second pull downloads nothing.
-    let again =
-        studio_core::outputs::pull(artifacts.as_ref(), &done.id, &m2, dest.path(), &mut |_| {})
-            .await
-            .unwrap();
+    let again = studio_core::outputs_store::pull(
+        artifacts.as_ref(),
+        &done.id,
+        &m2,
+        dest.path(),
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
     assert!(
         again
             .iter()
-            .all(|p| matches!(p, studio_core::outputs::Pulled::Kept { .. })),
+            .all(|p| matches!(p, studio_core::outputs_store::Pulled::Kept { .. })),
         "{again:?}"
     );
     // A damaged local copy is replaced.
     std::fs::write(dest.path().join("model.bin"), b"damaged").unwrap();
-    let fixed =
-        studio_core::outputs::pull(artifacts.as_ref(), &done.id, &m2, dest.path(), &mut |_| {})
-            .await
-            .unwrap();
+    let fixed = studio_core::outputs_store::pull(
+        artifacts.as_ref(),
+        &done.id,
+        &m2,
+        dest.path(),
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
     assert_eq!(
         fixed
             .iter()
-            .filter(|p| matches!(p, studio_core::outputs::Pulled::Wrote { .. }))
+            .filter(|p| matches!(p, studio_core::outputs_store::Pulled::Wrote { .. }))
             .count(),
         1
     );

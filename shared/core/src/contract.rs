@@ -49,10 +49,10 @@ impl WorkspaceRef {
         &self,
         port: &'static str,
         bytes: Vec<u8>,
-    ) -> Result<Vec<u8>, crate::ports::PortError> {
+    ) -> Result<Vec<u8>, crate::error::PortError> {
         use sha2::Digest;
         if hex::encode(sha2::Sha256::digest(&bytes)) != self.sha256 {
-            return Err(crate::ports::PortError::backend(
+            return Err(crate::error::PortError::backend(
                 port,
                 format!("workspace {} is corrupt", self.sha256),
             ));

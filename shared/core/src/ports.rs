@@ -4,15 +4,13 @@
 
 use crate::clock::Timestamp;
 use crate::contract::WorkspaceRef;
+pub use crate::error::{BoxError, PortError};
 use crate::ids::{InstanceId, JobId, PoolKey};
 use crate::job::{CheckpointRef, Job, JobState};
 use crate::pool::{Pool, PoolSpec, QueueDepth};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
-use thiserror::Error;
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// What [`InputSource::fetch`] brought.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -33,34 +31,6 @@ pub trait InputSource: Send + Sync {
     /// # Errors
     /// Nothing there, access denied, a key that would leave `dest`, I/O.
     async fn fetch(&self, url: &str, dest: &std::path::Path) -> Result<Fetched, PortError>;
-}
-
-/// What can go wrong behind a port.
-#[derive(Debug, Error)]
-pub enum PortError {
-    /// A compare-and-set lost: the record changed since it was read.
-    #[error("conflict: the record changed since it was read")]
-    Conflict,
-    #[error("{0} not found")]
-    NotFound(String),
-    #[error("{what} is too large: {detail}")]
-    TooLarge { what: &'static str, detail: String },
-    /// The service failed; usually worth a retry.
-    #[error("{port}: {source}")]
-    Backend {
-        port: &'static str,
-        #[source]
-        source: BoxError,
-    },
-}
-
-impl PortError {
-    pub fn backend(port: &'static str, source: impl Into<BoxError>) -> PortError {
-        PortError::Backend {
-            port,
-            source: source.into(),
-        }
-    }
 }
 
 /// The result of an idempotent create.

@@ -50,7 +50,7 @@ pub fn provider_of_queue(queue: &str) -> Provider {
 
 fn unserved(what: &str) -> PortError {
     PortError::NotFound(format!(
-        "{what}: this deployment has no GCP settings (see the README, \"GCP\")"
+        "{what}: this deployment has no GCP settings (see docs/gcp.md)"
     ))
 }
 

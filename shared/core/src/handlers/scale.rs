@@ -1,0 +1,77 @@
+//! The `scale-on-queue-depth` function: every live pool is swept
+//! ([`crate::handlers::sweep`]), its target reconciled with the queue and
+//! what the fleet reports, and machines that run no worker retired.
+
+use crate::handlers::context::{Ctx, HandlerError};
+use crate::handlers::pools::scale_pool;
+use crate::handlers::sweep::sweep_pool;
+use crate::ids::PoolKey;
+use crate::pool::{Pool, PoolState};
+use crate::ports::PortError;
+use tracing::warn;
+
+/// `scale-on-queue-depth`: the sweep, then every live pool reconciled to
+/// its policy's size. The sweep, per pool:
+/// - a running attempt whose heartbeat is older than
+///   [`Settings::heartbeat_timeout`], or whose machine was warned longer
+///   than [`Settings::warning_grace`] ago, is lost: it runs again;
+/// - a requeue left half-done (`interrupted` for over a minute) is finished;
+/// - a job that never started within its `--lifetime` is cancelled.
+///
+/// # Errors
+/// The first error met; every pool is still tried.
+pub async fn scale(ctx: &Ctx) -> Result<Vec<(PoolKey, u32)>, HandlerError> {
+    let mut sizes = Vec::new();
+    let mut first_err = None;
+    for pool in ctx.store.live_pools().await? {
+        if pool.state != PoolState::Live {
+            continue;
+        }
+        let key = pool.key.clone();
+        if let Err(e) = retire_silent_machines(ctx, &pool).await {
+            warn!(pool = %key, error = %e, "retiring silent machines failed");
+            first_err.get_or_insert(e);
+        }
+        let (waiting, running) = match sweep_pool(ctx, &pool).await {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(pool = %key, error = %e, "sweep failed");
+                first_err.get_or_insert(e);
+                (0, 0)
+            }
+        };
+        match scale_pool(ctx, pool, waiting, running).await {
+            Ok(n) => sizes.push((key, n)),
+            Err(e) => {
+                warn!(pool = %key, error = %e, "scaling failed");
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(sizes),
+    }
+}
+
+/// Machines that run no live worker (a bootstrap that failed, a worker that
+/// died for good) cost money and count as capacity: each is taken out of
+/// its group with decrement, and the reconcile that follows raises the
+/// group again if work waits. A job on such a machine is requeued by its
+/// stale heartbeat.
+async fn retire_silent_machines(ctx: &Ctx, pool: &Pool) -> Result<(), HandlerError> {
+    let gk = pool.group_key();
+    let now = ctx.clock.now();
+    for id in ctx
+        .fleet
+        .silent(&gk, ctx.settings.worker_grace, now)
+        .await?
+    {
+        warn!(pool = %pool.key, instance = %id, "no live worker on this machine; terminating it");
+        match ctx.fleet.terminate(&gk, &id, true).await {
+            Ok(()) | Err(PortError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}

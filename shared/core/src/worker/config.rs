@@ -1,0 +1,119 @@
+//! How a worker is set up ([`WorkerConfig`]) and how often it talks to
+//! its cloud ([`Cadence`]).
+
+use crate::ids::{InstanceId, PoolKey};
+use crate::notice::NoticeSource;
+use crate::ports::InputSource;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often a worker polls, reads, beats, tells the fleet and flushes its
+/// log. On a cloud machine each is an API call (SQS, DynamoDB, EC2, S3), so
+/// these set what a job costs in requests: `studio worker` uses
+/// [`Cadence::CLOUD`] there, and the request-count measurement
+/// (`tests/tests/chaos_aws.rs`) uses the same values.
+#[derive(Debug, Clone, Copy)]
+pub struct Cadence {
+    pub poll_wait: Duration,
+    pub heartbeat: Duration,
+    pub beat_every: Duration,
+    pub seen_every: Duration,
+    pub notice_every: Duration,
+    pub log_every: Duration,
+    pub progress_every: Duration,
+}
+
+impl Cadence {
+    /// A worker on an EC2 or GCE machine.
+    pub const CLOUD: Cadence = Cadence {
+        poll_wait: Duration::from_secs(1),
+        heartbeat: Duration::from_secs(1),
+        // A DynamoDB write (the bound, STUDIO_HEARTBEAT_TIMEOUT, is 2 min).
+        beat_every: Duration::from_secs(30),
+        // A tag write on the instance: EC2's mutating-call rate is shared by
+        // the account, so every few minutes (the bound is 15).
+        seen_every: Duration::from_secs(300),
+        notice_every: Duration::from_secs(5),
+        // Each flush is one object on S3.
+        log_every: Duration::from_secs(3),
+        // With the heartbeat's own write: progress costs no request.
+        progress_every: Duration::from_secs(30),
+    };
+
+    /// Sets these on `cfg`.
+    pub fn apply(&self, cfg: &mut WorkerConfig) {
+        cfg.poll_wait = self.poll_wait;
+        cfg.heartbeat = self.heartbeat;
+        cfg.beat_every = self.beat_every;
+        cfg.seen_every = self.seen_every;
+        cfg.notice_every = self.notice_every;
+        cfg.log_every = self.log_every;
+        cfg.progress_every = self.progress_every;
+    }
+}
+
+#[derive(Clone)]
+pub struct WorkerConfig {
+    pub pool: PoolKey,
+    pub instance: InstanceId,
+    /// How long a received item stays invisible to other workers while it
+    /// is claimed (it is acked right after the claim).
+    pub lease: Duration,
+    /// How often the heartbeat is written on the job record (the control
+    /// plane's bound, `Settings::heartbeat_timeout`, is several of these).
+    pub beat_every: Duration,
+    /// Long-poll wait of one receive.
+    pub poll_wait: Duration,
+    /// How often the running job's record is read (cancel, warnings, takeover).
+    pub heartbeat: Duration,
+    /// How often the worker tells the fleet it is alive, busy or idle
+    /// (`Fleet::worker_seen`; the control plane retires silent machines).
+    pub seen_every: Duration,
+    /// Leave after this long without work and with an empty queue.
+    pub idle_timeout: Duration,
+    /// Between SIGTERM and SIGKILL when a script is stopped.
+    pub term_grace: Duration,
+    /// Runs go under `<work_root>/<job>/attempt-<n>/workspace`.
+    pub work_root: PathBuf,
+    pub python: String,
+    /// Where interruption notices come from (the machine's metadata service).
+    pub notice: Arc<dyn NoticeSource>,
+    /// How often the notice source is asked.
+    pub notice_every: Duration,
+    /// Upload the checkpoint directory at most this often (and only when it changed).
+    pub checkpoint_every: Duration,
+    /// How often output is shipped to the job's log (each flush is one
+    /// object on S3, so cloud workers flush every few seconds).
+    pub log_every: Duration,
+    /// A changed progress ([`crate::progress`]) is written on the record
+    /// at most this often (with a heartbeat when it is one's multiple).
+    pub progress_every: Duration,
+    /// `Some((uid, gid))`: scripts run as this user (cloud machines: an
+    /// unprivileged user the bootstrap creates and cuts off from the
+    /// instance metadata service, so a script never gets the machine's
+    /// role credentials). Its attempt directory is handed to it.
+    pub run_as: Option<(u32, u32)>,
+    /// `Some(dir)`: each job runs in a virtualenv under `dir`, built from its
+    /// `requirements.txt` and cached by the hash of that file and the
+    /// interpreter. `None`: scripts run with `python` as it is.
+    pub venv_root: Option<PathBuf>,
+    /// Fetches jobs' `inputs`; `None`: a job that names any fails to start,
+    /// saying so.
+    pub inputs: Option<Arc<dyn InputSource>>,
+}
+
+/// Largest checkpoint directory the worker uploads.
+pub const CHECKPOINT_LIMIT: u64 = 2 << 30;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerExit {
+    /// No work for `idle_timeout` and the queue is empty.
+    Idle,
+    /// Told to stop.
+    Shutdown,
+    /// The pool's queue is gone (cleanup deleted the pool).
+    PoolGone,
+    /// The machine is being reclaimed; the job was handed back.
+    Preempted,
+}

@@ -1,0 +1,239 @@
+//! Before the script starts: the attempt's directories, the workspace
+//! unpacked, inputs fetched, the last checkpoint restored, the Python
+//! environment built, and the attempt handed to the job's user.
+
+use crate::ids::JobId;
+use crate::job::Job;
+use crate::ports::ArtifactStore;
+use crate::worker::collect::{fingerprint, Saved};
+use crate::worker::config::WorkerConfig;
+use sha2::Digest;
+use std::path::PathBuf;
+use std::process::Stdio;
+use tokio::process::Command;
+
+/// Where one attempt's files live on this machine: under the work root,
+/// `JOB/attempt-N/{workspace,checkpoints,outputs}`.
+pub(crate) struct AttemptDirs {
+    pub(crate) attempt: PathBuf,
+    pub(crate) workspace: PathBuf,
+    pub(crate) checkpoints: PathBuf,
+    pub(crate) outputs: PathBuf,
+}
+
+impl AttemptDirs {
+    pub(crate) fn new(cfg: &WorkerConfig, id: &JobId, attempt: u32) -> AttemptDirs {
+        let dir = cfg
+            .work_root
+            .join(id.as_str())
+            .join(format!("attempt-{attempt}"));
+        AttemptDirs {
+            workspace: dir.join("workspace"),
+            checkpoints: dir.join("checkpoints"),
+            outputs: dir.join("outputs"),
+            attempt: dir,
+        }
+    }
+}
+
+/// Everything before the script starts: the workspace unpacked, the inputs
+/// fetched, the directories made, the recorded checkpoint restored (noted
+/// in `saved`), and the Python environment. Returns the python to run.
+///
+/// # Errors
+/// Why the attempt cannot start, for its failure reason.
+pub(crate) async fn prepare(
+    artifacts: &dyn ArtifactStore,
+    cfg: &WorkerConfig,
+    job: &Job,
+    dirs: &AttemptDirs,
+    saved: &mut Saved,
+) -> Result<PathBuf, String> {
+    let id = &job.id;
+    let (ws, ckpt) = (&dirs.workspace, &dirs.checkpoints);
+    let prepared = async {
+        let bytes = artifacts
+            .get_workspace(&job.spec.workspace)
+            .await
+            .map_err(|e| e.to_string())?;
+        crate::workspace::unpack(&bytes, ws).map_err(|e| e.to_string())?;
+        for i in &job.spec.inputs {
+            let Some(src) = &cfg.inputs else {
+                return Err(format!(
+                    "input {}: this worker has no way to fetch it",
+                    i.url
+                ));
+            };
+            let dest = ws.join(&i.path);
+            let got = src
+                .fetch(&i.url, &dest)
+                .await
+                .map_err(|e| format!("input {}: {e}", i.url))?;
+            let line = format!(
+                "[studio] input {} -> {}: {} file(s), {} bytes\n",
+                i.url, i.path, got.files, got.bytes
+            );
+            let _ = artifacts.append_log(id, line.as_bytes()).await;
+        }
+        std::fs::create_dir_all(ckpt).map_err(|e| format!("checkpoint dir: {e}"))?;
+        std::fs::create_dir_all(&dirs.outputs).map_err(|e| format!("output dir: {e}"))?;
+        // The checkpoint the record names, so the script resumes instead of
+        // starting over. Only a recorded one is fetched: under least
+        // privilege a probe for a missing key is a 403, not a "none".
+        if let Some(c) = &job.checkpoint {
+            let tar = artifacts
+                .get_checkpoint(id, c)
+                .await
+                .map_err(|e| format!("checkpoint of attempt {}: {e}", c.attempt))?;
+            let sha = hex::encode(sha2::Sha256::digest(&tar));
+            if sha != c.sha256 {
+                return Err(format!(
+                    "checkpoint of attempt {} is corrupt (sha256 {sha}, recorded {})",
+                    c.attempt, c.sha256
+                ));
+            }
+            crate::workspace::unpack(&tar, ckpt).map_err(|e| format!("checkpoint: {e}"))?;
+            saved.sha256 = Some(sha);
+        }
+        saved.fingerprint = Some(fingerprint(ckpt).map_err(|e| format!("checkpoint dir: {e}"))?);
+        Ok::<(), String>(())
+    }
+    .await;
+    if let Err(why) = prepared {
+        return Err(format!("workspace: {why}"));
+    }
+    match &cfg.venv_root {
+        None => Ok(cfg.python.clone().into()),
+        Some(root) => match ensure_venv(root, &cfg.python, ws).await {
+            Ok((python, created)) => {
+                if created {
+                    let line = format!(
+                        "[studio] built the python environment {}\n",
+                        python.display()
+                    );
+                    let _ = artifacts.append_log(id, line.as_bytes()).await;
+                }
+                Ok(python)
+            }
+            Err(why) => Err(format!("python environment: {why}")),
+        },
+    }
+}
+
+/// The attempt's directory handed to the job's user, when the worker runs
+/// scripts as another user.
+///
+/// # Errors
+/// Why it could not be, for the attempt's failure reason.
+pub(crate) fn hand_over(cfg: &WorkerConfig, dirs: &AttemptDirs) -> Result<(), String> {
+    if let Some((uid, gid)) = cfg.run_as {
+        chown_tree(&dirs.attempt, uid, gid)
+            .map_err(|e| format!("handing {} to uid {uid}: {e}", dirs.attempt.display()))?;
+    }
+    Ok(())
+}
+
+/// Gives `dir` and everything under it to `uid:gid` (symlinks themselves,
+/// never their targets).
+fn chown_tree(dir: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))?;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            chown_tree(&e.path(), uid, gid)?;
+        } else {
+            std::os::unix::fs::lchown(e.path(), Some(uid), Some(gid))?;
+        }
+    }
+    Ok(())
+}
+
+/// The interpreter of the job's virtualenv, building it first unless a job
+/// with the same `requirements.txt` (and interpreter) already did; `true`
+/// when it was built now. Concurrent workers on one machine wait for each
+/// other on a lock file instead of building the same environment twice.
+async fn ensure_venv(
+    root: &std::path::Path,
+    python: &str,
+    ws: &std::path::Path,
+) -> Result<(PathBuf, bool), String> {
+    let requirements = ws.join("requirements.txt");
+    let content = std::fs::read(&requirements).unwrap_or_default();
+    let mut h = sha2::Sha256::new();
+    h.update(python.as_bytes());
+    h.update([0]);
+    h.update(&content);
+    let key = &hex::encode(h.finalize())[..16];
+    let dir = root.join(key);
+    let bin = dir.join("bin").join("python");
+    let ready = dir.join(".studio-ready");
+    if ready.exists() {
+        return Ok((bin, false));
+    }
+    std::fs::create_dir_all(root).map_err(|e| format!("{}: {e}", root.display()))?;
+    let lock_path = root.join(format!("{key}.lock"));
+    let lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(lock_path)?;
+        // SAFETY: flock on a file descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            Ok(f)
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("lock: {e}"))?;
+    if ready.exists() {
+        return Ok((bin, false));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    run_quiet(
+        Command::new(python).arg("-m").arg("venv").arg(&dir),
+        "python -m venv",
+    )
+    .await?;
+    if content.iter().any(|b| !b.is_ascii_whitespace()) {
+        run_quiet(
+            Command::new(&bin)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--disable-pip-version-check",
+                    "--quiet",
+                    "-r",
+                ])
+                .arg(&requirements)
+                .current_dir(ws),
+            "pip install -r requirements.txt",
+        )
+        .await?;
+    }
+    std::fs::write(&ready, b"").map_err(|e| e.to_string())?;
+    drop(lock);
+    Ok((bin, true))
+}
+
+async fn run_quiet(cmd: &mut Command, what: &str) -> Result<(), String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("{what}: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    let tail: Vec<&str> = err.lines().rev().take(3).collect();
+    Err(format!(
+        "{what} failed ({}): {}",
+        out.status,
+        tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+    ))
+}

@@ -1,0 +1,191 @@
+//! The loop: receive a work item, claim its job, run the attempt (while
+//! the machine is protected from scale-in), ack; leave when idle.
+
+use crate::handlers::{claim_work, Claim, Ctx, HandlerError};
+use crate::job::Job;
+use crate::notice::Notice;
+use crate::ports::{ArtifactStore, PortError, Received};
+use crate::worker::collect::RunEnd;
+use crate::worker::config::{WorkerConfig, WorkerExit};
+use crate::worker::liveness::{spawn_heartbeat, spawn_seen};
+use crate::worker::run::run_attempt;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+/// Runs until idle, told to stop, or the pool is deleted.
+///
+/// # Errors
+/// None at present: per-item failures are logged and the item is left to
+/// its lease; the `Result` is kept for adapters that can fail to start.
+pub async fn run_worker(
+    ctx: &Ctx,
+    artifacts: &dyn ArtifactStore,
+    cfg: &WorkerConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<WorkerExit, HandlerError> {
+    let queue = ctx.settings.work_queue(&cfg.pool);
+    // Workers of a fixed-size pool stay until cleanup removes the pool: the
+    // scale handler keeps the group at its size, so a worker that left idle
+    // would only be replaced.
+    let (pool_key, _) = crate::pool::split_group_key(&cfg.pool);
+    let fixed = matches!(
+        ctx.store.get_pool(&pool_key).await,
+        Ok(Some(p)) if matches!(p.spec.policy, crate::resources::WorkerPolicy::Fixed(_))
+    );
+    let _alive = spawn_seen(ctx, cfg);
+    let mut idle_since = ctx.clock.now();
+    let mut draining = false;
+    let mut last_notice: Option<Instant> = None;
+    info!(pool = %cfg.pool, instance = %cfg.instance, "worker started");
+    loop {
+        if *shutdown.borrow() {
+            return Ok(WorkerExit::Shutdown);
+        }
+        if last_notice.is_none_or(|t| t.elapsed() >= cfg.notice_every) {
+            last_notice = Some(Instant::now());
+            match cfg.notice.check().await {
+                Notice::Terminate(why) => {
+                    info!(reason = %why, "machine is being reclaimed; leaving");
+                    return Ok(WorkerExit::Preempted);
+                }
+                Notice::Rebalance if !draining => {
+                    info!("rebalance recommendation: taking no new work");
+                    draining = true;
+                }
+                _ => {}
+            }
+        }
+        let idle_for = ctx.clock.now().since(idle_since);
+        if draining {
+            if idle_for >= cfg.idle_timeout {
+                leave(ctx, cfg).await?;
+                return Ok(WorkerExit::Idle);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(cfg.notice_every.min(cfg.poll_wait)) => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
+        let received = tokio::select! {
+            r = ctx.queue.receive(&queue, 1, cfg.lease, cfg.poll_wait) => r,
+            r = shutdown.changed() => {
+                if r.is_err() { return Ok(WorkerExit::Shutdown); }
+                continue;
+            }
+        };
+        let msgs = match received {
+            Ok(m) => m,
+            Err(PortError::NotFound(_)) => return Ok(WorkerExit::PoolGone),
+            Err(e) => {
+                warn!(error = %e, "receive failed");
+                tokio::time::sleep(cfg.poll_wait).await;
+                continue;
+            }
+        };
+        if msgs.is_empty() {
+            if !fixed
+                && idle_for >= cfg.idle_timeout
+                && ctx.queue.depth(&queue).await.is_ok_and(|d| d.total() == 0)
+            {
+                // A worker that cannot take its machine out of the group
+                // fails, so it is restarted (and the machine is not left
+                // running with nothing on it).
+                leave(ctx, cfg).await?;
+                return Ok(WorkerExit::Idle);
+            }
+            continue;
+        }
+        for msg in msgs {
+            let preempted = handle_item(ctx, artifacts, cfg, &queue, &msg, &mut shutdown).await;
+            idle_since = ctx.clock.now();
+            if preempted {
+                return Ok(WorkerExit::Preempted);
+            }
+        }
+    }
+}
+
+/// An idle worker takes its machine out of the group, lowering the target so
+/// it is not replaced.
+pub(crate) async fn leave(ctx: &Ctx, cfg: &WorkerConfig) -> Result<(), PortError> {
+    info!(instance = %cfg.instance, "idle with an empty queue; terminating this machine");
+    ctx.fleet
+        .terminate(&cfg.pool, &cfg.instance, true)
+        .await
+        .inspect_err(|e| warn!(error = %e, "could not terminate this machine through the group"))
+}
+
+async fn handle_item(
+    ctx: &Ctx,
+    artifacts: &dyn ArtifactStore,
+    cfg: &WorkerConfig,
+    queue: &str,
+    msg: &Received,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let mut preempted = false;
+    let ack = match claim_work(ctx, &cfg.instance, msg).await {
+        Err(HandlerError::BadInput(e)) => {
+            warn!(message_id = %msg.message_id, error = %e, "poison work item");
+            if let Err(e) = ctx.queue.dead_letter(queue, msg, &e.to_string()).await {
+                warn!(error = %e, "dead-lettering failed");
+            }
+            return false;
+        }
+        Err(e) => {
+            warn!(message_id = %msg.message_id, error = %e, "claim failed; item will come back");
+            let _ = ctx
+                .queue
+                .release(queue, &msg.receipt, Duration::from_secs(5))
+                .await;
+            return false;
+        }
+        Ok(Claim::Drop(why)) => {
+            info!(message_id = %msg.message_id, reason = %why, "work item dropped");
+            true
+        }
+        Ok(Claim::Run(job)) => {
+            // The claim on the record is the lock from here on: ack the item
+            // now, so no queue lease has to outlast the run.
+            if let Err(e) = ctx.queue.ack(queue, &msg.receipt).await {
+                warn!(error = %e, "ack failed; a redelivery is recognised as a duplicate");
+            }
+            let end = run_job(ctx, artifacts, cfg, *job, shutdown).await;
+            preempted = end.preempted;
+            false
+        }
+    };
+    if ack {
+        if let Err(e) = ctx.queue.ack(queue, &msg.receipt).await {
+            warn!(error = %e, "ack failed; the item will be redelivered and recognised");
+        }
+    }
+    preempted
+}
+
+/// Runs one claimed attempt to its end and records it.
+async fn run_job(
+    ctx: &Ctx,
+    artifacts: &dyn ArtifactStore,
+    cfg: &WorkerConfig,
+    job: Job,
+    shutdown: &mut watch::Receiver<bool>,
+) -> RunEnd {
+    let id = job.id.clone();
+    let attempt = job.attempt;
+    let zone = cfg.notice.zone().await;
+    let (progress_tx, progress_rx) = watch::channel(None::<f32>);
+    let (mut seen, _beating) = spawn_heartbeat(ctx, cfg, &id, attempt, zone, progress_rx);
+    // Busy: the group must not pick this machine for scale-in or rebalancing.
+    if let Err(e) = ctx.fleet.protect(&cfg.pool, &cfg.instance, true).await {
+        warn!(error = %e, "could not protect this machine from scale-in");
+    }
+    let end = run_attempt(ctx, artifacts, cfg, job, shutdown, &mut seen, &progress_tx).await;
+    if let Err(e) = ctx.fleet.protect(&cfg.pool, &cfg.instance, false).await {
+        warn!(error = %e, "could not lift this machine's scale-in protection");
+    }
+    end
+}

@@ -1,0 +1,311 @@
+//! The script's run: its process group, its output pumped to the job's
+//! log, its progress, and the stops (cancel, notice, shutdown, limits).
+
+use crate::handlers::Ctx;
+use crate::ids::JobId;
+use crate::job::Job;
+use crate::notice::Notice;
+use crate::ports::ArtifactStore;
+use crate::progress;
+use crate::worker::collect::{
+    fail_to_start, finish, hand_back, last_lines, mark_script_ended, save_outputs, sync_checkpoint,
+    RunEnd, Saved,
+};
+use crate::worker::config::WorkerConfig;
+use crate::worker::environment::{hand_over, prepare, AttemptDirs};
+use crate::worker::liveness::{end_over_budget, over_budget, Seen};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{interval, timeout, Instant, MissedTickBehavior};
+use tracing::{info, warn};
+
+pub(crate) enum Stop {
+    Cancelled,
+    /// The metadata service gave notice.
+    Preempted(String),
+    MaxDuration(Duration),
+    Shutdown,
+    /// The record moved on without us (our lease lapsed and another took over).
+    Lost,
+    /// The job's cost would pass its `max_cost_cents` before the next check.
+    Budget(String),
+}
+
+pub(crate) async fn run_attempt(
+    ctx: &Ctx,
+    artifacts: &dyn ArtifactStore,
+    cfg: &WorkerConfig,
+    job: Job,
+    shutdown: &mut watch::Receiver<bool>,
+    seen: &mut watch::Receiver<Seen>,
+    progress_tx: &watch::Sender<Option<f32>>,
+) -> RunEnd {
+    let id = job.id.clone();
+    let attempt = job.attempt;
+    let me = format!("worker:{}", cfg.instance);
+    let dirs = AttemptDirs::new(cfg, &id, attempt);
+    let mut saved = Saved::default();
+    info!(job_id = %id, attempt, "running");
+    if attempt > 1 {
+        let line = format!("[studio] --- attempt {attempt} on {} ---\n", cfg.instance);
+        let _ = artifacts.append_log(&id, line.as_bytes()).await;
+    }
+
+    let python = match prepare(artifacts, cfg, &job, &dirs, &mut saved).await {
+        Ok(python) => python,
+        Err(why) => return fail_to_start(ctx, &id, attempt, &cfg.instance, why).await,
+    };
+    match *seen.borrow() {
+        Seen::Cancelled | Seen::Lost => {
+            info!(job_id = %id, "attempt ended before its script started");
+            return RunEnd::default();
+        }
+        Seen::Ours | Seen::Warned => {}
+    }
+    if let Err(why) = hand_over(cfg, &dirs) {
+        return fail_to_start(ctx, &id, attempt, &cfg.instance, why).await;
+    }
+    let mut cmd = Command::new(&python);
+    cmd.arg(&job.spec.entrypoint)
+        .args(&job.spec.args)
+        .current_dir(&dirs.workspace)
+        .envs(&job.spec.env)
+        .env("STUDIO_JOB_ID", id.as_str())
+        .env("STUDIO_ATTEMPT", attempt.to_string())
+        .env("STUDIO_CHECKPOINT_DIR", &dirs.checkpoints)
+        .env("STUDIO_OUTPUT_DIR", &dirs.outputs)
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    if let Some((uid, gid)) = cfg.run_as {
+        cmd.uid(uid).gid(gid).env("HOME", &dirs.workspace);
+    }
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            // If the worker dies, so does its script, as on a real machine.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let why = format!("cannot start {}: {e}", python.display());
+            return fail_to_start(ctx, &id, attempt, &cfg.instance, why).await;
+        }
+    };
+    let pgid = child.id().map_or(0, |p| p as i32);
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(pump(out, tx.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(pump(err, tx));
+    }
+
+    let mut buf: Vec<u8> = Vec::new();
+    let mut flush_tick = interval(cfg.log_every);
+    let mut tail: Vec<u8> = Vec::new();
+    let mut beat = interval(cfg.heartbeat);
+    beat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let started = Instant::now();
+    let max = job.spec.max_duration_secs.map(Duration::from_secs);
+    let mut last_notice = Instant::now();
+    let mut last_sync = Instant::now();
+    let mut stop: Option<Stop> = None;
+    let mut kill_at: Option<Instant> = None;
+    let mut reports = progress::Reports::default();
+    let status = loop {
+        let mut new_stop = None;
+        tokio::select! {
+            st = child.wait() => break st,
+            Some(chunk) = rx.recv() => {
+                buf.extend_from_slice(&chunk);
+                keep_tail(&mut tail, &chunk);
+                if reports.output(&chunk) {
+                    progress_tx.send_replace(reports.latest());
+                }
+            }
+            _ = flush_tick.tick() => flush(artifacts, &id, &mut buf).await,
+            r = shutdown.changed(), if stop.is_none() => {
+                let _ = r;
+                new_stop = Some(Stop::Shutdown);
+            }
+            _ = beat.tick() => {
+                if reports.file(&dirs.checkpoints) {
+                    progress_tx.send_replace(reports.latest());
+                }
+                if last_sync.elapsed() >= cfg.checkpoint_every {
+                    last_sync = Instant::now();
+                    sync_checkpoint(ctx, artifacts, &id, attempt, &dirs.checkpoints, &mut saved).await;
+                }
+                if stop.is_none() && last_notice.elapsed() >= cfg.notice_every {
+                    last_notice = Instant::now();
+                    match cfg.notice.check().await {
+                        Notice::Terminate(why) => new_stop = Some(Stop::Preempted(why)),
+                        Notice::Rebalance => info!("rebalance recommendation; the job goes on"),
+                        Notice::Clear => {}
+                    }
+                }
+                // The flag as well as its change: a stop must not depend on
+                // which wait saw the change first (the bench once saw a
+                // SIGTERM during an attempt go unanswered until its end).
+                if stop.is_none() && new_stop.is_none() && *shutdown.borrow() {
+                    new_stop = Some(Stop::Shutdown);
+                }
+                if stop.is_none() && new_stop.is_none() {
+                    new_stop = match *seen.borrow() {
+                        Seen::Cancelled => Some(Stop::Cancelled),
+                        Seen::Lost => Some(Stop::Lost),
+                        // The control plane heard the spot warning first:
+                        // the same graceful path as our own notice.
+                        Seen::Warned => Some(Stop::Preempted("spot interruption warning".into())),
+                        Seen::Ours => None,
+                    };
+                    if let Some(m) = max.filter(|m| started.elapsed() >= *m) {
+                        new_stop.get_or_insert(Stop::MaxDuration(m));
+                    }
+                    if let Some(b) = over_budget(&job, ctx.clock.now(), cfg.heartbeat) {
+                        new_stop.get_or_insert(Stop::Budget(b));
+                    }
+                }
+                if kill_at.is_some_and(|k| Instant::now() >= k) {
+                    signal_group(pgid, libc::SIGKILL);
+                }
+            }
+        }
+        if let Some(s) = new_stop {
+            let what = match &s {
+                Stop::Cancelled => "job cancelled".to_string(),
+                Stop::MaxDuration(m) => {
+                    format!("max duration {} exceeded", humantime::format_duration(*m))
+                }
+                Stop::Shutdown => "worker shutting down".to_string(),
+                Stop::Preempted(why) => format!("interruption notice: {why}"),
+                Stop::Lost => "attempt taken over elsewhere".to_string(),
+                Stop::Budget(why) => why.clone(),
+            };
+            info!(job_id = %id, reason = %what, "stopping script with SIGTERM");
+            signal_group(pgid, libc::SIGTERM);
+            let grace = if matches!(s, Stop::Preempted(_)) {
+                cfg.notice.grace()
+            } else {
+                cfg.term_grace
+            };
+            kill_at = Some(Instant::now() + grace);
+            stop = Some(s);
+        }
+    };
+    // Anything the script left behind in its process group goes too.
+    signal_group(pgid, libc::SIGKILL);
+    while let Ok(Some(chunk)) = timeout(Duration::from_secs(2), rx.recv()).await {
+        buf.extend_from_slice(&chunk);
+        keep_tail(&mut tail, &chunk);
+        reports.output(&chunk);
+    }
+    let last_lines = last_lines(&tail);
+    flush(artifacts, &id, &mut buf).await;
+    // The last checkpoint and the outputs are saved (and recorded) before
+    // the end is, so the next attempt and whoever waits on the job see them.
+    sync_checkpoint(ctx, artifacts, &id, attempt, &dirs.checkpoints, &mut saved).await;
+    let outputs = save_outputs(artifacts, &job, attempt, &dirs.outputs, &dirs.workspace).await;
+    // The script's last word on its progress goes with its end.
+    reports.file(&dirs.checkpoints);
+    mark_script_ended(ctx, &id, attempt, &cfg.instance, outputs, reports.latest()).await;
+
+    let (code, signal) = match &status {
+        Ok(st) => {
+            use std::os::unix::process::ExitStatusExt;
+            (st.code(), st.signal())
+        }
+        Err(_) => (None, None),
+    };
+    match stop {
+        None => {
+            let failure = match (code, signal) {
+                (Some(_), _) => None,
+                (None, Some(sig)) => Some(format!("killed by signal {sig}")),
+                (None, None) => Some("lost track of the script".to_string()),
+            };
+            finish(ctx, &id, attempt, &cfg.instance, code, failure, last_lines).await;
+            RunEnd::default()
+        }
+        Some(Stop::MaxDuration(m)) => {
+            let why = format!("max duration {} exceeded", humantime::format_duration(m));
+            finish(
+                ctx,
+                &id,
+                attempt,
+                &cfg.instance,
+                code,
+                Some(why),
+                last_lines,
+            )
+            .await;
+            RunEnd::default()
+        }
+        Some(Stop::Cancelled) | Some(Stop::Lost) => RunEnd::default(),
+        Some(Stop::Budget(why)) => {
+            end_over_budget(ctx, &id, attempt, &cfg.instance, &why, last_lines).await;
+            RunEnd::default()
+        }
+        Some(Stop::Shutdown) => {
+            hand_back(
+                ctx,
+                &job,
+                attempt,
+                "worker stopped (instance terminating)",
+                &me,
+            )
+            .await;
+            RunEnd::default()
+        }
+        Some(Stop::Preempted(why)) => {
+            hand_back(ctx, &job, attempt, &why, &me).await;
+            RunEnd { preempted: true }
+        }
+    }
+}
+
+pub(crate) async fn flush(artifacts: &dyn ArtifactStore, id: &JobId, buf: &mut Vec<u8>) {
+    if buf.is_empty() {
+        return;
+    }
+    if let Err(e) = artifacts.append_log(id, buf).await {
+        warn!(job_id = %id, error = %e, "log upload failed; lines dropped");
+    }
+    buf.clear();
+}
+
+async fn pump(mut r: impl tokio::io::AsyncRead + Unpin, tx: mpsc::Sender<Vec<u8>>) {
+    let mut chunk = vec![0u8; 8192];
+    while let Ok(n) = r.read(&mut chunk).await {
+        if n == 0 || tx.send(chunk[..n].to_vec()).await.is_err() {
+            break;
+        }
+    }
+}
+
+fn signal_group(pgid: i32, sig: i32) {
+    if pgid > 0 {
+        // SAFETY: kill(2) with a negative pid signals that process group only.
+        unsafe {
+            libc::kill(-pgid, sig);
+        }
+    }
+}
+
+/// Keeps the last 8 KiB of output.
+fn keep_tail(tail: &mut Vec<u8>, chunk: &[u8]) {
+    tail.extend_from_slice(chunk);
+    if tail.len() > 8192 {
+        tail.drain(..tail.len() - 8192);
+    }
+}
