@@ -1,17 +1,43 @@
 //! `studio`: the thin CLI. It validates, enqueues, and reads status; the
 //! handlers in `studio-core` do the rest, driven locally by `studio-local`.
+//!
+//! # Layout
+//! - [`cmd`]: the command line (global flags, subcommands) and one file per
+//!   subcommand under `cmd/`, each with its flags and what it does: `run`,
+//!   `submit`, `status`, `watch` (`status --watch`), `ui` (its page and API
+//!   in `cmd/ui/`), `logs`, `cancel`, `pull`, `cost`, `plan`, `catalog`,
+//!   `init`, `doctor`, `gc`, and the hidden `worker` and `driver`.
+//! - The plumbing the commands share, which imports no command:
+//!   - [`context`]: what every command is given (environment, global flags).
+//!   - [`error`]: the CLI's error (usage: exit 2; anything else: exit 1).
+//!   - [`backend`]: where a job lives (this home's local backend, the AWS
+//!     deployment, GCS for GCE jobs' files) and the local driver's upkeep.
+//!   - [`request`]: the request flags turned into a `SubmitJob`, the workspace packed.
+//!   - [`follow`]: a job's output and state changes, followed to its end.
+//!   - [`outputs`]: an attempt's outputs downloaded (`pull`, a waiting `run`).
+//!   - [`progress_line`]: the progress bar under a waiting `run`'s output.
+//!   - [`table`]: aligned tables and the `--output` formats.
+//!   - [`term`]: the terminal (its size, a screen of our own, Ctrl-Z).
+//!
+//! A new flag of one command starts in that command's file; a new request
+//! flag (shared by `run`, `plan` and `submit`) in [`request`].
 
-mod args;
-mod commands;
-mod sides;
+mod backend;
+mod cmd;
+mod context;
+mod error;
+mod follow;
+mod outputs;
+mod progress_line;
+mod request;
+mod table;
 mod term;
-mod ui;
 
 use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = match args::Cli::try_parse() {
+    let cli = match cmd::Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind::*;
@@ -33,10 +59,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if !matches!(
-        cli.command,
-        args::Command::Worker(_) | args::Command::Driver
-    ) {
+    if !matches!(cli.command, cmd::Command::Worker(_) | cmd::Command::Driver) {
         // Like any Unix tool: `studio status | head` ends quietly when the
         // reader goes away, instead of panicking on a broken pipe.
         // SAFETY: restoring the default disposition of one signal at start-up.
@@ -52,7 +75,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let env = commands::Env {
+    let env = context::Env {
         user: std::env::var("USER")
             .or_else(|_| std::env::var("LOGNAME"))
             // SAFETY: getuid cannot fail.
@@ -71,22 +94,22 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    match rt.block_on(commands::dispatch(cli, env)) {
+    match rt.block_on(cmd::dispatch(cli, env)) {
         Ok(code) => code,
-        Err(commands::CliError::Usage(msg)) => {
+        Err(error::CliError::Usage(msg)) => {
             eprintln!("studio: {msg}");
             ExitCode::from(2)
         }
-        Err(commands::CliError::Other(e)) => {
+        Err(error::CliError::Other(e)) => {
             eprintln!("studio: error: {e:#}");
             ExitCode::from(1)
         }
     }
 }
 
-fn default_log_level(cli: &args::Cli) -> &'static str {
+fn default_log_level(cli: &cmd::Cli) -> &'static str {
     match cli.command {
-        args::Command::Worker(_) | args::Command::Driver => "info",
+        cmd::Command::Worker(_) | cmd::Command::Driver => "info",
         // The SDK's own warnings (a region looked for on a metadata service
         // a laptop has not) are not the user's business; its errors are
         // reported by the command.

@@ -3,9 +3,9 @@
 //! (this home's SQLite, and the AWS deployment when one is configured) and
 //! cancels the way `studio cancel` does; nothing else is written.
 //!
-//! The page (`ui/index.html`, `ui/app.js`, `ui/app.css`) is embedded and
-//! fetches only `/api/v1/…` of its own origin; the API is documented in the
-//! README ("studio ui"). Live updates are polls with ETags: an unchanged
+//! The page (`index.html`, `app.js`, `app.css` beside this file) is embedded and
+//! fetches only `/api/v1/…` of its own origin; the API is documented in
+//! docs/using.md ("studio ui"). Live updates are polls with ETags: an unchanged
 //! answer is a bodiless 304.
 //!
 //! Bound to 127.0.0.1 unless told otherwise. Every request must carry the
@@ -45,9 +45,9 @@ use studio_local::LocalBackend;
 /// ETag is computed from their bytes before they go out.
 type Answer = Response<Bytes>;
 
-const INDEX_HTML: &str = include_str!("ui/index.html");
-const APP_JS: &str = include_str!("ui/app.js");
-const APP_CSS: &str = include_str!("ui/app.css");
+const INDEX_HTML: &str = include_str!("index.html");
+const APP_JS: &str = include_str!("app.js");
+const APP_CSS: &str = include_str!("app.css");
 
 /// Most jobs on a page of the API.
 const MAX_LIMIT: u32 = 200;

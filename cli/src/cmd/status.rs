@@ -1,0 +1,152 @@
+//! `studio status [JOB]`: a table of jobs, or one job in detail.
+
+use crate::backend;
+use crate::backend::{all_jobs, local_if_exists};
+use crate::cmd::watch::watch;
+use crate::context::{Env, Globals};
+use crate::error::{usage, CliError};
+use crate::outputs::format_bytes;
+use crate::table::{print_table, Output};
+use clap::Args;
+use std::process::ExitCode;
+use std::time::Duration;
+use studio_core::clock::{format_age, Clock, SystemClock};
+use studio_core::ids::JobId;
+use studio_core::job::{usd, Job, JobState};
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// One job, in detail.
+    pub job: Option<String>,
+    #[arg(long, short, value_enum, default_value = "table")]
+    pub output: Output,
+    /// Keep the table live: redrawn in place on a terminal (q or Ctrl-C to
+    /// leave), one line per change when piped.
+    #[arg(long, short, conflicts_with_all = ["job", "output"])]
+    pub watch: bool,
+    /// How often --watch looks (e.g. 1s, 500ms).
+    #[arg(
+        long,
+        default_value = "1s",
+        requires = "watch",
+        value_name = "DURATION"
+    )]
+    pub every: String,
+}
+
+pub(crate) async fn status(g: &Globals, env: &Env, a: StatusArgs) -> Result<ExitCode, CliError> {
+    if a.watch {
+        let every = humantime::parse_duration(&a.every)
+            .map_err(|e| usage(format!("--every '{}': {e} (e.g. 1s, 500ms)", a.every)))?;
+        if every < Duration::from_millis(100) {
+            return Err(usage(format!("--every '{}' is below 100ms", a.every)));
+        }
+        return watch(g, env, every).await;
+    }
+    let local = local_if_exists(g).await?;
+    let aws = backend::aws(&g.home, env).await?;
+    let now = SystemClock.now();
+    if let Some(j) = a.job {
+        let id = JobId::new(j).map_err(usage)?;
+        let (_, job) = backend::find(&g.home, env, local, aws, &id).await?;
+        if a.output == Output::Json {
+            println!("{}", serde_json::to_string_pretty(&job)?);
+        } else {
+            print_job(&job, now);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut jobs = all_jobs(local.as_ref(), aws.as_ref()).await?;
+    jobs.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+    if a.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&jobs)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if jobs.is_empty() {
+        println!("no jobs yet");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut rows = vec![
+        ["ID", "STATE", "CLOUD", "MACHINE", "ATTEMPTS", "AGE", "COST"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for j in &jobs {
+        rows.push(vec![
+            j.id.to_string(),
+            j.state.to_string(),
+            j.plan.cloud.to_string(),
+            j.plan.machine.clone(),
+            j.attempt.to_string(),
+            format_age(now.since(j.created_at)),
+            usd(j.cost_micro_usd(now)),
+        ]);
+    }
+    print_table(&rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_job(j: &Job, now: studio_core::clock::Timestamp) {
+    println!("job       {}", j.id);
+    println!("state     {}", j.state);
+    if let Some(r) = &j.reason {
+        println!("reason    {r}");
+    }
+    if let Some(c) = j.exit_code {
+        println!("exit code {c}");
+    }
+    if !j.last_lines.is_empty() && j.state == JobState::Failed {
+        println!("last lines");
+        for l in &j.last_lines {
+            println!("  | {l}");
+        }
+    }
+    println!(
+        "cloud     {} ({}, {})",
+        j.spec.cloud, j.plan.machine, j.plan.market
+    );
+    println!("pool      {}", j.pool);
+    println!("script    {} {}", j.spec.entrypoint, j.spec.args.join(" "));
+    println!("owner     {}", j.spec.owner);
+    println!("age       {}", format_age(now.since(j.created_at)));
+    let spent = j.cost_micro_usd(now);
+    let budget = j.spec.max_cost_cents.map_or(String::new(), |c| {
+        format!(" of a {} budget", usd(c * 10_000))
+    });
+    if j.state.is_terminal() {
+        println!("cost      {}{budget}", usd(spent));
+    } else {
+        println!("cost      {} so far{budget}", usd(spent));
+    }
+    println!("attempts");
+    for a in &j.attempts {
+        let outcome = a.outcome.map_or("running".to_string(), |o| o.to_string());
+        let took = a.ended_at.unwrap_or(now).since(a.started_at);
+        println!(
+            "  #{} {} on {}{} ({}, {}, ${:.4}/h {}) {} after {}, {}{}",
+            a.number,
+            outcome,
+            a.instance,
+            a.zone
+                .as_deref()
+                .map_or(String::new(), |z| format!(" in {z}")),
+            a.machine,
+            a.market,
+            a.price_micro_usd_per_hour as f64 / 1e6,
+            a.price_basis(),
+            a.exit_code.map_or(String::new(), |c| format!("exit {c}")),
+            humantime::format_duration(Duration::from_secs(took.as_secs())),
+            usd(a.cost_micro_usd(now)),
+            a.outputs.as_ref().map_or(String::new(), |o| format!(
+                ", outputs: {} file(s), {}",
+                o.files,
+                format_bytes(o.bytes)
+            ))
+        );
+    }
+    println!("events");
+    for e in &j.events {
+        let from = e.from.map_or("-".to_string(), |f| f.to_string());
+        println!("  {}  {from} -> {}  by {}: {}", e.at, e.to, e.by, e.reason);
+    }
+}

@@ -1,0 +1,220 @@
+//! `studio worker` (hidden): a worker for one pool, started by a fleet
+//! (a local process, an EC2 or GCE machine's bootstrap); the loop itself
+//! is `studio_core::worker`.
+
+use crate::backend::open;
+use crate::context::{Env, Globals};
+use crate::error::{usage, CliError};
+use anyhow::Context as _;
+use clap::Args;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+#[cfg(feature = "gcp")]
+use studio_core::clock::SystemClock;
+use studio_core::ids::{InstanceId, PoolKey};
+use studio_core::notice::{Ec2Metadata, GceMetadata, NoNotice};
+use studio_core::worker::{run_worker, Cadence, WorkerConfig, WorkerExit};
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[arg(long)]
+    pub pool: String,
+    #[arg(long)]
+    pub instance_id: String,
+    /// Leave after this long without work.
+    #[arg(long, default_value = "5m")]
+    pub idle_timeout: String,
+    /// The heartbeat bound: a received item's lease until its claim, and
+    /// (locally) how long a running attempt may go without a heartbeat on
+    /// its record; the worker writes one every quarter of it.
+    #[arg(long, env = "STUDIO_LEASE", default_value = "30s")]
+    pub lease: String,
+    #[arg(long, env = "STUDIO_PYTHON", default_value = "python3")]
+    pub python: String,
+    /// Where interruption notices come from: none, ec2 (IMDSv2) or gce.
+    #[arg(long, env = "STUDIO_METADATA", default_value = "none")]
+    pub metadata: String,
+    /// The metadata service's address (default: the cloud's own).
+    #[arg(long, env = "STUDIO_METADATA_URL")]
+    pub metadata_url: Option<String>,
+    /// Upload the checkpoint directory at most this often.
+    #[arg(long, env = "STUDIO_CHECKPOINT_EVERY", default_value = "30s")]
+    pub checkpoint_every: String,
+    /// Run scripts as this (unprivileged) user; the worker itself stays root.
+    #[arg(long, env = "STUDIO_RUN_AS", value_name = "USER")]
+    pub run_as: Option<String>,
+    /// Give each job a virtualenv (cached here by the hash of its requirements.txt).
+    #[arg(long, env = "STUDIO_VENV_ROOT", value_name = "DIR")]
+    pub venv_root: Option<PathBuf>,
+    /// Where the worker's queue, store and artifacts are: local, aws or gce.
+    #[arg(long, env = "STUDIO_BACKEND", default_value = "local")]
+    pub backend: String,
+}
+
+/// The uid and gid of a user name (from the system's user database).
+fn user_ids(name: &str) -> Result<(u32, u32), CliError> {
+    let c = std::ffi::CString::new(name).map_err(|_| usage(format!("--run-as '{name}'")))?;
+    // SAFETY: getpwnam returns a pointer into static storage or null; it is
+    // read at once, before any other call could overwrite it.
+    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
+    if pw.is_null() {
+        return Err(usage(format!("--run-as '{name}': no such user")));
+    }
+    // SAFETY: checked non-null above.
+    Ok(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+}
+
+pub(crate) async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<ExitCode, CliError> {
+    if let Some(fd) = env.lock_fd {
+        // Keep our liveness lock out of the scripts we start.
+        // SAFETY: fcntl on an fd we inherited for this purpose.
+        unsafe {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
+    let dur = |name: &str, v: &str| {
+        humantime::parse_duration(v).map_err(|e| usage(format!("--{name} '{v}': {e}")))
+    };
+    #[cfg(feature = "gcp")]
+    let cfg_meta_url = a.metadata_url.clone();
+    let cfg = WorkerConfig {
+        pool: PoolKey::new(a.pool).map_err(usage)?,
+        instance: InstanceId::new(a.instance_id).map_err(usage)?,
+        lease: dur("lease", &a.lease)?,
+        poll_wait: Cadence::CLOUD.poll_wait,
+        heartbeat: Cadence::CLOUD.heartbeat,
+        seen_every: Cadence::CLOUD.seen_every,
+        // The heartbeat on the job record: a file write locally, a DynamoDB
+        // write in the cloud.
+        beat_every: if a.backend != "local" {
+            Cadence::CLOUD.beat_every
+        } else {
+            dur("lease", &a.lease)? / 4
+        },
+        idle_timeout: dur("idle-timeout", &a.idle_timeout)?,
+        term_grace: Duration::from_secs(10),
+        work_root: g.home.join("jobs"),
+        python: a.python,
+        notice: match a.metadata.as_str() {
+            "none" => Arc::new(NoNotice),
+            "ec2" => Arc::new(Ec2Metadata {
+                base: a
+                    .metadata_url
+                    .unwrap_or_else(|| "http://169.254.169.254".into()),
+            }),
+            "gce" => Arc::new(GceMetadata {
+                base: a
+                    .metadata_url
+                    .unwrap_or_else(|| "http://metadata.google.internal".into()),
+            }),
+            other => return Err(usage(format!("--metadata '{other}': use none, ec2 or gce"))),
+        },
+        notice_every: Cadence::CLOUD.notice_every,
+        checkpoint_every: dur("checkpoint-every", &a.checkpoint_every)?,
+        // Locally a flush is a file append; on S3 each flush is an object.
+        log_every: if a.backend != "local" {
+            Cadence::CLOUD.log_every
+        } else {
+            Duration::from_millis(200)
+        },
+        // Locally a record write is a file write: progress shows within a second.
+        progress_every: if a.backend != "local" {
+            Cadence::CLOUD.progress_every
+        } else {
+            Duration::from_secs(1)
+        },
+        venv_root: a.venv_root,
+        run_as: a.run_as.as_deref().map(user_ids).transpose()?,
+        inputs: None,
+    };
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    // Registered here, before anything else: on this single-threaded
+    // runtime a spawned task first runs at the main task's first wait, and
+    // a SIGTERM before then would kill the worker without a hand-back.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        let _ = tx.send(true);
+    });
+    let exit = match a.backend.as_str() {
+        "local" => {
+            let be = open(g).await?;
+            // Inputs with the user's own AWS credentials (the default
+            // chain, loaded when a job first names an input).
+            let mut cfg = cfg;
+            cfg.inputs = Some(Arc::new(studio_aws::s3::S3Inputs::from_default_chain()));
+            run_worker(&be.ctx, be.artifacts.as_ref(), &cfg, rx).await?
+        }
+        #[cfg(feature = "ec2")]
+        "aws" => {
+            let aws = studio_aws::config::AwsConfig::from_lookup(|k| env.vars.get(k).cloned())
+                .map_err(usage)?;
+            let ctx = studio_aws::lambda::context_from_env(&aws).await;
+            let sdk = studio_aws::sdk_config(&aws.region).await;
+            let artifacts = studio_aws::s3::S3Artifacts::from_sdk(&sdk, &aws.bucket);
+            let mut cfg = cfg;
+            cfg.inputs = Some(Arc::new(studio_aws::s3::S3Inputs::new(
+                studio_aws::s3::client(&sdk),
+            )));
+            run_worker(&ctx, &artifacts, &cfg, rx).await?
+        }
+        #[cfg(not(feature = "ec2"))]
+        "aws" => return Err(usage(crate::error::without_ec2("the EC2 worker"))),
+        #[cfg(feature = "gcp")]
+        "gce" => {
+            let lookup = |k: &str| env.vars.get(k).cloned();
+            let aws = studio_aws::config::AwsConfig::from_lookup(lookup).map_err(usage)?;
+            let gcp = studio_gcp::GcpConfig::from_lookup(lookup, &aws.prefix)
+                .map_err(usage)?
+                .ok_or_else(|| usage("--backend gce: STUDIO_GCP_PROJECT is not set"))?;
+            let role = lookup("AWS_ROLE_ARN")
+                .ok_or_else(|| usage("--backend gce: AWS_ROLE_ARN (the GCE worker role) is not set"))?;
+            let metadata = cfg_metadata_base(&cfg_meta_url);
+            // AWS credentials from this machine's Google identity: no key.
+            let identity = studio_aws::gce_identity::GceWebIdentity::new(
+                &aws.region,
+                metadata,
+                lookup("STUDIO_GCP_AUDIENCE").unwrap_or_else(|| role.clone()),
+                role,
+                cfg.instance.to_string(),
+            )
+            .await;
+            let sdk = studio_aws::gce_identity::sdk_config(&aws.region, identity).await;
+            let ctx = studio_gcp::with_gcp(
+                studio_aws::lambda::context(&aws, &sdk, Arc::new(SystemClock)),
+                &gcp,
+            )
+            .await?;
+            let artifacts = studio_gcp::gcs::GcsArtifacts::new(&gcp).await?;
+            let mut cfg = cfg;
+            cfg.inputs = Some(Arc::new(studio_aws::s3::S3Inputs::new(
+                studio_aws::s3::client(&sdk),
+            )));
+            run_worker(&ctx, &artifacts, &cfg, rx).await?
+        }
+        #[cfg(not(feature = "gcp"))]
+        "gce" => {
+            return Err(usage(
+                "the GCE worker needs the Compute and Pub/Sub clients, which this studio is built without: cargo install --path cli --features gcp",
+            ))
+        }
+        other => return Err(usage(format!("--backend '{other}': use local, aws or gce"))),
+    };
+    tracing::info!(?exit, "worker leaving");
+    Ok(match exit {
+        WorkerExit::Idle | WorkerExit::Shutdown | WorkerExit::PoolGone | WorkerExit::Preempted => {
+            ExitCode::SUCCESS
+        }
+    })
+}
+
+/// The GCE metadata server (a stand-in's in tests).
+#[cfg(feature = "gcp")]
+fn cfg_metadata_base(url: &Option<String>) -> String {
+    url.clone()
+        .unwrap_or_else(|| "http://metadata.google.internal".into())
+}
