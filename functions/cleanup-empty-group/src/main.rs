@@ -1,5 +1,9 @@
 //! `cleanup-empty-group`: EventBridge schedule. Pools idle past the grace
 //! period lose their group, launch template and queues.
+//!
+//! The logic: `shared/core/src/handlers/cleanup.rs`, reached through
+//! `studio_aws::lambda::cleanup` (`shared/aws/src/lambda.rs`),
+//! which turns the event into its call.
 
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use studio_aws::{config::AwsConfig, lambda};

@@ -1,6 +1,10 @@
 //! `handle-spot-interruption`: SQS trigger on the queue fed by the EventBridge
 //! rules for EC2 spot interruption warnings, rebalance recommendations and
 //! state changes. Jobs on a lost machine run again elsewhere.
+//!
+//! The logic: `shared/core/src/handlers/interruption.rs`, reached through
+//! `studio_aws::lambda::interruption_batch` (`shared/aws/src/lambda.rs`),
+//! which turns the event into its call.
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};

@@ -1,5 +1,9 @@
 //! `scale-on-queue-depth`: EventBridge schedule. Every live pool to the size
 //! its policy asks for, given its queue depth.
+//!
+//! The logic: `shared/core/src/handlers/scale.rs`, reached through
+//! `studio_aws::lambda::scale` (`shared/aws/src/lambda.rs`),
+//! which turns the event into its call.
 
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use studio_aws::{config::AwsConfig, lambda};

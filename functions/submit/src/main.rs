@@ -1,5 +1,9 @@
 //! `submit`: SQS trigger on the submit queue (with `ReportBatchItemFailures`).
 //! Each `SubmitJob` becomes a job, a pool and a work item.
+//!
+//! The logic: `shared/core/src/handlers/submit.rs`, reached through
+//! `studio_aws::lambda::submit_batch` (`shared/aws/src/lambda.rs`),
+//! which turns the event into its call.
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};

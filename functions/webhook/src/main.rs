@@ -5,6 +5,9 @@
 //! `POST /v1/pubsub/preemption` takes Pub/Sub pushes whose OIDC token is
 //! for `STUDIO_PUBSUB_AUDIENCE` and signed by a key of the JWKS in the SSM
 //! parameter `STUDIO_PUBSUB_JWKS_PARAMETER` (both unset: refused).
+//!
+//! The logic: `shared/aws/src/webhook.rs` (signed requests, routes), which
+//! calls the handlers in `shared/core/src/handlers/` (submit, cancel, interruption).
 
 use aws_lambda_events::event::lambda_function_urls::LambdaFunctionUrlRequest;
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};

@@ -5,7 +5,7 @@
 //! `DescribeSpotPriceHistory` (the lowest current price across the region's
 //! zones, Linux/UNIX).
 
-use crate::AwsError;
+use crate::error::AwsError;
 use aws_sdk_ec2::types::{ArchitectureType, InstanceTypeInfo, UsageClassType};
 use std::collections::HashMap;
 use studio_core::catalog::{Arch, Catalog, Gpus, InstanceType, CATALOG_FORMAT};

@@ -86,7 +86,7 @@ pub enum ConfigError {
     Invalid { name: &'static str, why: String },
 }
 
-/// Every variable, with what it is for (the README's table is this list).
+/// Every variable, with what it is for (the table in docs/aws.md is this list).
 pub const VARIABLES: &[(&str, &str)] = &[
     ("AWS_REGION", "region of everything (set by Lambda)"),
     (

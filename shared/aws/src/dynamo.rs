@@ -14,7 +14,7 @@
 //! `studio ui`, its partition spread over [`LISTING_SHARDS`] values so that
 //! no one index partition takes every job's creation. Pools table: key `key`.
 
-use crate::AwsError;
+use crate::error::AwsError;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,

@@ -22,7 +22,7 @@
 //! Deleting a group force-deletes it and its launch template; nothing else
 //! (alarms, security groups) is created, so nothing else can leak.
 
-use crate::AwsError;
+use crate::error::AwsError;
 use async_trait::async_trait;
 use aws_sdk_autoscaling::types::{
     AutoScalingGroup, InstancesDistribution, LaunchTemplate, LaunchTemplateOverrides,

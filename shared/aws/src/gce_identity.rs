@@ -3,7 +3,7 @@
 //! `instance/service-accounts/default/identity?audience=…&format=full`)
 //! exchanged with STS `AssumeRoleWithWebIdentity` for the worker role, whose
 //! trust policy names the IAM OIDC provider of `accounts.google.com` and
-//! the workers' service account (see the README, "GCP"). A fresh token is
+//! the workers' service account (see docs/gcp.md). A fresh token is
 //! fetched for every exchange; the SDK's identity cache renews the
 //! credentials before they expire.
 

@@ -98,7 +98,7 @@ pub fn context(cfg: &AwsConfig, sdk: &aws_config::SdkConfig, clock: Arc<dyn Cloc
 
 /// [`context`] with the environment's SDK configuration and the wall clock.
 pub async fn context_from_env(cfg: &AwsConfig) -> Ctx {
-    let sdk = crate::sdk_config(&cfg.region).await;
+    let sdk = crate::sdk::sdk_config(&cfg.region).await;
     context(cfg, &sdk, Arc::new(SystemClock))
 }
 
@@ -252,7 +252,7 @@ pub async fn webhook_keys(
         .with_decryption(true)
         .send()
         .await
-        .map_err(|e| crate::AwsError::sdk("GetParameter", e))?;
+        .map_err(|e| crate::error::AwsError::sdk("GetParameter", e))?;
     let text = out
         .parameter()
         .and_then(|p| p.value())
@@ -276,7 +276,7 @@ pub async fn push_auth(
         .name(parameter)
         .send()
         .await
-        .map_err(|e| crate::AwsError::sdk("GetParameter", e))?;
+        .map_err(|e| crate::error::AwsError::sdk("GetParameter", e))?;
     let text = out.parameter().and_then(|p| p.value()).unwrap_or_default();
     let jwks = serde_json::from_str(text)
         .map_err(|e| format!("parameter {parameter}: not a JWKS: {e}"))?;

@@ -13,6 +13,7 @@
 //! - [`s3`]: workspaces and logs on S3.
 //! - [`events`]: EventBridge EC2 events → the domain's instance events.
 //! - [`lambda`]: what the four functions do with their events.
+//! - [`error`]: [`AwsError`]; [`sdk`]: the SDK's shared configuration.
 //! - `stack` (feature `stack`, for the CLI): the deployed stack read back,
 //!   for `studio init` and `studio doctor`.
 //!
@@ -37,78 +38,13 @@ pub mod stack;
 #[cfg(feature = "webhook")]
 pub mod webhook;
 
-use aws_config::{BehaviorVersion, Region};
-use thiserror::Error;
+pub mod error;
+pub mod sdk;
 
-/// What an AWS call failed with, keeping the SDK error as the source.
-#[derive(Debug, Error)]
-pub enum AwsError {
-    #[error("{operation}: {detail}")]
-    Sdk {
-        operation: &'static str,
-        /// The SDK's full error chain, readable in one line.
-        detail: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    #[error("{0}")]
-    Shape(String),
-}
-
-impl AwsError {
-    pub fn sdk(
-        operation: &'static str,
-        e: impl std::error::Error + Send + Sync + 'static,
-    ) -> AwsError {
-        AwsError::Sdk {
-            operation,
-            detail: aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
-            source: Box::new(e),
-        }
-    }
-}
-
-/// The shared SDK configuration: credentials and endpoint from the
-/// environment (profile, instance role, `AWS_ENDPOINT_URL`), in `region`.
-pub async fn sdk_config(region: &str) -> aws_config::SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(region.to_string()))
-        .load()
-        .await
-}
-
-/// The shared SDK configuration with the region from `region`, else from
-/// the environment or profile (`None` when none names one).
-pub async fn sdk_config_from_env(region: Option<&str>) -> Option<aws_config::SdkConfig> {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
-    if let Some(r) = region {
-        loader = loader.region(Region::new(r.to_string()));
-    }
-    let sdk = loader.load().await;
-    sdk.region().is_some().then_some(sdk)
-}
-
-/// The configuration tests use against an emulator: fixed endpoint, static
-/// dummy credentials (no IMDS or profile look-ups), no retries (an
-/// unimplemented operation fails at once).
-pub fn emulator_config(region: &str, endpoint: &str) -> aws_config::SdkConfig {
-    aws_config::SdkConfig::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new(region.to_string()))
-        .endpoint_url(endpoint)
-        .credentials_provider(
-            aws_credential_types::provider::SharedCredentialsProvider::new(
-                aws_credential_types::Credentials::new("testing", "testing", None, None, "static"),
-            ),
-        )
-        .retry_config(aws_config::retry::RetryConfig::disabled())
-        .build()
-}
-
+pub use error::AwsError;
 #[cfg(feature = "fleet")]
-pub async fn ec2_client(region: &str) -> aws_sdk_ec2::Client {
-    aws_sdk_ec2::Client::new(&sdk_config(region).await)
-}
+pub use sdk::ec2_client;
+pub use sdk::{emulator_config, sdk_config, sdk_config_from_env};
 
 /// The adapters a client uses to submit jobs and read their state and logs.
 pub struct AwsJobs {

@@ -11,7 +11,7 @@
 //! upload of the same key left (`ListMultipartUploads`, `ListParts`) with
 //! the size the part must have holds the same bytes and is not sent again.
 
-use crate::AwsError;
+use crate::error::AwsError;
 use async_trait::async_trait;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
@@ -437,9 +437,9 @@ impl S3Inputs {
     async fn client(&self) -> &Client {
         self.client
             .get_or_init(|| async {
-                let sdk = match crate::sdk_config_from_env(None).await {
+                let sdk = match crate::sdk::sdk_config_from_env(None).await {
                     Some(sdk) => sdk,
-                    None => crate::sdk_config("us-east-1").await,
+                    None => crate::sdk::sdk_config("us-east-1").await,
                 };
                 client(&sdk)
             })

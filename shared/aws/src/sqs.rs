@@ -7,7 +7,7 @@
 //! so a message that can never succeed is parked at once instead of being
 //! received `MAX_RECEIVES` times.
 
-use crate::AwsError;
+use crate::error::AwsError;
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{
     MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,

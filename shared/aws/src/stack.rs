@@ -6,7 +6,7 @@
 //! CloudFormation SDK.
 
 use crate::config::ClientConfig;
-use crate::AwsError;
+use crate::error::AwsError;
 use aws_credential_types::provider::ProvideCredentials;
 use std::collections::BTreeMap;
 

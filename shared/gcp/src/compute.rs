@@ -20,7 +20,7 @@
 //!   seconds); [`Fleet::silent`] reads the labels of the group's running
 //!   machines.
 
-use crate::{code_of, gcp_err, Code, GcpConfig};
+use crate::config::{code_of, gcp_err, GcpConfig};
 use async_trait::async_trait;
 use google_cloud_compute_v1::client::{
     Images, InstanceGroupManagers, InstanceTemplates, Instances,
@@ -30,6 +30,7 @@ use google_cloud_compute_v1::model::{
     InstanceGroupManagersDeleteInstancesRequest, InstanceProperties, InstanceTemplate,
     InstancesSetLabelsRequest, Metadata, NetworkInterface, Scheduling, ServiceAccount,
 };
+use google_cloud_gax::error::rpc::Code;
 use google_cloud_lro::Poller;
 use std::time::Duration;
 use studio_core::clock::Timestamp;
@@ -89,7 +90,7 @@ impl MigFleet {
     pub async fn new(cfg: &GcpConfig) -> Result<MigFleet, PortError> {
         macro_rules! build {
             ($b:expr) => {
-                crate::client!($b, cfg.compute_endpoint.as_ref(), cfg.anonymous)
+                crate::config::client!($b, cfg.compute_endpoint.as_ref(), cfg.anonymous)
                     .build()
                     .await
                     .map_err(|e| PortError::backend(PORT, e))?

@@ -23,8 +23,9 @@
 //! into a resumable upload above its threshold (it resumes a broken
 //! connection within the upload; a new process starts the object over).
 
-use crate::{code_of, gcp_err, Code, GcpConfig};
+use crate::config::{code_of, gcp_err, GcpConfig};
 use async_trait::async_trait;
+use google_cloud_gax::error::rpc::Code;
 use google_cloud_storage::client::Storage;
 use std::collections::HashMap;
 use studio_core::contract::WorkspaceRef;
@@ -78,7 +79,7 @@ impl GcsArtifacts {
         endpoint: Option<&str>,
         anonymous: bool,
     ) -> Result<GcsArtifacts, PortError> {
-        let client = crate::client!(Storage::builder(), endpoint, anonymous)
+        let client = crate::config::client!(Storage::builder(), endpoint, anonymous)
             .build()
             .await
             .map_err(|e| PortError::backend(PORT, e))?;

@@ -8,178 +8,26 @@
 //! - [`gcs`]: workspaces, logs and checkpoints of GCE jobs in a Cloud
 //!   Storage bucket ([`studio_core::ports::ArtifactStore`]).
 //! - [`startup`]: the startup script a GCE worker boots with.
+//! - [`config`]: the settings, the clients' endpoint and credentials, and
+//!   Google errors as port errors.
 //!
 //! The control plane (the functions on AWS, the job table in DynamoDB) is
 //! the same for every cloud: [`studio_core::route`] sends each pool's calls
 //! to its cloud's adapters.
 
-/// A google-cloud-rust client builder with the configured endpoint (an
-/// emulator or stand-in in tests) and anonymous credentials when asked:
-/// `client!(Builder::new(), endpoint: Option<&String>, anonymous: bool)`.
-macro_rules! client {
-    ($builder:expr, $endpoint:expr, $anonymous:expr) => {{
-        let mut b = $builder;
-        if let Some(e) = $endpoint {
-            b = b.with_endpoint(e.to_string());
-        }
-        if $anonymous {
-            b = b.with_credentials($crate::anonymous());
-        }
-        b
-    }};
-}
-pub(crate) use client;
-
 #[cfg(feature = "fleet")]
 pub mod compute;
+pub mod config;
 pub mod gcs;
 #[cfg(feature = "fleet")]
 pub mod pubsub;
 #[cfg(feature = "fleet")]
 pub mod startup;
 
+pub use config::{anonymous, code_of, credentials, gcp_err, GcpConfig, GCP_KEYS};
 pub use google_cloud_gax::error::rpc::Code;
+#[cfg(feature = "fleet")]
 use studio_core::ports::PortError;
-
-/// Where a deployment's GCE pools run. Read from the environment
-/// ([`GcpConfig::from_lookup`]) by the functions and the worker, and from
-/// `[gcp]` in `config.toml` by the CLI.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GcpConfig {
-    pub project: String,
-    /// The zone of every managed instance group (zonal MIGs).
-    pub zone: String,
-    /// The bucket for GCE jobs' workspaces, logs and checkpoints.
-    pub bucket: String,
-    /// The workers' service account (its email).
-    pub service_account: String,
-    /// The worker image: `projects/P/global/images/NAME` or `.../family/F`.
-    pub image: String,
-    /// The image for GPU pools (drivers installed); `None`: [`Self::image`].
-    pub gpu_image: Option<String>,
-    pub network: String,
-    pub subnetwork: Option<String>,
-    /// The deployment's name prefix (`STUDIO_PREFIX`), lowercase for GCE.
-    pub prefix: String,
-    /// Variables the worker's startup script exports: the deployment's
-    /// names and the AWS role its web identity is exchanged for. Names,
-    /// never secrets.
-    pub worker_env: Vec<(String, String)>,
-    /// `gs://BUCKET/OBJECT` of the worker binary, and its SHA-256.
-    pub worker_binary: Option<(String, String)>,
-    /// Endpoints of emulators and stand-ins (tests); `None`: Google's.
-    pub pubsub_endpoint: Option<String>,
-    pub compute_endpoint: Option<String>,
-    pub storage_endpoint: Option<String>,
-    /// Anonymous credentials (emulators only).
-    pub anonymous: bool,
-}
-
-/// The environment variables [`GcpConfig::from_lookup`] reads, and what each is.
-pub const GCP_KEYS: [(&str, &str); 13] = [
-    ("STUDIO_GCP_PROJECT", "project"),
-    ("STUDIO_GCP_ZONE", "zone"),
-    ("STUDIO_GCP_BUCKET", "bucket"),
-    ("STUDIO_GCP_SERVICE_ACCOUNT", "service_account"),
-    ("STUDIO_GCP_IMAGE", "image"),
-    ("STUDIO_GCP_GPU_IMAGE", "gpu_image"),
-    ("STUDIO_GCP_NETWORK", "network"),
-    ("STUDIO_GCP_SUBNETWORK", "subnetwork"),
-    ("STUDIO_GCP_WORKER_ROLE_ARN", "worker_role_arn"),
-    ("STUDIO_GCP_WORKER_BINARY", "worker_binary"),
-    ("STUDIO_PUBSUB_ENDPOINT", "pubsub_endpoint"),
-    ("STUDIO_COMPUTE_ENDPOINT", "compute_endpoint"),
-    ("STUDIO_GCS_ENDPOINT", "storage_endpoint"),
-];
-
-impl GcpConfig {
-    /// The GCP settings, or `None` when `STUDIO_GCP_PROJECT` is not set
-    /// (the deployment runs no GCE pools).
-    ///
-    /// # Errors
-    /// Settings given in part, or a name GCE would refuse.
-    pub fn from_lookup(
-        lookup: impl Fn(&str) -> Option<String>,
-        prefix: &str,
-    ) -> Result<Option<GcpConfig>, String> {
-        let get = |k: &str| lookup(k).filter(|v| !v.trim().is_empty());
-        let Some(project) = get("STUDIO_GCP_PROJECT") else {
-            return Ok(None);
-        };
-        let need =
-            |k: &str| get(k).ok_or_else(|| format!("{k} is required with STUDIO_GCP_PROJECT"));
-        let prefix_ok = prefix
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            && prefix.starts_with(|c: char| c.is_ascii_lowercase());
-        // Group and template names are `<prefix>-<group key>`, at most 63
-        // characters; the longest group key is 35.
-        if prefix.len() > 27 {
-            return Err(format!(
-                "STUDIO_PREFIX '{prefix}' is too long for GCE names: at most 27 characters with GCP pools"
-            ));
-        }
-        if !prefix_ok {
-            return Err(format!(
-                "STUDIO_PREFIX '{prefix}' cannot name GCE resources: use lowercase letters, digits and '-', starting with a letter"
-            ));
-        }
-        let mut worker_env = Vec::new();
-        if let Some(arn) = get("STUDIO_GCP_WORKER_ROLE_ARN") {
-            worker_env.push(("AWS_ROLE_ARN".to_string(), arn));
-        }
-        let worker_binary = match get("STUDIO_GCP_WORKER_BINARY") {
-            None => None,
-            Some(v) => {
-                let (url, sha) = v
-                    .rsplit_once('#')
-                    .filter(|(u, s)| u.starts_with("gs://") && s.len() == 64)
-                    .ok_or_else(|| {
-                        "STUDIO_GCP_WORKER_BINARY: expected gs://BUCKET/OBJECT#SHA256".to_string()
-                    })?;
-                Some((url.to_string(), sha.to_string()))
-            }
-        };
-        Ok(Some(GcpConfig {
-            zone: need("STUDIO_GCP_ZONE")?,
-            bucket: need("STUDIO_GCP_BUCKET")?,
-            service_account: need("STUDIO_GCP_SERVICE_ACCOUNT")?,
-            image: need("STUDIO_GCP_IMAGE")?,
-            gpu_image: get("STUDIO_GCP_GPU_IMAGE"),
-            network: get("STUDIO_GCP_NETWORK").unwrap_or_else(|| "global/networks/default".into()),
-            subnetwork: get("STUDIO_GCP_SUBNETWORK"),
-            prefix: prefix.to_string(),
-            worker_env,
-            worker_binary,
-            pubsub_endpoint: get("STUDIO_PUBSUB_ENDPOINT"),
-            compute_endpoint: get("STUDIO_COMPUTE_ENDPOINT"),
-            storage_endpoint: get("STUDIO_GCS_ENDPOINT"),
-            anonymous: get("STUDIO_GCP_ANONYMOUS").is_some_and(|v| v == "1"),
-            project,
-        }))
-    }
-
-    /// Adds the deployment's `KEY=VALUE` lines to the workers' environment,
-    /// with the GCE backend and metadata in place of EC2's.
-    pub fn add_worker_env(&mut self, lines: &str) {
-        for line in lines.lines() {
-            let Some((k, v)) = line.split_once('=') else {
-                continue;
-            };
-            let v = match k {
-                "STUDIO_BACKEND" | "STUDIO_METADATA" => "gce",
-                _ => v,
-            };
-            self.worker_env.retain(|(key, _)| key != k);
-            self.worker_env.push((k.to_string(), v.to_string()));
-        }
-    }
-
-    /// The zone's region (`us-central1-a` → `us-central1`).
-    pub fn region(&self) -> &str {
-        self.zone.rsplit_once('-').map_or(&self.zone, |(r, _)| r)
-    }
-}
 
 /// `ctx` with GCE pools: their groups on [`compute::MigFleet`], their
 /// queues on [`pubsub::PubSubQueue`].
@@ -214,54 +62,4 @@ pub async fn attach_from_env(
     };
     cfg.add_worker_env(aws_worker_env);
     with_gcp(ctx, &cfg).await.map_err(|e| e.to_string())
-}
-
-/// The credentials every client uses: anonymous for emulators, else
-/// Application Default Credentials (the VM's service account on GCE; on
-/// AWS Lambda, a workload identity federation config file named by
-/// `GOOGLE_APPLICATION_CREDENTIALS`, which holds no key).
-///
-/// # Errors
-/// No credentials found.
-pub fn credentials(
-    cfg: &GcpConfig,
-) -> Result<google_cloud_auth::credentials::Credentials, PortError> {
-    if cfg.anonymous {
-        return Ok(anonymous());
-    }
-    google_cloud_auth::credentials::Builder::default()
-        .build()
-        .map_err(|e| PortError::backend("gcp", e))
-}
-
-/// Anonymous credentials, for emulators and stand-ins.
-pub fn anonymous() -> google_cloud_auth::credentials::Credentials {
-    google_cloud_auth::credentials::anonymous::Builder::new().build()
-}
-
-/// The service's code for an error: the gRPC/JSON status when there is
-/// one, else read from the HTTP status (Compute's errors carry no status
-/// name, only `code` and `errors[].reason`).
-pub fn code_of(e: &google_cloud_gax::error::Error) -> Option<Code> {
-    if let Some(s) = e.status() {
-        if s.code != Code::Unknown {
-            return Some(s.code);
-        }
-    }
-    Some(match e.http_status_code()? {
-        400 => Code::InvalidArgument,
-        401 => Code::Unauthenticated,
-        403 => Code::PermissionDenied,
-        404 => Code::NotFound,
-        409 => Code::AlreadyExists,
-        412 => Code::FailedPrecondition,
-        429 => Code::ResourceExhausted,
-        503 => Code::Unavailable,
-        _ => return e.status().map(|s| s.code),
-    })
-}
-
-/// A port error for a failed call, naming the operation.
-pub fn gcp_err(port: &'static str, op: &str, e: google_cloud_gax::error::Error) -> PortError {
-    PortError::backend(port, format!("{op}: {e}"))
 }

@@ -30,10 +30,11 @@
 //!   `depth` only checks that the subscription exists and reports zero, so
 //!   the store's count is what scales GCE pools.
 
-use crate::{code_of, gcp_err, Code, GcpConfig};
+use crate::config::{code_of, gcp_err, GcpConfig};
 use async_trait::async_trait;
 use base64::Engine as _;
 use google_cloud_auth::credentials::{CacheableResource, Credentials};
+use google_cloud_gax::error::rpc::Code;
 use google_cloud_pubsub::client::{Publisher, SubscriptionAdmin, TopicAdmin};
 use google_cloud_pubsub::model::{DeadLetterPolicy, ExpirationPolicy, Message, RetryPolicy};
 use serde::Deserialize;
@@ -108,7 +109,7 @@ impl PubSubQueue {
     pub async fn new(cfg: &GcpConfig) -> Result<PubSubQueue, PortError> {
         macro_rules! build {
             ($b:expr) => {
-                crate::client!($b, cfg.pubsub_endpoint.as_ref(), cfg.anonymous)
+                crate::config::client!($b, cfg.pubsub_endpoint.as_ref(), cfg.anonymous)
                     .build()
                     .await
                     .map_err(|e| PortError::backend(PORT, e))?
@@ -127,7 +128,7 @@ impl PubSubQueue {
                 .unwrap_or_else(|| "https://pubsub.googleapis.com".into())
                 .trim_end_matches('/')
                 .to_string(),
-            credentials: crate::credentials(cfg)?,
+            credentials: crate::config::credentials(cfg)?,
             endpoint: cfg.pubsub_endpoint.clone(),
             anonymous: cfg.anonymous,
         })
@@ -214,7 +215,7 @@ impl PubSubQueue {
         if let Some(p) = map.get(topic) {
             return Ok(p.clone());
         }
-        let p = crate::client!(
+        let p = crate::config::client!(
             Publisher::builder(self.topic(topic)),
             self.endpoint.as_ref(),
             self.anonymous

@@ -3,7 +3,7 @@
 //! table and queue names and the AWS role the worker's Google identity is
 //! exchanged for; no key of any kind.
 
-use crate::GcpConfig;
+use crate::config::GcpConfig;
 use studio_core::ids::PoolKey;
 
 /// Quotes `v` for a POSIX shell.

@@ -16,9 +16,10 @@
 //! release is seen by that look (and the driver takes the lock back); work
 //! written after it finds the lock free when its writer starts a driver.
 
+use crate::backend::LocalBackend;
 use crate::fleet::ProcessFleet;
 use crate::queue::SqliteQueue;
-use crate::{gc, lock, LocalBackend};
+use crate::{gc, lock};
 use std::io::{Seek, Write};
 use std::sync::Arc;
 use std::time::Duration;
@@ -194,6 +195,17 @@ pub async fn serve(be: &LocalBackend, every: Duration) -> Result<Served, PortErr
             Some(again) => held = again,
             // Someone started driving after we let go: the work is theirs.
             None => return Ok(Served::Idle),
+        }
+    }
+}
+
+impl LocalBackend {
+    /// The driver of this home's handlers.
+    pub fn driver(&self) -> Driver {
+        Driver {
+            ctx: self.ctx.clone(),
+            queue: self.queue.clone(),
+            fleet: self.fleet.clone(),
         }
     }
 }

@@ -18,8 +18,8 @@
 //! retention) is kept even if no job names it yet: a submission may be
 //! between storing its workspace and writing its job.
 
+use crate::backend::LocalBackend;
 use crate::db::sql;
-use crate::LocalBackend;
 use flate2::read::GzDecoder;
 use rusqlite::{params, OptionalExtension};
 use std::io::Read;
