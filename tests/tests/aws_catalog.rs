@@ -65,7 +65,7 @@ async fn the_shipped_catalogue_is_exactly_what_refresh_produces() {
     assert_eq!(fresh.types.len(), shipped.types.len());
     assert!(
         fresh.types == shipped.types,
-        "regenerate the shipped catalogue (README, shared/core/catalog)"
+        "regenerate the shipped catalogue (shared/core/catalog/README.md)"
     );
 }
 
