@@ -217,9 +217,25 @@ fn submit_cases() -> Vec<(&'static str, String, &'static str)> {
             "unsupported SubmitJob version 0",
         ),
         (
+            "a python that is neither a version nor an absolute path",
+            spec_with(|v| {
+                v["version"] = json!(3);
+                v["python"] = json!("python3; curl evil");
+            }),
+            "python 'python3; curl evil' must be a version (3.12, 3.12.1) or an interpreter's absolute path",
+        ),
+        (
+            "python in a version 2 message",
+            spec_with(|v| {
+                v["version"] = json!(2);
+                v["python"] = json!("3.12");
+            }),
+            "field 'python' needs SubmitJob version 3 (the message says version 2)",
+        ),
+        (
             "an unknown version",
-            spec_with(|v| v["version"] = json!(3)),
-            "unsupported SubmitJob version 3: this build reads version 1 to 2",
+            spec_with(|v| v["version"] = json!(4)),
+            "unsupported SubmitJob version 4: this build reads version 1 to 3",
         ),
         (
             "a version as text",

@@ -11,10 +11,10 @@ use std::collections::BTreeMap;
 use thiserror::Error;
 
 /// The newest version of [`SubmitJob`] this build reads. Version 2 added
-/// `outputs` and `max_cost_cents`; a message is written in the oldest
+/// `outputs`, `inputs` and `max_cost_cents`; version 3 `python`. A message is written in the oldest
 /// version that holds its fields ([`SubmitJob::settle_version`]), so a
 /// deployment not yet upgraded still takes what it can run.
-pub const SUBMIT_JOB_VERSION: u32 = 2;
+pub const SUBMIT_JOB_VERSION: u32 = 3;
 /// Versions of [`SubmitJob`] this build reads.
 pub const SUBMIT_JOB_VERSIONS: std::ops::RangeInclusive<u32> = 1..=SUBMIT_JOB_VERSION;
 /// The version of [`WorkItem`] this build writes and reads.
@@ -65,7 +65,7 @@ impl WorkspaceRef {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitJob {
-    /// 1 or 2 ([`SUBMIT_JOB_VERSIONS`]); v2 fields need version 2.
+    /// 1 to 3 ([`SUBMIT_JOB_VERSIONS`]); a field needs the version that added it.
     pub version: u32,
     /// The idempotency key. Absent: the queue message id is used, so a
     /// redelivered message still makes one job.
@@ -119,6 +119,10 @@ pub struct SubmitJob {
     /// its machines cost more than this many US cents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_cost_cents: Option<u64>,
+    /// The Python the script runs with: a version (`3.12`, `3.12.1`) or an
+    /// interpreter's absolute path. Absent: the machine's `python3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python: Option<String>,
     pub owner: String,
 }
 
@@ -162,6 +166,21 @@ fn is_inside(p: &str) -> bool {
         && path
             .components()
             .all(|c| matches!(c, std::path::Component::Normal(_)))
+}
+
+/// Whether `p` names a Python as a job may: a version of one to three
+/// numbers (`3`, `3.12`, `3.12.1`), or an absolute path without `..`.
+pub fn is_python_request(p: &str) -> bool {
+    let version = !p.is_empty()
+        && p.split('.').count() <= 3
+        && p.split('.')
+            .all(|n| !n.is_empty() && n.len() <= 4 && n.bytes().all(|b| b.is_ascii_digit()));
+    let path = p.starts_with('/')
+        && p.len() <= 256
+        && p.split('/').all(|c| c != "..")
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._+-".contains(&b));
+    version || path
 }
 
 fn default_cloud() -> Cloud {
@@ -211,6 +230,8 @@ pub enum ContractError {
     MaxCost,
     #[error("arch must be x86_64 or arm64")]
     Arch,
+    #[error("python '{0}' must be a version (3.12, 3.12.1) or an interpreter's absolute path")]
+    Python(String),
     #[error("args and env take {bytes} bytes; at most {MAX_ARGS_ENV_BYTES} are allowed (the job record must fit a DynamoDB item, 400 KB, with its history)")]
     TooLarge { bytes: usize },
 }
@@ -257,6 +278,7 @@ impl SubmitJob {
             outputs: Vec::new(),
             inputs: Vec::new(),
             max_cost_cents: None,
+            python: None,
             owner: owner.to_string(),
         }
     }
@@ -296,7 +318,10 @@ impl SubmitJob {
 
     /// The oldest version that holds this request's fields.
     pub fn min_version(&self) -> u32 {
-        if self.outputs.is_empty() && self.inputs.is_empty() && self.max_cost_cents.is_none() {
+        if self.python.is_some() {
+            3
+        } else if self.outputs.is_empty() && self.inputs.is_empty() && self.max_cost_cents.is_none()
+        {
             1
         } else {
             2
@@ -320,6 +345,13 @@ impl SubmitJob {
                     SUBMIT_JOB_VERSIONS.start(),
                     SUBMIT_JOB_VERSIONS.end()
                 ),
+            });
+        }
+        if self.version < 3 && self.python.is_some() {
+            return Err(ContractError::FieldVersion {
+                field: "python",
+                needs: 3,
+                got: self.version,
             });
         }
         if self.version < 2 {
@@ -379,6 +411,11 @@ impl SubmitJob {
         }
         if self.max_cost_cents == Some(0) {
             return Err(ContractError::MaxCost);
+        }
+        if let Some(p) = &self.python {
+            if !is_python_request(p) {
+                return Err(ContractError::Python(p.clone()));
+            }
         }
         // The catalogue reads other architectures (i386, the mac types)
         // as `Other`; a request may not ask for one.
@@ -499,8 +536,8 @@ pub(crate) mod tests {
             ("not json", "not a valid SubmitJob message"),
             ("{}", "unsupported SubmitJob version 0"),
             (
-                r#"{"version":3}"#,
-                "unsupported SubmitJob version 3: this build reads version 1 to 2",
+                r#"{"version":4}"#,
+                "unsupported SubmitJob version 4: this build reads version 1 to 3",
             ),
             (
                 r#"{"version":4294967297}"#,
@@ -547,6 +584,48 @@ pub(crate) mod tests {
         s.version = 2;
         s.max_cost_cents = Some(0);
         assert!(matches!(s.validate(), Err(ContractError::MaxCost)));
+        for bad in [
+            "python3",
+            "3.x",
+            "3..12",
+            "",
+            "../bin/python",
+            "/usr/../bin/python",
+            "/bin/python;rm",
+            "3.12.1.4",
+        ] {
+            let mut s = sample();
+            s.python = Some(bad.into());
+            s.settle_version();
+            assert!(
+                matches!(s.validate(), Err(ContractError::Python(_))),
+                "{bad:?}"
+            );
+        }
+        for good in [
+            "3",
+            "3.12",
+            "3.12.1",
+            "/usr/bin/python3.12",
+            "/opt/conda/envs/ml-2/bin/python",
+        ] {
+            let mut s = sample();
+            s.python = Some(good.into());
+            s.settle_version();
+            assert_eq!(s.version, 3, "python needs version 3");
+            assert_eq!(s.validate(), Ok(()), "{good:?}");
+        }
+        let mut s = sample();
+        s.python = Some("3.12".into());
+        s.version = 2;
+        assert!(matches!(
+            s.validate(),
+            Err(ContractError::FieldVersion {
+                field: "python",
+                needs: 3,
+                got: 2
+            })
+        ));
     }
 
     /// Version 2's fields need version 2; a sender writes the oldest
