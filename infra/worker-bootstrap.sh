@@ -1,7 +1,8 @@
 #!/bin/bash
-# Studio worker bootstrap: EC2 user-data rendered per pool by the fleet
-# (placeholders @NAME@). It holds no credentials: the machine acts through
-# its instance profile, and the worker's settings below are only names.
+# Studio worker bootstrap: EC2 user-data rendered per pool by the fleet,
+# which fills in its placeholders (upper-case names between two at signs).
+# It holds no credentials: the machine acts through its instance profile,
+# and the worker's settings below are only names.
 set -euo pipefail
 
 # Early in boot the metadata service and the network may not answer yet:
@@ -13,24 +14,32 @@ retry_curl() { curl -fsS --retry 8 --retry-delay 2 --retry-connrefused --max-tim
 token=$(retry_curl -X PUT http://169.254.169.254/latest/api/token -H "X-aws-ec2-metadata-token-ttl-seconds: 300")
 instance_id=$(retry_curl -H "X-aws-ec2-metadata-token: $token" http://169.254.169.254/latest/meta-data/instance-id)
 
-# The studio binary for this machine's architecture: from the artifact
-# bucket, checksum verified, unless the image already carries it (no
-# checksum given for this architecture).
-case "$(uname -m)" in
-    x86_64) want_sha256="@STUDIO_SHA256_X86_64@" ;;
-    aarch64) want_sha256="@STUDIO_SHA256_ARM64@" ;;
-    *) want_sha256="" ;;
-esac
-if [ -n "$want_sha256" ]; then
+# Installs s3://BUCKET/releases/NAME-SHA256 as /usr/local/bin/NAME, its
+# checksum verified; nothing when no checksum is given for this
+# architecture (the image carries it).
+install_release() {
+    name=$1 sha256=$2
+    [ -n "$sha256" ] || return 0
     for try in 1 2 3 4 5; do
-        aws s3 cp --only-show-errors "s3://@BUCKET@/releases/studio-$want_sha256" /usr/local/bin/studio.download && break
+        aws s3 cp --only-show-errors "s3://@BUCKET@/releases/$name-$sha256" "/usr/local/bin/$name.download" && break
         [ "$try" -lt 5 ] || exit 1
         sleep $((try * 3))
     done
-    echo "$want_sha256  /usr/local/bin/studio.download" | sha256sum -c -
-    install -m 0755 /usr/local/bin/studio.download /usr/local/bin/studio
-    rm -f /usr/local/bin/studio.download
-fi
+    echo "$sha256  /usr/local/bin/$name.download" | sha256sum -c -
+    install -m 0755 "/usr/local/bin/$name.download" "/usr/local/bin/$name"
+    rm -f "/usr/local/bin/$name.download"
+}
+
+# The studio binary for this machine's architecture, and uv beside it (it
+# builds jobs' Python environments, fetching a Python when a job asks for
+# one the image lacks: no image needs python3-venv or a recent Python).
+case "$(uname -m)" in
+    x86_64) studio_sha256="@STUDIO_SHA256_X86_64@" uv_sha256="@UV_SHA256_X86_64@" ;;
+    aarch64) studio_sha256="@STUDIO_SHA256_ARM64@" uv_sha256="@UV_SHA256_ARM64@" ;;
+    *) studio_sha256="" uv_sha256="" ;;
+esac
+install_release studio "$studio_sha256"
+install_release uv "$uv_sha256"
 test -x /usr/local/bin/studio
 
 # Scripts run as an unprivileged user that cannot reach the instance

@@ -314,6 +314,8 @@ pub async fn moto_deployment() -> (studio_aws::config::AwsConfig, aws_config::Sd
         worker_instance_profile: None,
         studio_sha256_x86_64: None,
         studio_sha256_arm64: None,
+        uv_sha256_x86_64: None,
+        uv_sha256_arm64: None,
         subnets: vec![],
         availability_zones: vec!["us-east-1a".into()],
         max_workers: 5,

@@ -213,6 +213,18 @@ async fn submit_through_sqs_creates_the_job_the_spot_group_and_the_work_item() {
         !user_data.to_ascii_lowercase().contains("secret"),
         "no credentials in user-data"
     );
+    // Every placeholder of the bootstrap is filled (the uv checksums too).
+    let placeholders: Vec<&str> = user_data
+        .match_indices('@')
+        .filter_map(|(i, _)| {
+            let rest = &user_data[i + 1..];
+            let name = &rest[..rest
+                .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+                .unwrap_or(rest.len())];
+            (!name.is_empty() && rest[name.len()..].starts_with('@')).then_some(name)
+        })
+        .collect();
+    assert!(placeholders.is_empty(), "left unfilled: {placeholders:?}");
 
     let q = w.ctx.settings.work_queue(&job.pool);
     let item = w

@@ -18,6 +18,8 @@ fn full() -> StackContext {
         .with("AvailabilityZones", "us-east-1a,us-east-1b")
         .with("BinarySha256X86", &"a".repeat(64))
         .with("BinarySha256Arm64", &"b".repeat(64))
+        .with("UvSha256X86", &"c".repeat(64))
+        .with("UvSha256Arm64", &"d".repeat(64))
 }
 
 /// The four functions: (logical id, role, handler crate).
@@ -124,6 +126,7 @@ fn every_function_gets_every_setting_it_reads_at_start() {
     })
     .unwrap();
     assert_eq!(cfg.studio_sha256_x86_64, Some("a".repeat(64)));
+    assert_eq!(cfg.uv_sha256_arm64, Some("d".repeat(64)));
     assert_eq!(cfg.worker_gpu_ami.as_deref(), Some("ami-0fedcba9876543210"));
     assert_eq!(cfg.availability_zones, ["us-east-1a", "us-east-1b"]);
 }

@@ -27,6 +27,10 @@ pub struct AwsConfig {
     /// `s3://<bucket>/releases/studio-<sha256>`, one per machine architecture.
     pub studio_sha256_x86_64: Option<String>,
     pub studio_sha256_arm64: Option<String>,
+    /// The same for uv (`releases/uv-<sha256>`), which builds jobs' Python
+    /// environments on the machine.
+    pub uv_sha256_x86_64: Option<String>,
+    pub uv_sha256_arm64: Option<String>,
     pub subnets: Vec<String>,
     pub availability_zones: Vec<String>,
     pub max_workers: u32,
@@ -117,6 +121,14 @@ pub const VARIABLES: &[(&str, &str)] = &[
     (
         "STUDIO_BINARY_SHA256_ARM64",
         "SHA-256 of the arm64 studio binary in s3://BUCKET/releases/ (optional: else the image carries it)",
+    ),
+    (
+        "STUDIO_UV_SHA256_X86_64",
+        "SHA-256 of the x86_64 uv binary in s3://BUCKET/releases/ (optional: else the image carries it, or jobs with dependency files fail saying so)",
+    ),
+    (
+        "STUDIO_UV_SHA256_ARM64",
+        "SHA-256 of the arm64 uv binary in s3://BUCKET/releases/ (optional: as for x86_64)",
     ),
     (
         "STUDIO_WORKER_INSTANCE_PROFILE",
@@ -225,6 +237,8 @@ impl AwsConfig {
             worker_instance_profile: get("STUDIO_WORKER_INSTANCE_PROFILE"),
             studio_sha256_x86_64: sha256("STUDIO_BINARY_SHA256_X86_64")?,
             studio_sha256_arm64: sha256("STUDIO_BINARY_SHA256_ARM64")?,
+            uv_sha256_x86_64: sha256("STUDIO_UV_SHA256_X86_64")?,
+            uv_sha256_arm64: sha256("STUDIO_UV_SHA256_ARM64")?,
             subnets: list("STUDIO_SUBNETS"),
             availability_zones: list("STUDIO_AVAILABILITY_ZONES"),
             max_workers: num("STUDIO_MAX_WORKERS", 20)?,

@@ -77,6 +77,9 @@ pub struct FleetConfig {
     /// image carries `/usr/local/bin/studio`.
     pub studio_sha256_x86_64: Option<String>,
     pub studio_sha256_arm64: Option<String>,
+    /// The same for uv (`releases/uv-<sha256>`), installed beside `studio`.
+    pub uv_sha256_x86_64: Option<String>,
+    pub uv_sha256_arm64: Option<String>,
     pub bucket: String,
 }
 
@@ -119,6 +122,14 @@ impl AsgFleet {
             .replace(
                 "@STUDIO_SHA256_ARM64@",
                 self.cfg.studio_sha256_arm64.as_deref().unwrap_or(""),
+            )
+            .replace(
+                "@UV_SHA256_X86_64@",
+                self.cfg.uv_sha256_x86_64.as_deref().unwrap_or(""),
+            )
+            .replace(
+                "@UV_SHA256_ARM64@",
+                self.cfg.uv_sha256_arm64.as_deref().unwrap_or(""),
             )
     }
 

@@ -52,6 +52,8 @@ pub fn context(cfg: &AwsConfig, sdk: &aws_config::SdkConfig, clock: Arc<dyn Cloc
             worker_env: cfg.worker_env(),
             studio_sha256_x86_64: cfg.studio_sha256_x86_64.clone(),
             studio_sha256_arm64: cfg.studio_sha256_arm64.clone(),
+            uv_sha256_x86_64: cfg.uv_sha256_x86_64.clone(),
+            uv_sha256_arm64: cfg.uv_sha256_arm64.clone(),
             bucket: cfg.bucket.clone(),
         },
     );
