@@ -12,6 +12,25 @@ pub struct Env {
     pub lock_fd: Option<i32>,
     /// The `STUDIO_*` and `AWS_*` environment variables.
     pub vars: std::collections::HashMap<String, String>,
+    /// What a worker hands to uv when it builds a job's environment
+    /// ([`is_uv_setting`]), sorted.
+    pub uv_vars: std::collections::BTreeMap<String, String>,
+}
+
+/// The variables uv reads that a build may need: its own (`UV_*`), the
+/// proxies, the CA bundle, and `PATH` (where uv finds interpreters).
+pub fn is_uv_setting(name: &str) -> bool {
+    name.starts_with("UV_")
+        || matches!(
+            name.to_ascii_uppercase().as_str(),
+            "PATH"
+                | "HTTP_PROXY"
+                | "HTTPS_PROXY"
+                | "ALL_PROXY"
+                | "NO_PROXY"
+                | "SSL_CERT_FILE"
+                | "SSL_CERT_DIR"
+        )
 }
 
 pub(crate) struct Globals {

@@ -88,6 +88,9 @@ fn main() -> ExitCode {
         vars: std::env::vars()
             .filter(|(k, _)| k.starts_with("STUDIO_") || k.starts_with("AWS_"))
             .collect(),
+        uv_vars: std::env::vars()
+            .filter(|(k, _)| context::is_uv_setting(k))
+            .collect(),
     };
     // One thread: the worker's scripts are tied to it by PR_SET_PDEATHSIG.
     let rt = tokio::runtime::Builder::new_current_thread()

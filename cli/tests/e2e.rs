@@ -1631,11 +1631,15 @@ fn chaos_every_job_finishes_exactly_once_whatever_dies() {
             .stdin(Stdio::null());
         c
     };
+    // The scripts wait for the chaos to begin (the gate file), so however
+    // long the submissions take, every job meets it.
     script(
         &h.work(),
         "chaos.py",
-        "import sys, time\ntime.sleep(float(sys.argv[1]))\nprint('done', sys.argv[2], flush=True)\n",
+        "import os, sys, time\nwhile not os.path.exists(sys.argv[3]):\n    time.sleep(0.02)\ntime.sleep(float(sys.argv[1]))\nprint('done', sys.argv[2], flush=True)\n",
     );
+    let gate = h.dir.path().join("chaos-begins");
+    let gate_arg = gate.display().to_string();
     let started = Instant::now();
     for i in 0..n {
         let secs = format!("{:.2}", 0.3 + (i % 7) as f64 * 0.1);
@@ -1649,6 +1653,7 @@ fn chaos_every_job_finishes_exactly_once_whatever_dies() {
             "chaos.py",
             &secs,
             &i.to_string(),
+            &gate_arg,
         ])
         .output()
         .unwrap();
@@ -1673,6 +1678,7 @@ fn chaos_every_job_finishes_exactly_once_whatever_dies() {
             .spawn()
             .unwrap()
     };
+    std::fs::write(&gate, "").unwrap();
     let (mut notices, mut kills, mut driver_kills) = (0usize, 0usize, 0usize);
     let mut next_driver_kill = Instant::now() + Duration::from_secs(2);
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -1793,4 +1799,83 @@ fn chaos_every_job_finishes_exactly_once_whatever_dies() {
         // Each has exited (or was killed above): reap it.
         d.wait().unwrap();
     }
+}
+
+/// A project as users bring it, on the local default: `requirements.txt`
+/// names a package (a wheel in the project: nothing is downloaded), `studio
+/// run` says it will build from it, the script imports the package, and the
+/// second run reuses the environment instead of building it again.
+#[test]
+fn a_project_with_requirements_runs_as_is_and_its_environment_is_reused() {
+    let h = Home::new();
+    let proj = h.work().join("proj");
+    std::fs::create_dir_all(&proj).unwrap();
+    let whl = studio_tests::make_wheel(&proj, "greeting", "0.1", "WORDS = 'hello from a wheel'\n");
+    std::fs::write(proj.join("requirements.txt"), format!("./{whl}\n")).unwrap();
+    script(&proj, "main.py", "import greeting\nprint(greeting.WORDS)\n");
+    let mut logs = Vec::new();
+    for _ in 0..2 {
+        let out = h.run(&["run", "--no-pull", "proj/main.py"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(
+            stdout(&out).contains("hello from a wheel"),
+            "{}",
+            stdout(&out)
+        );
+        assert!(
+            stderr(&out).contains("the job's Python environment is built from requirements.txt"),
+            "{}",
+            stderr(&out)
+        );
+        let id = h.jobs()[0]["id"].as_str().unwrap().to_string();
+        logs.push(h.log(&id));
+    }
+    assert!(
+        logs[0].contains("[studio] built the python environment"),
+        "{}",
+        logs[0]
+    );
+    assert!(logs[1].contains("): reused"), "{}", logs[1]);
+    assert!(
+        !logs[1].contains("building the python environment"),
+        "{}",
+        logs[1]
+    );
+}
+
+/// What `studio run` refuses before anything is sent (exit 2, no job): a
+/// script that does not compile, and, on the local default, dependency
+/// files on a machine without uv to build them.
+#[test]
+fn run_refuses_a_script_that_does_not_compile_and_requirements_without_uv() {
+    let h = Home::new();
+    let work = h.work();
+    script(&work, "broken.py", "print('fine')\ndef f(:\n    pass\n");
+    let out = h.run(&["run", "broken.py"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out)
+            .contains("script 'broken.py' does not compile: SyntaxError: invalid syntax (line 2)"),
+        "{}",
+        stderr(&out)
+    );
+    let proj = work.join("needs");
+    std::fs::create_dir_all(&proj).unwrap();
+    std::fs::write(proj.join("requirements.txt"), "numpy\n").unwrap();
+    script(&proj, "main.py", "import numpy\n");
+    // A PATH with the system's tools and no uv.
+    let out = h
+        .cmd(&["run", "needs/main.py"])
+        .env("PATH", "/usr/bin:/bin")
+        .env_remove("STUDIO_UV")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("requirements.txt needs uv to build the job's environment"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(h.jobs().is_empty(), "nothing was sent");
 }

@@ -511,17 +511,49 @@ pub fn quick_worker_config(
         seen_every: Duration::from_secs(60),
         idle_timeout: Duration::from_secs(300),
         term_grace: Duration::from_secs(2),
-        work_root,
         python: "python3".into(),
         notice: std::sync::Arc::new(studio_core::notice::NoNotice),
         notice_every: Duration::from_secs(5),
         checkpoint_every: Duration::from_secs(1),
         log_every: Duration::from_millis(100),
         progress_every: Duration::from_millis(100),
-        venv_root: None,
+        env_root: work_root.join("envs"),
+        work_root,
+        uv: None,
+        uv_env: uv_env(),
         run_as: None,
         inputs: None,
     }
+}
+
+/// Writes the wheel of a one-module pure-Python package into `dir`, offline
+/// (`fixtures/python/make_wheel.py`, nothing but the standard library);
+/// returns its file name, for a `requirements.txt` line `./NAME`.
+pub fn make_wheel(dir: &std::path::Path, name: &str, version: &str, source: &str) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/python/make_wheel.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(dir)
+        .args([name, version, source])
+        .output()
+        .expect("python3, to write a wheel");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!("{name}-{version}-py3-none-any.whl")
+}
+
+/// The environment tests give uv: this process's `PATH` (where
+/// `scripts/test` puts uv and the machine's interpreters are), and uv kept
+/// offline (no test downloads anything: packages come from the workspace).
+pub fn uv_env() -> Vec<(String, String)> {
+    vec![
+        ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
+        ("UV_OFFLINE".into(), "1".into()),
+        ("UV_PYTHON_DOWNLOADS".into(), "never".into()),
+    ]
 }
 
 /// Jobs made for the listing tests, created in `store` directly: 57 of

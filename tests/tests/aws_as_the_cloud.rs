@@ -230,7 +230,7 @@ async fn a_virtualenv_build_outlasting_the_lease_finishes_in_attempt_one() {
     let mut cfg = w.worker_config(&gk, &machine);
     // `python -m venv` alone takes seconds: several of these 1 s leases.
     cfg.lease = Duration::from_secs(1);
-    cfg.venv_root = Some(w.work.path().join("venvs"));
+    cfg.env_root = w.work.path().join("venvs");
     let first = w.start_worker(cfg);
     w.until_claimed("venv", &machine).await;
     let rival = w.start_rival(&gk);

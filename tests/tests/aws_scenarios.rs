@@ -698,7 +698,9 @@ async fn an_idle_worker_terminates_its_machine_and_lowers_the_group() {
         checkpoint_every: Duration::from_secs(30),
         log_every: Duration::from_millis(100),
         progress_every: Duration::from_millis(100),
-        venv_root: None,
+        env_root: std::env::temp_dir().join(format!("{}-envs", w.cfg.prefix)),
+        uv: None,
+        uv_env: studio_tests::uv_env(),
         run_as: None,
         inputs: None,
     };

@@ -49,7 +49,9 @@ fn worker_config(
         checkpoint_every: Duration::from_secs(600),
         log_every: Duration::from_millis(100),
         progress_every: Duration::from_millis(100),
-        venv_root: None,
+        env_root: work_root.join("envs"),
+        uv: None,
+        uv_env: studio_tests::uv_env(),
         run_as: None,
         inputs: None,
     }
@@ -690,7 +692,7 @@ async fn run_with_venvs(w: &LocalWorld, venvs: &Path, jobs: &[(&str, &str)]) -> 
         submit(&w.be.ctx, id, &spec.to_json()).await.unwrap();
         let pool = w.be.store_job_pool(id).await;
         let mut cfg = config(w, &pool, "w-venv", Arc::new(NoNotice));
-        cfg.venv_root = Some(venvs.to_path_buf());
+        cfg.env_root = venvs.to_path_buf();
         let (ctx, arts) = (w.be.ctx.clone(), w.be.artifacts.clone());
         let (stop, rx) = tokio::sync::watch::channel(false);
         let worker = tokio::spawn(async move { run_worker(&ctx, arts.as_ref(), &cfg, rx).await });
@@ -742,9 +744,20 @@ async fn jobs_run_in_virtualenvs_cached_by_their_requirements() {
         logs[1]
     );
     assert!(logs[2].contains("built the python environment"));
-    let built = std::fs::read_dir(&venvs)
+    // One owner: one directory, holding the two environments (and uv's
+    // cache and the lock files, which start with '.' or end in .lock).
+    let owners: Vec<_> = std::fs::read_dir(&venvs)
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().is_dir())
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(owners.len(), 1, "{owners:?}");
+    let built = std::fs::read_dir(&owners[0])
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            e.path().is_dir() && !name.starts_with('.')
+        })
         .count();
     assert_eq!(built, 2);
 }
@@ -755,9 +768,7 @@ async fn jobs_run_in_virtualenvs_cached_by_their_requirements() {
 /// root to switch users; elsewhere it says so and checks nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripts_run_as_the_unprivileged_user_and_own_only_their_attempt() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: switching the script's user needs root");
+    if !is_root("switching the script's user needs root") {
         return;
     }
     let w = LocalWorld::default().await;
@@ -807,4 +818,341 @@ async fn scripts_run_as_the_unprivileged_user_and_own_only_their_attempt() {
     assert!(log.contains("uid 65534"), "{log}");
     assert!(log.contains("denied outside"), "{log}");
     assert_eq!(job.checkpoint.map(|c| c.attempt), Some(1), "it could save");
+}
+
+/// Runs one job whose workspace holds `files` (the script is `main.py`),
+/// asking for `python`, on a worker set up by `cfg`; returns the job and
+/// its log.
+async fn run_in_env(
+    w: &LocalWorld,
+    cfg: WorkerConfig,
+    id: &str,
+    files: &[(&str, Vec<u8>)],
+    python: Option<&str>,
+) -> (studio_core::job::Job, String) {
+    let src = tempfile::tempdir().unwrap();
+    for (name, bytes) in files {
+        let path = src.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+    let tar = studio_core::workspace::pack_dir(src.path(), 8 << 20).unwrap();
+    let ws = w.be.artifacts.put_workspace(&tar).await.unwrap();
+    let mut spec = JobBuilder::new(id).workspace(ws).spec();
+    spec.entrypoint = "main.py".into();
+    spec.python = python.map(String::from);
+    spec.settle_version();
+    submit(&w.be.ctx, id, &spec.to_json()).await.unwrap();
+    let pool = w.be.store_job_pool(id).await;
+    let cfg = WorkerConfig { pool, ..cfg };
+    let (ctx, arts) = (w.be.ctx.clone(), w.be.artifacts.clone());
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(async move { run_worker(&ctx, arts.as_ref(), &cfg, rx).await });
+    let job = eventually("the job to end", Duration::from_secs(120), async || {
+        let j = w.be.ctx.store.get_job(&job_id(id)).await.unwrap().unwrap();
+        j.state.is_terminal().then_some(j)
+    })
+    .await;
+    stop.send(true).unwrap();
+    worker.await.unwrap().unwrap();
+    let log = std::fs::read_to_string(w.dir.path().join("jobs").join(id).join("log")).unwrap();
+    (job, log)
+}
+
+/// A project as users bring it: `requirements.txt` naming a package (here a
+/// wheel in the workspace, so nothing is downloaded), installed by uv
+/// before the script starts, and reused by the next job with the same file.
+/// A requirement that cannot be met fails the job with uv's reason, once,
+/// and leaves nothing that a later job would take for built.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requirements_are_installed_with_uv_reused_and_a_failed_build_is_never_kept() {
+    let w = LocalWorld::default().await;
+    let envs = w.dir.path().join("envs");
+    let wheels = tempfile::tempdir().unwrap();
+    let whl = studio_tests::make_wheel(
+        wheels.path(),
+        "greeting",
+        "0.1",
+        "WORDS = 'hello from a wheel'\n",
+    );
+    let project = |script: &str, requirements: &str| {
+        vec![
+            ("main.py", script.as_bytes().to_vec()),
+            ("requirements.txt", requirements.as_bytes().to_vec()),
+            (
+                whl.as_str(),
+                std::fs::read(wheels.path().join(&whl)).unwrap(),
+            ),
+        ]
+    };
+    let cfg = || WorkerConfig {
+        env_root: envs.clone(),
+        ..config(
+            &w,
+            &studio_core::ids::PoolKey::new("p").unwrap(),
+            "w-uv",
+            Arc::new(NoNotice),
+        )
+    };
+    let uses = "import greeting, sys\nprint(greeting.WORDS, 'in', sys.prefix)\n";
+    let reqs = format!("./{whl}\n");
+    let (first, log1) = run_in_env(&w, cfg(), "uv-1", &project(uses, &reqs), None).await;
+    assert_eq!(
+        first.state,
+        JobState::Finished,
+        "{:?}\n{log1}",
+        first.reason
+    );
+    assert!(log1.contains("hello from a wheel in"), "{log1}");
+    assert!(
+        log1.contains("[studio] building the python environment"),
+        "{log1}"
+    );
+    assert!(
+        log1.contains("[studio] built the python environment"),
+        "{log1}"
+    );
+    assert!(
+        log1.contains("[uv] "),
+        "uv's own output is in the job's log: {log1}"
+    );
+    let (second, log2) = run_in_env(&w, cfg(), "uv-2", &project(uses, &reqs), None).await;
+    assert_eq!(second.state, JobState::Finished, "{:?}", second.reason);
+    assert!(log2.contains("): reused"), "{log2}");
+    assert!(!log2.contains("building the python environment"), "{log2}");
+
+    // A package nobody has: the reason names it, and a retry builds again.
+    let broken = "nosuchpkg-studio-test==1.0\n";
+    for id in ["uv-bad-1", "uv-bad-2"] {
+        let (job, log) =
+            run_in_env(&w, cfg(), id, &project("print('never')\n", broken), None).await;
+        assert_eq!(job.state, JobState::Failed, "{log}");
+        let reason = job.reason.clone().unwrap_or_default();
+        assert!(
+            reason.starts_with("python environment: uv pip install:"),
+            "{reason}"
+        );
+        assert!(reason.contains("nosuchpkg-studio-test"), "{reason}");
+        assert!(reason.len() < 400, "one short reason: {reason}");
+        assert!(!reason.contains('\n'), "one line: {reason}");
+        assert!(
+            log.contains("building the python environment"),
+            "built again, not reused: {log}"
+        );
+    }
+}
+
+/// `python: 3.X` on a machine whose default interpreter is an older one:
+/// uv finds the version asked for among the machine's interpreters (here
+/// offline; on a cloud machine it may also fetch it). Needs two Python
+/// versions on this machine; elsewhere it says so and checks nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_gets_the_python_version_it_asks_for() {
+    let found = local_pythons();
+    let (Some(old), Some(new)) = (found.first(), found.last().filter(|_| found.len() > 1)) else {
+        eprintln!("skipped: needs two Python minor versions on this machine, found {found:?}");
+        return;
+    };
+    let w = LocalWorld::default().await;
+    let mut cfg = config(
+        &w,
+        &studio_core::ids::PoolKey::new("p").unwrap(),
+        "w-py",
+        Arc::new(NoNotice),
+    );
+    cfg.python = old.1.display().to_string();
+    // uv looks for interpreters on PATH: the newer one's directory is on it.
+    let path = format!(
+        "{}:{}",
+        new.1.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    cfg.uv_env.retain(|(k, _)| k != "PATH");
+    cfg.uv_env.push(("PATH".into(), path));
+    let script = b"import sys\nprint('version %d.%d' % sys.version_info[:2])\n".to_vec();
+    let want = format!("3.{}", new.0);
+    let (job, log) = run_in_env(
+        &w,
+        cfg.clone(),
+        "py-new",
+        &[("main.py", script.clone())],
+        Some(&want),
+    )
+    .await;
+    assert_eq!(job.state, JobState::Finished, "{:?}\n{log}", job.reason);
+    assert!(log.contains(&format!("version {want}")), "{log}");
+    // Without asking: the machine's (older) default, as it is.
+    let (job, log) = run_in_env(&w, cfg, "py-default", &[("main.py", script)], None).await;
+    assert_eq!(job.state, JobState::Finished, "{:?}", job.reason);
+    assert!(log.contains(&format!("version 3.{}", old.0)), "{log}");
+    assert!(
+        !log.contains("python environment"),
+        "no environment for a plain job: {log}"
+    );
+}
+
+/// Python 3 interpreters on this machine, one per minor version, oldest
+/// first: `python3.N` on PATH and in pyenv's versions.
+fn local_pythons() -> Vec<(u32, std::path::PathBuf)> {
+    let mut dirs: Vec<std::path::PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    let pyenv = std::env::var_os("PYENV_ROOT")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".pyenv")));
+    if let Some(versions) = pyenv.map(|p| p.join("versions")) {
+        if let Ok(rd) = std::fs::read_dir(versions) {
+            dirs.extend(rd.flatten().map(|e| e.path().join("bin")));
+        }
+    }
+    let mut by_minor = std::collections::BTreeMap::new();
+    for d in dirs
+        .iter()
+        .filter(|d| !d.to_string_lossy().contains("shims"))
+    {
+        for minor in 8..=20u32 {
+            let exe = d.join(format!("python3.{minor}"));
+            if by_minor.contains_key(&minor) || !exe.is_file() {
+                continue;
+            }
+            let ok = std::process::Command::new(&exe)
+                .args(["-c", "import sys; print(sys.version_info[1])"])
+                .output()
+                .is_ok_and(|o| {
+                    o.status.success()
+                        && String::from_utf8_lossy(&o.stdout).trim() == minor.to_string()
+                });
+            if ok {
+                by_minor.insert(minor, exe);
+            }
+        }
+    }
+    by_minor.into_iter().collect()
+}
+
+/// The attack the review reproduced: a `requirements.txt` naming a local
+/// package whose in-tree build backend runs whatever it likes. Where scripts
+/// run as an unprivileged user, the build runs as that user too, without
+/// the worker's supplementary groups or environment (no AWS_* or STUDIO_*
+/// variable reaches it); the job fails with the build's reason. Needs root
+/// to switch users; elsewhere it says so and checks nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_build_backend_runs_as_the_jobs_user_and_sees_nothing_of_the_workers() {
+    if !is_root("switching the build's user needs root") {
+        return;
+    }
+    let w = LocalWorld::default().await;
+    // Where the backend reports (writable by the job's user).
+    let report_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        report_dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let report = report_dir.path().join("report.json");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/python/evil");
+    let backend = std::fs::read_to_string(fixture.join("backend.py"))
+        .unwrap()
+        .replace("@REPORT@", &report.display().to_string());
+    let files = vec![
+        ("main.py", b"print('the script ran')\n".to_vec()),
+        ("requirements.txt", b"./evil\n".to_vec()),
+        (
+            "evil/pyproject.toml",
+            std::fs::read(fixture.join("pyproject.toml")).unwrap(),
+        ),
+        ("evil/backend.py", backend.into_bytes()),
+    ];
+    // As on a machine: the roots are traversable, scripts run as nobody.
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        root.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut cfg = worker_config(
+        root.path(),
+        &studio_core::ids::PoolKey::new("p").unwrap(),
+        "w-evil",
+        Arc::new(NoNotice),
+    );
+    cfg.run_as = Some((65534, 65534));
+    // uv where the job's user can run it, as /usr/local/bin is on a machine
+    // (the test's own copy may sit under a home only root can enter).
+    let bin = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        bin.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let uv = bin.path().join("uv");
+    std::fs::copy(
+        studio_core::worker::pyenv::find_uv().expect("uv (scripts/test installs it)"),
+        &uv,
+    )
+    .unwrap();
+    cfg.uv = Some(uv);
+    let (job, log) = run_in_env(&w, cfg, "evil", &files, None).await;
+    assert_eq!(job.state, JobState::Failed, "{log}");
+    assert!(
+        job.reason
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("python environment:"),
+        "{:?}",
+        job.reason
+    );
+    assert!(!log.contains("the script ran"), "{log}");
+    let seen: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap_or_else(|e| {
+            panic!("the backend ran and reported: {e}\n{:?}\n{log}", job.reason)
+        }))
+        .unwrap();
+    assert_eq!(seen["uid"], 65534, "{seen}");
+    assert_eq!(seen["euid"], 65534, "{seen}");
+    assert!(
+        seen["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|g| g == 65534),
+        "{seen}"
+    );
+    let env: Vec<&str> = seen["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        env.iter()
+            .all(|k| !k.starts_with("AWS_") && !k.starts_with("STUDIO_")),
+        "the worker's environment reached the build: {env:?}"
+    );
+    // The worker (this process) holds such variables: scripts/test sets
+    // AWS_*, so the check above could have failed.
+    if !std::env::vars().any(|(k, _)| k.starts_with("AWS_")) {
+        eprintln!("note: no AWS_* variable in this process: the leak check saw nothing to leak");
+    }
+    // The environment directory is the job user's; nothing in it is root's.
+    let owner_dir = std::fs::read_dir(root.path().join("envs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&owner_dir).unwrap()),
+        65534
+    );
+}
+
+/// Whether this process is root; where not, says which check is skipped.
+fn is_root(skipped: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped: {skipped}");
+    }
+    root
 }

@@ -19,6 +19,7 @@ use studio_core::ids::JobId;
 use studio_core::job::usd;
 use studio_core::plan::Planner;
 use studio_core::resources::Cloud;
+use studio_core::worker::pyenv::{find_uv, Deps};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -63,6 +64,11 @@ pub struct RunArgs {
     /// its machines cost more than this many USD, e.g. 2.50.
     #[arg(long, value_name = "USD")]
     pub max_cost: Option<String>,
+    /// The Python the script runs with: a version (3.12: found on the
+    /// machine, or fetched by uv) or an interpreter's absolute path.
+    /// Default: the machine's python3, or what the project's uv.lock asks.
+    #[arg(long, env = "STUDIO_PYTHON", value_name = "VERSION|PATH")]
+    pub python: Option<String>,
     /// Do not download the job's outputs into ./studio-out/JOB/ when it ends.
     #[arg(long)]
     pub no_pull: bool,
@@ -138,6 +144,7 @@ fn validate_run(
         .map(|i| parse_input(i))
         .collect::<Result<_, _>>()?;
     spec.max_cost_cents = a.max_cost.as_deref().map(parse_usd_cents).transpose()?;
+    spec.python = a.python.clone();
     spec.settle_version();
     spec.job_id = a
         .job_id
@@ -186,8 +193,88 @@ fn validate_run(
     for w in &plan.warnings {
         eprintln!("studio: warning: {w}");
     }
+    preflight(&spec, &dir, &path, home)?;
     Ok((spec, dir))
 }
+
+/// What `run` says and checks of the script's Python before anything is
+/// sent: the dependency files its environment will be built from (and,
+/// for the local default, that this machine has uv to build it), and that
+/// the script compiles.
+fn preflight(spec: &SubmitJob, dir: &Path, script: &Path, home: &Path) -> Result<(), CliError> {
+    let deps = Deps::of(dir);
+    let files = deps.files().join(" + ");
+    if deps != Deps::None {
+        eprintln!("studio: the job's Python environment is built from {files} (with uv, cached)");
+    }
+    let needs_uv = deps != Deps::None || spec.python.is_some();
+    if needs_uv && spec.cloud == Cloud::Local && find_uv().is_none() {
+        let what = if files.is_empty() {
+            "--python"
+        } else {
+            files.as_str()
+        };
+        return Err(usage(format!(
+            "{what} needs uv to build the job's environment, and this machine has none: \
+             install it (`pip install uv`) or point STUDIO_UV at it"
+        )));
+    }
+    // A version is found (or fetched) on the worker; check with what runs it.
+    let python = match spec.python.as_deref() {
+        None => "python3",
+        Some(p) if p.starts_with('/') => p,
+        Some(_) => return Ok(()),
+    };
+    // A script that compiled once with this interpreter is not asked
+    // again (a sweep of 200 runs starts Python once, not 200 times).
+    let Ok(bytes) = std::fs::read(script) else {
+        return Ok(());
+    };
+    let mut h = <sha2::Sha256 as sha2::Digest>::new();
+    sha2::Digest::update(&mut h, python.as_bytes());
+    sha2::Digest::update(&mut h, [0]);
+    sha2::Digest::update(&mut h, &bytes);
+    let seen = home
+        .join("cache")
+        .join("compiled")
+        .join(hex::encode(sha2::Digest::finalize(h)));
+    if seen.exists() {
+        return Ok(());
+    }
+    let out = std::process::Command::new(python)
+        .args(["-c", COMPILES])
+        .arg(script)
+        .stdin(std::process::Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.code() == Some(3) => Err(usage(format!(
+            "script '{}' does not compile: {}",
+            spec.entrypoint,
+            String::from_utf8_lossy(&o.stdout).trim()
+        ))),
+        Ok(o) if o.status.success() => {
+            // Only a note: a home that cannot hold it asks again next time.
+            if let Some(dir) = seen.parent() {
+                if studio_local::files::create_dir_all(dir).is_ok() {
+                    let _ = studio_local::files::write(&seen, b"");
+                }
+            }
+            Ok(())
+        }
+        // No such interpreter here to ask: the worker says.
+        _ => Ok(()),
+    }
+}
+
+/// Compiles the script named by argv[1] without running it or writing a
+/// .pyc; exit 3 and one line when it does not compile.
+const COMPILES: &str = r#"import sys
+try:
+    compile(open(sys.argv[1], 'rb').read(), sys.argv[1], 'exec')
+except (SyntaxError, ValueError) as e:
+    print(f'{type(e).__name__}: {getattr(e, "msg", e)} (line {getattr(e, "lineno", "?")})')
+    sys.exit(3)
+"#;
 
 pub(crate) async fn run(g: &Globals, env: &Env, a: RunArgs) -> Result<ExitCode, CliError> {
     let (mut spec, dir) = validate_run(&a, &env.user, &g.home, g.settings.max_auto_workers)?;

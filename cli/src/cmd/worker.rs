@@ -31,7 +31,9 @@ pub struct WorkerArgs {
     /// its record; the worker writes one every quarter of it.
     #[arg(long, env = "STUDIO_LEASE", default_value = "30s")]
     pub lease: String,
-    #[arg(long, env = "STUDIO_PYTHON", default_value = "python3")]
+    /// The interpreter of jobs that ask for no Python and have no
+    /// dependency files (a job's own choice is its `python` field).
+    #[arg(long, env = "STUDIO_WORKER_PYTHON", default_value = "python3")]
     pub python: String,
     /// Where interruption notices come from: none, ec2 (IMDSv2) or gce.
     #[arg(long, env = "STUDIO_METADATA", default_value = "none")]
@@ -45,9 +47,14 @@ pub struct WorkerArgs {
     /// Run scripts as this (unprivileged) user; the worker itself stays root.
     #[arg(long, env = "STUDIO_RUN_AS", value_name = "USER")]
     pub run_as: Option<String>,
-    /// Give each job a virtualenv (cached here by the hash of its requirements.txt).
-    #[arg(long, env = "STUDIO_VENV_ROOT", value_name = "DIR")]
-    pub venv_root: Option<PathBuf>,
+    /// Where jobs' Python environments are kept, a directory per owner
+    /// (default: envs/ in the home).
+    #[arg(long, alias = "venv-root", value_name = "DIR")]
+    pub env_root: Option<PathBuf>,
+    /// uv, which builds jobs' environments (default: on PATH, else beside
+    /// this binary).
+    #[arg(long, env = "STUDIO_UV", value_name = "PATH")]
+    pub uv: Option<PathBuf>,
     /// Where the worker's queue, store and artifacts are: local, aws or gce.
     #[arg(long, env = "STUDIO_BACKEND", default_value = "local")]
     pub backend: String,
@@ -125,7 +132,9 @@ pub(crate) async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<Exit
         } else {
             Duration::from_secs(1)
         },
-        venv_root: a.venv_root,
+        env_root: a.env_root.unwrap_or_else(|| g.home.join("envs")),
+        uv: a.uv,
+        uv_env: env.uv_vars.clone().into_iter().collect(),
         run_as: a.run_as.as_deref().map(user_ids).transpose()?,
         inputs: None,
     };

@@ -75,6 +75,10 @@ impl Home {
             .env("STUDIO_POOL_GRACE", "1s")
             .env("STUDIO_MAX_WORKERS", "4")
             .env_remove("STUDIO_LOG")
+            // Jobs' environments are built offline: packages come from
+            // their workspaces, Pythons from this machine.
+            .env("UV_OFFLINE", "1")
+            .env("UV_PYTHON_DOWNLOADS", "never")
             .current_dir(self.work());
         c
     }

@@ -82,7 +82,7 @@ Wants=network-online.target
 [Service]
 EnvironmentFile=/etc/studio/worker.env
 EnvironmentFile=/etc/studio/instance.env
-ExecStart=/usr/local/bin/studio worker --pool {pool} --instance-id ${{STUDIO_INSTANCE_ID}} --venv-root /var/lib/studio/venvs --run-as studio-job
+ExecStart=/usr/local/bin/studio worker --pool {pool} --instance-id ${{STUDIO_INSTANCE_ID}} --env-root /var/lib/studio/envs --run-as studio-job
 Restart=on-failure
 RestartSec=5
 

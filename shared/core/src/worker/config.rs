@@ -94,10 +94,15 @@ pub struct WorkerConfig {
     /// instance metadata service, so a script never gets the machine's
     /// role credentials). Its attempt directory is handed to it.
     pub run_as: Option<(u32, u32)>,
-    /// `Some(dir)`: each job runs in a virtualenv under `dir`, built from its
-    /// `requirements.txt` and cached by the hash of that file and the
-    /// interpreter. `None`: scripts run with `python` as it is.
-    pub venv_root: Option<PathBuf>,
+    /// Jobs' Python environments ([`crate::worker::pyenv`]) are kept here,
+    /// a directory per owner.
+    pub env_root: PathBuf,
+    /// uv; `None`: looked for on `PATH`, then beside this binary, when a
+    /// job needs it ([`crate::worker::pyenv::find_uv`]).
+    pub uv: Option<PathBuf>,
+    /// The environment uv gets (its settings, proxies, `PATH`): where
+    /// scripts run as another user, a build sees nothing else of the worker's.
+    pub uv_env: Vec<(String, String)>,
     /// Fetches jobs' `inputs`; `None`: a job that names any fails to start,
     /// saying so.
     pub inputs: Option<Arc<dyn InputSource>>,

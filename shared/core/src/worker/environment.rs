@@ -7,10 +7,9 @@ use crate::job::Job;
 use crate::ports::ArtifactStore;
 use crate::worker::collect::{fingerprint, Saved};
 use crate::worker::config::WorkerConfig;
+use crate::worker::pyenv::python_for;
 use sha2::Digest;
 use std::path::PathBuf;
-use std::process::Stdio;
-use tokio::process::Command;
 
 /// Where one attempt's files live on this machine: under the work root,
 /// `JOB/attempt-N/{workspace,checkpoints,outputs}`.
@@ -38,7 +37,8 @@ impl AttemptDirs {
 
 /// Everything before the script starts: the workspace unpacked, the inputs
 /// fetched, the directories made, the recorded checkpoint restored (noted
-/// in `saved`), and the Python environment. Returns the python to run.
+/// in `saved`), the attempt handed to the job's user, and the Python
+/// environment ([`crate::worker::pyenv`]). Returns the python to run.
 ///
 /// # Errors
 /// Why the attempt cannot start, for its failure reason.
@@ -102,22 +102,18 @@ pub(crate) async fn prepare(
     if let Err(why) = prepared {
         return Err(format!("workspace: {why}"));
     }
-    match &cfg.venv_root {
-        None => Ok(cfg.python.clone().into()),
-        Some(root) => match ensure_venv(root, &cfg.python, ws).await {
-            Ok((python, created)) => {
-                if created {
-                    let line = format!(
-                        "[studio] built the python environment {}\n",
-                        python.display()
-                    );
-                    let _ = artifacts.append_log(id, line.as_bytes()).await;
-                }
-                Ok(python)
-            }
-            Err(why) => Err(format!("python environment: {why}")),
-        },
-    }
+    // The job's user builds its environment: the attempt is theirs first.
+    hand_over(cfg, dirs)?;
+    python_for(
+        artifacts,
+        cfg,
+        id,
+        &job.spec.owner,
+        job.spec.python.as_deref(),
+        ws,
+    )
+    .await
+    .map_err(|why| format!("python environment: {why}"))
 }
 
 /// The attempt's directory handed to the job's user, when the worker runs
@@ -125,7 +121,7 @@ pub(crate) async fn prepare(
 ///
 /// # Errors
 /// Why it could not be, for the attempt's failure reason.
-pub(crate) fn hand_over(cfg: &WorkerConfig, dirs: &AttemptDirs) -> Result<(), String> {
+fn hand_over(cfg: &WorkerConfig, dirs: &AttemptDirs) -> Result<(), String> {
     if let Some((uid, gid)) = cfg.run_as {
         chown_tree(&dirs.attempt, uid, gid)
             .map_err(|e| format!("handing {} to uid {uid}: {e}", dirs.attempt.display()))?;
@@ -146,94 +142,4 @@ fn chown_tree(dir: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<()> 
         }
     }
     Ok(())
-}
-
-/// The interpreter of the job's virtualenv, building it first unless a job
-/// with the same `requirements.txt` (and interpreter) already did; `true`
-/// when it was built now. Concurrent workers on one machine wait for each
-/// other on a lock file instead of building the same environment twice.
-async fn ensure_venv(
-    root: &std::path::Path,
-    python: &str,
-    ws: &std::path::Path,
-) -> Result<(PathBuf, bool), String> {
-    let requirements = ws.join("requirements.txt");
-    let content = std::fs::read(&requirements).unwrap_or_default();
-    let mut h = sha2::Sha256::new();
-    h.update(python.as_bytes());
-    h.update([0]);
-    h.update(&content);
-    let key = &hex::encode(h.finalize())[..16];
-    let dir = root.join(key);
-    let bin = dir.join("bin").join("python");
-    let ready = dir.join(".studio-ready");
-    if ready.exists() {
-        return Ok((bin, false));
-    }
-    std::fs::create_dir_all(root).map_err(|e| format!("{}: {e}", root.display()))?;
-    let lock_path = root.join(format!("{key}.lock"));
-    let lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
-        use std::os::fd::AsRawFd;
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(lock_path)?;
-        // SAFETY: flock on a file descriptor we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
-            Ok(f)
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| format!("lock: {e}"))?;
-    if ready.exists() {
-        return Ok((bin, false));
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    run_quiet(
-        Command::new(python).arg("-m").arg("venv").arg(&dir),
-        "python -m venv",
-    )
-    .await?;
-    if content.iter().any(|b| !b.is_ascii_whitespace()) {
-        run_quiet(
-            Command::new(&bin)
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--disable-pip-version-check",
-                    "--quiet",
-                    "-r",
-                ])
-                .arg(&requirements)
-                .current_dir(ws),
-            "pip install -r requirements.txt",
-        )
-        .await?;
-    }
-    std::fs::write(&ready, b"").map_err(|e| e.to_string())?;
-    drop(lock);
-    Ok((bin, true))
-}
-
-async fn run_quiet(cmd: &mut Command, what: &str) -> Result<(), String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| format!("{what}: {e}"))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let err = String::from_utf8_lossy(&out.stderr);
-    let tail: Vec<&str> = err.lines().rev().take(3).collect();
-    Err(format!(
-        "{what} failed ({}): {}",
-        out.status,
-        tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-    ))
 }

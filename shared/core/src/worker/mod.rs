@@ -19,7 +19,8 @@
 //! - [`config`]: [`WorkerConfig`], [`Cadence`], [`WorkerExit`].
 //! - [`poll`]: the loop ([`run_worker`]): receive, claim, run, ack, leave when idle.
 //! - [`liveness`]: the heartbeat from claim to end, what it sees, budgets.
-//! - [`environment`]: directories, workspace, inputs, checkpoint restored, Python environment.
+//! - [`environment`]: directories, workspace, inputs, checkpoint restored, handed to the job's user.
+//! - [`pyenv`]: the job's Python environment, built with uv as the job's user, cached per owner.
 //! - [`run`]: the script's process, its output and progress, and its stops.
 //! - [`collect`]: checkpoints and outputs saved, the end recorded, or the job handed back.
 
@@ -28,6 +29,7 @@ mod config;
 mod environment;
 mod liveness;
 mod poll;
+pub mod pyenv;
 mod run;
 
 pub use config::{Cadence, WorkerConfig, WorkerExit, CHECKPOINT_LIMIT};

@@ -12,7 +12,7 @@ use crate::worker::collect::{
     RunEnd, Saved,
 };
 use crate::worker::config::WorkerConfig;
-use crate::worker::environment::{hand_over, prepare, AttemptDirs};
+use crate::worker::environment::{prepare, AttemptDirs};
 use crate::worker::liveness::{end_over_budget, over_budget, Seen};
 use std::process::Stdio;
 use std::time::Duration;
@@ -64,9 +64,6 @@ pub(crate) async fn run_attempt(
             return RunEnd::default();
         }
         Seen::Ours | Seen::Warned => {}
-    }
-    if let Err(why) = hand_over(cfg, &dirs) {
-        return fail_to_start(ctx, &id, attempt, &cfg.instance, why).await;
     }
     let mut cmd = Command::new(&python);
     cmd.arg(&job.spec.entrypoint)

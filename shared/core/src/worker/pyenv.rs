@@ -1,0 +1,515 @@
+//! The job's Python environment, the same on every backend: built with
+//! [uv](https://docs.astral.sh/uv/) from the workspace's dependency files
+//! (`uv.lock` with `pyproject.toml`, else `requirements.txt`, else
+//! `pyproject.toml`), in the Python the job asks for (`python`: a version
+//! uv finds on the machine or fetches, or an interpreter's path). A job with
+//! neither runs with the machine's interpreter as it is, and needs no uv.
+//!
+//! **As the job's user.** Where scripts run as an unprivileged user
+//! ([`WorkerConfig::run_as`]), every build step runs as that user too, with
+//! an environment of uv's settings only ([`WorkerConfig::uv_env`]): a
+//! `requirements.txt` naming a local package runs that package's build
+//! backend unprivileged, never as the worker. The worker itself only makes
+//! the owner's directory (in a root-owned parent) and renames a finished
+//! build into place, both through a descriptor it opened without following
+//! links, so nothing the job left there is ever followed as root.
+//!
+//! **Cached per owner.** `<env_root>/<owner>/<key>`, where the key hashes
+//! the dependency files, the Python asked for and the platform; uv's own
+//! cache (`<env_root>/<owner>/.cache`) makes a changed file reuse what it
+//! can. One owner's builds never change what another's jobs run. A build is
+//! made under a temporary name and renamed into place only when it
+//! succeeded, so a failed build is never reused; jobs with the same key
+//! wait on a lock file and build once.
+
+use crate::ids::JobId;
+use crate::ports::ArtifactStore;
+use crate::worker::config::WorkerConfig;
+use sha2::Digest;
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Instant;
+use tokio::process::Command;
+
+/// What a workspace asks of its environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deps {
+    /// `uv.lock` beside `pyproject.toml`: installed exactly as locked.
+    Locked,
+    /// `requirements.txt`.
+    Requirements,
+    /// `pyproject.toml`'s `[project] dependencies`.
+    Pyproject,
+    /// No dependency file.
+    None,
+}
+
+impl Deps {
+    /// What the workspace at `ws` holds, by the files uv reads.
+    pub fn of(ws: &Path) -> Deps {
+        let has = |f: &str| ws.join(f).is_file();
+        if has("uv.lock") && has("pyproject.toml") {
+            Deps::Locked
+        } else if has("requirements.txt") {
+            Deps::Requirements
+        } else if has("pyproject.toml") {
+            Deps::Pyproject
+        } else {
+            Deps::None
+        }
+    }
+
+    /// The files this kind is built from.
+    pub fn files(&self) -> &'static [&'static str] {
+        match self {
+            Deps::Locked => &["pyproject.toml", "uv.lock"],
+            Deps::Requirements => &["requirements.txt"],
+            Deps::Pyproject => &["pyproject.toml"],
+            Deps::None => &[],
+        }
+    }
+}
+
+/// The interpreter the script runs with: the machine's own when the job
+/// asks for nothing, else its environment's (built now or found built).
+///
+/// # Errors
+/// One short line for the job's failure reason: what failed, and why.
+pub(crate) async fn python_for(
+    artifacts: &dyn ArtifactStore,
+    cfg: &WorkerConfig,
+    id: &JobId,
+    owner: &str,
+    python: Option<&str>,
+    ws: &Path,
+) -> Result<PathBuf, String> {
+    let deps = Deps::of(ws);
+    if deps == Deps::None && python.is_none() {
+        return Ok(cfg.python.clone().into());
+    }
+    let what = match (deps.files(), python) {
+        ([], Some(p)) => format!("python {p}"),
+        (files, None) => files.join(" + "),
+        (files, Some(p)) => format!("{}, python {p}", files.join(" + ")),
+    };
+    let Some(uv) = cfg.uv.clone().or_else(find_uv) else {
+        return Err(format!(
+            "{what} needs uv to build the job's environment, and this machine has none \
+             (install it: `pip install uv`, or point STUDIO_UV at it)"
+        ));
+    };
+    let key = key(&deps, python.unwrap_or(&cfg.python), ws)?;
+    let owner_dir = OwnerDir::open(&cfg.env_root, owner, cfg.run_as)?;
+    let bin = owner_dir.path.join(&key).join("bin").join("python");
+    // A hit before the lock costs a stat; after it, a build that ran
+    // meanwhile is found instead of made twice.
+    let mut lock = None;
+    let _lock = loop {
+        if owner_dir.holds_dir(&key) {
+            let line = format!("[studio] python environment {key} ({what}): reused\n");
+            log(artifacts, id, &line).await;
+            return Ok(bin);
+        }
+        match lock {
+            Some(l) => break l,
+            None => lock = Some(owner_dir.lock(&key).await?),
+        }
+    };
+    log(
+        artifacts,
+        id,
+        &format!("[studio] building the python environment {key} ({what}) with uv\n"),
+    )
+    .await;
+    let started = Instant::now();
+    let tmp = format!(".build-{key}-{}", ulid::Ulid::new());
+    let build = Build {
+        uv: &uv,
+        cfg,
+        owner_dir: &owner_dir,
+        tmp: owner_dir.path.join(&tmp),
+        ws,
+    };
+    let result = build.run(&deps, python.unwrap_or(&cfg.python)).await;
+    log(artifacts, id, &result.output).await;
+    match result.failure {
+        None => {
+            owner_dir.rename(&tmp, &key)?;
+            let line = format!(
+                "[studio] built the python environment {key} in {:.1}s\n",
+                started.elapsed().as_secs_f64()
+            );
+            log(artifacts, id, &line).await;
+            Ok(bin)
+        }
+        Some(why) => {
+            build.discard().await;
+            Err(why)
+        }
+    }
+}
+
+/// uv on this machine: on `PATH`, else beside this binary (where cloud
+/// machines get it).
+pub fn find_uv() -> Option<PathBuf> {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("uv")));
+    std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("uv"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .chain(beside)
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The cache key: the kind, the Python asked for, the platform, and the
+/// dependency files' bytes.
+fn key(deps: &Deps, python: &str, ws: &Path) -> Result<String, String> {
+    let mut h = sha2::Sha256::new();
+    h.update(b"studio-env-1\0");
+    h.update(format!(
+        "{deps:?}\0{python}\0{}-{}\0",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    ));
+    for f in deps.files() {
+        let bytes = std::fs::read(ws.join(f)).map_err(|e| format!("{f}: {e}"))?;
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(&bytes);
+    }
+    Ok(hex::encode(h.finalize())[..16].to_string())
+}
+
+async fn log(artifacts: &dyn ArtifactStore, id: &JobId, text: &str) {
+    if !text.is_empty() {
+        let _ = artifacts.append_log(id, text.as_bytes()).await;
+    }
+}
+
+/// `<env_root>/<owner>`, opened without following links and (where
+/// scripts run as another user) owned by that user.
+struct OwnerDir {
+    path: PathBuf,
+    fd: OwnedFd,
+}
+
+impl OwnerDir {
+    fn open(root: &Path, owner: &str, run_as: Option<(u32, u32)>) -> Result<OwnerDir, String> {
+        let fail = |what: &str, e: std::io::Error| format!("{what} {}: {e}", root.display());
+        // The root is the worker's own (root-owned on a cloud machine).
+        std::fs::create_dir_all(root).map_err(|e| fail("creating", e))?;
+        let root_fd = open_dir(libc::AT_FDCWD, root.as_os_str().as_bytes())
+            .map_err(|e| fail("opening", e))?;
+        let name = hex::encode(sha2::Sha256::digest(owner.as_bytes()))[..16].to_string();
+        let cname = CString::new(name.clone()).expect("hex has no NUL");
+        // SAFETY: mkdirat on a descriptor we own and a NUL-terminated name.
+        let made = unsafe { libc::mkdirat(root_fd.as_raw_fd(), cname.as_ptr(), 0o700) } == 0;
+        if !made && std::io::Error::last_os_error().kind() != std::io::ErrorKind::AlreadyExists {
+            return Err(fail(
+                "creating the owner's directory in",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        let fd = open_dir(root_fd.as_raw_fd(), name.as_bytes())
+            .map_err(|e| fail("opening the owner's directory in", e))?;
+        if let Some((uid, gid)) = run_as {
+            // SAFETY: fchown on a descriptor we own.
+            if unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) } != 0 {
+                return Err(fail(
+                    "handing the owner's directory to the job's user in",
+                    std::io::Error::last_os_error(),
+                ));
+            }
+        }
+        Ok(OwnerDir {
+            path: root.join(name),
+            fd,
+        })
+    }
+
+    /// Whether `name` is a directory here (a link is not).
+    fn holds_dir(&self, name: &str) -> bool {
+        let Ok(c) = CString::new(name) else {
+            return false;
+        };
+        // SAFETY: fstatat into a struct we own, on a descriptor we own.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let ok = unsafe {
+            libc::fstatat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        } == 0;
+        ok && st.st_mode & libc::S_IFMT == libc::S_IFDIR
+    }
+
+    /// An exclusive lock on `<key>.lock` (never through a link).
+    async fn lock(&self, key: &str) -> Result<OwnedFd, String> {
+        let c = CString::new(format!("{key}.lock")).expect("hex has no NUL");
+        let dir = self.fd.as_raw_fd();
+        // SAFETY: openat with a NUL-terminated name on a descriptor we own.
+        let raw = unsafe {
+            libc::openat(
+                dir,
+                c.as_ptr(),
+                libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o600,
+            )
+        };
+        if raw < 0 {
+            return Err(format!("lock: {}", std::io::Error::last_os_error()));
+        }
+        // SAFETY: openat just returned this descriptor to us.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        tokio::task::spawn_blocking(move || {
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                Ok(fd)
+            } else {
+                Err(format!("lock: {}", std::io::Error::last_os_error()))
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Renames `from` to `to` in this directory (entries, never followed).
+    fn rename(&self, from: &str, to: &str) -> Result<(), String> {
+        let (f, t) = (
+            CString::new(from).expect("no NUL"),
+            CString::new(to).expect("no NUL"),
+        );
+        let dir = self.fd.as_raw_fd();
+        // SAFETY: renameat of two NUL-terminated names within a directory we hold open.
+        if unsafe { libc::renameat(dir, f.as_ptr(), dir, t.as_ptr()) } != 0 {
+            return Err(format!(
+                "placing the build: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn open_dir(at: i32, name: &[u8]) -> std::io::Result<OwnedFd> {
+    let c = CString::new(name).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+    // SAFETY: openat with a NUL-terminated name; the descriptor is ours.
+    let raw = unsafe {
+        libc::openat(
+            at,
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: openat just returned this descriptor to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// One build, under a temporary name in the owner's directory.
+struct Build<'a> {
+    uv: &'a Path,
+    cfg: &'a WorkerConfig,
+    owner_dir: &'a OwnerDir,
+    tmp: PathBuf,
+    ws: &'a Path,
+}
+
+/// What a build printed, and why it failed (one line) if it did.
+struct Built {
+    output: String,
+    failure: Option<String>,
+}
+
+impl Build<'_> {
+    /// uv with the job's user and uv's settings; where scripts run as
+    /// another user, nothing else of the worker's environment.
+    fn uv(&self) -> Command {
+        let mut c = Command::new(self.uv);
+        c.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .current_dir(self.ws)
+            .env("UV_CACHE_DIR", self.owner_dir.path.join(".cache"))
+            .env("NO_COLOR", "1");
+        if let Some((uid, gid)) = self.cfg.run_as {
+            c.env_clear()
+                .envs(self.cfg.uv_env.iter().cloned())
+                .env("UV_CACHE_DIR", self.owner_dir.path.join(".cache"))
+                .env("HOME", &self.owner_dir.path)
+                .env("UV_NO_CONFIG", "1")
+                .env("NO_COLOR", "1")
+                .uid(uid)
+                .gid(gid);
+            // (std drops the worker's supplementary groups when root
+            // switches users: the build gets only the job user's.)
+        } else {
+            c.envs(self.cfg.uv_env.iter().cloned());
+        }
+        c
+    }
+
+    async fn run(&self, deps: &Deps, python: &str) -> Built {
+        let mut output = String::new();
+        let venv = self.tmp.as_os_str();
+        let mut steps: Vec<(&str, Command)> = Vec::new();
+        let mut create = self.uv();
+        create
+            .args(["venv", "--no-project", "--python", python])
+            .arg(venv);
+        steps.push(("uv venv", create));
+        let target = self.tmp.join("bin").join("python");
+        match deps {
+            Deps::Requirements | Deps::Pyproject => {
+                let file = deps.files()[0];
+                let mut install = self.uv();
+                install
+                    .args(["pip", "install", "--python"])
+                    .arg(&target)
+                    .args(["-r", file]);
+                steps.push(("uv pip install", install));
+            }
+            Deps::Locked => {
+                let mut sync = self.uv();
+                sync.args(["sync", "--frozen", "--no-install-project", "--python"])
+                    .arg(&target)
+                    .env("UV_PROJECT_ENVIRONMENT", venv);
+                steps.push(("uv sync", sync));
+            }
+            Deps::None => {}
+        }
+        for (what, mut cmd) in steps {
+            let out = match cmd.output().await {
+                Ok(o) => o,
+                Err(e) => {
+                    return Built {
+                        output,
+                        failure: Some(format!("{what}: cannot start {}: {e}", self.uv.display())),
+                    }
+                }
+            };
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                output.push_str("[uv] ");
+                output.push_str(line);
+                output.push('\n');
+            }
+            if !out.status.success() {
+                return Built {
+                    failure: Some(format!("{what}: {}", reason(&text))),
+                    output,
+                };
+            }
+        }
+        Built {
+            output,
+            failure: None,
+        }
+    }
+
+    /// A failed build's files go, removed by whoever built them.
+    async fn discard(&self) {
+        if self.cfg.run_as.is_some() {
+            let mut rm = Command::new("rm");
+            rm.arg("-rf").arg("--").arg(&self.tmp).stdin(Stdio::null());
+            if let Some((uid, gid)) = self.cfg.run_as {
+                rm.env_clear().uid(uid).gid(gid);
+            }
+            let _ = rm.output().await;
+        } else {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+/// The one line of uv's output that says why: its error, with the cause
+/// uv gives under it, cut to a readable length.
+pub fn reason(output: &str) -> String {
+    let lines: Vec<&str> = output
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let start = lines
+        .iter()
+        .position(|l| l.starts_with("error:") || l.starts_with('×'))
+        .unwrap_or(lines.len().saturating_sub(1));
+    let mut said: Vec<String> = Vec::new();
+    for l in lines.iter().skip(start).take(3) {
+        let l = l
+            .trim_start_matches("error:")
+            .trim_start_matches('×')
+            .trim_start_matches("╰─▶")
+            .trim_start_matches('│')
+            .trim();
+        if !l.is_empty() && !l.starts_with("hint:") && !l.starts_with("help:") {
+            said.push(l.to_string());
+        }
+    }
+    let mut r = said.join(" ");
+    if r.chars().count() > 300 {
+        r = r.chars().take(297).collect::<String>() + "...";
+    }
+    if r.is_empty() {
+        "failed, and said nothing".to_string()
+    } else {
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reason_is_uvs_error_and_its_cause_in_one_line() {
+        let out = "Using CPython 3.11.7\n  × No solution found when resolving dependencies:\n  ╰─▶ Because nosuchpkg was not found in the package registry and you require\n      nosuchpkg, we can conclude that your requirements are unsatisfiable.\n";
+        assert_eq!(
+            reason(out),
+            "No solution found when resolving dependencies: Because nosuchpkg was not found in the package registry and you require nosuchpkg, we can conclude that your requirements are unsatisfiable."
+        );
+        assert_eq!(
+            reason("error: Failed to spawn: `x`\n  Caused by: No such file\n"),
+            "Failed to spawn: `x` Caused by: No such file"
+        );
+        assert_eq!(reason(""), "failed, and said nothing");
+    }
+
+    #[test]
+    fn the_dependency_files_decide_the_kind_and_the_key() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(Deps::of(d.path()), Deps::None);
+        std::fs::write(d.path().join("pyproject.toml"), "[project]\n").unwrap();
+        assert_eq!(Deps::of(d.path()), Deps::Pyproject);
+        std::fs::write(d.path().join("requirements.txt"), "numpy\n").unwrap();
+        assert_eq!(Deps::of(d.path()), Deps::Requirements);
+        let a = key(&Deps::Requirements, "3.12", d.path()).unwrap();
+        assert_eq!(a, key(&Deps::Requirements, "3.12", d.path()).unwrap());
+        assert_ne!(a, key(&Deps::Requirements, "3.11", d.path()).unwrap());
+        std::fs::write(d.path().join("requirements.txt"), "numpy==2.1\n").unwrap();
+        assert_ne!(a, key(&Deps::Requirements, "3.12", d.path()).unwrap());
+        std::fs::write(d.path().join("uv.lock"), "version = 1\n").unwrap();
+        assert_eq!(Deps::of(d.path()), Deps::Locked);
+    }
+}
