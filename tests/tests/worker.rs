@@ -854,7 +854,12 @@ async fn run_in_env(
     })
     .await;
     stop.send(true).unwrap();
-    worker.await.unwrap().unwrap();
+    // A worker stuck in a build it should have stopped fails here, not hangs.
+    tokio::time::timeout(Duration::from_secs(60), worker)
+        .await
+        .expect("the worker leaves when told")
+        .unwrap()
+        .unwrap();
     let log = std::fs::read_to_string(w.dir.path().join("jobs").join(id).join("log")).unwrap();
     (job, log)
 }
@@ -1155,4 +1160,68 @@ fn is_root(skipped: &str) -> bool {
         eprintln!("skipped: {skipped}");
     }
     root
+}
+
+/// A build that never ends (an in-tree backend that waits to be killed)
+/// holds nothing: cancelling the job stops it, the job ends `cancelled`,
+/// and the backend's process is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_job_stops_its_environment_build() {
+    let w = LocalWorld::default().await;
+    let marks = tempfile::tempdir().unwrap();
+    let pidfile = marks.path().join("backend.pid");
+    let backend = format!(
+        "import os, time\n\
+         def get_requires_for_build_wheel(config_settings=None):\n    \
+         open({pidfile:?}, 'w').write(str(os.getpid()))\n    \
+         while True:\n        time.sleep(0.05)\n",
+        pidfile = pidfile.display().to_string()
+    );
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("main.py", b"print('never')\n".to_vec()),
+        ("requirements.txt", b"./slow\n".to_vec()),
+        (
+            "slow/pyproject.toml",
+            b"[build-system]\nrequires = []\nbuild-backend = \"backend\"\nbackend-path = [\".\"]\n\n[project]\nname = \"slow\"\nversion = \"0.1\"\n".to_vec(),
+        ),
+        ("slow/backend.py", backend.into_bytes()),
+    ];
+    let cfg = config(
+        &w,
+        &studio_core::ids::PoolKey::new("p").unwrap(),
+        "w-slow",
+        Arc::new(NoNotice),
+    );
+    let store = w.be.ctx.store.clone();
+    let clock = w.be.ctx.clock.clone();
+    let pidfile2 = pidfile.clone();
+    let canceller = async move {
+        // The build has started when the backend says so.
+        let pid: i32 = eventually(
+            "the backend to start",
+            Duration::from_secs(60),
+            async || std::fs::read_to_string(&pidfile2).ok()?.trim().parse().ok(),
+        )
+        .await;
+        studio_core::handlers::cancel(
+            store.as_ref(),
+            clock.as_ref(),
+            &job_id("slow-build"),
+            "test",
+        )
+        .await
+        .unwrap();
+        pid
+    };
+    let ((job, log), pid) =
+        tokio::join!(run_in_env(&w, cfg, "slow-build", &files, None), canceller);
+    assert_eq!(job.state, JobState::Cancelled, "{:?}\n{log}", job.reason);
+    assert!(!log.contains("never"), "{log}");
+    // SAFETY: kill with signal 0 only asks whether the process exists.
+    eventually(
+        "the backend's process to be gone",
+        Duration::from_secs(30),
+        async || (unsafe { libc::kill(pid, 0) } != 0).then_some(()),
+    )
+    .await;
 }

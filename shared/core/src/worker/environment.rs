@@ -7,7 +7,8 @@ use crate::job::Job;
 use crate::ports::ArtifactStore;
 use crate::worker::collect::{fingerprint, Saved};
 use crate::worker::config::WorkerConfig;
-use crate::worker::pyenv::python_for;
+use crate::worker::liveness::Seen;
+use crate::worker::pyenv::{python_for, EnvRequest};
 use sha2::Digest;
 use std::path::PathBuf;
 
@@ -48,6 +49,7 @@ pub(crate) async fn prepare(
     job: &Job,
     dirs: &AttemptDirs,
     saved: &mut Saved,
+    seen: tokio::sync::watch::Receiver<Seen>,
 ) -> Result<PathBuf, String> {
     let id = &job.id;
     let (ws, ckpt) = (&dirs.workspace, &dirs.checkpoints);
@@ -102,18 +104,15 @@ pub(crate) async fn prepare(
     if let Err(why) = prepared {
         return Err(format!("workspace: {why}"));
     }
-    // The job's user builds its environment: the attempt is theirs first.
+    // What the environment is built from is read now, while the workspace
+    // is root's and, as unpacked, holds no link; then the attempt is the
+    // job user's, who builds it.
+    let wanted = EnvRequest::of(cfg, job.spec.python.as_deref(), ws)
+        .map_err(|why| format!("python environment: {why}"))?;
     hand_over(cfg, dirs)?;
-    python_for(
-        artifacts,
-        cfg,
-        id,
-        &job.spec.owner,
-        job.spec.python.as_deref(),
-        ws,
-    )
-    .await
-    .map_err(|why| format!("python environment: {why}"))
+    python_for(artifacts, cfg, id, &job.spec.owner, wanted, ws, seen)
+        .await
+        .map_err(|why| format!("python environment: {why}"))
 }
 
 /// The attempt's directory handed to the job's user, when the worker runs
@@ -130,9 +129,10 @@ fn hand_over(cfg: &WorkerConfig, dirs: &AttemptDirs) -> Result<(), String> {
 }
 
 /// Gives `dir` and everything under it to `uid:gid` (symlinks themselves,
-/// never their targets).
+/// never their targets), contents before their directory: while root is
+/// inside a directory it is still root's, so the job's user (whose earlier
+/// processes may be alive) cannot swap an entry for a link under it.
 fn chown_tree(dir: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<()> {
-    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))?;
     for e in std::fs::read_dir(dir)? {
         let e = e?;
         if e.file_type()?.is_dir() {
@@ -141,5 +141,5 @@ fn chown_tree(dir: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<()> 
             std::os::unix::fs::lchown(e.path(), Some(uid), Some(gid))?;
         }
     }
-    Ok(())
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))
 }

@@ -22,6 +22,7 @@
 //! - [`environment`]: directories, workspace, inputs, checkpoint restored, handed to the job's user.
 //! - [`pyenv`]: the job's Python environment, built with uv as the job's user, cached per owner.
 //! - [`run`]: the script's process, its output and progress, and its stops.
+//! - [`process`]: signals to a process group.
 //! - [`collect`]: checkpoints and outputs saved, the end recorded, or the job handed back.
 
 mod collect;
@@ -29,6 +30,7 @@ mod config;
 mod environment;
 mod liveness;
 mod poll;
+mod process;
 pub mod pyenv;
 mod run;
 

@@ -25,6 +25,8 @@
 use crate::ids::JobId;
 use crate::ports::ArtifactStore;
 use crate::worker::config::WorkerConfig;
+use crate::worker::liveness::Seen;
+use crate::worker::process::signal_group;
 use sha2::Digest;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -33,6 +35,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Instant;
 use tokio::process::Command;
+use tokio::sync::watch;
 
 /// What a workspace asks of its environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +53,9 @@ pub enum Deps {
 impl Deps {
     /// What the workspace at `ws` holds, by the files uv reads.
     pub fn of(ws: &Path) -> Deps {
-        let has = |f: &str| ws.join(f).is_file();
+        // Regular files only: a link is not followed (and not honoured).
+        let has =
+            |f: &str| std::fs::symlink_metadata(ws.join(f)).is_ok_and(|m| m.file_type().is_file());
         if has("uv.lock") && has("pyproject.toml") {
             Deps::Locked
         } else if has("requirements.txt") {
@@ -73,8 +78,45 @@ impl Deps {
     }
 }
 
+/// What a job's environment is built from: read as root before the
+/// attempt is handed to the job's user ([`EnvRequest::of`]), so the files
+/// hashed are the ones unpacked, never a link the job made since.
+#[derive(Debug, Clone)]
+pub struct EnvRequest {
+    deps: Deps,
+    python: Option<String>,
+    key: String,
+}
+
+/// Largest dependency file read (a `requirements.txt` is a few KiB).
+const MAX_DEPS_FILE: u64 = 1 << 20;
+
+impl EnvRequest {
+    /// `None`: the job asks for nothing, and runs with the machine's interpreter.
+    ///
+    /// # Errors
+    /// A dependency file that cannot be read, or is too large.
+    pub fn of(
+        cfg: &WorkerConfig,
+        python: Option<&str>,
+        ws: &Path,
+    ) -> Result<Option<EnvRequest>, String> {
+        let deps = Deps::of(ws);
+        if deps == Deps::None && python.is_none() {
+            return Ok(None);
+        }
+        let key = key(&deps, python.unwrap_or(&cfg.python), ws)?;
+        Ok(Some(EnvRequest {
+            deps,
+            python: python.map(String::from),
+            key,
+        }))
+    }
+}
+
 /// The interpreter the script runs with: the machine's own when the job
 /// asks for nothing, else its environment's (built now or found built).
+/// A build stops when the job is cancelled or taken over (`seen`).
 ///
 /// # Errors
 /// One short line for the job's failure reason: what failed, and why.
@@ -83,13 +125,14 @@ pub(crate) async fn python_for(
     cfg: &WorkerConfig,
     id: &JobId,
     owner: &str,
-    python: Option<&str>,
+    wanted: Option<EnvRequest>,
     ws: &Path,
+    seen: watch::Receiver<Seen>,
 ) -> Result<PathBuf, String> {
-    let deps = Deps::of(ws);
-    if deps == Deps::None && python.is_none() {
+    let Some(EnvRequest { deps, python, key }) = wanted else {
         return Ok(cfg.python.clone().into());
-    }
+    };
+    let python = python.as_deref();
     let what = match (deps.files(), python) {
         ([], Some(p)) => format!("python {p}"),
         (files, None) => files.join(" + "),
@@ -101,7 +144,6 @@ pub(crate) async fn python_for(
              (install it: `pip install uv`, or point STUDIO_UV at it)"
         ));
     };
-    let key = key(&deps, python.unwrap_or(&cfg.python), ws)?;
     let owner_dir = OwnerDir::open(&cfg.env_root, owner, cfg.run_as)?;
     let bin = owner_dir.path.join(&key).join("bin").join("python");
     // A hit before the lock costs a stat; after it, a build that ran
@@ -133,11 +175,14 @@ pub(crate) async fn python_for(
         tmp: owner_dir.path.join(&tmp),
         ws,
     };
-    let result = build.run(&deps, python.unwrap_or(&cfg.python)).await;
+    let result = build.run(&deps, python.unwrap_or(&cfg.python), seen).await;
     log(artifacts, id, &result.output).await;
     match result.failure {
         None => {
-            owner_dir.rename(&tmp, &key)?;
+            if let Err(e) = owner_dir.rename(&tmp, &key) {
+                build.discard().await;
+                return Err(e);
+            }
             let line = format!(
                 "[studio] built the python environment {key} in {:.1}s\n",
                 started.elapsed().as_secs_f64()
@@ -186,11 +231,31 @@ fn key(deps: &Deps, python: &str, ws: &Path) -> Result<String, String> {
         std::env::consts::ARCH
     ));
     for f in deps.files() {
-        let bytes = std::fs::read(ws.join(f)).map_err(|e| format!("{f}: {e}"))?;
+        let bytes = read_regular(&ws.join(f), MAX_DEPS_FILE).map_err(|e| format!("{f}: {e}"))?;
         h.update((bytes.len() as u64).to_le_bytes());
         h.update(&bytes);
     }
     Ok(hex::encode(h.finalize())[..16].to_string())
+}
+
+/// The bytes of the regular file at `path`, never through a link, at most `limit`.
+fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let m = f.metadata()?;
+    if !m.file_type().is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    if m.len() > limit {
+        return Err(std::io::Error::other(format!("over {limit} bytes")));
+    }
+    let mut bytes = Vec::new();
+    f.take(limit + 1).read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 async fn log(artifacts: &dyn ArtifactStore, id: &JobId, text: &str) {
@@ -332,6 +397,37 @@ struct Build<'a> {
     ws: &'a Path,
 }
 
+/// Most output kept of one build step, per stream (the rest is read and dropped).
+const MAX_STEP_OUTPUT: usize = 256 << 10;
+
+/// What one build step did.
+struct Step {
+    ok: bool,
+    text: String,
+    /// Output past [`MAX_STEP_OUTPUT`] was dropped.
+    cut: bool,
+}
+
+/// Everything `r` writes until it closes, keeping the first
+/// [`MAX_STEP_OUTPUT`] bytes; whether any was dropped.
+async fn capped<R: tokio::io::AsyncRead + Unpin>(r: Option<&mut R>) -> (Vec<u8>, bool) {
+    use tokio::io::AsyncReadExt;
+    let (mut kept, mut cut) = (Vec::new(), false);
+    let Some(r) = r else {
+        return (kept, cut);
+    };
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = r.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let room = MAX_STEP_OUTPUT.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+        cut |= n > room;
+    }
+    (kept, cut)
+}
+
 /// What a build printed, and why it failed (one line) if it did.
 struct Built {
     output: String,
@@ -366,7 +462,7 @@ impl Build<'_> {
         c
     }
 
-    async fn run(&self, deps: &Deps, python: &str) -> Built {
+    async fn run(&self, deps: &Deps, python: &str, mut seen: watch::Receiver<Seen>) -> Built {
         let mut output = String::new();
         let venv = self.tmp.as_os_str();
         let mut steps: Vec<(&str, Command)> = Vec::new();
@@ -395,29 +491,27 @@ impl Build<'_> {
             }
             Deps::None => {}
         }
-        for (what, mut cmd) in steps {
-            let out = match cmd.output().await {
-                Ok(o) => o,
-                Err(e) => {
+        for (what, cmd) in steps {
+            let step = match self.step(cmd, &mut seen).await {
+                Ok(step) => step,
+                Err(why) => {
                     return Built {
                         output,
-                        failure: Some(format!("{what}: cannot start {}: {e}", self.uv.display())),
+                        failure: Some(format!("{what}: {why}")),
                     }
                 }
             };
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            for line in step.text.lines().filter(|l| !l.trim().is_empty()) {
                 output.push_str("[uv] ");
                 output.push_str(line);
                 output.push('\n');
             }
-            if !out.status.success() {
+            if step.cut {
+                output.push_str("[studio] (uv's output cut here)\n");
+            }
+            if !step.ok {
                 return Built {
-                    failure: Some(format!("{what}: {}", reason(&text))),
+                    failure: Some(format!("{what}: {}", reason(&step.text))),
                     output,
                 };
             }
@@ -426,6 +520,55 @@ impl Build<'_> {
             output,
             failure: None,
         }
+    }
+
+    /// Runs one step in a process group of its own (which dies with the
+    /// worker), keeping at most [`MAX_STEP_OUTPUT`] of its output; the
+    /// group is killed when the step ends (nothing it started stays) or
+    /// when the job is cancelled or taken over meanwhile.
+    async fn step(
+        &self,
+        mut cmd: Command,
+        seen: &mut watch::Receiver<Seen>,
+    ) -> Result<Step, String> {
+        cmd.process_group(0);
+        #[cfg(target_os = "linux")]
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.uv.display()))?;
+        let pgid = child.id().map_or(0, |p| p as i32);
+        let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
+        let finished = async {
+            let (o, e) = tokio::join!(capped(out.as_mut()), capped(err.as_mut()));
+            (child.wait().await, o, e)
+        };
+        let stopped = async {
+            loop {
+                if matches!(*seen.borrow(), Seen::Cancelled | Seen::Lost) {
+                    return;
+                }
+                if seen.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        let result = tokio::select! {
+            (status, (o, cut_o), (e, cut_e)) = finished => Ok(Step {
+                ok: status.is_ok_and(|s| s.success()),
+                text: format!("{}{}", String::from_utf8_lossy(&o), String::from_utf8_lossy(&e)),
+                cut: cut_o || cut_e,
+            }),
+            () = stopped => Err("stopped: the job was cancelled or taken over".to_string()),
+        };
+        signal_group(pgid, libc::SIGKILL);
+        result
     }
 
     /// A failed build's files go, removed by whoever built them.

@@ -14,6 +14,7 @@ use crate::worker::collect::{
 use crate::worker::config::WorkerConfig;
 use crate::worker::environment::{prepare, AttemptDirs};
 use crate::worker::liveness::{end_over_budget, over_budget, Seen};
+use crate::worker::process::signal_group;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -54,7 +55,7 @@ pub(crate) async fn run_attempt(
         let _ = artifacts.append_log(&id, line.as_bytes()).await;
     }
 
-    let python = match prepare(artifacts, cfg, &job, &dirs, &mut saved).await {
+    let python = match prepare(artifacts, cfg, &job, &dirs, &mut saved, seen.clone()).await {
         Ok(python) => python,
         Err(why) => return fail_to_start(ctx, &id, attempt, &cfg.instance, why).await,
     };
@@ -286,15 +287,6 @@ async fn pump(mut r: impl tokio::io::AsyncRead + Unpin, tx: mpsc::Sender<Vec<u8>
     while let Ok(n) = r.read(&mut chunk).await {
         if n == 0 || tx.send(chunk[..n].to_vec()).await.is_err() {
             break;
-        }
-    }
-}
-
-fn signal_group(pgid: i32, sig: i32) {
-    if pgid > 0 {
-        // SAFETY: kill(2) with a negative pid signals that process group only.
-        unsafe {
-            libc::kill(-pgid, sig);
         }
     }
 }
