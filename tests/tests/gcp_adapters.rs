@@ -363,6 +363,10 @@ fn the_gce_startup_script_passes_shellcheck() {
         "gs://studio-dev-releases/releases/studio-abc".into(),
         "ab".repeat(32),
     ));
+    cfg.uv_binary = Some((
+        "gs://studio-dev-releases/releases/uv-cd".into(),
+        "cd".repeat(32),
+    ));
     cfg.add_worker_env(
         "STUDIO_BACKEND=aws\nSTUDIO_JOBS_TABLE=studio-dev-jobs\nAWS_REGION=us-east-1",
     );
@@ -370,6 +374,13 @@ fn the_gce_startup_script_passes_shellcheck() {
     let script = studio_gcp::startup::script(&cfg, &key);
     assert!(script.contains("\nSTUDIO_JOBS_TABLE=studio-dev-jobs\n"));
     assert!(!script.contains("STUDIO_BACKEND=aws"));
+    assert!(
+        script.contains(&format!(
+            "install_release /usr/local/bin/uv 'gs://studio-dev-releases/releases/uv-cd' '{}'",
+            "cd".repeat(32)
+        )),
+        "{script}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("startup.sh");
     std::fs::write(&file, &script).unwrap();

@@ -48,6 +48,9 @@ pub struct GcpConfig {
     pub worker_env: Vec<(String, String)>,
     /// `gs://BUCKET/OBJECT` of the worker binary, and its SHA-256.
     pub worker_binary: Option<(String, String)>,
+    /// uv for the workers (it builds jobs' Python environments), installed
+    /// beside `studio` the same way; `None`: the image carries it.
+    pub uv_binary: Option<(String, String)>,
     /// Endpoints of emulators and stand-ins (tests); `None`: Google's.
     pub pubsub_endpoint: Option<String>,
     pub compute_endpoint: Option<String>,
@@ -57,7 +60,7 @@ pub struct GcpConfig {
 }
 
 /// The environment variables [`GcpConfig::from_lookup`] reads, and what each is.
-pub const GCP_KEYS: [(&str, &str); 13] = [
+pub const GCP_KEYS: [(&str, &str); 14] = [
     ("STUDIO_GCP_PROJECT", "project"),
     ("STUDIO_GCP_ZONE", "zone"),
     ("STUDIO_GCP_BUCKET", "bucket"),
@@ -68,6 +71,7 @@ pub const GCP_KEYS: [(&str, &str); 13] = [
     ("STUDIO_GCP_SUBNETWORK", "subnetwork"),
     ("STUDIO_GCP_WORKER_ROLE_ARN", "worker_role_arn"),
     ("STUDIO_GCP_WORKER_BINARY", "worker_binary"),
+    ("STUDIO_GCP_UV_BINARY", "uv_binary"),
     ("STUDIO_PUBSUB_ENDPOINT", "pubsub_endpoint"),
     ("STUDIO_COMPUTE_ENDPOINT", "compute_endpoint"),
     ("STUDIO_GCS_ENDPOINT", "storage_endpoint"),
@@ -109,18 +113,17 @@ impl GcpConfig {
         if let Some(arn) = get("STUDIO_GCP_WORKER_ROLE_ARN") {
             worker_env.push(("AWS_ROLE_ARN".to_string(), arn));
         }
-        let worker_binary = match get("STUDIO_GCP_WORKER_BINARY") {
-            None => None,
-            Some(v) => {
-                let (url, sha) = v
-                    .rsplit_once('#')
-                    .filter(|(u, s)| u.starts_with("gs://") && s.len() == 64)
-                    .ok_or_else(|| {
-                        "STUDIO_GCP_WORKER_BINARY: expected gs://BUCKET/OBJECT#SHA256".to_string()
-                    })?;
-                Some((url.to_string(), sha.to_string()))
-            }
+        // `gs://BUCKET/OBJECT#SHA256`: a binary the startup script installs.
+        let release = |name: &'static str| match get(name) {
+            None => Ok(None),
+            Some(v) => v
+                .rsplit_once('#')
+                .filter(|(u, s)| u.starts_with("gs://") && s.len() == 64)
+                .map(|(u, s)| Some((u.to_string(), s.to_string())))
+                .ok_or_else(|| format!("{name}: expected gs://BUCKET/OBJECT#SHA256")),
         };
+        let worker_binary = release("STUDIO_GCP_WORKER_BINARY")?;
+        let uv_binary = release("STUDIO_GCP_UV_BINARY")?;
         Ok(Some(GcpConfig {
             zone: need("STUDIO_GCP_ZONE")?,
             bucket: need("STUDIO_GCP_BUCKET")?,
@@ -132,6 +135,7 @@ impl GcpConfig {
             prefix: prefix.to_string(),
             worker_env,
             worker_binary,
+            uv_binary,
             pubsub_endpoint: get("STUDIO_PUBSUB_ENDPOINT"),
             compute_endpoint: get("STUDIO_COMPUTE_ENDPOINT"),
             storage_endpoint: get("STUDIO_GCS_ENDPOINT"),
@@ -210,4 +214,56 @@ pub fn code_of(e: &google_cloud_gax::error::Error) -> Option<Code> {
 /// A port error for a failed call, naming the operation.
 pub fn gcp_err(port: &'static str, op: &str, e: google_cloud_gax::error::Error) -> PortError {
     PortError::backend(port, format!("{op}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(extra: &[(&str, &str)]) -> Result<Option<GcpConfig>, String> {
+        let base = [
+            ("STUDIO_GCP_PROJECT", "p"),
+            ("STUDIO_GCP_ZONE", "us-central1-a"),
+            ("STUDIO_GCP_BUCKET", "b"),
+            ("STUDIO_GCP_SERVICE_ACCOUNT", "w@p.iam.gserviceaccount.com"),
+            ("STUDIO_GCP_IMAGE", "projects/p/global/images/i"),
+        ];
+        let all: Vec<(String, String)> = base
+            .iter()
+            .chain(extra)
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        GcpConfig::from_lookup(
+            |k| {
+                all.iter()
+                    .rev()
+                    .find(|(n, _)| n == k)
+                    .map(|(_, v)| v.clone())
+            },
+            "studio",
+        )
+    }
+
+    #[test]
+    fn the_worker_binaries_are_a_gcs_url_and_a_checksum() {
+        let sha = "e".repeat(64);
+        let cfg = with(&[(
+            "STUDIO_GCP_UV_BINARY",
+            &format!("gs://b/releases/uv-x#{sha}"),
+        )])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            cfg.uv_binary,
+            Some(("gs://b/releases/uv-x".to_string(), sha.clone()))
+        );
+        assert_eq!(cfg.worker_binary, None);
+        for bad in ["https://b/uv#", "gs://b/uv", "gs://b/uv#abc"] {
+            let e = with(&[("STUDIO_GCP_UV_BINARY", bad)]).unwrap_err();
+            assert_eq!(
+                e, "STUDIO_GCP_UV_BINARY: expected gs://BUCKET/OBJECT#SHA256",
+                "{bad}"
+            );
+        }
+    }
 }

@@ -21,10 +21,9 @@ pub fn script(cfg: &GcpConfig, key: &PoolKey) -> String {
         }
         env.push_str(&format!("{k}={}\n", v.replace('\n', " ")));
     }
-    let (url, sha) = cfg
-        .worker_binary
-        .clone()
-        .unwrap_or_else(|| (String::new(), String::new()));
+    let release = |b: &Option<(String, String)>| b.clone().unwrap_or_default();
+    let (url, sha) = release(&cfg.worker_binary);
+    let (uv_url, uv_sha) = release(&cfg.uv_binary);
     format!(
         r#"#!/bin/bash
 # Studio worker bootstrap (GCE startup-script, run at every boot). Names
@@ -34,24 +33,30 @@ pub fn script(cfg: &GcpConfig, key: &PoolKey) -> String {
 set -euo pipefail
 MD=http://metadata.google.internal/computeMetadata/v1
 md() {{ curl -sf -H 'Metadata-Flavor: Google' "$MD/$1"; }}
-BIN=/usr/local/bin/studio
-URL={url}
-SHA={sha}
-if [ -n "$URL" ] && ! echo "$SHA  $BIN" | sha256sum -c --status 2>/dev/null; then
-    OBJ="${{URL#gs://}}"
-    B="${{OBJ%%/*}}"
-    O="${{OBJ#*/}}"
+# Installs gs://BUCKET/OBJECT (URL) as BIN unless BIN already has SHA;
+# nothing without a URL (the image carries it).
+install_release() {{
+    local bin=$1 url=$2 sha=$3 obj b o token
+    [ -n "$url" ] || return 0
+    echo "$sha  $bin" | sha256sum -c --status 2>/dev/null && return 0
+    obj="${{url#gs://}}"
+    b="${{obj%%/*}}"
+    o="${{obj#*/}}"
     for try in 1 2 3 4 5; do
-        TOKEN=$(md instance/service-accounts/default/token | sed -E 's/.*"access_token":"([^"]+)".*/\1/' || true)
-        curl -sf -H "Authorization: Bearer $TOKEN" -o "$BIN.download" \
-            "https://storage.googleapis.com/storage/v1/b/$B/o/${{O//\//%2F}}?alt=media" && break
+        token=$(md instance/service-accounts/default/token | sed -E 's/.*"access_token":"([^"]+)".*/\1/' || true)
+        curl -sf -H "Authorization: Bearer $token" -o "$bin.download" \
+            "https://storage.googleapis.com/storage/v1/b/$b/o/${{o//\//%2F}}?alt=media" && break
         [ "$try" -lt 5 ] || exit 1
         sleep $((try * 3))
     done
-    echo "$SHA  $BIN.download" | sha256sum -c -
-    install -m 0755 "$BIN.download" "$BIN"
-    rm -f "$BIN.download"
-fi
+    echo "$sha  $bin.download" | sha256sum -c -
+    install -m 0755 "$bin.download" "$bin"
+    rm -f "$bin.download"
+}}
+BIN=/usr/local/bin/studio
+install_release "$BIN" {url} {sha}
+# uv beside it: it builds jobs' Python environments.
+install_release /usr/local/bin/uv {uv_url} {uv_sha}
 test -x "$BIN"
 
 # Scripts run as an unprivileged user that cannot reach the metadata server
@@ -101,5 +106,7 @@ systemctl enable --now studio-worker.service
         image = cfg.image,
         url = sh(&url),
         sha = sh(&sha),
+        uv_url = sh(&uv_url),
+        uv_sha = sh(&uv_sha),
     )
 }
