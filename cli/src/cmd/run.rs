@@ -158,24 +158,8 @@ fn validate_run(
             .ok_or_else(|| usage(format!("--env '{kv}' must be NAME=VALUE")))?;
         spec.env.insert(k.to_string(), v.to_string());
     }
-    spec.max_duration_secs = a
-        .max_duration
-        .as_deref()
-        .map(|d| {
-            humantime::parse_duration(d)
-                .map_err(|e| usage(format!("--max-duration '{d}': {e} (e.g. 2h30m)")))
-                .map(|d| d.as_secs().max(1))
-        })
-        .transpose()?;
-    spec.lifetime_secs = a
-        .lifetime
-        .as_deref()
-        .map(|d| {
-            humantime::parse_duration(d)
-                .map_err(|e| usage(format!("--lifetime '{d}': {e} (e.g. 6h)")))
-                .map(|d| d.as_secs().max(1))
-        })
-        .transpose()?;
+    spec.max_duration_secs = seconds("--max-duration", a.max_duration.as_deref(), "2h30m")?;
+    spec.lifetime_secs = seconds("--lifetime", a.lifetime.as_deref(), "6h")?;
     spec.validate().map_err(usage)?;
     if let Some(n) = spec
         .num_workers
@@ -195,6 +179,17 @@ fn validate_run(
     }
     preflight(&spec, &dir, &path, home)?;
     Ok((spec, dir))
+}
+
+/// A duration flag (`2h30m`) in whole seconds, at least one.
+fn seconds(flag: &str, value: Option<&str>, example: &str) -> Result<Option<u64>, CliError> {
+    value
+        .map(|d| {
+            humantime::parse_duration(d)
+                .map_err(|e| usage(format!("{flag} '{d}': {e} (e.g. {example})")))
+                .map(|d| d.as_secs().max(1))
+        })
+        .transpose()
 }
 
 /// What `run` says and checks of the script's Python before anything is

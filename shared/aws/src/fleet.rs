@@ -111,26 +111,23 @@ impl AsgFleet {
 
     /// The user-data of a pool's workers.
     pub fn user_data(&self, key: &PoolKey) -> String {
-        BOOTSTRAP
-            .replace("@POOL@", key.as_str())
-            .replace("@WORKER_ENV@", &self.cfg.worker_env)
-            .replace("@BUCKET@", &self.cfg.bucket)
-            .replace(
+        let sha = |v: &Option<String>| v.clone().unwrap_or_default();
+        [
+            ("@POOL@", key.as_str().to_string()),
+            ("@WORKER_ENV@", self.cfg.worker_env.clone()),
+            ("@BUCKET@", self.cfg.bucket.clone()),
+            (
                 "@STUDIO_SHA256_X86_64@",
-                self.cfg.studio_sha256_x86_64.as_deref().unwrap_or(""),
-            )
-            .replace(
-                "@STUDIO_SHA256_ARM64@",
-                self.cfg.studio_sha256_arm64.as_deref().unwrap_or(""),
-            )
-            .replace(
-                "@UV_SHA256_X86_64@",
-                self.cfg.uv_sha256_x86_64.as_deref().unwrap_or(""),
-            )
-            .replace(
-                "@UV_SHA256_ARM64@",
-                self.cfg.uv_sha256_arm64.as_deref().unwrap_or(""),
-            )
+                sha(&self.cfg.studio_sha256_x86_64),
+            ),
+            ("@STUDIO_SHA256_ARM64@", sha(&self.cfg.studio_sha256_arm64)),
+            ("@UV_SHA256_X86_64@", sha(&self.cfg.uv_sha256_x86_64)),
+            ("@UV_SHA256_ARM64@", sha(&self.cfg.uv_sha256_arm64)),
+        ]
+        .iter()
+        .fold(BOOTSTRAP.to_string(), |text, (placeholder, value)| {
+            text.replace(placeholder, value)
+        })
     }
 
     async fn ensure_template(&self, key: &PoolKey, spec: &PoolSpec) -> Result<(), PortError> {
