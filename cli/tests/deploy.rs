@@ -492,13 +492,15 @@ async fn the_template_deploys_and_runs_a_job_with_least_privilege() {
 
     // The webhook, as the function runs it: its keys from the SecureString
     // the stack names (scripts/deploy makes it), a signed status request
-    // through the function URL adapter.
+    // through the function URL adapter, by a key named as the job's owner
+    // (a key reads only its owner's jobs).
     let keys_parameter = outputs["WebhookKeysParameter"].clone();
+    let owner = job.spec.owner.clone();
     aws_sdk_ssm::Client::new(&moto)
         .put_parameter()
         .name(&keys_parameter)
         .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
-        .value(r#"{"ci": "a-secret-of-sixteen-or-more"}"#)
+        .value(serde_json::json!({ owner.as_str(): "a-secret-of-sixteen-or-more" }).to_string())
         .send()
         .await
         .unwrap();
@@ -521,9 +523,9 @@ async fn the_template_deploys_and_runs_a_job_with_least_privilege() {
             "rawPath": path,
             "rawQueryString": "",
             "headers": {
-                "x-studio-key": "ci",
+                "x-studio-key": owner,
                 "x-studio-timestamp": ts,
-                "x-studio-signature": studio_aws::webhook::sign(b"a-secret-of-sixteen-or-more", &ts, b""),
+                "x-studio-signature": studio_aws::webhook::sign_v2(b"a-secret-of-sixteen-or-more", &owner, "GET", &path, &ts, b""),
             },
             // The shape of AWS's function URL payload (version 2.0).
             "requestContext": {

@@ -166,6 +166,8 @@ impl World {
         let auth = studio_aws::webhook::PushAuth {
             audience: audience.into(),
             jwks: serde_json::from_str(pubsub_push::JWKS).unwrap(),
+            email: pubsub_push::PUSH_EMAIL.into(),
+            subject: Some(pubsub_push::PUSH_SUBJECT.into()),
         };
         let keys = studio_aws::webhook::Keys::from_json(r#"{"ci":"a-secret-of-enough-length-1"}"#)
             .unwrap();

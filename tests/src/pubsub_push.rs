@@ -7,23 +7,38 @@ use studio_core::clock::{Clock, SystemClock};
 /// The JWKS that verifies [`token`].
 pub const JWKS: &str = include_str!("../fixtures/oidc/jwks.json");
 
-/// A token as Google's push signs it: RS256 by a key of the JWKS.
-pub fn token(audience: &str, issuer: &str, exp_in: i64) -> String {
+/// The push subscription's service account the tokens are from.
+pub const PUSH_EMAIL: &str = "pubsub-push@project.iam.gserviceaccount.com";
+/// That account's unique id (the tokens' `sub`).
+pub const PUSH_SUBJECT: &str = "1234567890";
+
+/// The claims of a token as Google's push signs it, from [`PUSH_EMAIL`].
+pub fn claims(audience: &str, issuer: &str, exp_in: i64) -> serde_json::Value {
     let now = SystemClock.now().0 / 1000;
-    let claims = serde_json::json!({
+    serde_json::json!({
         "iss": issuer,
         "aud": audience,
-        "sub": "1234567890",
-        "email": "pubsub-push@project.iam.gserviceaccount.com",
+        "sub": PUSH_SUBJECT,
+        "email": PUSH_EMAIL,
+        "email_verified": true,
         "iat": now,
         "exp": now + exp_in,
-    });
+    })
+}
+
+/// A token as Google's push signs it: RS256 by a key of the JWKS.
+pub fn token(audience: &str, issuer: &str, exp_in: i64) -> String {
+    signed(&claims(audience, issuer, exp_in))
+}
+
+/// `claims` signed as Google signs a push token (RS256, the JWKS's key).
+pub fn signed(claims: &serde_json::Value) -> String {
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     header.kid = Some("studio-test-1".into());
     let key =
         jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!("../fixtures/oidc/test-key.pem"))
             .unwrap();
-    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    jsonwebtoken::encode(&header, claims, &key).unwrap()
 }
 
 /// A push envelope carrying the GCE audit-log entry of `instance`'s preemption

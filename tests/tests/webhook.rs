@@ -8,11 +8,12 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::sync::Arc;
-use studio_aws::webhook::{sign, Keys, PushAuth, Request, Webhook, MAX_BODY};
+use studio_aws::webhook::{sign, sign_v2, Keys, PushAuth, Request, Webhook, MAX_BODY};
 use studio_core::clock::{Clock, ManualClock, SystemClock};
 use studio_core::handlers::Ctx;
 
 const SECRET: &str = "s3cret-for-the-ci-key";
+const LAB_SECRET: &str = "another-secret-of-the-lab";
 /// The push subscription's audience: the endpoint's URL.
 const AUDIENCE: &str = "https://hooks.example/v1/pubsub/preemption";
 
@@ -22,6 +23,8 @@ struct Server {
     sqs: aws_sdk_sqs::Client,
     queue_url: String,
     clock: ManualClock,
+    keys: Arc<Keys>,
+    submit_queue: String,
 }
 
 async fn server() -> Server {
@@ -30,7 +33,7 @@ async fn server() -> Server {
     let ctx = studio_aws::lambda::context(&cfg, &sdk, Arc::new(clock.clone()));
     let keys = Arc::new(
         Keys::from_json(&format!(
-            r#"{{"ci": "{SECRET}", "lab": "another-secret-of-the-lab", "default": "{SECRET}"}}"#
+            r#"{{"ci": "{SECRET}", "lab": "{LAB_SECRET}", "default": "{SECRET}"}}"#
         ))
         .unwrap(),
     );
@@ -40,14 +43,21 @@ async fn server() -> Server {
     let push = Arc::new(PushAuth {
         audience: AUDIENCE.into(),
         jwks: serde_json::from_str(include_str!("../fixtures/oidc/jwks.json")).unwrap(),
+        email: studio_tests::pubsub_push::PUSH_EMAIL.into(),
+        subject: Some(studio_tests::pubsub_push::PUSH_SUBJECT.into()),
     });
-    let (sctx, spush, queue) = (ctx.clone(), push.clone(), cfg.submit_queue.clone());
+    let (sctx, spush, queue, skeys) = (
+        ctx.clone(),
+        push.clone(),
+        cfg.submit_queue.clone(),
+        keys.clone(),
+    );
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let (ctx, push, keys, schema, queue) = (
                 sctx.clone(),
                 spush.clone(),
-                keys.clone(),
+                skeys.clone(),
                 schema.clone(),
                 queue.clone(),
             );
@@ -66,7 +76,11 @@ async fn server() -> Server {
                             let body = body.collect().await.unwrap().to_bytes().to_vec();
                             let request = Request {
                                 method: parts.method.to_string(),
-                                path: parts.uri.path().to_string(),
+                                path: parts
+                                    .uri
+                                    .path_and_query()
+                                    .map_or("/", |p| p.as_str())
+                                    .to_string(),
                                 headers: parts
                                     .headers
                                     .iter()
@@ -111,6 +125,8 @@ async fn server() -> Server {
         sqs,
         queue_url,
         clock,
+        keys,
+        submit_queue: cfg.submit_queue.clone(),
     }
 }
 
@@ -142,7 +158,7 @@ impl Server {
         (status, serde_json::from_slice(&bytes).unwrap())
     }
 
-    /// A request signed with `key`'s `secret` at `ts`.
+    /// A request signed (v2) with `key`'s `secret` at `ts`.
     async fn signed(
         &self,
         method: &str,
@@ -152,12 +168,8 @@ impl Server {
         ts: &str,
         body: &[u8],
     ) -> (u16, serde_json::Value) {
-        let headers = [
-            ("x-studio-key", key.to_string()),
-            ("x-studio-timestamp", ts.to_string()),
-            ("x-studio-signature", sign(secret.as_bytes(), ts, body)),
-        ];
-        self.send(method, path, &headers, body).await
+        let sig = sign_v2(secret.as_bytes(), key, method, path, ts, body);
+        self.send(method, path, &headers(key, ts, sig), body).await
     }
 
     /// A Pub/Sub push with `token`.
@@ -196,6 +208,15 @@ impl Server {
     }
 }
 
+/// The three headers of a signed request.
+fn headers(key: &str, ts: &str, signature: String) -> Vec<(&'static str, String)> {
+    vec![
+        ("x-studio-key", key.to_string()),
+        ("x-studio-timestamp", ts.to_string()),
+        ("x-studio-signature", signature),
+    ]
+}
+
 fn job_body() -> Vec<u8> {
     br#"{"version": 1, "cloud": "ec2", "workspace": {"sha256": "0c1e3b5d7f9a1c3e5b7d9f1a9f2a5c0e4b7d1a3f6e8c0b2d4f6a8c0e1b3d5f7a", "bytes": 512}, "entrypoint": "hello.py", "args": ["--from", "ci"]}"#.to_vec()
 }
@@ -205,72 +226,82 @@ async fn a_signed_request_makes_one_job_and_every_bad_one_is_refused_with_the_re
     let s = server().await;
     let body = job_body();
     let now = s.now();
-    let old = (s.clock.now().0 / 1000 - 301).to_string();
-    let future = (s.clock.now().0 / 1000 + 301).to_string();
+    let secs = s.clock.now().0 / 1000;
+    let (old, future) = ((secs - 301).to_string(), (secs + 301).to_string());
+    // v2 headers for `key`, signed as `as_key` (the same unless forged).
+    let v2 = |key: &str, as_key: &str, secret: &str, method: &str, path: &str, body: &[u8]| {
+        let sig = sign_v2(secret.as_bytes(), as_key, method, path, &now, body);
+        headers(key, &now, sig)
+    };
+    let v1 = |key: &str, secret: &str, body: &[u8]| {
+        headers(key, &now, sign(secret.as_bytes(), &now, body))
+    };
+    let post = |h: Vec<(&'static str, String)>, b: Vec<u8>| {
+        let s = &s;
+        async move { s.send("POST", "/v1/jobs", &h, &b).await }
+    };
 
     // Each refusal: the status, a reason, nothing on the queue.
     let mut altered = body.clone();
     altered.extend_from_slice(b" ");
-    let cases: Vec<(&str, (u16, serde_json::Value), &str)> = vec![
-        ("wrong secret", s.signed("POST", "/v1/jobs", "ci", "not-the-secret-at-all", &now, &body).await, "does not match"),
-        ("unknown key", s.signed("POST", "/v1/jobs", "intruder", SECRET, &now, &body).await, "unknown key"),
-        ("stale timestamp", s.signed("POST", "/v1/jobs", "ci", SECRET, &old, &body).await, "s old"),
-        ("future timestamp", s.signed("POST", "/v1/jobs", "ci", SECRET, &future, &body).await, "in the future"),
+    let cases: Vec<(&str, (u16, serde_json::Value), u16, &str)> = vec![
+        ("wrong secret", s.signed("POST", "/v1/jobs", "ci", "not-the-secret-at-all", &now, &body).await, 401, "does not match"),
+        ("unknown key", s.signed("POST", "/v1/jobs", "intruder", SECRET, &now, &body).await, 401, "unknown key"),
+        ("wrong secret, v1", post(v1("ci", "not-the-secret-at-all", &body), body.clone()).await, 401, "does not match"),
+        ("unknown key, v1", post(v1("intruder", SECRET, &body), body.clone()).await, 401, "unknown key"),
+        ("stale timestamp", s.signed("POST", "/v1/jobs", "ci", SECRET, &old, &body).await, 401, "s old"),
+        ("future timestamp", s.signed("POST", "/v1/jobs", "ci", SECRET, &future, &body).await, 401, "in the future"),
+        // The far ends of i64: no overflow, no panic, refused.
+        ("timestamp i64::MIN", s.signed("POST", "/v1/jobs", "ci", SECRET, &i64::MIN.to_string(), &body).await, 401, "s old"),
+        ("timestamp i64::MAX", s.signed("POST", "/v1/jobs", "ci", SECRET, &i64::MAX.to_string(), &body).await, 401, "in the future"),
+        ("timestamp past i64", s.signed("POST", "/v1/jobs", "ci", SECRET, "9223372036854775808", &body).await, 401, "not Unix seconds"),
+        ("missing signature", post(headers("ci", &now, String::new())[..2].to_vec(), body.clone()).await, 401, "missing header x-studio-signature"),
+        ("unknown signature version", post(headers("ci", &now, "v3=00ff".into()), body.clone()).await, 401, "must be v2=<hex>"),
+        ("signature not hex", post(headers("ci", &now, "v2=not-hex".into()), body.clone()).await, 401, "not hex"),
+        ("body altered after signing", post(v2("ci", "ci", SECRET, "POST", "/v1/jobs", &body), altered.clone()).await, 401, "does not match"),
+        ("body altered after signing, v1", post(v1("ci", SECRET, &body), altered).await, 401, "does not match"),
+        ("signature of another body", post(v2("ci", "ci", SECRET, "POST", "/v1/jobs", b"{}"), body.clone()).await, 401, "does not match"),
+        // "default" has ci's secret: a signature names its key.
+        ("signed as another key of the same secret", post(v2("ci", "default", SECRET, "POST", "/v1/jobs", &body), body.clone()).await, 401, "does not match"),
+        ("signed for another method", post(v2("ci", "ci", SECRET, "PUT", "/v1/jobs", &body), body.clone()).await, 401, "does not match"),
         (
-            "missing signature",
-            s.send("POST", "/v1/jobs", &[("x-studio-key", "ci".into()), ("x-studio-timestamp", now.clone())], &body).await,
-            "missing header x-studio-signature",
-        ),
-        (
-            "body altered after signing",
-            s.send(
-                "POST",
-                "/v1/jobs",
-                &[
-                    ("x-studio-key", "ci".into()),
-                    ("x-studio-timestamp", now.clone()),
-                    ("x-studio-signature", sign(SECRET.as_bytes(), &now, &body)),
-                ],
-                &altered,
-            )
-            .await,
+            "a GET signed for one job, sent for another",
+            s.send("GET", "/v1/jobs/job-b", &v2("ci", "ci", SECRET, "GET", "/v1/jobs/job-a", b""), b"").await,
+            401,
             "does not match",
         ),
         (
-            "signature of another body",
-            s.send(
-                "POST",
-                "/v1/jobs",
-                &[
-                    ("x-studio-key", "ci".into()),
-                    ("x-studio-timestamp", now.clone()),
-                    ("x-studio-signature", sign(SECRET.as_bytes(), &now, b"{}")),
-                ],
-                &body,
-            )
-            .await,
+            "a GET signed without the query it is sent with",
+            s.send("GET", "/v1/jobs/job-a?x=1", &v2("ci", "ci", SECRET, "GET", "/v1/jobs/job-a", b""), b"").await,
+            401,
             "does not match",
         ),
-        ("oversized body", s.signed("POST", "/v1/jobs", "ci", SECRET, &now, &vec![b' '; MAX_BODY + 1]).await, "at most"),
-        ("invalid JSON", s.signed("POST", "/v1/jobs", "ci", SECRET, &now, b"{not json").await, "not JSON"),
+        ("a GET signed with the first version", s.send("GET", "/v1/jobs/job-a", &v1("ci", SECRET, b""), b"").await, 401, "GET /v1/jobs/job-a needs a v2 signature"),
+        ("oversized body", s.signed("POST", "/v1/jobs", "ci", SECRET, &now, &vec![b' '; MAX_BODY + 1]).await, 413, "at most"),
+        ("invalid JSON", s.signed("POST", "/v1/jobs", "ci", SECRET, &now, b"{not json").await, 400, "not JSON"),
         (
             "schema violation",
             s.signed("POST", "/v1/jobs", "ci", SECRET, &now, br#"{"version": 1, "cpu": 8, "resources": {"cpus": "eight"}}"#).await,
+            400,
             "not a valid SubmitJob",
         ),
         (
             "an owner in the body",
             s.signed("POST", "/v1/jobs", "ci", SECRET, &now, br#"{"version": 1, "owner": "someone-else", "workspace": {"sha256": "ab", "bytes": 1}, "entrypoint": "x.py"}"#).await,
+            400,
             "owner is the signing key",
         ),
     ];
-    let want = [401, 401, 401, 401, 401, 401, 401, 413, 400, 400, 400];
-    for ((what, (status, body), reason), want) in cases.iter().zip(want) {
-        assert_eq!(*status, want, "{what}: {body}");
+    for (what, (status, body), want, reason) in &cases {
+        assert_eq!(status, want, "{what}: {body}");
         assert!(body.to_string().contains(reason), "{what}: {body}");
     }
+    let answer = |what: &str| &cases.iter().find(|c| c.0 == what).unwrap().1;
+    // An unknown key answers as a wrong signature does: no name can be probed.
+    assert_eq!(answer("unknown key"), answer("wrong secret"));
+    assert_eq!(answer("unknown key, v1"), answer("wrong secret, v1"));
     // The schema violation names every field at fault, with its path.
-    let reasons = cases[9].1 .1["reasons"].to_string();
+    let reasons = answer("schema violation").1["reasons"].to_string();
     for part in ["cpu", "/resources/cpus", "workspace", "entrypoint"] {
         assert!(reasons.contains(part), "{part} not in {reasons}");
     }
@@ -300,10 +331,17 @@ async fn a_signed_request_makes_one_job_and_every_bad_one_is_refused_with_the_re
         .await
         .unwrap();
 
-    // The same request again, signed anew a minute later: the same job.
+    // The same request again a minute later, signed anew with the first
+    // version (sha256=, still taken on POST /v1/jobs): the same job.
     s.clock.advance(std::time::Duration::from_secs(60));
+    let later = s.now();
     let (status, again) = s
-        .signed("POST", "/v1/jobs", "ci", SECRET, &s.now(), &body)
+        .send(
+            "POST",
+            "/v1/jobs",
+            &headers("ci", &later, sign(SECRET.as_bytes(), &later, &body)),
+            &body,
+        )
         .await;
     assert_eq!((status, again["job_id"].as_str()), (202, Some(id.as_str())));
     for m in s.drain().await {
@@ -321,33 +359,72 @@ async fn a_signed_request_makes_one_job_and_every_bad_one_is_refused_with_the_re
         1,
         "one job"
     );
-
-    // Its status, signed over an empty body; a key of another name sees it
-    // too (GET is read-only), an unsigned GET does not.
-    let (status, state) = s
-        .signed(
-            "GET",
-            &format!("/v1/jobs/{id}"),
-            "lab",
-            "another-secret-of-the-lab",
-            &s.now(),
-            b"",
-        )
-        .await;
-    assert_eq!(
-        (status, state["state"].as_str()),
-        (200, Some("queued")),
-        "{state}"
-    );
-    let (status, _) = s.send("GET", &format!("/v1/jobs/{id}"), &[], b"").await;
-    assert_eq!(status, 401);
-    let (status, missing) = s
-        .signed("GET", "/v1/jobs/no-such-job", "ci", SECRET, &s.now(), b"")
-        .await;
-    assert_eq!(status, 404, "{missing}");
 }
 
-use studio_tests::pubsub_push::{envelope, token};
+/// Reads: a key reads the jobs of its owner and no other, and another
+/// owner's job answers exactly as one that does not exist; a read's
+/// signature is good for its own path only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_reads_only_its_own_jobs_with_a_signature_for_that_path() {
+    let s = server().await;
+    for (n, id) in ["job-a", "job-b"].iter().enumerate() {
+        let mut spec: serde_json::Value = serde_json::from_slice(&job_body()).unwrap();
+        spec["job_id"] = (*id).into();
+        let body = spec.to_string().into_bytes();
+        let (status, accepted) = s
+            .signed("POST", "/v1/jobs", "ci", SECRET, &s.now(), &body)
+            .await;
+        assert_eq!(status, 202, "{accepted}");
+        for m in s.drain().await {
+            studio_core::handlers::submit(&s.ctx, &format!("m{n}"), &m)
+                .await
+                .unwrap();
+        }
+    }
+    let now = s.now();
+    let get = |key: &'static str, secret: &'static str, path: &'static str| {
+        let now = now.clone();
+        let s = &s;
+        async move { s.signed("GET", path, key, secret, &now, b"").await }
+    };
+
+    // Its owner reads each, a query (signed with it) taken and ignored.
+    for path in [
+        "/v1/jobs/job-a",
+        "/v1/jobs/job-b",
+        "/v1/jobs/job-a?verbose=1",
+    ] {
+        let (status, state) = get("ci", SECRET, path).await;
+        assert_eq!(
+            (status, state["state"].as_str()),
+            (200, Some("queued")),
+            "{path}: {state}"
+        );
+    }
+    // The signature of a read of job-a, sent for job-b: refused, though
+    // the key may read job-b (a v1 signature would have fitted any path).
+    let sig_a = sign_v2(SECRET.as_bytes(), "ci", "GET", "/v1/jobs/job-a", &now, b"");
+    let (status, why) = s
+        .send("GET", "/v1/jobs/job-b", &headers("ci", &now, sig_a), b"")
+        .await;
+    assert_eq!(status, 401, "{why}");
+    assert!(
+        why["error"].as_str().unwrap().contains("does not match"),
+        "{why}"
+    );
+    let (status, _) = s.send("GET", "/v1/jobs/job-a", &[], b"").await;
+    assert_eq!(status, 401, "unsigned");
+
+    // Another key: ci's job answers as no job, to the byte; so does it to
+    // "default", which has ci's secret but is another owner.
+    let none = get("lab", LAB_SECRET, "/v1/jobs/no-such-job").await;
+    assert_eq!(none.0, 404, "{}", none.1);
+    assert_eq!(get("lab", LAB_SECRET, "/v1/jobs/job-a").await, none);
+    assert_eq!(get("default", SECRET, "/v1/jobs/job-b").await, none);
+    assert_eq!(get("ci", SECRET, "/v1/jobs/no-such-job").await, none);
+}
+
+use studio_tests::pubsub_push::{claims, envelope, signed, token};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pubsub_preemption_push_requeues_the_job_once_and_bad_tokens_are_refused() {
@@ -388,32 +465,108 @@ async fn a_pubsub_preemption_push_requeues_the_job_once_and_bad_tokens_are_refus
     ));
 
     let body = envelope("msg-1", instance.as_str());
-    // Refused: another audience, another issuer, expired, no token, tampered.
-    let good = token(AUDIENCE, "https://accounts.google.com", 600);
+    // Refused: another audience, another issuer, expired, tampered; and
+    // tokens Google would sign for anyone who asks, for this audience, but
+    // not from the push subscription's account.
+    let google = "https://accounts.google.com";
+    let good = token(AUDIENCE, google, 600);
     let mut tampered = good.clone();
     tampered.replace_range(tampered.len() - 4.., "AAAA");
-    for (what, t) in [
+    let forged = |f: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
+        let mut c = claims(AUDIENCE, google, 600);
+        f(c.as_object_mut().unwrap());
+        signed(&c)
+    };
+    for (what, t, reason) in [
         (
             "another audience",
-            token(
-                "https://elsewhere.example/",
-                "https://accounts.google.com",
-                600,
-            ),
+            token("https://elsewhere.example/", google, 600),
+            "not valid for this endpoint",
         ),
         (
             "another issuer",
             token(AUDIENCE, "https://evil.example", 600),
+            "not valid for this endpoint",
         ),
         (
             "expired",
-            token(AUDIENCE, "https://accounts.google.com", -600),
+            token(AUDIENCE, google, -600),
+            "not valid for this endpoint",
         ),
-        ("tampered", tampered),
+        ("tampered", tampered, "not valid for this endpoint"),
+        (
+            "another sender",
+            forged(&|c| {
+                c.insert(
+                    "email".into(),
+                    "attacker@evil-project.iam.gserviceaccount.com".into(),
+                );
+            }),
+            "not the push subscription's service account",
+        ),
+        (
+            "no sender",
+            forged(&|c| drop(c.remove("email"))),
+            "names no sender",
+        ),
+        (
+            "email not verified",
+            forged(&|c| drop(c.insert("email_verified".into(), false.into()))),
+            "not verified",
+        ),
+        (
+            "email_verified missing",
+            forged(&|c| drop(c.remove("email_verified"))),
+            "not verified",
+        ),
+        (
+            "email_verified a string",
+            forged(&|c| drop(c.insert("email_verified".into(), "true".into()))),
+            "not verified",
+        ),
+        (
+            "another subject",
+            forged(&|c| drop(c.insert("sub".into(), "999".into()))),
+            "subject (sub)",
+        ),
     ] {
         let (status, why) = s.push(t, body.clone()).await;
         assert_eq!(status, 401, "{what}: {why}");
+        assert!(
+            why["error"].as_str().unwrap().contains(reason),
+            "{what}: {why}"
+        );
     }
+    // A deployment that names no push service account refuses even the
+    // genuine token (fail closed), saying so.
+    let unconfigured = PushAuth {
+        audience: AUDIENCE.into(),
+        jwks: serde_json::from_str(studio_tests::pubsub_push::JWKS).unwrap(),
+        email: String::new(),
+        subject: None,
+    };
+    let schema = studio_aws::webhook::schema();
+    let hook = Webhook {
+        keys: &s.keys,
+        ctx: &s.ctx,
+        push: Some(&unconfigured),
+        submit_queue: &s.submit_queue,
+        schema: &schema,
+    };
+    let resp = hook
+        .handle(&Request {
+            method: "POST".into(),
+            path: "/v1/pubsub/preemption".into(),
+            headers: [("authorization".to_string(), format!("Bearer {good}"))].into(),
+            body: body.clone(),
+        })
+        .await;
+    assert_eq!(resp.status, 401, "{}", resp.body);
+    assert!(
+        resp.body.to_string().contains("STUDIO_PUBSUB_PUSH_EMAIL"),
+        "{}",
+        resp.body
+    );
     let (status, _) = s.send("POST", "/v1/pubsub/preemption", &[], &body).await;
     assert_eq!(status, 401);
     let job = s.ctx.store.get_job(&id).await.unwrap().unwrap();
@@ -444,42 +597,60 @@ async fn a_pubsub_preemption_push_requeues_the_job_once_and_bad_tokens_are_refus
     assert_eq!(requeues, 1, "one requeue");
 }
 
-/// The curl example of `docs/submit-contract.md`, run as written (bash,
-/// openssl, curl) against this webhook, with a `job.json` that ends in a
-/// newline as editors write it: 202 and one SubmitJob on the queue.
+/// The curl examples of `docs/submit-contract.md`, run as written (bash,
+/// openssl, curl) against this webhook: the POST, with a `job.json` that
+/// ends in a newline as editors write it (202 and one SubmitJob on the
+/// queue), then the status GET of the job it made (200).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_curl_example_of_the_contract_page_is_accepted() {
+async fn the_curl_examples_of_the_contract_page_are_accepted() {
     let s = server().await;
     let doc = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/submit-contract.md"),
     )
     .unwrap();
-    let script = doc
+    let scripts: Vec<&str> = doc
         .split("```sh\n")
         .skip(1)
         .map(|b| b.split("```").next().unwrap())
-        .find(|b| b.contains("curl"))
-        .expect("the curl example");
+        .filter(|b| b.contains("curl"))
+        .collect();
+    assert_eq!(scripts.len(), 2, "the POST and the GET examples");
     let dir = tempfile::tempdir().unwrap();
     let mut job = String::from_utf8(job_body()).unwrap();
     job.push('\n');
     std::fs::write(dir.path().join("job.json"), job).unwrap();
     // The webhook's clock is the test's manual clock, started at the wall clock.
-    let out = std::process::Command::new("bash")
-        .arg("-c")
-        .arg(script)
-        .current_dir(dir.path())
-        .env("STUDIO_WEBHOOK_URL", format!("{}/", s.url))
-        .env("STUDIO_WEBHOOK_SECRET", SECRET)
-        .output()
-        .expect("bash, openssl and curl (the example's tools)");
-    let answer = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{answer}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let run = |script: &str, job_id: &str| {
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .current_dir(dir.path())
+            .env("STUDIO_WEBHOOK_URL", format!("{}/", s.url))
+            .env("STUDIO_WEBHOOK_SECRET", SECRET)
+            .env("JOB_ID", job_id)
+            .output()
+            .expect("bash, openssl and curl (the example's tools)");
+        let answer = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{answer}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str::<serde_json::Value>(&answer).unwrap()
+    };
+    let accepted = run(scripts[0], "");
+    let id = accepted["job_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{accepted}"));
+    let sent = s.drain().await;
+    assert_eq!(sent.len(), 1);
+    studio_core::handlers::submit(&s.ctx, "m-curl", &sent[0])
+        .await
+        .unwrap();
+    let state = run(scripts[1], id);
+    assert_eq!(
+        (state["job_id"].as_str(), state["state"].as_str()),
+        (Some(id), Some("queued")),
+        "{state}"
     );
-    let body: serde_json::Value = serde_json::from_str(&answer).unwrap();
-    assert!(body["job_id"].is_string(), "{body}");
-    assert_eq!(s.drain().await.len(), 1);
 }

@@ -3,8 +3,11 @@
 //! at cold start, from the SSM SecureString parameter named by
 //! `STUDIO_WEBHOOK_KEYS_PARAMETER`: never from an environment variable's value.
 //! `POST /v1/pubsub/preemption` takes Pub/Sub pushes whose OIDC token is
-//! for `STUDIO_PUBSUB_AUDIENCE` and signed by a key of the JWKS in the SSM
-//! parameter `STUDIO_PUBSUB_JWKS_PARAMETER` (both unset: refused).
+//! for `STUDIO_PUBSUB_AUDIENCE`, signed by a key of the JWKS in the SSM
+//! parameter `STUDIO_PUBSUB_JWKS_PARAMETER` (both unset: refused), and from
+//! the push subscription's service account `STUDIO_PUBSUB_PUSH_EMAIL`
+//! (required: unset, every push is refused, saying why in the log) whose
+//! unique id, if `STUDIO_PUBSUB_PUSH_SUBJECT` is set, is that.
 //!
 //! The logic: `shared/aws/src/webhook.rs` (signed requests, routes), which
 //! calls the handlers in `shared/core/src/handlers/` (submit, cancel, interruption).
@@ -35,7 +38,18 @@ async fn main() -> Result<(), Error> {
         std::env::var("STUDIO_PUBSUB_JWKS_PARAMETER"),
     ) {
         (Ok(audience), Ok(parameter)) => {
-            Some(lambda::push_auth(&sdk, &audience, &parameter).await?)
+            let email = std::env::var("STUDIO_PUBSUB_PUSH_EMAIL").unwrap_or_default();
+            if email.trim().is_empty() {
+                tracing::error!(
+                    "STUDIO_PUBSUB_AUDIENCE is set but STUDIO_PUBSUB_PUSH_EMAIL is not: \
+                     every Pub/Sub push will be refused until it names the push \
+                     subscription's service account"
+                );
+            }
+            let subject = std::env::var("STUDIO_PUBSUB_PUSH_SUBJECT")
+                .ok()
+                .filter(|s| !s.trim().is_empty());
+            Some(lambda::push_auth(&sdk, &audience, &parameter, &email, subject.as_deref()).await?)
         }
         _ => None,
     };

@@ -262,8 +262,10 @@ pub async fn webhook_keys(
     Ok(crate::webhook::Keys::from_json(text).map_err(|e| format!("parameter {parameter}: {e}"))?)
 }
 
-/// The Pub/Sub push route's trust: the audience, and the JWKS stored in the
-/// SSM parameter (Google's keys; the GCP backend keeps it current).
+/// The Pub/Sub push route's trust: the audience, the JWKS stored in the
+/// SSM parameter (Google's keys; the GCP backend keeps it current), and the
+/// push subscription's service account (`email`; empty: every push is
+/// refused) and its unique id (`subject`, optional).
 ///
 /// # Errors
 /// The parameter cannot be read or is not a JWKS.
@@ -272,6 +274,8 @@ pub async fn push_auth(
     sdk: &aws_config::SdkConfig,
     audience: &str,
     parameter: &str,
+    email: &str,
+    subject: Option<&str>,
 ) -> Result<crate::webhook::PushAuth, lambda_runtime::Error> {
     let out = aws_sdk_ssm::Client::new(sdk)
         .get_parameter()
@@ -285,6 +289,8 @@ pub async fn push_auth(
     Ok(crate::webhook::PushAuth {
         audience: audience.to_string(),
         jwks,
+        email: email.trim().to_string(),
+        subject: subject.map(str::to_string),
     })
 }
 
@@ -310,7 +316,11 @@ pub async fn webhook(
             .method
             .unwrap_or_default()
             .to_ascii_uppercase(),
-        path: event.raw_path.unwrap_or_default(),
+        // The target as sent: what a v2 signature covers.
+        path: match event.raw_query_string.as_deref() {
+            Some(q) if !q.is_empty() => format!("{}?{q}", event.raw_path.unwrap_or_default()),
+            _ => event.raw_path.unwrap_or_default(),
+        },
         headers: event
             .headers
             .iter()

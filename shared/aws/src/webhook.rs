@@ -3,18 +3,29 @@
 //! request/response values, so the Lambda function URL adapter and the tests'
 //! HTTP server drive the same code.
 //!
-//! - `POST /v1/jobs`: body = a SubmitJob (without `owner`: the owner is the
-//!   name of the key that signed the request). Headers `X-Studio-Key` (the
-//!   key's name), `X-Studio-Timestamp` (Unix seconds, within 5 minutes of
-//!   now) and `X-Studio-Signature: sha256=<hex HMAC-SHA256 of
-//!   "{timestamp}.{body}">`. A valid request puts the SubmitJob on the submit
-//!   queue and answers `202 {"job_id", "status_url"}`; without a `job_id`
-//!   the id is derived from the key and body, so a retried request (a new
-//!   timestamp, a new signature) is the same job.
-//! - `GET /v1/jobs/{id}`, signed the same way over an empty body: the job's
-//!   state, attempts and times.
+//! Every request but the Pub/Sub push is signed with a named key. Headers
+//! `X-Studio-Key` (the key's name), `X-Studio-Timestamp` (Unix seconds,
+//! within 5 minutes of now) and `X-Studio-Signature: v2=<hex>`, the
+//! HMAC-SHA256 under the key's secret of [`string_to_sign`]:
+//! `"v2\n{key}\n{METHOD}\n{target}\n{timestamp}\n{hex SHA-256 of the body}"`
+//! (`target`: the path as sent, with `?` and the query if there is one), so
+//! a signature is good for one key, one method, one path and one body. The
+//! first version, `sha256=<hex>` of `"{timestamp}.{body}"`, names no method
+//! or path: it is taken on `POST /v1/jobs` only, where the body is the
+//! whole request.
 //!
-//! Every refusal says why, and nothing is enqueued.
+//! - `POST /v1/jobs`: body = a SubmitJob (without `owner`: the owner is the
+//!   name of the key that signed the request). A valid request puts the
+//!   SubmitJob on the submit queue and answers `202 {"job_id", "status_url"}`;
+//!   without a `job_id` the id is derived from the key and body, so a
+//!   retried request (a new timestamp, a new signature) is the same job.
+//! - `GET /v1/jobs/{id}`, signed with v2 over an empty body: the job's
+//!   state, attempts and times, for a job of the signing key only; another
+//!   key's job answers as one that does not exist.
+//!
+//! Every refusal says why, and nothing is enqueued; except that an unknown
+//! key and a wrong signature get the same answer, so that the keys' names
+//! cannot be probed.
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
@@ -68,7 +79,10 @@ impl Keys {
 /// An HTTP request, as far as the webhook cares (header names lower case).
 #[derive(Debug, Clone)]
 pub struct Request {
+    /// Upper case.
     pub method: String,
+    /// The request target as sent: the path and, if the request has one,
+    /// `?` and its query string (what a v2 signature covers).
     pub path: String,
     pub headers: BTreeMap<String, String>,
     pub body: Vec<u8>,
@@ -89,12 +103,20 @@ fn refuse(status: u16, why: impl Into<String>) -> Response {
 }
 
 /// Who may push Pub/Sub messages: OIDC tokens Google signs for the push
-/// subscription's service account, for this audience.
+/// subscription's service account, for this audience. Google signs such a
+/// token for any service account of any project, for any audience its
+/// owner asks; so the token's identity is pinned too.
 pub struct PushAuth {
     /// The audience the push subscription sets (the endpoint's URL).
     pub audience: String,
     /// Google's signing keys (https://www.googleapis.com/oauth2/v3/certs).
     pub jwks: jsonwebtoken::jwk::JwkSet,
+    /// The push subscription's service account (`--push-auth-service-account`):
+    /// the token's `email`, which Google must have verified. Empty: every
+    /// push is refused, and each refusal logged with the reason.
+    pub email: String,
+    /// That account's unique id, when configured: the token's `sub`.
+    pub subject: Option<String>,
 }
 
 /// Issuers of Google's OIDC tokens.
@@ -136,6 +158,18 @@ pub fn schema() -> Schema {
     Schema(std::sync::OnceLock::new())
 }
 
+/// The HMAC key of an unknown key name: the signature is checked all the
+/// same, so an unknown key takes as long to refuse as a wrong signature.
+const NO_SECRET: &[u8] = b"studio: no such key";
+
+/// The request's path without its query and trailing `/`: what routes match.
+fn route_path(target: &str) -> &str {
+    target
+        .split_once('?')
+        .map_or(target, |(p, _)| p)
+        .trim_end_matches('/')
+}
+
 impl Webhook<'_> {
     pub async fn handle(&self, req: &Request) -> Response {
         if req.body.len() > MAX_BODY {
@@ -147,30 +181,39 @@ impl Webhook<'_> {
                 ),
             );
         }
-        if req.path.trim_end_matches('/') == "/v1/pubsub/preemption" {
+        let path = route_path(&req.path);
+        if path == "/v1/pubsub/preemption" {
             return if req.method == "POST" {
                 self.preemption(req).await
             } else {
                 refuse(405, "POST only")
             };
         }
-        let owner = match self.authenticate(req) {
+        // The routes are public (the contract page), so an unknown one is
+        // told before the signature is checked.
+        let read = match (req.method.as_str(), path) {
+            ("POST", "/v1/jobs") => None,
+            ("GET", p) if p.starts_with("/v1/jobs/") => Some(&p["/v1/jobs/".len()..]),
+            (m, p) => {
+                return refuse(
+                    404,
+                    format!("no route {m} {p}: POST /v1/jobs, GET /v1/jobs/ID"),
+                )
+            }
+        };
+        let owner = match self.authenticate(req, read.is_none()) {
             Ok(o) => o,
             Err(why) => return refuse(401, why),
         };
-        let path = req.path.trim_end_matches('/');
-        match (req.method.as_str(), path) {
-            ("POST", "/v1/jobs") => self.post_job(&owner, &req.body).await,
-            ("GET", p) if p.starts_with("/v1/jobs/") => self.get_job(&p["/v1/jobs/".len()..]).await,
-            (m, p) => refuse(
-                404,
-                format!("no route {m} {p}: POST /v1/jobs, GET /v1/jobs/ID"),
-            ),
+        match read {
+            None => self.post_job(&owner, &req.body).await,
+            Some(id) => self.get_job(&owner, id).await,
         }
     }
 
-    /// The signing key's name, or why the request is refused.
-    fn authenticate(&self, req: &Request) -> Result<String, String> {
+    /// The signing key's name, or why the request is refused. `v1_taken`:
+    /// the route takes the first version's signature (`POST /v1/jobs`).
+    fn authenticate(&self, req: &Request, v1_taken: bool) -> Result<String, String> {
         let header = |name: &str| {
             req.headers
                 .get(name)
@@ -184,38 +227,68 @@ impl Webhook<'_> {
             .parse()
             .map_err(|_| format!("x-studio-timestamp '{ts_text}' is not Unix seconds"))?;
         let now = self.ctx.clock.now().0 / 1000;
-        let skew = MAX_SKEW.as_secs() as i64;
-        if ts < now - skew {
+        let skew = MAX_SKEW.as_secs();
+        // abs_diff: no overflow at either end of i64.
+        let off = now.abs_diff(ts);
+        if off > skew {
+            return Err(if ts < now {
+                format!(
+                    "x-studio-timestamp is {off} s old; at most {skew} s are taken \
+                     (sign each request anew)"
+                )
+            } else {
+                format!("x-studio-timestamp is {off} s in the future; check the sender's clock")
+            });
+        }
+        let (v2, hex_sig) = if let Some(h) = signature.strip_prefix("v2=") {
+            (true, h)
+        } else if let Some(h) = signature.strip_prefix("sha256=") {
+            (false, h)
+        } else {
+            return Err(
+                "x-studio-signature must be v2=<hex> (or, on POST /v1/jobs only, \
+                 the first version's sha256=<hex>)"
+                    .into(),
+            );
+        };
+        if !v2 && !v1_taken {
             return Err(format!(
-                "x-studio-timestamp is {} s old; at most {skew} s are taken (sign each request anew)",
-                now - ts
+                "{} {} needs a v2 signature (x-studio-signature: v2=<hex>): the first \
+                 version's sha256= covers no method or path, so it is taken on POST /v1/jobs only",
+                req.method,
+                route_path(&req.path)
             ));
         }
-        if ts > now + skew {
-            return Err(format!(
-                "x-studio-timestamp is {} s in the future; check the sender's clock",
-                ts - now
-            ));
-        }
-        let secret = self
-            .keys
-            .0
-            .get(&key_name)
-            .ok_or_else(|| format!("unknown key '{key_name}'"))?;
-        let hex_sig = signature
-            .strip_prefix("sha256=")
-            .ok_or("x-studio-signature must be sha256=<hex>")?;
         let given =
             hex::decode(hex_sig).map_err(|_| "x-studio-signature is not hex".to_string())?;
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-        mac.update(ts_text.as_bytes());
-        mac.update(b".");
-        mac.update(&req.body);
+        // An unknown key is checked against a secret no signature matches
+        // and refused with the same words as a wrong signature: neither
+        // the answer nor its time tells which names exist.
+        let secret = self.keys.0.get(&key_name);
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.map_or(NO_SECRET, Vec::as_slice))
+            .expect("HMAC takes any key length");
+        if v2 {
+            mac.update(
+                string_to_sign(&key_name, &req.method, &req.path, &ts_text, &req.body).as_bytes(),
+            );
+        } else {
+            mac.update(ts_text.as_bytes());
+            mac.update(b".");
+            mac.update(&req.body);
+        }
         // Constant-time comparison.
-        mac.verify_slice(&given).map_err(|_| {
-            "the signature does not match: HMAC-SHA256 of \"{timestamp}.{body}\" with the key's secret"
-                .to_string()
-        })?;
+        let matches = mac.verify_slice(&given).is_ok();
+        if secret.is_none() || !matches {
+            return Err(if v2 {
+                "unknown key or the signature does not match: v2= is the hex HMAC-SHA256, \
+                 under the key's secret, of \"v2\\n{key}\\n{METHOD}\\n{path}\\n{timestamp}\\n\
+                 {hex SHA-256 of the body}\""
+            } else {
+                "unknown key or the signature does not match: sha256= is the hex \
+                 HMAC-SHA256, under the key's secret, of \"{timestamp}.{body}\""
+            }
+            .into());
+        }
         Ok(key_name)
     }
 
@@ -288,12 +361,14 @@ impl Webhook<'_> {
         }
     }
 
-    async fn get_job(&self, id: &str) -> Response {
+    /// The job `id` if `owner`'s key submitted it. Another owner's job and
+    /// no job answer alike, so a key cannot learn which ids exist.
+    async fn get_job(&self, owner: &str, id: &str) -> Response {
         let Ok(id) = JobId::new(id) else {
             return refuse(400, format!("'{id}' is not a job id"));
         };
         match self.ctx.store.get_job(&id).await {
-            Ok(Some(job)) => Response {
+            Ok(Some(job)) if job.spec.owner == owner => Response {
                 status: 200,
                 body: serde_json::json!({
                     "job_id": job.id.as_str(),
@@ -303,9 +378,10 @@ impl Webhook<'_> {
                     "events": job.events,
                 }),
             },
-            Ok(None) => refuse(
+            Ok(_) => refuse(
                 404,
-                format!("no job '{id}' (yet: a job appears once the submit function has taken it, within seconds)"),
+                "no such job of this key (a key sees the jobs it submitted; a job appears \
+                 once the submit function has taken it, within seconds)",
             ),
             Err(e) => refuse(503, format!("the job store did not answer ({e}); retry")),
         }
@@ -390,10 +466,19 @@ impl Webhook<'_> {
     }
 }
 
-/// A Google-signed OIDC token for `auth.audience`: the signature (RS256,
-/// by a key of the JWKS named in the token's `kid`), the issuer, the
-/// audience and the expiry.
+/// A Google-signed OIDC token for `auth.audience` from the push
+/// subscription's service account: the signature (RS256, by a key of the
+/// JWKS named in the token's `kid`), the issuer, the audience, the expiry,
+/// then who it is: `email` the configured account's, `email_verified`
+/// true and, when configured, `sub` its unique id.
 fn verify_token(auth: &PushAuth, token: &str) -> Result<(), String> {
+    let email = auth.email.trim();
+    if email.is_empty() {
+        let why = "Pub/Sub push is refused: this deployment names no push service account \
+                   (STUDIO_PUBSUB_PUSH_EMAIL), so no token's sender can be checked";
+        tracing::error!("{why}");
+        return Err(why.into());
+    }
     let header = jsonwebtoken::decode_header(token).map_err(|e| format!("not a JWT: {e}"))?;
     let kid = header.kid.ok_or("the token names no key (kid)")?;
     let jwk = auth
@@ -404,12 +489,66 @@ fn verify_token(auth: &PushAuth, token: &str) -> Result<(), String> {
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
     validation.set_audience(&[auth.audience.as_str()]);
     validation.set_issuer(GOOGLE_ISSUERS);
-    jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)
-        .map(|_| ())
-        .map_err(|e| format!("the token is not valid for this endpoint: {e}"))
+    let claims = jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)
+        .map_err(|e| format!("the token is not valid for this endpoint: {e}"))?
+        .claims;
+    match claims["email"].as_str() {
+        Some(e) if e == email => {}
+        Some(e) => {
+            return Err(format!(
+                "the token is from '{e}', not the push subscription's service account"
+            ))
+        }
+        None => return Err("the token names no sender (email)".into()),
+    }
+    if claims["email_verified"] != serde_json::Value::Bool(true) {
+        return Err("the token's email is not verified (email_verified must be true)".into());
+    }
+    if let Some(subject) = &auth.subject {
+        if claims["sub"].as_str() != Some(subject.as_str()) {
+            return Err(
+                "the token's subject (sub) is not the push subscription's service account".into(),
+            );
+        }
+    }
+    Ok(())
 }
 
-/// The signature a sender computes (for tests and the docs' example).
+/// What a version 2 signature covers: the key's name, the method, the
+/// request target (the path as sent, with `?` and the query if any), the
+/// `X-Studio-Timestamp` value as sent and the hex SHA-256 of the body, one
+/// per line after `v2`.
+pub fn string_to_sign(
+    key: &str,
+    method: &str,
+    target: &str,
+    timestamp: &str,
+    body: &[u8],
+) -> String {
+    format!(
+        "v2\n{key}\n{method}\n{target}\n{timestamp}\n{}",
+        hex::encode(Sha256::digest(body))
+    )
+}
+
+/// The `X-Studio-Signature` value a sender computes: `v2=<hex>` (for the
+/// tests; the contract page's example computes it with openssl).
+pub fn sign_v2(
+    secret: &[u8],
+    key: &str,
+    method: &str,
+    target: &str,
+    timestamp: &str,
+    body: &[u8],
+) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(string_to_sign(key, method, target, timestamp, body).as_bytes());
+    format!("v2={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The first version's `X-Studio-Signature` value, `sha256=<hex>` of
+/// `"{timestamp}.{body}"`: taken on `POST /v1/jobs` only; new senders use
+/// [`sign_v2`].
 pub fn sign(secret: &[u8], timestamp: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
     mac.update(timestamp.as_bytes());
