@@ -42,16 +42,30 @@ install_release studio "$studio_sha256"
 install_release uv "$uv_sha256"
 test -x /usr/local/bin/studio
 
-# Scripts run as an unprivileged user that cannot reach the instance
-# metadata service (so never the machine's role credentials); the worker
-# itself runs as root and keeps both.
-id -u studio-job >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin studio-job
-iptables -C OUTPUT -d 169.254.169.254 -m owner --uid-owner studio-job -j REJECT 2>/dev/null \
-    || iptables -A OUTPUT -d 169.254.169.254 -m owner --uid-owner studio-job -j REJECT
-if command -v ip6tables >/dev/null; then
-    ip6tables -C OUTPUT -d fd00:ec2::254 -m owner --uid-owner studio-job -j REJECT 2>/dev/null \
-        || ip6tables -A OUTPUT -d fd00:ec2::254 -m owner --uid-owner studio-job -j REJECT
-fi
+# Every attempt runs as a uid of its own from @JOB_UIDS@, which cannot
+# reach the instance metadata service (so never the machine's role
+# credentials); the worker itself runs as root and keeps both. The block
+# is a unit of its own, run at every boot before the worker (firewall
+# rules do not survive a reboot).
+install -d -m 0755 /usr/local/lib/studio
+cat > /usr/local/lib/studio/metadata-block <<'BLOCK'
+@METADATA_BLOCK@
+BLOCK
+chmod 0755 /usr/local/lib/studio/metadata-block
+cat > /etc/systemd/system/studio-metadata-block.service <<'UNIT'
+[Unit]
+Description=Keep Studio's jobs from the metadata service
+Before=network-pre.target studio-worker.service
+Wants=network-pre.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/local/lib/studio/metadata-block @JOB_UIDS@
+
+[Install]
+WantedBy=multi-user.target
+UNIT
 
 install -d -m 0755 /etc/studio
 echo "STUDIO_INSTANCE_ID=$instance_id" > /etc/studio/instance.env
@@ -62,13 +76,14 @@ ENV
 cat > /etc/systemd/system/studio-worker.service <<'UNIT'
 [Unit]
 Description=Studio worker for pool @POOL@
-After=network-online.target
+After=network-online.target studio-metadata-block.service
 Wants=network-online.target
+Requires=studio-metadata-block.service
 
 [Service]
 EnvironmentFile=/etc/studio/worker.env
 EnvironmentFile=/etc/studio/instance.env
-ExecStart=/usr/local/bin/studio worker --pool @POOL@ --instance-id ${STUDIO_INSTANCE_ID} --env-root /var/lib/studio/envs --run-as studio-job
+ExecStart=/usr/local/bin/studio worker --pool @POOL@ --instance-id ${STUDIO_INSTANCE_ID} --env-root /var/lib/studio/envs --job-uids @JOB_UIDS@
 Restart=on-failure
 RestartSec=5
 
@@ -77,4 +92,5 @@ WantedBy=multi-user.target
 UNIT
 
 systemctl daemon-reload
+systemctl enable --now studio-metadata-block.service
 systemctl enable --now studio-worker.service

@@ -521,7 +521,8 @@ pub fn quick_worker_config(
         work_root,
         uv: None,
         uv_env: uv_env(),
-        run_as: None,
+        job_users: None,
+        metadata: Vec::new(),
         inputs: None,
     }
 }

@@ -200,14 +200,27 @@ async fn submit_through_sqs_creates_the_job_the_spot_group_and_the_work_item() {
         "{user_data}"
     );
     assert!(user_data.contains(&format!("STUDIO_JOBS_TABLE={}", w.cfg.jobs_table)));
-    // The script runs as an unprivileged user cut off from the metadata
-    // service (the machine's role credentials stay with the worker).
-    assert!(user_data.contains("--run-as studio-job"), "{user_data}");
+    // Each attempt runs as a uid of its own, cut off from the metadata
+    // service by a unit run at every boot before the worker (the machine's
+    // role credentials stay with the worker).
+    let uids = studio_core::worker::users::MACHINE_JOB_UIDS;
     assert!(
-        user_data.contains(
-            "iptables -A OUTPUT -d 169.254.169.254 -m owner --uid-owner studio-job -j REJECT"
-        ),
+        user_data.contains(&format!("--job-uids {uids}")),
         "{user_data}"
+    );
+    assert!(
+        user_data.contains(studio_aws::fleet::METADATA_BLOCK.trim_end()),
+        "the block script, as tested, is installed: {user_data}"
+    );
+    assert!(
+        user_data.contains(&format!(
+            "ExecStart=/usr/local/lib/studio/metadata-block {uids}"
+        )),
+        "{user_data}"
+    );
+    assert!(
+        user_data.contains("Requires=studio-metadata-block.service"),
+        "the worker needs the block: {user_data}"
     );
     assert!(
         !user_data.to_ascii_lowercase().contains("secret"),
@@ -701,7 +714,8 @@ async fn an_idle_worker_terminates_its_machine_and_lowers_the_group() {
         env_root: std::env::temp_dir().join(format!("{}-envs", w.cfg.prefix)),
         uv: None,
         uv_env: studio_tests::uv_env(),
-        run_as: None,
+        job_users: None,
+        metadata: Vec::new(),
         inputs: None,
     };
     let artifacts = studio_aws::s3::S3Artifacts::from_sdk(&w.sdk, &w.cfg.bucket);

@@ -381,6 +381,18 @@ fn the_gce_startup_script_passes_shellcheck() {
         )),
         "{script}"
     );
+    // The metadata block as tested (tests/tests/hostile.rs), a unit run at
+    // every boot before the worker, and the worker on the same uid range.
+    let uids = studio_core::worker::users::MACHINE_JOB_UIDS;
+    assert!(
+        script.contains(studio_gcp::startup::METADATA_BLOCK.trim_end()),
+        "{script}"
+    );
+    assert!(script.contains(&format!("--job-uids {uids}")), "{script}");
+    assert!(script.contains(&format!(
+        "ExecStart=/usr/local/lib/studio/metadata-block {uids}"
+    )));
+    assert!(script.contains("Requires=studio-metadata-block.service"));
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("startup.sh");
     std::fs::write(&file, &script).unwrap();

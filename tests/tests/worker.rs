@@ -13,7 +13,7 @@ use studio_core::ids::InstanceId;
 use studio_core::job::JobState;
 use studio_core::notice::{Ec2Metadata, GceMetadata, NoNotice, Notice, NoticeSource};
 use studio_core::ports::{ArtifactStore, Fleet};
-use studio_core::worker::{run_worker, WorkerConfig, WorkerExit};
+use studio_core::worker::{run_worker, JobUsers, WorkerConfig, WorkerExit};
 use studio_tests::{eventually, job_id, JobBuilder, JobPool, LocalWorld, MetadataStandIn};
 
 fn config(
@@ -52,7 +52,8 @@ fn worker_config(
         env_root: work_root.join("envs"),
         uv: None,
         uv_env: studio_tests::uv_env(),
-        run_as: None,
+        job_users: None,
+        metadata: Vec::new(),
         inputs: None,
     }
 }
@@ -557,6 +558,7 @@ fn the_bootstrap_passes_shellcheck() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let out = std::process::Command::new("shellcheck")
         .arg(root.join("infra/worker-bootstrap.sh"))
+        .arg(root.join("infra/metadata-block.sh"))
         .arg(root.join("scripts/deploy"))
         .arg(root.join("scripts/test"))
         .arg(root.join(".ci/run"))
@@ -796,7 +798,10 @@ async fn scripts_run_as_the_unprivileged_user_and_own_only_their_attempt() {
     )
     .unwrap();
     let mut cfg = worker_config(root.path(), &pool, "w-user", Arc::new(NoNotice));
-    cfg.run_as = Some((65534, 65534));
+    cfg.job_users = Some(JobUsers {
+        first: 300_000,
+        last: 300_009,
+    });
     let (ctx, arts) = (w.be.ctx.clone(), w.be.artifacts.clone());
     let (stop, rx) = tokio::sync::watch::channel(false);
     let worker = tokio::spawn(async move { run_worker(&ctx, arts.as_ref(), &cfg, rx).await });
@@ -815,7 +820,7 @@ async fn scripts_run_as_the_unprivileged_user_and_own_only_their_attempt() {
     worker.await.unwrap().unwrap();
     assert_eq!(job.state, JobState::Finished, "{:?}", job.reason);
     let log = String::from_utf8(w.be.artifacts.read_log(&job.id, 0).await.unwrap()).unwrap();
-    assert!(log.contains("uid 65534"), "{log}");
+    assert!(log.contains("uid 30000"), "a uid of the range: {log}");
     assert!(log.contains("denied outside"), "{log}");
     assert_eq!(job.checkpoint.map(|c| c.attempt), Some(1), "it could save");
 }
@@ -1081,7 +1086,10 @@ async fn a_hostile_build_backend_runs_as_the_jobs_user_and_sees_nothing_of_the_w
         "w-evil",
         Arc::new(NoNotice),
     );
-    cfg.run_as = Some((65534, 65534));
+    cfg.job_users = Some(JobUsers {
+        first: 300_010,
+        last: 300_019,
+    });
     // uv where the job's user can run it, as /usr/local/bin is on a machine
     // (the test's own copy may sit under a home only root can enter).
     let bin = tempfile::tempdir().unwrap();
@@ -1113,15 +1121,16 @@ async fn a_hostile_build_backend_runs_as_the_jobs_user_and_sees_nothing_of_the_w
             panic!("the backend ran and reported: {e}\n{:?}\n{log}", job.reason)
         }))
         .unwrap();
-    assert_eq!(seen["uid"], 65534, "{seen}");
-    assert_eq!(seen["euid"], 65534, "{seen}");
+    let uid = seen["uid"].as_u64().unwrap();
+    assert!((300_010..=300_019).contains(&uid), "{seen}");
+    assert_eq!(seen["euid"], uid, "{seen}");
     assert!(
         seen["groups"]
             .as_array()
             .unwrap()
             .iter()
-            .all(|g| g == 65534),
-        "{seen}"
+            .all(|g| g.as_u64() == Some(uid)),
+        "only its own group: {seen}"
     );
     let env: Vec<&str> = seen["env"]
         .as_array()
@@ -1139,7 +1148,7 @@ async fn a_hostile_build_backend_runs_as_the_jobs_user_and_sees_nothing_of_the_w
     if !std::env::vars().any(|(k, _)| k.starts_with("AWS_")) {
         eprintln!("note: no AWS_* variable in this process: the leak check saw nothing to leak");
     }
-    // The environment directory is the job user's; nothing in it is root's.
+    // The owner's directory is the attempt's user's, private.
     let owner_dir = std::fs::read_dir(root.path().join("envs"))
         .unwrap()
         .next()
@@ -1148,7 +1157,7 @@ async fn a_hostile_build_backend_runs_as_the_jobs_user_and_sees_nothing_of_the_w
         .path();
     assert_eq!(
         std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&owner_dir).unwrap()),
-        65534
+        uid as u32
     );
 }
 

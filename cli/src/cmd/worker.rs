@@ -44,9 +44,16 @@ pub struct WorkerArgs {
     /// Upload the checkpoint directory at most this often.
     #[arg(long, env = "STUDIO_CHECKPOINT_EVERY", default_value = "30s")]
     pub checkpoint_every: String,
-    /// Run scripts as this (unprivileged) user; the worker itself stays root.
-    #[arg(long, env = "STUDIO_RUN_AS", value_name = "USER")]
-    pub run_as: Option<String>,
+    /// Run every attempt as a uid of its own from this range (cloud
+    /// machines: the worker stays root, the block on the metadata service
+    /// covers the range).
+    #[arg(long, env = "STUDIO_JOB_UIDS", value_name = "FIRST-LAST")]
+    pub job_uids: Option<String>,
+    /// The metadata endpoints that must not answer a job's user, checked
+    /// before each script starts (host:port, comma-separated; default with
+    /// --job-uids: the cloud's own, from --metadata).
+    #[arg(long, env = "STUDIO_METADATA_ENDPOINTS", value_name = "ADDRS")]
+    pub metadata_endpoints: Option<String>,
     /// Where jobs' Python environments are kept, a directory per owner
     /// (default: envs/ in the home).
     #[arg(long, alias = "venv-root", value_name = "DIR")]
@@ -60,17 +67,27 @@ pub struct WorkerArgs {
     pub backend: String,
 }
 
-/// The uid and gid of a user name (from the system's user database).
-fn user_ids(name: &str) -> Result<(u32, u32), CliError> {
-    let c = std::ffi::CString::new(name).map_err(|_| usage(format!("--run-as '{name}'")))?;
-    // SAFETY: getpwnam returns a pointer into static storage or null; it is
-    // read at once, before any other call could overwrite it.
-    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
-    if pw.is_null() {
-        return Err(usage(format!("--run-as '{name}': no such user")));
-    }
-    // SAFETY: checked non-null above.
-    Ok(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+/// The metadata endpoints checked before each script: as given, else the
+/// cloud's own (EC2: IPv4 and IPv6; GCE: its one address, which is what
+/// `metadata.google.internal` names).
+fn metadata_endpoints(a: &WorkerArgs) -> Result<Vec<std::net::SocketAddr>, CliError> {
+    let given = match &a.metadata_endpoints {
+        Some(list) => list.clone(),
+        None => match a.metadata.as_str() {
+            "ec2" => "169.254.169.254:80,[fd00:ec2::254]:80".to_string(),
+            "gce" => "169.254.169.254:80".to_string(),
+            _ => String::new(),
+        },
+    };
+    given
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse()
+                .map_err(|_| usage(format!("--metadata-endpoints: '{s}' is not ADDRESS:PORT")))
+        })
+        .collect()
 }
 
 pub(crate) async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<ExitCode, CliError> {
@@ -86,6 +103,7 @@ pub(crate) async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<Exit
     };
     #[cfg(feature = "gcp")]
     let cfg_meta_url = a.metadata_url.clone();
+    let metadata = metadata_endpoints(&a)?;
     let cfg = WorkerConfig {
         pool: PoolKey::new(a.pool).map_err(usage)?,
         instance: InstanceId::new(a.instance_id).map_err(usage)?,
@@ -135,7 +153,15 @@ pub(crate) async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<Exit
         env_root: a.env_root.unwrap_or_else(|| g.home.join("envs")),
         uv: a.uv,
         uv_env: env.uv_vars.clone().into_iter().collect(),
-        run_as: a.run_as.as_deref().map(user_ids).transpose()?,
+        job_users: a
+            .job_uids
+            .as_deref()
+            .map(|r| {
+                studio_core::worker::JobUsers::parse(r)
+                    .map_err(|e| usage(format!("--job-uids {e}")))
+            })
+            .transpose()?,
+        metadata,
         inputs: None,
     };
     let (tx, rx) = tokio::sync::watch::channel(false);

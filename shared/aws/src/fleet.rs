@@ -53,6 +53,10 @@ pub const SEEN_TAG: &str = "studio:worker-seen";
 /// The bootstrap every worker runs, with `@NAME@` placeholders.
 pub const BOOTSTRAP: &str = include_str!("../../../infra/worker-bootstrap.sh");
 
+/// What keeps jobs from the metadata service, run at every boot (the
+/// bootstrap installs it as a unit of its own).
+pub const METADATA_BLOCK: &str = include_str!("../../../infra/metadata-block.sh");
+
 /// What the fleet needs to know about the account.
 #[derive(Debug, Clone)]
 pub struct FleetConfig {
@@ -123,6 +127,11 @@ impl AsgFleet {
             ("@STUDIO_SHA256_ARM64@", sha(&self.cfg.studio_sha256_arm64)),
             ("@UV_SHA256_X86_64@", sha(&self.cfg.uv_sha256_x86_64)),
             ("@UV_SHA256_ARM64@", sha(&self.cfg.uv_sha256_arm64)),
+            ("@METADATA_BLOCK@", METADATA_BLOCK.trim_end().to_string()),
+            (
+                "@JOB_UIDS@",
+                studio_core::worker::users::MACHINE_JOB_UIDS.to_string(),
+            ),
         ]
         .iter()
         .fold(BOOTSTRAP.to_string(), |text, (placeholder, value)| {

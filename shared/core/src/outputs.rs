@@ -83,68 +83,51 @@ fn open_nofollow(path: &Path) -> std::io::Result<std::fs::File> {
 /// there, then each of `named` (relative to `workspace`; a file or a
 /// directory) at its workspace path. A path given twice keeps the first.
 /// Named paths that do not exist are returned in the second list.
+///
+/// The script owns both directories, so they are walked from descriptors
+/// without following any link ([`crate::worker::jobfs`]): `out_dir` itself
+/// replaced by a link to `/`, or `--output a/b` with `a` a link, collects
+/// nothing of the machine's. Given an `owner`, only that uid's files are
+/// taken (a hard link to a file of root's is not the job's).
 pub fn gather(
     out_dir: &Path,
     workspace: &Path,
     named: &[String],
+    owner: Option<u32>,
 ) -> (BTreeMap<String, PathBuf>, Vec<String>) {
+    use crate::worker::jobfs::Dir;
     let mut files = BTreeMap::new();
-    walk(out_dir, "", &mut files);
+    if let Ok(d) = Dir::open(out_dir) {
+        for e in d.files(owner) {
+            let at = out_dir.join(&e.rel);
+            files.entry(e.rel).or_insert(at);
+        }
+    }
+    let ws = Dir::open(workspace).ok();
     let mut missing = Vec::new();
     for n in named {
         let rel = Path::new(n);
-        if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
-            missing.push(n.clone());
-            continue;
-        }
-        // No link on the way there either: `--output a/b` with `a` a link
-        // to `/` must not collect the machine's files.
-        let mut at = workspace.to_path_buf();
-        let mut ok = true;
-        for c in rel.components() {
-            at.push(c);
-            match std::fs::symlink_metadata(&at) {
-                Ok(m) if !m.file_type().is_symlink() => {}
-                _ => {
-                    ok = false;
-                    break;
-                }
-            }
-        }
-        if !ok {
+        if !safe_rel(n) {
             missing.push(n.clone());
             continue;
         }
         let prefix = rel.to_string_lossy().replace('\\', "/");
-        if at.is_dir() {
-            walk(&at, &prefix, &mut files);
-        } else if at.is_file() {
-            files.entry(prefix).or_insert(at);
+        let Some(ws) = &ws else {
+            missing.push(n.clone());
+            continue;
+        };
+        if let Ok(sub) = ws.sub(rel) {
+            for e in sub.files(owner) {
+                let at = workspace.join(rel).join(&e.rel);
+                files.entry(format!("{prefix}/{}", e.rel)).or_insert(at);
+            }
+        } else if ws.open_file(rel, owner).is_ok() {
+            files.entry(prefix).or_insert(workspace.join(rel));
         } else {
             missing.push(n.clone());
         }
     }
     (files, missing)
-}
-
-pub(crate) fn walk(dir: &Path, prefix: &str, into: &mut BTreeMap<String, PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let Ok(t) = e.file_type() else { continue };
-        let name = e.file_name().to_string_lossy().into_owned();
-        let rel = if prefix.is_empty() {
-            name
-        } else {
-            format!("{prefix}/{name}")
-        };
-        if t.is_dir() {
-            walk(&e.path(), &rel, into);
-        } else if t.is_file() {
-            into.entry(rel).or_insert_with(|| e.path());
-        }
-    }
 }
 
 pub(crate) fn safe_rel(p: &str) -> bool {
@@ -175,12 +158,17 @@ mod tests {
             "model.bin".to_string(),
             "nope.txt".to_string(),
         ];
-        let (files, missing) = gather(&out, &ws, &named);
+        let (files, missing) = gather(&out, &ws, &named, None);
         let names: Vec<&str> = files.keys().map(String::as_str).collect();
         assert_eq!(names, ["model.bin", "results/r.csv", "runs/a/log.txt"]);
         // STUDIO_OUTPUT_DIR's model.bin wins over the workspace's.
         assert_eq!(files["model.bin"], out.join("model.bin"));
         assert_eq!(missing, ["root/etc/passwd", "nope.txt"]);
+        // The output directory itself replaced by a link: nothing is taken.
+        std::fs::remove_dir_all(&out).unwrap();
+        std::os::unix::fs::symlink(&ws, &out).unwrap();
+        let (files, _) = gather(&out, &ws, &[], None);
+        assert!(files.is_empty(), "{files:?}");
     }
 
     #[test]

@@ -89,9 +89,10 @@ impl Reports {
         self.take(found)
     }
 
-    /// Looks at `dir/progress.json`; whether the progress changed.
-    pub fn file(&mut self, dir: &std::path::Path) -> bool {
-        let now = read_file(dir);
+    /// Looks at `dir/progress.json` (see [`read_file`]); whether the
+    /// progress changed.
+    pub fn file(&mut self, dir: &std::path::Path, owner: Option<u32>) -> bool {
+        let now = read_file(dir, owner);
         if now == self.file {
             return false;
         }
@@ -116,14 +117,16 @@ impl Reports {
 }
 
 /// The progress in `dir/progress.json`, if the file is there and says one.
-pub fn read_file(dir: &std::path::Path) -> Option<f32> {
-    use std::io::Read as _;
-    let mut text = String::new();
-    std::fs::File::open(dir.join(FILE))
+/// The script owns `dir`: neither it nor the file is followed if a link,
+/// a FIFO or device is never opened (the worker reads this on the thread
+/// that keeps the heartbeat), and, given an `owner`, only that uid's file
+/// is read.
+pub fn read_file(dir: &std::path::Path, owner: Option<u32>) -> Option<f32> {
+    let bytes = crate::worker::jobfs::Dir::open(dir)
         .ok()?
-        .take(FILE_LIMIT)
-        .read_to_string(&mut text)
+        .read(std::path::Path::new(FILE), owner, FILE_LIMIT)
         .ok()?;
+    let text = String::from_utf8(bytes).ok()?;
     match serde_json::from_str::<serde_json::Value>(&text)
         .ok()?
         .get("progress")?
@@ -202,12 +205,15 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut r = Reports::default();
         assert!(r.output(b"STUDIO_PROGRESS=0.25\n"));
-        assert!(!r.file(d.path()), "no file: nothing changes");
+        assert!(!r.file(d.path(), None), "no file: nothing changes");
         std::fs::write(d.path().join(FILE), r#"{"progress": 0.6}"#).unwrap();
-        assert!(r.file(d.path()));
+        assert!(r.file(d.path(), None));
         assert_eq!(r.latest(), Some(0.6));
         assert!(r.output(b"STUDIO_PROGRESS=1\n"));
-        assert!(!r.file(d.path()), "the file still says 0.6, which is older");
+        assert!(
+            !r.file(d.path(), None),
+            "the file still says 0.6, which is older"
+        );
         assert_eq!(r.latest(), Some(1.0));
         assert!(
             !r.output(b"STUDIO_PROGRESS=1\n"),
@@ -218,13 +224,13 @@ mod tests {
     #[test]
     fn the_file_says_a_number_or_a_string() {
         let d = tempfile::tempdir().unwrap();
-        assert_eq!(read_file(d.path()), None);
+        assert_eq!(read_file(d.path(), None), None);
         std::fs::write(d.path().join(FILE), r#"{"progress": 0.3, "epoch": 3}"#).unwrap();
-        assert_eq!(read_file(d.path()), Some(0.3));
+        assert_eq!(read_file(d.path(), None), Some(0.3));
         std::fs::write(d.path().join(FILE), r#"{"progress": "80%"}"#).unwrap();
-        assert_eq!(read_file(d.path()), Some(0.8));
+        assert_eq!(read_file(d.path(), None), Some(0.8));
         std::fs::write(d.path().join(FILE), "{not json").unwrap();
-        assert_eq!(read_file(d.path()), None);
+        assert_eq!(read_file(d.path(), None), None);
     }
 
     #[test]

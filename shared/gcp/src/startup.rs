@@ -6,6 +6,10 @@
 use crate::config::GcpConfig;
 use studio_core::ids::PoolKey;
 
+/// What keeps jobs from the metadata server, run at every boot (the script
+/// installs it as a unit of its own, ordered before the worker).
+pub const METADATA_BLOCK: &str = include_str!("../../../infra/metadata-block.sh");
+
 /// Quotes `v` for a POSIX shell.
 fn sh(v: &str) -> String {
     format!("'{}'", v.replace('\'', r"'\''"))
@@ -59,12 +63,30 @@ install_release "$BIN" {url} {sha}
 install_release /usr/local/bin/uv {uv_url} {uv_sha}
 test -x "$BIN"
 
-# Scripts run as an unprivileged user that cannot reach the metadata server
-# (so never the machine's tokens); the worker itself runs as root.
+# Every attempt runs as a uid of its own from {job_uids}, which cannot reach
+# the metadata server (so never the machine's tokens); the worker itself
+# runs as root. The block is a unit of its own, run at every boot before
+# the worker (this script runs at every boot too, but races the worker).
 command -v iptables >/dev/null || {{ apt-get update -q && apt-get install -y -q iptables; }}
-id -u studio-job >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin studio-job
-iptables -C OUTPUT -d 169.254.169.254 -m owner --uid-owner studio-job -j REJECT 2>/dev/null \
-    || iptables -A OUTPUT -d 169.254.169.254 -m owner --uid-owner studio-job -j REJECT
+install -d -m 0755 /usr/local/lib/studio
+cat > /usr/local/lib/studio/metadata-block <<'BLOCK'
+{block}
+BLOCK
+chmod 0755 /usr/local/lib/studio/metadata-block
+cat > /etc/systemd/system/studio-metadata-block.service <<'UNIT'
+[Unit]
+Description=Keep Studio's jobs from the metadata service
+Before=network-pre.target studio-worker.service
+Wants=network-pre.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/local/lib/studio/metadata-block {job_uids}
+
+[Install]
+WantedBy=multi-user.target
+UNIT
 
 install -d -m 0755 /etc/studio
 echo "STUDIO_INSTANCE_ID=$(md instance/name)" > /etc/studio/instance.env
@@ -81,13 +103,14 @@ STUDIO_GCP_IMAGE={image}
 cat > /etc/systemd/system/studio-worker.service <<'UNIT'
 [Unit]
 Description=Studio worker for pool {pool}
-After=network-online.target
+After=network-online.target studio-metadata-block.service
 Wants=network-online.target
+Requires=studio-metadata-block.service
 
 [Service]
 EnvironmentFile=/etc/studio/worker.env
 EnvironmentFile=/etc/studio/instance.env
-ExecStart=/usr/local/bin/studio worker --pool {pool} --instance-id ${{STUDIO_INSTANCE_ID}} --env-root /var/lib/studio/envs --run-as studio-job
+ExecStart=/usr/local/bin/studio worker --pool {pool} --instance-id ${{STUDIO_INSTANCE_ID}} --env-root /var/lib/studio/envs --job-uids {job_uids}
 Restart=on-failure
 RestartSec=5
 
@@ -96,9 +119,12 @@ WantedBy=multi-user.target
 UNIT
 
 systemctl daemon-reload
+systemctl enable --now studio-metadata-block.service
 systemctl enable --now studio-worker.service
 "#,
         pool = key,
+        job_uids = studio_core::worker::users::MACHINE_JOB_UIDS,
+        block = METADATA_BLOCK.trim_end(),
         project = cfg.project,
         zone = cfg.zone,
         bucket = cfg.bucket,

@@ -9,6 +9,7 @@ use crate::outputs::OutputsRef;
 use crate::ports::ArtifactStore;
 use crate::resources::Cloud;
 use crate::worker::config::CHECKPOINT_LIMIT;
+use crate::worker::jobfs::{AttemptDirs, Dir};
 use sha2::Digest;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -53,16 +54,20 @@ pub(crate) struct Saved {
 /// records it on the job. Change is detected from file names, sizes and
 /// modification times (cheap: no file is read); packing runs off the
 /// runtime's threads, so a large checkpoint never starves the heartbeat.
+/// The script is still running and owns the directory: it is read through
+/// descriptors, never through a link ([`crate::worker::jobfs`]), so a file
+/// swapped for one mid-pack is left out, not followed.
 pub(crate) async fn sync_checkpoint(
     ctx: &Ctx,
     artifacts: &dyn ArtifactStore,
     id: &JobId,
     attempt: u32,
     dir: &std::path::Path,
+    owner: Option<u32>,
     saved: &mut Saved,
 ) {
     let d = dir.to_path_buf();
-    let Ok(Ok(fp)) = tokio::task::spawn_blocking(move || fingerprint(&d)).await else {
+    let Ok(Ok(fp)) = tokio::task::spawn_blocking(move || fingerprint(&d, owner)).await else {
         return;
     };
     if saved.fingerprint == Some(fp) {
@@ -70,7 +75,7 @@ pub(crate) async fn sync_checkpoint(
     }
     let d = dir.to_path_buf();
     let tar =
-        match tokio::task::spawn_blocking(move || crate::workspace::pack_dir(&d, CHECKPOINT_LIMIT))
+        match tokio::task::spawn_blocking(move || pack_checkpoint(&d, owner, CHECKPOINT_LIMIT))
             .await
         {
             Ok(Ok(t)) => t,
@@ -125,27 +130,52 @@ pub(crate) async fn sync_checkpoint(
     }
 }
 
-/// A hash of every entry's relative path, size and modification time
-/// (nanoseconds on Linux file systems).
-pub(crate) fn fingerprint(dir: &std::path::Path) -> std::io::Result<u64> {
+/// A hash of every regular file's relative path, size and modification
+/// time (nanoseconds on Linux file systems).
+pub(crate) fn fingerprint(dir: &std::path::Path, owner: Option<u32>) -> std::io::Result<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let mut entries: Vec<_> = std::fs::read_dir(&d)?.filter_map(Result::ok).collect();
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let meta = e.metadata()?;
-            let rel = e.path();
-            rel.strip_prefix(dir).unwrap_or(&rel).hash(&mut h);
-            meta.len().hash(&mut h);
-            meta.modified().ok().hash(&mut h);
-            if meta.is_dir() {
-                stack.push(e.path());
-            }
-        }
+    for e in Dir::open(dir)?.files(owner) {
+        (e.rel, e.size, e.mtime_ns).hash(&mut h);
     }
     Ok(h.finish())
+}
+
+/// The checkpoint directory as a `.tar.gz`, at most `limit` bytes of files.
+fn pack_checkpoint(
+    dir: &std::path::Path,
+    owner: Option<u32>,
+    limit: u64,
+) -> Result<Vec<u8>, String> {
+    use flate2::{write::GzEncoder, Compression};
+    let d = Dir::open(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let files = d.files(owner);
+    let total: u64 = files.iter().map(|e| e.size).sum();
+    if total > limit {
+        return Err(format!(
+            "the checkpoint directory holds {total} bytes, over the {limit} a checkpoint may"
+        ));
+    }
+    let mut builder = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
+    for e in &files {
+        // Changed since the walk (grown, or swapped for a link): left out
+        // of this one; the next pack takes it.
+        let Ok(data) = d.read(std::path::Path::new(&e.rel), owner, limit) else {
+            continue;
+        };
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(if e.mode & 0o111 != 0 { 0o755 } else { 0o644 });
+        header.set_mtime(0);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_entry_type(tar::EntryType::Regular);
+        builder
+            .append_data(&mut header, &e.rel, data.as_slice())
+            .map_err(|err| format!("{}: {err}", e.rel))?;
+    }
+    let gz = builder.into_inner().map_err(|e| e.to_string())?;
+    gz.finish().map_err(|e| e.to_string())
 }
 
 /// Records on the attempt that its script is gone and its output shipped
@@ -185,23 +215,27 @@ pub(crate) async fn mark_script_ended(
 /// Uploads what the attempt left in `out_dir` and the workspace paths the
 /// job names; says in the job's log what was saved and what was missing.
 /// Files the job's earlier attempts stored are not sent again.
+///
+/// Where the attempt has a user of its own, every process of it is gone
+/// by now: the files found are read where they were found, unchanged.
 pub(crate) async fn save_outputs(
     artifacts: &dyn ArtifactStore,
     job: &Job,
     attempt: u32,
-    out_dir: &std::path::Path,
-    ws: &std::path::Path,
+    dirs: &AttemptDirs,
+    owner: Option<u32>,
 ) -> Option<OutputsRef> {
     let (o, w, named) = (
-        out_dir.to_path_buf(),
-        ws.to_path_buf(),
+        dirs.outputs.clone(),
+        dirs.workspace.clone(),
         job.spec.outputs.clone(),
     );
     let (files, missing) =
-        tokio::task::spawn_blocking(move || crate::outputs::gather(&o, &w, &named))
+        tokio::task::spawn_blocking(move || crate::outputs::gather(&o, &w, &named, owner))
             .await
             .ok()?;
-    let scratch = out_dir.with_file_name(".studio");
+    // The worker's own directory, out of the script's reach.
+    let scratch = dirs.scratch.clone();
     let mut known = std::collections::HashSet::new();
     if !files.is_empty() {
         for r in job

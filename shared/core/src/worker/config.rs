@@ -4,6 +4,7 @@
 use crate::ids::{InstanceId, PoolKey};
 use crate::notice::NoticeSource;
 use crate::ports::InputSource;
+use crate::worker::users::JobUsers;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,11 +90,15 @@ pub struct WorkerConfig {
     /// A changed progress ([`crate::progress`]) is written on the record
     /// at most this often (with a heartbeat when it is one's multiple).
     pub progress_every: Duration,
-    /// `Some((uid, gid))`: scripts run as this user (cloud machines: an
-    /// unprivileged user the bootstrap creates and cuts off from the
-    /// instance metadata service, so a script never gets the machine's
-    /// role credentials). Its attempt directory is handed to it.
-    pub run_as: Option<(u32, u32)>,
+    /// `Some(range)`: every attempt runs as a uid of its own from this
+    /// range ([`crate::worker::users`]; cloud machines, where the worker is
+    /// root and holds the machine's role). Its attempt directory is handed
+    /// to it, and taken back and removed when it ends.
+    pub job_users: Option<JobUsers>,
+    /// The machine's metadata endpoints (its role's credentials): before a
+    /// script starts, the worker checks, as the attempt's user, that none
+    /// answers, and runs no job on a machine where one does.
+    pub metadata: Vec<std::net::SocketAddr>,
     /// Jobs' Python environments ([`crate::worker::pyenv`]) are kept here,
     /// a directory per owner.
     pub env_root: PathBuf,

@@ -2,39 +2,15 @@
 //! unpacked, inputs fetched, the last checkpoint restored, the Python
 //! environment built, and the attempt handed to the job's user.
 
-use crate::ids::JobId;
 use crate::job::Job;
 use crate::ports::ArtifactStore;
 use crate::worker::collect::{fingerprint, Saved};
 use crate::worker::config::WorkerConfig;
+pub(crate) use crate::worker::jobfs::AttemptDirs;
 use crate::worker::liveness::Seen;
 use crate::worker::pyenv::{python_for, EnvRequest};
 use sha2::Digest;
 use std::path::PathBuf;
-
-/// Where one attempt's files live on this machine: under the work root,
-/// `JOB/attempt-N/{workspace,checkpoints,outputs}`.
-pub(crate) struct AttemptDirs {
-    pub(crate) attempt: PathBuf,
-    pub(crate) workspace: PathBuf,
-    pub(crate) checkpoints: PathBuf,
-    pub(crate) outputs: PathBuf,
-}
-
-impl AttemptDirs {
-    pub(crate) fn new(cfg: &WorkerConfig, id: &JobId, attempt: u32) -> AttemptDirs {
-        let dir = cfg
-            .work_root
-            .join(id.as_str())
-            .join(format!("attempt-{attempt}"));
-        AttemptDirs {
-            workspace: dir.join("workspace"),
-            checkpoints: dir.join("checkpoints"),
-            outputs: dir.join("outputs"),
-            attempt: dir,
-        }
-    }
-}
 
 /// Everything before the script starts: the workspace unpacked, the inputs
 /// fetched, the directories made, the recorded checkpoint restored (noted
@@ -46,6 +22,7 @@ impl AttemptDirs {
 pub(crate) async fn prepare(
     artifacts: &dyn ArtifactStore,
     cfg: &WorkerConfig,
+    ids: Option<(u32, u32)>,
     job: &Job,
     dirs: &AttemptDirs,
     saved: &mut Saved,
@@ -54,6 +31,7 @@ pub(crate) async fn prepare(
     let id = &job.id;
     let (ws, ckpt) = (&dirs.workspace, &dirs.checkpoints);
     let prepared = async {
+        fresh(dirs, ids).map_err(|e| format!("{}: {e}", dirs.attempt.display()))?;
         let bytes = artifacts
             .get_workspace(&job.spec.workspace)
             .await
@@ -79,6 +57,8 @@ pub(crate) async fn prepare(
         }
         std::fs::create_dir_all(ckpt).map_err(|e| format!("checkpoint dir: {e}"))?;
         std::fs::create_dir_all(&dirs.outputs).map_err(|e| format!("output dir: {e}"))?;
+        // The job's own TMPDIR: nothing in the machine's shared /tmp is needed.
+        std::fs::create_dir_all(dirs.attempt.join("tmp")).map_err(|e| format!("tmp dir: {e}"))?;
         // The checkpoint the record names, so the script resumes instead of
         // starting over. Only a recorded one is fetched: under least
         // privilege a probe for a missing key is a 403, not a "none".
@@ -97,7 +77,8 @@ pub(crate) async fn prepare(
             crate::workspace::unpack(&tar, ckpt).map_err(|e| format!("checkpoint: {e}"))?;
             saved.sha256 = Some(sha);
         }
-        saved.fingerprint = Some(fingerprint(ckpt).map_err(|e| format!("checkpoint dir: {e}"))?);
+        saved.fingerprint =
+            Some(fingerprint(ckpt, None).map_err(|e| format!("checkpoint dir: {e}"))?);
         Ok::<(), String>(())
     }
     .await;
@@ -109,37 +90,58 @@ pub(crate) async fn prepare(
     // job user's, who builds it.
     let wanted = EnvRequest::of(cfg, job.spec.python.as_deref(), ws)
         .map_err(|why| format!("python environment: {why}"))?;
-    hand_over(cfg, dirs)?;
-    python_for(artifacts, cfg, id, &job.spec.owner, wanted, ws, seen)
+    hand_over(ids, dirs)?;
+    python_for(artifacts, cfg, ids, job, wanted, ws, seen)
         .await
         .map_err(|why| format!("python environment: {why}"))
 }
 
-/// The attempt's directory handed to the job's user, when the worker runs
-/// scripts as another user.
+/// The attempt starts from nothing: whatever an earlier run of this
+/// attempt on this machine left (a worker that died) is removed, never
+/// followed (std's `remove_dir_all` does not follow links), and the job's
+/// directory and the work root are made traversable but not listable by
+/// jobs' users.
+fn fresh(dirs: &AttemptDirs, ids: Option<(u32, u32)>) -> std::io::Result<()> {
+    for d in [&dirs.attempt, &dirs.scratch] {
+        match std::fs::remove_dir_all(d) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    std::fs::create_dir_all(&dirs.attempt)?;
+    std::fs::create_dir_all(&dirs.scratch)?;
+    if ids.is_some() {
+        use std::os::unix::fs::PermissionsExt;
+        // Jobs' users pass through the work root and the job's directory
+        // to their own attempt, and list neither.
+        if let Some(root) = dirs.job.parent() {
+            std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o711))?;
+        }
+        std::fs::set_permissions(&dirs.job, std::fs::Permissions::from_mode(0o711))?;
+        std::fs::set_permissions(&dirs.scratch, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// The attempt's directory handed to the attempt's user (where scripts run
+/// as another user): every entry theirs, private (`0700`/`0600`, execute
+/// bits kept).
 ///
 /// # Errors
 /// Why it could not be, for the attempt's failure reason.
-fn hand_over(cfg: &WorkerConfig, dirs: &AttemptDirs) -> Result<(), String> {
-    if let Some((uid, gid)) = cfg.run_as {
-        chown_tree(&dirs.attempt, uid, gid)
+fn hand_over(ids: Option<(u32, u32)>, dirs: &AttemptDirs) -> Result<(), String> {
+    if let Some((uid, gid)) = ids {
+        crate::worker::jobfs::Dir::open(&dirs.attempt)
+            .and_then(|d| d.give(uid, gid, &|dir, m| if dir { 0o700 } else { m & 0o700 }))
             .map_err(|e| format!("handing {} to uid {uid}: {e}", dirs.attempt.display()))?;
     }
     Ok(())
 }
 
-/// Gives `dir` and everything under it to `uid:gid` (symlinks themselves,
-/// never their targets), contents before their directory: while root is
-/// inside a directory it is still root's, so the job's user (whose earlier
-/// processes may be alive) cannot swap an entry for a link under it.
-fn chown_tree(dir: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<()> {
-    for e in std::fs::read_dir(dir)? {
-        let e = e?;
-        if e.file_type()?.is_dir() {
-            chown_tree(&e.path(), uid, gid)?;
-        } else {
-            std::os::unix::fs::lchown(e.path(), Some(uid), Some(gid))?;
-        }
-    }
-    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))
+/// After the attempt (where scripts run as another user): the attempt's
+/// directories go, once its files are collected.
+pub(crate) fn remove(dirs: &AttemptDirs) {
+    let _ = std::fs::remove_dir_all(&dirs.attempt);
+    let _ = std::fs::remove_dir_all(&dirs.scratch);
+    let _ = std::fs::remove_dir(&dirs.job);
 }

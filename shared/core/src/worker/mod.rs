@@ -23,16 +23,21 @@
 //! - [`pyenv`]: the job's Python environment, built with uv as the job's user, cached per owner.
 //! - [`run`]: the script's process, its output and progress, and its stops.
 //! - [`process`]: signals to a process group.
+//! - [`users`]: a uid per attempt, every process of it killed at its end; the metadata check.
+//! - [`jobfs`]: the job's files read by root through descriptors, never through a link.
 //! - [`collect`]: checkpoints and outputs saved, the end recorded, or the job handed back.
 
 mod collect;
 mod config;
 mod environment;
+pub(crate) mod jobfs;
 mod liveness;
 mod poll;
 mod process;
 pub mod pyenv;
 mod run;
+pub mod users;
 
 pub use config::{Cadence, WorkerConfig, WorkerExit, CHECKPOINT_LIMIT};
 pub use poll::run_worker;
+pub use users::JobUsers;

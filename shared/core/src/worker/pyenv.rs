@@ -6,13 +6,22 @@
 //! neither runs with the machine's interpreter as it is, and needs no uv.
 //!
 //! **As the job's user.** Where scripts run as an unprivileged user
-//! ([`WorkerConfig::run_as`]), every build step runs as that user too, with
+//! ([`WorkerConfig::job_users`]: a uid per attempt), every build step runs
+//! as the attempt's user too, with
 //! an environment of uv's settings only ([`WorkerConfig::uv_env`]): a
 //! `requirements.txt` naming a local package runs that package's build
 //! backend unprivileged, never as the worker. The worker itself only makes
 //! the owner's directory (in a root-owned parent) and renames a finished
 //! build into place, both through a descriptor it opened without following
 //! links, so nothing the job left there is ever followed as root.
+//!
+//! A finished build is sealed before it is used: every process of the
+//! user who built it killed, then the tree made root's and read-only
+//! (links left as links, never followed). The owner's directory is handed
+//! to each attempt's user, private, so no other owner's job can enter it;
+//! an owner's job may still remove or replace that owner's environments
+//! and uv cache (it owns the directory), which changes only that owner's
+//! later jobs on this machine.
 //!
 //! **Cached per owner.** `<env_root>/<owner>/<key>`, where the key hashes
 //! the dependency files, the Python asked for and the platform; uv's own
@@ -123,12 +132,13 @@ impl EnvRequest {
 pub(crate) async fn python_for(
     artifacts: &dyn ArtifactStore,
     cfg: &WorkerConfig,
-    id: &JobId,
-    owner: &str,
+    ids: Option<(u32, u32)>,
+    job: &crate::job::Job,
     wanted: Option<EnvRequest>,
     ws: &Path,
     seen: watch::Receiver<Seen>,
 ) -> Result<PathBuf, String> {
+    let (id, owner) = (&job.id, job.spec.owner.as_str());
     let Some(EnvRequest { deps, python, key }) = wanted else {
         return Ok(cfg.python.clone().into());
     };
@@ -144,7 +154,7 @@ pub(crate) async fn python_for(
              (install it: `pip install uv`, or point STUDIO_UV at it)"
         ));
     };
-    let owner_dir = OwnerDir::open(&cfg.env_root, owner, cfg.run_as)?;
+    let owner_dir = OwnerDir::open(&cfg.env_root, owner, ids)?;
     let bin = owner_dir.path.join(&key).join("bin").join("python");
     // A hit before the lock costs a stat; after it, a build that ran
     // meanwhile is found instead of made twice.
@@ -171,14 +181,20 @@ pub(crate) async fn python_for(
     let build = Build {
         uv: &uv,
         cfg,
+        ids,
         owner_dir: &owner_dir,
         tmp: owner_dir.path.join(&tmp),
         ws,
     };
+    build.take_cache().await?;
     let result = build.run(&deps, python.unwrap_or(&cfg.python), seen).await;
     log(artifacts, id, &result.output).await;
     match result.failure {
         None => {
+            if let Err(e) = build.seal(&tmp).await {
+                build.discard().await;
+                return Err(e);
+            }
             if let Err(e) = owner_dir.rename(&tmp, &key) {
                 build.discard().await;
                 return Err(e);
@@ -272,7 +288,7 @@ struct OwnerDir {
 }
 
 impl OwnerDir {
-    fn open(root: &Path, owner: &str, run_as: Option<(u32, u32)>) -> Result<OwnerDir, String> {
+    fn open(root: &Path, owner: &str, ids: Option<(u32, u32)>) -> Result<OwnerDir, String> {
         let fail = |what: &str, e: std::io::Error| format!("{what} {}: {e}", root.display());
         // The root is the worker's own (root-owned on a cloud machine).
         std::fs::create_dir_all(root).map_err(|e| fail("creating", e))?;
@@ -290,9 +306,16 @@ impl OwnerDir {
         }
         let fd = open_dir(root_fd.as_raw_fd(), name.as_bytes())
             .map_err(|e| fail("opening the owner's directory in", e))?;
-        if let Some((uid, gid)) = run_as {
-            // SAFETY: fchown on a descriptor we own.
-            if unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) } != 0 {
+        if let Some((uid, gid)) = ids {
+            // The owner's directory is the attempt's user's, private: no
+            // other owner's job can enter it. What it holds stays as it is
+            // (sealed environments are root's, read-only); uv's cache is
+            // given to this user for the build (every process of the
+            // previous one is gone).
+            // SAFETY: fchown/fchmod on a descriptor we own.
+            if unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) } != 0
+                || unsafe { libc::fchmod(fd.as_raw_fd(), 0o700) } != 0
+            {
                 return Err(fail(
                     "handing the owner's directory to the job's user in",
                     std::io::Error::last_os_error(),
@@ -353,6 +376,11 @@ impl OwnerDir {
         .map_err(|e| e.to_string())?
     }
 
+    /// The directory `name` here, opened without following a link.
+    fn sub(&self, name: &str) -> std::io::Result<crate::worker::jobfs::Dir> {
+        crate::worker::jobfs::Dir::open(&self.path)?.sub(Path::new(name))
+    }
+
     /// Renames `from` to `to` in this directory (entries, never followed).
     fn rename(&self, from: &str, to: &str) -> Result<(), String> {
         let (f, t) = (
@@ -392,6 +420,7 @@ fn open_dir(at: i32, name: &[u8]) -> std::io::Result<OwnedFd> {
 struct Build<'a> {
     uv: &'a Path,
     cfg: &'a WorkerConfig,
+    ids: Option<(u32, u32)>,
     owner_dir: &'a OwnerDir,
     tmp: PathBuf,
     ws: &'a Path,
@@ -445,17 +474,14 @@ impl Build<'_> {
             .current_dir(self.ws)
             .env("UV_CACHE_DIR", self.owner_dir.path.join(".cache"))
             .env("NO_COLOR", "1");
-        if let Some((uid, gid)) = self.cfg.run_as {
+        if let Some((uid, gid)) = self.ids {
             c.env_clear()
                 .envs(self.cfg.uv_env.iter().cloned())
                 .env("UV_CACHE_DIR", self.owner_dir.path.join(".cache"))
                 .env("HOME", &self.owner_dir.path)
                 .env("UV_NO_CONFIG", "1")
-                .env("NO_COLOR", "1")
-                .uid(uid)
-                .gid(gid);
-            // (std drops the worker's supplementary groups when root
-            // switches users: the build gets only the job user's.)
+                .env("NO_COLOR", "1");
+            crate::worker::users::run_as(&mut c, uid, gid);
         } else {
             c.envs(self.cfg.uv_env.iter().cloned());
         }
@@ -532,13 +558,15 @@ impl Build<'_> {
         seen: &mut watch::Receiver<Seen>,
     ) -> Result<Step, String> {
         cmd.process_group(0);
-        #[cfg(target_os = "linux")]
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
+        if self.ids.is_none() {
+            #[cfg(target_os = "linux")]
+            // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
         }
         let mut child = cmd
             .spawn()
@@ -571,18 +599,61 @@ impl Build<'_> {
         result
     }
 
-    /// A failed build's files go, removed by whoever built them.
+    /// Before a build as another user: uv's cache of this owner is that
+    /// user's (an earlier attempt's user built it; none of its processes
+    /// is alive).
+    async fn take_cache(&self) -> Result<(), String> {
+        let Some((uid, gid)) = self.ids else {
+            return Ok(());
+        };
+        let dir = match crate::worker::jobfs::Dir::open(&self.owner_dir.path.join(".cache")) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(format!("uv's cache: {e}")),
+        };
+        tokio::task::spawn_blocking(move || dir.give(uid, gid, &|_, m| m))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("uv's cache: {e}"))
+    }
+
+    /// A finished build, made root's and read-only before it is used
+    /// (where it was built as another user, every process of that user is
+    /// killed first): no later job changes what it runs.
+    async fn seal(&self, tmp: &str) -> Result<(), String> {
+        let Some((uid, _)) = self.ids else {
+            return Ok(());
+        };
+        let dir = self
+            .owner_dir
+            .sub(tmp)
+            .map_err(|e| format!("sealing the build: {e}"))?;
+        tokio::task::spawn_blocking(move || {
+            crate::worker::users::clear(uid)?;
+            dir.give(0, 0, &|is_dir, m| {
+                if is_dir || m & 0o100 != 0 {
+                    0o755
+                } else {
+                    0o644
+                }
+            })
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("sealing the build: {e}"))
+    }
+
+    /// A failed build's files go (every process that built them first).
     async fn discard(&self) {
-        if self.cfg.run_as.is_some() {
-            let mut rm = Command::new("rm");
-            rm.arg("-rf").arg("--").arg(&self.tmp).stdin(Stdio::null());
-            if let Some((uid, gid)) = self.cfg.run_as {
-                rm.env_clear().uid(uid).gid(gid);
+        let (tmp, ids) = (self.tmp.clone(), self.ids);
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some((uid, _)) = ids {
+                let _ = crate::worker::users::clear(uid);
             }
-            let _ = rm.output().await;
-        } else {
-            let _ = std::fs::remove_dir_all(&self.tmp);
-        }
+            // std's remove_dir_all never follows a link.
+            let _ = std::fs::remove_dir_all(&tmp);
+        })
+        .await;
     }
 }
 

@@ -47,7 +47,7 @@ pub(crate) async fn run_attempt(
     let id = job.id.clone();
     let attempt = job.attempt;
     let me = format!("worker:{}", cfg.instance);
-    let dirs = AttemptDirs::new(cfg, &id, attempt);
+    let dirs = AttemptDirs::new(&cfg.work_root, &id, attempt);
     let mut saved = Saved::default();
     info!(job_id = %id, attempt, "running");
     if attempt > 1 {
@@ -55,7 +55,48 @@ pub(crate) async fn run_attempt(
         let _ = artifacts.append_log(&id, line.as_bytes()).await;
     }
 
-    let python = match prepare(artifacts, cfg, &job, &dirs, &mut saved, seen.clone()).await {
+    // The attempt's own user (cloud machines), and the check that it
+    // cannot reach the machine's credentials.
+    let lease = match cfg.job_users {
+        Some(users) => {
+            let state = cfg.work_root.join(".uids");
+            match tokio::task::spawn_blocking(move || users.lease(&state)).await {
+                Ok(Ok(l)) => Some(l),
+                Ok(Err(e)) => {
+                    let why = format!("no user to run the job as: {e}");
+                    return fail_to_start(ctx, &id, attempt, &cfg.instance, why).await;
+                }
+                Err(e) => {
+                    let why = format!("no user to run the job as: {e}");
+                    return fail_to_start(ctx, &id, attempt, &cfg.instance, why).await;
+                }
+            }
+        }
+        None => None,
+    };
+    let ids = lease.as_ref().map(|l| l.ids());
+    if let Some((uid, gid)) = ids {
+        if let Some(open) = metadata_open(cfg, uid, gid).await {
+            // Not the job's fault: it runs elsewhere, and this machine
+            // takes no more work.
+            tracing::error!(job_id = %id, uid, endpoint = %open, "the metadata endpoint answers the job's user; refusing to run jobs here");
+            let line = format!(
+                "[studio] {} refused the job: its metadata endpoint {open} answers the job's user (the block is missing); the job runs elsewhere\n",
+                cfg.instance
+            );
+            let _ = artifacts.append_log(&id, line.as_bytes()).await;
+            hand_back(
+                ctx,
+                &job,
+                attempt,
+                "the machine's metadata endpoint was open to jobs",
+                &me,
+            )
+            .await;
+            return RunEnd { preempted: true };
+        }
+    }
+    let python = match prepare(artifacts, cfg, ids, &job, &dirs, &mut saved, seen.clone()).await {
         Ok(python) => python,
         Err(why) => return fail_to_start(ctx, &id, attempt, &cfg.instance, why).await,
     };
@@ -67,9 +108,21 @@ pub(crate) async fn run_attempt(
         Seen::Ours | Seen::Warned => {}
     }
     let mut cmd = Command::new(&python);
+    if ids.is_some() {
+        // Nothing of the worker's environment: what a machine's script
+        // needs (PATH, locale, proxies) and what the job set.
+        cmd.env_clear();
+        for (k, v) in std::env::vars_os() {
+            let name = k.to_string_lossy();
+            if PASSED_ON.contains(&name.as_ref()) || name.starts_with("LC_") {
+                cmd.env(k, v);
+            }
+        }
+    }
     cmd.arg(&job.spec.entrypoint)
         .args(&job.spec.args)
         .current_dir(&dirs.workspace)
+        .env("TMPDIR", dirs.attempt.join("tmp"))
         .envs(&job.spec.env)
         .env("STUDIO_JOB_ID", id.as_str())
         .env("STUDIO_ATTEMPT", attempt.to_string())
@@ -80,17 +133,23 @@ pub(crate) async fn run_attempt(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    if let Some((uid, gid)) = cfg.run_as {
-        cmd.uid(uid).gid(gid).env("HOME", &dirs.workspace);
-    }
-    #[cfg(target_os = "linux")]
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            // If the worker dies, so does its script, as on a real machine.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
+    if let Some((uid, gid)) = ids {
+        let user = format!("studio-job-{uid}");
+        cmd.env("HOME", &dirs.workspace)
+            .env("USER", &user)
+            .env("LOGNAME", &user);
+        // Its own uid and group, and it dies with the worker.
+        crate::worker::users::run_as(&mut cmd, uid, gid);
+    } else {
+        #[cfg(target_os = "linux")]
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                // If the worker dies, so does its script, as on a real machine.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
@@ -100,6 +159,8 @@ pub(crate) async fn run_attempt(
         }
     };
     let pgid = child.id().map_or(0, |p| p as i32);
+    // Files are the job's only if its user owns them (where it has one).
+    let owner = ids.map(|(uid, _)| uid);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
     if let Some(out) = child.stdout.take() {
         tokio::spawn(pump(out, tx.clone()));
@@ -137,12 +198,12 @@ pub(crate) async fn run_attempt(
                 new_stop = Some(Stop::Shutdown);
             }
             _ = beat.tick() => {
-                if reports.file(&dirs.checkpoints) {
+                if reports.file(&dirs.checkpoints, owner) {
                     progress_tx.send_replace(reports.latest());
                 }
                 if last_sync.elapsed() >= cfg.checkpoint_every {
                     last_sync = Instant::now();
-                    sync_checkpoint(ctx, artifacts, &id, attempt, &dirs.checkpoints, &mut saved).await;
+                    sync_checkpoint(ctx, artifacts, &id, attempt, &dirs.checkpoints, owner, &mut saved).await;
                 }
                 if stop.is_none() && last_notice.elapsed() >= cfg.notice_every {
                     last_notice = Instant::now();
@@ -201,8 +262,14 @@ pub(crate) async fn run_attempt(
             stop = Some(s);
         }
     };
-    // Anything the script left behind in its process group goes too.
+    // Anything the script left behind in its process group goes too; and,
+    // where the attempt has a user of its own, every process of that user
+    // (a child that left the group with setsid included), before its files
+    // are read, so nothing changes them while they are.
     signal_group(pgid, libc::SIGKILL);
+    if let Some((uid, _)) = ids {
+        let _ = tokio::task::spawn_blocking(move || crate::worker::users::clear(uid)).await;
+    }
     while let Ok(Some(chunk)) = timeout(Duration::from_secs(2), rx.recv()).await {
         buf.extend_from_slice(&chunk);
         keep_tail(&mut tail, &chunk);
@@ -212,10 +279,22 @@ pub(crate) async fn run_attempt(
     flush(artifacts, &id, &mut buf).await;
     // The last checkpoint and the outputs are saved (and recorded) before
     // the end is, so the next attempt and whoever waits on the job see them.
-    sync_checkpoint(ctx, artifacts, &id, attempt, &dirs.checkpoints, &mut saved).await;
-    let outputs = save_outputs(artifacts, &job, attempt, &dirs.outputs, &dirs.workspace).await;
+    sync_checkpoint(
+        ctx,
+        artifacts,
+        &id,
+        attempt,
+        &dirs.checkpoints,
+        owner,
+        &mut saved,
+    )
+    .await;
+    let outputs = save_outputs(artifacts, &job, attempt, &dirs, owner).await;
     // The script's last word on its progress goes with its end.
-    reports.file(&dirs.checkpoints);
+    reports.file(&dirs.checkpoints, owner);
+    if ids.is_some() {
+        crate::worker::environment::remove(&dirs);
+    }
     mark_script_ended(ctx, &id, attempt, &cfg.instance, outputs, reports.latest()).await;
 
     let (code, signal) = match &status {
@@ -269,6 +348,38 @@ pub(crate) async fn run_attempt(
             hand_back(ctx, &job, attempt, &why, &me).await;
             RunEnd { preempted: true }
         }
+    }
+}
+
+/// What of the worker's environment a script on a machine gets.
+const PASSED_ON: &[&str] = &[
+    "PATH",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+];
+
+/// The first metadata endpoint that answers `uid:gid`, if any does.
+async fn metadata_open(cfg: &WorkerConfig, uid: u32, gid: u32) -> Option<std::net::SocketAddr> {
+    if cfg.metadata.is_empty() {
+        return None;
+    }
+    let endpoints = cfg.metadata.clone();
+    let wait = Duration::from_secs(2);
+    let r = tokio::task::spawn_blocking(move || {
+        crate::worker::users::reachable_as(uid, gid, &endpoints, wait)
+    })
+    .await;
+    match r {
+        Ok(Ok(open)) => open,
+        // Unchecked is not safe: as if open.
+        _ => cfg.metadata.first().copied(),
     }
 }
 
