@@ -9,6 +9,21 @@
 set -eu
 range=${1:?usage: metadata-block FIRST-LAST}
 
+# Amazon Linux 2023 (EC2's default image) and some minimal images ship no
+# iptables: it is installed here, at the first boot, or the unit fails
+# loudly (and the worker, which requires it, does not start).
+if ! command -v iptables >/dev/null 2>&1; then
+    if command -v dnf >/dev/null 2>&1; then
+        dnf install -y -q iptables-nft
+    elif command -v apt-get >/dev/null 2>&1; then
+        apt-get update -q && apt-get install -y -q iptables
+    fi
+fi
+command -v iptables >/dev/null 2>&1 || {
+    echo "metadata-block: no iptables here and none could be installed: jobs would reach the machine's credentials" >&2
+    exit 1
+}
+
 # Inserted first in OUTPUT, so no earlier ACCEPT rule lets a job through.
 block() {
     "$1" -w -C OUTPUT -d "$2" -m owner --uid-owner "$range" -j REJECT 2>/dev/null \

@@ -184,7 +184,7 @@ async fn the_template_deploys_and_runs_a_job_with_least_privilege() {
         .create_stack()
         .stack_name(&stack)
         .template_body(Template::text())
-        .capabilities(aws_sdk_cloudformation::types::Capability::CapabilityIam);
+        .capabilities(aws_sdk_cloudformation::types::Capability::CapabilityNamedIam);
     for (k, v) in params {
         create = create.parameters(
             aws_sdk_cloudformation::types::Parameter::builder()

@@ -753,3 +753,41 @@ async fn an_idle_worker_terminates_its_machine_and_lowers_the_group() {
         0
     );
 }
+
+/// A dead-lettered body that is not a work item is parked for
+/// `sweep::PARK`: SQS refuses a visibility that would end more than 12 h
+/// after the receive that gave the handle (moto too, on its wall clock), so
+/// the 12 h the sweep once asked for failed every time on a real queue.
+#[tokio::test]
+async fn a_parked_dead_letter_stays_within_the_visibility_limit_of_sqs() {
+    let w = world().await;
+    let q = format!("{}-park-test", w.cfg.prefix);
+    w.ctx.queue.ensure_queue(&q).await.unwrap();
+    w.ctx
+        .queue
+        .send(&q, &["not a work item".to_string()])
+        .await
+        .unwrap();
+    let wait = Duration::from_secs(1);
+    let got = w
+        .ctx
+        .queue
+        .receive(&q, 1, Duration::from_secs(60), wait)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    let twelve = w
+        .ctx
+        .queue
+        .release(&q, &got[0].receipt, Duration::from_secs(12 * 3600))
+        .await;
+    assert!(
+        twelve.is_err(),
+        "12 h after a receive is past SQS's limit: {twelve:?}"
+    );
+    w.ctx
+        .queue
+        .release(&q, &got[0].receipt, studio_core::handlers::sweep::PARK)
+        .await
+        .expect("the sweep's park fits the limit");
+}

@@ -293,7 +293,7 @@ fn the_rules_and_schedules_reach_their_handlers() {
         .collect();
     let mut permitted: Vec<(String, String)> = permissions
         .iter()
-        .filter(|p| p["Action"] == "lambda:InvokeFunction")
+        .filter(|p| p["Action"] == "lambda:InvokeFunction" && text(&p["Principal"]) != "*")
         .map(|p| {
             assert_eq!(text(&p["Principal"]), "events.amazonaws.com");
             (text(&p["FunctionName"]), text(&p["SourceArn"]))
@@ -301,17 +301,125 @@ fn the_rules_and_schedules_reach_their_handlers() {
         .collect();
     permitted.sort();
     assert_eq!(permitted.len(), 2, "{permitted:?}");
-    // The webhook's URL: public, because every request is HMAC-signed; its
-    // permission allows invoking through the URL only.
+    // The webhook's URL: public, because every request is HMAC-signed. Since
+    // October 2025 a new URL with AuthType NONE answers 403 unless the
+    // resource policy allows both lambda:InvokeFunctionUrl and
+    // lambda:InvokeFunction (docs.aws.amazon.com/lambda/latest/dg/urls-auth.html);
+    // each public permission is limited to calls through the URL.
     let url = t.properties("WebhookUrl", &cx);
     assert_eq!(text(&url["AuthType"]), "NONE");
-    let public: Vec<&Value> = permissions
+    let mut public: Vec<(String, String)> = permissions
         .iter()
         .filter(|p| text(&p["Principal"]) == "*")
+        .map(|p| {
+            let through_url = if p["Action"] == "lambda:InvokeFunctionUrl" {
+                text(&p["FunctionUrlAuthType"])
+            } else {
+                text(&p["InvokedViaFunctionUrl"])
+            };
+            (text(&p["Action"]), through_url)
+        })
         .collect();
-    assert_eq!(public.len(), 1, "{permissions:?}");
-    assert_eq!(text(&public[0]["Action"]), "lambda:InvokeFunctionUrl");
-    assert_eq!(text(&public[0]["FunctionUrlAuthType"]), "NONE");
+    public.sort();
+    assert_eq!(
+        public,
+        [
+            ("lambda:InvokeFunction".to_string(), "true".to_string()),
+            ("lambda:InvokeFunctionUrl".to_string(), "NONE".to_string()),
+        ],
+        "{permissions:?}"
+    );
+}
+
+/// What cfn-lint does not check and moto ignores, checked here from the
+/// template itself: `Rules` use only rule functions (AWS lists them:
+/// docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/rules-section-structure.html;
+/// `Fn::Join` there is refused by CloudFormation), and a template naming an
+/// IAM resource is deployed with `CAPABILITY_NAMED_IAM` (else
+/// `InsufficientCapabilities`: docs.aws.amazon.com/AWSCloudFormation/latest/APIReference/API_CreateStack.html).
+#[test]
+fn rules_use_rule_functions_and_named_iam_is_acknowledged() {
+    const RULE_FUNCTIONS: &[&str] = &[
+        "Fn::And",
+        "Fn::Contains",
+        "Fn::EachMemberEquals",
+        "Fn::EachMemberIn",
+        "Fn::Equals",
+        "Fn::If",
+        "Fn::Not",
+        "Fn::Or",
+        "Fn::RefAll",
+        "Fn::ValueOf",
+        "Fn::ValueOfAll",
+    ];
+    fn functions(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    if k.starts_with("Fn::") {
+                        out.push(k.clone());
+                    }
+                    functions(v, out);
+                }
+            }
+            Value::Array(s) => s.iter().for_each(|v| functions(v, out)),
+            _ => {}
+        }
+    }
+    let raw: Value = serde_yaml::from_str(&Template::text()).unwrap();
+    let mut used = Vec::new();
+    functions(&raw["Rules"], &mut used);
+    assert!(!used.is_empty());
+    let bad: Vec<&String> = used
+        .iter()
+        .filter(|f| !RULE_FUNCTIONS.contains(&f.as_str()))
+        .collect();
+    assert!(bad.is_empty(), "not rule functions, in Rules: {bad:?}");
+
+    let t = Template::load();
+    let named: Vec<String> = ["AWS::IAM::Role", "AWS::IAM::User", "AWS::IAM::Group"]
+        .iter()
+        .flat_map(|ty| t.of_type(ty))
+        .filter(|r| {
+            let p = &t.resource(r)["Properties"];
+            ["RoleName", "UserName", "GroupName"]
+                .iter()
+                .any(|k| !p[*k].is_null())
+        })
+        .collect();
+    let deploy = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/deploy"),
+    )
+    .unwrap();
+    if !named.is_empty() {
+        assert!(
+            deploy.contains("CAPABILITY_NAMED_IAM"),
+            "{named:?} are named IAM resources: scripts/deploy must pass CAPABILITY_NAMED_IAM"
+        );
+    }
+}
+
+/// A role that sends to a queue finds its URL by name first (the SQS
+/// adapter calls `GetQueueUrl`): the webhook's POST failed on real AWS for
+/// want of it, which moto does not check.
+#[test]
+fn every_role_that_sends_to_a_queue_may_find_it() {
+    let t = Template::load();
+    let cx = full();
+    for role in t.of_type("AWS::IAM::Role") {
+        let st = role_statements(&t.properties(&role, &cx));
+        for s in &st {
+            if !strings(&s["Action"]).iter().any(|a| a == "sqs:SendMessage") {
+                continue;
+            }
+            for q in strings(&s["Resource"]) {
+                assert!(
+                    allows(&st, "sqs:GetQueueUrl", Some(&q)),
+                    "{role} may send to {q} but not find its URL (sqs:GetQueueUrl)"
+                );
+            }
+        }
+    }
 }
 
 /// The tables the store queries, as the code creates them in tests.

@@ -99,6 +99,13 @@ pub(crate) async fn sweep_pool(ctx: &Ctx, pool: &Pool) -> Result<(u64, u64), Han
     }
 }
 
+/// How long a dead-lettered body that is not a work item is kept out of
+/// the sweep's way. SQS refuses a visibility that would end more than 12 h
+/// after the receive that gave the handle (`ChangeMessageVisibility`:
+/// "Total VisibilityTimeout for the message is beyond the limit"), and some
+/// time has passed since that receive: 11 h, not 12.
+pub const PARK: Duration = Duration::from_secs(11 * 3600);
+
 /// Work items the queue gave up on (dead-lettered after repeated failed
 /// claims) would leave their jobs queued forever: each one whose job still
 /// waits for that attempt is sent again, up to [`MAX_RESENDS`] times, after
@@ -126,11 +133,7 @@ async fn resend_dead_lettered(ctx: &Ctx, pool: &Pool) -> Result<(), HandlerError
                 }
                 // A poison body stays as evidence, out of the next runs' way
                 // (SQS keeps it 14 days).
-                Err(_) => {
-                    ctx.queue
-                        .release(&dlq, &msg.receipt, Duration::from_secs(12 * 3600))
-                        .await?
-                }
+                Err(_) => ctx.queue.release(&dlq, &msg.receipt, PARK).await?,
             }
         }
         if n < 10 {
