@@ -515,34 +515,49 @@ async fn the_template_deploys_and_runs_a_job_with_least_privilege() {
         submit_queue: &cfg.submit_queue,
         schema: &schema,
     };
-    let ts = (clock.now().0 / 1000).to_string();
+    // Both routes, as the function URL hands them over (payload 2.0).
+    let request = |method: &str, path: &str, body: &[u8]| {
+        let ts = (clock.now().0 / 1000).to_string();
+        let event: aws_lambda_events::event::lambda_function_urls::LambdaFunctionUrlRequest =
+            serde_json::from_value(serde_json::json!({
+                "version": "2.0",
+                "rawPath": path,
+                "rawQueryString": "",
+                "headers": {
+                    "x-studio-key": owner,
+                    "x-studio-timestamp": ts,
+                    "x-studio-signature": studio_aws::webhook::sign_v2(b"a-secret-of-sixteen-or-more", &owner, method, path, &ts, body),
+                },
+                "body": String::from_utf8_lossy(body),
+                "requestContext": {
+                    "accountId": "anonymous",
+                    "apiId": "urlid",
+                    "domainName": "urlid.lambda-url.us-east-1.on.aws",
+                    "domainPrefix": "urlid",
+                    "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "192.0.2.1", "userAgent": "curl/8"},
+                    "requestId": "r-1",
+                    "routeKey": "$default",
+                    "stage": "$default",
+                    "time": "29/Nov/2026:09:00:00 +0000",
+                    "timeEpoch": 1795942800000u64
+                },
+                "isBase64Encoded": false
+            }))
+            .unwrap();
+        event
+    };
+    // POST /v1/jobs: a second job, onto the submit queue under the
+    // webhook's role (it finds the queue's URL by name first).
+    let mut again = job.spec.clone();
+    again.job_id = Some(studio_core::ids::JobId::new("via-webhook").unwrap());
+    let posted = lambda::webhook(
+        &hook,
+        request("POST", "/v1/jobs", again.to_json().as_bytes()),
+    )
+    .await;
+    assert_eq!(posted.status_code, 202, "{:?}", posted.body);
     let path = format!("/v1/jobs/{id}");
-    let event: aws_lambda_events::event::lambda_function_urls::LambdaFunctionUrlRequest =
-        serde_json::from_value(serde_json::json!({
-            "version": "2.0",
-            "rawPath": path,
-            "rawQueryString": "",
-            "headers": {
-                "x-studio-key": owner,
-                "x-studio-timestamp": ts,
-                "x-studio-signature": studio_aws::webhook::sign_v2(b"a-secret-of-sixteen-or-more", &owner, "GET", &path, &ts, b""),
-            },
-            // The shape of AWS's function URL payload (version 2.0).
-            "requestContext": {
-                "accountId": "anonymous",
-                "apiId": "urlid",
-                "domainName": "urlid.lambda-url.us-east-1.on.aws",
-                "domainPrefix": "urlid",
-                "http": {"method": "GET", "path": path, "protocol": "HTTP/1.1", "sourceIp": "192.0.2.1", "userAgent": "curl/8"},
-                "requestId": "r-1",
-                "routeKey": "$default",
-                "stage": "$default",
-                "time": "29/Nov/2026:09:00:00 +0000",
-                "timeEpoch": 1795942800000u64
-            },
-            "isBase64Encoded": false
-        }))
-        .unwrap();
+    let event = request("GET", &path, b"");
     let resp = lambda::webhook(&hook, event).await;
     let body: serde_json::Value = serde_json::from_str(resp.body.as_deref().unwrap()).unwrap();
     assert_eq!(
