@@ -7,7 +7,7 @@ use crate::error::{usage, CliError};
 use anyhow::Context as _;
 use clap::Args;
 use std::io::Write;
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 
 #[derive(Debug, Args)]
@@ -19,12 +19,15 @@ pub struct UiArgs {
     /// network see your jobs and cancel them: there is no login.
     #[arg(long, default_value = "127.0.0.1", value_name = "IP")]
     pub bind: String,
-    /// Open the page in a browser (xdg-open, or open on macOS).
+    /// Open the page in a browser: STUDIO_BROWSER (a command; the page's
+    /// address is added), else xdg-open (open on macOS). The browser is
+    /// given a private file that leads it on, never the token itself.
     #[arg(long)]
     pub open: bool,
 }
 
 mod api;
+mod open;
 
 /// `studio ui`: serves the page and its API until Ctrl-C or SIGTERM.
 pub(crate) async fn serve_ui(g: &Globals, env: &Env, a: UiArgs) -> Result<ExitCode, CliError> {
@@ -63,15 +66,19 @@ pub(crate) async fn serve_ui(g: &Globals, env: &Env, a: UiArgs) -> Result<ExitCo
     // Output files pass through here on their way to the browser: under
     // the home, private to its user (not the shared /tmp).
     let scratch = g.home.join(format!("ui-scratch-{}", std::process::id()));
-    {
-        use std::os::unix::fs::DirBuilderExt as _;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&scratch)
-            .with_context(|| format!("creating {}", scratch.display()))?;
-    }
+    studio_local::files::create_dir_all(&scratch)
+        .and_then(|()| studio_local::files::restrict_dir(&scratch))
+        .with_context(|| format!("creating {}", scratch.display()))?;
     let token = api::new_token().context("reading /dev/urandom for the page's token")?;
+    let url = format!("http://{shown}/?token={token}");
+    let handover = if a.open {
+        Some(
+            open::write_handover(&scratch, &url)
+                .with_context(|| format!("writing the browser's page in {}", scratch.display()))?,
+        )
+    } else {
+        None
+    };
     let src = Arc::new(api::Sources {
         local: std::sync::Mutex::new(local.map(Arc::new)),
         aws,
@@ -79,26 +86,18 @@ pub(crate) async fn serve_ui(g: &Globals, env: &Env, a: UiArgs) -> Result<ExitCo
         user: env.user.clone(),
         loopback_port: ip.is_loopback().then_some(addr.port()),
         scratch: scratch.clone(),
-        token: token.clone(),
+        token,
+        handover: std::sync::Mutex::new(handover.clone()),
     });
-    let url = format!("http://{shown}/?token={token}");
     println!("studio ui: {url}");
     std::io::stdout().flush()?;
     eprintln!("studio: serving jobs and pools at {url} (Ctrl-C to stop)");
-    if a.open {
-        let opener = if cfg!(target_os = "macos") {
-            "open"
-        } else {
-            "xdg-open"
-        };
-        if let Err(e) = std::process::Command::new(opener)
-            .arg(&url)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+    if let Some(page) = handover {
+        // The browser gets a file's path, never the token: see `open`.
+        if let Err(why) =
+            open::start_browser(env.vars.get("STUDIO_BROWSER").map(String::as_str), &page)
         {
-            eprintln!("studio: could not open a browser ({opener}: {e}); open {url} yourself");
+            eprintln!("studio: could not open a browser ({why}); open the address above yourself");
         }
     }
     let mut sigterm = signal(SignalKind::terminate())?;

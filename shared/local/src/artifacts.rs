@@ -6,6 +6,7 @@
 use crate::files;
 use async_trait::async_trait;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use studio_core::contract::WorkspaceRef;
 use studio_core::ids::JobId;
@@ -146,9 +147,20 @@ impl ArtifactStore for DirArtifacts {
         // A link, not a copy, where the attempt's directory is on the same
         // file system (a multi-GB model is not stored twice): the script is
         // gone when outputs are collected, and the attempt directory is
-        // removed, not rewritten, once the job ends.
-        if std::fs::hard_link(src, &tmp).is_err() {
-            std::fs::copy(src, &tmp).map_err(io)?;
+        // removed, not rewritten, once the job ends. Only of a file that is
+        // private already (a link shares the file's mode, and the store's
+        // files are `0600`): what a local worker's script writes is (it
+        // runs with umask 077); anything else is copied into a `0600` file.
+        let private = std::fs::symlink_metadata(src)
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o077 == 0);
+        if !(private && std::fs::hard_link(src, &tmp).is_ok()) {
+            let mut from = std::fs::File::open(src).map_err(io)?;
+            let mut to = files::options()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(io)?;
+            std::io::copy(&mut from, &mut to).map_err(io)?;
         }
         std::fs::rename(&tmp, &path).map_err(io)
     }
@@ -160,12 +172,68 @@ impl ArtifactStore for DirArtifacts {
         dest: &std::path::Path,
     ) -> Result<(), PortError> {
         let path = self.blob_path(job, sha256)?;
-        match std::fs::copy(&path, dest) {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !path.exists() => {
-                Err(PortError::NotFound(format!("file {sha256} of job {job}")))
+        let mut from = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(PortError::NotFound(format!("file {sha256} of job {job}")))
             }
-            Err(e) => Err(io(e)),
+            Err(e) => return Err(io(e)),
+        };
+        // Created as any new file of the caller's is (not with the store's
+        // `0600`), as the cloud stores do.
+        let mut to = std::fs::File::create(dest).map_err(io)?;
+        std::io::copy(&mut from, &mut to).map_err(io)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt as _;
+
+    fn mode(p: &std::path::Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[tokio::test]
+    async fn stored_outputs_are_private_and_a_readable_file_is_copied_not_linked() {
+        let d = tempfile::tempdir().unwrap();
+        let home = d.path().join("home");
+        let store = DirArtifacts::new(home.clone());
+        let job = JobId::new("01jobprivate".to_string()).unwrap();
+        let readable = d.path().join("readable");
+        std::fs::write(&readable, b"shared").unwrap();
+        std::fs::set_permissions(&readable, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let private = d.path().join("private");
+        std::fs::write(&private, b"mine").unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        store.put_blob(&job, &a, &readable).await.unwrap();
+        store.put_blob(&job, &b, &private).await.unwrap();
+        let (blob_a, blob_b) = (
+            store.blob_path(&job, &a).unwrap(),
+            store.blob_path(&job, &b).unwrap(),
+        );
+        assert_eq!(mode(&blob_a), 0o600);
+        assert_eq!(mode(&readable), 0o644, "the original is left as it was");
+        let ino = |p: &std::path::Path| std::fs::metadata(p).unwrap().ino();
+        assert_ne!(ino(&blob_a), ino(&readable), "copied");
+        assert_eq!(ino(&blob_b), ino(&private), "linked");
+        assert_eq!(mode(&blob_b), 0o600);
+        for dir in [
+            home.join("jobs"),
+            store.job_dir(&job),
+            blob_a.parent().unwrap().into(),
+        ] {
+            assert_eq!(mode(&dir), 0o700, "{}", dir.display());
         }
+        // Fetched back, a file is the caller's own: not the store's 0600.
+        let got = d.path().join("got");
+        store.get_blob(&job, &a, &got).await.unwrap();
+        assert_eq!(std::fs::read(&got).unwrap(), b"shared");
+        let probe = d.path().join("probe");
+        std::fs::File::create(&probe).unwrap();
+        assert_eq!(mode(&got), mode(&probe), "the umask's mode, not the blob's");
     }
 }

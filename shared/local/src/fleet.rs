@@ -178,8 +178,8 @@ impl ProcessFleet {
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
             .env(LOCK_FD_ENV, fd.to_string());
-        // SAFETY: only async-signal-safe calls (setsid, fcntl, close_range)
-        // between fork and exec.
+        // SAFETY: only async-signal-safe calls (setsid, umask, fcntl,
+        // close_range) between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
                 // Its own session, so a Ctrl-C at the terminal does not reach
@@ -187,6 +187,10 @@ impl ProcessFleet {
                 // session id when it dies; the lock fd survives exec so the
                 // worker holds the lock; nothing else inherited does.
                 libc::setsid();
+                // Everything a local worker makes lives under the home
+                // (`jobs/<id>/attempt-N/`, `envs/`), the script's files
+                // too: `0700` and `0600`, whatever the caller's umask.
+                libc::umask(0o077);
                 let flags = libc::fcntl(fd, libc::F_GETFD);
                 libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
                 process::close_inherited_fds(Some(fd));

@@ -74,10 +74,16 @@ pub struct Sources {
     pub scratch: PathBuf,
     /// What every request must show (cookie `studio_ui`, or a bearer token).
     pub token: String,
+    /// The page `--open` gave the browser (it holds the token): removed
+    /// once the token has been presented.
+    pub handover: Mutex<Option<PathBuf>>,
 }
 
 /// The cookie the page keeps the token in.
 const COOKIE: &str = "studio_ui";
+/// The answer to the printed address: the cookie is set, and the page
+/// moves on to `/` in place (see [`answer`]).
+const ENTER: &str = "<!doctype html>\n<meta charset=\"utf-8\">\n<meta http-equiv=\"refresh\" content=\"0; url=/\">\n<title>Studio</title>\n<script>location.replace(\"/\")</script>\n";
 
 /// 128 random bits, hex.
 ///
@@ -207,7 +213,12 @@ async fn answer(src: &Sources, req: Request<Incoming>) -> Answer {
             );
         }
     }
-    // The printed address: its token becomes the page's cookie.
+    // The printed address: its token becomes the page's cookie, and a
+    // page of ours moves on to `/` (the token leaves the address bar). Not
+    // a redirect: a `SameSite=Strict` cookie is not sent on the next hop
+    // of a navigation another site (or a `file://` page: `--open`'s)
+    // started, and the page would answer 401; a navigation this page
+    // starts is same-site, whatever brought the browser here.
     let offered = req.uri().query().and_then(|q| {
         query_pairs(q)
             .into_iter()
@@ -215,10 +226,21 @@ async fn answer(src: &Sources, req: Request<Incoming>) -> Answer {
             .map(|(_, v)| v)
     });
     if req.uri().path() == "/" && offered.as_deref().is_some_and(|t| same(t, &src.token)) {
-        let mut r = Response::new(Bytes::new());
-        *r.status_mut() = StatusCode::SEE_OTHER;
+        // The browser has it now: the file that carried it is not needed.
+        if let Some(page) = src.handover.lock().expect("not poisoned").take() {
+            let _ = std::fs::remove_file(page);
+        }
+        let mut r = Response::new(Bytes::from_static(ENTER.as_bytes()));
         let h = r.headers_mut();
-        h.insert(header::LOCATION, HeaderValue::from_static("/"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        );
         if let Ok(v) = HeaderValue::from_str(&format!(
             "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
             src.token
