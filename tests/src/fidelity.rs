@@ -103,6 +103,8 @@ struct State {
     /// Group name → `CapacityRebalance` as last set by
     /// `UpdateAutoScalingGroup`, which moto 5.2 accepts but ignores.
     capacity_rebalance: HashMap<String, bool>,
+    /// Group name → why its launches fail (see [`Fidelity::fail_launches`]).
+    failing_launches: HashMap<String, String>,
 }
 
 /// A call as IAM authorizes it: the action (`sqs:SendMessage` for a
@@ -254,6 +256,7 @@ impl Fidelity {
                 receipts: HashMap::new(),
                 deleted_groups: HashMap::new(),
                 capacity_rebalance: HashMap::new(),
+                failing_launches: HashMap::new(),
             }),
         });
         serve(listener, shared.clone(), Arc::from(""));
@@ -302,6 +305,21 @@ impl Fidelity {
 
     /// At most `n` keys of each `BatchGetItem` are read, the rest returned
     /// as `UnprocessedKeys` (default: all read, as moto does).
+    /// Launches of `group` fail with `reason`, as a Spot vCPU quota of 0,
+    /// `InsufficientInstanceCapacity` or a bid under the market make them
+    /// fail on AWS: the desired capacity is taken (the call succeeds) but no
+    /// instance comes, and the only trace is a `Failed` scaling activity
+    /// (`DescribeScalingActivities`; "Troubleshoot Amazon EC2 Auto Scaling:
+    /// EC2 instance launch failures" in the user guide). `None`: launches
+    /// work again. moto launches whatever is asked.
+    pub fn fail_launches(&self, group: &str, reason: Option<&str>) {
+        let mut st = self.shared.state();
+        match reason {
+            Some(r) => st.failing_launches.insert(group.to_string(), r.to_string()),
+            None => st.failing_launches.remove(group),
+        };
+    }
+
     pub fn set_batch_get_limit(&self, n: usize) {
         self.shared.state().batch_get_limit = Some(n.max(1));
     }
@@ -893,6 +911,9 @@ impl Shared {
                         );
                     }
                 }
+                if self.state().failing_launches.contains_key(&group) {
+                    return self.failing_launch(action, &group, form, now).await;
+                }
                 self.forward(parts, body).await
             }
             // Deleting a group again while it is pending delete: not
@@ -917,7 +938,12 @@ impl Shared {
                 answer
             }
             "CreateAutoScalingGroup" | "UpdateAutoScalingGroup" => {
-                let answer = self.forward(parts, body).await;
+                let failing = self.state().failing_launches.contains_key(&group);
+                let answer = if failing && action == "UpdateAutoScalingGroup" {
+                    self.failing_launch(action, &group, form, now).await
+                } else {
+                    self.forward(parts, body).await
+                };
                 if answer.status().is_success() {
                     let mut st = self.state();
                     match form.get("CapacityRebalance") {
@@ -932,6 +958,10 @@ impl Shared {
                 }
                 answer
             }
+            "DescribeScalingActivities" if self.state().failing_launches.contains_key(&group) =>
+            {
+                self.failing_launch(action, &group, form, now).await
+            }
             "DescribeAutoScalingGroups" => {
                 let answer = self.forward(parts, body).await;
                 if !answer.status().is_success() {
@@ -940,6 +970,61 @@ impl Shared {
                 self.show_pending(form, answer)
             }
             _ => self.forward(parts, body).await,
+        }
+    }
+
+    /// A group whose launches fail: the new desired capacity is not passed
+    /// on (no instance comes), the rest of an update is; its activities
+    /// are one failed launch with the reason.
+    async fn failing_launch(
+        &self,
+        action: &str,
+        group: &str,
+        form: &HashMap<String, String>,
+        now: Timestamp,
+    ) -> Answer {
+        let ok = |body: String| {
+            Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "text/xml")
+                .body(Full::new(Bytes::from(body)))
+                .expect("a response")
+        };
+        const NS: &str = "http://autoscaling.amazonaws.com/doc/2011-01-01/";
+        match action {
+            "SetDesiredCapacity" => ok(format!(
+                "<SetDesiredCapacityResponse xmlns=\"{NS}\"><ResponseMetadata><RequestId>{}</RequestId></ResponseMetadata></SetDesiredCapacityResponse>",
+                request_id()
+            )),
+            "UpdateAutoScalingGroup" => {
+                let fields: Vec<(&str, &str)> = form
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != "DesiredCapacity")
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                let (status, body) = self.upstream_query("autoscaling", &fields).await;
+                Response::builder()
+                    .status(status)
+                    .header("content-type", "text/xml")
+                    .body(Full::new(Bytes::from(body)))
+                    .expect("a response")
+            }
+            _ => {
+                let reason = self.state().failing_launches.get(group).cloned().unwrap_or_default();
+                let at = iso8601(now);
+                ok(format!(
+                    "<DescribeScalingActivitiesResponse xmlns=\"{NS}\"><DescribeScalingActivitiesResult><Activities><member>\
+                     <ActivityId>{id}</ActivityId><AutoScalingGroupName>{g}</AutoScalingGroupName>\
+                     <Description>Launching a new EC2 instance.  Status Reason: {r}. Launching EC2 instance failed.</Description>\
+                     <Cause>At {at} an instance was started in response to a difference between desired and actual capacity, increasing the capacity from 0 to 1.</Cause>\
+                     <StartTime>{at}</StartTime><EndTime>{at}</EndTime><StatusCode>Failed</StatusCode>\
+                     <StatusMessage>{r}. Launching EC2 instance failed.</StatusMessage><Progress>100</Progress>\
+                     </member></Activities></DescribeScalingActivitiesResult><ResponseMetadata><RequestId>{id}</RequestId></ResponseMetadata></DescribeScalingActivitiesResponse>",
+                    id = request_id(),
+                    g = xml_escape(group),
+                    r = xml_escape(&reason),
+                ))
+            }
         }
     }
 
@@ -1218,6 +1303,29 @@ fn sqs_error(code: &str, type_: &str, message: &str) -> Answer {
 }
 
 /// A query-protocol (Auto Scaling, EC2) client error.
+/// `at` as the ISO 8601 UTC time AWS's XML uses.
+fn iso8601(at: Timestamp) -> String {
+    let secs = at.0 / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 fn query_error(code: &str, message: &str) -> Answer {
     let body = format!(
         "<ErrorResponse xmlns=\"http://autoscaling.amazonaws.com/doc/2011-01-01/\"><Error><Type>Sender</Type><Code>{code}</Code><Message>{}</Message></Error><RequestId>{}</RequestId></ErrorResponse>",

@@ -655,3 +655,45 @@ async fn an_arm64_job_gets_the_arm64_image_or_a_clear_refusal() {
         assert_eq!(data.image_id(), Some(image), "{id}");
     }
 }
+
+/// Launches that fail are not silent: with the group's launches failing as
+/// a Spot vCPU quota of 0 makes them fail on AWS (the desired capacity is
+/// taken, no instance comes, a `Failed` scaling activity says why), the
+/// sweep records the cloud's reason on the pool, where `studio status`
+/// shows it beside a queued job; once machines come, it is cleared.
+#[tokio::test]
+async fn a_launch_that_fails_is_recorded_on_its_pool_with_the_clouds_reason() {
+    let w = world().await;
+    let ws = workspace(&w, "print('hi')\n", None).await;
+    handlers::submit(&w.ctx, "m1", &ec2_job("fails-1", ws.clone()).to_json())
+        .await
+        .unwrap();
+    let gk = w.pool("fails-1").await.group_key();
+    let quota = "You have requested more vCPU capacity than your current vCPU limit of 0 allows for the instance bucket that the specified instance type belongs to";
+    w.fid.fail_launches(&w.group_name(&gk), Some(quota));
+    handlers::submit(&w.ctx, "m2", &ec2_job("fails-2", ws).to_json())
+        .await
+        .unwrap();
+    w.clock.advance(Duration::from_secs(61));
+    handlers::scale(&w.ctx).await.unwrap();
+    let pool = w.pool("fails-1").await;
+    let trouble = pool
+        .launch_trouble
+        .expect("the failed launch is on the pool");
+    assert!(trouble.reason.contains("vCPU limit of 0"), "{trouble:?}");
+    assert_eq!(
+        w.machines(&gk).await.len(),
+        1,
+        "the second machine never came"
+    );
+
+    w.fid.fail_launches(&w.group_name(&gk), None);
+    w.clock.advance(Duration::from_secs(61));
+    handlers::scale(&w.ctx).await.unwrap();
+    assert_eq!(w.machines(&gk).await.len(), 2);
+    assert_eq!(
+        w.pool("fails-1").await.launch_trouble,
+        None,
+        "cleared once machines come"
+    );
+}

@@ -479,6 +479,7 @@ const NO_RESOURCE_LEVEL: &[&str] = &[
     "ec2:DescribeImages",
     "ec2:DescribeInstances",
     "autoscaling:DescribeAutoScalingGroups",
+    "autoscaling:DescribeScalingActivities",
 ];
 
 /// Least privilege as policy: no wildcard actions, `Resource: "*"` only for

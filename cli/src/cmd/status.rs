@@ -48,11 +48,24 @@ pub(crate) async fn status(g: &Globals, env: &Env, a: StatusArgs) -> Result<Exit
     let now = SystemClock.now();
     if let Some(j) = a.job {
         let id = JobId::new(j).map_err(usage)?;
-        let (_, job) = backend::find(&g.home, env, local, aws, &id).await?;
+        let (side, job) = backend::find(&g.home, env, local, aws, &id).await?;
         if a.output == Output::Json {
             println!("{}", serde_json::to_string_pretty(&job)?);
         } else {
             print_job(&job, now);
+            // A job that waits for a machine: why none starts, if the
+            // cloud said (the sweep records failed launches on the pool).
+            if job.state == JobState::Queued {
+                if let Ok(Some(pool)) = side.store().get_pool(&job.pool).await {
+                    if let Some(t) = pool.launch_trouble {
+                        println!(
+                            "waiting   no machine starts ({} ago): {}",
+                            format_age(now.since(t.since)),
+                            t.reason
+                        );
+                    }
+                }
+            }
         }
         return Ok(ExitCode::SUCCESS);
     }

@@ -580,4 +580,31 @@ impl Fleet for AsgFleet {
             Err(e) => Err(sdk("DeleteLaunchTemplate")(e)),
         }
     }
+
+    /// The group's newest scaling activity (the API returns the most recent
+    /// first), when it failed or was cancelled: a Spot vCPU quota of 0,
+    /// `InsufficientInstanceCapacity`, a `SpotMaxPrice` under the market or
+    /// a type the region lacks show only there, never as an API error.
+    async fn launch_trouble(&self, key: &PoolKey) -> Result<Option<String>, PortError> {
+        use aws_sdk_autoscaling::types::ScalingActivityStatusCode as Code;
+        let name = self.group_name(key);
+        let out = self
+            .asg
+            .describe_scaling_activities()
+            .auto_scaling_group_name(&name)
+            .max_records(1)
+            .send()
+            .await
+            .map_err(group_err("DescribeScalingActivities", &name))?;
+        Ok(out.activities().first().and_then(|a| {
+            matches!(a.status_code(), Some(Code::Failed | Code::Cancelled)).then(|| {
+                let why = a
+                    .status_message()
+                    .filter(|m| !m.trim().is_empty())
+                    .or(a.description())
+                    .unwrap_or("a launch failed, and the cloud said no more");
+                why.trim().to_string()
+            })
+        }))
+    }
 }

@@ -116,6 +116,18 @@ pub struct Pool {
     /// of `studio ui`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub samples: Vec<PoolSample>,
+    /// Why the pool's machines do not start, as the cloud last said (a
+    /// failed launch: a quota, no capacity, a bid under the market), and
+    /// since when; cleared once the machines asked for are there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_trouble: Option<LaunchTrouble>,
+}
+
+/// A failed launch the fleet reported for a pool that waits for machines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchTrouble {
+    pub since: Timestamp,
+    pub reason: String,
 }
 
 /// How many [`PoolSample`]s a pool keeps: two hours at the AWS schedule's
@@ -189,6 +201,7 @@ impl Pool {
             created_at: at,
             updated_at: at,
             samples: Vec::new(),
+            launch_trouble: None,
         }
     }
 

@@ -261,6 +261,14 @@ pub trait Fleet: Send + Sync {
     ) -> Result<(), PortError>;
     /// Deletes the group, its instances and its template; a missing group is fine.
     async fn delete_group(&self, key: &PoolKey) -> Result<(), PortError>;
+    /// Why the group's last launches failed, in the cloud's words (a quota,
+    /// no capacity of the type, a bid under the market), when the newest
+    /// launch the group tried failed; `None` when it succeeded or the fleet
+    /// cannot tell.
+    async fn launch_trouble(&self, key: &PoolKey) -> Result<Option<String>, PortError> {
+        let _ = key;
+        Ok(None)
+    }
 }
 
 /// Workspaces, logs and checkpoints.

@@ -5,7 +5,9 @@
 use crate::contract::WorkItem;
 use crate::handlers::context::{Ctx, HandlerError, CAS_TRIES};
 use crate::job::Job;
-use crate::pool::{desired_workers, Pool, PoolSample, PoolSpec, PoolState, QueueDepth};
+use crate::pool::{
+    desired_workers, LaunchTrouble, Pool, PoolSample, PoolSpec, PoolState, QueueDepth,
+};
 use crate::ports::{Created, GroupStatus, PortError};
 use crate::resources::WorkerPolicy;
 use tracing::{info, warn};
@@ -181,7 +183,31 @@ pub async fn scale_pool(
             ctx.settings.pool_sample_every,
         )
     });
-    if pool.target != want || sampled {
+    // Machines asked for and not there: ask the fleet why, once a sample,
+    // so `studio status` can say why nothing starts instead of waiting.
+    let trouble_changed = match actual {
+        Some(actual) if want > actual => match ctx.fleet.launch_trouble(&gk).await {
+            Ok(Some(reason)) => {
+                let same = pool
+                    .launch_trouble
+                    .as_ref()
+                    .is_some_and(|t| t.reason == reason);
+                if !same {
+                    warn!(pool = %pool.key, reason, "machines fail to launch");
+                    pool.launch_trouble = Some(LaunchTrouble { since: now, reason });
+                }
+                !same
+            }
+            Ok(None) => pool.launch_trouble.take().is_some(),
+            Err(e) => {
+                warn!(pool = %pool.key, error = %e, "could not read the group's launches");
+                false
+            }
+        },
+        Some(_) => pool.launch_trouble.take().is_some(),
+        None => false,
+    };
+    if pool.target != want || sampled || trouble_changed {
         pool.target = want;
         pool.updated_at = now;
         match ctx.store.update_pool(&pool).await {
