@@ -791,3 +791,24 @@ async fn a_parked_dead_letter_stays_within_the_visibility_limit_of_sqs() {
         .await
         .expect("the sweep's park fits the limit");
 }
+
+/// Where groups launch is checked before any launch (`studio doctor`'s
+/// placement line): zones with a default subnet pass; a zone without one
+/// (here a Local Zone's name, which has none by default) is named, with
+/// the fix; a subnet that does not exist is named.
+#[tokio::test]
+async fn placement_without_a_default_subnet_is_named_before_any_launch() {
+    use studio_aws::stack::placement;
+    let w = world().await;
+    let ok = placement(&w.sdk, &[], &["us-east-1a".to_string()]).await;
+    assert!(ok.result.is_ok(), "{:?}", ok.result);
+    let zones = ["us-east-1a".to_string(), "us-east-1-bos-1a".to_string()];
+    let bad = placement(&w.sdk, &[], &zones).await.result.unwrap_err();
+    assert!(
+        bad.starts_with("us-east-1-bos-1a has no default subnet"),
+        "{bad}"
+    );
+    assert!(bad.contains("create-default-subnet"), "{bad}");
+    let gone = placement(&w.sdk, &["subnet-0123456789abcdef0".to_string()], &[]).await;
+    assert!(gone.result.is_err(), "{:?}", gone.result);
+}

@@ -258,6 +258,20 @@ pub async fn doctor(
         .map_err(|e| format!("{}: {}", cfg.bucket, sdk_err(e)));
     out.push(check("artifact bucket", r));
     out.extend(images(sdk, cfg, &stack).await);
+    let list = |k: &str| -> Vec<String> {
+        // AWS gives a list parameter as "a,b"; moto as "['a', 'b']".
+        stack
+            .parameters
+            .get(k)
+            .map(|v| {
+                v.split(',')
+                    .map(|p| p.trim_matches(|c: char| "[]' ".contains(c)).to_string())
+                    .filter(|p| !p.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    out.push(placement(sdk, &list("Subnets"), &list("AvailabilityZones")).await);
     // The worker binaries the bootstrap downloads, by checksum.
     let mut binaries = Vec::new();
     for (arch, param) in [
@@ -359,6 +373,93 @@ async fn images(sdk: &aws_config::SdkConfig, cfg: &ClientConfig, stack: &Stack) 
         out.push(check(what, r));
     }
     out
+}
+
+/// Where groups launch can take them: the subnets given exist; or, with
+/// zones only, each has a default subnet (groups given zones launch in the
+/// default VPC's default subnets: an account without a default VPC, a zone
+/// added after the VPC was made, or a Local Zone has none, and
+/// `CreateAutoScalingGroup` fails).
+#[cfg(feature = "fleet")]
+pub async fn placement(sdk: &aws_config::SdkConfig, subnets: &[String], zones: &[String]) -> Check {
+    use aws_sdk_ec2::types::Filter;
+    let ec2 = aws_sdk_ec2::Client::new(sdk);
+    if !subnets.is_empty() {
+        let r = match ec2
+            .describe_subnets()
+            .set_subnet_ids(Some(subnets.to_vec()))
+            .send()
+            .await
+        {
+            Ok(o) => {
+                let found: Vec<&str> = o.subnets().iter().filter_map(|s| s.subnet_id()).collect();
+                let missing: Vec<&String> = subnets
+                    .iter()
+                    .filter(|s| !found.contains(&s.as_str()))
+                    .collect();
+                if missing.is_empty() {
+                    Ok(format!("subnets {}", subnets.join(", ")))
+                } else {
+                    Err(format!("no such subnet: {missing:?}: deploy again with --subnets of this region's VPC"))
+                }
+            }
+            Err(e) => Err(format!("subnets {}: {}", subnets.join(", "), sdk_err(e))),
+        };
+        return check("placement", r);
+    }
+    let defaults = ec2
+        .describe_subnets()
+        .filters(
+            Filter::builder()
+                .name("default-for-az")
+                .values("true")
+                .build(),
+        )
+        .send()
+        .await;
+    let r = match defaults {
+        Err(e) => Err(format!("default subnets: {}", sdk_err(e))),
+        Ok(o) => {
+            let covered: Vec<&str> = o
+                .subnets()
+                .iter()
+                .filter_map(|s| s.availability_zone())
+                .collect();
+            let bare: Vec<&String> = zones
+                .iter()
+                .filter(|z| !covered.contains(&z.as_str()))
+                .collect();
+            if zones.is_empty() {
+                Err("the stack names neither Subnets nor AvailabilityZones".to_string())
+            } else if covered.is_empty() {
+                Err("this region has no default VPC (or it has no default subnet): deploy again with --subnets of your VPC".to_string())
+            } else if !bare.is_empty() {
+                Err(format!(
+                    "{} {} no default subnet, so groups cannot launch there: deploy again with --zones of {} (or --subnets), or create one with `aws ec2 create-default-subnet --availability-zone ZONE`",
+                    bare.iter().map(|z| z.as_str()).collect::<Vec<_>>().join(", "),
+                    if bare.len() == 1 { "has" } else { "have" },
+                    {
+                        let mut c = covered.clone();
+                        c.sort();
+                        c.dedup();
+                        c.join(",")
+                    }
+                ))
+            } else {
+                Ok(format!(
+                    "zones {} (the default VPC's default subnets)",
+                    zones.join(", ")
+                ))
+            }
+        }
+    };
+    check("placement", r)
+}
+
+/// Without the EC2 SDK placement cannot be looked at; say so.
+#[cfg(not(feature = "fleet"))]
+pub async fn placement(_: &aws_config::SdkConfig, _: &[String], _: &[String]) -> Check {
+    check("placement", Err("not checked: this studio is built without the EC2 SDK (cargo install --path cli --features ec2)".into())).skipped()
 }
 
 /// Without the EC2 SDK the images cannot be looked at; say so.
