@@ -308,9 +308,11 @@ pub async fn moto_deployment() -> (studio_aws::config::AwsConfig, aws_config::Sd
         submit_queue: format!("{p}-submit"),
         interruption_queue: Some(format!("{p}-interruptions")),
         bucket: format!("{p}-artifacts"),
+        // A GPU image too (the same one: moto runs no driver), so GPU jobs
+        // are taken; a deployment without one refuses them at submit.
+        worker_gpu_ami: Some(image.clone()),
         worker_ami: image,
         worker_ami_arm64: None,
-        worker_gpu_ami: None,
         worker_instance_profile: None,
         studio_sha256_x86_64: None,
         studio_sha256_arm64: None,

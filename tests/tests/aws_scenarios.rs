@@ -812,3 +812,32 @@ async fn placement_without_a_default_subnet_is_named_before_any_launch() {
     let gone = placement(&w.sdk, &["subnet-0123456789abcdef0".to_string()], &[]).await;
     assert!(gone.result.is_err(), "{:?}", gone.result);
 }
+
+/// A GPU job on a deployment without a GPU image (one with the NVIDIA
+/// driver) is refused at submit, saying how to add one: its pool would
+/// boot the plain image with the GPUs billed and unusable.
+#[tokio::test]
+async fn a_gpu_job_without_a_gpu_image_is_refused_at_submit() {
+    let w = world().await;
+    let mut cfg = w.cfg.clone();
+    cfg.worker_gpu_ami = None;
+    let ctx = lambda::context(&cfg, &w.sdk, Arc::new(w.clock.clone()));
+    let err = studio_core::handlers::submit(&ctx, "m-gpu", &spot_job("gpu-no-image"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, studio_core::handlers::HandlerError::GpuImageMissing),
+        "{err}"
+    );
+    assert!(err.to_string().contains("--gpu-ami"), "{err}");
+    assert!(ctx
+        .store
+        .get_job(&job_id("gpu-no-image"))
+        .await
+        .unwrap()
+        .is_none());
+    // The same job on the deployment that has one is taken.
+    studio_core::handlers::submit(&w.ctx, "m-gpu2", &spot_job("gpu-with-image"))
+        .await
+        .unwrap();
+}

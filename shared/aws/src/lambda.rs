@@ -93,6 +93,7 @@ pub fn context(cfg: &AwsConfig, sdk: &aws_config::SdkConfig, clock: Arc<dyn Cloc
                     )
                     .collect(),
             ),
+            ec2_gpu_image: cfg.worker_gpu_ami.is_some(),
             ..Settings::default()
         },
     }

@@ -43,6 +43,11 @@ pub struct Settings {
     /// `None`: any (the local backend). A job for another is refused at
     /// submit, before anything is created.
     pub archs: Option<Vec<Arch>>,
+    /// Whether GPU jobs may run on EC2: the deployment has an image with
+    /// the NVIDIA driver (`STUDIO_WORKER_GPU_AMI`). Without one a GPU pool
+    /// would boot the plain image, with the GPUs billed and unusable, so
+    /// such a job is refused at submit.
+    pub ec2_gpu_image: bool,
     /// The clouds this deployment runs machines on; `None`: any. A job for
     /// another is refused at submit, before anything is created.
     pub clouds: Option<Vec<Cloud>>,
@@ -74,6 +79,7 @@ impl Default for Settings {
             warning_grace: Duration::from_secs(180),
             worker_grace: Duration::from_secs(15 * 60),
             archs: None,
+            ec2_gpu_image: true,
             clouds: None,
             // The schedule's own period on AWS: one sample per run.
             pool_sample_every: Duration::from_secs(60),
@@ -105,6 +111,8 @@ pub enum HandlerError {
     WorkersAboveCap { asked: u32, cap: u32 },
     #[error("this deployment has no {0} worker image (on AWS: STUDIO_WORKER_AMI_ARM64, scripts/deploy --worker-ami-arm64); run with --arch x86_64 or add the image")]
     ArchUnavailable(Arch),
+    #[error("this deployment has no GPU worker image for EC2 (an image with the NVIDIA driver: STUDIO_WORKER_GPU_AMI, scripts/deploy --gpu-ami AMI, e.g. an AWS Deep Learning Base AMI): the plain image cannot use the GPUs it would bill; run without --gpus or add the image")]
+    GpuImageMissing,
     #[error("this deployment does not run {0} machines: its GCP settings (STUDIO_GCP_PROJECT, STUDIO_GCP_ZONE, ...) are not set; see docs/gcp.md")]
     CloudUnavailable(Cloud),
     #[error("pool {0} is being deleted; retry shortly")]
@@ -126,6 +134,7 @@ impl HandlerError {
             HandlerError::WorkersAboveCap { .. } => "WorkersAboveCap",
             HandlerError::ArchUnavailable(_) => "ArchUnavailable",
             HandlerError::CloudUnavailable(_) => "CloudUnavailable",
+            HandlerError::GpuImageMissing => "GpuImageMissing",
             HandlerError::PoolBusy(_) => "PoolBusy",
             HandlerError::Port(_) => "Port",
             HandlerError::Contention(_) => "Contention",

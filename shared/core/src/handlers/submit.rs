@@ -9,6 +9,7 @@ use crate::ids::JobId;
 use crate::job::{Job, JobState};
 use crate::pool::PoolSpec;
 use crate::ports::Created;
+use crate::resources::Cloud;
 use tracing::info;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +52,12 @@ pub async fn submit(
         .is_some_and(|a| !a.contains(&arch))
     {
         return Err(HandlerError::ArchUnavailable(arch));
+    }
+    if spec.resources.gpus > 0
+        && matches!(spec.cloud, Cloud::Ec2 | Cloud::Ec2spot)
+        && !ctx.settings.ec2_gpu_image
+    {
+        return Err(HandlerError::GpuImageMissing);
     }
     if ctx
         .settings
