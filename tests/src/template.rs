@@ -4,10 +4,15 @@
 //! `Fn::Equals`/`Fn::Not`/`Fn::Or`), and IAM policies evaluated against
 //! requests.
 //!
-//! Policy evaluation is IAM's for `Allow` statements: an action matches an
-//! `Action` pattern (case-insensitive, `*` and `?` wildcards), a resource an
-//! ARN pattern (case-sensitive). `Condition` blocks are not evaluated (tag
-//! conditions need the resource's tags); a test says so where it matters.
+//! Two evaluations of IAM policies. [`allows`] is a quick reading for the
+//! static checks of `tests/tests/template.rs`: an `Allow` statement's
+//! `Action` pattern (case-insensitive, `*` and `?` wildcards) and ARN pattern
+//! (case-sensitive); `Condition` blocks are not evaluated (tag conditions
+//! need the resource's tags); a test says so where it matters.
+//! [`evaluate_iam`] asks a real IAM policy evaluator
+//! (`@cloud-copilot/iam-simulate`, through `tests/iam/evaluate.mjs`), which
+//! evaluates conditions on the request context it is given and names those
+//! it could not decide; `cli/tests/deploy.rs` decides with it.
 
 use serde_json::Value;
 use std::collections::HashMap;
@@ -170,6 +175,14 @@ impl Template {
             }
             (ty, a) => panic!("Fn::GetAtt {logical}.{a} of {ty}: not modelled by this test"),
         }
+    }
+
+    /// The ARN a role's session calls AWS as:
+    /// `arn:aws:sts::ACCOUNT:assumed-role/NAME/SESSION`.
+    pub fn assumed_role(&self, logical: &str, cx: &StackContext, session: &str) -> String {
+        let arn = self.attribute(logical, "Arn", cx);
+        let name = arn.rsplit('/').next().unwrap_or_default();
+        format!("arn:aws:sts::{}:assumed-role/{name}/{session}", cx.account)
     }
 
     fn condition(&self, name: &str, cx: &StackContext) -> bool {
@@ -366,6 +379,85 @@ pub fn allows(statements: &[Value], action: &str, resource: Option<&str>) -> boo
                 .any(|a| glob(&a.to_lowercase(), &action.to_lowercase()))
             && resource.is_none_or(|r| strings(&st["Resource"]).iter().any(|p| glob(p, r)))
     })
+}
+
+/// The inline policies of a resolved `AWS::IAM::Role` as the evaluator
+/// takes them: `{"name": PolicyName, "policy": PolicyDocument}`.
+pub fn role_policies(role_properties: &Value) -> Vec<Value> {
+    role_properties["Policies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| serde_json::json!({"name": p["PolicyName"], "policy": p["PolicyDocument"]}))
+        .collect()
+}
+
+/// What the IAM evaluator decided about one request.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// `Allowed`, `ImplicitlyDenied`, `ExplicitlyDenied`, or `Error` (the
+    /// evaluator refused the request or a policy).
+    pub decision: String,
+    pub allowed: bool,
+    /// The evaluator's explanation of a denial (empty when allowed).
+    pub why: String,
+    /// The statements that allowed it, `policy/Sid`.
+    pub allowed_by: Vec<String>,
+    /// Conditions of the allowing statements it could not decide (their
+    /// keys were not in the request context), `policy/Sid: Op key = values`.
+    pub unevaluated: Vec<String>,
+}
+
+/// Asks the IAM policy evaluator (`node tests/iam/evaluate.mjs`, one
+/// process for them all) about `requests`, each a JSON object as that
+/// script's header describes (`role`, `principal`, `identityPolicies`,
+/// `action`, `resource` or null, `context`); one verdict each, in order.
+/// Its packages are installed by `scripts/test` (`npm ci`); without them
+/// this panics saying so.
+pub fn evaluate_iam(requests: &[Value]) -> Vec<Verdict> {
+    use std::io::Write;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("iam");
+    assert!(
+        dir.join("node_modules/@cloud-copilot/iam-simulate")
+            .is_dir(),
+        "the IAM evaluator is not installed: run scripts/test, or npm ci --prefix tests/iam"
+    );
+    let mut child = std::process::Command::new("node")
+        .arg(dir.join("evaluate.mjs"))
+        .current_dir(&dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("node (the IAM evaluator runs on it)");
+    let input = serde_json::json!({ "requests": requests }).to_string();
+    let mut stdin = child.stdin.take().unwrap();
+    // Written from a thread: the answer may fill the pipe before the question is read.
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output().expect("the IAM evaluator");
+    writer
+        .join()
+        .unwrap()
+        .expect("the requests to the IAM evaluator");
+    assert!(
+        out.status.success(),
+        "the IAM evaluator failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).expect("the IAM evaluator's JSON");
+    let results = answer["results"].as_array().expect("results");
+    assert_eq!(results.len(), requests.len(), "one result per request");
+    results
+        .iter()
+        .map(|r| Verdict {
+            decision: text(&r["decision"]),
+            allowed: r["allowed"] == true,
+            why: text(&r["why"]),
+            allowed_by: strings(&r["allowedBy"]),
+            unevaluated: strings(&r["unevaluated"]),
+        })
+        .collect()
 }
 
 #[cfg(test)]
