@@ -52,10 +52,13 @@ fn main() -> ExitCode {
                     0
                 });
             }
-            // One line: clap's first line says what and why.
-            let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("studio: {}", first.trim_start_matches("error: "));
+            // One line: what and why, and clap's "did you mean" if any.
+            let args: Vec<String> = std::env::args_os()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            let cli = <cmd::Cli as clap::CommandFactory>::command();
+            let commands: Vec<&str> = cli.get_subcommands().map(|c| c.get_name()).collect();
+            eprintln!("studio: {}", error::parse_error(&e, &args, &commands));
             return ExitCode::from(2);
         }
     };

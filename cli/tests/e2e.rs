@@ -131,6 +131,8 @@ fn twenty_detached_jobs_on_four_workers_all_finish() {
 #[test]
 fn a_worker_killed_mid_job_means_attempt_2_elsewhere_resuming_the_checkpoint() {
     let h = Home::new();
+    // Held after epoch 6 until the worker is killed.
+    let gate = h.hold_train_at(6);
     let out = h.run(&[
         "run",
         "--detach",
@@ -147,6 +149,7 @@ fn a_worker_killed_mid_job_means_attempt_2_elsewhere_resuming_the_checkpoint() {
         || h.log(&id).contains("epoch 6/12").then_some(()),
     );
     let worker = h.kill_worker_of(&id);
+    std::fs::write(&gate, "").unwrap();
 
     let job = wait_until("the job to finish", Duration::from_secs(60), || {
         let j = h.job(&id);
@@ -426,12 +429,14 @@ fn bad_flags_on_a_fresh_machine_create_no_store() {
 #[test]
 fn cancel_stops_a_running_script_with_sigterm() {
     let h = Home::new();
+    // Held after epoch 1 for good: only the cancel ends it.
+    let _never = h.hold_train_at(1);
     let id = stdout(&h.run(&[
         "run",
         "--detach",
         "train.py",
         "--epochs",
-        "200",
+        "2",
         "--epoch-seconds",
         "0.2",
     ]))
@@ -459,13 +464,15 @@ fn cancel_stops_a_running_script_with_sigterm() {
 #[test]
 fn a_job_over_its_max_duration_is_killed_and_failed() {
     let h = Home::new();
+    // Held for good: only the max duration ends it.
+    let _never = h.hold_train_at(0);
     let out = h.run(&[
         "run",
         "--max-duration",
         "1s",
         "train.py",
         "--epochs",
-        "100",
+        "2",
         "--epoch-seconds",
         "0.2",
     ]);
@@ -481,14 +488,16 @@ fn a_job_over_its_max_duration_is_killed_and_failed() {
 fn logs_follow_shows_lines_while_the_job_runs() {
     use std::io::{BufRead, BufReader};
     let h = Home::new();
+    // Held after epoch 1 until its line has been read.
+    let gate = h.hold_train_at(1);
     let id = stdout(&h.run(&[
         "run",
         "--detach",
         "train.py",
         "--epochs",
-        "6",
+        "3",
         "--epoch-seconds",
-        "0.5",
+        "0.2",
     ]))
     .trim()
     .to_string();
@@ -499,18 +508,19 @@ fn logs_follow_shows_lines_while_the_job_runs() {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
-    assert_eq!(first, "epoch 1/6 loss 0.7");
+    assert_eq!(first, "epoch 1/3 loss 0.7");
     assert_eq!(
         h.job(&id)["state"],
         "running",
         "the line arrived while the job ran"
     );
+    std::fs::write(&gate, "").unwrap();
     let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
     let n = rest.len();
     assert!(n >= 2, "{rest:?}");
     assert_eq!(rest[n - 2], "training done");
     assert!(
-        rest[n - 1].starts_with("[studio] outputs of attempt 1: 8 file(s)"),
+        rest[n - 1].starts_with("[studio] outputs of attempt 1: 5 file(s)"),
         "the outputs' note is the log's last line: {rest:?}"
     );
     assert!(child.wait().unwrap().success());
@@ -944,8 +954,10 @@ fn a_follower_blocked_on_a_full_pipe_holds_back_no_other_job() {
 /// dies. With no other command, the job must still be run again.
 fn a_follower_ended_by(end: impl FnOnce(&mut std::process::Child)) {
     let h = Home::new();
+    // train.py (5 epochs) holds after epoch 1 until the worker is dead,
+    // however slow or fast the machine.
+    let gate = h.hold_train_at(1);
     let (mut follower, id) = start_follower(&h, "train.py", Stdio::piped());
-    // (train.py with its defaults: 5 epochs of 0.5 s.)
     wait_until("epoch 1", Duration::from_secs(30), || {
         h.log(&id).contains("epoch 1/").then_some(())
     });
@@ -953,6 +965,7 @@ fn a_follower_ended_by(end: impl FnOnce(&mut std::process::Child)) {
     let _ = follower.wait();
     let worker = h.worker_pid_of(&id);
     signal(worker as u32, libc::SIGKILL);
+    std::fs::write(&gate, "").unwrap();
     // No other command runs: only a driver can requeue the job.
     let end = wait_until("attempt 2 to finish", Duration::from_secs(60), || {
         h.db_job(&id).filter(|(s, _)| s == "finished")
@@ -981,7 +994,8 @@ fn a_follower_ended_by_sigpipe_leaves_a_driver_that_recovers_its_job() {
 #[test]
 fn status_starts_a_driver_when_the_last_one_died() {
     let h = Home::new();
-    let id = stdout(&h.run(&["run", "--detach", "train.py", "--epochs", "8"]))
+    let gate = h.hold_train_at(1);
+    let id = stdout(&h.run(&["run", "--detach", "train.py", "--epochs", "3"]))
         .trim()
         .to_string();
     wait_until("epoch 1", Duration::from_secs(30), || {
@@ -995,6 +1009,7 @@ fn status_starts_a_driver_when_the_last_one_died() {
     });
     let worker = h.worker_pid_of(&id);
     signal(worker as u32, libc::SIGKILL);
+    std::fs::write(&gate, "").unwrap();
     assert!(h.run(&["status"]).status.success());
     let end = wait_until("attempt 2 to finish", Duration::from_secs(60), || {
         h.db_job(&id).filter(|(s, _)| s == "finished")
@@ -1345,8 +1360,9 @@ fn gc_removes_what_ended_jobs_left_after_the_retention() {
 #[test]
 fn a_waiting_run_replaces_a_driver_that_died() {
     let h = Home::new();
+    let gate = h.hold_train_at(1);
     let follower = h
-        .cmd(&["run", "train.py", "--epochs", "8"])
+        .cmd(&["run", "train.py", "--epochs", "3"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -1368,6 +1384,7 @@ fn a_waiting_run_replaces_a_driver_that_died() {
     }
     let worker = h.worker_pid_of(&id);
     signal(worker as u32, libc::SIGKILL);
+    std::fs::write(&gate, "").unwrap();
     let out = follower.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("training done"), "{}", stdout(&out));

@@ -76,15 +76,18 @@ async fn world() -> World {
 }
 
 impl World {
-    /// `studio ARGS` in a project directory holding `train.py`.
+    /// `studio ARGS` in a project directory holding `train.py` (the
+    /// example's, unless [`World::hold_train_at`] wrote another).
     fn studio(&self, args: &[&str]) -> std::process::Output {
         let project = self.home.path().join("project");
         std::fs::create_dir_all(&project).unwrap();
-        std::fs::copy(
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/train.py"),
-            project.join("train.py"),
-        )
-        .unwrap();
+        if !project.join("train.py").exists() {
+            std::fs::copy(
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/train.py"),
+                project.join("train.py"),
+            )
+            .unwrap();
+        }
         Command::new(STUDIO)
             .args(args)
             .current_dir(&project)
@@ -92,6 +95,24 @@ impl World {
             .env_remove("STUDIO_LOG")
             .output()
             .unwrap()
+    }
+
+    /// The project's `train.py` holds before epoch `hold + 1` until the
+    /// returned gate file exists, which the test creates once what must
+    /// happen while the script runs (a preemption) has happened: the test
+    /// never races the script's end, however fast or slow the machine.
+    fn hold_train_at(&self, hold: u32) -> std::path::PathBuf {
+        let gate = self.home.path().join("gate");
+        let project = self.home.path().join("project");
+        std::fs::create_dir_all(&project).unwrap();
+        let train = include_str!("../../examples/train.py");
+        let lp = "while state[\"epoch\"] < args.epochs:\n";
+        assert!(train.contains(lp), "train.py's epoch loop moved");
+        let held = format!(
+            "{lp}    while state[\"epoch\"] >= {hold} and not os.path.exists({gate:?}):\n        time.sleep(0.1)\n"
+        );
+        std::fs::write(project.join("train.py"), train.replacen(lp, &held, 1)).unwrap();
+        gate
     }
 
     /// The submit function takes what the CLI sent.
@@ -220,6 +241,8 @@ async fn gcspot_runs_survives_a_preemption_push_and_leaves_nothing_billed() {
         .with_test_writer()
         .try_init();
     let w = world().await;
+    // Held after epoch 2 until its machine has been taken.
+    let gate = w.hold_train_at(2);
     let out = w.studio(&[
         "run",
         "--cloud=gcspot",
@@ -308,6 +331,16 @@ async fn gcspot_runs_survives_a_preemption_push_and_leaves_nothing_billed() {
     w.push_preemption(&taken).await;
     // A redelivered push changes nothing.
     w.push_preemption(&taken).await;
+    // Attempt 1's script stopped by the notice (its worker reads the
+    // metadata), then attempt 2 may go on.
+    eventually("attempt 1's SIGTERM", Duration::from_secs(60), async || {
+        let log = gcs.read_log(&id, 0).await.unwrap();
+        String::from_utf8_lossy(&log)
+            .contains("SIGTERM: checkpoint saved")
+            .then_some(())
+    })
+    .await;
+    std::fs::write(&gate, "").unwrap();
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     let done = loop {

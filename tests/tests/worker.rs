@@ -93,8 +93,22 @@ async fn the_metadata_clients_read_imdsv2_and_gce_notices() {
 /// queued as attempt 2 and w-1 leaves; a second worker resumes the epochs.
 /// The same scenario runs on the local backend and on the AWS adapters.
 async fn notice_then_resume(ctx: Ctx, artifacts: Arc<dyn ArtifactStore>, work_root: &Path) {
+    // train.py holds after epoch 2 until the gate exists, which the test
+    // creates once the notice has ended attempt 1: the notice never races
+    // the script's end, however fast or slow the machine.
+    let project = tempfile::tempdir().unwrap();
+    let gate = project.path().join("gate");
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let tar = studio_core::workspace::pack_dir(&examples, 1 << 24).unwrap();
+    let train = std::fs::read_to_string(examples.join("train.py")).unwrap();
+    let lp = "while state[\"epoch\"] < args.epochs:\n";
+    assert!(train.contains(lp), "train.py's epoch loop moved");
+    let held = format!(
+        "{lp}    while state[\"epoch\"] >= 2 and not os.path.exists({gate:?}):\n        time.sleep(0.1)\n"
+    );
+    let workspace = project.path().join("workspace");
+    std::fs::create_dir(&workspace).unwrap();
+    std::fs::write(workspace.join("train.py"), train.replacen(lp, &held, 1)).unwrap();
+    let tar = studio_core::workspace::pack_dir(&workspace, 1 << 24).unwrap();
     let ws = artifacts.put_workspace(&tar).await.unwrap();
     let body = JobBuilder::new("train")
         .args(&["--epochs", "12", "--epoch-seconds", "0.3"])
@@ -136,6 +150,7 @@ async fn notice_then_resume(ctx: Ctx, artifacts: Arc<dyn ArtifactStore>, work_ro
         .unwrap()
         .unwrap();
     assert_eq!(exit, WorkerExit::Preempted);
+    std::fs::write(&gate, "").unwrap();
     let job = ctx.store.get_job(&job_id("train")).await.unwrap().unwrap();
     eprintln!("notice to job queued as attempt 2: {:?}", noticed.elapsed());
     assert_eq!((job.state, job.attempt), (JobState::Queued, 2));

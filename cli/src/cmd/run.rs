@@ -76,11 +76,9 @@ pub struct RunArgs {
     #[arg(long)]
     pub fallback_on_demand: bool,
     /// The script, then its own arguments (everything after the script is the script's).
-    #[arg(
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "SCRIPT [ARGS]"
-    )]
+    // No `allow_hyphen_values`: a flag before the script is Studio's, and
+    // one it does not know is clap's error, with its "did you mean".
+    #[arg(trailing_var_arg = true, value_name = "SCRIPT [ARGS]")]
     pub command: Vec<String>,
 }
 
@@ -99,14 +97,14 @@ fn validate_run(
             "missing script: studio run [flags] script.py [script args...]",
         ));
     };
-    if script.starts_with('-') {
-        return Err(usage(format!(
-            "unknown flag '{script}': Studio's flags go before the script, the script's after it"
-        )));
-    }
     let path = Path::new(script);
     if !path.is_file() {
         return Err(usage(format!("script '{script}' not found")));
+    }
+    for flag in own_flags_among(script_args) {
+        eprintln!(
+            "studio: warning: {flag} after {script} goes to the script; put it before the script to give it to studio"
+        );
     }
     let path = path
         .canonicalize()
@@ -179,6 +177,29 @@ fn validate_run(
     }
     preflight(&spec, &dir, &path, home)?;
     Ok((spec, dir))
+}
+
+/// The arguments for the script (up to a `--`) that name one of `studio
+/// run`'s own flags (`--detach`, `--cpus=2`): the script gets them, and may
+/// well take such a flag, but they may have been meant for Studio.
+fn own_flags_among(script_args: &[String]) -> Vec<&str> {
+    let run = <RunArgs as clap::Args>::augment_args(clap::Command::new("run"));
+    let longs: Vec<&str> = run
+        .get_arguments()
+        .filter(|a| !a.is_hide_set())
+        .filter_map(|a| a.get_long())
+        .filter(|l| !matches!(*l, "help" | "version"))
+        .collect();
+    script_args
+        .iter()
+        .take_while(|a| *a != "--")
+        .filter(|a| {
+            a.strip_prefix("--")
+                .map(|f| f.split_once('=').map_or(f, |(name, _)| name))
+                .is_some_and(|name| longs.contains(&name))
+        })
+        .map(String::as_str)
+        .collect()
 }
 
 /// A duration flag (`2h30m`) in whole seconds, at least one.

@@ -135,6 +135,31 @@ impl Home {
 }
 
 impl Home {
+    /// Makes the `train.py` this home's commands run hold before epoch
+    /// `hold + 1` until the returned gate file exists (the test creates it
+    /// once it has done what must happen while the script runs: a kill, a
+    /// cancel), printing `held at epoch N` every 0.1 s meanwhile (so a
+    /// follower keeps writing). A resumed attempt holds too, until the gate
+    /// is there; everything else is `examples/train.py`'s: checkpoints,
+    /// SIGTERM, outputs. No test then depends on how long epochs take.
+    pub fn hold_train_at(&self, hold: u32) -> PathBuf {
+        let gate = self.dir.path().join("gate");
+        let train = std::fs::read_to_string(examples().join("train.py")).unwrap();
+        let lp = "while state[\"epoch\"] < args.epochs:\n";
+        assert!(train.contains(lp), "train.py's epoch loop moved");
+        let held = train.replacen(
+            lp,
+            &format!(
+                "{lp}    while state[\"epoch\"] >= {hold} and not os.path.exists({gate:?}):\n\
+                 \x20       print(f\"held at epoch {{state['epoch']}}\", flush=True)\n\
+                 \x20       time.sleep(0.1)\n"
+            ),
+            1,
+        );
+        std::fs::write(self.work().join("train.py"), held).unwrap();
+        gate
+    }
+
     /// SIGKILL to the worker process running job `id` (as the OOM killer
     /// or a lost machine would end it); returns its instance id.
     pub fn kill_worker_of(&self, id: &str) -> String {
