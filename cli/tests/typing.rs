@@ -33,6 +33,9 @@ fn a_near_miss_of_a_run_flag_before_the_script_suggests_the_flag() {
     assert!(!err.contains("before the script"), "{err}");
     let err = usage_line(&h, &["run", "--detatch", "train.py"]);
     assert!(err.contains("did you mean '--detach'?"), "{err}");
+    // `plan` takes the same flags (and ignores a script after them).
+    let err = usage_line(&h, &["plan", "--cpu=2", "train.py"]);
+    assert!(err.contains("did you mean '--cpus=2'?"), "{err}");
     let err = usage_line(&h, &["status", "--watc"]);
     assert!(
         err.contains("unknown flag '--watc' of studio status: did you mean '--watch'?"),

@@ -18,12 +18,9 @@ pub struct PlanArgs {
     #[arg(long, short, value_enum, default_value = "table")]
     pub output: Output,
     /// A script and its arguments may follow, as for `run`; they are ignored.
-    #[arg(
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "SCRIPT [ARGS]",
-        hide = true
-    )]
+    // No `allow_hyphen_values`, as for `run`: a mistyped flag before the
+    // script is clap's error with its "did you mean", not swallowed.
+    #[arg(trailing_var_arg = true, value_name = "SCRIPT [ARGS]", hide = true)]
     pub command: Vec<String>,
 }
 
