@@ -307,7 +307,10 @@ async fn the_page_in_chromium_follows_jobs_cancels_and_charts_pools() {
     };
 
     // The list, open before the job is submitted, shows it come and
-    // follows it to `finished`, without a reload.
+    // follows it to `finished`, without a reload. The job holds at epoch 5
+    // until the list has shown it running with its progress (no race with
+    // how fast the browser is).
+    let gate = h.hold_train_at(5);
     let quick = detach(&["train.py", "--epochs", "10", "--epoch-seconds", "0.4"]);
     let first = browser
         .until(
@@ -330,6 +333,7 @@ async fn the_page_in_chromium_follows_jobs_cancels_and_charts_pools() {
         )
         .await;
     report!("progress seen in the list: {progress}");
+    std::fs::write(&gate, "").unwrap();
     browser
         .until(
             "the quick job to reach finished in the list",
@@ -344,14 +348,18 @@ async fn the_page_in_chromium_follows_jobs_cancels_and_charts_pools() {
     );
     browser.screenshot("jobs").await;
 
-    // An interrupted job: its worker killed mid-run, attempt 2 elsewhere.
+    // An interrupted job: its worker killed mid-run (held at epoch 4 until
+    // then), attempt 2 elsewhere.
+    std::fs::remove_file(&gate).unwrap();
+    let gate = h.hold_train_at(4);
     let resumed = detach(&["train.py", "--epochs", "12", "--epoch-seconds", "0.3"]);
     wait_until(
-        "epoch 4 of the job to interrupt",
+        "the job to interrupt held at epoch 4",
         Duration::from_secs(60),
-        || h.log(&resumed).contains("epoch 4/12").then_some(()),
+        || h.log(&resumed).contains("held at epoch 4").then_some(()),
     );
     h.kill_worker_of(&resumed);
+    std::fs::write(&gate, "").unwrap();
     browser.goto(&format!("{url}#/jobs/{resumed}")).await;
     browser
         .until(
@@ -1046,6 +1054,8 @@ fn status_watch_into_a_pipe_writes_a_line_per_change() {
 #[test]
 fn run_on_a_terminal_shows_a_progress_bar_under_the_output() {
     let h = Home::new();
+    // Held at epoch 3 until the test has stopped and resumed the run.
+    let gate = h.hold_train_at(3);
     let mut cmd = h.cmd(&["run", "train.py", "--epochs", "6", "--epoch-seconds", "0.4"]);
     cmd.env("TERM", "xterm");
     let mut pty = Pty::spawn(cmd, 120, 30);
@@ -1064,6 +1074,7 @@ fn run_on_a_terminal_shows_a_progress_bar_under_the_output() {
             .is_some_and(|(_, after)| after.contains("\r\x1b[2K"))
     });
     signal(pid, libc::SIGCONT);
+    std::fs::write(&gate, "").unwrap();
     let status = wait_until("the run to end", Duration::from_secs(90), || {
         pty.child.try_wait().unwrap()
     });
