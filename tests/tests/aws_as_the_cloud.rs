@@ -559,6 +559,20 @@ async fn the_root_volume_follows_the_image() {
         image_gib > 1,
         "the image's root snapshot ({image_gib} GiB) raises --hdd 1g"
     );
+    // Without --hdd: room for an environment (an image's 8 GiB fills with
+    // one CUDA wheel), more with GPUs.
+    for (id, gpus, want) in [
+        ("default", 0, studio_aws::fleet::DEFAULT_ROOT_GIB),
+        ("default-gpu", 1, studio_aws::fleet::DEFAULT_ROOT_GIB_GPU),
+    ] {
+        let mut spec = ec2_job(id, ws.clone());
+        spec.resources.gpus = gpus;
+        handlers::submit(&w.ctx, id, &spec.to_json()).await.unwrap();
+        let data = w.launch_template_data(&w.pool(id).await.group_key()).await;
+        let disks = data.block_device_mappings();
+        let want = want.max(image_gib.max(0) as u64) as i32;
+        assert_eq!(disks[0].ebs().unwrap().volume_size(), Some(want), "{id}");
+    }
 }
 
 /// A machine whose worker never started (a failed bootstrap) or died for

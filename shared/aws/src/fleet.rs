@@ -19,6 +19,8 @@
 //! (`DescribeImages`: `RootDeviceName`, the root snapshot's size), since they
 //! differ by image (`/dev/xvda` on Amazon Linux, `/dev/sda1` on Ubuntu and
 //! most Deep Learning AMIs); an `--hdd` below the image's size is raised to it.
+//! Without `--hdd` the root volume is at least [`DEFAULT_ROOT_GIB`] (60 GiB
+//! with GPUs): an image's 8 GiB fills with one CUDA wheel and uv's cache.
 //! Deleting a group force-deletes it and its launch template; nothing else
 //! (alarms, security groups) is created, so nothing else can leak.
 
@@ -49,6 +51,12 @@ const PORT: &str = "autoscaling";
 /// The instance tag a worker refreshes while it lives (milliseconds since
 /// the epoch).
 pub const SEEN_TAG: &str = "studio:worker-seen";
+
+/// The root volume without `--hdd`, GiB: room for a job's environment
+/// (uv's cache and the environment itself; PyTorch with CUDA is several GiB).
+pub const DEFAULT_ROOT_GIB: u64 = 30;
+/// The same with GPUs (CUDA libraries, larger models).
+pub const DEFAULT_ROOT_GIB_GPU: u64 = 60;
 
 /// The bootstrap every worker runs, with `@NAME@` placeholders.
 pub const BOOTSTRAP: &str = include_str!("../../../infra/worker-bootstrap.sh");
@@ -185,10 +193,18 @@ impl AsgFleet {
                     .build(),
             );
         }
-        if let Some(asked) = spec.resources.hdd_gib {
+        {
+            let asked = spec
+                .resources
+                .hdd_gib
+                .unwrap_or(if spec.resources.gpus > 0 {
+                    DEFAULT_ROOT_GIB_GPU
+                } else {
+                    DEFAULT_ROOT_GIB
+                });
             let (device, image_gib) = self.root_device(image).await?;
             let gib = asked.max(image_gib.unwrap_or(0));
-            if gib > asked {
+            if gib > asked && spec.resources.hdd_gib.is_some() {
                 tracing::warn!(pool = %key, asked, image_gib = gib, "--hdd is below the image's root volume; raised to the image's size");
             }
             data = data.block_device_mappings(
