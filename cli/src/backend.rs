@@ -157,7 +157,7 @@ pub(crate) async fn replace_dead_driver(g: &Globals, be: &LocalBackend) -> Resul
 /// results. It starts in its own session with no descriptor of ours beyond
 /// stdin/stdout/stderr (`/dev/null` and `driver.log`): a pipe this command
 /// was given is never held open after it exits.
-async fn ensure_driver(g: &Globals, be: &LocalBackend) -> Result<(), CliError> {
+pub(crate) async fn ensure_driver(g: &Globals, be: &LocalBackend) -> Result<(), CliError> {
     if !studio_local::driver::needs_driver(be).await? {
         return Ok(());
     }

@@ -10,6 +10,7 @@ use crate::cmd::cancel::CancelArgs;
 use crate::cmd::catalog::CatalogCommand;
 use crate::cmd::cost::CostArgs;
 use crate::cmd::doctor::DoctorArgs;
+use crate::cmd::down::DownArgs;
 use crate::cmd::gc::GcArgs;
 use crate::cmd::init::InitArgs;
 use crate::cmd::logs::LogsArgs;
@@ -84,6 +85,8 @@ pub enum Command {
     Cost(CostArgs),
     /// Remove what ended jobs left under $STUDIO_HOME after the retention.
     Gc(GcArgs),
+    /// Stop this home's driver and workers (after running jobs end, or --force).
+    Down(DownArgs),
     /// Write the AWS settings of $STUDIO_HOME/config.toml from a deployed stack's outputs.
     Init(InitArgs),
     /// Check the configured AWS deployment, one line per check.
@@ -108,6 +111,8 @@ mod catalog;
 mod cost;
 
 mod doctor;
+
+mod down;
 
 mod driver;
 
@@ -177,6 +182,7 @@ pub async fn dispatch(cli: Cli, env: Env) -> Result<ExitCode, CliError> {
         Command::Logs(a) => logs::logs(&g, &env, a).await,
         Command::Cancel(a) => cancel::cancel(&g, &env, a).await,
         Command::Gc(a) => gc::gc(&g, a).await,
+        Command::Down(a) => down::down(&g, &env, a).await,
         Command::Pull(a) => pull::pull(&g, &env, a).await,
         Command::Cost(a) => cost::cost(&g, &env, a).await,
         Command::Worker(a) => worker::worker(&g, &env, a).await,

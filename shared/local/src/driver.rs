@@ -128,6 +128,9 @@ pub enum Served {
     AlreadyDriven,
     /// Nothing was left to look after.
     Idle,
+    /// Told to stop (SIGTERM, from `studio down`): the tick under way was
+    /// finished, then the lock released.
+    Stopped,
 }
 
 /// Whether anything needs a driver: a pool (its workers, its grace) or a
@@ -147,6 +150,21 @@ pub async fn needs_driver(be: &LocalBackend) -> Result<bool, PortError> {
 /// # Errors
 /// The lock file cannot be opened, or the database fails.
 pub async fn serve(be: &LocalBackend, every: Duration) -> Result<Served, PortError> {
+    let (_never, stop) = tokio::sync::watch::channel(false);
+    serve_until(be, every, stop).await
+}
+
+/// [`serve`], until `stop` turns true: the tick under way is finished (a
+/// handler is never cut short), then the lock is released and the driver
+/// leaves, launching nothing more.
+///
+/// # Errors
+/// The lock file cannot be opened, or the database fails.
+pub async fn serve_until(
+    be: &LocalBackend,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Served, PortError> {
     let path = be.driver_lock_path();
     let io = |e: std::io::Error| PortError::backend("local driver", e);
     let Some(mut held) = lock::try_lock(&path).map_err(io)? else {
@@ -180,10 +198,18 @@ pub async fn serve(be: &LocalBackend, every: Duration) -> Result<Served, PortErr
             if let Err(e) = gc::collect_if_due(be, be.ctx.clock.now()).await {
                 warn!(error = %e, "collection failed; next tick retries");
             }
+            if *stop.borrow() {
+                let _ = held.set_len(0);
+                info!("told to stop; leaving");
+                return Ok(Served::Stopped);
+            }
             if idle && !gc::prune_pending(be)? {
                 break;
             }
-            tokio::time::sleep(every).await;
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.changed() => {}
+            }
         }
         let _ = held.set_len(0);
         drop(held);

@@ -34,6 +34,15 @@ pub type Launcher = Arc<dyn Fn(&PoolKey, &InstanceId) -> Command + Send + Sync>;
 /// The environment variable telling a worker which fd holds its liveness lock.
 pub const LOCK_FD_ENV: &str = "STUDIO_LOCK_FD";
 
+/// A worker process that is alive ([`ProcessFleet::live_workers`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveWorker {
+    pub id: InstanceId,
+    /// Its group (the key its work queue is named after).
+    pub group: PoolKey,
+    pub pid: i32,
+}
+
 pub struct ProcessFleet {
     db: Arc<Db>,
     dir: PathBuf,
@@ -287,6 +296,31 @@ impl ProcessFleet {
             .any(|p| {
                 std::fs::read_link(format!("/proc/{p}/cwd")).is_ok_and(|cwd| cwd.starts_with(&dir))
             }))
+    }
+
+    /// Live workers (their lock is held): instance, group and pid.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn live_workers(&self) -> Result<Vec<LiveWorker>, PortError> {
+        let mut out = Vec::new();
+        for (id, pool, pid, _) in self.rows(
+            "SELECT id, pool, pid, state FROM instances WHERE state != 'terminated' ORDER BY launched_at",
+            None,
+        )? {
+            if !lock::is_held(&self.lock_path(&id)) {
+                continue;
+            }
+            let Some(pid) = pid.filter(|p| *p > 1) else {
+                continue;
+            };
+            out.push(LiveWorker {
+                id: InstanceId::new(id).map_err(|e| PortError::backend(PORT, e))?,
+                group: PoolKey::new(pool).map_err(|e| PortError::backend(PORT, e))?,
+                pid: pid as i32,
+            });
+        }
+        Ok(out)
     }
 
     /// Pids of instances not yet seen dead (for tools and tests that must

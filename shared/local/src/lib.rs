@@ -9,6 +9,8 @@
 //! - [`artifacts`]: workspaces and logs as files.
 //! - [`driver`]: runs the handlers on a timer, as the cloud's events would;
 //!   one driver process per home ([`driver::serve`]).
+//! - [`down`]: what `studio down` needs: stopping the driver, holding the
+//!   queues, the live workers.
 //! - [`lock`]: `flock` helpers (instance liveness, one driver at a time).
 //! - [`process`]: what background processes must not inherit; killing a
 //!   dead worker's whole session.
@@ -18,6 +20,7 @@
 pub mod artifacts;
 pub mod backend;
 pub mod db;
+pub mod down;
 pub mod driver;
 pub mod files;
 pub mod fleet;

@@ -47,3 +47,15 @@ pub fn lock(path: &Path) -> std::io::Result<File> {
 pub fn is_held(path: &Path) -> bool {
     matches!(try_lock(path), Ok(None))
 }
+
+/// Whether some other process holds the lock at `path` exclusively, found
+/// with a shared lock that is never created and never kept: many processes
+/// may ask at once without getting in each other's way.
+pub fn is_held_by_other(path: &Path) -> bool {
+    let Ok(f) = File::open(path) else {
+        return false;
+    };
+    // SAFETY: flock on a file descriptor we own (released when `f` drops).
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    r != 0
+}
