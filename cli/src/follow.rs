@@ -12,6 +12,7 @@ use std::time::Duration;
 use studio_core::ids::JobId;
 use studio_core::job::{Job, JobState};
 use studio_core::ports::ArtifactStore;
+use studio_core::progress;
 use studio_local::LocalBackend;
 
 /// How often a waiting `run` looks at the job.
@@ -57,6 +58,14 @@ pub(crate) async fn follow(g: &Globals, side: &Side, id: &JobId) -> Result<Optio
     let mut offset = 0u64;
     let mut seen = 0usize;
     let mut bar = ProgressLine::new();
+    // The bar follows the script's own progress lines in the output it
+    // prints: the record's value is written with the worker's heartbeat
+    // (every second or two locally, every 30 s in the cloud), so drawn from
+    // the record the bar stayed updates behind what the script printed.
+    // The record's value serves a script that never prints one (its
+    // `progress.json`).
+    let mut lines = progress::Scanner::default();
+    let mut from_output: Option<f32> = None;
     let mut tstp = if bar.on {
         Some(tokio::signal::unix::signal(
             tokio::signal::unix::SignalKind::from_raw(libc::SIGTSTP),
@@ -82,6 +91,9 @@ pub(crate) async fn follow(g: &Globals, side: &Side, id: &JobId) -> Result<Optio
         }
         offset += write_out(&bytes)?;
         bar.after_output(&bytes);
+        if let Some(p) = lines.feed(&bytes) {
+            from_output = Some(p);
+        }
         match job {
             Some(job) => {
                 for e in job.events.iter().skip(seen) {
@@ -92,7 +104,7 @@ pub(crate) async fn follow(g: &Globals, side: &Side, id: &JobId) -> Result<Optio
                     bar.clear();
                     break Some(job);
                 }
-                bar.show(job.progress);
+                bar.show(from_output.or(job.progress));
             }
             None if waited > Duration::from_secs(5) => {
                 if let Some(why) = local

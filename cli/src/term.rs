@@ -12,6 +12,27 @@ pub fn size(fd: i32) -> Option<(usize, usize)> {
     (ok && ws.ws_col > 0 && ws.ws_row > 0).then_some((ws.ws_col as usize, ws.ws_row as usize))
 }
 
+/// How wide a table printed on stdout may be: on a terminal, `COLUMNS`
+/// when set (a number), else the terminal's width; into a pipe or a file,
+/// no limit, whatever `COLUMNS` says (an exported one would otherwise cut
+/// what grep reads), since what reads it wants every column.
+pub fn width() -> Option<usize> {
+    width_from(
+        std::env::var("COLUMNS").ok().as_deref(),
+        size(1).map(|(c, _)| c),
+    )
+}
+
+fn width_from(columns: Option<&str>, terminal: Option<usize>) -> Option<usize> {
+    let terminal = terminal?;
+    Some(
+        columns
+            .and_then(|c| c.trim().parse::<usize>().ok())
+            .filter(|c| *c > 0)
+            .unwrap_or(terminal),
+    )
+}
+
 /// A full-screen view: the alternate screen, no cursor, and keys read one
 /// at a time without echo (signals such as Ctrl-C still work). Dropping it
 /// gives the terminal back.
@@ -113,5 +134,18 @@ mod tests {
         assert_eq!(cut("abcdef", 3), "abc");
         assert_eq!(cut("ab", 3), "ab");
         assert_eq!(cut("ééé", 2), "éé");
+    }
+
+    #[test]
+    fn width_is_columns_then_the_terminal_then_none() {
+        assert_eq!(width_from(Some("120"), Some(80)), Some(120));
+        assert_eq!(width_from(Some("x"), Some(80)), Some(80));
+        assert_eq!(width_from(Some("0"), None), None);
+        assert_eq!(
+            width_from(Some("40"), None),
+            None,
+            "a pipe gets every column"
+        );
+        assert_eq!(width_from(None, None), None);
     }
 }

@@ -6,13 +6,17 @@ use crate::cmd::watch::watch;
 use crate::context::{Env, Globals};
 use crate::error::{usage, CliError};
 use crate::outputs::format_bytes;
-use crate::table::{print_table, Output};
+use crate::table::{fit, unique_prefixes, Column, Output, Step};
+use crate::term;
 use clap::Args;
 use std::process::ExitCode;
 use std::time::Duration;
-use studio_core::clock::{format_age, Clock, SystemClock};
+use studio_core::clock::{format_age, Clock, SystemClock, Timestamp};
 use studio_core::ids::JobId;
 use studio_core::job::{usd, Job, JobState};
+use studio_core::ports::JobStore;
+use studio_core::progress;
+use studio_local::LocalBackend;
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -47,7 +51,7 @@ pub(crate) async fn status(g: &Globals, env: &Env, a: StatusArgs) -> Result<Exit
     let aws = backend::aws(&g.home, env).await?;
     let now = SystemClock.now();
     if let Some(j) = a.job {
-        let id = JobId::new(j).map_err(usage)?;
+        let id = resolve(local.as_ref(), aws.as_ref(), &j).await?;
         let (side, job) = backend::find(&g.home, env, local, aws, &id).await?;
         if a.output == Output::Json {
             println!("{}", serde_json::to_string_pretty(&job)?);
@@ -79,27 +83,105 @@ pub(crate) async fn status(g: &Globals, env: &Env, a: StatusArgs) -> Result<Exit
         println!("no jobs yet");
         return Ok(ExitCode::SUCCESS);
     }
-    let mut rows = vec![
-        ["ID", "STATE", "CLOUD", "MACHINE", "ATTEMPTS", "AGE", "COST"]
-            .map(String::from)
-            .to_vec(),
-    ];
-    for j in &jobs {
-        rows.push(vec![
-            j.id.to_string(),
-            j.state.to_string(),
-            j.plan.cloud.to_string(),
-            j.plan.machine.clone(),
-            j.attempt.to_string(),
-            format_age(now.since(j.created_at)),
-            usd(j.cost_micro_usd(now)),
-        ]);
+    for l in jobs_table(&jobs, now, "ID", term::width()) {
+        println!("{l}");
     }
-    print_table(&rows);
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_job(j: &Job, now: studio_core::clock::Timestamp) {
+/// What a narrower table gives up, in order; the id, state, cost and
+/// progress stay (at 80 columns with generated ids, the script too).
+fn steps(id: &'static str) -> [Step; 12] {
+    [
+        Step::Cut("SCRIPT", 28),
+        Step::Drop("AGE"),
+        Step::Drop("ATTEMPT"),
+        Step::Drop("RUNTIME"),
+        Step::Drop("MACHINE"),
+        Step::Narrow("PROGRESS"),
+        Step::Drop("CLOUD"),
+        Step::Cut("SCRIPT", 16),
+        Step::Cut("SCRIPT", 12),
+        Step::Drop("SCRIPT"),
+        Step::Narrow("PROGRESS"),
+        // Last: ids (a custom one may be 64 characters) shortened to
+        // unique prefixes, which `studio status ID` takes.
+        Step::Narrow(id),
+    ]
+}
+
+/// The jobs table of `status` and `status --watch`, its columns chosen for
+/// `width` (`None`: every column, whole, as a pipe gets it).
+pub(crate) fn jobs_table(
+    jobs: &[Job],
+    now: Timestamp,
+    id: &'static str,
+    width: Option<usize>,
+) -> Vec<String> {
+    let cells = |f: &dyn Fn(&Job) -> String| jobs.iter().map(f).collect::<Vec<_>>();
+    let ids = cells(&|j| j.id.to_string());
+    let bar = |width: usize| cells(&|j| j.progress.map_or("-".into(), |p| progress::bar(p, width)));
+    let columns = vec![
+        Column::new(id, ids.clone()).or(unique_prefixes(&ids, 8)),
+        Column::new("SCRIPT", cells(&Job::command_line)),
+        Column::new("STATE", cells(&|j| j.state.to_string())),
+        Column::new("CLOUD", cells(&|j| j.plan.cloud.to_string())),
+        Column::new("MACHINE", cells(&|j| j.plan.machine.clone())),
+        Column::new("ATTEMPT", cells(&|j| j.attempt.to_string())),
+        Column::new("AGE", cells(&|j| format_age(now.since(j.created_at)))),
+        Column::new("RUNTIME", cells(&|j| format_age(j.runtime(now)))),
+        Column::new("COST", cells(&|j| usd(j.cost_micro_usd(now)))),
+        Column::new("PROGRESS", bar(20)).or(bar(10)).or(cells(&|j| {
+            j.progress
+                .map_or("-".into(), |p| format!("{:.0}%", p * 100.0))
+        })),
+    ];
+    fit(columns, &steps(id), width)
+}
+
+/// The job `text` names: its id, or (when no job has that id) the one job
+/// whose id starts with it, as the table's shortened ids do.
+async fn resolve(
+    local: Option<&LocalBackend>,
+    aws: Option<&studio_aws::AwsJobs>,
+    text: &str,
+) -> Result<JobId, CliError> {
+    let id = JobId::new(text).map_err(usage)?;
+    if let Some(be) = local {
+        if be.store.get_job(&id).await?.is_some() {
+            return Ok(id);
+        }
+    }
+    if let Some(a) = aws {
+        if a.store.get_job(&id).await?.is_some() {
+            return Ok(id);
+        }
+    }
+    let mut matching: Vec<JobId> = all_jobs(local, aws)
+        .await?
+        .into_iter()
+        .map(|j| j.id)
+        .filter(|i| i.as_str().starts_with(text))
+        .collect();
+    matching.sort();
+    matching.dedup();
+    match matching.len() {
+        0 => Ok(id),
+        1 => Ok(matching.remove(0)),
+        n => Err(usage(format!(
+            "'{text}' starts {n} job ids ({}{}): give more of it",
+            matching
+                .iter()
+                .take(3)
+                .map(JobId::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+            if n > 3 { ", …" } else { "" }
+        ))),
+    }
+}
+
+fn print_job(j: &Job, now: Timestamp) {
     println!("job       {}", j.id);
     println!("state     {}", j.state);
     if let Some(r) = &j.reason {

@@ -1,18 +1,17 @@
 //! `studio status --watch`: the jobs table, live.
 
 use crate::backend::local_if_exists;
+use crate::cmd::status::jobs_table;
 use crate::context::{Env, Globals};
 use crate::error::CliError;
-use crate::table::table_lines;
 use crate::{backend, term};
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
-use studio_core::clock::{format_age, Clock, SystemClock};
+use studio_core::clock::{Clock, SystemClock};
 use studio_core::ids::JobId;
-use studio_core::job::{usd, Job};
+use studio_core::job::Job;
 use studio_core::ports::{merge_pages, JobQuery, JobStore};
-use studio_core::progress;
 use studio_local::LocalBackend;
 
 /// The newest `limit` jobs of this home and of the AWS deployment, through
@@ -36,8 +35,14 @@ async fn newest_jobs(
     Ok(merge_pages(pages, limit).jobs)
 }
 
-/// One frame of `status --watch` on a terminal.
-fn watch_frame(jobs: &[Job], now: studio_core::clock::Timestamp, every: Duration) -> Vec<String> {
+/// One frame of `status --watch` on a terminal, its columns chosen for
+/// `width` as `studio status` chooses them.
+fn watch_frame(
+    jobs: &[Job],
+    now: studio_core::clock::Timestamp,
+    every: Duration,
+    width: usize,
+) -> Vec<String> {
     let clock = now.to_string();
     let mut lines = vec![
         format!(
@@ -52,25 +57,7 @@ fn watch_frame(jobs: &[Job], now: studio_core::clock::Timestamp, every: Duration
         lines.push("no jobs yet".into());
         return lines;
     }
-    let mut rows = vec![[
-        "JOB", "SCRIPT", "STATE", "CLOUD", "MACHINE", "ATTEMPT", "RUNTIME", "COST", "PROGRESS",
-    ]
-    .map(String::from)
-    .to_vec()];
-    for j in jobs {
-        rows.push(vec![
-            j.id.to_string(),
-            term::cut(&j.command_line(), 28).to_string(),
-            j.state.to_string(),
-            j.plan.cloud.to_string(),
-            j.plan.machine.clone(),
-            j.attempt.to_string(),
-            format_age(j.runtime(now)),
-            usd(j.cost_micro_usd(now)),
-            j.progress.map_or("-".into(), |p| progress::bar(p, 20)),
-        ]);
-    }
-    lines.extend(table_lines(&rows));
+    lines.extend(jobs_table(jobs, now, "JOB", Some(width)));
     lines
 }
 
@@ -165,7 +152,10 @@ pub(crate) async fn watch(g: &Globals, env: &Env, every: Duration) -> Result<Exi
                     rows.saturating_sub(3).max(1) as u32,
                 )
                 .await?;
-                if s.draw(&watch_frame(&jobs, now, every), cols, rows).is_err() {
+                let width = term::width().unwrap_or(cols);
+                if s.draw(&watch_frame(&jobs, now, every, width), cols, rows)
+                    .is_err()
+                {
                     break;
                 }
             }
