@@ -14,6 +14,7 @@
 //!     deployment, GCS for GCE jobs' files) and the local driver's upkeep.
 //!   - [`request`]: the request flags turned into a `SubmitJob`, the workspace packed.
 //!   - [`follow`]: a job's output and state changes, followed to its end.
+//!   - [`jobs_table`]: the jobs table of `status` and `status --watch`.
 //!   - [`outputs`]: an attempt's outputs downloaded (`pull`, a waiting `run`).
 //!   - [`progress_line`]: the progress bar under a waiting `run`'s output.
 //!   - [`table`]: aligned tables and the `--output` formats.
@@ -27,6 +28,7 @@ mod cmd;
 mod context;
 mod error;
 mod follow;
+mod jobs_table;
 mod outputs;
 mod progress_line;
 mod request;

@@ -1,9 +1,9 @@
 //! `studio status --watch`: the jobs table, live.
 
 use crate::backend::local_if_exists;
-use crate::cmd::status::jobs_table;
 use crate::context::{Env, Globals};
 use crate::error::CliError;
+use crate::jobs_table::jobs_table;
 use crate::{backend, term};
 use std::io::Write;
 use std::process::ExitCode;

@@ -11,18 +11,14 @@
 use crate::backend::LocalBackend;
 use crate::{lock, process};
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 use studio_core::ports::PortError;
 use tracing::warn;
 
 const PORT: &str = "local down";
 
-/// The lock `studio down` holds while it stops the home: no queue of the
-/// home hands out an item meanwhile.
-pub fn queues_lock_path(home: &Path) -> PathBuf {
-    home.join("queues.lock")
-}
+pub use crate::lock::queues_lock_path;
 
 /// The pid of the process that drives the home, if one does.
 pub fn driver_pid(be: &LocalBackend) -> Option<i32> {

@@ -59,3 +59,10 @@ pub fn is_held_by_other(path: &Path) -> bool {
     let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
     r != 0
 }
+
+/// The lock `studio down` holds while it stops the home: no queue of the
+/// home hands out an item meanwhile (here, beside the other locks, so the
+/// queue reads it without depending on `down`).
+pub fn queues_lock_path(home: &std::path::Path) -> std::path::PathBuf {
+    home.join("queues.lock")
+}

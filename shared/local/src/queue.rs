@@ -164,10 +164,10 @@ impl SqliteQueue {
         };
         // `studio down` holds the home's queues: nothing new starts while it
         // stops the home. Checked inside the write transaction, so once its
-        // barrier ([`crate::down::hold_queues`]) has passed, no receive takes
+        // barrier (`down::hold_queues`) has passed, no receive takes
         // an item; and only while it lives (a lock, not a flag).
         if let Some(home) = self.db.path().parent() {
-            if crate::lock::is_held_by_other(&crate::down::queues_lock_path(home)) {
+            if crate::lock::is_held_by_other(&crate::lock::queues_lock_path(home)) {
                 return Ok(Vec::new());
             }
         }
