@@ -53,18 +53,7 @@ cat > /usr/local/lib/studio/metadata-block <<'BLOCK'
 BLOCK
 chmod 0755 /usr/local/lib/studio/metadata-block
 cat > /etc/systemd/system/studio-metadata-block.service <<'UNIT'
-[Unit]
-Description=Keep Studio's jobs from the metadata service
-Before=network-pre.target studio-worker.service
-Wants=network-pre.target
-
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-ExecStart=/usr/local/lib/studio/metadata-block @JOB_UIDS@
-
-[Install]
-WantedBy=multi-user.target
+@METADATA_BLOCK_UNIT@
 UNIT
 
 install -d -m 0755 /etc/studio

@@ -63,7 +63,7 @@ pub const BOOTSTRAP: &str = include_str!("../../../infra/worker-bootstrap.sh");
 
 /// What keeps jobs from the metadata service, run at every boot (the
 /// bootstrap installs it as a unit of its own).
-pub const METADATA_BLOCK: &str = include_str!("../../../infra/metadata-block.sh");
+pub use studio_core::worker::users::METADATA_BLOCK;
 
 /// What the fleet needs to know about the account.
 #[derive(Debug, Clone)]
@@ -136,6 +136,10 @@ impl AsgFleet {
             ("@UV_SHA256_X86_64@", sha(&self.cfg.uv_sha256_x86_64)),
             ("@UV_SHA256_ARM64@", sha(&self.cfg.uv_sha256_arm64)),
             ("@METADATA_BLOCK@", METADATA_BLOCK.trim_end().to_string()),
+            (
+                "@METADATA_BLOCK_UNIT@",
+                studio_core::worker::users::metadata_block_unit(),
+            ),
             (
                 "@JOB_UIDS@",
                 studio_core::worker::users::MACHINE_JOB_UIDS.to_string(),

@@ -8,7 +8,7 @@ use studio_core::ids::PoolKey;
 
 /// What keeps jobs from the metadata server, run at every boot (the script
 /// installs it as a unit of its own, ordered before the worker).
-pub const METADATA_BLOCK: &str = include_str!("../../../infra/metadata-block.sh");
+pub use studio_core::worker::users::METADATA_BLOCK;
 
 /// Quotes `v` for a POSIX shell.
 fn sh(v: &str) -> String {
@@ -74,18 +74,7 @@ cat > /usr/local/lib/studio/metadata-block <<'BLOCK'
 BLOCK
 chmod 0755 /usr/local/lib/studio/metadata-block
 cat > /etc/systemd/system/studio-metadata-block.service <<'UNIT'
-[Unit]
-Description=Keep Studio's jobs from the metadata service
-Before=network-pre.target studio-worker.service
-Wants=network-pre.target
-
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-ExecStart=/usr/local/lib/studio/metadata-block {job_uids}
-
-[Install]
-WantedBy=multi-user.target
+{block_unit}
 UNIT
 
 install -d -m 0755 /etc/studio
@@ -125,6 +114,7 @@ systemctl enable --now studio-worker.service
         pool = key,
         job_uids = studio_core::worker::users::MACHINE_JOB_UIDS,
         block = METADATA_BLOCK.trim_end(),
+        block_unit = studio_core::worker::users::metadata_block_unit(),
         project = cfg.project,
         zone = cfg.zone,
         bucket = cfg.bucket,

@@ -348,32 +348,15 @@ impl OwnerDir {
 
     /// An exclusive lock on `<key>.lock` (never through a link).
     async fn lock(&self, key: &str) -> Result<OwnedFd, String> {
-        let c = CString::new(format!("{key}.lock")).expect("hex has no NUL");
-        let dir = self.fd.as_raw_fd();
-        // SAFETY: openat with a NUL-terminated name on a descriptor we own.
-        let raw = unsafe {
-            libc::openat(
-                dir,
-                c.as_ptr(),
-                libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                0o600,
-            )
-        };
-        if raw < 0 {
-            return Err(format!("lock: {}", std::io::Error::last_os_error()));
-        }
-        // SAFETY: openat just returned this descriptor to us.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let dir = self.fd.try_clone().map_err(|e| format!("lock: {e}"))?;
+        let name = format!("{key}.lock");
         tokio::task::spawn_blocking(move || {
-            // SAFETY: flock on a descriptor we own.
-            if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX) } == 0 {
-                Ok(fd)
-            } else {
-                Err(format!("lock: {}", std::io::Error::last_os_error()))
-            }
+            crate::worker::users::lock_file(dir.as_raw_fd(), &name, true)
         })
         .await
         .map_err(|e| e.to_string())?
+        .map_err(|e| format!("lock: {e}"))?
+        .ok_or_else(|| "lock: not taken".to_string())
     }
 
     /// The directory `name` here, opened without following a link.

@@ -24,6 +24,29 @@ use std::time::{Duration, Instant};
 /// passes them to the worker and to the metadata block).
 pub const MACHINE_JOB_UIDS: &str = "200000-209999";
 
+/// What keeps jobs' uids from the metadata service (`infra/metadata-block.sh`),
+/// installed by both clouds' bootstraps as [`metadata_block_unit`].
+pub const METADATA_BLOCK: &str = include_str!("../../../../infra/metadata-block.sh");
+
+/// The systemd unit that runs [`METADATA_BLOCK`] at every boot, before the
+/// worker (which requires it), for the uids [`MACHINE_JOB_UIDS`].
+pub fn metadata_block_unit() -> String {
+    format!(
+        "[Unit]\n\
+         Description=Keep Studio's jobs from the metadata service\n\
+         Before=network-pre.target studio-worker.service\n\
+         Wants=network-pre.target\n\
+         \n\
+         [Service]\n\
+         Type=oneshot\n\
+         RemainAfterExit=yes\n\
+         ExecStart=/usr/local/lib/studio/metadata-block {MACHINE_JOB_UIDS}\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target"
+    )
+}
+
 /// The uids a machine reserves for jobs: `first..=last`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JobUsers {
@@ -103,7 +126,7 @@ impl Lease {
 
 /// `<dir>/<name>`, created 0600, locked exclusively: waiting for the lock
 /// when `wait`, else `None` if another holds it.
-fn lock_file(dir: i32, name: &str, wait: bool) -> std::io::Result<Option<OwnedFd>> {
+pub(crate) fn lock_file(dir: i32, name: &str, wait: bool) -> std::io::Result<Option<OwnedFd>> {
     let c = std::ffi::CString::new(name).map_err(|_| std::io::ErrorKind::InvalidInput)?;
     // SAFETY: openat with a NUL-terminated name; the descriptor is ours.
     let raw = unsafe {
