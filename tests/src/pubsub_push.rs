@@ -42,9 +42,23 @@ pub fn signed(claims: &serde_json::Value) -> String {
 }
 
 /// A push envelope carrying the GCE audit-log entry of `instance`'s preemption
-/// (the shape of EVENTS.md).
+/// (the shape of EVENTS.md), now, by a VM whose numeric id the tests do not
+/// track.
 pub fn envelope(message_id: &str, instance: &str) -> Vec<u8> {
+    envelope_of(message_id, instance, "1844674407370955", SystemClock.now())
+}
+
+/// The same, of the VM with numeric id `instance_id` preempted at `at`.
+pub fn envelope_of(
+    message_id: &str,
+    instance: &str,
+    instance_id: &str,
+    at: studio_core::clock::Timestamp,
+) -> Vec<u8> {
     use base64::Engine;
+    // RFC 3339 in UTC (Cloud Logging writes nanoseconds; the parser's
+    // unit test reads those).
+    let time = at.to_string();
     let entry = serde_json::json!({
         "protoPayload": {
             "@type": "type.googleapis.com/google.cloud.audit.AuditLog",
@@ -53,14 +67,15 @@ pub fn envelope(message_id: &str, instance: &str) -> Vec<u8> {
             "methodName": "compute.instances.preempted",
             "resourceName": format!("projects/P/zones/europe-west1-c/instances/{instance}"),
         },
-        "resource": {"type": "gce_instance", "labels": {"instance_id": "1844674407370955", "project_id": "P", "zone": "europe-west1-c"}},
+        "resource": {"type": "gce_instance", "labels": {"instance_id": instance_id, "project_id": "P", "zone": "europe-west1-c"}},
+        "timestamp": time,
         "logName": "projects/P/logs/cloudaudit.googleapis.com%2Fsystem_event",
     });
     serde_json::to_vec(&serde_json::json!({
         "message": {
             "data": base64::engine::general_purpose::STANDARD.encode(entry.to_string()),
             "messageId": message_id,
-            "publishTime": "2026-11-29T09:00:00Z",
+            "publishTime": time,
             "attributes": {},
         },
         "subscription": "projects/P/subscriptions/studio-preemptions",

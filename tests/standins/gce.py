@@ -30,11 +30,11 @@ Real behaviours it reproduces, because code that passes here must also work on G
     `creationTimestamp` is RFC 3339 in Pacific time with an offset, like real Compute.
   * instances.delete: the instance vanishes when the operation is DONE; unknown -> 404 at the
     call. Unlike deleteInstances it leaves the group's targetSize alone, so the group
-    creates a replacement (under a new name, as after a reclaim).
+    creates the VM again under the same name, with a new numeric id (as after a reclaim).
   * Spot reclamation: /_standin/preempt flips the metadata `instance/preempted` to TRUE,
     /_standin/reclaim removes the VM; if the template is SPOT or has
-    instanceTerminationAction DELETE the group keeps its targetSize, so a replacement
-    instance is created (otherwise the group shrinks by one).
+    instanceTerminationAction DELETE the group keeps its targetSize and recreates the VM
+    under the same name with a new id (otherwise the group shrinks by one).
   * Errors use Compute's JSON shape: {"error": {"code", "message", "errors": [{"message",
     "domain": "global", "reason"}]}}; int64 fields (ids, diskSizeGb) are JSON strings.
 
@@ -181,6 +181,7 @@ class State:
         self.groups = {}      # (project, zone, name) -> InstanceGroupManager JSON (stored parts)
         self.instances = {}   # (project, zone, name) -> internal instance record
         self.terminated = {}  # reclaimed instances, shown once as TERMINATED by instances.get
+        self.recreate = {}    # group key -> names of its VMs to create again under their name
         self.reclaimed = []   # log of reclaimed instances
         self.operations = {}  # name -> {"json", "scope", "key", "apply", "polls"}
         self.requests = []    # request log (method, path, query, body)
@@ -417,6 +418,15 @@ class State:
 
     def create_instance(self, gkey, grp):
         p, z, _ = gkey
+        # A MIG recreates a VM it lost (preempted, or deleted by instances.delete) under the
+        # same name, with a new numeric id (https://cloud.google.com/compute/docs/instances/
+        # spot#spot-with-mig: "the MIG recreates the VM ... with the same name").
+        again = self.recreate.get(gkey) or []
+        while again:
+            name = again.pop(0)
+            if (p, z, name) not in self.instances:
+                self.add_instance(p, z, name, gkey, self.resolve_template(p, grp["instanceTemplate"]))
+                return
         while True:
             name = f"{grp['baseInstanceName']}-{rand_suffix(4)}"
             if (p, z, name) not in self.instances:
@@ -428,6 +438,7 @@ class State:
         props = copy.deepcopy((self.templates.get(tkey) or {}).get("properties") or {})
         labels = dict(props.get("labels") or {})
         self.seq += 1
+        self.terminated.pop((p, z, name), None)
         inst = self.instances[(p, z, name)] = {
             "name": name, "project": p, "zone": z, "group": gkey, "id": new_id(),
             "template": tkey[1] if tkey else None, "seq": self.seq,
@@ -496,8 +507,11 @@ class State:
 
     def delete_instance(self, p, z, name):
         def apply(cur):
-            # The group (if any) keeps its targetSize: reconcile() then creates a replacement.
+            # The group (if any) keeps its targetSize: reconcile() then creates the VM again
+            # under its name.
             del self.instances[(p, z, name)]
+            if cur["group"] is not None:
+                self.recreate.setdefault(cur["group"], []).append(name)
         return self.instance_op(p, z, name, "delete", apply)
 
     def list_managed(self, p, z, name):
@@ -522,6 +536,8 @@ class State:
         grp = self.groups.get(inst["group"])
         if grp is not None and not replaced:
             grp["targetSize"] = max(0, grp["targetSize"] - 1)
+        elif grp is not None:
+            self.recreate.setdefault(inst["group"], []).append(name)
         self.reclaimed.append({"project": p, "zone": z, "instance": name,
                                "group": inst["group"][2] if inst["group"] else None,
                                "replaced": replaced, "time": now_rfc3339()})

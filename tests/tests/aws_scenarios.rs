@@ -631,6 +631,8 @@ async fn out_of_spot_attempts_with_fallback_moves_the_job_to_on_demand() {
         kind: studio_core::handlers::InstanceEventKind::Gone {
             state: "shutting-down".into(),
         },
+        machine_uid: None,
+        at: None,
     };
     studio_core::handlers::handle_interruption(&w.ctx, &warning)
         .await

@@ -304,7 +304,7 @@ async fn compute_gpu_and_standard_templates() {
 
 #[tokio::test]
 async fn compute_liveness_labels_find_silent_machines() {
-    let (_standin, fleet) = fleet().await;
+    let (standin, fleet) = fleet().await;
     let spec = gce_spec(Cloud::Gcspot, 2, "4g", 0, None);
     let key = spec.key();
     fleet.ensure_group(&key, &spec).await.unwrap();
@@ -339,14 +339,18 @@ async fn compute_liveness_labels_find_silent_machines() {
         fleet.silent(&key, bound, later).await.unwrap(),
         vec![ids[1].clone()]
     );
-    // A machine deleted without decrement is replaced by the group.
+    // A machine deleted without decrement is made again by the group under
+    // its name: a new VM (another numeric id), not seen yet.
+    let before = vm_uid(&standin, ids[1].as_str()).await.unwrap();
     fleet.terminate(&key, &ids[1], false).await.unwrap();
     let after = studio_tests::eventually("a replacement", Duration::from_secs(10), async || {
         let m = fleet.instances(&key).await.unwrap();
-        (m.len() == 2 && !m.iter().any(|i| i.id == ids[1])).then_some(m)
+        let again = vm_uid(&standin, ids[1].as_str()).await;
+        (m.len() == 2 && again.is_some_and(|u| u != before)).then_some(m)
     })
     .await;
     assert!(after.iter().any(|i| i.id == ids[0]));
+    assert!(after.iter().any(|i| i.id == ids[1]), "the same name");
     assert!(matches!(
         fleet
             .worker_seen(&key, &InstanceId::new("gone-1").unwrap(), later)
@@ -405,4 +409,189 @@ fn the_gce_startup_script_passes_shellcheck() {
         "{}\n{script}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+/// The numeric id of the VM now named `name` on the stand-in, if any.
+async fn vm_uid(standin: &StandIn, name: &str) -> Option<String> {
+    let state = standin.state().await;
+    state["instances"]
+        .as_array()?
+        .iter()
+        .find(|i| i["name"] == name)
+        .and_then(|i| i["id"].as_str())
+        .map(str::to_string)
+}
+
+/// GIVEN a job whose attempt 1 ran on a spot VM of a managed group, handed
+/// back on the preemption notice, WHEN the group recreates the VM under the
+/// same name (as GCE does; the stand-in does too) and that VM claims
+/// attempt 2, THEN the late audit-log push about the first VM (its numeric
+/// id, its time) takes nothing away, with or without the id; a push about
+/// the VM that runs the attempt now still requeues it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_preemption_push_leaves_the_vm_recreated_under_its_name_alone() {
+    use studio_core::clock::Clock;
+    use studio_core::handlers::{handle_interruption, InterruptionOutcome};
+    use studio_core::job::JobState;
+    use studio_core::notice::GceMetadata;
+    use studio_core::ports::JobStore;
+    use studio_core::worker::{run_worker, WorkerConfig, WorkerExit};
+    use studio_tests::{eventually, job_id, JobBuilder, LocalWorld};
+    let (standin, fleet) = fleet().await;
+    let spec = gce_spec(Cloud::Gcspot, 2, "4g", 0, None);
+    let key = spec.key();
+    fleet.ensure_group(&key, &spec).await.unwrap();
+    fleet.set_target(&key, 1, None).await.unwrap();
+    let vm = eventually("a VM", Duration::from_secs(10), async || {
+        fleet
+            .instances(&key)
+            .await
+            .unwrap()
+            .into_iter()
+            .next()
+            .map(|i| i.id)
+    })
+    .await;
+    let first_uid = vm_uid(&standin, vm.as_str()).await.unwrap();
+
+    // The job waits for the test's gate (SIGTERM ends it at once).
+    let w = LocalWorld::default().await;
+    let project = tempfile::tempdir().unwrap();
+    let gate = project.path().join("gate");
+    let ws_dir = project.path().join("ws");
+    std::fs::create_dir(&ws_dir).unwrap();
+    std::fs::write(
+        ws_dir.join("train.py"),
+        format!("import os, time\nwhile not os.path.exists({gate:?}):\n    time.sleep(0.05)\n"),
+    )
+    .unwrap();
+    let tar = studio_core::workspace::pack_dir(&ws_dir, 1 << 20).unwrap();
+    let ws = w.be.artifacts.put_workspace(&tar).await.unwrap();
+    let id = job_id("recreated");
+    studio_core::handlers::submit(
+        &w.be.ctx,
+        "m",
+        &JobBuilder::new("recreated").workspace(ws).json(),
+    )
+    .await
+    .unwrap();
+    let pool = w.be.store.get_job(&id).await.unwrap().unwrap().pool;
+    let worker = |uid_note: &'static str| {
+        let (ctx, artifacts) = (w.be.ctx.clone(), w.be.artifacts.clone());
+        let cfg = WorkerConfig {
+            pool: pool.clone(),
+            instance: vm.clone(),
+            lease: Duration::from_secs(30),
+            beat_every: Duration::from_millis(200),
+            poll_wait: Duration::from_millis(100),
+            heartbeat: Duration::from_millis(100),
+            seen_every: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(600),
+            term_grace: Duration::from_secs(5),
+            work_root: w.dir.path().join(format!("jobs-{uid_note}")),
+            python: "python3".into(),
+            // The VM's own metadata server: its notice and its numeric id.
+            notice: std::sync::Arc::new(GceMetadata {
+                base: standin.metadata(vm.as_str()),
+            }),
+            notice_every: Duration::from_millis(100),
+            checkpoint_every: Duration::from_secs(600),
+            log_every: Duration::from_millis(100),
+            progress_every: Duration::from_millis(100),
+            env_root: w.dir.path().join("envs"),
+            uv: None,
+            uv_env: studio_tests::uv_env(),
+            job_users: None,
+            metadata: Vec::new(),
+            inputs: None,
+        };
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let task =
+            tokio::spawn(async move { run_worker(&ctx, artifacts.as_ref(), &cfg, rx).await });
+        (stop, task)
+    };
+    let running = async |attempt: u32, uid: &str| {
+        eventually(
+            "the attempt running, its VM's id recorded",
+            Duration::from_secs(30),
+            async || {
+                let j = w.be.store.get_job(&id).await.unwrap()?;
+                (j.state == JobState::Running
+                    && j.attempt == attempt
+                    && j.attempts.last()?.machine_uid.as_deref() == Some(uid))
+                .then_some(j)
+            },
+        )
+        .await
+    };
+
+    // Attempt 1 on the first VM; Google preempts it: the worker hears the
+    // notice and hands the job back; the group recreates the VM.
+    let (_stop1, first) = worker("first");
+    running(1, &first_uid).await;
+    let preempted_at = w.clock.now();
+    standin
+        .control("preempt", serde_json::json!({"project": gcp::PROJECT, "zone": gcp::ZONE, "instance": vm.as_str()}))
+        .await;
+    let exit = tokio::time::timeout(Duration::from_secs(30), first)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit, WorkerExit::Preempted);
+    standin
+        .control("reclaim", serde_json::json!({"project": gcp::PROJECT, "zone": gcp::ZONE, "instance": vm.as_str()}))
+        .await;
+    let second_uid = vm_uid(&standin, vm.as_str())
+        .await
+        .expect("the VM made again");
+    assert_ne!(second_uid, first_uid, "a new VM under the same name");
+
+    // The recreated VM claims attempt 2, later.
+    w.clock.advance(Duration::from_secs(40));
+    let (stop2, second) = worker("second");
+    running(2, &second_uid).await;
+
+    // The audit-log push about the first VM arrives late (Pub/Sub
+    // redelivers too): by its id, then by its time alone.
+    let late =
+        studio_tests::pubsub_push::envelope_of("late-1", vm.as_str(), &first_uid, preempted_at);
+    let event = studio_aws::webhook::preemption_event(&late).unwrap();
+    assert_eq!(event.machine_uid.as_deref(), Some(first_uid.as_str()));
+    assert_eq!(event.at, Some(preempted_at));
+    let outcome = handle_interruption(&w.be.ctx, &event).await.unwrap();
+    assert_eq!(outcome, InterruptionOutcome::EarlierMachine);
+    let mut no_id = event.clone();
+    no_id.event_id = "late-2".into();
+    no_id.machine_uid = None;
+    assert_eq!(
+        handle_interruption(&w.be.ctx, &no_id).await.unwrap(),
+        InterruptionOutcome::EarlierMachine
+    );
+    let j = w.be.store.get_job(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (j.state, j.attempt),
+        (JobState::Running, 2),
+        "{:?}",
+        j.events
+    );
+
+    // A push about the VM that runs attempt 2 takes it, as it must.
+    let now =
+        studio_tests::pubsub_push::envelope_of("now-1", vm.as_str(), &second_uid, w.clock.now());
+    let outcome = handle_interruption(
+        &w.be.ctx,
+        &studio_aws::webhook::preemption_event(&now).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(outcome, InterruptionOutcome::Handled(_)),
+        "{outcome:?}"
+    );
+    let j = w.be.store.get_job(&id).await.unwrap().unwrap();
+    assert_eq!(j.attempt, 3, "{:?}", j.events);
+    std::fs::write(&gate, "").unwrap();
+    stop2.send(true).unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(30), second).await;
 }

@@ -18,6 +18,8 @@ fn spot_warning(event_id: &str, inst: &str) -> InstanceEvent {
         event_id: event_id.into(),
         instance: instance(inst),
         kind: InstanceEventKind::SpotWarning,
+        machine_uid: None,
+        at: None,
     }
 }
 
@@ -29,6 +31,8 @@ fn shutting_down(event_id: &str, inst: &str) -> InstanceEvent {
         kind: InstanceEventKind::Gone {
             state: "shutting-down".into(),
         },
+        machine_uid: None,
+        at: None,
     }
 }
 
@@ -381,6 +385,8 @@ async fn rebalance_advice_and_strangers_change_nothing() {
         event_id: "ev-r".into(),
         instance: instance("w-1"),
         kind: InstanceEventKind::Rebalance,
+        machine_uid: None,
+        at: None,
     };
     assert_eq!(
         handle_interruption(&w.be.ctx, &rebalance).await.unwrap(),

@@ -102,6 +102,8 @@ pub fn parse_instance_event(body: &str) -> Result<Vec<InstanceEvent>, EventError
                     event_id: format!("{}/{}", env.id, e.entity_value),
                     instance: instance(e.entity_value)?,
                     kind: InstanceEventKind::Rebalance,
+                    machine_uid: None,
+                    at: None,
                 })
             })
             .collect();
@@ -131,6 +133,9 @@ pub fn parse_instance_event(body: &str) -> Result<Vec<InstanceEvent>, EventError
         event_id: env.id.clone(),
         instance: instance(detail.instance_id)?,
         kind,
+        // EC2 never gives an instance id twice: the id is the machine.
+        machine_uid: None,
+        at: None,
     }])
 }
 

@@ -408,53 +408,11 @@ impl Webhook<'_> {
         if let Err(why) = verify_token(auth, token) {
             return refuse(401, why);
         }
-        let envelope: serde_json::Value = match serde_json::from_slice(&req.body) {
-            Ok(v) => v,
-            Err(e) => return refuse(400, format!("not a Pub/Sub push envelope: {e}")),
+        let event = match preemption_event(&req.body) {
+            Ok(e) => e,
+            Err(why) => return refuse(400, why),
         };
-        let (Some(message_id), Some(data)) = (
-            envelope["message"]["messageId"].as_str(),
-            envelope["message"]["data"].as_str(),
-        ) else {
-            return refuse(
-                400,
-                "not a Pub/Sub push envelope: message.messageId and message.data are required",
-            );
-        };
-        use base64::Engine;
-        let entry: serde_json::Value = match base64::engine::general_purpose::STANDARD
-            .decode(data)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-        {
-            Some(e) => e,
-            None => return refuse(400, "message.data is not base64 of a JSON log entry"),
-        };
-        let method = entry["protoPayload"]["methodName"]
-            .as_str()
-            .unwrap_or_default();
-        if method != "compute.instances.preempted" {
-            return refuse(
-                400,
-                format!("not a preemption entry (methodName '{method}')"),
-            );
-        }
-        let name = entry["protoPayload"]["resourceName"]
-            .as_str()
-            .and_then(|r| r.rsplit_once("/instances/").map(|(_, n)| n.to_string()));
-        let Some(instance) = name.and_then(|n| InstanceId::new(n).ok()) else {
-            return refuse(
-                400,
-                "the entry names no instance (protoPayload.resourceName)",
-            );
-        };
-        let event = InstanceEvent {
-            event_id: message_id.to_string(),
-            instance,
-            kind: InstanceEventKind::Gone {
-                state: "preempted".into(),
-            },
-        };
+        let message_id = event.event_id.clone();
         match studio_core::handlers::handle_interruption(self.ctx, &event).await {
             Ok(outcome) => Response {
                 status: 200,
@@ -464,6 +422,68 @@ impl Webhook<'_> {
             Err(e) => refuse(503, format!("{e}; Pub/Sub will push it again")),
         }
     }
+}
+
+/// The instance event a Pub/Sub push of a GCE preemption audit-log entry
+/// carries: the VM's name, its numeric id and the entry's time (a managed
+/// instance group recreates the VM under its name; the id and the time say
+/// which VM it was). The push's `messageId` is the event's id.
+///
+/// # Errors
+/// Why the body is not such a push (answered 400: Pub/Sub gives up on it).
+pub fn preemption_event(body: &[u8]) -> Result<InstanceEvent, String> {
+    let envelope: serde_json::Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return Err(format!("not a Pub/Sub push envelope: {e}")),
+    };
+    let (Some(message_id), Some(data)) = (
+        envelope["message"]["messageId"].as_str(),
+        envelope["message"]["data"].as_str(),
+    ) else {
+        return Err(
+            "not a Pub/Sub push envelope: message.messageId and message.data are required".into(),
+        );
+    };
+    use base64::Engine;
+    let entry: serde_json::Value = match base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+    {
+        Some(e) => e,
+        None => return Err("message.data is not base64 of a JSON log entry".into()),
+    };
+    let method = entry["protoPayload"]["methodName"]
+        .as_str()
+        .unwrap_or_default();
+    if method != "compute.instances.preempted" {
+        return Err(format!("not a preemption entry (methodName '{method}')"));
+    }
+    let name = entry["protoPayload"]["resourceName"]
+        .as_str()
+        .and_then(|r| r.rsplit_once("/instances/").map(|(_, n)| n.to_string()));
+    let Some(instance) = name.and_then(|n| InstanceId::new(n).ok()) else {
+        return Err("the entry names no instance (protoPayload.resourceName)".into());
+    };
+    // A managed instance group recreates a preempted VM under the same
+    // name: the entry's numeric id and time say which VM it was, so a
+    // late push leaves the newer VM's attempt alone.
+    let machine_uid = entry["resource"]["labels"]["instance_id"]
+        .as_str()
+        .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+        .map(str::to_string);
+    let at = entry["timestamp"]
+        .as_str()
+        .and_then(studio_core::clock::Timestamp::parse_rfc3339);
+    Ok(InstanceEvent {
+        event_id: message_id.to_string(),
+        instance,
+        kind: InstanceEventKind::Gone {
+            state: "preempted".into(),
+        },
+        machine_uid,
+        at,
+    })
 }
 
 /// A Google-signed OIDC token for `auth.audience` from the push

@@ -138,6 +138,10 @@ pub struct Attempt {
     /// The machine's zone, as its metadata service says (once known).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
+    /// The cloud's unique id of the machine (GCE's numeric instance id),
+    /// as its metadata service says (once known): GCE reuses the name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_uid: Option<String>,
     /// What the attempt left behind (its output manifest), once uploaded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outputs: Option<OutputsRef>,
@@ -405,6 +409,7 @@ impl Job {
             exit_code: None,
             script_ended_at: None,
             zone: None,
+            machine_uid: None,
             outputs: None,
         });
         Ok(())

@@ -31,6 +31,11 @@ pub trait NoticeSource: Send + Sync {
     async fn zone(&self) -> Option<String> {
         None
     }
+    /// The cloud's unique id of this machine where its name can be used
+    /// again (GCE), recorded on its attempts (`None`: the name is unique).
+    async fn machine_uid(&self) -> Option<String> {
+        None
+    }
 }
 
 /// No metadata service (the local backend).
@@ -162,6 +167,25 @@ impl NoticeSource for GceMetadata {
                 .next()
                 .filter(|z| !z.is_empty())
                 .map(str::to_string),
+            _ => None,
+        }
+    }
+    /// `instance/id`: the VM's numeric id, new for each VM a managed
+    /// instance group creates under a name it used before.
+    async fn machine_uid(&self) -> Option<String> {
+        match http(
+            &self.base,
+            "GET",
+            "/computeMetadata/v1/instance/id",
+            &[("Metadata-Flavor", "Google")],
+        )
+        .await
+        {
+            Ok((200, id))
+                if !id.trim().is_empty() && id.trim().bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                Some(id.trim().to_string())
+            }
             _ => None,
         }
     }

@@ -283,39 +283,9 @@ impl MigFleet {
 
 fn timestamp_of(rfc3339: Option<&str>) -> Timestamp {
     // Compute writes `2026-11-29T10:12:00.123-08:00`.
-    rfc3339.and_then(humantime_rfc3339).unwrap_or(Timestamp(0))
-}
-
-/// Milliseconds since the epoch of an RFC 3339 time with any offset.
-fn humantime_rfc3339(s: &str) -> Option<Timestamp> {
-    let (main, offset_min) = match s.rfind(['+', '-']) {
-        Some(i) if i > 18 => {
-            let (m, o) = s.split_at(i);
-            let sign = if o.starts_with('-') { -1 } else { 1 };
-            let (h, mm) = o[1..].split_once(':')?;
-            (
-                m,
-                sign * (h.parse::<i64>().ok()? * 60 + mm.parse::<i64>().ok()?),
-            )
-        }
-        _ => (s.trim_end_matches('Z'), 0),
-    };
-    let (date, time) = main.split_once('T')?;
-    let mut d = date.split('-').map(|x| x.parse::<i64>());
-    let (y, mo, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let mut t = hms.split(':').map(|x| x.parse::<i64>());
-    let (h, mi, sec) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
-    let ms: i64 = format!("{:0<3}", &frac[..frac.len().min(3)]).parse().ok()?;
-    // Days from civil (Howard Hinnant's algorithm).
-    let y2 = if mo <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let doy = (153 * (mo + if mo > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset_min * 60;
-    Some(Timestamp(secs * 1000 + ms))
+    rfc3339
+        .and_then(Timestamp::parse_rfc3339)
+        .unwrap_or(Timestamp(0))
 }
 
 #[async_trait]
@@ -589,15 +559,6 @@ impl Fleet for MigFleet {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn compute_timestamps_with_offsets_read_as_utc_milliseconds() {
-        let utc = humantime_rfc3339("2026-11-29T10:12:00.123Z").unwrap();
-        let pst = humantime_rfc3339("2026-11-29T02:12:00.123-08:00").unwrap();
-        assert_eq!(utc, pst);
-        // 2026-11-29T10:12:00Z = 1795947120 s since the epoch (Python agrees).
-        assert_eq!(utc.0, 1_795_947_120_123);
-    }
 
     #[test]
     fn images_by_name_or_family() {

@@ -111,6 +111,9 @@ impl ProcessFleet {
                     kind: InstanceEventKind::Gone {
                         state: "terminated".into(),
                     },
+                    // A local worker's name is never used again.
+                    machine_uid: None,
+                    at: None,
                 });
             }
         }

@@ -2,6 +2,7 @@
 //! warning, rebalance, state change, GCE preemption) requeues the jobs on
 //! that instance. Idempotent on the event.
 
+use crate::clock::Timestamp;
 use crate::handlers::context::{mutate_job, Ctx, HandlerError, Step};
 use crate::handlers::requeue::{requeue, RequeueOutcome};
 use crate::ids::{InstanceId, JobId};
@@ -25,12 +26,44 @@ pub struct InstanceEvent {
     pub event_id: String,
     pub instance: InstanceId,
     pub kind: InstanceEventKind,
+    /// The cloud's unique id of the machine the event is about, where the
+    /// name alone is not unique over time: a GCE managed instance group
+    /// recreates a preempted VM under the same name (its numeric
+    /// `instance_id` is new). `None` on EC2, whose instance ids are never
+    /// reused.
+    pub machine_uid: Option<String>,
+    /// When it happened, where the source says precisely (GCE's audit-log
+    /// `timestamp`); an attempt started after it is not about it.
+    pub at: Option<Timestamp>,
+}
+
+impl InstanceEvent {
+    /// Whether the event is about `job`'s current attempt: on the event's
+    /// machine by name, and, where a name can be used again, the same
+    /// machine (its unique id when both are known, else an attempt that
+    /// started no later than the event).
+    pub fn concerns(&self, job: &Job) -> bool {
+        if job.instance.as_ref() != Some(&self.instance) {
+            return false;
+        }
+        let Some(a) = job.attempts.iter().rev().find(|a| a.number == job.attempt) else {
+            return true;
+        };
+        match (&self.machine_uid, &a.machine_uid, self.at) {
+            (Some(ev), Some(ours), _) => ev == ours,
+            (_, _, Some(at)) => a.started_at <= at,
+            _ => true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum InterruptionOutcome {
     /// No job of ours runs on that instance: recorded and dropped.
     NoJobOnInstance,
+    /// The jobs on a machine of that name run on a newer machine than the
+    /// event's (same name, another unique id, or started after it).
+    EarlierMachine,
     /// Advice only; no job was touched.
     Advisory,
     /// A spot warning: recorded on these jobs, whose worker now saves and
@@ -71,6 +104,17 @@ pub async fn handle_interruption(
     if jobs.is_empty() {
         info!("no job of ours on this instance; event dropped");
         return Ok(InterruptionOutcome::NoJobOnInstance);
+    }
+    // A machine of the same name later (GCE recreates a preempted VM under
+    // its name) may run the next attempt: a late event about the earlier
+    // machine must not take it away.
+    let (jobs, earlier): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| event.concerns(j));
+    if jobs.is_empty() {
+        info!(
+            jobs = earlier.len(),
+            "the event is about an earlier machine of this name; its jobs' attempts run on a newer one"
+        );
+        return Ok(InterruptionOutcome::EarlierMachine);
     }
     let reason = match &event.kind {
         InstanceEventKind::Rebalance => {

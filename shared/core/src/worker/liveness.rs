@@ -24,6 +24,31 @@ pub(crate) enum Seen {
     Lost,
 }
 
+/// Where the attempt's machine is and which one it is, as its metadata
+/// service says.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Placed {
+    pub zone: Option<String>,
+    pub machine_uid: Option<String>,
+}
+
+impl Placed {
+    /// Writes what `a` does not have yet; whether anything changed.
+    fn record(&self, a: &mut crate::job::Attempt) -> bool {
+        let mut changed = false;
+        for (have, known) in [
+            (&mut a.zone, &self.zone),
+            (&mut a.machine_uid, &self.machine_uid),
+        ] {
+            if have.is_none() && known.is_some() {
+                have.clone_from(known);
+                changed = true;
+            }
+        }
+        changed
+    }
+}
+
 /// Keeps the claim alive from claim to the recorded end: every
 /// `cfg.heartbeat` it reads the record (what it sees goes to the returned
 /// channel), and every `cfg.beat_every` it writes the time on it. Dropping
@@ -33,7 +58,7 @@ pub(crate) fn spawn_heartbeat(
     cfg: &WorkerConfig,
     id: &JobId,
     attempt: u32,
-    zone: Option<String>,
+    placed: Placed,
     progress: watch::Receiver<Option<f32>>,
 ) -> (watch::Receiver<Seen>, AbortOnDrop) {
     let (tx, rx) = watch::channel(Seen::Ours);
@@ -64,16 +89,11 @@ pub(crate) fn spawn_heartbeat(
                 } else {
                     Seen::Ours
                 };
-                // The zone goes on the attempt with the first look.
-                let zoned = match (
-                    &zone,
-                    j.attempts.iter_mut().rev().find(|a| a.number == attempt),
-                ) {
-                    (Some(z), Some(a)) if a.zone.is_none() => {
-                        a.zone = Some(z.clone());
-                        true
-                    }
-                    _ => false,
+                // Where the machine is and which it is go on the attempt
+                // with the first look.
+                let zoned = match j.attempts.iter_mut().rev().find(|a| a.number == attempt) {
+                    Some(a) => placed.record(a),
+                    None => false,
                 };
                 if due {
                     j.heartbeat_at = Some(now);

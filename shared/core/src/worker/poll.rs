@@ -7,7 +7,7 @@ use crate::notice::Notice;
 use crate::ports::{ArtifactStore, PortError, Received};
 use crate::worker::collect::RunEnd;
 use crate::worker::config::{WorkerConfig, WorkerExit};
-use crate::worker::liveness::{spawn_heartbeat, spawn_seen};
+use crate::worker::liveness::{spawn_heartbeat, spawn_seen, Placed};
 use crate::worker::run::run_attempt;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -176,9 +176,12 @@ async fn run_job(
 ) -> RunEnd {
     let id = job.id.clone();
     let attempt = job.attempt;
-    let zone = cfg.notice.zone().await;
+    let placed = Placed {
+        zone: cfg.notice.zone().await,
+        machine_uid: cfg.notice.machine_uid().await,
+    };
     let (progress_tx, progress_rx) = watch::channel(None::<f32>);
-    let (mut seen, _beating) = spawn_heartbeat(ctx, cfg, &id, attempt, zone, progress_rx);
+    let (mut seen, _beating) = spawn_heartbeat(ctx, cfg, &id, attempt, placed, progress_rx);
     // Busy: the group must not pick this machine for scale-in or rebalancing.
     if let Err(e) = ctx.fleet.protect(&cfg.pool, &cfg.instance, true).await {
         warn!(error = %e, "could not protect this machine from scale-in");
