@@ -45,9 +45,15 @@ struct World {
 }
 
 async fn world() -> World {
+    world_in(&[gcp::ZONE]).await
+}
+
+/// The world with the deployment's groups spread over `zones`.
+async fn world_in(zones: &[&str]) -> World {
     let standin = StandIn::start().await;
     let (cfg, sdk) = studio_tests::moto_deployment().await;
     let mut gcp = gcp::config(&cfg.prefix, Some(&standin));
+    gcp.zones = zones.iter().map(|z| z.to_string()).collect();
     gcp.add_worker_env(&cfg.worker_env());
     let clock = ManualClock::new(SystemClock.now());
     // The functions' context, as their `main` builds it.
@@ -436,4 +442,107 @@ async fn gcloud_without_num_workers_grows_while_work_waits() {
         "grows by one per run, up to the work there is"
     );
     let _ = SystemClock.now();
+}
+
+/// The zone of the stand-in's VM `name`.
+fn zone_of_vm(state: &serde_json::Value, name: &str) -> String {
+    state["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == name)
+        .and_then(|i| i["zone"].as_str())
+        .unwrap_or_else(|| panic!("no VM {name}: {state}"))
+        .to_string()
+}
+
+/// GIVEN a deployment over two zones of a region, WHEN one zone has no
+/// capacity for the machine (GCE's `ZONE_RESOURCE_POOL_EXHAUSTED`), THEN
+/// the pool's group makes it in the other and the job runs there; WHEN
+/// neither zone can (the other out of quota), THEN the job waits with the
+/// reasons GCE gave in `studio status`, and past its `--lifetime` it ends
+/// cancelled, saying why no machine started. Never queued without a word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_without_capacity_is_ridden_out_and_no_zone_at_all_says_why() {
+    if !gcp::have_pubsub("a_zone_without_capacity_is_ridden_out_and_no_zone_at_all_says_why") {
+        return;
+    }
+    let (a, b) = ("us-central1-a", "us-central1-b");
+    let w = world_in(&[a, b]).await;
+    let out_of = async |zone: &str, reason: &str| {
+        w.standin
+            .control(
+                "stockout",
+                serde_json::json!({"project": gcp::PROJECT, "zone": zone, "reason": reason}),
+            )
+            .await;
+    };
+    out_of(a, "ZONE_RESOURCE_POOL_EXHAUSTED").await;
+    let run = |cpus: &str, more: &[&str]| {
+        let mut args = vec!["run", "--cloud=gcspot", cpus, "--ram=4g", "--detach"];
+        args.extend_from_slice(more);
+        args.extend_from_slice(&["train.py", "--epochs", "2", "--epoch-seconds", "0.1"]);
+        let out = w.studio(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        JobId::new(String::from_utf8_lossy(&out.stdout).trim()).unwrap()
+    };
+    let id = run("--cpus=2", &[]);
+    w.run_submit().await;
+    let gk = w.group_key(&id).await;
+    let fleet = w.ctx.fleet.clone();
+    let machine = eventually("a machine", Duration::from_secs(20), async || {
+        fleet.instances(&gk).await.unwrap().into_iter().next()
+    })
+    .await;
+    assert_eq!(zone_of_vm(&w.standin.state().await, machine.id.as_str()), b);
+    let worker = w.start_worker(&gk, &machine.id).await;
+    let done = eventually("the job to end", Duration::from_secs(120), async || {
+        let j = w.job(&id).await;
+        j.state.is_terminal().then_some(j)
+    })
+    .await;
+    worker.stop().await;
+    assert_eq!(done.state, JobState::Finished, "{:?}", done.events);
+    assert_eq!(done.attempts[0].instance, machine.id);
+
+    // Now neither zone can: another pool's machine is never made.
+    out_of(b, "QUOTA_EXCEEDED").await;
+    let stuck = run("--cpus=4", &["--lifetime=30m"]);
+    w.run_submit().await;
+    let gk = w.group_key(&stuck).await;
+    assert_eq!(fleet.group(&gk).await.unwrap().unwrap().desired, 1);
+    assert!(fleet.instances(&gk).await.unwrap().is_empty(), "no machine");
+    w.clock.advance(Duration::from_secs(120));
+    handlers::scale(&w.ctx).await.unwrap();
+    let status = w.studio(&["status", stuck.as_str()]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(text.contains("no machine starts"), "{text}");
+    assert!(
+        text.contains("ZONE_RESOURCE_POOL_EXHAUSTED") || text.contains("QUOTA_EXCEEDED"),
+        "the reason GCE gave: {text}"
+    );
+    assert_eq!(w.job(&stuck).await.state, JobState::Queued);
+    w.clock.advance(Duration::from_secs(31 * 60));
+    handlers::scale(&w.ctx).await.unwrap();
+    let ended = w.job(&stuck).await;
+    assert_eq!(ended.state, JobState::Cancelled, "{:?}", ended.events);
+    let reason = ended.reason.unwrap_or_default();
+    assert!(
+        reason.contains("longer than its lifetime")
+            && reason.contains("no machine could be started"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("ZONE_RESOURCE_POOL_EXHAUSTED") || reason.contains("QUOTA_EXCEEDED"),
+        "{reason}"
+    );
 }

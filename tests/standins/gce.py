@@ -4,8 +4,9 @@
 Why this exists: Google ships no Compute Engine emulator, so integration tests point the
 official Rust client (`google-cloud-compute-v1`, anonymous credentials) at this server
 instead. It implements only the slice of Compute the project uses -- instance templates,
-images, zonal managed instance groups (MIGs), instances (get, setLabels, delete), zonal/global
-operations -- plus a per-VM metadata server and a few `/_standin/*` control endpoints.
+images, zonal and regional managed instance groups (MIGs), instances (get, setLabels,
+delete), zonal/regional/global operations -- plus a per-VM metadata server and a few
+`/_standin/*` control endpoints.
 
 Real behaviours it reproduces, because code that passes here must also work on GCE:
   * Long-running operations: every mutation returns a RUNNING Operation whose effect is
@@ -22,6 +23,23 @@ Real behaviours it reproduces, because code that passes here must also work on G
     `{baseInstanceName}-xxxx` and show as PROVISIONING/CREATING the first time each view
     (listManagedInstances, instances.get, group get) sees them; resizing down deletes the
     newest instances.
+  * Regional MIGs (/regions/R/instanceGroupManagers, operations under /regions/R/operations
+    with a `region` field) behave like zonal ones, over the zones of distributionPolicy
+    (echoed as full zone URLs; by default R-a, R-b, R-c; a zone outside R -> 400 invalid).
+    Each VM is a zonal instance in the zone it was placed in: the least used zone with
+    capacity, ties in the policy's order; a VM recreated under its name goes back to its zone
+    if it can. targetShape EVEN (default) keeps zone counts within one of each other whatever
+    the capacity, ANY_SINGLE_ZONE keeps all VMs in one zone, BALANCED/ANY use any zone;
+    a shape other than EVEN without updatePolicy.instanceRedistributionType NONE (the
+    default is PROACTIVE) -> 400 invalid at the call.
+  * Stockouts and quota (/_standin/stockout): a VM that no allowed zone can create is not
+    made; the group keeps it as a pending creation, listed by listManagedInstances with
+    currentAction CREATING, no instanceStatus and `lastAttempt.errors` (code
+    ZONE_RESOURCE_POOL_EXHAUSTED, QUOTA_EXCEEDED..., Compute's message), counted in
+    currentActions.creating, the group not stable, targetSize unchanged; instances.get -> 404.
+    The group retries at every reconciliation (every request) and makes the VM once a zone
+    has capacity. Resizing down drops pending creations before VMs; deleteInstances accepts
+    them too.
   * Instance labels: each instance starts with a copy of its template's properties.labels and
     carries a `labelFingerprint` (base64 of 8 bytes, a hash of the labels, so it changes
     whenever they do). setLabels with a missing or stale fingerprint -> 412 conditionNotMet
@@ -40,8 +58,10 @@ Real behaviours it reproduces, because code that passes here must also work on G
 
 Metadata server: GET /vm/{instance}/computeMetadata/v1/{path} with `Metadata-Flavor: Google`.
 Control: POST /_standin/images, /_standin/instances (a standalone VM from a template),
-/_standin/preempt, /_standin/reclaim, /_standin/reset;
-GET /_standin/state (dump of everything, including a log of every non-control request).
+/_standin/preempt, /_standin/reclaim, /_standin/stockout ({"project", "zone", "reason"} makes
+the zone unable to create VMs; {"project", "zone", "clear": true} ends it), /_standin/reset
+(clears stockouts too); GET /_standin/state (dump of everything: groups with their
+pendingCreations, stockouts, and a log of every non-control request).
 
 Usage: python3 gce.py --listen 127.0.0.1:0   (prints `listening on http://HOST:PORT`)
 """
@@ -77,6 +97,9 @@ OP_ERROR_CODES = {"notFound": "RESOURCE_NOT_FOUND", "alreadyExists": "RESOURCE_A
                   "resourceInUseByAnotherResource": "RESOURCE_IN_USE_BY_ANOTHER_RESOURCE",
                   "invalid": "INVALID_FIELD_VALUE", "conditionNotMet": "CONDITION_NOT_MET"}
 HTTP_MESSAGES = {400: "BAD REQUEST", 404: "NOT FOUND", 409: "CONFLICT", 412: "PRECONDITION FAILED"}
+# Regional MIG target distribution shapes; EVEN is the default
+# (https://cloud.google.com/compute/docs/instance-groups/regional-mig-distribution-shape).
+SHAPES = ("EVEN", "BALANCED", "ANY", "ANY_SINGLE_ZONE")
 try:  # real Compute reports resource timestamps in US Pacific time, with the offset
     from zoneinfo import ZoneInfo
     PACIFIC = ZoneInfo("America/Los_Angeles")
@@ -106,6 +129,32 @@ def already_exists(res):
 
 def invalid(message):
     return ApiError(400, "invalid", message)
+
+
+def scope_res(scope):
+    """`projects/P/global`, `projects/P/zones/Z` or `projects/P/regions/R` for a scope
+    ("global", P), ("zone", P, Z) or ("region", P, R); a group key (kind, P, where, name)
+    gives its scope's too."""
+    kind, p = scope[0], scope[1]
+    return f"projects/{p}/global" if kind == "global" else f"projects/{p}/{kind}s/{scope[2]}"
+
+
+def group_res(gkey):
+    return f"{scope_res(gkey)}/instanceGroupManagers/{gkey[3]}"
+
+
+def zone_url(p, zone):
+    return f"{API}/projects/{p}/zones/{zone}"
+
+
+def stockout_message(p, zone, reason):
+    """The error text Compute gives when `zone` cannot create a VM for `reason`."""
+    if reason == "ZONE_RESOURCE_POOL_EXHAUSTED":
+        return (f"The zone 'projects/{p}/zones/{zone}' does not have enough resources available "
+                "to fulfill the request.  Try a different zone, or try again later.")
+    if reason == "QUOTA_EXCEEDED":
+        return f"Quota 'CPUS' exceeded.  Limit: 8.0 in region {zone.rsplit('-', 1)[0]}."
+    return f"{reason} in zone {zone}"
 
 
 def now_rfc3339():
@@ -168,6 +217,53 @@ def check_labels(labels):
     return dict(labels)
 
 
+def target_size(body):
+    try:
+        target = int(body["targetSize"])
+    except (KeyError, TypeError, ValueError):
+        raise invalid("Invalid value for field 'resource.targetSize': "
+                      f"'{body.get('targetSize', '')}'. Must be a non-negative integer.")
+    if target < 0:
+        raise invalid(f"Invalid value for field 'resource.targetSize': '{target}'.")
+    return target
+
+
+def distribution_zones(region, policy):
+    """The zone names of a regional group's distributionPolicy.zones (`zones/Z` or a URL)."""
+    zones = []
+    for i, entry in enumerate(policy.get("zones") or []):
+        ref = str(entry.get("zone") or "") if isinstance(entry, dict) else ""
+        zone = ref.rstrip("/").rsplit("/", 1)[-1]
+        if zone.rsplit("-", 1)[0] != region:
+            raise invalid(f"Invalid value for field 'resource.distributionPolicy.zones[{i}].zone': "
+                          f"'{ref}'. The zone must be in region '{region}'.")
+        zones.append(zone)
+    # Without a choice the group uses three zones of the region
+    # (https://cloud.google.com/compute/docs/instance-groups/regional-migs).
+    return list(dict.fromkeys(zones)) or [f"{region}-{s}" for s in "abc"]
+
+
+def distribution_policy(p, region, body):
+    """A regional group's distributionPolicy as Compute echoes it: full zone URLs and the shape."""
+    policy, update = body.get("distributionPolicy") or {}, body.get("updatePolicy") or {}
+    if not isinstance(policy, dict) or not isinstance(update, dict):
+        raise invalid("Invalid value for field 'resource.distributionPolicy': must be an object.")
+    zones = distribution_zones(region, policy)
+    shape = policy.get("targetShape") or "EVEN"
+    if shape not in SHAPES:
+        raise invalid(f"Invalid value for field 'resource.distributionPolicy.targetShape': "
+                      f"'{shape}'. Must be one of {', '.join(SHAPES)}.")
+    # Proactive instance redistribution (the default) only goes with EVEN; the other shapes
+    # need it off (https://cloud.google.com/compute/docs/instance-groups/
+    # regional-mig-distribution-shape).
+    redistribution = update.get("instanceRedistributionType") or "PROACTIVE"
+    if shape != "EVEN" and redistribution != "NONE":
+        raise invalid("Invalid value for field 'resource.updatePolicy.instanceRedistributionType': "
+                      f"'{redistribution}'. Proactive instance redistribution is not supported "
+                      f"with target distribution shape {shape}; set it to NONE.")
+    return dict(policy, zones=[{"zone": zone_url(p, z)} for z in zones], targetShape=shape)
+
+
 class State:
     """All stand-in state. Every method is called with `lock` held."""
 
@@ -178,10 +274,13 @@ class State:
     def reset(self):
         self.templates = {}   # (project, name) -> InstanceTemplate JSON
         self.images = {}      # (project, name) -> Image JSON
-        self.groups = {}      # (project, zone, name) -> InstanceGroupManager JSON (stored parts)
+        # Group key: ("zone", project, zone, name) or ("region", project, region, name).
+        self.groups = {}      # group key -> InstanceGroupManager JSON (stored parts)
         self.instances = {}   # (project, zone, name) -> internal instance record
         self.terminated = {}  # reclaimed instances, shown once as TERMINATED by instances.get
-        self.recreate = {}    # group key -> names of its VMs to create again under their name
+        self.recreate = {}    # group key -> [(name, zone)] of VMs to create again under their name
+        self.creating = {}    # group key -> pending creations [{"name", "zone", "reason"}]
+        self.stockouts = {}   # (project, zone) -> reason the zone cannot create VMs now
         self.reclaimed = []   # log of reclaimed instances
         self.operations = {}  # name -> {"json", "scope", "key", "apply", "polls"}
         self.requests = []    # request log (method, path, query, body)
@@ -192,14 +291,14 @@ class State:
     def start_op(self, op_type, scope, target_link, key, apply):
         """Create a RUNNING operation; `apply` runs (and may raise ApiError) when it is DONE."""
         name = f"operation-{int(time.time() * 1000)}-{rand_suffix(12)}"
-        base = f"{API}/projects/{scope[1]}/" + (f"zones/{scope[2]}" if scope[0] == "zone" else "global")
+        base = f"{API}/{scope_res(scope)}"
         op = {"kind": "compute#operation", "id": new_id(), "name": name,
               "operationType": op_type, "targetLink": target_link, "targetId": new_id(),
               "status": "RUNNING", "progress": 0, "insertTime": now_rfc3339(),
               "startTime": now_rfc3339(), "user": "standin@example.com",
               "selfLink": f"{base}/operations/{name}"}
-        if scope[0] == "zone":
-            op["zone"] = f"{API}/projects/{scope[1]}/zones/{scope[2]}"
+        if scope[0] != "global":  # zonal/regional operations name their zone/region
+            op[scope[0]] = base
         self.operations[name] = {"json": op, "scope": scope, "key": key, "apply": apply, "polls": 0}
         return op
 
@@ -210,8 +309,7 @@ class State:
     def get_op(self, scope, name, wait):
         op = self.operations.get(name)
         if op is None or op["scope"] != scope:
-            where = f"zones/{scope[2]}" if scope[0] == "zone" else "global"
-            raise not_found(f"projects/{scope[1]}/{where}/operations/{name}")
+            raise not_found(f"{scope_res(scope)}/operations/{name}")
         if op["json"]["status"] != "DONE":
             op["polls"] += 1
             if wait or op["polls"] >= 2:
@@ -233,9 +331,8 @@ class State:
     # ---- instance templates and images ------------------------------------------------
 
     def template_users(self, project, name):
-        return [f"projects/{g[0]}/zones/{g[1]}/instanceGroupManagers/{g[2]}"
-                for g, grp in self.groups.items()
-                if self.resolve_template(g[0], grp["instanceTemplate"]) == (project, name)]
+        return [group_res(g) for g, grp in self.groups.items()
+                if self.resolve_template(g[1], grp["instanceTemplate"]) == (project, name)]
 
     @staticmethod
     def resolve_template(project, ref):
@@ -288,37 +385,35 @@ class State:
             raise not_found(f"projects/{p}/global/images/{name}")
         return self.images[(p, name)]
 
-    # ---- managed instance groups ------------------------------------------------------
+    # ---- managed instance groups (zonal and regional) ---------------------------------
 
-    def get_group(self, p, z, name):
-        if (p, z, name) not in self.groups:
-            raise not_found(f"projects/{p}/zones/{z}/instanceGroupManagers/{name}")
-        return self.groups[(p, z, name)]
+    def get_group(self, gkey):
+        if gkey not in self.groups:
+            raise not_found(group_res(gkey))
+        return self.groups[gkey]
 
     def members(self, gkey):
         return sorted((i for i in self.instances.values() if i["group"] == gkey),
                       key=lambda i: i["seq"])
 
     def group_json(self, gkey):
-        """The group as Compute shows it; counts instances not yet seen by this view as creating."""
-        grp, members = self.get_group(*gkey), self.members(gkey)  # 404 if unknown
+        """The group as Compute shows it; counts instances not yet seen by this view, and
+        pending creations, as creating."""
+        grp, members = self.get_group(gkey), self.members(gkey)  # 404 if unknown
+        pending = len(self.creating.get(gkey, []))
         creating = sum(1 for i in members if self.first_sight(i, "group"))
         actions = {a: 0 for a in ("abandoning", "creatingWithoutRetries", "deleting", "recreating",
                                   "refreshing", "restarting", "resuming", "starting", "stopping",
                                   "suspending", "verifying")}
-        actions.update(creating=creating, none=len(members) - creating)
-        stable = creating == 0 and len(members) == grp["targetSize"]
+        actions.update(creating=creating + pending, none=len(members) - creating)
+        stable = creating == 0 and pending == 0 and len(members) == grp["targetSize"]
         return dict(grp, currentActions=actions,
                     status={"isStable": stable, "versionTarget": {"isReached": stable},
                             "allInstancesConfig": {"effective": True},
                             "stateful": {"hasStatefulConfig": False}})
 
-    def insert_group(self, p, z, body):
-        name = body.get("name")
-        check_name(name)
-        res = f"projects/{p}/zones/{z}/instanceGroupManagers/{name}"
-        if (p, z, name) in self.groups or self.pending("insert", ("group", p, z, name)):
-            raise already_exists(res)
+    def group_template(self, p, body):
+        """The new group's template reference and key: 400 without one, 404 if it is unknown."""
         tref = body.get("instanceTemplate") or next(
             (v.get("instanceTemplate") for v in body.get("versions") or [] if isinstance(v, dict)), None)
         if not tref:
@@ -328,75 +423,215 @@ class State:
         if tkey is None or tkey not in self.templates:
             shown = f"projects/{tkey[0]}/global/instanceTemplates/{tkey[1]}" if tkey else tref
             raise not_found(shown)
+        return tref, tkey
+
+    def insert_group(self, scope, body):
+        """instanceGroupManagers.insert (scope ("zone", P, Z)) or regionInstanceGroupManagers
+        .insert (scope ("region", P, R))."""
+        name = body.get("name")
+        check_name(name)
+        gkey, p = scope + (name,), scope[1]
+        res = group_res(gkey)
+        if gkey in self.groups or self.pending("insert", ("group",) + gkey):
+            raise already_exists(res)
+        tref, tkey = self.group_template(p, body)
         base_name = body.get("baseInstanceName")
         check_name(base_name, "resource.baseInstanceName")
-        try:
-            target = int(body["targetSize"])
-        except (KeyError, TypeError, ValueError):
-            raise invalid("Invalid value for field 'resource.targetSize': "
-                          f"'{body.get('targetSize', '')}'. Must be a non-negative integer.")
-        if target < 0:
-            raise invalid(f"Invalid value for field 'resource.targetSize': '{target}'.")
-        zone_url = f"{API}/projects/{p}/zones/{z}"
+        target = target_size(body)
+        where = f"{API}/{scope_res(scope)}"
         grp = dict(body, kind="compute#instanceGroupManager", id=new_id(),
-                   creationTimestamp=now_rfc3339(), selfLink=f"{API}/{res}", zone=zone_url,
+                   creationTimestamp=now_rfc3339(), selfLink=f"{API}/{res}", **{scope[0]: where},
                    instanceTemplate=tref, baseInstanceName=base_name, targetSize=target,
-                   instanceGroup=f"{zone_url}/instanceGroups/{name}",
+                   instanceGroup=f"{where}/instanceGroups/{name}",
                    fingerprint=b64url(random.randbytes(8)))
+        if scope[0] == "region":
+            grp["distributionPolicy"] = distribution_policy(p, scope[2], body)
 
         def apply():
-            if (p, z, name) in self.groups:
+            if gkey in self.groups:
                 raise already_exists(res)
             if self.resolve_template(p, tref) not in self.templates:
                 raise not_found(f"projects/{tkey[0]}/global/instanceTemplates/{tkey[1]}")
-            self.groups[(p, z, name)] = grp
-        return self.start_op("insert", ("zone", p, z), grp["selfLink"], ("group", p, z, name), apply)
+            self.groups[gkey] = grp
+        return self.start_op("insert", scope, grp["selfLink"], ("group",) + gkey, apply)
 
-    def group_op(self, p, z, name, op_type, apply):
-        grp = self.get_group(p, z, name)
-        key = (p, z, name)
+    def group_op(self, gkey, op_type, apply):
+        grp = self.get_group(gkey)
 
         def guarded():
-            if key not in self.groups:
-                raise not_found(f"projects/{p}/zones/{z}/instanceGroupManagers/{name}")
-            apply(self.groups[key])
-        return self.start_op(op_type, ("zone", p, z), grp["selfLink"], ("group",) + key, guarded)
+            if gkey not in self.groups:
+                raise not_found(group_res(gkey))
+            apply(self.groups[gkey])
+        return self.start_op(op_type, gkey[:3], grp["selfLink"], ("group",) + gkey, guarded)
 
-    def delete_group(self, p, z, name):
+    def delete_group(self, gkey):
         def apply(_grp):
-            for ikey in [k for k, i in self.instances.items() if i["group"] == (p, z, name)]:
+            for ikey in [k for k, i in self.instances.items() if i["group"] == gkey]:
                 del self.instances[ikey]
-            del self.groups[(p, z, name)]
-        return self.group_op(p, z, name, "delete", apply)
+            del self.groups[gkey]
+            self.creating.pop(gkey, None)
+            self.recreate.pop(gkey, None)
+        return self.group_op(gkey, "delete", apply)
 
-    def resize_group(self, p, z, name, size):
-        return self.group_op(p, z, name, "resize", lambda grp: grp.__setitem__("targetSize", size))
+    def resize_group(self, gkey, size):
+        return self.group_op(gkey, "resize", lambda grp: grp.__setitem__("targetSize", size))
 
-    def delete_instances(self, p, z, name, body):
-        self.get_group(p, z, name)
-        refs = body.get("instances") or []
+    def delete_instances(self, gkey, body):
+        self.get_group(gkey)
         skip = bool(body.get("skipInstancesOnValidationError"))
         chosen = []
-        for ref in refs:
-            m = INSTANCE_REF_RE.search(str(ref))
-            ikey = (m.group(1) or p, m.group(2) or z, unquote(m.group(3))) if m else None
-            inst = self.instances.get(ikey) if ikey else None
-            if inst is None or inst["group"] != (p, z, name):
+        for ref in body.get("instances") or []:
+            name = self.member_name(gkey, ref)
+            if name is None:
                 if skip:
                     continue
                 raise invalid(f"The instance '{ref}' is not a member of the managed instance "
-                              f"group 'projects/{p}/zones/{z}/instanceGroupManagers/{name}'.")
-            chosen.append(ikey)
+                              f"group '{group_res(gkey)}'.")
+            chosen.append(name)
 
         def apply(grp):
-            removed = 0
-            for ikey in chosen:
-                inst = self.instances.get(ikey)
-                if inst is not None and inst["group"] == (p, z, name):
-                    del self.instances[ikey]
-                    removed += 1
+            removed = sum(self.remove_member(gkey, name) for name in chosen)
             grp["targetSize"] = max(0, grp["targetSize"] - removed)  # as real deleteInstances
-        return self.group_op(p, z, name, "deleteInstances", apply)
+        return self.group_op(gkey, "deleteInstances", apply)
+
+    def member_name(self, gkey, ref):
+        """The name of the group's VM or pending creation that `ref` designates, else None.
+        A reference without a zone means the group's member of that name, in any zone."""
+        m = INSTANCE_REF_RE.search(str(ref))
+        if m is None or (m.group(1) or gkey[1]) != gkey[1]:
+            return None
+        zone, name = m.group(2), unquote(m.group(3))
+        known = [(i["name"], i["zone"]) for i in self.members(gkey)]
+        known += [(c["name"], c["zone"]) for c in self.creating.get(gkey, [])]
+        return name if any(n == name and zone in (None, z) for n, z in known) else None
+
+    def remove_member(self, gkey, name):
+        """Delete the group's VM or pending creation `name`: 1 if there was one, else 0."""
+        vm = next((i for i in self.members(gkey) if i["name"] == name), None)
+        if vm is not None:
+            del self.instances[(vm["project"], vm["zone"], name)]
+            return 1
+        pend = self.creating.get(gkey, [])
+        entry = next((c for c in pend if c["name"] == name), None)
+        if entry is not None:
+            pend.remove(entry)
+        return int(entry is not None)
+
+    def list_managed(self, gkey):
+        self.get_group(gkey)
+        out = []
+        for inst in self.members(gkey):
+            first = self.first_sight(inst, "list")
+            out.append({"instance": f"{zone_url(inst['project'], inst['zone'])}/instances/{inst['name']}",
+                        "id": inst["id"], "name": inst["name"],
+                        "instanceStatus": "PROVISIONING" if first else "RUNNING",
+                        "currentAction": "CREATING" if first else "NONE"})
+        out += [self.pending_json(gkey[1], c) for c in self.creating.get(gkey, [])]
+        return {"managedInstances": out} if out else {}
+
+    @staticmethod
+    def pending_json(p, entry):
+        """A creation the group keeps retrying: no VM yet, so no instanceStatus, and the last
+        attempt's error (https://cloud.google.com/compute/docs/instance-groups/
+        getting-info-about-migs#checking_the_status_of_managed_instances)."""
+        zone, reason = entry["zone"], entry["reason"]
+        return {"instance": f"{zone_url(p, zone)}/instances/{entry['name']}", "name": entry["name"],
+                "currentAction": "CREATING", "lastAttempt": {"errors": {"errors": [
+                    {"code": reason, "message": stockout_message(p, zone, reason)}]}}}
+
+    # ---- reconciliation and VM placement ----------------------------------------------
+
+    def reconcile(self):
+        """Converge every group on its targetSize: drop the extras, retry pending creations,
+        create the missing instances."""
+        for gkey, grp in self.groups.items():
+            self.trim(gkey, grp["targetSize"])
+            self.retry_creations(gkey, grp)
+            missing = grp["targetSize"] - len(self.members(gkey)) - len(self.creating.get(gkey, []))
+            for _ in range(missing):
+                self.create_instance(gkey, grp)
+
+    def retry_creations(self, gkey, grp):
+        """A MIG retries the creations that failed on its own; each keeps its place in the
+        list, and the others count in the zones' load meanwhile."""
+        pend = self.creating.get(gkey, [])
+        for entry in list(pend):
+            at = pend.index(entry)
+            del pend[at]
+            failed = self.place(gkey, grp, entry["name"], entry["zone"])
+            if failed:
+                pend.insert(at, failed)
+
+    def trim(self, gkey, target):
+        """Drop what exceeds `target`: pending creations first (they hold no VM; Compute weighs
+        a VM's status when it resizes down, https://cloud.google.com/compute/docs/reference/
+        rest/v1/instanceGroupManagers/resize), then the newest VMs."""
+        members = self.members(gkey)
+        del self.creating.get(gkey, [])[max(0, target - len(members)):]
+        for inst in members[target:][::-1]:
+            del self.instances[(inst["project"], inst["zone"], inst["name"])]
+
+    def create_instance(self, gkey, grp):
+        name, zone = self.next_name(gkey, grp)
+        failed = self.place(gkey, grp, name, zone)
+        if failed:
+            self.creating.setdefault(gkey, []).append(failed)
+
+    def next_name(self, gkey, grp):
+        """The name of the group's next VM, with the zone to prefer for it."""
+        # A MIG recreates a VM it lost (preempted, or deleted by instances.delete) under the
+        # same name, with a new numeric id (https://cloud.google.com/compute/docs/instances/
+        # spot#spot-with-mig: "the MIG recreates the VM ... with the same name").
+        again = self.recreate.get(gkey) or []
+        while again:
+            name, zone = again.pop(0)
+            if self.name_free(gkey, name):
+                return name, zone
+        while True:
+            name = f"{grp['baseInstanceName']}-{rand_suffix(4)}"
+            if self.name_free(gkey, name):
+                return name, None
+
+    def name_free(self, gkey, name):
+        return (all((gkey[1], z, name) not in self.instances for z in self.group_zones(gkey))
+                and all(c["name"] != name for c in self.creating.get(gkey, [])))
+
+    def group_zones(self, gkey):
+        """The zones the group may use: its zone, or its distribution's, in the policy's order."""
+        if gkey[0] == "zone":
+            return [gkey[2]]
+        return [u["zone"].rsplit("/", 1)[-1] for u in self.groups[gkey]["distributionPolicy"]["zones"]]
+
+    def place(self, gkey, grp, name, preferred=None):
+        """Create VM `name` in the first allowed zone that has capacity. If none has, return
+        the failed attempt (a pending creation: the zone tried first and its error)."""
+        p = gkey[1]
+        zones = self.zone_choices(gkey, preferred)
+        for z in zones:
+            if (p, z) not in self.stockouts:
+                self.add_instance(p, z, name, gkey, self.resolve_template(p, grp["instanceTemplate"]))
+                return None
+        return {"name": name, "zone": zones[0], "reason": self.stockouts[(p, zones[0])]}
+
+    def zone_choices(self, gkey, preferred=None):
+        """The zones a new VM of the group may go to, best first: the least used (VMs and
+        pending creations), ties in the policy's order, `preferred` (a recreated VM's zone)
+        ahead. Shapes (https://cloud.google.com/compute/docs/instance-groups/
+        regional-mig-distribution-shape): EVEN keeps zone counts within one of each other
+        whatever the capacity, so only the least used zones qualify; ANY_SINGLE_ZONE keeps
+        every VM in the zone it chose when it scaled out from zero; BALANCED and ANY use
+        any zone with capacity."""
+        order = self.group_zones(gkey)
+        shape = (self.groups[gkey].get("distributionPolicy") or {}).get("targetShape") or "EVEN"
+        used = [i["zone"] for i in self.members(gkey)]
+        if shape == "ANY_SINGLE_ZONE":
+            return [z for z in order if z in used][:1] or sorted(order, key=lambda z: z != preferred)
+        load = {z: used.count(z) for z in order}
+        for entry in self.creating.get(gkey, []):
+            load[entry["zone"]] = load.get(entry["zone"], 0) + 1
+        if shape == "EVEN":
+            order = [z for z in order if load[z] == min(load[z] for z in order)]
+        return sorted(order, key=lambda z: (z != preferred, load[z]))
 
     # ---- instances --------------------------------------------------------------------
 
@@ -406,32 +641,6 @@ class State:
         first = view not in inst["seen"]
         inst["seen"].add(view)
         return first
-
-    def reconcile(self):
-        """Converge every group on its targetSize: create missing instances, drop the newest extras."""
-        for gkey, grp in self.groups.items():
-            members = self.members(gkey)
-            for inst in members[grp["targetSize"]:][::-1]:
-                del self.instances[(inst["project"], inst["zone"], inst["name"])]
-            for _ in range(grp["targetSize"] - len(members)):
-                self.create_instance(gkey, grp)
-
-    def create_instance(self, gkey, grp):
-        p, z, _ = gkey
-        # A MIG recreates a VM it lost (preempted, or deleted by instances.delete) under the
-        # same name, with a new numeric id (https://cloud.google.com/compute/docs/instances/
-        # spot#spot-with-mig: "the MIG recreates the VM ... with the same name").
-        again = self.recreate.get(gkey) or []
-        while again:
-            name = again.pop(0)
-            if (p, z, name) not in self.instances:
-                self.add_instance(p, z, name, gkey, self.resolve_template(p, grp["instanceTemplate"]))
-                return
-        while True:
-            name = f"{grp['baseInstanceName']}-{rand_suffix(4)}"
-            if (p, z, name) not in self.instances:
-                break
-        self.add_instance(p, z, name, gkey, self.resolve_template(p, grp["instanceTemplate"]))
 
     def add_instance(self, p, z, name, gkey, tkey):
         """Record a VM built from template `tkey`; `gkey` is its group, or None if unmanaged."""
@@ -511,19 +720,8 @@ class State:
             # under its name.
             del self.instances[(p, z, name)]
             if cur["group"] is not None:
-                self.recreate.setdefault(cur["group"], []).append(name)
+                self.recreate.setdefault(cur["group"], []).append((name, z))
         return self.instance_op(p, z, name, "delete", apply)
-
-    def list_managed(self, p, z, name):
-        self.get_group(p, z, name)
-        out = []
-        for inst in self.members((p, z, name)):
-            first = self.first_sight(inst, "list")
-            out.append({"instance": f"{API}/projects/{p}/zones/{z}/instances/{inst['name']}",
-                        "id": inst["id"], "name": inst["name"],
-                        "instanceStatus": "PROVISIONING" if first else "RUNNING",
-                        "currentAction": "CREATING" if first else "NONE"})
-        return {"managedInstances": out} if out else {}
 
     def reclaim(self, p, z, name):
         inst = self.instances.pop((p, z, name), None)
@@ -537,9 +735,9 @@ class State:
         if grp is not None and not replaced:
             grp["targetSize"] = max(0, grp["targetSize"] - 1)
         elif grp is not None:
-            self.recreate.setdefault(inst["group"], []).append(name)
+            self.recreate.setdefault(inst["group"], []).append((name, z))
         self.reclaimed.append({"project": p, "zone": z, "instance": name,
-                               "group": inst["group"][2] if inst["group"] else None,
+                               "group": inst["group"][3] if inst["group"] else None,
                                "replaced": replaced, "time": now_rfc3339()})
         self.reconcile()
         return {"reclaimed": name, "replaced": replaced}
@@ -599,9 +797,13 @@ class State:
     def dump(self):
         return {
             "templates": list(self.templates.values()),
-            "groups": [self.groups[k] for k in self.groups],
+            "groups": [dict(grp, pendingCreations=[
+                dict(c, message=stockout_message(k[1], c["zone"], c["reason"]))
+                for c in self.creating.get(k, [])]) for k, grp in self.groups.items()],
+            "stockouts": [{"project": p, "zone": z, "reason": r}
+                          for (p, z), r in self.stockouts.items()],
             "instances": [{"project": i["project"], "zone": i["zone"], "name": i["name"],
-                           "id": i["id"], "group": i["group"][2] if i["group"] else None,
+                           "id": i["id"], "group": i["group"][3] if i["group"] else None,
                            "template": i["template"],
                            "status": "RUNNING" if i["seen"] else "PROVISIONING",
                            "preempted": i["preempted"], "creationTimestamp": i["creationTimestamp"],
@@ -620,6 +822,7 @@ STATE = State()
 SEG = r"([^/]+)"
 CP = r"/compute/v1/projects/" + SEG
 ZONE = CP + r"/zones/" + SEG
+REGION = CP + r"/regions/" + SEG
 
 
 def _int_param(q, name):
@@ -680,12 +883,53 @@ def _control_preempt(_m, _q, b):
     return {"preempted": key[2]}
 
 
+def _control_stockout(_m, _q, b):
+    """Zone `zone` of `project` cannot create VMs (for `reason`) until `clear` is sent."""
+    p, z = b.get("project"), b.get("zone")
+    if not p or not z:
+        raise invalid("project and zone are required")
+    if b.get("clear"):
+        STATE.stockouts.pop((p, z), None)
+        return {}
+    reason = b.get("reason") or "ZONE_RESOURCE_POOL_EXHAUSTED"
+    if not isinstance(reason, str):
+        raise invalid("reason must be a string")
+    STATE.stockouts[(p, z)] = reason
+    return {"project": p, "zone": z, "reason": reason}
+
+
 def _control_reset(_m, _q, _b):
     STATE.reset()
     return {}
 
 
 S = STATE
+
+
+def _scope_routes(kind, base):
+    """Operations and managed instance groups of a zone (kind "zone", `base` ZONE) or of a
+    region ("region", REGION): one code path serves both, keyed (kind, project, where, name)."""
+    igm = base + r"/instanceGroupManagers"
+
+    def gkey(m):
+        return (kind, m[0], m[1], m[2])
+    return [
+        ("GET", base + r"/operations/" + SEG, lambda m, q, b: S.get_op((kind, m[0], m[1]), m[2], False)),
+        ("POST", base + r"/operations/" + SEG + "/wait",
+         lambda m, q, b: S.get_op((kind, m[0], m[1]), m[2], True)),
+        ("POST", igm, lambda m, q, b: S.insert_group((kind, m[0], m[1]), b)),
+        ("GET", igm, lambda m, q, b: _items(
+            "compute#instanceGroupManagerList", f"{scope_res((kind, m[0], m[1]))}/instanceGroupManagers",
+            [S.group_json(k) for k in S.groups if k[:3] == (kind, m[0], m[1])])),
+        ("GET", igm + "/" + SEG, lambda m, q, b: S.group_json(gkey(m))),
+        ("DELETE", igm + "/" + SEG, lambda m, q, b: S.delete_group(gkey(m))),
+        ("POST", igm + "/" + SEG + "/resize",
+         lambda m, q, b: S.resize_group(gkey(m), _int_param(q, "size"))),
+        ("POST", igm + "/" + SEG + "/deleteInstances", lambda m, q, b: S.delete_instances(gkey(m), b)),
+        ("POST", igm + "/" + SEG + "/listManagedInstances", lambda m, q, b: S.list_managed(gkey(m))),
+    ]
+
+
 # (method, path regex, handler(match groups, query, body) -> JSON-able response)
 ROUTES = [
     ("POST", CP + r"/global/instanceTemplates", lambda m, q, b: S.insert_template(m[0], b)),
@@ -700,23 +944,8 @@ ROUTES = [
      lambda m, q, b: S.get_op(("global", m[0]), m[1], False)),
     ("POST", CP + r"/global/operations/" + SEG + "/wait",
      lambda m, q, b: S.get_op(("global", m[0]), m[1], True)),
-    ("GET", ZONE + r"/operations/" + SEG, lambda m, q, b: S.get_op(("zone", m[0], m[1]), m[2], False)),
-    ("POST", ZONE + r"/operations/" + SEG + "/wait",
-     lambda m, q, b: S.get_op(("zone", m[0], m[1]), m[2], True)),
-    ("POST", ZONE + r"/instanceGroupManagers", lambda m, q, b: S.insert_group(m[0], m[1], b)),
-    ("GET", ZONE + r"/instanceGroupManagers",
-     lambda m, q, b: _items("compute#instanceGroupManagerList",
-                            f"projects/{m[0]}/zones/{m[1]}/instanceGroupManagers",
-                            [S.group_json(k) for k in S.groups if k[:2] == (m[0], m[1])])),
-    ("GET", ZONE + r"/instanceGroupManagers/" + SEG,
-     lambda m, q, b: S.group_json(tuple(m))),
-    ("DELETE", ZONE + r"/instanceGroupManagers/" + SEG, lambda m, q, b: S.delete_group(*m)),
-    ("POST", ZONE + r"/instanceGroupManagers/" + SEG + "/resize",
-     lambda m, q, b: S.resize_group(*m, _int_param(q, "size"))),
-    ("POST", ZONE + r"/instanceGroupManagers/" + SEG + "/deleteInstances",
-     lambda m, q, b: S.delete_instances(*m, b)),
-    ("POST", ZONE + r"/instanceGroupManagers/" + SEG + "/listManagedInstances",
-     lambda m, q, b: S.list_managed(*m)),
+    *_scope_routes("zone", ZONE),
+    *_scope_routes("region", REGION),
     ("GET", ZONE + r"/instances/" + SEG, lambda m, q, b: S.get_instance(*m)),
     ("DELETE", ZONE + r"/instances/" + SEG, lambda m, q, b: S.delete_instance(*m)),
     ("POST", ZONE + r"/instances/" + SEG + "/setLabels", lambda m, q, b: S.set_labels(*m, b)),
@@ -725,6 +954,7 @@ ROUTES = [
     ("POST", r"/_standin/preempt", _control_preempt),
     ("POST", r"/_standin/reclaim",
      lambda m, q, b: S.reclaim(b.get("project"), b.get("zone"), b.get("instance"))),
+    ("POST", r"/_standin/stockout", _control_stockout),
     ("POST", r"/_standin/reset", _control_reset),
     ("GET", r"/_standin/state", lambda m, q, b: S.dump()),
 ]

@@ -265,10 +265,9 @@ pub trait Fleet: Send + Sync {
     /// no capacity of the type, a bid under the market), when the newest
     /// launch the group tried failed; `None` when it succeeded or the fleet
     /// cannot tell.
-    async fn launch_trouble(&self, key: &PoolKey) -> Result<Option<String>, PortError> {
-        let _ = key;
-        Ok(None)
-    }
+    ///
+    /// No default: a fleet that wraps others (the router) must pass it on.
+    async fn launch_trouble(&self, key: &PoolKey) -> Result<Option<String>, PortError>;
 }
 
 /// Workspaces, logs and checkpoints.

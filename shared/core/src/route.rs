@@ -175,6 +175,9 @@ impl Fleet for RoutedFleet {
     async fn delete_group(&self, key: &PoolKey) -> Result<(), PortError> {
         self.of(key)?.delete_group(key).await
     }
+    async fn launch_trouble(&self, key: &PoolKey) -> Result<Option<String>, PortError> {
+        self.of(key)?.launch_trouble(key).await
+    }
 }
 
 /// `ctx` with GCE pools served by `queue` and `fleet` beside its own.

@@ -1,7 +1,16 @@
 //! Worker groups on Compute Engine: per pool generation an instance
-//! template and a zonal managed instance group (MIG), both named
+//! template and a regional managed instance group (MIG), both named
 //! `<prefix>-<group key>` and labelled `studio-pool`.
 //!
+//! - The group spreads over the configured zones of one region with target
+//!   shape `ANY` (proactive redistribution off, as that shape requires):
+//!   GCE creates each VM in a zone that has the capacity and quota, so a
+//!   zone's stockout is ridden out in another. A VM it cannot create
+//!   anywhere stays `CREATING` with the reason in its `lastAttempt.errors`
+//!   (`ZONE_RESOURCE_POOL_EXHAUSTED`, `QUOTA_EXCEEDED`): that is the pool's
+//!   [`Fleet::launch_trouble`].
+//! - VMs are zonal: calls about one VM go to the zone its group put it in
+//!   (read from the group's managed instances; a worker's own is its zone).
 //! - `gcspot`: `provisioningModel: SPOT` with `instanceTerminationAction:
 //!   DELETE`, so a machine Google takes back is deleted and the group, which
 //!   keeps its target size, starts a replacement; `gcloud`: standard VMs.
@@ -23,12 +32,13 @@
 use crate::config::{code_of, gcp_err, GcpConfig};
 use async_trait::async_trait;
 use google_cloud_compute_v1::client::{
-    Images, InstanceGroupManagers, InstanceTemplates, Instances,
+    Images, InstanceTemplates, Instances, RegionInstanceGroupManagers,
 };
 use google_cloud_compute_v1::model::{
-    self, AcceleratorConfig, AttachedDisk, AttachedDiskInitializeParams, InstanceGroupManager,
-    InstanceGroupManagersDeleteInstancesRequest, InstanceProperties, InstanceTemplate,
-    InstancesSetLabelsRequest, Metadata, NetworkInterface, Scheduling, ServiceAccount,
+    self, AcceleratorConfig, AttachedDisk, AttachedDiskInitializeParams, DistributionPolicy,
+    DistributionPolicyZoneConfiguration, InstanceGroupManager, InstanceGroupManagerUpdatePolicy,
+    InstanceProperties, InstanceTemplate, InstancesSetLabelsRequest, Metadata, NetworkInterface,
+    RegionInstanceGroupManagersDeleteInstancesRequest, Scheduling, ServiceAccount,
 };
 use google_cloud_gax::error::rpc::Code;
 use google_cloud_lro::Poller;
@@ -57,7 +67,7 @@ pub const WORKER_SCOPES: [&str; 4] = [
 pub struct MigFleet {
     cfg: GcpConfig,
     templates: InstanceTemplates,
-    groups: InstanceGroupManagers,
+    groups: RegionInstanceGroupManagers,
     images: Images,
     instances: Instances,
 }
@@ -99,7 +109,7 @@ impl MigFleet {
         Ok(MigFleet {
             cfg: cfg.clone(),
             templates: build!(InstanceTemplates::builder()),
-            groups: build!(InstanceGroupManagers::builder()),
+            groups: build!(RegionInstanceGroupManagers::builder()),
             images: build!(Images::builder()),
             instances: build!(Instances::builder()),
         })
@@ -110,11 +120,22 @@ impl MigFleet {
         format!("{}-{key}", self.cfg.prefix)
     }
 
-    fn instance_url(&self, id: &InstanceId) -> String {
-        format!(
-            "projects/{}/zones/{}/instances/{id}",
-            self.cfg.project, self.cfg.zone
-        )
+    fn region(&self) -> &str {
+        self.cfg.region()
+    }
+
+    /// The zone of `key`'s VM `id`: the one configured zone, else where its
+    /// group put it.
+    async fn zone_of(&self, key: &PoolKey, id: &InstanceId) -> Result<String, PortError> {
+        if let [only] = self.cfg.zones.as_slice() {
+            return Ok(only.clone());
+        }
+        self.managed(key)
+            .await?
+            .into_iter()
+            .find(|m| m.name == id.as_str())
+            .map(|m| m.zone)
+            .ok_or_else(|| PortError::NotFound(format!("instance {id} in {}", self.name(key))))
     }
 
     async fn image_disk_gb(&self, image: &str) -> Result<i64, PortError> {
@@ -234,27 +255,25 @@ impl MigFleet {
             .groups
             .get()
             .set_project(&self.cfg.project)
-            .set_zone(&self.cfg.zone)
+            .set_region(self.region())
             .set_instance_group_manager(self.name(key))
             .send()
             .await
         {
             Ok(g) => Ok(Some(g)),
             Err(e) if code_of(&e) == Some(Code::NotFound) => Ok(None),
-            Err(e) => Err(gcp_err(PORT, "instanceGroupManagers.get", e)),
+            Err(e) => Err(gcp_err(PORT, "regionInstanceGroupManagers.get", e)),
         }
     }
 
-    /// The group's managed instances: (name, status).
-    async fn managed(
-        &self,
-        key: &PoolKey,
-    ) -> Result<Vec<(String, Option<model::managed_instance::InstanceStatus>)>, PortError> {
+    /// The group's managed instances, VMs and VMs it is still trying to
+    /// create.
+    async fn managed(&self, key: &PoolKey) -> Result<Vec<Managed>, PortError> {
         let resp = match self
             .groups
             .list_managed_instances()
             .set_project(&self.cfg.project)
-            .set_zone(&self.cfg.zone)
+            .set_region(self.region())
             .set_instance_group_manager(self.name(key))
             .send()
             .await
@@ -264,7 +283,7 @@ impl MigFleet {
             Err(e) => {
                 return Err(gcp_err(
                     PORT,
-                    "instanceGroupManagers.listManagedInstances",
+                    "regionInstanceGroupManagers.listManagedInstances",
                     e,
                 ))
             }
@@ -272,12 +291,51 @@ impl MigFleet {
         Ok(resp
             .managed_instances
             .into_iter()
-            .filter_map(|m| {
-                let url = m.instance?;
-                let name = url.rsplit('/').next()?.to_string();
-                Some((name, m.instance_status))
-            })
+            .filter_map(Managed::of)
             .collect())
+    }
+}
+
+/// One managed instance of a group.
+#[derive(Debug)]
+struct Managed {
+    name: String,
+    zone: String,
+    status: Option<model::managed_instance::InstanceStatus>,
+    /// `CODE: message` of the group's last failed attempt to create it.
+    errors: Vec<String>,
+}
+
+impl Managed {
+    /// From `.../zones/ZONE/instances/NAME`.
+    fn of(m: model::ManagedInstance) -> Option<Managed> {
+        let url = m.instance?;
+        let (rest, name) = url.rsplit_once("/instances/")?;
+        let zone = rest.rsplit_once("/zones/")?.1.to_string();
+        let errors = m
+            .last_attempt
+            .and_then(|a| a.errors)
+            .map(|e| e.errors)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| {
+                format!(
+                    "{}: {}",
+                    e.code.unwrap_or_default(),
+                    e.message
+                        .unwrap_or_default()
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                )
+            })
+            .collect();
+        Some(Managed {
+            name: name.to_string(),
+            zone,
+            status: m.instance_status,
+            errors,
+        })
     }
 }
 
@@ -319,12 +377,27 @@ impl Fleet for MigFleet {
                 self.cfg.project
             ))
             .set_target_size(0)
-            .set_description(format!("Studio pool {key}"));
+            .set_description(format!("Studio pool {key}"))
+            // Any zone with capacity: the shape for batch work, which
+            // requires proactive redistribution off
+            // (https://cloud.google.com/compute/docs/instance-groups/regional-mig-distribution-shape).
+            .set_distribution_policy(
+                DistributionPolicy::new()
+                    .set_zones(self.cfg.zones.iter().map(|z| {
+                        DistributionPolicyZoneConfiguration::new().set_zone(format!("zones/{z}"))
+                    }))
+                    .set_target_shape(model::distribution_policy::TargetShape::Any),
+            )
+            .set_update_policy(
+                InstanceGroupManagerUpdatePolicy::new().set_instance_redistribution_type(
+                    model::instance_group_manager_update_policy::InstanceRedistributionType::None,
+                ),
+            );
         match self
             .groups
             .insert()
             .set_project(&self.cfg.project)
-            .set_zone(&self.cfg.zone)
+            .set_region(self.region())
             .set_body(group)
             .poller()
             .until_done()
@@ -332,7 +405,7 @@ impl Fleet for MigFleet {
         {
             Ok(_) => Ok(()),
             Err(e) if code_of(&e) == Some(Code::AlreadyExists) => Ok(()),
-            Err(e) => Err(gcp_err(PORT, "instanceGroupManagers.insert", e)),
+            Err(e) => Err(gcp_err(PORT, "regionInstanceGroupManagers.insert", e)),
         }
     }
 
@@ -353,7 +426,7 @@ impl Fleet for MigFleet {
         self.groups
             .resize()
             .set_project(&self.cfg.project)
-            .set_zone(&self.cfg.zone)
+            .set_region(self.region())
             .set_instance_group_manager(self.name(key))
             .set_size(target as i32)
             .poller()
@@ -361,7 +434,7 @@ impl Fleet for MigFleet {
             .await
             .map_err(|e| match code_of(&e) {
                 Some(Code::NotFound) => PortError::NotFound(format!("group {}", self.name(key))),
-                _ => gcp_err(PORT, "instanceGroupManagers.resize", e),
+                _ => gcp_err(PORT, "regionInstanceGroupManagers.resize", e),
             })?;
         Ok(())
     }
@@ -382,12 +455,13 @@ impl Fleet for MigFleet {
         id: &InstanceId,
         at: Timestamp,
     ) -> Result<(), PortError> {
+        let zone = self.zone_of(key, id).await?;
         // setLabels replaces the whole map and needs the current fingerprint.
         let inst = self
             .instances
             .get()
             .set_project(&self.cfg.project)
-            .set_zone(&self.cfg.zone)
+            .set_zone(&zone)
             .set_instance(id.as_str())
             .send()
             .await
@@ -405,7 +479,7 @@ impl Fleet for MigFleet {
         self.instances
             .set_labels()
             .set_project(&self.cfg.project)
-            .set_zone(&self.cfg.zone)
+            .set_zone(&zone)
             .set_instance(id.as_str())
             .set_body(body)
             .poller()
@@ -422,16 +496,16 @@ impl Fleet for MigFleet {
         now: Timestamp,
     ) -> Result<Vec<InstanceId>, PortError> {
         let mut out = Vec::new();
-        for (name, status) in self.managed(key).await? {
-            if status != Some(model::managed_instance::InstanceStatus::Running) {
+        for m in self.managed(key).await? {
+            if m.status != Some(model::managed_instance::InstanceStatus::Running) {
                 continue;
             }
             let inst = match self
                 .instances
                 .get()
                 .set_project(&self.cfg.project)
-                .set_zone(&self.cfg.zone)
-                .set_instance(&name)
+                .set_zone(&m.zone)
+                .set_instance(&m.name)
                 .send()
                 .await
             {
@@ -447,7 +521,7 @@ impl Fleet for MigFleet {
                 .map_or(Timestamp(0), |s| Timestamp(s * 1000));
             let last = launched.0.max(seen.0);
             if now.0.saturating_sub(last) > bound.as_millis() as i64 {
-                if let Ok(id) = InstanceId::new(name) {
+                if let Ok(id) = InstanceId::new(m.name) {
                     out.push(id);
                 }
             }
@@ -461,14 +535,17 @@ impl Fleet for MigFleet {
             .managed(key)
             .await?
             .into_iter()
-            .filter_map(|(name, status)| {
-                let state = match status {
+            .filter_map(|m| {
+                let state = match m.status {
                     Some(S::Running) => InstanceState::Running,
                     Some(S::Terminated) | Some(S::Stopped) | Some(S::Stopping) => return None,
+                    // A VM the group failed to create (its last attempt's
+                    // errors) is not a machine: the pool's launch trouble.
+                    None if !m.errors.is_empty() => return None,
                     _ => InstanceState::Pending,
                 };
                 Some(Instance {
-                    id: InstanceId::new(name).ok()?,
+                    id: InstanceId::new(m.name).ok()?,
                     pool: key.clone(),
                     state,
                     launched_at: Timestamp(0),
@@ -483,13 +560,15 @@ impl Fleet for MigFleet {
         id: &InstanceId,
         decrement: bool,
     ) -> Result<(), PortError> {
+        let zone = self.zone_of(key, id).await?;
         if !decrement {
-            // Deleting the machine itself: the group notices and replaces it.
+            // Deleting the machine itself: the group notices and makes it
+            // again (under the same name).
             return self
                 .instances
                 .delete()
                 .set_project(&self.cfg.project)
-                .set_zone(&self.cfg.zone)
+                .set_zone(&zone)
                 .set_instance(id.as_str())
                 .poller()
                 .until_done()
@@ -504,11 +583,14 @@ impl Fleet for MigFleet {
         self.groups
             .delete_instances()
             .set_project(&self.cfg.project)
-            .set_zone(&self.cfg.zone)
+            .set_region(self.region())
             .set_instance_group_manager(self.name(key))
             .set_body(
-                InstanceGroupManagersDeleteInstancesRequest::new()
-                    .set_instances([self.instance_url(id)])
+                RegionInstanceGroupManagersDeleteInstancesRequest::new()
+                    .set_instances([format!(
+                        "projects/{}/zones/{zone}/instances/{id}",
+                        self.cfg.project
+                    )])
                     .set_skip_instances_on_validation_error(false),
             )
             .poller()
@@ -519,8 +601,24 @@ impl Fleet for MigFleet {
                 Some(Code::NotFound) => {
                     PortError::NotFound(format!("instance {id} in {}", self.name(key)))
                 }
-                _ => gcp_err(PORT, "instanceGroupManagers.deleteInstances", e),
+                _ => gcp_err(PORT, "regionInstanceGroupManagers.deleteInstances", e),
             })
+    }
+
+    /// The reasons GCE gave for the VMs the group is still trying to
+    /// create (a stockout or quota in every zone it may use).
+    async fn launch_trouble(&self, key: &PoolKey) -> Result<Option<String>, PortError> {
+        let mut reasons: Vec<String> = Vec::new();
+        for m in self.managed(key).await? {
+            if m.status.is_none() {
+                for e in m.errors {
+                    if !reasons.contains(&e) {
+                        reasons.push(e);
+                    }
+                }
+            }
+        }
+        Ok((!reasons.is_empty()).then(|| reasons.join("; ")))
     }
 
     async fn delete_group(&self, key: &PoolKey) -> Result<(), PortError> {
@@ -529,7 +627,7 @@ impl Fleet for MigFleet {
             .groups
             .delete()
             .set_project(&self.cfg.project)
-            .set_zone(&self.cfg.zone)
+            .set_region(self.region())
             .set_instance_group_manager(&name)
             .poller()
             .until_done()
@@ -537,7 +635,7 @@ impl Fleet for MigFleet {
         {
             Ok(_) => {}
             Err(e) if code_of(&e) == Some(Code::NotFound) => {}
-            Err(e) => return Err(gcp_err(PORT, "instanceGroupManagers.delete", e)),
+            Err(e) => return Err(gcp_err(PORT, "regionInstanceGroupManagers.delete", e)),
         }
         // Only once the group is gone: a template in use cannot be deleted.
         match self

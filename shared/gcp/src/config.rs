@@ -28,8 +28,12 @@ use studio_core::ports::PortError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GcpConfig {
     pub project: String,
-    /// The zone of every managed instance group (zonal MIGs).
-    pub zone: String,
+    /// The zones the managed instance groups spread over, all in one
+    /// region (`STUDIO_GCP_ZONE`: one zone or a comma-separated list). Each
+    /// pool is a regional MIG over them with target shape `ANY`, so a zone
+    /// out of capacity or quota is ridden out in another. On a worker: its
+    /// own VM's zone.
+    pub zones: Vec<String>,
     /// The bucket for GCE jobs' workspaces, logs and checkpoints.
     pub bucket: String,
     /// The workers' service account (its email).
@@ -125,7 +129,7 @@ impl GcpConfig {
         let worker_binary = release("STUDIO_GCP_WORKER_BINARY")?;
         let uv_binary = release("STUDIO_GCP_UV_BINARY")?;
         Ok(Some(GcpConfig {
-            zone: need("STUDIO_GCP_ZONE")?,
+            zones: zones(&need("STUDIO_GCP_ZONE")?)?,
             bucket: need("STUDIO_GCP_BUCKET")?,
             service_account: need("STUDIO_GCP_SERVICE_ACCOUNT")?,
             image: need("STUDIO_GCP_IMAGE")?,
@@ -160,10 +164,43 @@ impl GcpConfig {
         }
     }
 
-    /// The zone's region (`us-central1-a` → `us-central1`).
+    /// The zones' region (`us-central1-a` → `us-central1`).
     pub fn region(&self) -> &str {
-        self.zone.rsplit_once('-').map_or(&self.zone, |(r, _)| r)
+        region_of(&self.zones[0])
     }
+}
+
+/// A zone's region: `us-central1-a` → `us-central1`.
+pub fn region_of(zone: &str) -> &str {
+    zone.rsplit_once('-').map_or(zone, |(r, _)| r)
+}
+
+/// `STUDIO_GCP_ZONE`: one zone or a comma-separated list, of one region.
+fn zones(v: &str) -> Result<Vec<String>, String> {
+    let zones: Vec<String> = v
+        .split(',')
+        .map(|z| z.trim().to_string())
+        .filter(|z| !z.is_empty())
+        .collect();
+    let well_formed = |z: &str| {
+        z.split('-').count() == 3
+            && z.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    };
+    if let Some(bad) = zones.iter().find(|z| !well_formed(z)) {
+        return Err(format!(
+            "STUDIO_GCP_ZONE: '{bad}' is not a zone (e.g. us-central1-a)"
+        ));
+    }
+    let Some(first) = zones.first() else {
+        return Err("STUDIO_GCP_ZONE is required with STUDIO_GCP_PROJECT".into());
+    };
+    if let Some(other) = zones.iter().find(|z| region_of(z) != region_of(first)) {
+        return Err(format!(
+            "STUDIO_GCP_ZONE: {first} and {other} are in different regions; a pool's group spreads over the zones of one region"
+        ));
+    }
+    Ok(zones)
 }
 
 /// The credentials every client uses: anonymous for emulators, else
@@ -242,6 +279,26 @@ mod tests {
             },
             "studio",
         )
+    }
+
+    #[test]
+    fn zones_are_one_or_several_of_one_region() {
+        let one = with(&[]).unwrap().unwrap();
+        assert_eq!((one.zones.len(), one.region()), (1, "us-central1"));
+        let three = with(&[(
+            "STUDIO_GCP_ZONE",
+            "us-central1-a, us-central1-b,us-central1-f",
+        )])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            three.zones,
+            ["us-central1-a", "us-central1-b", "us-central1-f"]
+        );
+        let e = with(&[("STUDIO_GCP_ZONE", "us-central1-a,europe-west1-b")]).unwrap_err();
+        assert!(e.contains("different regions"), "{e}");
+        let e = with(&[("STUDIO_GCP_ZONE", "us-central1")]).unwrap_err();
+        assert!(e.contains("not a zone"), "{e}");
     }
 
     #[test]

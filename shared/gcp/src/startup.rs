@@ -78,12 +78,16 @@ cat > /etc/systemd/system/studio-metadata-block.service <<'UNIT'
 UNIT
 
 install -d -m 0755 /etc/studio
-echo "STUDIO_INSTANCE_ID=$(md instance/name)" > /etc/studio/instance.env
+# The VM's own name and zone (a pool's group spreads over the region's
+# zones; the worker's calls about its own VM go to its zone).
+{{
+    echo "STUDIO_INSTANCE_ID=$(md instance/name)"
+    echo "STUDIO_GCP_ZONE=$(md instance/zone | sed 's#.*/##')"
+}} > /etc/studio/instance.env
 cat > /etc/studio/worker.env <<'ENV'
 STUDIO_BACKEND=gce
 STUDIO_METADATA=gce
 STUDIO_GCP_PROJECT={project}
-STUDIO_GCP_ZONE={zone}
 STUDIO_GCP_BUCKET={bucket}
 STUDIO_GCP_SERVICE_ACCOUNT={account}
 STUDIO_GCP_IMAGE={image}
@@ -116,7 +120,6 @@ systemctl enable --now studio-worker.service
         block = METADATA_BLOCK.trim_end(),
         block_unit = studio_core::worker::users::metadata_block_unit(),
         project = cfg.project,
-        zone = cfg.zone,
         bucket = cfg.bucket,
         account = cfg.service_account,
         image = cfg.image,

@@ -346,6 +346,11 @@ impl ProcessFleet {
 
 #[async_trait]
 impl Fleet for ProcessFleet {
+    /// A local worker is a process: it starts, or the driver says why.
+    async fn launch_trouble(&self, _key: &PoolKey) -> Result<Option<String>, PortError> {
+        Ok(None)
+    }
+
     async fn ensure_group(&self, key: &PoolKey, spec: &PoolSpec) -> Result<(), PortError> {
         self.db
             .conn()

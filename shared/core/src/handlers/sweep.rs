@@ -78,7 +78,14 @@ pub(crate) async fn sweep_pool(ctx: &Ctx, pool: &Pool) -> Result<(u64, u64), Han
                 }
             },
             JobState::Queued => match lifetime_over(&job, now) {
-                Some(why) => drop_for_lifetime(ctx, &job.id, &why, "scale").await,
+                Some(why) => {
+                    // Say why no machine took it, where the cloud said.
+                    let why = match &pool.launch_trouble {
+                        Some(t) => format!("{why}: no machine could be started ({})", t.reason),
+                        None => why,
+                    };
+                    drop_for_lifetime(ctx, &job.id, &why, "scale").await
+                }
                 None => {
                     waiting += 1;
                     Ok(())
