@@ -592,6 +592,30 @@ async fn a_machine_without_a_live_worker_is_retired_and_replaced() {
     let machines = w.machines(&gk).await;
     assert_eq!(machines.len(), 2);
     let (live, silent) = (machines[0].clone(), machines[1].clone());
+    // The job runs on the silent machine: its worker writes the job's
+    // heartbeat (below, by hand) but cannot write the machine's liveness
+    // mark (a permission refused), so the fleet calls the machine silent.
+    let queue = w.ctx.settings.work_queue(&gk);
+    let item = w
+        .ctx
+        .queue
+        .receive(&queue, 1, Duration::from_secs(60), Duration::from_secs(5))
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(matches!(
+        handlers::claim_work(&w.ctx, &silent, &item).await.unwrap(),
+        handlers::Claim::Run(_)
+    ));
+    let beat = async || {
+        let now = w.clock.now();
+        handlers::mutate_job(w.ctx.store.as_ref(), &job_id("pair"), |j| {
+            j.heartbeat_at = Some(now);
+            handlers::Step::Write(())
+        })
+        .await
+        .unwrap();
+    };
     let mut cfg = w.worker_config(&gk, &live);
     cfg.seen_every = Duration::from_millis(100);
     let worker = w.start_worker(cfg);
@@ -601,6 +625,18 @@ async fn a_machine_without_a_live_worker_is_retired_and_replaced() {
     handlers::scale(&w.ctx).await.unwrap();
     assert_eq!(w.machines(&gk).await.len(), 2);
 
+    // Silent past the bound, but its job beats: kept.
+    w.clock.advance(Duration::from_secs(16 * 60));
+    w.until_seen(&live, w.clock.now()).await;
+    beat().await;
+    handlers::scale(&w.ctx).await.unwrap();
+    let kept = w.machines(&gk).await;
+    assert!(
+        kept.contains(&silent) && kept.contains(&live),
+        "a machine whose job beats is kept: {kept:?}"
+    );
+
+    // Its job's heartbeat stale too: retired (and the job runs again).
     w.clock.advance(Duration::from_secs(16 * 60));
     w.until_seen(&live, w.clock.now()).await;
     handlers::scale(&w.ctx).await.unwrap();

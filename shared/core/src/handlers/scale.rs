@@ -6,6 +6,7 @@ use crate::handlers::context::{Ctx, HandlerError};
 use crate::handlers::pools::scale_pool;
 use crate::handlers::sweep::sweep_pool;
 use crate::ids::PoolKey;
+use crate::job::JobState;
 use crate::pool::{Pool, PoolState};
 use crate::ports::PortError;
 use tracing::warn;
@@ -59,6 +60,11 @@ pub async fn scale(ctx: &Ctx) -> Result<Vec<(PoolKey, u32)>, HandlerError> {
 /// its group with decrement, and the reconcile that follows raises the
 /// group again if work waits. A job on such a machine is requeued by its
 /// stale heartbeat.
+///
+/// The fleet's liveness mark (a GCE label, an EC2 tag) is written by the
+/// worker with another permission than the job record: a machine whose
+/// mark is old but whose job's heartbeat is fresh has a live worker that
+/// cannot write its mark. It is kept, and said loudly, not deleted busy.
 async fn retire_silent_machines(ctx: &Ctx, pool: &Pool) -> Result<(), HandlerError> {
     let gk = pool.group_key();
     let now = ctx.clock.now();
@@ -67,6 +73,27 @@ async fn retire_silent_machines(ctx: &Ctx, pool: &Pool) -> Result<(), HandlerErr
         .silent(&gk, ctx.settings.worker_grace, now)
         .await?
     {
+        let beating = ctx
+            .store
+            .jobs_on_instance(&id)
+            .await?
+            .into_iter()
+            .find(|j| {
+                j.state == JobState::Running
+                    && j.instance.as_ref() == Some(&id)
+                    && j.heartbeat_at
+                        .is_some_and(|h| now.since(h) < ctx.settings.heartbeat_timeout)
+            });
+        if let Some(job) = beating {
+            warn!(
+                pool = %pool.key,
+                instance = %id,
+                job_id = %job.id,
+                "the machine's liveness mark is stale but its job's heartbeat is fresh: its worker \
+                 cannot write the mark (check the workers' permission to label their own machine); kept"
+            );
+            continue;
+        }
         warn!(pool = %pool.key, instance = %id, "no live worker on this machine; terminating it");
         match ctx.fleet.terminate(&gk, &id, true).await {
             Ok(()) | Err(PortError::NotFound(_)) => {}
