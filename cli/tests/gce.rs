@@ -192,7 +192,9 @@ impl World {
         let audience = "https://studio.example/v1/pubsub/preemption";
         let auth = studio_aws::webhook::PushAuth {
             audience: audience.into(),
-            jwks: serde_json::from_str(pubsub_push::JWKS).unwrap(),
+            jwks: studio_aws::webhook::GoogleKeys::fixed(
+                serde_json::from_str(pubsub_push::JWKS).unwrap(),
+            ),
             email: pubsub_push::PUSH_EMAIL.into(),
             subject: Some(pubsub_push::PUSH_SUBJECT.into()),
         };

@@ -33,11 +33,30 @@ pub fn token(audience: &str, issuer: &str, exp_in: i64) -> String {
 
 /// `claims` signed as Google signs a push token (RS256, the JWKS's key).
 pub fn signed(claims: &serde_json::Value) -> String {
+    signed_by(
+        claims,
+        "studio-test-1",
+        include_bytes!("../fixtures/oidc/test-key.pem"),
+    )
+}
+
+/// The JWKS after Google rotated a second key in (`studio-test-2`, beside
+/// the first).
+pub const JWKS_ROTATED: &str = include_str!("../fixtures/oidc/jwks-rotated.json");
+
+/// `claims` signed by the key Google rotated in (in [`JWKS_ROTATED`] only).
+pub fn signed_by_the_new_key(claims: &serde_json::Value) -> String {
+    signed_by(
+        claims,
+        "studio-test-2",
+        include_bytes!("../fixtures/oidc/test-key-2.pem"),
+    )
+}
+
+fn signed_by(claims: &serde_json::Value, kid: &str, pem: &[u8]) -> String {
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-    header.kid = Some("studio-test-1".into());
-    let key =
-        jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!("../fixtures/oidc/test-key.pem"))
-            .unwrap();
+    header.kid = Some(kid.into());
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem).unwrap();
     jsonwebtoken::encode(&header, claims, &key).unwrap()
 }
 

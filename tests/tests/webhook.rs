@@ -42,7 +42,9 @@ async fn server() -> Server {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let push = Arc::new(PushAuth {
         audience: AUDIENCE.into(),
-        jwks: serde_json::from_str(include_str!("../fixtures/oidc/jwks.json")).unwrap(),
+        jwks: studio_aws::webhook::GoogleKeys::fixed(
+            serde_json::from_str(include_str!("../fixtures/oidc/jwks.json")).unwrap(),
+        ),
         email: studio_tests::pubsub_push::PUSH_EMAIL.into(),
         subject: Some(studio_tests::pubsub_push::PUSH_SUBJECT.into()),
     });
@@ -541,7 +543,9 @@ async fn a_pubsub_preemption_push_requeues_the_job_once_and_bad_tokens_are_refus
     // genuine token (fail closed), saying so.
     let unconfigured = PushAuth {
         audience: AUDIENCE.into(),
-        jwks: serde_json::from_str(studio_tests::pubsub_push::JWKS).unwrap(),
+        jwks: studio_aws::webhook::GoogleKeys::fixed(
+            serde_json::from_str(studio_tests::pubsub_push::JWKS).unwrap(),
+        ),
         email: String::new(),
         subject: None,
     };
@@ -653,4 +657,128 @@ async fn the_curl_examples_of_the_contract_page_are_accepted() {
         (Some(id), Some("queued")),
         "{state}"
     );
+}
+
+/// Google's certificates URL, served on loopback: the JWKS the test sets
+/// (`Cache-Control: max-age=3600`, as Google sends), or 503; it counts GETs.
+struct Certs {
+    url: String,
+    body: Arc<std::sync::Mutex<Option<&'static str>>>,
+    gets: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn certs(first: &'static str) -> Certs {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/oauth2/v3/certs", listener.local_addr().unwrap());
+    let body = Arc::new(std::sync::Mutex::new(Some(first)));
+    let gets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (b, g) = (body.clone(), gets.clone());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            g.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let resp = match *b.lock().unwrap() {
+                Some(jwks) => format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncache-control: public, max-age=3600, must-revalidate, no-transform\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{jwks}",
+                    jwks.len()
+                ),
+                None => "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".into(),
+            };
+            let _ = stream.write_all(resp.as_bytes()).await;
+        }
+    });
+    Certs { url, body, gets }
+}
+
+/// Google rotates its signing keys: a push token signed by a key the
+/// webhook's cache does not hold yet fetches the keys again (not only at
+/// cold start, as a copied JWKS was), and is accepted; keys are otherwise
+/// kept for their max-age; an unknown key in a forged token fetches at
+/// most once per bound; Google's endpoint down keeps the keys there are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn googles_keys_are_cached_and_fetched_again_when_google_rotates_them() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use studio_aws::webhook::GoogleKeys;
+    use studio_tests::pubsub_push::{claims, envelope, signed_by_the_new_key, JWKS, JWKS_ROTATED};
+    let google = certs(JWKS).await;
+    let s = server().await;
+    let auth = PushAuth {
+        audience: AUDIENCE.into(),
+        jwks: GoogleKeys::fetched(&google.url, std::time::Duration::ZERO),
+        email: studio_tests::pubsub_push::PUSH_EMAIL.into(),
+        subject: Some(studio_tests::pubsub_push::PUSH_SUBJECT.into()),
+    };
+    let schema = studio_aws::webhook::schema();
+    let hook = Webhook {
+        keys: &s.keys,
+        ctx: &s.ctx,
+        push: Some(&auth),
+        submit_queue: &s.submit_queue,
+        schema: &schema,
+    };
+    let push = async |token: String| {
+        hook.handle(&Request {
+            method: "POST".into(),
+            path: "/v1/pubsub/preemption".into(),
+            headers: [("authorization".to_string(), format!("Bearer {token}"))].into(),
+            body: envelope("rotation-1", "i-nothing-runs-here"),
+        })
+        .await
+    };
+    let old = studio_tests::pubsub_push::token(AUDIENCE, "https://accounts.google.com", 600);
+    let new = signed_by_the_new_key(&claims(AUDIENCE, "https://accounts.google.com", 600));
+
+    // Fetched on first need, then kept.
+    for _ in 0..3 {
+        let r = push(old.clone()).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    assert_eq!(google.gets.load(SeqCst), 1, "kept for its max-age");
+    // A key Google has not published: fetched again, still unknown, refused.
+    let r = push(new.clone()).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(
+        r.body
+            .to_string()
+            .contains("not among Google's signing keys"),
+        "{}",
+        r.body
+    );
+    assert_eq!(google.gets.load(SeqCst), 2);
+    // Google rotates it in: the next token signed by it is accepted.
+    *google.body.lock().unwrap() = Some(JWKS_ROTATED);
+    let r = push(new.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(google.gets.load(SeqCst), 3);
+
+    // Unknown keys fetch at most once per bound, and Google down keeps the
+    // keys there are.
+    let bounded = GoogleKeys::fetched(&google.url, std::time::Duration::from_secs(3600));
+    bounded.find("studio-test-1").await.unwrap();
+    let before = google.gets.load(SeqCst);
+    for _ in 0..5 {
+        let e = bounded.find("forged-kid").await.unwrap_err();
+        assert!(e.contains("not among"), "{e}");
+    }
+    assert_eq!(
+        google.gets.load(SeqCst),
+        before,
+        "no fetch per forged token"
+    );
+    *google.body.lock().unwrap() = None;
+    let down = GoogleKeys::fetched(&google.url, std::time::Duration::ZERO);
+    let e = down.find("studio-test-1").await.unwrap_err();
+    assert!(
+        e.contains("could not be fetched") && e.contains("503"),
+        "{e}"
+    );
+    bounded.find("studio-test-2").await.unwrap();
 }

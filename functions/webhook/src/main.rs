@@ -3,8 +3,10 @@
 //! at cold start, from the SSM SecureString parameter named by
 //! `STUDIO_WEBHOOK_KEYS_PARAMETER`: never from an environment variable's value.
 //! `POST /v1/pubsub/preemption` takes Pub/Sub pushes whose OIDC token is
-//! for `STUDIO_PUBSUB_AUDIENCE`, signed by a key of the JWKS in the SSM
-//! parameter `STUDIO_PUBSUB_JWKS_PARAMETER` (both unset: refused), and from
+//! for `STUDIO_PUBSUB_AUDIENCE` (unset: refused), signed by one of Google's
+//! keys (fetched from `STUDIO_PUBSUB_JWKS_URL`, Google's certificates by
+//! default, cached for their max-age and fetched again when a token names a
+//! key Google rotated in), and from
 //! the push subscription's service account `STUDIO_PUBSUB_PUSH_EMAIL`
 //! (required: unset, every push is refused, saying why in the log) whose
 //! unique id, if `STUDIO_PUBSUB_PUSH_SUBJECT` is set, is that.
@@ -33,11 +35,8 @@ async fn main() -> Result<(), Error> {
     .await?;
     let schema = webhook::schema();
     // The Pub/Sub push route, when configured (the GCP backend sets both).
-    let push = match (
-        std::env::var("STUDIO_PUBSUB_AUDIENCE"),
-        std::env::var("STUDIO_PUBSUB_JWKS_PARAMETER"),
-    ) {
-        (Ok(audience), Ok(parameter)) => {
+    let push = match std::env::var("STUDIO_PUBSUB_AUDIENCE") {
+        Ok(audience) if !audience.trim().is_empty() => {
             let email = std::env::var("STUDIO_PUBSUB_PUSH_EMAIL").unwrap_or_default();
             if email.trim().is_empty() {
                 tracing::error!(
@@ -49,7 +48,16 @@ async fn main() -> Result<(), Error> {
             let subject = std::env::var("STUDIO_PUBSUB_PUSH_SUBJECT")
                 .ok()
                 .filter(|s| !s.trim().is_empty());
-            Some(lambda::push_auth(&sdk, &audience, &parameter, &email, subject.as_deref()).await?)
+            let url = std::env::var("STUDIO_PUBSUB_JWKS_URL")
+                .ok()
+                .filter(|s| !s.trim().is_empty())
+                .unwrap_or_else(|| webhook::GOOGLE_CERTS.to_string());
+            Some(lambda::push_auth(
+                &audience,
+                &url,
+                &email,
+                subject.as_deref(),
+            ))
         }
         _ => None,
     };

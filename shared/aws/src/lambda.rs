@@ -263,36 +263,24 @@ pub async fn webhook_keys(
     Ok(crate::webhook::Keys::from_json(text).map_err(|e| format!("parameter {parameter}: {e}"))?)
 }
 
-/// The Pub/Sub push route's trust: the audience, the JWKS stored in the
-/// SSM parameter (Google's keys; the GCP backend keeps it current), and the
-/// push subscription's service account (`email`; empty: every push is
-/// refused) and its unique id (`subject`, optional).
-///
-/// # Errors
-/// The parameter cannot be read or is not a JWKS.
+/// The Pub/Sub push route's trust: the audience, Google's signing keys
+/// fetched from `jwks_url` (Google's certificates URL in production) and
+/// kept current, and the push subscription's service account (`email`;
+/// empty: every push is refused) and its unique id (`subject`, optional).
 #[cfg(feature = "webhook")]
-pub async fn push_auth(
-    sdk: &aws_config::SdkConfig,
+pub fn push_auth(
     audience: &str,
-    parameter: &str,
+    jwks_url: &str,
     email: &str,
     subject: Option<&str>,
-) -> Result<crate::webhook::PushAuth, lambda_runtime::Error> {
-    let out = aws_sdk_ssm::Client::new(sdk)
-        .get_parameter()
-        .name(parameter)
-        .send()
-        .await
-        .map_err(|e| crate::error::AwsError::sdk("GetParameter", e))?;
-    let text = out.parameter().and_then(|p| p.value()).unwrap_or_default();
-    let jwks = serde_json::from_str(text)
-        .map_err(|e| format!("parameter {parameter}: not a JWKS: {e}"))?;
-    Ok(crate::webhook::PushAuth {
+) -> crate::webhook::PushAuth {
+    crate::webhook::PushAuth {
         audience: audience.to_string(),
-        jwks,
+        // An unknown key fetches again at most once a minute.
+        jwks: crate::webhook::GoogleKeys::fetched(jwks_url, std::time::Duration::from_secs(60)),
         email: email.trim().to_string(),
         subject: subject.map(str::to_string),
-    })
+    }
 }
 
 /// A function URL request → the webhook → a function URL response.

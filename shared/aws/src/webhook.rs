@@ -109,14 +109,136 @@ fn refuse(status: u16, why: impl Into<String>) -> Response {
 pub struct PushAuth {
     /// The audience the push subscription sets (the endpoint's URL).
     pub audience: String,
-    /// Google's signing keys (https://www.googleapis.com/oauth2/v3/certs).
-    pub jwks: jsonwebtoken::jwk::JwkSet,
+    /// Google's signing keys, kept current.
+    pub jwks: GoogleKeys,
     /// The push subscription's service account (`--push-auth-service-account`):
     /// the token's `email`, which Google must have verified. Empty: every
     /// push is refused, and each refusal logged with the reason.
     pub email: String,
     /// That account's unique id, when configured: the token's `sub`.
     pub subject: Option<String>,
+}
+
+/// Where Google publishes the keys that sign its OIDC tokens.
+pub const GOOGLE_CERTS: &str = "https://www.googleapis.com/oauth2/v3/certs";
+
+/// Google's token-signing keys, fetched from its certificates URL and kept
+/// for the response's `Cache-Control: max-age`. Google rotates them: a new
+/// key signs tokens before a cache made earlier expires, so a token naming
+/// a key not in the cache fetches again at once, at most once per
+/// `refetch_after` (an unknown key in a forged token cannot make every
+/// request a fetch). A fetch that fails keeps the keys there are.
+pub struct GoogleKeys {
+    /// `None`: a fixed set (tests, or keys an operator pins).
+    url: Option<String>,
+    refetch_after: std::time::Duration,
+    http: Option<reqwest::Client>,
+    cache: tokio::sync::Mutex<KeyCache>,
+}
+
+struct KeyCache {
+    set: jsonwebtoken::jwk::JwkSet,
+    fetched: Option<std::time::Instant>,
+    max_age: std::time::Duration,
+}
+
+impl GoogleKeys {
+    /// Exactly these keys, never fetched.
+    pub fn fixed(set: jsonwebtoken::jwk::JwkSet) -> GoogleKeys {
+        GoogleKeys {
+            url: None,
+            refetch_after: std::time::Duration::MAX,
+            http: None,
+            cache: tokio::sync::Mutex::new(KeyCache {
+                set,
+                fetched: None,
+                max_age: std::time::Duration::MAX,
+            }),
+        }
+    }
+
+    /// The keys at `url` ([`GOOGLE_CERTS`] in production), fetched on
+    /// first need; an unknown key fetches again after `refetch_after`.
+    pub fn fetched(url: &str, refetch_after: std::time::Duration) -> GoogleKeys {
+        GoogleKeys {
+            url: Some(url.to_string()),
+            refetch_after,
+            http: Some(
+                reqwest::Client::builder()
+                    .timeout(std::time::Duration::from_secs(5))
+                    .build()
+                    .unwrap_or_default(),
+            ),
+            cache: tokio::sync::Mutex::new(KeyCache {
+                set: jsonwebtoken::jwk::JwkSet { keys: Vec::new() },
+                fetched: None,
+                max_age: std::time::Duration::ZERO,
+            }),
+        }
+    }
+
+    /// The key named `kid`.
+    ///
+    /// # Errors
+    /// Why no key of that name can be had (unknown, or the keys could not
+    /// be fetched).
+    pub async fn find(&self, kid: &str) -> Result<jsonwebtoken::jwk::Jwk, String> {
+        let mut cache = self.cache.lock().await;
+        let age = cache.fetched.map(|t| t.elapsed());
+        let known = cache.set.find(kid).is_some();
+        let stale = age.is_none_or(|a| a >= cache.max_age);
+        let may_refetch = age.is_none_or(|a| a >= self.refetch_after);
+        let mut fetch_error = None;
+        if let (Some(url), Some(http)) = (&self.url, &self.http) {
+            if stale || (!known && may_refetch) {
+                match fetch_keys(http, url).await {
+                    Ok((set, max_age)) => {
+                        *cache = KeyCache {
+                            set,
+                            fetched: Some(std::time::Instant::now()),
+                            max_age,
+                        };
+                    }
+                    Err(e) => {
+                        tracing::warn!(url, error = %e, "could not fetch Google's signing keys; keeping the ones there are");
+                        fetch_error = Some(e);
+                    }
+                }
+            }
+        }
+        if let Some(k) = cache.set.find(kid) {
+            return Ok(k.clone());
+        }
+        Err(match fetch_error {
+            Some(e) => format!(
+                "the token's key '{kid}' is not known and Google's keys could not be fetched: {e}"
+            ),
+            None => format!("the token's key '{kid}' is not among Google's signing keys"),
+        })
+    }
+}
+
+/// GET of a JWKS and its `Cache-Control: max-age` (none: an hour).
+async fn fetch_keys(
+    http: &reqwest::Client,
+    url: &str,
+) -> Result<(jsonwebtoken::jwk::JwkSet, std::time::Duration), String> {
+    let resp = http.get(url).send().await.map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("{url} answered {}", resp.status()));
+    }
+    let max_age = resp
+        .headers()
+        .get("cache-control")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.split(',')
+                .find_map(|d| d.trim().strip_prefix("max-age=")?.parse::<u64>().ok())
+        })
+        .unwrap_or(3600);
+    let body = resp.bytes().await.map_err(|e| e.to_string())?;
+    let set = serde_json::from_slice(&body).map_err(|e| format!("{url}: not a JWKS: {e}"))?;
+    Ok((set, std::time::Duration::from_secs(max_age)))
 }
 
 /// Issuers of Google's OIDC tokens.
@@ -405,7 +527,7 @@ impl Webhook<'_> {
             Some(t) => t.trim(),
             None => return refuse(401, "missing header authorization: Bearer <OIDC token>"),
         };
-        if let Err(why) = verify_token(auth, token) {
+        if let Err(why) = verify_token(auth, token).await {
             return refuse(401, why);
         }
         let event = match preemption_event(&req.body) {
@@ -491,7 +613,7 @@ pub fn preemption_event(body: &[u8]) -> Result<InstanceEvent, String> {
 /// JWKS named in the token's `kid`), the issuer, the audience, the expiry,
 /// then who it is: `email` the configured account's, `email_verified`
 /// true and, when configured, `sub` its unique id.
-fn verify_token(auth: &PushAuth, token: &str) -> Result<(), String> {
+async fn verify_token(auth: &PushAuth, token: &str) -> Result<(), String> {
     let email = auth.email.trim();
     if email.is_empty() {
         let why = "Pub/Sub push is refused: this deployment names no push service account \
@@ -501,11 +623,8 @@ fn verify_token(auth: &PushAuth, token: &str) -> Result<(), String> {
     }
     let header = jsonwebtoken::decode_header(token).map_err(|e| format!("not a JWT: {e}"))?;
     let kid = header.kid.ok_or("the token names no key (kid)")?;
-    let jwk = auth
-        .jwks
-        .find(&kid)
-        .ok_or_else(|| format!("the token's key '{kid}' is not among the configured keys"))?;
-    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|e| format!("key '{kid}': {e}"))?;
+    let jwk = auth.jwks.find(&kid).await?;
+    let key = jsonwebtoken::DecodingKey::from_jwk(&jwk).map_err(|e| format!("key '{kid}': {e}"))?;
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
     validation.set_audience(&[auth.audience.as_str()]);
     validation.set_issuer(GOOGLE_ISSUERS);
