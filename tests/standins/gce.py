@@ -473,6 +473,16 @@ class State:
             self.recreate.pop(gkey, None)
         return self.group_op(gkey, "delete", apply)
 
+    def set_instance_template(self, gkey, body):
+        """The template the group makes new VMs from; VMs it made keep theirs
+        (https://cloud.google.com/compute/docs/reference/rest/v1/regionInstanceGroupManagers/setInstanceTemplate)."""
+        ref = body.get("instanceTemplate")
+        tkey = self.resolve_template(gkey[1], ref)
+        if tkey is None or tkey not in self.templates:
+            raise not_found(ref or "instanceTemplate")
+        return self.group_op(gkey, "setInstanceTemplate",
+                             lambda grp: grp.__setitem__("instanceTemplate", ref))
+
     def resize_group(self, gkey, size):
         return self.group_op(gkey, "resize", lambda grp: grp.__setitem__("targetSize", size))
 
@@ -923,6 +933,8 @@ def _scope_routes(kind, base):
             [S.group_json(k) for k in S.groups if k[:3] == (kind, m[0], m[1])])),
         ("GET", igm + "/" + SEG, lambda m, q, b: S.group_json(gkey(m))),
         ("DELETE", igm + "/" + SEG, lambda m, q, b: S.delete_group(gkey(m))),
+        ("POST", igm + "/" + SEG + "/setInstanceTemplate",
+         lambda m, q, b: S.set_instance_template(gkey(m), b)),
         ("POST", igm + "/" + SEG + "/resize",
          lambda m, q, b: S.resize_group(gkey(m), _int_param(q, "size"))),
         ("POST", igm + "/" + SEG + "/deleteInstances", lambda m, q, b: S.delete_instances(gkey(m), b)),

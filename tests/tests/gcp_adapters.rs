@@ -182,13 +182,22 @@ fn gce_spec(cloud: Cloud, cpus: u32, ram: &str, gpus: u32, hdd: Option<&str>) ->
     PoolSpec::for_job(&job, &plan)
 }
 
-fn template_of<'a>(state: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+/// The template the group `group` makes its VMs from.
+fn template_of<'a>(state: &'a serde_json::Value, group: &str) -> &'a serde_json::Value {
+    let used = state["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == group)
+        .and_then(|g| g["instanceTemplate"].as_str())
+        .and_then(|t| t.rsplit('/').next())
+        .unwrap_or_else(|| panic!("no group {group} in {state}"));
     state["templates"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|t| t["name"] == name)
-        .unwrap_or_else(|| panic!("no template {name} in {state}"))
+        .find(|t| t["name"] == used)
+        .unwrap_or_else(|| panic!("no template {used} in {state}"))
 }
 
 #[tokio::test]
@@ -594,4 +603,63 @@ async fn a_late_preemption_push_leaves_the_vm_recreated_under_its_name_alone() {
     std::fs::write(&gate, "").unwrap();
     stop2.send(true).unwrap();
     let _ = tokio::time::timeout(Duration::from_secs(30), second).await;
+}
+
+/// A new worker binary (or image, or setting) reaches a live pool: the
+/// template is named by its content, so the group is switched to the new
+/// one (new VMs boot the new binary), the old one is deleted, and deleting
+/// the group leaves no template.
+#[tokio::test]
+async fn compute_a_new_worker_binary_reaches_a_live_pool() {
+    let (standin, fleet) = fleet().await;
+    let spec = gce_spec(Cloud::Gcspot, 2, "4g", 0, None);
+    let key = spec.key();
+    fleet.ensure_group(&key, &spec).await.unwrap();
+    let group = fleet.name(&key);
+    let first = template_of(&standin.state().await, &group)["name"].clone();
+    // The same settings again: the same template, nothing switched.
+    fleet.ensure_group(&key, &spec).await.unwrap();
+    let state = standin.state().await;
+    assert_eq!(template_of(&state, &group)["name"], first);
+    assert_eq!(state["templates"].as_array().unwrap().len(), 1);
+
+    let mut cfg = gcp::config("studio-dev", Some(&standin));
+    cfg.worker_binary = Some((
+        "gs://studio-dev-releases/releases/studio-new".into(),
+        "ab".repeat(32),
+    ));
+    let upgraded = MigFleet::new(&cfg).await.unwrap();
+    upgraded.ensure_group(&key, &spec).await.unwrap();
+    let state = standin.state().await;
+    let now = template_of(&state, &group);
+    assert_ne!(now["name"], first, "a new template");
+    let script = now["properties"]["metadata"]["items"][0]["value"]
+        .as_str()
+        .unwrap();
+    assert!(script.contains("studio-new"), "{script}");
+    assert_eq!(
+        state["templates"].as_array().unwrap().len(),
+        1,
+        "the old template is deleted: {state}"
+    );
+    // New VMs come from it.
+    upgraded.set_target(&key, 1, None).await.unwrap();
+    let vm = studio_tests::eventually("a VM", Duration::from_secs(10), async || {
+        upgraded.instances(&key).await.unwrap().into_iter().next()
+    })
+    .await;
+    let state = standin.state().await;
+    let inst = state["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == vm.id.as_str())
+        .unwrap();
+    assert_eq!(inst["template"], now["name"]);
+
+    upgraded.set_target(&key, 0, None).await.unwrap();
+    upgraded.delete_group(&key).await.unwrap();
+    let state = standin.state().await;
+    assert!(state["templates"].as_array().unwrap().is_empty(), "{state}");
+    assert!(state["groups"].as_array().unwrap().is_empty(), "{state}");
 }

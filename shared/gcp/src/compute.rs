@@ -42,6 +42,7 @@ use google_cloud_compute_v1::model::{
 };
 use google_cloud_gax::error::rpc::Code;
 use google_cloud_lro::Poller;
+use sha2::Digest;
 use std::time::Duration;
 use studio_core::clock::Timestamp;
 use studio_core::ids::{InstanceId, PoolKey};
@@ -124,6 +125,29 @@ impl MigFleet {
         self.cfg.region()
     }
 
+    /// Deletes the template `name`; gone already is done. A template some
+    /// group still uses is kept (GCE refuses; its group's own delete or
+    /// switch deletes it later).
+    async fn delete_template(&self, name: &str) -> Result<(), PortError> {
+        match self
+            .templates
+            .delete()
+            .set_project(&self.cfg.project)
+            .set_instance_template(name)
+            .poller()
+            .until_done()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if code_of(&e) == Some(Code::NotFound) => Ok(()),
+            Err(e) if code_of(&e) == Some(Code::InvalidArgument) => {
+                tracing::warn!(template = name, error = %e, "template still in use; kept");
+                Ok(())
+            }
+            Err(e) => Err(gcp_err(PORT, "instanceTemplates.delete", e)),
+        }
+    }
+
     /// The zone of `key`'s VM `id`: the one configured zone, else where its
     /// group put it.
     async fn zone_of(&self, key: &PoolKey, id: &InstanceId) -> Result<String, PortError> {
@@ -165,7 +189,6 @@ impl MigFleet {
     async fn template(
         &self,
         key: &PoolKey,
-        name: &str,
         spec: &PoolSpec,
     ) -> Result<InstanceTemplate, PortError> {
         let machine =
@@ -244,8 +267,16 @@ impl MigFleet {
                 .set_accelerator_type(gpu_type)
                 .set_accelerator_count(gpus as i32)]);
         }
+        // Named by its content: a new worker binary, image or setting is a
+        // new template, which the group then makes new VMs from.
+        let body = serde_json::to_value(&props).map_err(|e| PortError::backend(PORT, e))?;
+        let digest = sha2::Sha256::digest(canonical(&body).as_bytes());
         Ok(InstanceTemplate::new()
-            .set_name(name)
+            .set_name(format!(
+                "{}-t-{}",
+                self.cfg.prefix,
+                &hex::encode(digest)[..16]
+            ))
             .set_description(format!("Studio pool {key}"))
             .set_properties(props))
     }
@@ -350,7 +381,8 @@ fn timestamp_of(rfc3339: Option<&str>) -> Timestamp {
 impl Fleet for MigFleet {
     async fn ensure_group(&self, key: &PoolKey, spec: &PoolSpec) -> Result<(), PortError> {
         let name = self.name(key);
-        let template = self.template(key, &name, spec).await?;
+        let template = self.template(key, spec).await?;
+        let tname = template.name.clone().unwrap_or_default();
         match self
             .templates
             .insert()
@@ -364,6 +396,36 @@ impl Fleet for MigFleet {
             Err(e) if code_of(&e) == Some(Code::AlreadyExists) => {}
             Err(e) => return Err(gcp_err(PORT, "instanceTemplates.insert", e)),
         }
+        let turl = format!(
+            "projects/{}/global/instanceTemplates/{tname}",
+            self.cfg.project
+        );
+        if let Some(g) = self.get_group(key).await? {
+            // A live pool from an earlier template: new VMs from this one
+            // (the running ones finish as they are), then the old one goes.
+            let old = g
+                .instance_template
+                .as_deref()
+                .map(last_segment)
+                .unwrap_or_default();
+            if old != tname {
+                self.groups
+                    .set_instance_template()
+                    .set_project(&self.cfg.project)
+                    .set_region(self.region())
+                    .set_instance_group_manager(&name)
+                    .set_body(
+                        model::RegionInstanceGroupManagersSetTemplateRequest::new()
+                            .set_instance_template(&turl),
+                    )
+                    .poller()
+                    .until_done()
+                    .await
+                    .map_err(err("regionInstanceGroupManagers.setInstanceTemplate"))?;
+                self.delete_template(old).await?;
+            }
+            return Ok(());
+        }
         let group = InstanceGroupManager::new()
             .set_name(&name)
             .set_base_instance_name(
@@ -372,10 +434,7 @@ impl Fleet for MigFleet {
                     .collect::<String>()
                     .trim_end_matches('-'),
             )
-            .set_instance_template(format!(
-                "projects/{}/global/instanceTemplates/{name}",
-                self.cfg.project
-            ))
+            .set_instance_template(turl)
             .set_target_size(0)
             .set_description(format!("Studio pool {key}"))
             // Any zone with capacity: the shape for batch work, which
@@ -623,6 +682,11 @@ impl Fleet for MigFleet {
 
     async fn delete_group(&self, key: &PoolKey) -> Result<(), PortError> {
         let name = self.name(key);
+        let template = self
+            .get_group(key)
+            .await?
+            .and_then(|g| g.instance_template)
+            .map(|t| last_segment(&t).to_string());
         match self
             .groups
             .delete()
@@ -638,19 +702,46 @@ impl Fleet for MigFleet {
             Err(e) => return Err(gcp_err(PORT, "regionInstanceGroupManagers.delete", e)),
         }
         // Only once the group is gone: a template in use cannot be deleted.
-        match self
-            .templates
-            .delete()
-            .set_project(&self.cfg.project)
-            .set_instance_template(&name)
-            .poller()
-            .until_done()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if code_of(&e) == Some(Code::NotFound) => Ok(()),
-            Err(e) => Err(gcp_err(PORT, "instanceTemplates.delete", e)),
+        // (A group made before templates were named by content used its own
+        // name for its template.)
+        for t in template.iter().map(String::as_str).chain([name.as_str()]) {
+            self.delete_template(t).await?;
         }
+        Ok(())
+    }
+}
+
+/// The last part of a resource URL or path.
+fn last_segment(url: &str) -> &str {
+    url.rsplit('/').next().unwrap_or(url)
+}
+
+/// `v` as JSON with every object's keys sorted: the same content, the same
+/// text (maps serialize in any order).
+fn canonical(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            let inner: Vec<String> = keys
+                .into_iter()
+                .map(|k| {
+                    format!(
+                        "{}:{}",
+                        serde_json::Value::String(k.clone()),
+                        canonical(&m[k])
+                    )
+                })
+                .collect();
+            format!("{{{}}}", inner.join(","))
+        }
+        serde_json::Value::Array(a) => {
+            format!(
+                "[{}]",
+                a.iter().map(canonical).collect::<Vec<_>>().join(",")
+            )
+        }
+        other => other.to_string(),
     }
 }
 

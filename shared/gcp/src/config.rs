@@ -97,6 +97,9 @@ impl GcpConfig {
         };
         let need =
             |k: &str| get(k).ok_or_else(|| format!("{k} is required with STUDIO_GCP_PROJECT"));
+        // GCE names are lowercase; a CloudFormation stack's name (the
+        // prefix) may not be: `Studio-Prod` names `studio-prod-...` here.
+        let prefix = &prefix.to_ascii_lowercase();
         let prefix_ok = prefix
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
@@ -279,6 +282,28 @@ mod tests {
             },
             "studio",
         )
+    }
+
+    #[test]
+    fn an_upper_case_stack_name_gives_lowercase_gce_names() {
+        let all = [
+            ("STUDIO_GCP_PROJECT", "p"),
+            ("STUDIO_GCP_ZONE", "us-central1-a"),
+            ("STUDIO_GCP_BUCKET", "b"),
+            ("STUDIO_GCP_SERVICE_ACCOUNT", "w@p.iam.gserviceaccount.com"),
+            ("STUDIO_GCP_IMAGE", "projects/p/global/images/i"),
+        ];
+        let lookup = |k: &str| {
+            all.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        };
+        let cfg = GcpConfig::from_lookup(lookup, "Studio-Prod")
+            .unwrap()
+            .unwrap();
+        assert_eq!(cfg.prefix, "studio-prod");
+        let e = GcpConfig::from_lookup(lookup, "Studio-Prod-With-A-Very-Long-Name").unwrap_err();
+        assert!(e.contains("too long"), "{e}");
     }
 
     #[test]

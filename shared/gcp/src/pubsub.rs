@@ -97,6 +97,11 @@ struct PulledMessage {
     message_id: String,
 }
 
+/// How long a pull may take before it is given up (and a new one sent).
+const PULL_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long any other subscriber call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 fn deadline_secs(d: Duration) -> u64 {
     d.min(MAX_ACK_DEADLINE).as_secs()
 }
@@ -172,10 +177,20 @@ impl PubSubQueue {
                 CacheableResource::New { data, .. } => data,
                 CacheableResource::NotModified => Default::default(),
             };
+            // Bounded: a connection that dies without a word (a NAT that
+            // forgot it) must not hold the queue's pull, and with it the
+            // worker, forever. A long pull is held by the server for at
+            // most about a minute and a half.
+            let limit = if verb == "pull" {
+                PULL_TIMEOUT
+            } else {
+                CALL_TIMEOUT
+            };
             let resp = http
                 .post(&url)
                 .headers(headers)
                 .json(&body)
+                .timeout(limit)
                 .send()
                 .await
                 .map_err(|e| PortError::backend(PORT, format!("{verb}: {e}")))?;
