@@ -157,6 +157,30 @@ impl GceShape {
 
 const GIB_MIB: u64 = 1024;
 
+/// Per GPU count of an N1 GPU: (count, most vCPUs, most GB of memory),
+/// from https://cloud.google.com/compute/docs/gpus#n1-gpus (read
+/// 2026-12; P100's 4-GPU row is 64 vCPUs outside the few zones that allow
+/// 96, so 64 here).
+fn n1_gpu_limits(key: &str) -> &'static [(u32, u32, u64)] {
+    if key.ends_with("v100") {
+        &[(1, 12, 78), (2, 24, 156), (4, 48, 312), (8, 96, 624)]
+    } else if key.ends_with("p100") {
+        &[(1, 16, 104), (2, 32, 208), (4, 64, 208)]
+    } else if key.ends_with("p4") {
+        &[(1, 24, 156), (2, 48, 312), (4, 96, 624)]
+    } else if key.ends_with("t4") {
+        &[(1, 48, 312), (2, 48, 312), (4, 96, 624)]
+    } else {
+        // Unknown here: the counts only, GCE says the rest.
+        &[
+            (1, u32::MAX, u64::MAX / GIB_MIB),
+            (2, u32::MAX, u64::MAX / GIB_MIB),
+            (4, u32::MAX, u64::MAX / GIB_MIB),
+            (8, u32::MAX, u64::MAX / GIB_MIB),
+        ]
+    }
+}
+
 /// The nearest valid custom shape at least as large as the request.
 ///
 /// # Errors
@@ -215,11 +239,8 @@ pub fn gce_shape(
         (0, None)
     } else {
         let key = rates.gpu_key(gpu_type.unwrap_or(DEFAULT_GPU))?;
-        let allowed: &[u32] = if key.ends_with("t4") || key.ends_with("p4") {
-            &[1, 2, 4]
-        } else {
-            &[1, 2, 4, 8]
-        };
+        let limits = n1_gpu_limits(&key);
+        let allowed: Vec<u32> = limits.iter().map(|l| l.0).collect();
         let Some(&n) = allowed.iter().find(|&&n| n >= gpus) else {
             return Err(GceError::Request(format!(
                 "no GCE machine takes {gpus} {key} GPUs; the most is {}",
@@ -231,6 +252,23 @@ pub fn gce_shape(
                 "GPUs {gpus} → {n}: {key} is attached in counts of {allowed:?}"
             ));
         }
+        // N1 bounds the vCPUs and memory per GPU count: a larger shape is
+        // refused by GCE at every VM creation, so it is refused here, with
+        // the count that would fit.
+        if let Some(&(_, max_vcpus, max_gib)) = limits.iter().find(|l| l.0 == n) {
+            if vcpus > max_vcpus || mem > max_gib * GIB_MIB {
+                let fits = limits
+                    .iter()
+                    .find(|l| l.1 >= vcpus && l.2 * GIB_MIB >= mem)
+                    .map_or(String::from("no count of it takes that much"), |l| {
+                        format!("--gpus={} allows {} vCPUs and {} GB", l.0, l.1, l.2)
+                    });
+                return Err(GceError::Request(format!(
+                    "{n} {key} on an N1 machine allows at most {max_vcpus} vCPUs and {max_gib} GB; asked {vcpus} vCPUs and {}: ask for less, or {fits}",
+                    format_mib(mem)
+                )));
+            }
+        }
         (n, Some(key))
     };
     Ok(GceShape {
@@ -240,4 +278,32 @@ pub fn gce_shape(
         gpu_type,
         changes,
     })
+}
+
+#[cfg(test)]
+mod n1_gpu_tests {
+    use super::*;
+
+    #[test]
+    fn n1_gpus_bound_the_vcpus_and_memory_and_p100_stops_at_four() {
+        let rates = GceRates::shipped();
+        let v100 = Some("v100");
+        let ok = gce_shape(12, Some(64 * GIB_MIB), 1, v100, &rates).unwrap();
+        assert_eq!((ok.vcpus, ok.gpus), (12, 1));
+        let e = gce_shape(16, Some(64 * GIB_MIB), 1, v100, &rates)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at most 12 vCPUs and 78 GB"), "{e}");
+        assert!(e.contains("--gpus=2 allows 24 vCPUs"), "{e}");
+        let e = gce_shape(8, Some(100 * GIB_MIB), 1, v100, &rates)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("78 GB"), "{e}");
+        let e = gce_shape(4, None, 8, Some("p100"), &rates)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the most is 4"), "{e}");
+        // T4 takes 48 vCPUs with one GPU.
+        assert!(gce_shape(48, Some(200 * GIB_MIB), 1, None, &rates).is_ok());
+    }
 }
