@@ -61,10 +61,16 @@ pub struct GcpConfig {
     pub storage_endpoint: Option<String>,
     /// Anonymous credentials (emulators only).
     pub anonymous: bool,
+    /// How the functions reach Google from AWS: a workload identity
+    /// federation credential configuration (`gcloud iam workload-identity-
+    /// pools create-cred-config ... --aws`; no key in it), checked and made
+    /// fit for Lambda ([`lambda_credential_config`]). `None`: Application
+    /// Default Credentials (the VM's own account on GCE).
+    pub credential_config: Option<serde_json::Value>,
 }
 
 /// The environment variables [`GcpConfig::from_lookup`] reads, and what each is.
-pub const GCP_KEYS: [(&str, &str); 14] = [
+pub const GCP_KEYS: [(&str, &str); 15] = [
     ("STUDIO_GCP_PROJECT", "project"),
     ("STUDIO_GCP_ZONE", "zone"),
     ("STUDIO_GCP_BUCKET", "bucket"),
@@ -79,6 +85,7 @@ pub const GCP_KEYS: [(&str, &str); 14] = [
     ("STUDIO_PUBSUB_ENDPOINT", "pubsub_endpoint"),
     ("STUDIO_COMPUTE_ENDPOINT", "compute_endpoint"),
     ("STUDIO_GCS_ENDPOINT", "storage_endpoint"),
+    ("STUDIO_GCP_CREDENTIAL_CONFIG", "credential_config"),
 ];
 
 impl GcpConfig {
@@ -147,6 +154,9 @@ impl GcpConfig {
             compute_endpoint: get("STUDIO_COMPUTE_ENDPOINT"),
             storage_endpoint: get("STUDIO_GCS_ENDPOINT"),
             anonymous: get("STUDIO_GCP_ANONYMOUS").is_some_and(|v| v == "1"),
+            credential_config: get("STUDIO_GCP_CREDENTIAL_CONFIG")
+                .map(|v| lambda_credential_config(&v))
+                .transpose()?,
             project,
         }))
     }
@@ -176,6 +186,48 @@ impl GcpConfig {
 /// A zone's region: `us-central1-a` → `us-central1`.
 pub fn region_of(zone: &str) -> &str {
     zone.rsplit_once('-').map_or(zone, |(r, _)| r)
+}
+
+/// A workload identity federation credential configuration, checked for
+/// what a Lambda function can use: an `external_account` whose subject
+/// token comes from AWS. Lambda has no instance metadata service, so an
+/// IMDSv2 session token URL (a config made with `--enable-imdsv2`) is
+/// dropped: google-cloud-auth would ask it first and fail, and the
+/// function's region and credentials are in its environment anyway.
+///
+/// # Errors
+/// Not JSON, not an external account, or not AWS-sourced: what and why.
+pub fn lambda_credential_config(text: &str) -> Result<serde_json::Value, String> {
+    let key = "STUDIO_GCP_CREDENTIAL_CONFIG";
+    let mut v: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| format!("{key}: not JSON ({e}); give the file `gcloud iam workload-identity-pools create-cred-config ... --aws` writes"))?;
+    if v["type"] != "external_account" {
+        return Err(format!(
+            "{key}: type {} is not external_account: the functions reach Google by workload identity federation, never with a key",
+            v["type"]
+        ));
+    }
+    let env = v["credential_source"]["environment_id"]
+        .as_str()
+        .unwrap_or_default();
+    if !env.starts_with("aws") {
+        return Err(format!(
+            "{key}: credential_source.environment_id '{env}' is not AWS: make it with --aws"
+        ));
+    }
+    if !v["audience"]
+        .as_str()
+        .is_some_and(|a| a.contains("/workloadIdentityPools/") && a.contains("/providers/"))
+    {
+        return Err(format!(
+            "{key}: audience {} names no workload identity pool provider",
+            v["audience"]
+        ));
+    }
+    if let Some(source) = v["credential_source"].as_object_mut() {
+        source.remove("imdsv2_session_token_url");
+    }
+    Ok(v)
 }
 
 /// `STUDIO_GCP_ZONE`: one zone or a comma-separated list, of one region.
@@ -218,6 +270,11 @@ pub fn credentials(
 ) -> Result<google_cloud_auth::credentials::Credentials, PortError> {
     if cfg.anonymous {
         return Ok(anonymous());
+    }
+    if let Some(config) = &cfg.credential_config {
+        return google_cloud_auth::credentials::external_account::Builder::new(config.clone())
+            .build()
+            .map_err(|e| PortError::backend("gcp", e));
     }
     google_cloud_auth::credentials::Builder::default()
         .build()
@@ -304,6 +361,49 @@ mod tests {
         assert_eq!(cfg.prefix, "studio-prod");
         let e = GcpConfig::from_lookup(lookup, "Studio-Prod-With-A-Very-Long-Name").unwrap_err();
         assert!(e.contains("too long"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_credential_config_is_checked_and_made_fit_for_lambda() {
+        let made = serde_json::json!({
+            "universe_domain": "googleapis.com",
+            "type": "external_account",
+            "audience": "//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/studio/providers/aws",
+            "subject_token_type": "urn:ietf:params:aws:token-type:aws4_request",
+            "service_account_impersonation_url": "https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/fn@p.iam.gserviceaccount.com:generateAccessToken",
+            "token_url": "https://sts.googleapis.com/v1/token",
+            "credential_source": {
+                "environment_id": "aws1",
+                "region_url": "http://169.254.169.254/latest/meta-data/placement/availability-zone",
+                "url": "http://169.254.169.254/latest/meta-data/iam/security-credentials",
+                "regional_cred_verification_url": "https://sts.{region}.amazonaws.com?Action=GetCallerIdentity&Version=2011-06-15",
+                "imdsv2_session_token_url": "http://169.254.169.254/latest/api/token"
+            }
+        });
+        let fit = lambda_credential_config(&made.to_string()).unwrap();
+        assert!(fit["credential_source"]
+            .get("imdsv2_session_token_url")
+            .is_none());
+        assert_eq!(fit["credential_source"]["environment_id"], "aws1");
+        // The crate takes it.
+        google_cloud_auth::credentials::external_account::Builder::new(fit)
+            .build()
+            .unwrap();
+        let mut key = made.clone();
+        key["type"] = "service_account".into();
+        assert!(lambda_credential_config(&key.to_string())
+            .unwrap_err()
+            .contains("never with a key"));
+        let mut azure = made.clone();
+        azure["credential_source"]["environment_id"] = "".into();
+        assert!(lambda_credential_config(&azure.to_string())
+            .unwrap_err()
+            .contains("--aws"));
+        assert!(lambda_credential_config("{")
+            .unwrap_err()
+            .contains("not JSON"));
+        let e = with(&[("STUDIO_GCP_CREDENTIAL_CONFIG", "[]")]).unwrap_err();
+        assert!(e.contains("STUDIO_GCP_CREDENTIAL_CONFIG"), "{e}");
     }
 
     #[test]
