@@ -197,6 +197,7 @@ impl World {
             ),
             email: pubsub_push::PUSH_EMAIL.into(),
             subject: Some(pubsub_push::PUSH_SUBJECT.into()),
+            project: Some("P".into()),
         };
         let keys = studio_aws::webhook::Keys::from_json(r#"{"ci":"a-secret-of-enough-length-1"}"#)
             .unwrap();

@@ -101,3 +101,18 @@ pub fn envelope_of(
     }))
     .unwrap()
 }
+
+/// `body` (a push envelope) with its log entry changed by `f`.
+pub fn with_entry(body: &[u8], f: impl Fn(&mut serde_json::Value)) -> Vec<u8> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut env: serde_json::Value = serde_json::from_slice(body).unwrap();
+    let mut entry: serde_json::Value = serde_json::from_slice(
+        &b64.decode(env["message"]["data"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    f(&mut entry);
+    env["message"]["data"] = b64.encode(entry.to_string()).into();
+    serde_json::to_vec(&env).unwrap()
+}

@@ -568,7 +568,7 @@ class State:
         for entry in list(pend):
             at = pend.index(entry)
             del pend[at]
-            failed = self.place(gkey, grp, entry["name"], entry["zone"])
+            failed = self.place(gkey, grp, entry["name"], entry["zone"], entry.get("repair", False))
             if failed:
                 pend.insert(at, failed)
 
@@ -583,7 +583,7 @@ class State:
 
     def create_instance(self, gkey, grp):
         name, zone = self.next_name(gkey, grp)
-        failed = self.place(gkey, grp, name, zone)
+        failed = self.place(gkey, grp, name, zone, repair=zone is not None)
         if failed:
             self.creating.setdefault(gkey, []).append(failed)
 
@@ -612,16 +612,23 @@ class State:
             return [gkey[2]]
         return [u["zone"].rsplit("/", 1)[-1] for u in self.groups[gkey]["distributionPolicy"]["zones"]]
 
-    def place(self, gkey, grp, name, preferred=None):
+    def place(self, gkey, grp, name, preferred=None, repair=False):
         """Create VM `name` in the first allowed zone that has capacity. If none has, return
         the failed attempt (a pending creation: the zone tried first and its error)."""
         p = gkey[1]
         zones = self.zone_choices(gkey, preferred)
+        # A repair (a VM made again under its name) keeps its zone unless the group allows
+        # changing it (https://cloud.google.com/compute/docs/instance-groups/about-repair:
+        # instanceLifecyclePolicy.onRepair.allowChangingZone, default NO).
+        on_repair = (grp.get("instanceLifecyclePolicy") or {}).get("onRepair") or {}
+        if repair and preferred is not None and on_repair.get("allowChangingZone") != "YES":
+            zones = [preferred]
         for z in zones:
             if (p, z) not in self.stockouts:
                 self.add_instance(p, z, name, gkey, self.resolve_template(p, grp["instanceTemplate"]))
                 return None
-        return {"name": name, "zone": zones[0], "reason": self.stockouts[(p, zones[0])]}
+        return {"name": name, "zone": zones[0], "reason": self.stockouts[(p, zones[0])],
+                "repair": repair}
 
     def zone_choices(self, gkey, preferred=None):
         """The zones a new VM of the group may go to, best first: the least used (VMs and

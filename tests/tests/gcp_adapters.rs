@@ -565,7 +565,7 @@ async fn a_late_preemption_push_leaves_the_vm_recreated_under_its_name_alone() {
     // redelivers too): by its id, then by its time alone.
     let late =
         studio_tests::pubsub_push::envelope_of("late-1", vm.as_str(), &first_uid, preempted_at);
-    let event = studio_aws::webhook::preemption_event(&late).unwrap();
+    let event = studio_aws::webhook::preemption_event(&late, Some("P")).unwrap();
     assert_eq!(event.machine_uid.as_deref(), Some(first_uid.as_str()));
     assert_eq!(event.at, Some(preempted_at));
     let outcome = handle_interruption(&w.be.ctx, &event).await.unwrap();
@@ -590,7 +590,7 @@ async fn a_late_preemption_push_leaves_the_vm_recreated_under_its_name_alone() {
         studio_tests::pubsub_push::envelope_of("now-1", vm.as_str(), &second_uid, w.clock.now());
     let outcome = handle_interruption(
         &w.be.ctx,
-        &studio_aws::webhook::preemption_event(&now).unwrap(),
+        &studio_aws::webhook::preemption_event(&now, Some("P")).unwrap(),
     )
     .await
     .unwrap();
@@ -662,4 +662,59 @@ async fn compute_a_new_worker_binary_reaches_a_live_pool() {
     let state = standin.state().await;
     assert!(state["templates"].as_array().unwrap().is_empty(), "{state}");
     assert!(state["groups"].as_array().unwrap().is_empty(), "{state}");
+}
+
+/// A spot VM preempted in a zone that then has no capacity comes back, under
+/// its name, in another zone of the pool's list: the group allows a repair
+/// to change zone (by default GCE keeps a repaired VM in its zone, where it
+/// would wait as long as the stockout lasts).
+#[tokio::test]
+async fn compute_a_preempted_vm_comes_back_in_another_zone_when_its_own_is_out() {
+    let standin = StandIn::start().await;
+    let mut cfg = gcp::config("studio-dev", Some(&standin));
+    cfg.zones = vec!["us-central1-a".into(), "us-central1-b".into()];
+    let fleet = MigFleet::new(&cfg).await.unwrap();
+    let spec = gce_spec(Cloud::Gcspot, 2, "4g", 0, None);
+    let key = spec.key();
+    fleet.ensure_group(&key, &spec).await.unwrap();
+    fleet.set_target(&key, 1, None).await.unwrap();
+    let vm = studio_tests::eventually("a VM", Duration::from_secs(10), async || {
+        fleet.instances(&key).await.unwrap().into_iter().next()
+    })
+    .await;
+    let zone_of = async |name: &str| -> Option<String> {
+        let state = standin.state().await;
+        state["instances"]
+            .as_array()?
+            .iter()
+            .find(|i| i["name"] == name)
+            .and_then(|i| i["zone"].as_str())
+            .map(str::to_string)
+    };
+    let first = zone_of(vm.id.as_str()).await.unwrap();
+    let other = if first == "us-central1-a" {
+        "us-central1-b"
+    } else {
+        "us-central1-a"
+    };
+    standin
+        .control(
+            "stockout",
+            serde_json::json!({"project": gcp::PROJECT, "zone": first, "reason": "ZONE_RESOURCE_POOL_EXHAUSTED"}),
+        )
+        .await;
+    standin
+        .control(
+            "reclaim",
+            serde_json::json!({"project": gcp::PROJECT, "zone": first, "instance": vm.id.as_str()}),
+        )
+        .await;
+    let again = studio_tests::eventually(
+        "the VM made again in the other zone",
+        Duration::from_secs(10),
+        async || zone_of(vm.id.as_str()).await,
+    )
+    .await;
+    assert_eq!(again, other);
+    assert_eq!(fleet.launch_trouble(&key).await.unwrap(), None);
 }

@@ -47,6 +47,7 @@ async fn server() -> Server {
         ),
         email: studio_tests::pubsub_push::PUSH_EMAIL.into(),
         subject: Some(studio_tests::pubsub_push::PUSH_SUBJECT.into()),
+        project: Some("P".into()),
     });
     let (sctx, spush, queue, skeys) = (
         ctx.clone(),
@@ -548,6 +549,7 @@ async fn a_pubsub_preemption_push_requeues_the_job_once_and_bad_tokens_are_refus
         ),
         email: String::new(),
         subject: None,
+        project: None,
     };
     let schema = studio_aws::webhook::schema();
     let hook = Webhook {
@@ -579,6 +581,42 @@ async fn a_pubsub_preemption_push_requeues_the_job_once_and_bad_tokens_are_refus
         ("running", 1),
         "refusals changed nothing"
     );
+
+    // A genuine token on an entry that is not Compute's own, of this
+    // project, naming the VM's id (anyone who may publish to the sink's
+    // topic gets a genuine token for what they publish): refused.
+    use studio_tests::pubsub_push::with_entry;
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: [(&str, Edit, &str); 3] = [
+        (
+            "another project",
+            Box::new(|e| e["resource"]["labels"]["project_id"] = "evil".into()),
+            "not this deployment's",
+        ),
+        (
+            "a user's log",
+            Box::new(|e| e["logName"] = "projects/P/logs/forged".into()),
+            "system-event audit entry",
+        ),
+        (
+            "no VM id",
+            Box::new(|e| {
+                e["resource"]["labels"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("instance_id");
+            }),
+            "names no VM id",
+        ),
+    ];
+    for (what, f, reason) in cases {
+        let (status, why) = s.push(good.clone(), with_entry(&body, f)).await;
+        assert_eq!(status, 400, "{what}: {why}");
+        assert!(
+            why["error"].as_str().unwrap().contains(reason),
+            "{what}: {why}"
+        );
+    }
 
     // A genuine push: the job runs again elsewhere; the same message again
     // changes nothing.
@@ -715,6 +753,7 @@ async fn googles_keys_are_cached_and_fetched_again_when_google_rotates_them() {
         jwks: GoogleKeys::fetched(&google.url, std::time::Duration::ZERO),
         email: studio_tests::pubsub_push::PUSH_EMAIL.into(),
         subject: Some(studio_tests::pubsub_push::PUSH_SUBJECT.into()),
+        project: Some("P".into()),
     };
     let schema = studio_aws::webhook::schema();
     let hook = Webhook {
@@ -780,5 +819,12 @@ async fn googles_keys_are_cached_and_fetched_again_when_google_rotates_them() {
         e.contains("could not be fetched") && e.contains("503"),
         "{e}"
     );
+    // A failing endpoint is not asked per request either.
+    let down_bounded = GoogleKeys::fetched(&google.url, std::time::Duration::from_secs(3600));
+    let before = google.gets.load(SeqCst);
+    for _ in 0..3 {
+        assert!(down_bounded.find("studio-test-1").await.is_err());
+    }
+    assert_eq!(google.gets.load(SeqCst), before + 1, "one try per bound");
     bounded.find("studio-test-2").await.unwrap();
 }

@@ -52,11 +52,15 @@ async fn main() -> Result<(), Error> {
                 .ok()
                 .filter(|s| !s.trim().is_empty())
                 .unwrap_or_else(|| webhook::GOOGLE_CERTS.to_string());
+            let project = std::env::var("STUDIO_GCP_PROJECT")
+                .ok()
+                .filter(|s| !s.trim().is_empty());
             Some(lambda::push_auth(
                 &audience,
                 &url,
                 &email,
                 subject.as_deref(),
+                project.as_deref(),
             ))
         }
         _ => None,

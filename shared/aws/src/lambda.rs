@@ -273,6 +273,7 @@ pub fn push_auth(
     jwks_url: &str,
     email: &str,
     subject: Option<&str>,
+    project: Option<&str>,
 ) -> crate::webhook::PushAuth {
     crate::webhook::PushAuth {
         audience: audience.to_string(),
@@ -280,6 +281,7 @@ pub fn push_auth(
         jwks: crate::webhook::GoogleKeys::fetched(jwks_url, std::time::Duration::from_secs(60)),
         email: email.trim().to_string(),
         subject: subject.map(str::to_string),
+        project: project.map(str::to_string),
     }
 }
 

@@ -117,6 +117,9 @@ pub struct PushAuth {
     pub email: String,
     /// That account's unique id, when configured: the token's `sub`.
     pub subject: Option<String>,
+    /// The GCP project whose VMs' preemptions count (`STUDIO_GCP_PROJECT`):
+    /// an entry of another project is refused.
+    pub project: Option<String>,
 }
 
 /// Where Google publishes the keys that sign its OIDC tokens.
@@ -139,6 +142,9 @@ pub struct GoogleKeys {
 struct KeyCache {
     set: jsonwebtoken::jwk::JwkSet,
     fetched: Option<std::time::Instant>,
+    /// The last fetch tried, whether it answered or not: the bound on
+    /// fetches holds while Google's endpoint fails too.
+    tried: Option<std::time::Instant>,
     max_age: std::time::Duration,
 }
 
@@ -152,6 +158,7 @@ impl GoogleKeys {
             cache: tokio::sync::Mutex::new(KeyCache {
                 set,
                 fetched: None,
+                tried: None,
                 max_age: std::time::Duration::MAX,
             }),
         }
@@ -167,11 +174,12 @@ impl GoogleKeys {
                 reqwest::Client::builder()
                     .timeout(std::time::Duration::from_secs(5))
                     .build()
-                    .unwrap_or_default(),
+                    .expect("an HTTP client (its TLS setup failed)"),
             ),
             cache: tokio::sync::Mutex::new(KeyCache {
                 set: jsonwebtoken::jwk::JwkSet { keys: Vec::new() },
                 fetched: None,
+                tried: None,
                 max_age: std::time::Duration::ZERO,
             }),
         }
@@ -187,17 +195,19 @@ impl GoogleKeys {
         let age = cache.fetched.map(|t| t.elapsed());
         let known = cache.set.find(kid).is_some();
         let stale = age.is_none_or(|a| a >= cache.max_age);
-        let may_refetch = age.is_none_or(|a| a >= self.refetch_after);
+        let may_try = cache
+            .tried
+            .is_none_or(|t| t.elapsed() >= self.refetch_after);
         let mut fetch_error = None;
         if let (Some(url), Some(http)) = (&self.url, &self.http) {
-            if stale || (!known && may_refetch) {
+            if (stale || !known) && may_try {
+                cache.tried = Some(std::time::Instant::now());
                 match fetch_keys(http, url).await {
                     Ok((set, max_age)) => {
-                        *cache = KeyCache {
-                            set,
-                            fetched: Some(std::time::Instant::now()),
-                            max_age,
-                        };
+                        cache.set = set;
+                        cache.fetched = cache.tried;
+                        // Google says hours; a day at most whatever it says.
+                        cache.max_age = max_age.min(std::time::Duration::from_secs(86_400));
                     }
                     Err(e) => {
                         tracing::warn!(url, error = %e, "could not fetch Google's signing keys; keeping the ones there are");
@@ -530,7 +540,7 @@ impl Webhook<'_> {
         if let Err(why) = verify_token(auth, token).await {
             return refuse(401, why);
         }
-        let event = match preemption_event(&req.body) {
+        let event = match preemption_event(&req.body, auth.project.as_deref()) {
             Ok(e) => e,
             Err(why) => return refuse(400, why),
         };
@@ -551,9 +561,14 @@ impl Webhook<'_> {
 /// instance group recreates the VM under its name; the id and the time say
 /// which VM it was). The push's `messageId` is the event's id.
 ///
+/// What the sink writes is checked, not only the token: anyone who may
+/// publish to the sink's topic gets a genuine push token for what they
+/// publish, so the entry must be Compute's own system-event audit entry,
+/// of `project` (when given), naming the VM's id.
+///
 /// # Errors
 /// Why the body is not such a push (answered 400: Pub/Sub gives up on it).
-pub fn preemption_event(body: &[u8]) -> Result<InstanceEvent, String> {
+pub fn preemption_event(body: &[u8], project: Option<&str>) -> Result<InstanceEvent, String> {
     let envelope: serde_json::Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => return Err(format!("not a Pub/Sub push envelope: {e}")),
@@ -581,6 +596,26 @@ pub fn preemption_event(body: &[u8]) -> Result<InstanceEvent, String> {
     if method != "compute.instances.preempted" {
         return Err(format!("not a preemption entry (methodName '{method}')"));
     }
+    let log = entry["logName"].as_str().unwrap_or_default();
+    if !log.ends_with("/logs/cloudaudit.googleapis.com%2Fsystem_event")
+        || entry["protoPayload"]["serviceName"] != "compute.googleapis.com"
+        || entry["resource"]["type"] != "gce_instance"
+    {
+        return Err(format!(
+            "not Compute's system-event audit entry (logName '{log}', serviceName {}, resource.type {})",
+            entry["protoPayload"]["serviceName"], entry["resource"]["type"]
+        ));
+    }
+    if let Some(p) = project {
+        let of = entry["resource"]["labels"]["project_id"]
+            .as_str()
+            .unwrap_or_default();
+        if of != p {
+            return Err(format!(
+                "the entry is of project '{of}', not this deployment's '{p}'"
+            ));
+        }
+    }
     let name = entry["protoPayload"]["resourceName"]
         .as_str()
         .and_then(|r| r.rsplit_once("/instances/").map(|(_, n)| n.to_string()));
@@ -590,10 +625,13 @@ pub fn preemption_event(body: &[u8]) -> Result<InstanceEvent, String> {
     // A managed instance group recreates a preempted VM under the same
     // name: the entry's numeric id and time say which VM it was, so a
     // late push leaves the newer VM's attempt alone.
-    let machine_uid = entry["resource"]["labels"]["instance_id"]
+    let Some(machine_uid) = entry["resource"]["labels"]["instance_id"]
         .as_str()
         .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
-        .map(str::to_string);
+        .map(str::to_string)
+    else {
+        return Err("the entry names no VM id (resource.labels.instance_id)".into());
+    };
     let at = entry["timestamp"]
         .as_str()
         .and_then(studio_core::clock::Timestamp::parse_rfc3339);
@@ -603,7 +641,7 @@ pub fn preemption_event(body: &[u8]) -> Result<InstanceEvent, String> {
         kind: InstanceEventKind::Gone {
             state: "preempted".into(),
         },
-        machine_uid,
+        machine_uid: Some(machine_uid),
         at,
     })
 }

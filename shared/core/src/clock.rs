@@ -37,7 +37,7 @@ impl Timestamp {
                     sign * (h.parse::<i64>().ok()? * 60 + mm.parse::<i64>().ok()?),
                 )
             }
-            _ => (s.trim_end_matches('Z'), 0),
+            _ => (s.trim_end_matches(['Z', 'z']), 0),
         };
         let (date, time) = main.split_once('T')?;
         let mut d = date.split('-').map(|x| x.parse::<i64>());
@@ -45,7 +45,12 @@ impl Timestamp {
         let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
         let mut t = hms.split(':').map(|x| x.parse::<i64>());
         let (h, mi, sec) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
-        let ms: i64 = format!("{:0<3}", &frac[..frac.len().min(3)]).parse().ok()?;
+        if !frac.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let ms: i64 = format!("{:0<3}", frac.get(..3).unwrap_or(frac))
+            .parse()
+            .ok()?;
         // Days from civil (Howard Hinnant's algorithm).
         let y2 = if mo <= 2 { y - 1 } else { y };
         let era = y2.div_euclid(400);
@@ -131,5 +136,11 @@ mod tests {
         let nanos = Timestamp::parse_rfc3339("2026-11-29T10:12:00.123456789Z").unwrap();
         assert_eq!(nanos, utc);
         assert!(Timestamp::parse_rfc3339("yesterday").is_none());
+        // Not a panic: a fraction that is not digits (bytes, not chars).
+        assert!(Timestamp::parse_rfc3339("2026-11-29T10:12:00.\u{e9}\u{e9}1Z").is_none());
+        assert_eq!(
+            Timestamp::parse_rfc3339("2026-11-29T10:12:00.123z"),
+            Some(utc)
+        );
     }
 }

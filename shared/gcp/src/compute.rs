@@ -158,7 +158,7 @@ impl MigFleet {
             .await?
             .into_iter()
             .find(|m| m.name == id.as_str())
-            .map(|m| m.zone)
+            .and_then(|m| m.zone)
             .ok_or_else(|| PortError::NotFound(format!("instance {id} in {}", self.name(key))))
     }
 
@@ -331,18 +331,29 @@ impl MigFleet {
 #[derive(Debug)]
 struct Managed {
     name: String,
-    zone: String,
+    /// Where it is, or is being made; unknown for a VM not made yet whose
+    /// entry carries no URL (Google: the name always exists, the URL "can").
+    zone: Option<String>,
     status: Option<model::managed_instance::InstanceStatus>,
     /// `CODE: message` of the group's last failed attempt to create it.
     errors: Vec<String>,
 }
 
 impl Managed {
-    /// From `.../zones/ZONE/instances/NAME`.
+    /// By its name; the zone from `.../zones/ZONE/instances/NAME`.
     fn of(m: model::ManagedInstance) -> Option<Managed> {
-        let url = m.instance?;
-        let (rest, name) = url.rsplit_once("/instances/")?;
-        let zone = rest.rsplit_once("/zones/")?.1.to_string();
+        let from_url = m
+            .instance
+            .as_deref()
+            .and_then(|u| u.rsplit_once("/instances/"));
+        let name = m
+            .name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .or_else(|| from_url.map(|(_, n)| n.to_string()))?;
+        let zone = from_url
+            .and_then(|(rest, _)| rest.rsplit_once("/zones/"))
+            .map(|(_, z)| z.to_string());
         let errors = m
             .last_attempt
             .and_then(|a| a.errors)
@@ -362,7 +373,7 @@ impl Managed {
             })
             .collect();
         Some(Managed {
-            name: name.to_string(),
+            name,
             zone,
             status: m.instance_status,
             errors,
@@ -447,9 +458,23 @@ impl Fleet for MigFleet {
                     }))
                     .set_target_shape(model::distribution_policy::TargetShape::Any),
             )
+            // A template switch never replaces busy VMs: only new ones
+            // get it (the default, said here so it stays so).
             .set_update_policy(
-                InstanceGroupManagerUpdatePolicy::new().set_instance_redistribution_type(
-                    model::instance_group_manager_update_policy::InstanceRedistributionType::None,
+                InstanceGroupManagerUpdatePolicy::new()
+                    .set_instance_redistribution_type(
+                        model::instance_group_manager_update_policy::InstanceRedistributionType::None,
+                    )
+                    .set_type(model::instance_group_manager_update_policy::Type::Opportunistic),
+            )
+            // A VM preempted in a zone out of capacity may come back in
+            // another (by default a repair keeps its zone).
+            .set_instance_lifecycle_policy(
+                model::InstanceGroupManagerInstanceLifecyclePolicy::new().set_on_repair(
+                    model::InstanceGroupManagerInstanceLifecyclePolicyOnRepair::new()
+                        .set_allow_changing_zone(
+                            model::instance_group_manager_instance_lifecycle_policy_on_repair::AllowChangingZone::Yes,
+                        ),
                 ),
             );
         match self
@@ -556,14 +581,16 @@ impl Fleet for MigFleet {
     ) -> Result<Vec<InstanceId>, PortError> {
         let mut out = Vec::new();
         for m in self.managed(key).await? {
-            if m.status != Some(model::managed_instance::InstanceStatus::Running) {
+            let (Some(model::managed_instance::InstanceStatus::Running), Some(zone)) =
+                (&m.status, &m.zone)
+            else {
                 continue;
-            }
+            };
             let inst = match self
                 .instances
                 .get()
                 .set_project(&self.cfg.project)
-                .set_zone(&m.zone)
+                .set_zone(zone)
                 .set_instance(&m.name)
                 .send()
                 .await
