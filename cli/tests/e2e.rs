@@ -149,6 +149,25 @@ fn a_worker_killed_mid_job_means_attempt_2_elsewhere_resuming_the_checkpoint() {
         || h.log(&id).contains("epoch 6/12").then_some(()),
     );
     let worker = h.kill_worker_of(&id);
+    // Attempt 2 runs (held at the gate): what status says of it. The first
+    // attempt's stop as an earlier attempt's, not as the reason of a job
+    // that goes on; the script without a trailing space; the local cloud as
+    // this machine.
+    wait_until("attempt 2 to run", Duration::from_secs(60), || {
+        let j = h.job(&id);
+        (j["state"] == "running" && j["attempt"] == 2).then_some(())
+    });
+    let text = stdout(&h.run(&["status", &id]));
+    assert!(!text.contains("\nreason "), "{text}");
+    assert!(text.contains("\nearlier   attempt 1 stopped: "), "{text}");
+    assert!(
+        text.contains("\nscript    train.py --epochs 12 --epoch-seconds 0.3\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\ncloud     local (this machine)\n"),
+        "{text}"
+    );
     std::fs::write(&gate, "").unwrap();
 
     let job = wait_until("the job to finish", Duration::from_secs(60), || {
@@ -210,6 +229,34 @@ fn a_dry_run_prints_the_submit_job_and_changes_nothing() {
         !h.path().join("studio.sqlite3").exists(),
         "a dry run made a job store"
     );
+    // As a table: a field a line, for people.
+    let table = h.run(&[
+        "run",
+        "--dry-run",
+        "--format",
+        "table",
+        "--cpus=2",
+        "--job-id",
+        "dry-1",
+        "hello.py",
+        "x",
+    ]);
+    assert!(table.status.success(), "{}", stderr(&table));
+    let text = stdout(&table);
+    assert!(!text.trim_start().starts_with('{'), "not JSON: {text}");
+    assert!(
+        regex::Regex::new(r"(?m)^entrypoint +hello\.py$")
+            .unwrap()
+            .is_match(&text),
+        "{text}"
+    );
+    assert!(
+        regex::Regex::new(r"(?m)^job_id +dry-1$")
+            .unwrap()
+            .is_match(&text),
+        "{text}"
+    );
+    assert!(text.lines().count() > 5, "{text}");
     // A bad flag is refused the same way as without --dry-run.
     let bad = h.run(&["run", "--dry-run", "--ram=16", "hello.py"]);
     assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
@@ -1346,7 +1393,15 @@ fn gc_removes_what_ended_jobs_left_after_the_retention() {
 
     let out = h.run(&["gc", "--older-than", "0s"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("removed 1 jobs"), "{}", stderr(&out));
+    // Counts in words, sizes in bytes as people read them.
+    let said = stderr(&out);
+    assert!(said.contains("removed 1 job, "), "{said}");
+    assert!(
+        regex::Regex::new(r"; [0-9.]+ (B|KiB|MiB|GiB) freed")
+            .unwrap()
+            .is_match(&said),
+        "{said}"
+    );
     assert_eq!(h.count("SELECT COUNT(*) FROM jobs"), 0);
     assert_eq!(h.count("SELECT COUNT(*) FROM instances"), 0);
     assert_eq!(h.count("SELECT COUNT(*) FROM pools"), 0);
@@ -1354,7 +1409,7 @@ fn gc_removes_what_ended_jobs_left_after_the_retention() {
     let left = |d: &str| std::fs::read_dir(h.path().join(d)).unwrap().count();
     assert_eq!(left("artifacts/workspaces"), 0);
     assert_eq!(left("instances"), 0);
-    assert_eq!(stdout(&h.run(&["status"])).trim(), "no jobs yet");
+    assert_eq!(stdout(&h.run(&["status"])).trim(), "no jobs");
 }
 
 #[test]

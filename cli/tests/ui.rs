@@ -246,7 +246,7 @@ fn js_str(s: &str) -> String {
 fn state_cell(id: &str) -> String {
     format!(
         "(document.querySelector({})?.textContent.trim() ?? null)",
-        js_str(&format!("tr[data-job-id=\"{id}\"] td.state"))
+        js_str(&format!("tr[data-job-id=\"{id}\"] td.state .badge"))
     )
 }
 
@@ -392,6 +392,8 @@ async fn the_page_in_chromium_follows_jobs_cancels_and_charts_pools() {
         log.contains("epoch 1/12") && log.contains("resuming from checkpoint: epoch"),
         "{log}"
     );
+    // The progress lines are the summary's bar, not the log's.
+    assert!(!log.contains("STUDIO_PROGRESS="), "{log}");
     let timeline = browser
         .js("return document.querySelector('#timeline').innerText")
         .await;
@@ -475,6 +477,38 @@ async fn the_page_in_chromium_follows_jobs_cancels_and_charts_pools() {
         browser.js("return !document.querySelector('#cancel') || document.querySelector('#cancel').hidden || document.querySelector('#cancel').offsetParent === null").await == true,
         "no Cancel on an ended job"
     );
+
+    // A job that fails at once: the list says why under its state, and its
+    // page that it left no files (not "yet").
+    std::fs::write(
+        h.work().join("fail.py"),
+        "import sys\nprint('no data')\nsys.exit(3)\n",
+    )
+    .unwrap();
+    let failed = detach(&["fail.py"]);
+    browser.goto(&format!("{url}#/")).await;
+    let why = browser
+        .until(
+            "the failed job's reason in the list",
+            Duration::from_secs(60),
+            &format!(
+                "return document.querySelector({})?.textContent || null",
+                js_str(&format!("tr[data-job-id=\"{failed}\"] td.state .why"))
+            ),
+        )
+        .await;
+    assert!(
+        why.as_str().unwrap().contains('3'),
+        "the exit status: {why}"
+    );
+    browser.goto(&format!("{url}#/jobs/{failed}")).await;
+    browser
+        .until(
+            "the failed job's page to say it left no files",
+            Duration::from_secs(30),
+            "return [...document.querySelectorAll('p.muted')].some(p => p.textContent === 'This job left no output files.')",
+        )
+        .await;
 
     // A phone: nothing wider than the screen but the tables, which scroll.
     browser.window(390, 844).await;
@@ -964,7 +998,7 @@ fn status_watch_leaves_on_ctrl_c_restoring_the_terminal() {
     let h = Home::new();
     let mut pty = Pty::spawn(h.cmd(&["status", "--watch", "--every", "200ms"]), 100, 10);
     pty.wait_for("a frame", Duration::from_secs(30), |t| {
-        t.contains("no jobs yet")
+        t.contains("no jobs")
     });
     pty.key(b"\x03");
     let status = wait_until(
@@ -1142,4 +1176,22 @@ fn run_into_a_pipe_draws_no_bar_on_the_terminal() {
         terminal.contains("finished"),
         "state changes still on stderr: {terminal:?}"
     );
+}
+
+/// On a terminal, `studio ui` gives its address once (stdout, which
+/// scripts read), not again on stderr; Ctrl-C stops it.
+#[test]
+fn ui_on_a_terminal_prints_its_address_once() {
+    let h = Home::new();
+    let mut pty = Pty::spawn(h.cmd(&["ui", "--port", "0"]), 200, 20);
+    let text = pty.wait_for("serving", Duration::from_secs(30), |t| {
+        t.contains("Ctrl-C to stop")
+    });
+    assert_eq!(text.matches("http://").count(), 1, "{text}");
+    assert!(text.contains("studio ui: http://"), "{text}");
+    pty.key(b"\x03");
+    let status = wait_until("ui to stop on Ctrl-C", Duration::from_secs(10), || {
+        pty.child.try_wait().unwrap()
+    });
+    assert!(status.success(), "{status:?}");
 }

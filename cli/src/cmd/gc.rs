@@ -6,7 +6,7 @@ use crate::error::{usage, CliError};
 use clap::Args;
 use std::process::ExitCode;
 use studio_core::clock::{Clock, SystemClock};
-use studio_core::size::format_mib;
+use studio_core::size::format_bytes;
 
 #[derive(Debug, Args)]
 pub struct GcArgs {
@@ -23,14 +23,17 @@ pub(crate) async fn gc(g: &Globals, a: GcArgs) -> Result<ExitCode, CliError> {
         return Ok(ExitCode::SUCCESS);
     };
     let r = studio_local::gc::collect(&be, retention, SystemClock.now()).await?;
+    let n = |count: u64, one: &str, many: &str| {
+        format!("{count} {}", if count == 1 { one } else { many })
+    };
     eprintln!(
-        "studio: removed {} jobs, {} workspaces, {} instances, {} pools, {} dead letters ({})",
-        r.jobs,
-        r.workspaces,
-        r.instances,
-        r.pools,
-        r.dead_letters,
-        format_mib(r.bytes.div_ceil(1 << 20))
+        "studio: removed {}, {}, {}, {}, {}; {} freed",
+        n(r.jobs as u64, "job", "jobs"),
+        n(r.workspaces as u64, "workspace", "workspaces"),
+        n(r.instances as u64, "instance", "instances"),
+        n(r.pools as u64, "pool", "pools"),
+        n(r.dead_letters as u64, "dead letter", "dead letters"),
+        format_bytes(r.bytes)
     );
     Ok(ExitCode::SUCCESS)
 }

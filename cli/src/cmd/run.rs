@@ -303,7 +303,16 @@ pub(crate) async fn run(g: &Globals, env: &Env, a: RunArgs) -> Result<ExitCode, 
             bytes: tarball.len() as u64,
         };
         if a.format == Some(Output::Table) {
-            println!("{}", spec.to_json());
+            // One field a line, as a person reads it; JSON is the default.
+            let v = serde_json::to_value(&spec)?;
+            for (k, v) in v.as_object().into_iter().flatten() {
+                let text = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Null => continue,
+                    other => other.to_string(),
+                };
+                println!("{k:<20} {text}");
+            }
         } else {
             println!("{}", serde_json::to_string_pretty(&spec)?);
         }

@@ -80,7 +80,7 @@ pub(crate) async fn status(g: &Globals, env: &Env, a: StatusArgs) -> Result<Exit
         return Ok(ExitCode::SUCCESS);
     }
     if jobs.is_empty() {
-        println!("no jobs yet");
+        println!("no jobs");
         return Ok(ExitCode::SUCCESS);
     }
     for l in jobs_table(&jobs, now, "ID", term::width()) {
@@ -134,8 +134,18 @@ async fn resolve(
 fn print_job(j: &Job, now: Timestamp) {
     println!("job       {}", j.id);
     println!("state     {}", j.state);
-    if let Some(r) = &j.reason {
-        println!("reason    {r}");
+    // The reason is why the job ended, or why an earlier attempt stopped:
+    // on a job that went on after it, it is said as that.
+    match (
+        &j.reason,
+        j.state.is_terminal() && j.state != JobState::Finished,
+    ) {
+        (Some(r), true) => println!("reason    {r}"),
+        (Some(r), false) if j.attempt > 1 => {
+            println!("earlier   attempt {} stopped: {r}", j.attempt - 1)
+        }
+        (Some(r), false) if j.state != JobState::Finished => println!("reason    {r}"),
+        _ => {}
     }
     if let Some(c) = j.exit_code {
         println!("exit code {c}");
@@ -146,12 +156,20 @@ fn print_job(j: &Job, now: Timestamp) {
             println!("  | {l}");
         }
     }
-    println!(
-        "cloud     {} ({}, {})",
-        j.spec.cloud, j.plan.machine, j.plan.market
-    );
+    if j.spec.cloud == studio_core::resources::Cloud::Local {
+        println!("cloud     local (this machine)");
+    } else {
+        println!(
+            "cloud     {} ({}, {})",
+            j.spec.cloud, j.plan.machine, j.plan.market
+        );
+    }
     println!("pool      {}", j.pool);
-    println!("script    {} {}", j.spec.entrypoint, j.spec.args.join(" "));
+    let script = std::iter::once(j.spec.entrypoint.as_str())
+        .chain(j.spec.args.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(" ");
+    println!("script    {script}");
     println!("owner     {}", j.spec.owner);
     println!("age       {}", format_age(now.since(j.created_at)));
     let spent = j.cost_micro_usd(now);

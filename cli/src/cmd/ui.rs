@@ -91,7 +91,13 @@ pub(crate) async fn serve_ui(g: &Globals, env: &Env, a: UiArgs) -> Result<ExitCo
     });
     println!("studio ui: {url}");
     std::io::stdout().flush()?;
-    eprintln!("studio: serving jobs and pools at {url} (Ctrl-C to stop)");
+    // The address is on stdout (for scripts); a terminal showing both
+    // streams gets it once.
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        eprintln!("studio: serving jobs and pools (Ctrl-C to stop)");
+    } else {
+        eprintln!("studio: serving jobs and pools at {url} (Ctrl-C to stop)");
+    }
     if let Some(page) = handover {
         // The browser gets a file's path, never the token: see `open`.
         if let Err(why) =

@@ -54,7 +54,7 @@ fn watch_frame(
         String::new(),
     ];
     if jobs.is_empty() {
-        lines.push("no jobs yet".into());
+        lines.push("no jobs".into());
         return lines;
     }
     lines.extend(jobs_table(jobs, now, "JOB", Some(width)));

@@ -81,6 +81,23 @@ pub fn round_up(bytes: u64, step: u64) -> u64 {
     bytes.div_ceil(step) * step
 }
 
+/// A byte count for people: `0 B`, `812 B`, `4.0 KiB`, `101 MiB`,
+/// `1.2 GiB` (three significant figures at most).
+pub fn format_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{bytes} B"),
+        _ if v >= 100.0 => format!("{v:.0} {}", UNITS[unit]),
+        _ => format!("{v:.1} {}", UNITS[unit]),
+    }
+}
+
 /// Formats mebibytes the way users write them: `16g`, `1.25g`, `512m`.
 pub fn format_mib(mib: u64) -> String {
     if mib.is_multiple_of(1024) {
@@ -95,6 +112,15 @@ pub fn format_mib(mib: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_counts_read_as_people_write_them() {
+        assert_eq!(format_bytes(0), "0 B");
+        assert_eq!(format_bytes(812), "812 B");
+        assert_eq!(format_bytes(4096), "4.0 KiB");
+        assert_eq!(format_bytes(101 * 1024 * 1024 + 5), "101 MiB");
+        assert_eq!(format_bytes(1288490188), "1.2 GiB");
+    }
 
     #[test]
     fn accepts_every_documented_unit_in_any_case_with_or_without_space() {

@@ -265,7 +265,9 @@ function jobRow(j) {
   const td = (cls, kids, attrs) => h('td', { class: cls, ...attrs }, kids);
   return h('tr', { 'data-job-id': j.id },
     td('id', h('a', { href: '#/jobs/' + enc(j.id) }, j.id)),
-    td('state', badge(j.state), { title: j.reason }),
+    // An ended job's reason under its state, where it failed or was cancelled.
+    td('state', [badge(j.state), (j.state === 'failed' || j.state === 'cancelled') && j.reason
+      ? h('span', { class: 'why muted' }, j.reason) : null].filter(Boolean), { title: j.reason }),
     td('progress', progressOf(j.progress)),
     td('script', j.script, { title: j.script }),
     td('owner', j.owner),
@@ -342,7 +344,8 @@ function jobView(id) {
     const files = (j.outputs && j.outputs.files) || [];
     outputs.replaceChildren(...files.map((f) => h('li', {},
       h('a', { href: sameOrigin(f.url), download: true }, f.path), ` (${bytes(f.size)})`)));
-    outNote.textContent = files.length ? `Files of attempt ${j.outputs.attempt}.` : 'No output files yet.';
+    outNote.textContent = files.length ? `Files of attempt ${j.outputs.attempt}.`
+      : TERMINAL.has(j.state) ? 'This job left no output files.' : 'No output files yet.';
     const vars = Object.entries(j.env || {});
     env.replaceChildren(...(vars.length
       ? vars.map(([k, v]) => h('tr', {}, h('th', { scope: 'row' }, k), h('td', {}, v)))
@@ -350,16 +353,25 @@ function jobView(id) {
   });
 
   // Log: the first request has no offset (server sends the last 64 KiB); then offset=next.
-  let next = null, last = null;
+  // `STUDIO_PROGRESS=` lines are the progress bar's (in the summary), not shown here;
+  // a line split across two reads waits for its end.
+  let next = null, last = null, carry = '';
+  const readable = (text, ended) => {
+    const all = carry + text;
+    const cut = ended ? all.length : all.lastIndexOf('\n') + 1;
+    carry = all.slice(cut);
+    return all.slice(0, cut).split('\n').filter((l) => !l.startsWith('STUDIO_PROGRESS=')).join('\n');
+  };
   const lp = poll('log', 1000, async (p) => {
     const d = await getJSON(`/api/v1/jobs/${enc(id)}/log` + (next == null ? '' : `?offset=${next}`));
     if (p.stopped || d === last) return; // 304: nothing new
     if (last === null && d.offset > 0) logPre.prepend(logNote);
     last = d;
     next = d.next;
-    if (d.text) {
+    const text = readable(d.text || '', d.ended);
+    if (text) {
       const atBottom = logPre.scrollHeight - logPre.scrollTop - logPre.clientHeight < 8;
-      logText.appendData(d.text);
+      logText.appendData(text);
       if (logText.length > 4e6) { // keep the browser responsive on huge logs
         logText.deleteData(0, logText.length - 2e6);
         if (!logNote.isConnected) logPre.prepend(logNote);
