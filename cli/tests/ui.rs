@@ -434,6 +434,16 @@ async fn the_page_in_chromium_follows_jobs_cancels_and_charts_pools() {
         )
         .await;
     report!("pool size points: {points}");
+    // Its labels render near the page's text size, not blown up with it.
+    let label_px = browser
+        .js("const svg = document.querySelector('.pool svg.chart'); const t = svg.querySelector('text'); return svg.getBoundingClientRect().width / svg.viewBox.baseVal.width * parseFloat(getComputedStyle(t).fontSize)")
+        .await;
+    let label_px = label_px.as_f64().unwrap();
+    report!("pool chart labels: {label_px:.1} px");
+    assert!(
+        (9.0..=16.5).contains(&label_px),
+        "chart labels {label_px:.1} px"
+    );
     assert!(
         browser
             .js("return !!document.querySelector('.pool svg.chart polyline.series-depth')")
