@@ -614,6 +614,37 @@ impl World {
                 alive.extend(i.instance_id().map(String::from));
             }
         }
+        // AWS's ForceDelete terminates every instance of the group, scale-in
+        // protection or not
+        // (https://docs.aws.amazon.com/autoscaling/ec2/APIReference/API_DeleteAutoScalingGroup.html);
+        // moto's leaves the protected ones running, held by no group. Such a
+        // machine is terminated here, as AWS would have.
+        if !alive.is_empty() {
+            let asked: Vec<String> = alive.iter().cloned().collect();
+            let held: HashSet<String> = aws_sdk_autoscaling::Client::new(&self.obs_sdk)
+                .describe_auto_scaling_instances()
+                .set_instance_ids(Some(asked.clone()))
+                .send()
+                .await
+                .ok()?
+                .auto_scaling_instances()
+                .iter()
+                .filter_map(|i| i.instance_id().map(String::from))
+                .collect();
+            let orphans: Vec<String> = asked.into_iter().filter(|i| !held.contains(i)).collect();
+            if !orphans.is_empty() {
+                aws_sdk_ec2::Client::new(&self.obs_sdk)
+                    .terminate_instances()
+                    .set_instance_ids(Some(orphans.clone()))
+                    .send()
+                    .await
+                    .ok()?;
+                for o in orphans {
+                    report!("chaos(aws): {o} outlived its group's ForceDelete (moto keeps protected instances); terminated as AWS would");
+                    alive.remove(&o);
+                }
+            }
+        }
         Some(
             ids.iter()
                 .filter(|i| !alive.contains(i.as_str()))
