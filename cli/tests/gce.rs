@@ -447,18 +447,6 @@ async fn gcloud_without_num_workers_grows_while_work_waits() {
     let _ = SystemClock.now();
 }
 
-/// The zone of the stand-in's VM `name`.
-fn zone_of_vm(state: &serde_json::Value, name: &str) -> String {
-    state["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["name"] == name)
-        .and_then(|i| i["zone"].as_str())
-        .unwrap_or_else(|| panic!("no VM {name}: {state}"))
-        .to_string()
-}
-
 /// GIVEN a deployment over two zones of a region, WHEN one zone has no
 /// capacity for the machine (GCE's `ZONE_RESOURCE_POOL_EXHAUSTED`), THEN
 /// the pool's group makes it in the other and the job runs there; WHEN
@@ -501,7 +489,8 @@ async fn a_zone_without_capacity_is_ridden_out_and_no_zone_at_all_says_why() {
         fleet.instances(&gk).await.unwrap().into_iter().next()
     })
     .await;
-    assert_eq!(zone_of_vm(&w.standin.state().await, machine.id.as_str()), b);
+    let vm = w.standin.vm(machine.id.as_str()).await.unwrap();
+    assert_eq!(vm["zone"], b);
     let worker = w.start_worker(&gk, &machine.id).await;
     let done = eventually("the job to end", Duration::from_secs(120), async || {
         let j = w.job(&id).await;

@@ -78,6 +78,17 @@ impl StandIn {
         http_json("GET", &format!("{}/_standin/state", self.url), None).await
     }
 
+    /// The VM now named `name`, as the stand-in holds it (its numeric
+    /// `id`, its `zone`, ...), if any.
+    pub async fn vm(&self, name: &str) -> Option<serde_json::Value> {
+        let state = self.state().await;
+        state["instances"]
+            .as_array()?
+            .iter()
+            .find(|i| i["name"] == name)
+            .cloned()
+    }
+
     /// The metadata server base of one VM.
     pub fn metadata(&self, instance: &str) -> String {
         format!("{}/vm/{instance}", self.url)

@@ -422,13 +422,7 @@ fn the_gce_startup_script_passes_shellcheck() {
 
 /// The numeric id of the VM now named `name` on the stand-in, if any.
 async fn vm_uid(standin: &StandIn, name: &str) -> Option<String> {
-    let state = standin.state().await;
-    state["instances"]
-        .as_array()?
-        .iter()
-        .find(|i| i["name"] == name)
-        .and_then(|i| i["id"].as_str())
-        .map(str::to_string)
+    standin.vm(name).await?["id"].as_str().map(str::to_string)
 }
 
 /// GIVEN a job whose attempt 1 ran on a spot VM of a managed group, handed
@@ -444,7 +438,7 @@ async fn a_late_preemption_push_leaves_the_vm_recreated_under_its_name_alone() {
     use studio_core::job::JobState;
     use studio_core::notice::GceMetadata;
     use studio_core::ports::JobStore;
-    use studio_core::worker::{run_worker, WorkerConfig, WorkerExit};
+    use studio_core::worker::{run_worker, WorkerExit};
     use studio_tests::{eventually, job_id, JobBuilder, LocalWorld};
     let (standin, fleet) = fleet().await;
     let spec = gce_spec(Cloud::Gcspot, 2, "4g", 0, None);
@@ -487,33 +481,18 @@ async fn a_late_preemption_push_leaves_the_vm_recreated_under_its_name_alone() {
     let pool = w.be.store.get_job(&id).await.unwrap().unwrap().pool;
     let worker = |uid_note: &'static str| {
         let (ctx, artifacts) = (w.be.ctx.clone(), w.be.artifacts.clone());
-        let cfg = WorkerConfig {
-            pool: pool.clone(),
-            instance: vm.clone(),
-            lease: Duration::from_secs(30),
-            beat_every: Duration::from_millis(200),
-            poll_wait: Duration::from_millis(100),
-            heartbeat: Duration::from_millis(100),
-            seen_every: Duration::from_secs(60),
-            idle_timeout: Duration::from_secs(600),
-            term_grace: Duration::from_secs(5),
-            work_root: w.dir.path().join(format!("jobs-{uid_note}")),
-            python: "python3".into(),
-            // The VM's own metadata server: its notice and its numeric id.
-            notice: std::sync::Arc::new(GceMetadata {
-                base: standin.metadata(vm.as_str()),
-            }),
-            notice_every: Duration::from_millis(100),
-            checkpoint_every: Duration::from_secs(600),
-            log_every: Duration::from_millis(100),
-            progress_every: Duration::from_millis(100),
-            env_root: w.dir.path().join("envs"),
-            uv: None,
-            uv_env: studio_tests::uv_env(),
-            job_users: None,
-            metadata: Vec::new(),
-            inputs: None,
-        };
+        let mut cfg = studio_tests::quick_worker_config(
+            &pool,
+            &vm,
+            w.dir.path().join(format!("jobs-{uid_note}")),
+        );
+        // The VM's own metadata server: its notice and its numeric id.
+        cfg.notice = std::sync::Arc::new(GceMetadata {
+            base: standin.metadata(vm.as_str()),
+        });
+        cfg.notice_every = Duration::from_millis(100);
+        cfg.checkpoint_every = Duration::from_secs(600);
+        cfg.env_root = w.dir.path().join("envs");
         let (stop, rx) = tokio::sync::watch::channel(false);
         let task =
             tokio::spawn(async move { run_worker(&ctx, artifacts.as_ref(), &cfg, rx).await });
@@ -683,13 +662,7 @@ async fn compute_a_preempted_vm_comes_back_in_another_zone_when_its_own_is_out()
     })
     .await;
     let zone_of = async |name: &str| -> Option<String> {
-        let state = standin.state().await;
-        state["instances"]
-            .as_array()?
-            .iter()
-            .find(|i| i["name"] == name)
-            .and_then(|i| i["zone"].as_str())
-            .map(str::to_string)
+        standin.vm(name).await?["zone"].as_str().map(str::to_string)
     };
     let first = zone_of(vm.id.as_str()).await.unwrap();
     let other = if first == "us-central1-a" {
