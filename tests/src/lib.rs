@@ -526,6 +526,7 @@ pub fn quick_worker_config(
         job_users: None,
         metadata: Vec::new(),
         inputs: None,
+        local_limits: false,
     }
 }
 

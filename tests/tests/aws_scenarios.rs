@@ -719,6 +719,7 @@ async fn an_idle_worker_terminates_its_machine_and_lowers_the_group() {
         job_users: None,
         metadata: Vec::new(),
         inputs: None,
+        local_limits: false,
     };
     let artifacts = studio_aws::s3::S3Artifacts::from_sdk(&w.sdk, &w.cfg.bucket);
     let (_tx, rx) = tokio::sync::watch::channel(false);

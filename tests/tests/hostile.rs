@@ -106,6 +106,7 @@ fn machine(
         }),
         metadata: Vec::new(),
         inputs: None,
+        local_limits: false,
     };
     (root, cfg)
 }

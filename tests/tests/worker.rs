@@ -55,6 +55,7 @@ fn worker_config(
         job_users: None,
         metadata: Vec::new(),
         inputs: None,
+        local_limits: false,
     }
 }
 

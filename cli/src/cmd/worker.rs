@@ -163,6 +163,7 @@ pub(crate) async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<Exit
             .transpose()?,
         metadata,
         inputs: None,
+        local_limits: a.backend == "local",
     };
     let (tx, rx) = tokio::sync::watch::channel(false);
     // Registered here, before anything else: on this single-threaded

@@ -103,6 +103,35 @@ impl fmt::Display for Market {
     }
 }
 
+/// The size of this machine, as local jobs see it: the CPUs this process
+/// may use and the memory the kernel reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Machine {
+    pub cpus: u32,
+    pub memory_mib: u64,
+}
+
+impl Machine {
+    pub fn this() -> Machine {
+        Machine {
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            memory_mib: std::fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|t| mem_total_mib(&t))
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// `MemTotal` of a `/proc/meminfo`, in MiB.
+fn mem_total_mib(meminfo: &str) -> Option<u64> {
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib / 1024)
+}
+
 /// A validated, normalized machine request.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -294,6 +323,13 @@ pub enum RequestError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mem_total_reads_the_kernels_kib_as_mib() {
+        let t = "MemFree:  100 kB\nMemTotal:       24683772 kB\n";
+        assert_eq!(mem_total_mib(t), Some(24105));
+        assert_eq!(mem_total_mib("MemFree: 1 kB\n"), None);
+    }
 
     #[test]
     fn ram_is_rounded_up_to_256_mib_and_spellings_normalize_equal() {

@@ -111,6 +111,10 @@ pub struct WorkerConfig {
     /// Fetches jobs' `inputs`; `None`: a job that names any fails to start,
     /// saying so.
     pub inputs: Option<Arc<dyn InputSource>>,
+    /// Hold each script to its request's `--cpus` and `--ram`
+    /// ([`crate::worker::limits`]): local workers share one machine; a
+    /// cloud machine was sized to its job.
+    pub local_limits: bool,
 }
 
 /// Largest checkpoint directory the worker uploads.

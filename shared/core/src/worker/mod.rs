@@ -22,6 +22,7 @@
 //! - [`environment`]: directories, workspace, inputs, checkpoint restored, handed to the job's user.
 //! - [`pyenv`]: the job's Python environment, built with uv as the job's user, cached per owner.
 //! - [`run`]: the script's process, its output and progress, and its stops.
+//! - [`limits`]: a local job's `--cpus` and `--ram` held (affinity, a memory watch).
 //! - [`process`]: signals to a process group.
 //! - [`users`]: a uid per attempt, every process of it killed at its end; the metadata check.
 //! - [`jobfs`]: the job's files read by root through descriptors, never through a link.
@@ -31,6 +32,7 @@ mod collect;
 mod config;
 mod environment;
 pub(crate) mod jobfs;
+mod limits;
 mod liveness;
 mod poll;
 mod process;

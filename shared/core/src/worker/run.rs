@@ -13,6 +13,7 @@ use crate::worker::collect::{
 };
 use crate::worker::config::WorkerConfig;
 use crate::worker::environment::{prepare, AttemptDirs};
+use crate::worker::limits::{allowed_cpus, Limits};
 use crate::worker::liveness::{end_over_budget, over_budget, Seen};
 use crate::worker::process::signal_group;
 use std::process::Stdio;
@@ -33,6 +34,8 @@ pub(crate) enum Stop {
     Lost,
     /// The job's cost would pass its `max_cost_cents` before the next check.
     Budget(String),
+    /// Over its `--ram` on this machine ([`crate::worker::limits`]): killed at once.
+    Memory(String),
 }
 
 pub(crate) async fn run_attempt(
@@ -151,6 +154,12 @@ pub(crate) async fn run_attempt(
             });
         }
     }
+    let limits = if cfg.local_limits {
+        Limits::for_request(&job.spec.resources, &allowed_cpus(), id.as_str())
+    } else {
+        Limits::default()
+    };
+    limits.apply(&mut cmd, &job.spec.env);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -181,6 +190,7 @@ pub(crate) async fn run_attempt(
     let mut stop: Option<Stop> = None;
     let mut kill_at: Option<Instant> = None;
     let mut reports = progress::Reports::default();
+    let mut memory_tick = interval(Duration::from_millis(500));
     let status = loop {
         let mut new_stop = None;
         tokio::select! {
@@ -193,6 +203,12 @@ pub(crate) async fn run_attempt(
                 }
             }
             _ = flush_tick.tick() => flush(artifacts, &id, &mut buf).await,
+            _ = memory_tick.tick(), if limits.memory_mib.is_some() && stop.is_none() => {
+                if let Some(why) = limits.over(pgid) {
+                    signal_group(pgid, libc::SIGKILL);
+                    new_stop = Some(Stop::Memory(why));
+                }
+            }
             r = shutdown.changed(), if stop.is_none() => {
                 let _ = r;
                 new_stop = Some(Stop::Shutdown);
@@ -249,7 +265,7 @@ pub(crate) async fn run_attempt(
                 Stop::Shutdown => "worker shutting down".to_string(),
                 Stop::Preempted(why) => format!("interruption notice: {why}"),
                 Stop::Lost => "attempt taken over elsewhere".to_string(),
-                Stop::Budget(why) => why.clone(),
+                Stop::Budget(why) | Stop::Memory(why) => why.clone(),
             };
             info!(job_id = %id, reason = %what, "stopping script with SIGTERM");
             signal_group(pgid, libc::SIGTERM);
@@ -314,8 +330,14 @@ pub(crate) async fn run_attempt(
             finish(ctx, &id, attempt, &cfg.instance, code, failure, last_lines).await;
             RunEnd::default()
         }
-        Some(Stop::MaxDuration(m)) => {
-            let why = format!("max duration {} exceeded", humantime::format_duration(m));
+        Some(stop @ (Stop::MaxDuration(_) | Stop::Memory(_))) => {
+            let why = match stop {
+                Stop::Memory(why) => why,
+                _ => format!(
+                    "max duration {} exceeded",
+                    humantime::format_duration(max.unwrap_or_default())
+                ),
+            };
             finish(
                 ctx,
                 &id,
