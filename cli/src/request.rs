@@ -9,17 +9,17 @@ use std::path::{Path, PathBuf};
 use studio_core::catalog::{Arch, Catalog};
 use studio_core::contract::SubmitJob;
 use studio_core::plan::CatalogPlanner;
-use studio_core::resources::{Bid, Cloud, ResourceRequest, WorkerPolicy};
+use studio_core::resources::{Bid, Cloud, Machine, ResourceRequest, WorkerPolicy};
 
 /// What the job asks for: shared by `run` and `plan`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RequestArgs {
-    /// Where to run: local, ec2, ec2spot, gcloud, gcspot.
+    /// Where to run: local, ec2, ec2spot, gcloud, gcspot (plan: also all).
     #[arg(long, default_value = "local")]
     pub cloud: String,
-    /// vCPUs per worker.
-    #[arg(long, default_value = "1", value_name = "N")]
-    pub cpus: String,
+    /// vCPUs per worker (default: 1; on local, the whole machine).
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<String>,
     /// GPUs per worker.
     #[arg(long, default_value = "0", value_name = "N")]
     pub gpus: String,
@@ -60,7 +60,13 @@ fn parse_count(flag: &str, v: &str, min: u32) -> Result<u32, CliError> {
 /// The request flags as a `SubmitJob` (workspace and entrypoint still empty).
 pub(crate) fn parse_request(r: &RequestArgs, owner: &str) -> Result<SubmitJob, CliError> {
     let cloud: Cloud = r.cloud.parse().map_err(usage)?;
-    let cpus = parse_count("cpus", &r.cpus, 1)?;
+    // A local job without --cpus may use the machine (it is held to what
+    // it asks for: `studio_core::worker` pins it).
+    let cpus = match (&r.cpus, cloud) {
+        (Some(v), _) => parse_count("cpus", v, 1)?,
+        (None, Cloud::Local) => Machine::this().cpus,
+        (None, _) => 1,
+    };
     let gpus = parse_count("gpus", &r.gpus, 0)?;
     let resources =
         ResourceRequest::parse(cpus, gpus, r.ram.as_deref(), r.hdd.as_deref()).map_err(usage)?;

@@ -197,6 +197,10 @@ pub struct Candidate {
     pub on_demand_micro_usd_per_hour: u64,
     /// Whether `price` is a spot price (false: on-demand stands in for an unknown spot price).
     pub spot_price_known: bool,
+    /// What the user's `--bid` allows for this type (a share of on-demand
+    /// is a different price for each type); `None` without a bid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bid_cap_micro_usd_per_hour: Option<u64>,
 }
 
 /// Why nothing fits: the limiting dimension and the largest offer.
@@ -272,6 +276,7 @@ pub fn select_ec2(cat: &Catalog, r: &Ec2Request) -> Result<Vec<Candidate>, NoMac
             price_micro_usd_per_hour: p,
             on_demand_micro_usd_per_hour: t.on_demand_micro_usd.unwrap_or(0),
             spot_price_known: known,
+            bid_cap_micro_usd_per_hour: None,
         })
         .collect())
 }

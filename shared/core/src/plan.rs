@@ -8,7 +8,8 @@
 use crate::catalog::{select_ec2, Arch, Candidate, Catalog, Ec2Request};
 use crate::contract::SubmitJob;
 use crate::gce::{gce_shape, GceError, GceRates};
-use crate::resources::{Bid, Cloud, Market, ResourceRequest};
+use crate::resources::{Bid, Cloud, Machine, Market, ResourceRequest};
+use crate::size::format_mib;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -43,6 +44,9 @@ pub struct Plan {
     pub warnings: Vec<String>,
     /// GCE: `TERMINATE` for GPU machines (they cannot live-migrate).
     pub on_host_maintenance: Option<String>,
+    /// Where the prices come from and of when (catalogue, rate table).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub price_source: String,
 }
 
 impl Plan {
@@ -53,6 +57,7 @@ impl Plan {
     /// candidates were two thirds of a spot job's record.
     pub fn for_record(mut self) -> Plan {
         self.candidates = Vec::new();
+        self.price_source = String::new();
         self
     }
 
@@ -90,6 +95,46 @@ impl Plan {
             ..Plan::default()
         }
     }
+
+    /// The plan of a local job on `machine`: refused when it asks for more
+    /// memory than the machine has (it could only swap or be killed);
+    /// warned when it asks for more CPUs (it runs on all there are).
+    ///
+    /// # Errors
+    /// [`PlanError::Request`] for `--ram` above the machine's memory.
+    pub fn local_on(job: &SubmitJob, machine: &Machine) -> Result<Plan, PlanError> {
+        let r = &job.resources;
+        let mut p = Plan::local(r);
+        p.vcpus = r.cpus.min(machine.cpus);
+        p.memory_mib = r.ram_mib.unwrap_or(machine.memory_mib);
+        let size = format!("{} vCPU, {}", machine.cpus, format_mib(machine.memory_mib));
+        if let Some(ram) = r
+            .ram_mib
+            .filter(|m| machine.memory_mib > 0 && *m > machine.memory_mib)
+        {
+            return Err(PlanError::Request(format!(
+                "--ram {} is more than this machine has ({size}); ask for less, or run on a cloud (--cloud=ec2spot)",
+                format_mib(ram)
+            )));
+        }
+        if r.cpus > machine.cpus {
+            p.warnings.push(format!(
+                "--cpus {} is more than this machine has ({size}): the job runs on all {}",
+                r.cpus, machine.cpus
+            ));
+        }
+        if r.gpus > 0 {
+            p.warnings.push(format!(
+                "--gpus {} is not held locally: the job sees whatever GPUs this machine has",
+                r.gpus
+            ));
+        }
+        if job.bid.is_some() {
+            p.warnings
+                .push("--bid applies to ec2spot only; ignored on local".into());
+        }
+        Ok(p)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Error)]
@@ -121,7 +166,7 @@ pub struct LocalPlanner;
 impl Planner for LocalPlanner {
     fn plan(&self, job: &SubmitJob) -> Result<Plan, PlanError> {
         match job.cloud {
-            Cloud::Local => Ok(Plan::local(&job.resources)),
+            Cloud::Local => Plan::local_on(job, &Machine::this()),
             other => Err(PlanError::CloudUnavailable(other)),
         }
     }
@@ -169,19 +214,25 @@ impl CatalogPlanner {
             allow_burstable: false,
             max_candidates: if spot { SPOT_CANDIDATES } else { 1 },
         };
-        let candidates = select_ec2(cat, &req).map_err(|e| PlanError::NoMachineFits(e.0))?;
-        let best = candidates[0].clone();
+        let mut candidates = select_ec2(cat, &req).map_err(|e| PlanError::NoMachineFits(e.0))?;
         let mut warnings = Vec::new();
+        let max_price = resolve_bid(job.cloud, job.bid, &mut candidates, &mut warnings);
+        let best = &candidates[0];
         if spot && !best.spot_price_known {
             warnings.push(format!(
                 "no spot price known for {} in {}: ranked by on-demand price (run `studio catalog refresh` for live spot prices)",
                 best.machine, cat.region
             ));
         }
-        let max_price = resolve_bid(job.cloud, job.bid, &best, &mut warnings);
         Ok(Plan {
             max_price_micro_usd_per_hour: max_price,
             warnings,
+            price_source: format!(
+                "EC2 {} catalogue of {}: {}",
+                cat.region,
+                cat.generated_at.get(..10).unwrap_or(&cat.generated_at),
+                cat.source
+            ),
             ..Plan::from_candidates(job.cloud, cat.region.clone(), candidates)
         })
     }
@@ -214,18 +265,26 @@ impl CatalogPlanner {
             price_micro_usd_per_hour: shape.price(&self.gce, preemptible),
             on_demand_micro_usd_per_hour: shape.price(&self.gce, false),
             spot_price_known: preemptible,
+            bid_cap_micro_usd_per_hour: None,
         };
         let mut warnings = Vec::new();
-        resolve_bid(job.cloud, job.bid, &cand, &mut warnings);
         let region = job
             .region
             .clone()
             .unwrap_or_else(|| GCE_DEFAULT_REGION.into());
+        if region != GCE_DEFAULT_REGION {
+            warnings.push(format!(
+                "prices are {GCE_DEFAULT_REGION}'s (the shipped rate table); {region}'s may differ"
+            ));
+        }
+        let mut cands = vec![cand];
+        resolve_bid(job.cloud, job.bid, &mut cands, &mut warnings);
         Ok(Plan {
             changes: shape.changes,
             warnings,
             on_host_maintenance: (shape.gpus > 0).then(|| "TERMINATE".to_string()),
-            ..Plan::from_candidates(job.cloud, region, vec![cand])
+            price_source: format!("GCE rate table: {}", self.gce.source),
+            ..Plan::from_candidates(job.cloud, region, cands)
         })
     }
 }
@@ -233,14 +292,7 @@ impl CatalogPlanner {
 impl Planner for CatalogPlanner {
     fn plan(&self, job: &SubmitJob) -> Result<Plan, PlanError> {
         match job.cloud {
-            Cloud::Local => {
-                let mut p = Plan::local(&job.resources);
-                if job.bid.is_some() {
-                    p.warnings
-                        .push("--bid applies to ec2spot only; ignored on local".into());
-                }
-                Ok(p)
-            }
+            Cloud::Local => Plan::local_on(job, &Machine::this()),
             Cloud::Ec2 | Cloud::Ec2spot => self.plan_ec2(job),
             Cloud::Gcloud | Cloud::Gcspot => self.plan_gce(job),
         }
@@ -251,12 +303,19 @@ fn usd(micro: u64) -> String {
     format!("${:.4}/h", micro as f64 / 1e6)
 }
 
-/// The spot price cap a bid means for the chosen machine, with warnings for
-/// bids that will not do what the user expects.
+/// The spot price cap a bid means for the pool, with warnings for bids
+/// that will not do what the user expects.
+///
+/// A share of on-demand is a cap per type (60 % of each type's own
+/// on-demand price), shown on each candidate; but an EC2 group takes one
+/// `SpotMaxPrice` for all its types, so the pool's cap is the lowest of
+/// them, and no type is ever paid more than the bid. Types whose known spot
+/// price is above the pool's cap could never launch: they leave the pool
+/// (unless none is left, then the bid is warned about).
 fn resolve_bid(
     cloud: Cloud,
     bid: Option<Bid>,
-    best: &Candidate,
+    candidates: &mut Vec<Candidate>,
     warnings: &mut Vec<String>,
 ) -> Option<u64> {
     let bid = bid?;
@@ -271,12 +330,29 @@ fn resolve_bid(
             return None;
         }
     }
-    let od = best.on_demand_micro_usd_per_hour;
-    let max = match bid {
-        Bid::MicroUsdPerHour(m) => m,
-        Bid::BasisPointsOfOnDemand(bp) => od * bp as u64 / 10_000,
-    };
-    if best.spot_price_known && max < best.price_micro_usd_per_hour {
+    for c in candidates.iter_mut() {
+        c.bid_cap_micro_usd_per_hour = Some(match bid {
+            Bid::MicroUsdPerHour(m) => m,
+            Bid::BasisPointsOfOnDemand(bp) => c.on_demand_micro_usd_per_hour * bp as u64 / 10_000,
+        });
+    }
+    let max = candidates
+        .iter()
+        .filter_map(|c| c.bid_cap_micro_usd_per_hour)
+        .min()?;
+    let launchable = |c: &Candidate| !c.spot_price_known || c.price_micro_usd_per_hour <= max;
+    if candidates.iter().any(launchable) {
+        let before = candidates.len();
+        candidates.retain(launchable);
+        if candidates.len() < before {
+            warnings.push(format!(
+                "{} of the fitting types left the pool: their spot price is above the bid's cap {}",
+                before - candidates.len(),
+                usd(max)
+            ));
+        }
+    } else {
+        let best = &candidates[0];
         warnings.push(format!(
             "bid {} is below the current spot price {} of {}: workers may not start",
             usd(max),
@@ -284,11 +360,12 @@ fn resolve_bid(
             best.machine
         ));
     }
-    if max > od {
+    let best = &candidates[0];
+    if max > best.on_demand_micro_usd_per_hour {
         warnings.push(format!(
             "bid {} is above the on-demand price {} of {}: --cloud=ec2 would cost less",
             usd(max),
-            usd(od),
+            usd(best.on_demand_micro_usd_per_hour),
             best.machine
         ));
     }

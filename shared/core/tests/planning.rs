@@ -390,3 +390,92 @@ fn the_shipped_catalogue_is_the_refresh_commands_output() {
         "sorted by name"
     );
 }
+
+#[test]
+fn a_share_bid_caps_each_type_and_the_pool_takes_the_lowest_leaving_types_it_cannot_buy() {
+    let t = |name: &str, od: u64, spot: u64| {
+        format!(
+            r#"{{"name":"{name}","vcpus":2,"memory_mib":4096,"archs":["x86_64"],"burstable":false,"current_generation":true,"on_demand":true,"spot":true,"other_accelerators":false,"on_demand_micro_usd":{od},"spot_micro_usd":{spot}}}"#
+        )
+    };
+    let cat = Catalog::from_json(&format!(
+        r#"{{"format":1,"region":"us-east-1","generated_at":"2026-12-01T00:00:00Z","source":"test","types":[{},{},{}]}}"#,
+        t("a.large", 100_000, 30_000),
+        t("b.large", 200_000, 50_000),
+        t("c.large", 120_000, 80_000),
+    ))
+    .unwrap();
+    let planner = CatalogPlanner {
+        ec2: Box::leak(Box::new(cat)),
+        gce: GceRates::shipped(),
+    };
+    let half = with(job(Cloud::Ec2spot, 2, 0, None), |j| {
+        j.bid = Some("50%".parse().unwrap())
+    });
+    let p = planner.plan(&half).unwrap();
+    // Caps: a 0.05, b 0.10, c 0.06; one SpotMaxPrice per group: the lowest.
+    assert_eq!(p.max_price_micro_usd_per_hour, Some(50_000));
+    let caps: Vec<(&str, Option<u64>)> = p
+        .candidates
+        .iter()
+        .map(|c| (c.machine.as_str(), c.bid_cap_micro_usd_per_hour))
+        .collect();
+    // c's spot price (0.08) is over the pool's cap: it could never launch.
+    assert_eq!(
+        caps,
+        vec![("a.large", Some(50_000)), ("b.large", Some(100_000))]
+    );
+    assert_eq!(p.machine_types, vec!["a.large", "b.large"]);
+    assert!(
+        p.warnings
+            .iter()
+            .any(|w| w.contains("1 of the fitting types left the pool")),
+        "{:?}",
+        p.warnings
+    );
+    assert!(p.price_source.contains("us-east-1 catalogue of 2026-12-01"));
+    // A for_record plan keeps neither the candidates nor the source.
+    assert!(p.for_record().price_source.is_empty());
+
+    // A bid under every type's spot price keeps the pool and says so.
+    let low = with(job(Cloud::Ec2spot, 2, 0, None), |j| {
+        j.bid = Some(Bid::MicroUsdPerHour(10_000))
+    });
+    let p = planner.plan(&low).unwrap();
+    assert_eq!(p.machine_types.len(), 3);
+    assert!(p
+        .warnings
+        .iter()
+        .any(|w| w.contains("workers may not start")));
+}
+
+#[test]
+fn a_local_plan_is_held_to_this_machine() {
+    use studio_core::resources::Machine;
+    let small = Machine {
+        cpus: 2,
+        memory_mib: 4096,
+    };
+    let over = job(Cloud::Local, 1, 0, Some("8g"));
+    match Plan::local_on(&over, &small) {
+        Err(PlanError::Request(m)) => {
+            assert!(
+                m.contains("--ram 8g is more than this machine has (2 vCPU, 4g)"),
+                "{m}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    let p = Plan::local_on(&job(Cloud::Local, 4, 0, None), &small).unwrap();
+    assert_eq!((p.vcpus, p.memory_mib), (2, 4096));
+    assert!(
+        p.warnings.iter().any(|w| w.contains(
+            "--cpus 4 is more than this machine has (2 vCPU, 4g): the job runs on all 2"
+        )),
+        "{:?}",
+        p.warnings
+    );
+    let fits = Plan::local_on(&job(Cloud::Local, 2, 0, Some("1g")), &small).unwrap();
+    assert!(fits.warnings.is_empty(), "{:?}", fits.warnings);
+    assert_eq!(fits.memory_mib, 1024);
+}
