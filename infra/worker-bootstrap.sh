@@ -11,21 +11,76 @@ set -euo pipefail
 retry_curl() { curl -fsS --retry 8 --retry-delay 2 --retry-connrefused --max-time 10 "$@"; }
 
 # The instance id, from IMDSv2 (token first).
-token=$(retry_curl -X PUT http://169.254.169.254/latest/api/token -H "X-aws-ec2-metadata-token-ttl-seconds: 300")
-instance_id=$(retry_curl -H "X-aws-ec2-metadata-token: $token" http://169.254.169.254/latest/meta-data/instance-id)
+imds_base=http://169.254.169.254
+token=$(retry_curl -X PUT "$imds_base/latest/api/token" -H "X-aws-ec2-metadata-token-ttl-seconds: 300")
+imds() { retry_curl -H "X-aws-ec2-metadata-token: $token" "$imds_base/latest/meta-data/$1"; }
+instance_id=$(imds instance-id)
+
+# An object of the artifact bucket, read with the machine's role: a GET
+# signed with Signature Version 4 by curl and openssl, which AL2023 and
+# Ubuntu both ship (stock Ubuntu images have no aws CLI). The role's
+# temporary credentials come from the metadata service and stay in this
+# function's variables: never on disk, never printed (no set -x here);
+# the keys derived from them are on openssl's command line for a moment,
+# at boot, before any job runs.
+hmac() { printf '%s' "$2" | openssl dgst -sha256 -mac HMAC -macopt "$1" | sed 's/^.*= //'; }
+sha256_hex() { printf '%s' "$1" | openssl dgst -sha256 | sed 's/^.*= //'; }
+json_field() { sed -n "s/.*\"$1\"[[:space:]]*:[[:space:]]*\"\([^\"]*\)\".*/\1/p" | head -n 1; }
+s3_get() {
+    local key=$1 dest=$2 role creds akid skey stoken when day base host canonical scope signing k
+    role=$(imds iam/security-credentials/ | head -n 1)
+    creds=$(imds "iam/security-credentials/$role")
+    akid=$(json_field AccessKeyId <<<"$creds")
+    skey=$(json_field SecretAccessKey <<<"$creds")
+    stoken=$(json_field Token <<<"$creds")
+    [ -n "$akid" ] && [ -n "$skey" ] && [ -n "$stoken" ] || return 1
+    when=$(date -u +%Y%m%dT%H%M%SZ)
+    day=${when%%T*}
+    base=${s3_base#*://}
+    host=${base%%/*}
+    canonical="GET
+${base#"$host"}/$key
+
+host:$host
+x-amz-content-sha256:$empty_sha256
+x-amz-date:$when
+x-amz-security-token:$stoken
+
+host;x-amz-content-sha256;x-amz-date;x-amz-security-token
+$empty_sha256"
+    scope="$day/$region/s3/aws4_request"
+    k=$(hmac "key:AWS4$skey" "$day")
+    k=$(hmac "hexkey:$k" "$region")
+    k=$(hmac "hexkey:$k" s3)
+    k=$(hmac "hexkey:$k" aws4_request)
+    signing=$(hmac "hexkey:$k" "AWS4-HMAC-SHA256
+$when
+$scope
+$(sha256_hex "$canonical")")
+    curl -fsS --max-time 300 -o "$dest" \
+        -H "x-amz-content-sha256: $empty_sha256" \
+        -H "x-amz-date: $when" \
+        -H "x-amz-security-token: $stoken" \
+        -H "Authorization: AWS4-HMAC-SHA256 Credential=$akid/$scope, SignedHeaders=host;x-amz-content-sha256;x-amz-date;x-amz-security-token, Signature=$signing" \
+        "$s3_base/$key"
+}
+s3_base="@S3_BASE@"
+region="@REGION@"
+empty_sha256=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
 
 # Installs s3://BUCKET/releases/NAME-SHA256 as /usr/local/bin/NAME, its
 # checksum verified; nothing when no checksum is given for this
-# architecture (the image carries it).
+# architecture (the image carries it). Each try signs afresh (the role's
+# credentials may not be there yet in the first seconds of a boot).
 install_release() {
     name=$1 sha256=$2
     [ -n "$sha256" ] || return 0
     for try in 1 2 3 4 5; do
-        aws s3 cp --only-show-errors "s3://@BUCKET@/releases/$name-$sha256" "/usr/local/bin/$name.download" && break
-        [ "$try" -lt 5 ] || exit 1
+        s3_get "releases/$name-$sha256" "/usr/local/bin/$name.download" && break
+        [ "$try" -lt 5 ] || { echo "studio-bootstrap: cannot read releases/$name-$sha256 from @BUCKET@" >&2; exit 1; }
         sleep $((try * 3))
     done
-    echo "$sha256  /usr/local/bin/$name.download" | sha256sum -c -
+    echo "$sha256  /usr/local/bin/$name.download" | sha256sum -c - || { rm -f "/usr/local/bin/$name.download"; exit 1; }
     install -m 0755 "/usr/local/bin/$name.download" "/usr/local/bin/$name"
     rm -f "/usr/local/bin/$name.download"
 }

@@ -362,6 +362,8 @@ pub struct MetadataStandIn {
     pub url: String,
     terminate: std::sync::Arc<std::sync::atomic::AtomicBool>,
     rebalance: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The instance profile's role and its credentials' JSON document.
+    role: std::sync::Arc<std::sync::Mutex<Option<(String, String)>>>,
 }
 
 impl MetadataStandIn {
@@ -376,10 +378,11 @@ impl MetadataStandIn {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let terminate = std::sync::Arc::new(AtomicBool::new(false));
         let rebalance = std::sync::Arc::new(AtomicBool::new(false));
-        let (t, r) = (terminate.clone(), rebalance.clone());
+        let role = std::sync::Arc::new(std::sync::Mutex::new(None::<(String, String)>));
+        let (t, r, ro) = (terminate.clone(), rebalance.clone(), role.clone());
         tokio::spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
-                let (t, r) = (t.clone(), r.clone());
+                let (t, r, ro) = (t.clone(), r.clone(), ro.clone());
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 4096];
                     let n = s.read(&mut buf).await.unwrap_or(0);
@@ -398,6 +401,19 @@ impl MetadataStandIn {
                         }
                     } else if line.starts_with("GET /latest/meta-data/") && !token_ok {
                         (401, String::new())
+                    } else if line.starts_with("GET /latest/meta-data/instance-id ") {
+                        (200, "i-0standin0000001".to_string())
+                    } else if let Some(rest) =
+                        line.strip_prefix("GET /latest/meta-data/iam/security-credentials/")
+                    {
+                        // IMDS lists the profile's role, then serves its
+                        // temporary credentials under the role's name.
+                        let asked = rest.split(' ').next().unwrap_or_default();
+                        match ro.lock().unwrap().clone() {
+                            Some((name, _)) if asked.is_empty() => (200, name),
+                            Some((name, doc)) if asked == name => (200, doc),
+                            _ => (404, String::new()),
+                        }
                     } else if line.starts_with("GET /latest/meta-data/placement/availability-zone ")
                     {
                         (200, "us-east-1c".to_string())
@@ -447,7 +463,24 @@ impl MetadataStandIn {
             url,
             terminate,
             rebalance,
+            role,
         }
+    }
+
+    /// Gives the machine an instance profile: `role`'s temporary
+    /// credentials, in the document shape IMDS serves.
+    pub fn set_role_credentials(&self, role: &str, key_id: &str, secret: &str, token: &str) {
+        let doc = serde_json::to_string_pretty(&serde_json::json!({
+            "Code": "Success",
+            "LastUpdated": "2026-12-07T00:00:00Z",
+            "Type": "AWS-HMAC",
+            "AccessKeyId": key_id,
+            "SecretAccessKey": secret,
+            "Token": token,
+            "Expiration": "2026-12-07T06:00:00Z",
+        }))
+        .unwrap();
+        *self.role.lock().unwrap() = Some((role.to_string(), doc));
     }
 
     pub fn set_terminate(&self, on: bool) {

@@ -93,6 +93,22 @@ pub struct FleetConfig {
     pub uv_sha256_x86_64: Option<String>,
     pub uv_sha256_arm64: Option<String>,
     pub bucket: String,
+    /// Where the bootstrap reads the bucket's objects
+    /// ([`FleetConfig::s3_base_for`]; a test's S3 server in tests).
+    pub s3_base: String,
+}
+
+impl FleetConfig {
+    /// The bucket's address the bootstrap signs its GETs for: the
+    /// virtual-hosted form S3 recommends, or the path form for a name with
+    /// dots (its TLS certificate covers one label only).
+    pub fn s3_base_for(bucket: &str, region: &str) -> String {
+        if bucket.contains('.') {
+            format!("https://s3.{region}.amazonaws.com/{bucket}")
+        } else {
+            format!("https://{bucket}.s3.{region}.amazonaws.com")
+        }
+    }
 }
 
 pub struct AsgFleet {
@@ -128,6 +144,8 @@ impl AsgFleet {
             ("@POOL@", key.as_str().to_string()),
             ("@WORKER_ENV@", self.cfg.worker_env.clone()),
             ("@BUCKET@", self.cfg.bucket.clone()),
+            ("@S3_BASE@", self.cfg.s3_base.clone()),
+            ("@REGION@", self.cfg.region.clone()),
             (
                 "@STUDIO_SHA256_X86_64@",
                 sha(&self.cfg.studio_sha256_x86_64),

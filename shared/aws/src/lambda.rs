@@ -55,6 +55,7 @@ pub fn context(cfg: &AwsConfig, sdk: &aws_config::SdkConfig, clock: Arc<dyn Cloc
             uv_sha256_x86_64: cfg.uv_sha256_x86_64.clone(),
             uv_sha256_arm64: cfg.uv_sha256_arm64.clone(),
             bucket: cfg.bucket.clone(),
+            s3_base: FleetConfig::s3_base_for(&cfg.bucket, &cfg.region),
         },
     );
     Ctx {
