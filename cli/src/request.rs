@@ -1,12 +1,13 @@
 //! The request flags (`--cpus`, `--ram`, `--bid`, ...) shared by `run`,
 //! `plan` and `submit`, turned into a `SubmitJob` and its packed workspace.
 
+use crate::context::Env;
 use crate::context::Globals;
 use crate::error::{usage, CliError};
 use crate::outputs::PULL_DIR;
 use clap::Args;
 use std::path::{Path, PathBuf};
-use studio_core::catalog::{Arch, Catalog};
+use studio_core::catalog::{Arch, Catalog, SpotPrices};
 use studio_core::contract::SubmitJob;
 use studio_core::plan::CatalogPlanner;
 use studio_core::resources::{Bid, Cloud, Machine, ResourceRequest, WorkerPolicy};
@@ -155,7 +156,11 @@ pub(crate) fn parse_usd_cents(v: &str) -> Result<u64, CliError> {
 
 /// The catalogue planner. A catalogue refreshed into `$STUDIO_HOME/catalog/`
 /// for the region wins over the one shipped in the binary.
-pub(crate) fn planner(home: &Path, region: Option<&str>) -> Result<CatalogPlanner, CliError> {
+pub(crate) fn planner(
+    home: &Path,
+    region: Option<&str>,
+    prices: Option<&SpotPrices>,
+) -> Result<CatalogPlanner, CliError> {
     let mut p = CatalogPlanner::shipped();
     let region = region.unwrap_or(&p.ec2.region);
     let file = home.join("catalog").join(format!("ec2-{region}.json"));
@@ -163,10 +168,37 @@ pub(crate) fn planner(home: &Path, region: Option<&str>) -> Result<CatalogPlanne
         let text = std::fs::read_to_string(&file)?;
         let cat =
             Catalog::from_json(&text).map_err(|e| usage(format!("{}: {e}", file.display())))?;
-        // One catalogue per process, kept for its lifetime.
-        p.ec2 = Box::leak(Box::new(cat));
+        p.ec2 = std::sync::Arc::new(cat);
+    }
+    if let Some(prices) = prices {
+        p.ec2 = std::sync::Arc::new(p.ec2.with_spot_prices(prices));
     }
     Ok(p)
+}
+
+/// The spot prices the AWS deployment keeps (its scale function reads the
+/// market hourly), for planning an `ec2spot` request as submit will; `None`
+/// without a deployment, for another cloud, or when they cannot be read
+/// (said on stderr: the plan then ranks by on-demand price).
+pub(crate) async fn deployment_prices(home: &Path, env: &Env, cloud: Cloud) -> Option<SpotPrices> {
+    if cloud != Cloud::Ec2spot {
+        return None;
+    }
+    let cfg = crate::backend::aws_settings(home, env).ok()??;
+    let sdk = studio_aws::sdk_config(&cfg.region).await;
+    let s3 = studio_aws::s3::client(&sdk);
+    let read = studio_aws::prices::load(&s3, &cfg.bucket, &cfg.region);
+    match tokio::time::timeout(std::time::Duration::from_secs(10), read).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            eprintln!("studio: warning: the deployment's spot prices are unreadable ({e}): ranked by on-demand price");
+            None
+        }
+        Err(_) => {
+            eprintln!("studio: warning: the deployment's spot prices did not come within 10 s: ranked by on-demand price");
+            None
+        }
+    }
 }
 
 /// The workspace tarball of `dir`, Studio's own state left out (the default

@@ -82,17 +82,21 @@ struct Role {
     fid: Fidelity,
     sdk: aws_config::SdkConfig,
     ctx: Ctx,
+    /// The spot prices as the functions' mains keep and read them.
+    prices: lambda::Prices,
 }
 
 async fn role(logical: &'static str, cfg: &AwsConfig, clock: &ManualClock) -> Role {
     let fid = Fidelity::start(&moto_endpoint(), clock.clone()).await;
     let sdk = studio_aws::emulator_config("us-east-1", &fid.url);
-    let ctx = lambda::context(cfg, &sdk, Arc::new(clock.clone()));
+    let prices = lambda::Prices::new(cfg, &sdk);
+    let ctx = lambda::context_with(cfg, &sdk, Arc::new(clock.clone()), prices.planner.clone());
     Role {
         logical,
         fid,
         sdk,
         ctx,
+        prices,
     }
 }
 
@@ -389,14 +393,38 @@ async fn the_template_deploys_and_runs_a_job_with_least_privilege() {
     // What the test itself looks at goes straight to moto, outside every role.
     let observer = lambda::context(&cfg, &moto, Arc::new(clock.clone()));
 
+    // The scale function reads the market (first tick: no snapshot yet)
+    // and keeps it; the submit function plans with it.
+    assert!(
+        scale.prices.refresh(clock.now()).await,
+        "the first tick reads the market"
+    );
+    assert!(
+        !scale.prices.refresh(clock.now()).await,
+        "then not again within the hour"
+    );
+    let planned = studio(home.path(), &["plan", "--cloud=ec2spot", "--cpus=2"]);
+    let planned = text(&planned.stdout);
+    assert!(
+        planned.contains("spot prices: DescribeSpotPriceHistory of ")
+            && planned.contains(" in us-east-1"),
+        "studio plan reads the deployment's spot prices: {planned}"
+    );
+
     // The submit function takes it from the submit queue.
     let event = submit.poll(&cfg.submit_queue).await;
     assert_eq!(event.records.len(), 1);
+    submit.prices.reload(clock.now()).await;
     let (resp, _) = lambda::submit_batch(&submit.ctx, event.clone()).await;
     assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
     submit.delete_done(&cfg.submit_queue, &event, &resp).await;
     let job = observer.store.get_job(&id).await.unwrap().unwrap();
     assert_eq!(job.state, JobState::Queued);
+    assert!(
+        job.plan.spot_price_known,
+        "planned at a spot price: {:?}",
+        job.plan
+    );
     lambda::scale(&scale.ctx).await.unwrap();
 
     // A machine of the group runs the worker; the job finishes.

@@ -478,6 +478,7 @@ fn the_tables_have_the_keys_indexes_and_ttl_the_store_uses() {
 const NO_RESOURCE_LEVEL: &[&str] = &[
     "ec2:DescribeImages",
     "ec2:DescribeInstances",
+    "ec2:DescribeSpotPriceHistory",
     "autoscaling:DescribeAutoScalingGroups",
     "autoscaling:DescribeScalingActivities",
 ];
@@ -535,10 +536,30 @@ fn every_policy_is_least_privilege() {
             }
         }
     }
-    // The functions never touch S3; only the workers do.
+    // The functions never touch jobs' files (only the workers do): scale
+    // keeps the spot prices under catalog/, and submit reads them.
+    let bucket = text(&t.resolve(
+        &serde_json::json!({"Fn::GetAtt": ["ArtifactBucket", "Arn"]}),
+        &cx,
+    ));
     for (_, role, _) in FUNCTIONS {
         let st = role_statements(&t.properties(role, &cx));
-        assert!(!allows(&st, "s3:GetObject", None), "{role} reads S3");
+        for prefix in ["workspaces", "logs", "checkpoints", "files", "releases"] {
+            let key = format!("{bucket}/{prefix}/x");
+            assert!(!allows(&st, "s3:GetObject", Some(&key)), "{role} reads {key}");
+            assert!(!allows(&st, "s3:PutObject", Some(&key)), "{role} writes {key}");
+        }
+        let snapshot = format!("{bucket}/catalog/spot-prices-us-east-1.json");
+        assert_eq!(
+            allows(&st, "s3:GetObject", Some(&snapshot)),
+            matches!(*role, "SubmitRole" | "ScaleRole"),
+            "{role} and the spot prices"
+        );
+        assert_eq!(
+            allows(&st, "s3:PutObject", Some(&snapshot)),
+            *role == "ScaleRole",
+            "{role} keeps the spot prices"
+        );
         assert!(!allows(
             &st,
             "iam:PassRole",

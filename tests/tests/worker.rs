@@ -438,6 +438,7 @@ async fn a_budget_stops_the_job_cancelled_with_the_reason() {
     studio_core::handlers::mutate_job(w.be.ctx.store.as_ref(), &job_id("spin"), |j| {
         j.plan.price_micro_usd_per_hour = 3_600_000;
         j.plan.market = studio_core::resources::Market::Spot;
+        j.plan.spot_price_known = true;
         studio_core::handlers::Step::Write(())
     })
     .await
@@ -492,7 +493,7 @@ async fn a_budget_stops_the_job_cancelled_with_the_reason() {
     // 11 s at $3.60/h, and no more once ended.
     w.clock.advance(Duration::from_secs(3600));
     assert_eq!(job.cost_micro_usd(w.clock.now()), 11_000);
-    assert_eq!(job.attempts[0].price_basis(), "planned spot price");
+    assert_eq!(job.attempts[0].price_basis(), "spot price when planned");
     assert_eq!(
         job.attempts[0].outputs.as_ref().map(|o| o.files),
         Some(1),

@@ -3,11 +3,11 @@
 
 use crate::context::{Env, Globals};
 use crate::error::{usage, CliError};
-use crate::request::{parse_request, planner, RequestArgs};
+use crate::request::{deployment_prices, parse_request, planner, RequestArgs};
 use crate::table::{table_lines, Output};
 use clap::Args;
 use std::process::ExitCode;
-use studio_core::catalog::Candidate;
+use studio_core::catalog::{Candidate, SpotPrices};
 use studio_core::plan::{Plan, Planner};
 use studio_core::pool::PoolSpec;
 use studio_core::resources::{Cloud, Market};
@@ -32,11 +32,16 @@ struct Planned {
     result: Result<(Plan, String), String>,
 }
 
-fn plan_one(g: &Globals, a: &RequestArgs, env: &Env) -> Result<(Plan, String), CliError> {
+fn plan_one(
+    g: &Globals,
+    a: &RequestArgs,
+    env: &Env,
+    prices: Option<&SpotPrices>,
+) -> Result<(Plan, String), CliError> {
     let mut spec = parse_request(a, &env.user)?;
     spec.entrypoint = "plan.py".into();
     spec.validate().map_err(usage)?;
-    let plan = planner(&g.home, spec.region.as_deref())?
+    let plan = planner(&g.home, spec.region.as_deref(), prices)?
         .plan(&spec)
         .map_err(usage)?;
     let pool = PoolSpec::for_job(&spec, &plan).key().to_string();
@@ -45,7 +50,9 @@ fn plan_one(g: &Globals, a: &RequestArgs, env: &Env) -> Result<(Plan, String), C
 
 pub(crate) async fn plan(g: &Globals, a: PlanArgs, env: &Env) -> Result<ExitCode, CliError> {
     if a.request.cloud != "all" {
-        let (plan, pool) = plan_one(g, &a.request, env)?;
+        let cloud = a.request.cloud.parse().map_err(usage)?;
+        let prices = deployment_prices(&g.home, env, cloud).await;
+        let (plan, pool) = plan_one(g, &a.request, env, prices.as_ref())?;
         if a.output == Output::Json {
             let mut v = serde_json::to_value(&plan)?;
             v["pool"] = serde_json::Value::String(pool);
@@ -58,6 +65,7 @@ pub(crate) async fn plan(g: &Globals, a: PlanArgs, env: &Env) -> Result<ExitCode
     // Every cloud, the same request: a flag one cloud refuses (a region
     // only EC2 knows) is that cloud's row, not the command's end; a flag
     // that is wrong everywhere is refused once.
+    let prices = deployment_prices(&g.home, env, Cloud::Ec2spot).await;
     let all: Vec<Planned> = Cloud::ALL
         .iter()
         .map(|&cloud| {
@@ -65,7 +73,7 @@ pub(crate) async fn plan(g: &Globals, a: PlanArgs, env: &Env) -> Result<ExitCode
             r.cloud = cloud.to_string();
             Planned {
                 cloud,
-                result: plan_one(g, &r, env).map_err(|e| e.message()),
+                result: plan_one(g, &r, env, prices.as_ref()).map_err(|e| e.message()),
             }
         })
         .collect();
@@ -117,7 +125,10 @@ fn row(plan: &Plan, c: &Candidate, chosen: bool) -> Vec<String> {
         (n, None) => n.to_string(),
     };
     let spot = match plan.market {
-        Market::Spot if c.spot_price_known => usd(c.price_micro_usd_per_hour),
+        Market::Spot if c.spot_price_known => match &c.zone {
+            Some(z) => format!("{} in {z}", usd(c.price_micro_usd_per_hour)),
+            None => usd(c.price_micro_usd_per_hour),
+        },
         Market::Spot => "unknown".to_string(),
         _ => "-".to_string(),
     };

@@ -7,12 +7,14 @@ use crate::error::{usage, CliError};
 use crate::follow::{follow, report_end};
 use crate::outputs::{pull_outputs, PULL_DIR};
 use crate::request::{
-    pack_workspace, parse_input, parse_request, parse_usd_cents, planner, RequestArgs,
+    deployment_prices, pack_workspace, parse_input, parse_request, parse_usd_cents, planner,
+    RequestArgs,
 };
 use crate::table::Output;
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use studio_core::catalog::SpotPrices;
 use studio_core::clock::{Clock, SystemClock};
 use studio_core::contract::SubmitJob;
 use studio_core::ids::JobId;
@@ -91,6 +93,7 @@ fn validate_run(
     owner: &str,
     home: &Path,
     local_cap: u32,
+    prices: Option<&SpotPrices>,
 ) -> Result<(SubmitJob, PathBuf), CliError> {
     let Some((script, script_args)) = a.command.split_first() else {
         return Err(usage(
@@ -169,7 +172,7 @@ fn validate_run(
     }
     // Plan against the catalogue (a request nothing fits is refused whatever
     // the backend); `run` then picks the backend that runs the cloud.
-    let plan = planner(home, spec.region.as_deref())?
+    let plan = planner(home, spec.region.as_deref(), prices)?
         .plan(&spec)
         .map_err(usage)?;
     for w in &plan.warnings {
@@ -293,7 +296,19 @@ except (SyntaxError, ValueError) as e:
 "#;
 
 pub(crate) async fn run(g: &Globals, env: &Env, a: RunArgs) -> Result<ExitCode, CliError> {
-    let (mut spec, dir) = validate_run(&a, &env.user, &g.home, g.settings.max_auto_workers)?;
+    // The deployment's spot prices, as submit will plan with them (only for
+    // ec2spot, and only with a deployment).
+    let prices = match a.request.cloud.parse() {
+        Ok(cloud) => deployment_prices(&g.home, env, cloud).await,
+        Err(_) => None,
+    };
+    let (mut spec, dir) = validate_run(
+        &a,
+        &env.user,
+        &g.home,
+        g.settings.max_auto_workers,
+        prices.as_ref(),
+    )?;
     if a.dry_run {
         // What would be sent: the workspace packed (for its reference) but
         // not uploaded, no job id assigned unless given, nothing created.

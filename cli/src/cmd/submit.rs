@@ -69,7 +69,7 @@ pub(crate) async fn submit(g: &Globals, env: &Env, a: SubmitArgs) -> Result<Exit
     };
     let mut spec =
         SubmitJob::from_json(&value.to_string()).map_err(|e| usage(format!("{what}: {e}")))?;
-    planner(&g.home, spec.region.as_deref())?
+    planner(&g.home, spec.region.as_deref(), None)?
         .plan(&spec)
         .map_err(|e| usage(format!("{what}: {e}")))?;
     if spec.cloud == Cloud::Local {

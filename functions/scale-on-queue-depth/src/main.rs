@@ -12,16 +12,18 @@ use studio_aws::{config::AwsConfig, lambda};
 async fn main() -> Result<(), Error> {
     lambda::init_tracing();
     let cfg = AwsConfig::from_lookup(|k| std::env::var(k).ok())?;
+    let (ctx, prices) = lambda::context_and_prices_from_env(&cfg).await;
     // GCE pools too, when the deployment has GCP settings.
-    let ctx = studio_gcp::attach_from_env(
-        lambda::context_from_env(&cfg).await,
-        &cfg.prefix,
-        &cfg.worker_env(),
-    )
-    .await?;
+    let ctx = studio_gcp::attach_from_env(ctx, &cfg.prefix, &cfg.worker_env()).await?;
     run(service_fn(|_: LambdaEvent<serde_json::Value>| {
-        let ctx = &ctx;
-        async move { lambda::scale(ctx).await.map_err(lambda::lambda_error) }
+        let (ctx, prices) = (&ctx, &prices);
+        async move {
+            let sizes = lambda::scale(ctx).await.map_err(lambda::lambda_error)?;
+            // The market, hourly, after the pools (a slow read never
+            // delays a scaling).
+            prices.refresh(ctx.clock.now()).await;
+            Ok::<_, lambda_runtime::Diagnostic>(sizes)
+        }
     }))
     .await
 }

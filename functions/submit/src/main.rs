@@ -13,16 +13,17 @@ use studio_aws::{config::AwsConfig, lambda};
 async fn main() -> Result<(), Error> {
     lambda::init_tracing();
     let cfg = AwsConfig::from_lookup(|k| std::env::var(k).ok())?;
+    let (ctx, prices) = lambda::context_and_prices_from_env(&cfg).await;
     // GCE pools too, when the deployment has GCP settings.
-    let ctx = studio_gcp::attach_from_env(
-        lambda::context_from_env(&cfg).await,
-        &cfg.prefix,
-        &cfg.worker_env(),
-    )
-    .await?;
+    let ctx = studio_gcp::attach_from_env(ctx, &cfg.prefix, &cfg.worker_env()).await?;
     run(service_fn(|event: LambdaEvent<SqsEvent>| {
-        let ctx = &ctx;
-        async move { Ok::<SqsBatchResponse, Error>(lambda::submit_batch(ctx, event.payload).await.0) }
+        let (ctx, prices) = (&ctx, &prices);
+        async move {
+            // Spot jobs plan at the deployment's spot prices (read again
+            // every ten minutes at most).
+            prices.reload(ctx.clock.now()).await;
+            Ok::<SqsBatchResponse, Error>(lambda::submit_batch(ctx, event.payload).await.0)
+        }
     }))
     .await
 }

@@ -7,8 +7,10 @@
 
 use crate::error::AwsError;
 use aws_sdk_ec2::types::{ArchitectureType, InstanceTypeInfo, UsageClassType};
-use std::collections::HashMap;
-use studio_core::catalog::{Arch, Catalog, Gpus, InstanceType, CATALOG_FORMAT};
+use std::collections::{BTreeMap, HashMap};
+use studio_core::catalog::{
+    Arch, Catalog, Gpus, InstanceType, SpotPrices, ZonePrice, CATALOG_FORMAT,
+};
 
 /// Reads `instance_type,region,on_demand_usd_per_hour` rows of `region`.
 ///
@@ -84,6 +86,7 @@ fn convert(t: &InstanceTypeInfo, on_demand: &HashMap<String, u64>) -> Option<Ins
             || t.neuron_info().is_some()
             || t.media_accelerator_info().is_some(),
         spot_micro_usd: None,
+        spot_zone: None,
     })
 }
 
@@ -119,33 +122,11 @@ pub async fn fetch_catalog(
     }
     let mut spot_source = "none";
     if spot_prices {
-        let mut lowest: HashMap<String, u64> = HashMap::new();
-        let mut pages = ec2
-            .describe_spot_price_history()
-            .product_descriptions("Linux/UNIX")
-            .start_time(aws_sdk_ec2::primitives::DateTime::from(
-                std::time::SystemTime::now(),
-            ))
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| AwsError::sdk("DescribeSpotPriceHistory", e))?;
-            for p in page.spot_price_history() {
-                let (Some(t), Some(price)) = (p.instance_type(), p.spot_price()) else {
-                    continue;
-                };
-                let Ok(usd) = price.parse::<f64>() else {
-                    continue;
-                };
-                let micro = (usd * 1e6).round() as u64;
-                lowest
-                    .entry(t.as_str().to_string())
-                    .and_modify(|m| *m = (*m).min(micro))
-                    .or_insert(micro);
-            }
-        }
+        let prices = fetch_spot_prices(ec2, region, std::time::SystemTime::now()).await?;
         for t in &mut types {
-            t.spot_micro_usd = lowest.get(&t.name).copied();
+            let p = prices.prices.get(&t.name);
+            t.spot_micro_usd = p.map(|p| p.micro_usd);
+            t.spot_zone = p.map(|p| p.zone.clone());
         }
         spot_source = "DescribeSpotPriceHistory";
     }
@@ -177,4 +158,75 @@ pub fn to_json(cat: &Catalog) -> String {
         head.trim_end_matches("]}"),
         body.join(",\n")
     )
+}
+
+/// The region's current spot prices (Linux/UNIX): per type the lowest
+/// across its zones, and that zone. `StartTime` now asks for each pool's
+/// current price only.
+///
+/// # Errors
+/// [`AwsError`] when a call fails.
+pub async fn fetch_spot_prices(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    now: std::time::SystemTime,
+) -> Result<SpotPrices, AwsError> {
+    let mut prices: BTreeMap<String, ZonePrice> = BTreeMap::new();
+    let mut pages = ec2
+        .describe_spot_price_history()
+        .product_descriptions("Linux/UNIX")
+        .start_time(aws_sdk_ec2::primitives::DateTime::from(now))
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| AwsError::sdk("DescribeSpotPriceHistory", e))?;
+        for p in page.spot_price_history() {
+            let (Some(t), Some(price), Some(zone)) =
+                (p.instance_type(), p.spot_price(), p.availability_zone())
+            else {
+                continue;
+            };
+            let Ok(usd) = price.parse::<f64>() else {
+                continue;
+            };
+            let here = ZonePrice {
+                zone: zone.to_string(),
+                micro_usd: (usd * 1e6).round() as u64,
+            };
+            let slot = prices.entry(t.as_str().to_string()).or_insert(here.clone());
+            if (here.micro_usd, &here.zone) < (slot.micro_usd, &slot.zone) {
+                *slot = here;
+            }
+        }
+    }
+    Ok(SpotPrices {
+        region: region.to_string(),
+        fetched_at: humantime::format_rfc3339_seconds(now).to_string(),
+        source: "DescribeSpotPriceHistory".into(),
+        prices,
+    })
+}
+
+/// Reads the market again when the deployment's snapshot is missing or
+/// older than [`crate::prices::REFRESH_EVERY_MS`] at `now`; returns
+/// whether it did.
+///
+/// # Errors
+/// [`AwsError`] when a call fails (the snapshot is left as it was).
+pub async fn refresh_spot_prices(
+    ec2: &aws_sdk_ec2::Client,
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    region: &str,
+    now: studio_core::clock::Timestamp,
+) -> Result<bool, AwsError> {
+    if let Some(held) = crate::prices::load(s3, bucket, region).await? {
+        if !crate::prices::stale(&held.fetched_at, now) {
+            return Ok(false);
+        }
+    }
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(now.0.max(0) as u64);
+    let prices = fetch_spot_prices(ec2, region, at).await?;
+    crate::prices::store(s3, bucket, &prices).await?;
+    Ok(true)
 }

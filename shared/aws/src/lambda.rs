@@ -12,6 +12,7 @@ use crate::config::AwsConfig;
 use crate::dynamo::DynamoStore;
 use crate::events::parse_instance_event;
 use crate::fleet::{AsgFleet, FleetConfig};
+use crate::prices::PricedPlanner;
 use crate::sqs::SqsQueue;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use std::sync::Arc;
@@ -34,8 +35,63 @@ pub fn init_tracing() {
         .init();
 }
 
-/// The handlers' context on AWS.
+/// The handlers' context on AWS, planning from the shipped data only.
 pub fn context(cfg: &AwsConfig, sdk: &aws_config::SdkConfig, clock: Arc<dyn Clock>) -> Ctx {
+    context_with(cfg, sdk, clock, Arc::new(CatalogPlanner::shipped()))
+}
+
+/// The deployment's spot prices ([`crate::prices`]): the planner that
+/// uses them, and where they are read and kept.
+pub struct Prices {
+    pub planner: Arc<PricedPlanner>,
+    ec2: aws_sdk_ec2::Client,
+    s3: aws_sdk_s3::Client,
+    bucket: String,
+    region: String,
+}
+
+impl Prices {
+    pub fn new(cfg: &AwsConfig, sdk: &aws_config::SdkConfig) -> Prices {
+        Prices {
+            planner: Arc::new(PricedPlanner::default()),
+            ec2: aws_sdk_ec2::Client::new(sdk),
+            s3: crate::s3::client(sdk),
+            bucket: cfg.bucket.clone(),
+            region: cfg.region.clone(),
+        }
+    }
+
+    /// `submit`, before a batch: the snapshot read again when due.
+    pub async fn reload(&self, now: studio_core::clock::Timestamp) {
+        self.planner.reload(&self.s3, &self.bucket, now).await;
+    }
+
+    /// `scale-on-queue-depth`: the market read again when the snapshot is
+    /// due. A failure is logged and scaling goes on (jobs plan at the
+    /// prices held, or at on-demand).
+    pub async fn refresh(&self, now: studio_core::clock::Timestamp) -> bool {
+        crate::catalog::refresh_spot_prices(&self.ec2, &self.s3, &self.bucket, &self.region, now)
+            .await
+            .inspect_err(|e| warn!(error = %e, "spot prices not refreshed"))
+            .unwrap_or(false)
+    }
+}
+
+/// [`context_from_env`], planning with the deployment's spot prices.
+pub async fn context_and_prices_from_env(cfg: &AwsConfig) -> (Ctx, Prices) {
+    let sdk = crate::sdk::sdk_config(&cfg.region).await;
+    let prices = Prices::new(cfg, &sdk);
+    let ctx = context_with(cfg, &sdk, Arc::new(SystemClock), prices.planner.clone());
+    (ctx, prices)
+}
+
+/// The handlers' context on AWS with `planner`.
+pub fn context_with(
+    cfg: &AwsConfig,
+    sdk: &aws_config::SdkConfig,
+    clock: Arc<dyn Clock>,
+    planner: Arc<dyn studio_core::plan::Planner>,
+) -> Ctx {
     let fleet = AsgFleet::new(
         aws_sdk_ec2::Client::new(sdk),
         aws_sdk_autoscaling::Client::new(sdk),
@@ -66,7 +122,7 @@ pub fn context(cfg: &AwsConfig, sdk: &aws_config::SdkConfig, clock: Arc<dyn Cloc
         )),
         queue: Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(sdk))),
         fleet: Arc::new(fleet),
-        planner: Arc::new(CatalogPlanner::shipped()),
+        planner,
         clock,
         settings: Settings {
             submit_queue: cfg.submit_queue.clone(),

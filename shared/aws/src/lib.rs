@@ -11,6 +11,7 @@
 //! - [`sqs`]: queues on SQS, each with a dead-letter queue.
 //! - [`fleet`]: worker groups as launch templates + Auto Scaling groups.
 //! - [`s3`]: workspaces and logs on S3.
+//! - [`prices`]: the deployment's spot prices in its bucket, and the planner using them.
 //! - [`events`]: EventBridge EC2 events → the domain's instance events.
 //! - [`lambda`]: what the four functions do with their events.
 //! - [`error`]: [`AwsError`]; [`sdk`]: the SDK's shared configuration.
@@ -31,6 +32,7 @@ pub mod fleet;
 pub mod gce_identity;
 #[cfg(feature = "fleet")]
 pub mod lambda;
+pub mod prices;
 pub mod s3;
 pub mod sqs;
 #[cfg(feature = "stack")]

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use thiserror::Error;
 
 /// The JSON format version of a catalogue file.
@@ -96,6 +96,9 @@ pub struct InstanceType {
     pub on_demand_micro_usd: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spot_micro_usd: Option<u64>,
+    /// The zone of that spot price (the region's cheapest for the type).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spot_zone: Option<String>,
 }
 
 impl InstanceType {
@@ -142,7 +145,25 @@ pub enum CatalogError {
     Format(u32),
 }
 
-static SHIPPED: OnceLock<Catalog> = OnceLock::new();
+static SHIPPED: OnceLock<Arc<Catalog>> = OnceLock::new();
+
+/// The current spot prices of a region's types, as a deployment keeps them
+/// (`DescribeSpotPriceHistory`, refreshed by its scale function): per type
+/// the lowest price across the region's zones, and that zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpotPrices {
+    pub region: String,
+    /// RFC 3339, when they were read.
+    pub fetched_at: String,
+    pub source: String,
+    pub prices: std::collections::BTreeMap<String, ZonePrice>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZonePrice {
+    pub zone: String,
+    pub micro_usd: u64,
+}
 
 impl Catalog {
     /// # Errors
@@ -156,11 +177,42 @@ impl Catalog {
     }
 
     /// The catalogue shipped in the repository (us-east-1), parsed once.
-    pub fn shipped() -> &'static Catalog {
-        SHIPPED.get_or_init(|| {
-            Catalog::from_json(include_str!("../catalog/ec2-us-east-1.json"))
-                .expect("the shipped catalogue is valid (tested)")
-        })
+    pub fn shipped() -> Arc<Catalog> {
+        SHIPPED
+            .get_or_init(|| {
+                Arc::new(
+                    Catalog::from_json(include_str!("../catalog/ec2-us-east-1.json"))
+                        .expect("the shipped catalogue is valid (tested)"),
+                )
+            })
+            .clone()
+    }
+
+    /// This catalogue with `prices` as its spot prices (a type they do not
+    /// name has none), and its source saying where and when they come
+    /// from. Prices of another region change nothing.
+    pub fn with_spot_prices(&self, prices: &SpotPrices) -> Catalog {
+        if prices.region != self.region {
+            return self.clone();
+        }
+        let mut c = self.clone();
+        for t in &mut c.types {
+            let p = prices.prices.get(&t.name);
+            t.spot_micro_usd = p.map(|p| p.micro_usd);
+            t.spot_zone = p.map(|p| p.zone.clone());
+        }
+        let specs = self
+            .source
+            .split("; spot prices:")
+            .next()
+            .unwrap_or(&self.source);
+        c.source = format!(
+            "{specs}; spot prices: {} of {} ({} types)",
+            prices.source,
+            prices.fetched_at,
+            prices.prices.len()
+        );
+        c
     }
 
     pub fn get(&self, name: &str) -> Option<&InstanceType> {
@@ -197,6 +249,9 @@ pub struct Candidate {
     pub on_demand_micro_usd_per_hour: u64,
     /// Whether `price` is a spot price (false: on-demand stands in for an unknown spot price).
     pub spot_price_known: bool,
+    /// The zone of the spot price, where it is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
     /// What the user's `--bid` allows for this type (a share of on-demand
     /// is a different price for each type); `None` without a bid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -276,6 +331,7 @@ pub fn select_ec2(cat: &Catalog, r: &Ec2Request) -> Result<Vec<Candidate>, NoMac
             price_micro_usd_per_hour: p,
             on_demand_micro_usd_per_hour: t.on_demand_micro_usd.unwrap_or(0),
             spot_price_known: known,
+            zone: if known { t.spot_zone.clone() } else { None },
             bid_cap_micro_usd_per_hour: None,
         })
         .collect())
@@ -375,6 +431,7 @@ mod tests {
             other_accelerators: false,
             on_demand_micro_usd: Some(od),
             spot_micro_usd: spot,
+            spot_zone: spot.map(|_| "test-1a".into()),
         }
     }
 

@@ -125,6 +125,10 @@ pub struct Attempt {
     pub market: Market,
     /// Price of the machine while this attempt ran, millionths of USD per hour.
     pub price_micro_usd_per_hour: u64,
+    /// Whether that price is a spot price (false: a spot machine priced at
+    /// on-demand, for want of a spot price when it was planned).
+    #[serde(default)]
+    pub spot_price_known: bool,
     pub started_at: Timestamp,
     pub ended_at: Option<Timestamp>,
     /// The state the attempt ended in (`finished`, `failed`, `interrupted`, `cancelled`).
@@ -159,9 +163,12 @@ impl Attempt {
     /// Where the price comes from, for people reading a bill.
     pub fn price_basis(&self) -> &'static str {
         match self.market {
-            // The price the plan chose the machine at (the price table's
-            // spot price); the machine's actual spot price can differ.
-            Market::Spot => "planned spot price",
+            // The price the plan chose the machine at; the market moves.
+            Market::Spot if self.spot_price_known => "spot price when planned",
+            // Said as it is: ranked and counted at on-demand.
+            Market::Spot => {
+                "on-demand list price (no spot price known when planned; spot bills less)"
+            }
             Market::OnDemand => "on-demand list price",
             Market::Local => "local: free",
         }
@@ -403,6 +410,7 @@ impl Job {
             machine: self.plan.machine.clone(),
             market: self.plan.market,
             price_micro_usd_per_hour: self.plan.price_micro_usd_per_hour,
+            spot_price_known: self.plan.spot_price_known,
             started_at: at,
             ended_at: None,
             outcome: None,
@@ -568,7 +576,16 @@ mod tests {
         j.complete(Some(0), None, min(55), "t").unwrap();
         assert_eq!(j.cost_micro_usd(min(500)), 900_000, "ended at 55 min");
         assert_eq!(usd(j.cost_micro_usd(min(500))), "$0.9000");
-        assert_eq!(j.attempts[0].price_basis(), "planned spot price");
+        assert!(j.attempts[0]
+            .price_basis()
+            .starts_with("on-demand list price (no spot price known"));
+        let mut known = job();
+        known.plan.market = Market::Spot;
+        known.plan.spot_price_known = true;
+        known
+            .claim(&InstanceId::new("w").unwrap(), "m", min(0))
+            .unwrap();
+        assert_eq!(known.attempts[0].price_basis(), "spot price when planned");
         // A local job is free.
         let mut l = job();
         l.claim(&InstanceId::new("w").unwrap(), "m", min(0))

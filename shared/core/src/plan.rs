@@ -11,6 +11,7 @@ use crate::gce::{gce_shape, GceError, GceRates};
 use crate::resources::{Bid, Cloud, Machine, Market, ResourceRequest};
 use crate::size::format_mib;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use thiserror::Error;
 
 /// How many fitting types a spot pool may use (mixed instances).
@@ -35,6 +36,9 @@ pub struct Plan {
     pub gpu_model: Option<String>,
     /// Expected price: the spot price where known for spot, else on-demand.
     pub price_micro_usd_per_hour: u64,
+    /// Whether that price is a spot (or preemptible) price: false for a
+    /// spot plan ranked by on-demand prices (no spot price known).
+    pub spot_price_known: bool,
     pub on_demand_micro_usd_per_hour: u64,
     /// The most the pool pays for a spot machine (from `--bid`); `None`: up to on-demand.
     pub max_price_micro_usd_per_hour: Option<u64>,
@@ -77,6 +81,7 @@ impl Plan {
             gpu_model: best.gpu_model,
             price_micro_usd_per_hour: best.price_micro_usd_per_hour,
             on_demand_micro_usd_per_hour: best.on_demand_micro_usd_per_hour,
+            spot_price_known: best.spot_price_known,
             candidates,
             ..Plan::default()
         }
@@ -175,7 +180,7 @@ impl Planner for LocalPlanner {
 /// Plans every cloud from a catalogue and a rate table.
 #[derive(Debug, Clone)]
 pub struct CatalogPlanner {
-    pub ec2: &'static Catalog,
+    pub ec2: Arc<Catalog>,
     pub gce: GceRates,
 }
 
@@ -189,7 +194,7 @@ impl CatalogPlanner {
     }
 
     fn plan_ec2(&self, job: &SubmitJob) -> Result<Plan, PlanError> {
-        let cat = self.ec2;
+        let cat = &*self.ec2;
         // The root volume is gp3: 1 GiB to 16 TiB (EBS volume types). Refused
         // here, not by RunInstances after the group is made.
         if let Some(gib) = job.resources.hdd_gib.filter(|g| *g > MAX_GP3_GIB) {
@@ -265,6 +270,7 @@ impl CatalogPlanner {
             price_micro_usd_per_hour: shape.price(&self.gce, preemptible),
             on_demand_micro_usd_per_hour: shape.price(&self.gce, false),
             spot_price_known: preemptible,
+            zone: None,
             bid_cap_micro_usd_per_hour: None,
         };
         let mut warnings = Vec::new();

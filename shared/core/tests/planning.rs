@@ -406,7 +406,7 @@ fn a_share_bid_caps_each_type_and_the_pool_takes_the_lowest_leaving_types_it_can
     ))
     .unwrap();
     let planner = CatalogPlanner {
-        ec2: Box::leak(Box::new(cat)),
+        ec2: std::sync::Arc::new(cat),
         gce: GceRates::shipped(),
     };
     let half = with(job(Cloud::Ec2spot, 2, 0, None), |j| {
