@@ -546,8 +546,14 @@ fn every_policy_is_least_privilege() {
         let st = role_statements(&t.properties(role, &cx));
         for prefix in ["workspaces", "logs", "checkpoints", "files", "releases"] {
             let key = format!("{bucket}/{prefix}/x");
-            assert!(!allows(&st, "s3:GetObject", Some(&key)), "{role} reads {key}");
-            assert!(!allows(&st, "s3:PutObject", Some(&key)), "{role} writes {key}");
+            assert!(
+                !allows(&st, "s3:GetObject", Some(&key)),
+                "{role} reads {key}"
+            );
+            assert!(
+                !allows(&st, "s3:PutObject", Some(&key)),
+                "{role} writes {key}"
+            );
         }
         let snapshot = format!("{bucket}/catalog/spot-prices-us-east-1.json");
         assert_eq!(
