@@ -3,7 +3,19 @@
 # which fills in its placeholders (upper-case names between two at signs).
 # It holds no credentials: the machine acts through its instance profile,
 # and the worker's settings below are only names.
-set -euo pipefail
+set -Eeuo pipefail
+
+# A failure is said on the console, one line starting with
+# "studio-bootstrap: " (cloud-init passes this script's output there): the
+# control plane reads it when it retires the machine for running no worker,
+# and records it on the pool, where `studio status` shows it. The command
+# is named as written, never expanded (no credential in it).
+say() {
+    echo "studio-bootstrap: $*" >&2
+    if [ -w /dev/console ]; then echo "studio-bootstrap: $*" >/dev/console 2>/dev/null || true; fi
+}
+# shellcheck disable=SC2154  # rc is the trap's own
+trap 'rc=$?; say "line $LINENO: \`$BASH_COMMAND\` failed (exit $rc)"' ERR
 
 # Early in boot the metadata service and the network may not answer yet:
 # every call is retried (curl: 8 tries, 2 s apart, connection refusals too).
@@ -17,70 +29,94 @@ imds() { retry_curl -H "X-aws-ec2-metadata-token: $token" "$imds_base/latest/met
 instance_id=$(imds instance-id)
 
 # An object of the artifact bucket, read with the machine's role: a GET
-# signed with Signature Version 4 by curl and openssl, which AL2023 and
-# Ubuntu both ship (stock Ubuntu images have no aws CLI). The role's
-# temporary credentials come from the metadata service and stay in this
-# function's variables: never on disk, never printed (no set -x here);
-# the keys derived from them are on openssl's command line for a moment,
-# at boot, before any job runs.
-hmac() { printf '%s' "$2" | openssl dgst -sha256 -mac HMAC -macopt "$1" | sed 's/^.*= //'; }
-sha256_hex() { printf '%s' "$1" | openssl dgst -sha256 | sed 's/^.*= //'; }
-json_field() { sed -n "s/.*\"$1\"[[:space:]]*:[[:space:]]*\"\([^\"]*\)\".*/\1/p" | head -n 1; }
+# signed with Signature Version 4 by python3's standard library (stock
+# Ubuntu images have no aws CLI; AL2023 and Ubuntu both have python3, which
+# cloud-init itself runs on). That process reads the role's temporary
+# credentials from the metadata service itself, with a token of its own,
+# and they never leave it: not on a command line, not on disk, not printed.
 s3_get() {
-    local key=$1 dest=$2 role creds akid skey stoken when day base host canonical scope signing k
-    role=$(imds iam/security-credentials/ | head -n 1)
-    creds=$(imds "iam/security-credentials/$role")
-    akid=$(json_field AccessKeyId <<<"$creds")
-    skey=$(json_field SecretAccessKey <<<"$creds")
-    stoken=$(json_field Token <<<"$creds")
-    [ -n "$akid" ] && [ -n "$skey" ] && [ -n "$stoken" ] || return 1
-    when=$(date -u +%Y%m%dT%H%M%SZ)
-    day=${when%%T*}
-    base=${s3_base#*://}
-    host=${base%%/*}
-    canonical="GET
-${base#"$host"}/$key
+    python3 - "$imds_base" "$s3_base" "$region" "$1" "$2" <<'PY'
+import datetime, hashlib, hmac, json, sys, urllib.request
 
-host:$host
-x-amz-content-sha256:$empty_sha256
-x-amz-date:$when
-x-amz-security-token:$stoken
+imds, base, region, key, dest = sys.argv[1:6]
 
-host;x-amz-content-sha256;x-amz-date;x-amz-security-token
-$empty_sha256"
-    scope="$day/$region/s3/aws4_request"
-    k=$(hmac "key:AWS4$skey" "$day")
-    k=$(hmac "hexkey:$k" "$region")
-    k=$(hmac "hexkey:$k" s3)
-    k=$(hmac "hexkey:$k" aws4_request)
-    signing=$(hmac "hexkey:$k" "AWS4-HMAC-SHA256
-$when
-$scope
-$(sha256_hex "$canonical")")
-    curl -fsS --max-time 300 -o "$dest" \
-        -H "x-amz-content-sha256: $empty_sha256" \
-        -H "x-amz-date: $when" \
-        -H "x-amz-security-token: $stoken" \
-        -H "Authorization: AWS4-HMAC-SHA256 Credential=$akid/$scope, SignedHeaders=host;x-amz-content-sha256;x-amz-date;x-amz-security-token, Signature=$signing" \
-        "$s3_base/$key"
+
+def fetch(req, timeout=10):
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.read()
+
+
+def meta(path, token):
+    h = {"X-aws-ec2-metadata-token": token}
+    return fetch(urllib.request.Request(f"{imds}/latest/meta-data/{path}", headers=h)).decode()
+
+
+try:
+    ttl = {"X-aws-ec2-metadata-token-ttl-seconds": "300"}
+    token = fetch(urllib.request.Request(f"{imds}/latest/api/token", method="PUT", headers=ttl)).decode()
+    role = meta("iam/security-credentials/", token).split()[0]
+    creds = json.loads(meta(f"iam/security-credentials/{role}", token))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    when, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+    host, _, prefix = base.split("://", 1)[1].partition("/")
+    path = (f"/{prefix}" if prefix else "") + f"/{key}"
+    empty = hashlib.sha256(b"").hexdigest()
+    headers = {
+        "host": host,
+        "x-amz-content-sha256": empty,
+        "x-amz-date": when,
+        "x-amz-security-token": creds["Token"],
+    }
+    signed = ";".join(sorted(headers))
+    lines = [f"{k}:{headers[k]}" for k in sorted(headers)]
+    canonical = "\n".join(["GET", path, "", *lines, "", signed, empty])
+    scope = f"{day}/{region}/s3/aws4_request"
+    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", when, scope, digest])
+    k = ("AWS4" + creds["SecretAccessKey"]).encode()
+    for part in (day, region, "s3", "aws4_request"):
+        k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+    sig = hmac.new(k, to_sign.encode(), hashlib.sha256).hexdigest()
+    del headers["host"]  # urllib sends it, as signed
+    headers["Authorization"] = (
+        f"AWS4-HMAC-SHA256 Credential={creds['AccessKeyId']}/{scope}, "
+        f"SignedHeaders={signed}, Signature={sig}"
+    )
+    with urllib.request.urlopen(urllib.request.Request(f"{base}/{key}", headers=headers), timeout=300) as r:
+        with open(dest, "wb") as out:
+            while chunk := r.read(1 << 20):
+                out.write(chunk)
+except Exception as e:  # one line, never the credentials
+    print(f"GET {key}: {type(e).__name__}: {e}", file=sys.stderr)
+    sys.exit(1)
+PY
 }
 s3_base="@S3_BASE@"
 region="@REGION@"
-empty_sha256=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
 
 # Installs s3://BUCKET/releases/NAME-SHA256 as /usr/local/bin/NAME, its
 # checksum verified; nothing when no checksum is given for this
-# architecture (the image carries it). Each try signs afresh (the role's
-# credentials may not be there yet in the first seconds of a boot).
+# architecture (the image carries it). The role's credentials may not be
+# there in the first seconds of a boot, and a new role's policy takes a
+# while (IAM is eventually consistent): tries for five minutes, backing off
+# to 30 s, each signed afresh.
 install_release() {
     name=$1 sha256=$2
     [ -n "$sha256" ] || return 0
-    for try in 1 2 3 4 5; do
-        s3_get "releases/$name-$sha256" "/usr/local/bin/$name.download" && break
-        [ "$try" -lt 5 ] || { echo "studio-bootstrap: cannot read releases/$name-$sha256 from @BUCKET@" >&2; exit 1; }
-        sleep $((try * 3))
+    deadline=$((SECONDS + 300)) delay=3
+    until s3_get "releases/$name-$sha256" "/usr/local/bin/$name.download"; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            say "cannot read releases/$name-$sha256 from the bucket @BUCKET@ with this machine's role"
+            exit 1
+        fi
+        sleep "$delay"
+        delay=$((delay * 2 > 30 ? 30 : delay * 2))
     done
-    echo "$sha256  /usr/local/bin/$name.download" | sha256sum -c - || { rm -f "/usr/local/bin/$name.download"; exit 1; }
+    echo "$sha256  /usr/local/bin/$name.download" | sha256sum -c - >/dev/null || {
+        rm -f "/usr/local/bin/$name.download"
+        say "releases/$name-$sha256 in the bucket is not its checksum: not installed"
+        exit 1
+    }
     install -m 0755 "/usr/local/bin/$name.download" "/usr/local/bin/$name"
     rm -f "/usr/local/bin/$name.download"
 }

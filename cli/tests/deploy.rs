@@ -40,7 +40,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use studio_aws::config::AwsConfig;
 use studio_aws::lambda;
-use studio_core::clock::{Clock, ManualClock};
+use studio_core::clock::{Clock, ManualClock, Timestamp};
 use studio_core::handlers::Ctx;
 use studio_core::ids::{InstanceId, JobId};
 use studio_core::job::JobState;
@@ -333,6 +333,63 @@ async fn the_template_deploys_and_runs_a_job_with_least_privilege() {
             "no ok line for {what}:\n{report}"
         );
     }
+    // moto knows no EC2 quota: said, not failed.
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("skip ") && l.contains("vcpu quotas")),
+        "{report}"
+    );
+    // An account as new ones are: no GPU quota (a warning, exit 0), and
+    // one whose Spot quota is 0 (every ec2spot launch would fail).
+    let quotas = Fidelity::start(&moto_endpoint(), ManualClock::new(Timestamp(0))).await;
+    for (code, v) in [
+        ("L-34B43A08", 64.0),
+        ("L-1216C47A", 32.0),
+        ("L-3819A6DF", 0.0),
+        ("L-DB2E81BA", 0.0),
+    ] {
+        quotas.set_ec2_quota(code, v);
+    }
+    let doctor_via = |home: &Path| {
+        Command::new(STUDIO)
+            .arg("doctor")
+            .env("STUDIO_HOME", home)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL", &quotas.url)
+            .env_remove("STUDIO_LOG")
+            .output()
+            .unwrap()
+    };
+    let new_account = doctor_via(home.path());
+    let report = text(&new_account.stdout);
+    assert!(new_account.status.success(), "{report}");
+    assert!(
+        report.lines().any(|l| l.starts_with("ok ")
+            && l.contains("vcpu quotas")
+            && l.contains("standard spot 64")),
+        "{report}"
+    );
+    let gpu = report
+        .lines()
+        .find(|l| l.starts_with("warn ") && l.contains("gpu quotas"))
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(
+        gpu.contains("G and VT spot is 0 vCPUs")
+            && gpu.contains("--quota-code L-3819A6DF")
+            && gpu.contains("GPU jobs cannot start"),
+        "{gpu}"
+    );
+    quotas.set_ec2_quota("L-34B43A08", 0.0);
+    let no_spot = doctor_via(home.path());
+    let report = text(&no_spot.stdout);
+    assert_eq!(no_spot.status.code(), Some(1), "{report}");
+    assert!(
+        report.lines().any(|l| l.starts_with("FAIL")
+            && l.contains("standard spot is 0 vCPUs")
+            && l.contains("CPU jobs cannot start")),
+        "{report}"
+    );
     // A setting gone stale is named, with the command that fixes it.
     let stale = tempfile::tempdir().unwrap();
     std::fs::write(

@@ -24,6 +24,10 @@
 //! - S3: `ListParts` and `CompleteMultipartUpload` answer with their
 //!   documented `<…Result>` roots (moto's are `<…Response>`, which the SDK
 //!   cannot read).
+//! - Service Quotas ([`Fidelity::set_ec2_quota`]): EC2's quotas, which
+//!   moto does not know.
+//! - EC2 ([`Fidelity::set_console`]): `GetConsoleOutput` answers what the
+//!   test's machine printed (moto answers a fixed banner for every one).
 //! - Auto Scaling: [`Fidelity::group_rebalances`] makes a group terminate
 //!   (and replace) instances by itself, as capacity rebalancing and AZ
 //!   rebalancing do.
@@ -105,6 +109,10 @@ struct State {
     capacity_rebalance: HashMap<String, bool>,
     /// Group name → why its launches fail (see [`Fidelity::fail_launches`]).
     failing_launches: HashMap<String, String>,
+    /// Instance id → what its console shows (see [`Fidelity::set_console`]).
+    consoles: HashMap<String, String>,
+    /// EC2 quota code → its value (see [`Fidelity::set_ec2_quota`]).
+    quotas: HashMap<String, f64>,
 }
 
 /// A call as IAM authorizes it: the action (`sqs:SendMessage` for a
@@ -257,6 +265,8 @@ impl Fidelity {
                 deleted_groups: HashMap::new(),
                 capacity_rebalance: HashMap::new(),
                 failing_launches: HashMap::new(),
+                consoles: HashMap::new(),
+                quotas: HashMap::new(),
             }),
         });
         serve(listener, shared.clone(), Arc::from(""));
@@ -318,6 +328,23 @@ impl Fidelity {
             Some(r) => st.failing_launches.insert(group.to_string(), r.to_string()),
             None => st.failing_launches.remove(group),
         };
+    }
+
+    /// What `instance`'s console shows (`GetConsoleOutput`): a machine's
+    /// boot as the test plays it. moto boots nothing and answers every
+    /// instance with the same fixed kernel banner.
+    pub fn set_console(&self, instance: &str, text: &str) {
+        self.shared
+            .state()
+            .consoles
+            .insert(instance.to_string(), text.to_string());
+    }
+
+    /// The account's EC2 quota `code` (Service Quotas `GetServiceQuota`,
+    /// e.g. `L-34B43A08`, Spot vCPUs) is `value`. moto's Service Quotas know
+    /// only VPC's and answer `NoSuchResourceException` for EC2's.
+    pub fn set_ec2_quota(&self, code: &str, value: f64) {
+        self.shared.state().quotas.insert(code.to_string(), value);
     }
 
     pub fn set_batch_get_limit(&self, n: usize) {
@@ -501,6 +528,37 @@ impl Shared {
                 body: json,
             } if service.starts_with("DynamoDB") && op == "BatchGetItem" => {
                 self.batch_get(json, parts, body).await
+            }
+            Call::Json {
+                service,
+                op,
+                body: json,
+            } if service.starts_with("ServiceQuotas") && op == "GetServiceQuota" => {
+                let code = json["QuotaCode"].as_str().unwrap_or_default().to_string();
+                let held = (json["ServiceCode"] == "ec2")
+                    .then(|| self.state().quotas.get(&code).copied())
+                    .flatten();
+                match held {
+                    // GetServiceQuota API reference
+                    // (https://docs.aws.amazon.com/servicequotas/2019-06-24/apireference/API_GetServiceQuota.html).
+                    Some(v) => Response::builder()
+                        .status(StatusCode::OK)
+                        .header("content-type", "application/x-amz-json-1.1")
+                        .body(Full::new(Bytes::from(
+                            serde_json::json!({"Quota": {
+                                "ServiceCode": "ec2",
+                                "QuotaCode": code,
+                                "QuotaArn": format!("arn:aws:servicequotas:us-east-1:{ACCOUNT}:ec2/{code}"),
+                                "Value": v,
+                                "Unit": "None",
+                                "Adjustable": true,
+                                "GlobalQuota": false,
+                            }})
+                            .to_string(),
+                        )))
+                        .expect("a response"),
+                    None => self.forward(parts, body).await,
+                }
             }
             Call::Query { action, form } => {
                 let _turn = EC2_TURN.lock().await;
@@ -858,7 +916,30 @@ impl Shared {
             st.deleted_groups.retain(|_, (t, _)| now.since(*t) < window);
             st.deleted_groups.contains_key(&group)
         };
+        let console = (action == "GetConsoleOutput")
+            .then(|| form.get("InstanceId"))
+            .flatten()
+            .and_then(|i| self.state().consoles.get(i).cloned());
         match action {
+            // GetConsoleOutput API reference
+            // (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_GetConsoleOutput.html):
+            // the output is base64-encoded, at most the last 64 KB.
+            "GetConsoleOutput" if console.is_some() => {
+                use base64::Engine as _;
+                let text = console.unwrap_or_default();
+                let tail = &text.as_bytes()[text.len().saturating_sub(64 * 1024)..];
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "text/xml")
+                    .body(Full::new(Bytes::from(format!(
+                        "<GetConsoleOutputResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>{}</requestId><instanceId>{}</instanceId><timestamp>{}</timestamp><output>{}</output></GetConsoleOutputResponse>",
+                        request_id(),
+                        xml_escape(form.get("InstanceId").map_or("", String::as_str)),
+                        iso8601(now),
+                        base64::engine::general_purpose::STANDARD.encode(tail)
+                    ))))
+                    .expect("a response")
+            }
             // DeleteAutoScalingGroup API reference
             // (https://docs.aws.amazon.com/autoscaling/ec2/APIReference/API_DeleteAutoScalingGroup.html)
             // and "Delete your Auto Scaling infrastructure": the group is

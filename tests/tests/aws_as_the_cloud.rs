@@ -747,3 +747,70 @@ async fn a_launch_that_fails_is_recorded_on_its_pool_with_the_clouds_reason() {
         "cleared once machines come"
     );
 }
+
+/// A machine whose bootstrap failed is launched fine (the group's
+/// activities say nothing) and never runs a worker: when the sweep retires
+/// it, it reads the machine's console, and the failure the bootstrap wrote
+/// there (`studio-bootstrap: ...`) becomes the pool's launch trouble, held
+/// while the replacement runs no job either, and cleared once the job ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_bootstrap_is_read_from_the_console_and_held_on_the_pool() {
+    let w = world().await;
+    let ws = workspace(&w, "print('hi')\n", None).await;
+    let mut spec = ec2_job("boot", ws);
+    spec.num_workers = Some(1);
+    handlers::submit(&w.ctx, "m", &spec.to_json())
+        .await
+        .unwrap();
+    let gk = w.pool("boot").await.group_key();
+    let first = w.machines(&gk).await.remove(0);
+    let said = "cannot read releases/studio-0ab1 from the bucket studio-artifacts with this machine's role";
+    w.fid.set_console(
+        first.as_str(),
+        &format!(
+            "[    0.000000] Linux version 6.1.0 (builder@al2023)\r\n\
+             cloud-init[1203]: Cloud-init v. 22.2.2 running 'modules:final'\r\n\
+             cloud-init[1203]: curl: (22) The requested URL returned error: 403\r\n\
+             cloud-init[1203]: studio-bootstrap: {said}\r\n\
+             cloud-init[1203]: 2026-12-07 04:00:00,000 - cc_scripts_user.py[WARNING]: Failed to run module scripts_user\r\n"
+        ),
+    );
+
+    // Silent past the bound: retired, and the pool says why.
+    w.clock.advance(Duration::from_secs(16 * 60));
+    handlers::scale(&w.ctx).await.unwrap();
+    assert!(!w.machines(&gk).await.contains(&first), "retired");
+    let trouble = w.pool("boot").await.launch_trouble.expect("recorded");
+    assert!(trouble.bootstrap, "{trouble:?}");
+    assert_eq!(
+        trouble.reason,
+        format!("a machine's bootstrap failed ({first} was retired): {said}")
+    );
+
+    // The replacement launched fine: the group has no complaint, but no
+    // job has run, so the reason holds.
+    w.clock.advance(Duration::from_secs(61));
+    handlers::scale(&w.ctx).await.unwrap();
+    let next = w.machines(&gk).await;
+    assert_eq!(next.len(), 1, "{next:?}");
+    assert_eq!(
+        w.pool("boot").await.launch_trouble.map(|t| t.reason),
+        Some(trouble.reason.clone()),
+        "held while nothing runs"
+    );
+
+    // The replacement's worker runs the job: cleared.
+    let worker = w.start_worker(w.worker_config(&gk, &next[0]));
+    eventually("the job runs", Duration::from_secs(60), async || {
+        w.job("boot").await.state.is_terminal().then_some(())
+    })
+    .await;
+    worker.stop().await;
+    w.clock.advance(Duration::from_secs(61));
+    handlers::scale(&w.ctx).await.unwrap();
+    assert_eq!(
+        w.pool("boot").await.launch_trouble,
+        None,
+        "cleared once a job ran and none waits"
+    );
+}

@@ -109,7 +109,7 @@ async fn the_deployments_spot_prices_are_the_markets_lowest_read_hourly_and_plan
     assert!(!planner.plan(&job).unwrap().spot_price_known);
 
     let refresh =
-        |at| studio_aws::catalog::refresh_spot_prices(&ec2, &s3, &cfg.bucket, "us-east-1", at);
+        |at| studio_aws::catalog::refresh_spot_prices(&ec2, &s3, &cfg.bucket, "us-east-1", &[], at);
     assert!(
         refresh(t0).await.unwrap(),
         "no snapshot: the market is read"
@@ -170,6 +170,21 @@ async fn the_deployments_spot_prices_are_the_markets_lowest_read_hourly_and_plan
         "{}",
         plan.price_source
     );
+    // A deployment that names its zones is priced in those only.
+    let one = studio_aws::catalog::fetch_spot_prices(
+        &ec2,
+        "us-east-1",
+        std::time::SystemTime::now(),
+        &["us-east-1b".to_string()],
+    )
+    .await
+    .unwrap();
+    assert!(!one.prices.is_empty());
+    assert!(
+        one.prices.values().all(|p| p.zone == "us-east-1b"),
+        "{one:?}"
+    );
+
     // Ranked by spot price: no later candidate is cheaper.
     assert!(plan
         .candidates

@@ -223,11 +223,11 @@ async fn submit_through_sqs_creates_the_job_the_spot_group_and_the_work_item() {
         "the worker needs the block: {user_data}"
     );
     // No credentials in user-data: the machine's role's are read at boot
-    // from the metadata service (`json_field SecretAccessKey`, the one
+    // from the metadata service (`creds["SecretAccessKey"]`, the one
     // mention), never written in it.
     assert!(
         !user_data
-            .replace("json_field SecretAccessKey", "")
+            .replace("creds[\"SecretAccessKey\"]", "")
             .to_ascii_lowercase()
             .contains("secret"),
         "no credentials in user-data"

@@ -1,7 +1,8 @@
 //! The worker bootstrap as the images users boot run it: the rendered
 //! user-data, in a root filesystem that has what stock Ubuntu and Amazon
-//! Linux 2023 images both have (bash, curl, openssl, coreutils, sed) and
-//! nothing they lack (no `aws` CLI, no `iptables`, no Python), against an
+//! Linux 2023 images both have (bash, curl, coreutils, sed, python3 with its
+//! standard library: cloud-init runs on it) and nothing they lack (no `aws`
+//! CLI, no `iptables`, no package manager that works offline), against an
 //! S3 that authenticates and authorizes every request: a `moto_server` of
 //! the test's own with IAM enforcement on (`INITIAL_NO_AUTH_ACTION_COUNT`),
 //! so botocore's SigV4 code and moto's policy evaluation decide whether the
@@ -77,7 +78,12 @@ fn copy_tool(root: &Path, tool: &str) {
         .unwrap_or_else(|| panic!("{tool} on this machine, for the image"));
     let target = root.join("usr/bin").join(tool);
     std::fs::copy(&found, &target).unwrap();
-    let ldd = Command::new("ldd").arg(&found).output().unwrap();
+    copy_libs(root, &found);
+}
+
+/// The shared libraries `binary` loads, into `root` at the same paths.
+fn copy_libs(root: &Path, binary: &Path) {
+    let ldd = Command::new("ldd").arg(binary).output().unwrap();
     for line in String::from_utf8_lossy(&ldd.stdout).lines() {
         let lib = line
             .split("=>")
@@ -89,6 +95,55 @@ fn copy_tool(root: &Path, tool: &str) {
             std::fs::create_dir_all(to.parent().unwrap()).unwrap();
             if !to.exists() {
                 std::fs::copy(lib, &to).unwrap();
+            }
+        }
+    }
+}
+
+/// The machine's own python3 (the system's, not a virtualenv's) with its
+/// standard library, at the same paths.
+fn python(root: &Path) {
+    let exe = ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("a system python3 for the image");
+    let real = exe.canonicalize().unwrap();
+    let out = Command::new(&real)
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['stdlib']); print(sysconfig.get_paths()['platstdlib'])",
+        ])
+        .output()
+        .unwrap();
+    let target = root.join("usr/bin/python3");
+    std::fs::copy(&real, &target).unwrap();
+    copy_libs(root, &real);
+    for dir in String::from_utf8_lossy(&out.stdout).lines() {
+        copy_tree(
+            root,
+            Path::new(dir),
+            &root.join(dir.trim_start_matches('/')),
+        );
+    }
+}
+
+/// `from` into `to` (under `root`), with the libraries its extension
+/// modules load; no caches, tests or installed packages.
+fn copy_tree(root: &Path, from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let name = e.file_name();
+        if name == "__pycache__" || name == "test" || name == "site-packages" {
+            continue;
+        }
+        let ty = e.file_type().unwrap();
+        if ty.is_dir() {
+            copy_tree(root, &e.path(), &to.join(&name));
+        } else if ty.is_file() {
+            std::fs::copy(e.path(), to.join(&name)).unwrap();
+            if e.path().extension().is_some_and(|x| x == "so") {
+                copy_libs(root, &e.path());
             }
         }
     }
@@ -121,7 +176,6 @@ fn image(root: &Path) {
         "bash",
         "sh",
         "curl",
-        "openssl",
         "sed",
         "head",
         "date",
@@ -135,11 +189,12 @@ fn image(root: &Path) {
     ] {
         copy_tool(root, tool);
     }
+    python(root);
     write_exec(
         &root.join("usr/bin/systemctl"),
         "#!/bin/bash\necho \"$*\" >> /var/log/systemctl-calls\n",
     );
-    for absent in ["aws", "iptables", "python3", "dnf", "apt-get"] {
+    for absent in ["aws", "iptables", "dnf", "apt-get", "openssl"] {
         assert!(!root.join("usr/bin").join(absent).exists());
     }
 }
@@ -369,11 +424,14 @@ async fn a_release_that_is_not_its_checksum_stops_the_bootstrap_before_anything_
     let root = w.image("tampered");
     let out = in_image(&root, &["/bin/bash", "/user-data"]);
     assert!(!out.status.success(), "{}", text(&out));
-    assert!(
-        text(&out).contains("FAILED"),
-        "sha256sum says so: {}",
-        text(&out)
+    // What the control plane reads from the console as it retires the
+    // machine (cloud-init passes the script's output there).
+    let said = studio_core::pool::LaunchTrouble::bootstrap_said(&text(&out));
+    let want = format!(
+        "releases/studio-{} in the bucket is not its checksum: not installed",
+        sha(&r.studio)
     );
+    assert_eq!(said.as_deref(), Some(want.as_str()), "{}", text(&out));
     assert!(!root.join("usr/local/bin/studio").exists());
     assert!(!root.join("usr/local/bin/studio.download").exists());
     assert!(

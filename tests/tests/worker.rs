@@ -593,9 +593,11 @@ fn the_bootstrap_holds_no_secret() {
     // The one credential it touches is the machine role's, read from the
     // metadata service for the signed GET of its release (no aws CLI on
     // Ubuntu images): held in variables, never a value in the script.
-    let without_role = BOOTSTRAP.replace("json_field SecretAccessKey", "");
+    let without_role = BOOTSTRAP.replace("creds[\"SecretAccessKey\"]", "");
     let lower = without_role.to_ascii_lowercase();
-    assert!(BOOTSTRAP.contains("creds=$(imds \"iam/security-credentials/$role\")"));
+    assert!(
+        BOOTSTRAP.contains("creds = json.loads(meta(f\"iam/security-credentials/{role}\", token))")
+    );
     for word in [
         "secret",
         "password",

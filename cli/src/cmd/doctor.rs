@@ -38,6 +38,7 @@ pub(crate) async fn doctor(g: &Globals, env: &Env, a: DoctorArgs) -> Result<Exit
     for c in &checks {
         match &c.result {
             Ok(m) | Err(m) if c.skipped => println!("skip  {:<16} {m}", c.what),
+            Err(m) if c.warning => println!("warn  {:<16} {m}", c.what),
             Ok(m) => println!("ok    {:<16} {m}", c.what),
             Err(m) => {
                 failed = true;

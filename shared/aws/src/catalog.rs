@@ -122,7 +122,7 @@ pub async fn fetch_catalog(
     }
     let mut spot_source = "none";
     if spot_prices {
-        let prices = fetch_spot_prices(ec2, region, std::time::SystemTime::now()).await?;
+        let prices = fetch_spot_prices(ec2, region, std::time::SystemTime::now(), &[]).await?;
         for t in &mut types {
             let p = prices.prices.get(&t.name);
             t.spot_micro_usd = p.map(|p| p.micro_usd);
@@ -161,8 +161,10 @@ pub fn to_json(cat: &Catalog) -> String {
 }
 
 /// The region's current spot prices (Linux/UNIX): per type the lowest
-/// across its zones, and that zone. `StartTime` now asks for each pool's
-/// current price only.
+/// across its zones (`zones`, where the deployment names them: a price in
+/// a zone its groups cannot use is no offer), and that zone. `StartTime`
+/// and `EndTime` both now: the API then answers each pool's last price
+/// change before that time, its effective price.
 ///
 /// # Errors
 /// [`AwsError`] when a call fails.
@@ -170,14 +172,24 @@ pub async fn fetch_spot_prices(
     ec2: &aws_sdk_ec2::Client,
     region: &str,
     now: std::time::SystemTime,
+    zones: &[String],
 ) -> Result<SpotPrices, AwsError> {
     let mut prices: BTreeMap<String, ZonePrice> = BTreeMap::new();
-    let mut pages = ec2
+    let at = aws_sdk_ec2::primitives::DateTime::from(now);
+    let mut req = ec2
         .describe_spot_price_history()
         .product_descriptions("Linux/UNIX")
-        .start_time(aws_sdk_ec2::primitives::DateTime::from(now))
-        .into_paginator()
-        .send();
+        .start_time(at)
+        .end_time(at);
+    if !zones.is_empty() {
+        req = req.filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("availability-zone")
+                .set_values(Some(zones.to_vec()))
+                .build(),
+        );
+    }
+    let mut pages = req.into_paginator().send();
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| AwsError::sdk("DescribeSpotPriceHistory", e))?;
         for p in page.spot_price_history() {
@@ -218,6 +230,7 @@ pub async fn refresh_spot_prices(
     s3: &aws_sdk_s3::Client,
     bucket: &str,
     region: &str,
+    zones: &[String],
     now: studio_core::clock::Timestamp,
 ) -> Result<bool, AwsError> {
     if let Some(held) = crate::prices::load(s3, bucket, region).await? {
@@ -226,7 +239,7 @@ pub async fn refresh_spot_prices(
         }
     }
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(now.0.max(0) as u64);
-    let prices = fetch_spot_prices(ec2, region, at).await?;
+    let prices = fetch_spot_prices(ec2, region, at, zones).await?;
     crate::prices::store(s3, bucket, &prices).await?;
     Ok(true)
 }

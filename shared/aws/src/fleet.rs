@@ -42,7 +42,7 @@ use std::time::Duration;
 use studio_core::catalog::Arch;
 use studio_core::clock::Timestamp;
 use studio_core::ids::{InstanceId, PoolKey};
-use studio_core::pool::PoolSpec;
+use studio_core::pool::{LaunchTrouble, PoolSpec};
 use studio_core::ports::{Fleet, GroupStatus, Instance, InstanceState, PortError};
 use studio_core::resources::{Market, WorkerPolicy};
 
@@ -617,6 +617,48 @@ impl Fleet for AsgFleet {
             Err(e) if e.code().is_some_and(|c| c.contains("NotFound")) => Ok(()),
             Err(e) => Err(sdk("DeleteLaunchTemplate")(e)),
         }
+    }
+
+    /// The console of a machine about to be retired for running no worker:
+    /// the last failure line its bootstrap wrote. `Latest` (the live
+    /// buffer, Nitro instances) first, else the output posted after its
+    /// last state change; a console that cannot be read says nothing.
+    async fn silent_why(
+        &self,
+        _key: &PoolKey,
+        id: &InstanceId,
+    ) -> Result<Option<String>, PortError> {
+        let mut out = self
+            .ec2
+            .get_console_output()
+            .instance_id(id.as_str())
+            .latest(true)
+            .send()
+            .await;
+        if out.is_err() {
+            out = self
+                .ec2
+                .get_console_output()
+                .instance_id(id.as_str())
+                .send()
+                .await;
+        }
+        let text = match out {
+            Ok(o) => o
+                .output()
+                .and_then(|b| {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(b.trim())
+                        .ok()
+                })
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(instance = %id, error = %AwsError::sdk("GetConsoleOutput", e), "console unreadable");
+                return Ok(None);
+            }
+        };
+        Ok(LaunchTrouble::bootstrap_said(&text))
     }
 
     /// The group's newest scaling activity (the API returns the most recent

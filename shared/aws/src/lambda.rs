@@ -48,6 +48,7 @@ pub struct Prices {
     s3: aws_sdk_s3::Client,
     bucket: String,
     region: String,
+    zones: Vec<String>,
 }
 
 impl Prices {
@@ -58,6 +59,7 @@ impl Prices {
             s3: crate::s3::client(sdk),
             bucket: cfg.bucket.clone(),
             region: cfg.region.clone(),
+            zones: cfg.availability_zones.clone(),
         }
     }
 
@@ -70,10 +72,17 @@ impl Prices {
     /// due. A failure is logged and scaling goes on (jobs plan at the
     /// prices held, or at on-demand).
     pub async fn refresh(&self, now: studio_core::clock::Timestamp) -> bool {
-        crate::catalog::refresh_spot_prices(&self.ec2, &self.s3, &self.bucket, &self.region, now)
-            .await
-            .inspect_err(|e| warn!(error = %e, "spot prices not refreshed"))
-            .unwrap_or(false)
+        crate::catalog::refresh_spot_prices(
+            &self.ec2,
+            &self.s3,
+            &self.bucket,
+            &self.region,
+            &self.zones,
+            now,
+        )
+        .await
+        .inspect_err(|e| warn!(error = %e, "spot prices not refreshed"))
+        .unwrap_or(false)
     }
 }
 

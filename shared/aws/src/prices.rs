@@ -59,6 +59,7 @@ pub async fn load(s3: &Client, bucket: &str, region: &str) -> Result<Option<Spot
                 e.is_no_such_key() || e.code() == Some("AccessDenied")
             }) =>
         {
+            tracing::info!(key = %key(region), "no spot price snapshot (missing, or not readable by this role)");
             Ok(None)
         }
         Err(e) => Err(AwsError::sdk("GetObject", e)),

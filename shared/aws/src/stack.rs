@@ -113,10 +113,12 @@ pub struct Check {
     pub result: Result<String, String>,
     /// Not checked at all (`result` says why); not a failure.
     pub skipped: bool,
+    /// Worth knowing, not a failure of the deployment (`result` is `Err`
+    /// with what it stops and what to do): `doctor` still exits 0.
+    pub warning: bool,
 }
 
 impl Check {
-    #[cfg_attr(feature = "fleet", allow(dead_code))]
     fn skipped(self) -> Check {
         Check {
             skipped: true,
@@ -130,7 +132,88 @@ fn check(what: &'static str, result: Result<String, String>) -> Check {
         what,
         result,
         skipped: false,
+        warning: false,
     }
+}
+
+/// The account's EC2 vCPU quotas that decide whether a job's machine can
+/// start (Service Quotas, service `ec2`): a new account's G and VT quotas
+/// are 0, and a Spot quota of 0 fails every launch of a pool with only a
+/// failed scaling activity to say so.
+const QUOTAS: &[(&str, &str, bool)] = &[
+    // (quota code, what it covers, needed by CPU jobs)
+    ("L-34B43A08", "standard spot", true),
+    ("L-1216C47A", "standard on-demand", true),
+    ("L-3819A6DF", "G and VT spot", false),
+    ("L-DB2E81BA", "G and VT on-demand", false),
+];
+
+/// The vCPU quotas of [`QUOTAS`]: a zero that CPU jobs need fails; a zero
+/// only GPU jobs need is a warning (most accounts start there); a quota
+/// that cannot be read is skipped, saying why.
+pub async fn quotas(sdk: &aws_config::SdkConfig) -> Vec<Check> {
+    let sq = aws_sdk_servicequotas::Client::new(sdk);
+    let mut read = Vec::new();
+    for (code, what, cpu) in QUOTAS {
+        match sq
+            .get_service_quota()
+            .service_code("ec2")
+            .quota_code(*code)
+            .send()
+            .await
+        {
+            Ok(o) => {
+                let v = o.quota().and_then(|q| q.value()).unwrap_or(0.0);
+                read.push((*code, *what, *cpu, v));
+            }
+            Err(e) => {
+                return vec![check(
+                    "vcpu quotas",
+                    Err(format!(
+                        "not readable ({}): check them in the Service Quotas console",
+                        sdk_err(e)
+                    )),
+                )
+                .skipped()]
+            }
+        }
+    }
+    let raise = |code: &str| {
+        format!("aws service-quotas request-service-quota-increase --service-code ec2 --quota-code {code} --desired-value 16")
+    };
+    let zero = |cpu: bool| -> Vec<String> {
+        read.iter()
+            .filter(|(_, _, c, v)| *c == cpu && *v < 1.0)
+            .map(|(code, what, _, _)| format!("{what} is 0 vCPUs ({})", raise(code)))
+            .collect()
+    };
+    let all: Vec<String> = read
+        .iter()
+        .map(|(_, what, _, v)| format!("{what} {v:.0}"))
+        .collect();
+    let cpu = zero(true);
+    let gpu = zero(false);
+    let mut out = vec![check(
+        "vcpu quotas",
+        if cpu.is_empty() {
+            Ok(format!("vCPUs: {}", all.join(", ")))
+        } else {
+            Err(format!("{}: CPU jobs cannot start", cpu.join("; ")))
+        },
+    )];
+    if !gpu.is_empty() {
+        out.push(Check {
+            warning: true,
+            ..check(
+                "gpu quotas",
+                Err(format!(
+                    "{}: GPU jobs cannot start until raised",
+                    gpu.join("; ")
+                )),
+            )
+        });
+    }
+    out
 }
 
 fn sdk_err(e: impl std::error::Error + Send + Sync + 'static) -> String {
@@ -272,6 +355,7 @@ pub async fn doctor(
             .unwrap_or_default()
     };
     out.push(placement(sdk, &list("Subnets"), &list("AvailabilityZones")).await);
+    out.extend(quotas(sdk).await);
     // The worker binaries the bootstrap downloads, by checksum.
     let mut binaries = Vec::new();
     for (arch, param) in [

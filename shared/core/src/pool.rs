@@ -128,6 +128,42 @@ pub struct Pool {
 pub struct LaunchTrouble {
     pub since: Timestamp,
     pub reason: String,
+    /// A machine's bootstrap failed (read from its console as it was
+    /// retired): held until a machine of the pool runs a job, since the
+    /// group's launches themselves succeed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bootstrap: bool,
+}
+
+/// The prefix of every line the worker bootstrap writes about its own
+/// failure (`infra/worker-bootstrap.sh`), on the machine's console.
+pub const BOOTSTRAP_SAYS: &str = "studio-bootstrap: ";
+
+impl LaunchTrouble {
+    /// The last failure a bootstrap wrote in `console` (a machine's console
+    /// or serial output), without terminal escapes, at most 300 characters.
+    pub fn bootstrap_said(console: &str) -> Option<String> {
+        let line = console
+            .lines()
+            .rev()
+            .find_map(|l| l.split_once(BOOTSTRAP_SAYS).map(|(_, said)| said))?;
+        // Terminal colours (`ESC [ ... letter`) and other controls out.
+        let mut clean = String::new();
+        let mut chars = line.chars();
+        while let Some(c) = chars.next() {
+            if c == '\x1b' {
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else if !c.is_control() && clean.chars().count() < 300 {
+                clean.push(c);
+            }
+        }
+        let clean = clean.trim();
+        (!clean.is_empty()).then(|| clean.to_string())
+    }
 }
 
 /// How many [`PoolSample`]s a pool keeps: two hours at the AWS schedule's
@@ -283,6 +319,22 @@ pub fn desired_workers(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bootstrap_said_its_last_failure_line_clean() {
+        let console = "boot\r\ncloud-init[1]: studio-bootstrap: first\r\nnoise\r\ncloud-init[1]: studio-bootstrap: line 9: `test -x x` failed (exit 1)\x1b[0m\r\n[  OK  ] done\r\n";
+        assert_eq!(
+            LaunchTrouble::bootstrap_said(console).as_deref(),
+            Some("line 9: `test -x x` failed (exit 1)")
+        );
+        assert_eq!(LaunchTrouble::bootstrap_said("Linux version 6.1\n"), None);
+        assert_eq!(
+            LaunchTrouble::bootstrap_said("studio-bootstrap:    \n"),
+            None
+        );
+        let long = format!("studio-bootstrap: {}", "x".repeat(1000));
+        assert_eq!(LaunchTrouble::bootstrap_said(&long).unwrap().len(), 300);
+    }
     use crate::contract::tests::sample;
 
     fn depth(visible: u64, in_flight: u64) -> QueueDepth {

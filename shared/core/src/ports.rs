@@ -268,6 +268,12 @@ pub trait Fleet: Send + Sync {
     ///
     /// No default: a fleet that wraps others (the router) must pass it on.
     async fn launch_trouble(&self, key: &PoolKey) -> Result<Option<String>, PortError>;
+    /// What a silent machine said before it went quiet: the failure its
+    /// bootstrap wrote on its console ([`crate::pool::BOOTSTRAP_SAYS`]),
+    /// read just before it is retired; `None` when it said none or the
+    /// fleet cannot read it (which never stops the retirement).
+    async fn silent_why(&self, key: &PoolKey, id: &InstanceId)
+        -> Result<Option<String>, PortError>;
 }
 
 /// Workspaces, logs and checkpoints.

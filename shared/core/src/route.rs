@@ -178,6 +178,14 @@ impl Fleet for RoutedFleet {
     async fn launch_trouble(&self, key: &PoolKey) -> Result<Option<String>, PortError> {
         self.of(key)?.launch_trouble(key).await
     }
+
+    async fn silent_why(
+        &self,
+        key: &PoolKey,
+        id: &InstanceId,
+    ) -> Result<Option<String>, PortError> {
+        self.of(key)?.silent_why(key, id).await
+    }
 }
 
 /// `ctx` with GCE pools served by `queue` and `fleet` beside its own.

@@ -351,6 +351,15 @@ impl Fleet for ProcessFleet {
         Ok(None)
     }
 
+    /// A local worker that died says so in its own log; nothing boots.
+    async fn silent_why(
+        &self,
+        _key: &PoolKey,
+        _id: &InstanceId,
+    ) -> Result<Option<String>, PortError> {
+        Ok(None)
+    }
+
     async fn ensure_group(&self, key: &PoolKey, spec: &PoolSpec) -> Result<(), PortError> {
         self.db
             .conn()

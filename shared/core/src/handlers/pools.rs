@@ -117,6 +117,7 @@ pub async fn scale_pool(
     mut pool: Pool,
     waiting: u64,
     running: u64,
+    bootstrap_failed: Option<String>,
 ) -> Result<u32, HandlerError> {
     let gk = pool.group_key();
     let max = match pool.spec.policy {
@@ -185,27 +186,54 @@ pub async fn scale_pool(
     });
     // Machines asked for and not there: ask the fleet why, once a sample,
     // so `studio status` can say why nothing starts instead of waiting.
-    let trouble_changed = match actual {
-        Some(actual) if want > actual => match ctx.fleet.launch_trouble(&gk).await {
-            Ok(Some(reason)) => {
-                let same = pool
-                    .launch_trouble
-                    .as_ref()
-                    .is_some_and(|t| t.reason == reason);
-                if !same {
-                    warn!(pool = %pool.key, reason, "machines fail to launch");
-                    pool.launch_trouble = Some(LaunchTrouble { since: now, reason });
+    // A machine whose bootstrap failed was launched fine, so the group's
+    // launches cannot say it: that reason holds until the pool runs a job
+    // or has none waiting.
+    let held = pool.launch_trouble.as_ref().is_some_and(|t| t.bootstrap);
+    let trouble_changed = if let Some(reason) = bootstrap_failed {
+        let same = pool
+            .launch_trouble
+            .as_ref()
+            .is_some_and(|t| t.bootstrap && t.reason == reason);
+        if !same {
+            pool.launch_trouble = Some(LaunchTrouble {
+                since: now,
+                reason,
+                bootstrap: true,
+            });
+        }
+        !same
+    } else if held {
+        // A job runs (some machine's bootstrap worked), or none waits for
+        // a machine any more.
+        (running > 0 || waiting == 0) && pool.launch_trouble.take().is_some()
+    } else {
+        match actual {
+            Some(actual) if want > actual => match ctx.fleet.launch_trouble(&gk).await {
+                Ok(Some(reason)) => {
+                    let same = pool
+                        .launch_trouble
+                        .as_ref()
+                        .is_some_and(|t| t.reason == reason);
+                    if !same {
+                        warn!(pool = %pool.key, reason, "machines fail to launch");
+                        pool.launch_trouble = Some(LaunchTrouble {
+                            since: now,
+                            reason,
+                            bootstrap: false,
+                        });
+                    }
+                    !same
                 }
-                !same
-            }
-            Ok(None) => pool.launch_trouble.take().is_some(),
-            Err(e) => {
-                warn!(pool = %pool.key, error = %e, "could not read the group's launches");
-                false
-            }
-        },
-        Some(_) => pool.launch_trouble.take().is_some(),
-        None => false,
+                Ok(None) => pool.launch_trouble.take().is_some(),
+                Err(e) => {
+                    warn!(pool = %pool.key, error = %e, "could not read the group's launches");
+                    false
+                }
+            },
+            Some(_) => pool.launch_trouble.take().is_some(),
+            None => false,
+        }
     };
     if pool.target != want || sampled || trouble_changed {
         pool.target = want;

@@ -102,7 +102,7 @@ pub async fn requeue(
     })
     .await?;
     if fallback.is_some() {
-        scale_pool(ctx, pool, 1, 0).await?;
+        scale_pool(ctx, pool, 1, 0, None).await?;
     }
     match step3 {
         Some((_, true)) => {

@@ -29,10 +29,14 @@ pub async fn scale(ctx: &Ctx) -> Result<Vec<(PoolKey, u32)>, HandlerError> {
             continue;
         }
         let key = pool.key.clone();
-        if let Err(e) = retire_silent_machines(ctx, &pool).await {
-            warn!(pool = %key, error = %e, "retiring silent machines failed");
-            first_err.get_or_insert(e);
-        }
+        let said = match retire_silent_machines(ctx, &pool).await {
+            Ok(said) => said,
+            Err(e) => {
+                warn!(pool = %key, error = %e, "retiring silent machines failed");
+                first_err.get_or_insert(e);
+                None
+            }
+        };
         let (waiting, running) = match sweep_pool(ctx, &pool).await {
             Ok(n) => n,
             Err(e) => {
@@ -41,7 +45,7 @@ pub async fn scale(ctx: &Ctx) -> Result<Vec<(PoolKey, u32)>, HandlerError> {
                 (0, 0)
             }
         };
-        match scale_pool(ctx, pool, waiting, running).await {
+        match scale_pool(ctx, pool, waiting, running, said).await {
             Ok(n) => sizes.push((key, n)),
             Err(e) => {
                 warn!(pool = %key, error = %e, "scaling failed");
@@ -65,9 +69,14 @@ pub async fn scale(ctx: &Ctx) -> Result<Vec<(PoolKey, u32)>, HandlerError> {
 /// worker with another permission than the job record: a machine whose
 /// mark is old but whose job's heartbeat is fresh has a live worker that
 /// cannot write its mark. It is kept, and said loudly, not deleted busy.
-async fn retire_silent_machines(ctx: &Ctx, pool: &Pool) -> Result<(), HandlerError> {
+///
+/// Returns what a retired machine's bootstrap said as it failed, if one
+/// did (its console): the pool's launch trouble until a machine of the
+/// pool runs a job, so `studio status` says why nothing starts.
+async fn retire_silent_machines(ctx: &Ctx, pool: &Pool) -> Result<Option<String>, HandlerError> {
     let gk = pool.group_key();
     let now = ctx.clock.now();
+    let mut said = None;
     for id in ctx
         .fleet
         .silent(&gk, ctx.settings.worker_grace, now)
@@ -94,11 +103,24 @@ async fn retire_silent_machines(ctx: &Ctx, pool: &Pool) -> Result<(), HandlerErr
             );
             continue;
         }
-        warn!(pool = %pool.key, instance = %id, "no live worker on this machine; terminating it");
+        match ctx.fleet.silent_why(&gk, &id).await {
+            Ok(Some(why)) => {
+                warn!(pool = %pool.key, instance = %id, said = %why, "its bootstrap failed; terminating it");
+                said = Some(format!(
+                    "a machine's bootstrap failed ({id} was retired): {why}"
+                ));
+            }
+            Ok(None) => {
+                warn!(pool = %pool.key, instance = %id, "no live worker on this machine; terminating it")
+            }
+            Err(e) => {
+                warn!(pool = %pool.key, instance = %id, error = %e, "no live worker on this machine (its console unread); terminating it")
+            }
+        }
         match ctx.fleet.terminate(&gk, &id, true).await {
             Ok(()) | Err(PortError::NotFound(_)) => {}
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(())
+    Ok(said)
 }

@@ -97,7 +97,7 @@ pub async fn submit(
 async fn place_first_attempt(ctx: &Ctx, spec: &PoolSpec, id: &JobId) -> Result<(), HandlerError> {
     let pool = ensure_pool(ctx, spec).await?;
     send_item(ctx, &pool, &WorkItem::new(id.clone(), 1)).await?;
-    scale_pool(ctx, pool, 1, 0).await?;
+    scale_pool(ctx, pool, 1, 0, None).await?;
     Ok(())
 }
 
