@@ -8,12 +8,15 @@
 //! their own, which records every call as IAM authorizes it; every recorded
 //! call must be allowed by that role's policy in the template, as a real IAM
 //! policy evaluator decides (`@cloud-copilot/iam-simulate`, run once over all
-//! the calls through `tests/iam/evaluate.mjs`). The proxy records action and
-//! resource, not the request's context, so the tag conditions of the
-//! statements that allow a call are not decided: the test prints them. What
-//! AWS authorizes inside a call (`iam:PassRole`, `ec2:RunInstances` from a
-//! launch template, tagging on create) is no call the proxy sees; those
-//! statements are checked statically in `tests/tests/template.rs`. A new SDK
+//! the calls through `tests/iam/evaluate.mjs`). The proxy records action,
+//! resource and the tag condition keys (the tags a request sets, the tags
+//! of the group, instance or launch template it acts on, and the tagging
+//! AWS authorizes inside a create call with `ec2:CreateAction`), so tag
+//! conditions are decided; any condition no call could decide is printed.
+//! What else AWS authorizes inside a call (`iam:PassRole`,
+//! `ec2:RunInstances` from a launch template, by the group's service-linked
+//! role) is no call the proxy sees; those statements are checked statically
+//! in `tests/tests/template.rs`. A new SDK
 //! call without its permission fails here, not in a deployment.
 //!
 //! What moto 5.2.1 cannot do with this template (found by deploying it):
@@ -675,17 +678,59 @@ async fn the_template_deploys_and_runs_a_job_with_least_privilege() {
                 "action": c.action,
                 // An Auto Scaling group's ARN holds an id no request names;
                 // any id stands for it (the policies match it with `*`).
-                "resource": c.resource.map(|a| a.replace(
+                "resource": c.resource.clone().map(|a| a.replace(
                     ":autoScalingGroup:*:",
                     ":autoScalingGroup:00000000-0000-0000-0000-000000000000:",
                 )),
-                // The proxy records no request context (the request's and
-                // the resource's tags): conditions on it are reported, not
-                // decided.
-                "context": {},
+                // The request's and the resource's tags, as the proxy
+                // recorded them: tag conditions are decided; what no call
+                // could decide is printed below.
+                "context": c.context_json(),
             }));
         }
     }
+    // The tag conditions are decided on the tags the calls carried: the
+    // keys are there (a launch template and its group made with the
+    // project's tag, the tagging inside the create, the group acted on by
+    // its tags) ...
+    let carried = |action: &str, key: &str| {
+        requests
+            .iter()
+            .any(|q| q["action"] == action && q["context"].get(key).is_some())
+    };
+    for (action, key) in [
+        ("ec2:CreateLaunchTemplate", "aws:RequestTag/studio:pool"),
+        ("ec2:CreateTags", "ec2:CreateAction"),
+        ("autoscaling:CreateAutoScalingGroup", "aws:TagKeys"),
+        (
+            "autoscaling:SetDesiredCapacity",
+            "aws:ResourceTag/studio:pool",
+        ),
+    ] {
+        assert!(
+            carried(action, key),
+            "no {action} carried {key}: {:#?}",
+            requests
+                .iter()
+                .filter(|q| q["action"] == action)
+                .map(|q| (&q["role"], &q["resource"], &q["context"]))
+                .collect::<Vec<_>>()
+        );
+    }
+    // ... and they decide: a launch template made with a tag the policy
+    // does not name is refused.
+    let mut extra = requests
+        .iter()
+        .find(|q| q["action"] == "ec2:CreateLaunchTemplate")
+        .cloned()
+        .unwrap();
+    extra["context"]["aws:TagKeys"] = serde_json::json!(["owner", "studio:pool"]);
+    let refused = evaluate_iam(&[extra]);
+    assert!(
+        !refused[0].allowed,
+        "a tag the policy does not name: {:?}",
+        refused[0]
+    );
     let verdicts = evaluate_iam(&requests);
     let mut denied = Vec::new();
     let mut on_trust = std::collections::BTreeSet::new();

@@ -116,14 +116,127 @@ struct State {
 }
 
 /// A call as IAM authorizes it: the action (`sqs:SendMessage` for a
-/// `SendMessageBatch`, `s3:GetObject` for a `HeadObject`) and, where the
-/// request names it, the resource's ARN (moto's account `123456789012`).
-/// EC2 calls carry no resource here: their ARNs hold ids the request does
-/// not name, and their policies are conditioned on tags instead.
+/// `SendMessageBatch`, `s3:GetObject` for a `HeadObject`), where the
+/// request names it the resource's ARN (moto's account `123456789012`), and
+/// the tag condition keys of the request: `aws:RequestTag/K` and
+/// `aws:TagKeys` from the tags it sets, `aws:ResourceTag/K` from the tags
+/// of the instance, group or launch template it acts on (looked up in moto
+/// before the call goes on), `ec2:CreateAction` for the tagging AWS
+/// authorizes inside a create call. A launch template's or group's ARN
+/// holds an id no request names: those stay `None` (the policies match
+/// them with `*`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Authorized {
     pub action: String,
     pub resource: Option<String>,
+    /// Condition key → its values, sorted by key.
+    pub context: Vec<(String, Vec<String>)>,
+}
+
+impl Authorized {
+    fn with(mut self, key: &str, values: Vec<String>) -> Authorized {
+        self.context.retain(|(k, _)| k != key);
+        self.context.push((key.to_string(), values));
+        self.context.sort();
+        self
+    }
+
+    /// The tags a request sets, as condition keys.
+    fn requesting(mut self, tags: &[(String, String)]) -> Authorized {
+        if tags.is_empty() {
+            return self;
+        }
+        for (k, v) in tags {
+            self = self.with(&format!("aws:RequestTag/{k}"), vec![v.clone()]);
+        }
+        let mut keys: Vec<String> = tags.iter().map(|(k, _)| k.clone()).collect();
+        keys.sort();
+        keys.dedup();
+        self.with("aws:TagKeys", keys)
+    }
+
+    /// The tags of the resource acted on, as condition keys.
+    fn on_tagged(mut self, tags: &[(String, String)]) -> Authorized {
+        for (k, v) in tags {
+            self = self.with(&format!("aws:ResourceTag/{k}"), vec![v.clone()]);
+        }
+        self
+    }
+
+    /// The context as the evaluator takes it: one value as a string.
+    pub fn context_json(&self) -> serde_json::Value {
+        serde_json::Value::Object(
+            self.context
+                .iter()
+                .map(|(k, v)| {
+                    let v = if v.len() == 1 && !k.ends_with("TagKeys") {
+                        serde_json::json!(v[0])
+                    } else {
+                        serde_json::json!(v)
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+        )
+    }
+}
+
+/// The tags a query-protocol request sets: EC2's `TagSpecification.N.Tag.M`
+/// and `Tag.N` (CreateTags), Auto Scaling's `Tags.member.N`.
+fn request_tags(form: &HashMap<String, String>) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = form
+        .iter()
+        .filter_map(|(k, key)| {
+            let stem = k.strip_suffix(".Key")?;
+            let tagged = stem.starts_with("Tag.")
+                || stem.starts_with("Tags.member.")
+                || (stem.starts_with("TagSpecification.") && stem.contains(".Tag."));
+            tagged.then(|| {
+                let value = form
+                    .get(&format!("{stem}.Value"))
+                    .cloned()
+                    .unwrap_or_default();
+                (key.clone(), value)
+            })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The `<key>`/`<value>` pairs of an EC2 `DescribeTags` answer, or the
+/// `<Key>`/`<Value>` of an Auto Scaling group's `<Tags>` members.
+fn answer_tags(xml: &str) -> Vec<(String, String)> {
+    let field = |item: &str, name: &str| -> Option<String> {
+        let open = format!("<{name}>");
+        let start = item.find(&open)? + open.len();
+        let end = item[start..].find(&format!("</{name}>"))? + start;
+        Some(xml_unescape(&item[start..end]))
+    };
+    let mut out = Vec::new();
+    for item in xml
+        .split("<item>")
+        .skip(1)
+        .chain(xml.split("<member>").skip(1))
+    {
+        let pair = field(item, "key")
+            .zip(field(item, "value"))
+            .or_else(|| field(item, "Key").zip(field(item, "Value").or(Some(String::new()))));
+        if let Some(p) = pair {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn xml_unescape(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
 }
 
 /// moto's account.
@@ -146,7 +259,13 @@ impl Authorized {
             .collect();
         let region = scope.get(2).copied().unwrap_or("us-east-1");
         let service = scope.get(3).copied().unwrap_or_default();
-        let req = |action: String, resource: Option<String>| Some(Authorized { action, resource });
+        let req = |action: String, resource: Option<String>| {
+            Some(Authorized {
+                action,
+                resource,
+                context: Vec::new(),
+            })
+        };
         match call {
             Call::Json { service, op, body } if service == "AmazonSQS" => {
                 let name = body["QueueName"].as_str().map(String::from).or_else(|| {
@@ -183,13 +302,22 @@ impl Authorized {
             }
             Call::Json { service, op, .. } => req(format!("{}:{op}", service.to_lowercase()), None),
             Call::Query { action, form } => {
-                let resource = match (service, form.get("AutoScalingGroupName")) {
-                    ("autoscaling", Some(g)) => Some(format!(
+                let instance = form
+                    .get("InstanceId")
+                    .or_else(|| form.get("InstanceId.1"))
+                    .or_else(|| form.get("ResourceId.1").filter(|r| r.starts_with("i-")));
+                let resource = match (service, form.get("AutoScalingGroupName"), instance) {
+                    ("autoscaling", Some(g), _) => Some(format!(
                         "arn:aws:autoscaling:{region}:{ACCOUNT}:autoScalingGroup:*:autoScalingGroupName/{g}"
                     )),
+                    // Describe calls have no resource level (wildcard only).
+                    ("ec2", _, Some(i)) if !action.starts_with("Describe") => {
+                        Some(format!("arn:aws:ec2:{region}:{ACCOUNT}:instance/{i}"))
+                    }
                     _ => None,
                 };
                 req(format!("{service}:{action}"), resource)
+                    .map(|r| r.requesting(&request_tags(form)))
             }
             Call::S3 { op, .. } => {
                 let path = parts.uri.path().trim_start_matches('/');
@@ -505,6 +633,10 @@ impl Shared {
             Call::Other => String::new(),
         };
         let request = Authorized::of(&parts, &call);
+        let request: Vec<Authorized> = match (request, &call) {
+            (Some(r), Call::Query { action, form }) => self.in_context(r, action, form).await,
+            (r, _) => r.into_iter().collect(),
+        };
         {
             let mut state = self.state();
             if !op.is_empty() {
@@ -570,6 +702,132 @@ impl Shared {
             }
             _ => self.forward(parts, body).await,
         }
+    }
+
+    /// A query call as AWS authorizes it: with the tags of the group,
+    /// instance or launch template it acts on (read from moto before the
+    /// call goes on, as AWS evaluates them), and, for a create call that
+    /// tags what it makes, the `ec2:CreateTags` AWS authorizes inside it
+    /// (`ec2:CreateAction`).
+    async fn in_context(
+        &self,
+        mut r: Authorized,
+        action: &str,
+        form: &HashMap<String, String>,
+    ) -> Vec<Authorized> {
+        let _turn = EC2_TURN.lock().await;
+        let tags = request_tags(form);
+        let mut out = Vec::new();
+        if r.action.starts_with("autoscaling:") {
+            let mut group = form.get("AutoScalingGroupName").cloned();
+            if group.is_none() {
+                if let Some(i) = form.get("InstanceId") {
+                    let (_, xml) = self
+                        .upstream_query(
+                            "autoscaling",
+                            &[
+                                ("Action", "DescribeAutoScalingInstances"),
+                                ("Version", "2011-01-01"),
+                                ("InstanceIds.member.1", i),
+                            ],
+                        )
+                        .await;
+                    group = xml
+                        .split("<AutoScalingGroupName>")
+                        .nth(1)
+                        .and_then(|rest| rest.split('<').next())
+                        .map(xml_unescape);
+                    r.resource = group.as_ref().map(|g| {
+                        format!("arn:aws:autoscaling:us-east-1:{ACCOUNT}:autoScalingGroup:*:autoScalingGroupName/{g}")
+                    });
+                }
+            }
+            if let Some(g) = group.filter(|_| action != "CreateAutoScalingGroup") {
+                let (_, xml) = self
+                    .upstream_query(
+                        "autoscaling",
+                        &[
+                            ("Action", "DescribeAutoScalingGroups"),
+                            ("Version", "2011-01-01"),
+                            ("AutoScalingGroupNames.member.1", &g),
+                        ],
+                    )
+                    .await;
+                let in_tags = xml
+                    .split("<Tags>")
+                    .nth(1)
+                    .and_then(|t| t.split("</Tags>").next())
+                    .unwrap_or_default();
+                r = r.on_tagged(&answer_tags(in_tags));
+            }
+        } else if r.action.starts_with("ec2:") {
+            if let Some(i) = r
+                .resource
+                .as_deref()
+                .and_then(|a| a.split(":instance/").nth(1))
+                .map(str::to_string)
+            {
+                let (_, xml) = self
+                    .upstream_query(
+                        "ec2",
+                        &[
+                            ("Action", "DescribeTags"),
+                            ("Version", "2016-11-15"),
+                            ("Filter.1.Name", "resource-id"),
+                            ("Filter.1.Value.1", &i),
+                        ],
+                    )
+                    .await;
+                r = r.on_tagged(&answer_tags(&xml));
+            }
+            if let Some(name) = form
+                .get("LaunchTemplateName")
+                .filter(|_| action != "CreateLaunchTemplate")
+            {
+                let (_, xml) = self
+                    .upstream_query(
+                        "ec2",
+                        &[
+                            ("Action", "DescribeLaunchTemplates"),
+                            ("Version", "2016-11-15"),
+                            ("LaunchTemplateName.1", name),
+                        ],
+                    )
+                    .await;
+                let id = xml
+                    .split("<launchTemplateId>")
+                    .nth(1)
+                    .and_then(|rest| rest.split('<').next())
+                    .map(str::to_string);
+                let in_tags = xml
+                    .split("<tagSet>")
+                    .nth(1)
+                    .and_then(|t| t.split("</tagSet>").next())
+                    .unwrap_or_default();
+                r = r.on_tagged(&answer_tags(in_tags));
+                if let Some(id) = id {
+                    r.resource = Some(format!(
+                        "arn:aws:ec2:us-east-1:{ACCOUNT}:launch-template/{id}"
+                    ));
+                }
+            }
+            let creates = action.starts_with("Create") && action != "CreateTags";
+            if creates && !tags.is_empty() {
+                // "Grant permission to tag resources during creation": AWS
+                // authorizes ec2:CreateTags with ec2:CreateAction inside.
+                out.push(
+                    Authorized {
+                        action: "ec2:CreateTags".into(),
+                        resource: None,
+                        context: Vec::new(),
+                    }
+                    .requesting(&tags)
+                    .with("ec2:CreateAction", vec![action.to_string()]),
+                );
+            }
+        }
+        out.insert(0, r);
+        out
     }
 
     /// BatchGetItem API reference

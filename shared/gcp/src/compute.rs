@@ -707,14 +707,8 @@ impl Fleet for MigFleet {
         Ok((!reasons.is_empty()).then(|| reasons.join("; ")))
     }
 
-    /// Not read yet on GCE (its serial port output would say: the
-    /// bootstrap's failure line is written there too); the silent VM is
-    /// retired all the same.
-    async fn silent_why(
-        &self,
-        _key: &PoolKey,
-        _id: &InstanceId,
-    ) -> Result<Option<String>, PortError> {
+    /// Not read on GCE yet (its serial port would say); retired all the same.
+    async fn silent_why(&self, _: &PoolKey, _: &InstanceId) -> Result<Option<String>, PortError> {
         Ok(None)
     }
 
