@@ -558,24 +558,75 @@ async fn the_template_deploys_and_runs_a_job_with_least_privilege() {
         text(&again.stderr)
     );
 
-    // An EC2 event through the interruption queue, as the rules deliver it.
+    // Every kind of event the rules deliver through the interruption queue
+    // (the job has ended: each is recorded and dropped), and one the
+    // handler refuses, parked in the dead-letter queue: each of the
+    // function's routes under its role.
     let sqs = aws_sdk_sqs::Client::new(&moto);
     let interruptions =
         studio_tests::queue_url(&sqs, cfg.interruption_queue.as_deref().unwrap()).await;
-    sqs.send_message()
-        .queue_url(&interruptions)
-        .message_body(format!(
-            r#"{{"version":"0","id":"ev-1","detail-type":"EC2 Instance State-change Notification","source":"aws.ec2","account":"123456789012","time":"2026-11-29T08:00:00Z","region":"us-east-1","resources":[],"detail":{{"instance-id":"{machine}","state":"terminated"}}}}"#
-        ))
-        .send()
-        .await
-        .unwrap();
+    let ev = |id: &str, kind: &str, source: &str, detail: serde_json::Value| {
+        serde_json::json!({
+            "version": "0", "id": id, "detail-type": kind, "source": source,
+            "account": "123456789012", "time": "2026-11-29T08:00:00Z",
+            "region": "us-east-1", "resources": [], "detail": detail,
+        })
+        .to_string()
+    };
+    let m = machine.as_str();
+    let mut bodies = vec![
+        ev(
+            "ev-warn",
+            "EC2 Spot Instance Interruption Warning",
+            "aws.ec2",
+            serde_json::json!({"instance-id": m, "instance-action": "terminate"}),
+        ),
+        ev(
+            "ev-rebalance",
+            "EC2 Instance Rebalance Recommendation",
+            "aws.ec2",
+            serde_json::json!({"instance-id": m}),
+        ),
+        ev(
+            "ev-health",
+            "AWS Health Event",
+            "aws.health",
+            serde_json::json!({
+            "service": "EC2", "eventTypeCategory": "scheduledChange",
+            "eventTypeCode": "AWS_EC2_INSTANCE_RETIREMENT_SCHEDULED",
+            "affectedEntities": [{"entityValue": m}]}),
+        ),
+        "not an event".to_string(),
+    ];
+    for state in ["shutting-down", "stopping", "stopped", "terminated"] {
+        bodies.push(ev(
+            &format!("ev-{state}"),
+            "EC2 Instance State-change Notification",
+            "aws.ec2",
+            serde_json::json!({"instance-id": m, "state": state}),
+        ));
+    }
     let q = cfg.interruption_queue.clone().unwrap();
-    let event = interruption.poll(&q).await;
-    assert_eq!(event.records.len(), 1);
-    let (resp, _) = lambda::interruption_batch(&interruption.ctx, &q, event.clone()).await;
-    assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
-    interruption.delete_done(&q, &event, &resp).await;
+    let mut parked = Vec::new();
+    for b in &bodies {
+        sqs.send_message()
+            .queue_url(&interruptions)
+            .message_body(b)
+            .send()
+            .await
+            .unwrap();
+        let event = interruption.poll(&q).await;
+        assert_eq!(event.records.len(), 1, "{b}");
+        let (resp, fates) = lambda::interruption_batch(&interruption.ctx, &q, event.clone()).await;
+        assert!(resp.batch_item_failures.is_empty(), "{b}: {resp:?}");
+        parked.extend(
+            fates
+                .into_iter()
+                .filter(|f| matches!(f, lambda::Fate::DeadLettered(_))),
+        );
+        interruption.delete_done(&q, &event, &resp).await;
+    }
+    assert_eq!(parked.len(), 1, "the one that is no event: {parked:?}");
 
     // Idle (a cleanup tick notes since when) past the grace, the pool is torn down.
     lambda::scale(&scale.ctx).await.unwrap();
@@ -603,10 +654,22 @@ async fn the_template_deploys_and_runs_a_job_with_least_privilege() {
         .await
         .unwrap();
     let schema = studio_aws::webhook::schema();
+    // The preemption route's check, as the function builds it (Google's
+    // keys fixed to the test's signing key).
+    let push_audience = "https://urlid.lambda-url.us-east-1.on.aws/v1/pubsub/preemption";
+    let push = studio_aws::webhook::PushAuth {
+        audience: push_audience.into(),
+        jwks: studio_aws::webhook::GoogleKeys::fixed(
+            serde_json::from_str(studio_tests::pubsub_push::JWKS).unwrap(),
+        ),
+        email: studio_tests::pubsub_push::PUSH_EMAIL.into(),
+        subject: Some(studio_tests::pubsub_push::PUSH_SUBJECT.into()),
+        project: Some("P".into()),
+    };
     let hook = studio_aws::webhook::Webhook {
         keys: &keys,
         ctx: &webhook.ctx,
-        push: None,
+        push: Some(&push),
         submit_queue: &cfg.submit_queue,
         schema: &schema,
     };
@@ -659,6 +722,30 @@ async fn the_template_deploys_and_runs_a_job_with_least_privilege() {
         (resp.status_code, body["state"].as_str()),
         (200, Some("finished")),
         "{body}"
+    );
+
+    // The third route: a Pub/Sub push of a GCE preemption (a VM that runs
+    // no job here: looked up by instance, recorded, dropped).
+    let mut pushed = request(
+        "POST",
+        "/v1/pubsub/preemption",
+        &studio_tests::pubsub_push::envelope_of("push-1", "studio-vm-1", "4242", clock.now()),
+    );
+    pushed.headers.insert(
+        "authorization",
+        format!(
+            "Bearer {}",
+            studio_tests::pubsub_push::token(push_audience, "https://accounts.google.com", 600)
+        )
+        .parse()
+        .unwrap(),
+    );
+    let resp = lambda::webhook(&hook, pushed).await;
+    assert!(
+        (200..300).contains(&resp.status_code),
+        "{} {:?}",
+        resp.status_code,
+        resp.body
     );
 
     // THEN every call each role made is one its policy allows, as a real
