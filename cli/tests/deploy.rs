@@ -518,7 +518,10 @@ async fn the_template_deploys_and_runs_a_job_with_least_privilege() {
     })
     .await;
     let work = tempfile::tempdir().unwrap();
-    let wcfg = studio_tests::quick_worker_config(&gk, &machine, work.path().to_path_buf());
+    let mut wcfg = studio_tests::quick_worker_config(&gk, &machine, work.path().to_path_buf());
+    // It marks its machine as alive (a tag on it) while it runs, as its
+    // role must be allowed to.
+    wcfg.seen_every = Duration::from_millis(100);
     let (stop, rx) = tokio::sync::watch::channel(false);
     let (wctx, wsdk) = (worker.ctx.clone(), worker.sdk.clone());
     let bucket = cfg.bucket.clone();
@@ -793,6 +796,7 @@ async fn the_template_deploys_and_runs_a_job_with_least_privilege() {
             "autoscaling:SetDesiredCapacity",
             "aws:ResourceTag/studio:pool",
         ),
+        ("ec2:CreateTags", "aws:ResourceTag/studio:pool"),
     ] {
         assert!(
             carried(action, key),
