@@ -58,7 +58,8 @@ Real behaviours it reproduces, because code that passes here must also work on G
 
 Metadata server: GET /vm/{instance}/computeMetadata/v1/{path} with `Metadata-Flavor: Google`.
 Control: POST /_standin/images, /_standin/instances (a standalone VM from a template),
-/_standin/preempt, /_standin/reclaim, /_standin/stockout ({"project", "zone", "reason"} makes
+/_standin/preempt, /_standin/reclaim, /_standin/serial ({"project", "zone", "instance", "text"}:
+what the VM printed on serial port 1), /_standin/stockout ({"project", "zone", "reason"} makes
 the zone unable to create VMs; {"project", "zone", "clear": true} ends it), /_standin/reset
 (clears stockouts too); GET /_standin/state (dump of everything: groups with their
 pendingCreations, stockouts, and a log of every non-control request).
@@ -688,6 +689,16 @@ class State:
                 out[field] = props[field]
         return out
 
+    def serial_port(self, p, z, name):
+        """instances.getSerialPortOutput (port 1): what the VM printed, as set by /_standin/serial."""
+        inst = self.instances.get((p, z, name))
+        if inst is None:
+            raise not_found(f"projects/{p}/zones/{z}/instances/{name}")
+        text = inst.get("serial", "")
+        return {"kind": "compute#serialPortOutput", "contents": text, "start": "0",
+                "next": str(len(text.encode())),
+                "selfLink": f"{API}/projects/{p}/zones/{z}/instances/{name}/serialPort"}
+
     def get_instance(self, p, z, name):
         inst = self.instances.get((p, z, name))
         if inst is not None:
@@ -892,6 +903,15 @@ def _control_instances(_m, _q, b):
     return STATE.instance_json(inst, "RUNNING")
 
 
+def _control_serial(_m, _q, b):
+    """What a VM printed on its serial port 1 (its boot, the startup script)."""
+    key = (b.get("project"), b.get("zone"), b.get("instance"))
+    if key not in STATE.instances:
+        raise not_found(f"projects/{key[0]}/zones/{key[1]}/instances/{key[2]}")
+    STATE.instances[key]["serial"] = str(b.get("text", ""))
+    return {"serial": key[2]}
+
+
 def _control_preempt(_m, _q, b):
     key = (b.get("project"), b.get("zone"), b.get("instance"))
     if key not in STATE.instances:
@@ -965,12 +985,14 @@ ROUTES = [
      lambda m, q, b: S.get_op(("global", m[0]), m[1], True)),
     *_scope_routes("zone", ZONE),
     *_scope_routes("region", REGION),
+    ("GET", ZONE + r"/instances/" + SEG + "/serialPort", lambda m, q, b: S.serial_port(*m)),
     ("GET", ZONE + r"/instances/" + SEG, lambda m, q, b: S.get_instance(*m)),
     ("DELETE", ZONE + r"/instances/" + SEG, lambda m, q, b: S.delete_instance(*m)),
     ("POST", ZONE + r"/instances/" + SEG + "/setLabels", lambda m, q, b: S.set_labels(*m, b)),
     ("POST", r"/_standin/images", _control_images),
     ("POST", r"/_standin/instances", _control_instances),
     ("POST", r"/_standin/preempt", _control_preempt),
+    ("POST", r"/_standin/serial", _control_serial),
     ("POST", r"/_standin/reclaim",
      lambda m, q, b: S.reclaim(b.get("project"), b.get("zone"), b.get("instance"))),
     ("POST", r"/_standin/stockout", _control_stockout),

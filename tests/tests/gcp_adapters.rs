@@ -348,6 +348,27 @@ async fn compute_liveness_labels_find_silent_machines() {
         fleet.silent(&key, bound, later).await.unwrap(),
         vec![ids[1].clone()]
     );
+    // What the silent one's startup script said as it failed, read from
+    // its serial port 1 as it is retired; the other said nothing.
+    let vm = standin.vm(ids[1].as_str()).await.unwrap();
+
+    let said = "cannot read gs://b/releases/studio-0ab1 with this VM's service account";
+    standin
+        .control(
+            "serial",
+            serde_json::json!({
+                "project": vm["project"],
+                "zone": vm["zone"],
+                "instance": ids[1].as_str(),
+                "text": format!("[   1.0] Booting\r\ngoogle_metadata_script_runner[901]: startup-script: studio-bootstrap: {said}\r\n"),
+            }),
+        )
+        .await;
+    assert_eq!(
+        fleet.silent_why(&key, &ids[1]).await.unwrap().as_deref(),
+        Some(said)
+    );
+    assert_eq!(fleet.silent_why(&key, &ids[0]).await.unwrap(), None);
     // A machine deleted without decrement is made again by the group under
     // its name: a new VM (another numeric id), not seen yet.
     let before = vm_uid(&standin, ids[1].as_str()).await.unwrap();

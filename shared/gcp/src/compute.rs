@@ -707,9 +707,10 @@ impl Fleet for MigFleet {
         Ok((!reasons.is_empty()).then(|| reasons.join("; ")))
     }
 
-    /// Not read on GCE yet (its serial port would say); retired all the same.
-    async fn silent_why(&self, _: &PoolKey, _: &InstanceId) -> Result<Option<String>, PortError> {
-        Ok(None)
+    /// Serial port 1, where the startup script writes ([`crate::startup::said`]).
+    async fn silent_why(&self, k: &PoolKey, i: &InstanceId) -> Result<Option<String>, PortError> {
+        let zone = self.zone_of(k, i).await?;
+        Ok(crate::startup::said(&self.instances, &self.cfg.project, &zone, i.as_str()).await)
     }
 
     async fn delete_group(&self, key: &PoolKey) -> Result<(), PortError> {

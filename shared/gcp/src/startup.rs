@@ -34,7 +34,14 @@ pub fn script(cfg: &GcpConfig, key: &PoolKey) -> String {
 # only; credentials come from the machine's own identity: Google's from the
 # metadata server, AWS's from STS AssumeRoleWithWebIdentity with the
 # machine's identity token (the worker does the exchange itself).
-set -euo pipefail
+set -Eeuo pipefail
+# A failure is said in one line starting with "studio-bootstrap: " (the
+# guest agent passes this script's output to serial port 1): the control
+# plane reads it when it retires the VM for running no worker. The command
+# is named as written, never expanded.
+say() {{ echo "studio-bootstrap: $*" >&2; }}
+# shellcheck disable=SC2154  # rc is the trap's own
+trap 'rc=$?; say "line $LINENO: \`$BASH_COMMAND\` failed (exit $rc)"' ERR
 MD=http://metadata.google.internal/computeMetadata/v1
 md() {{ curl -sf -H 'Metadata-Flavor: Google' "$MD/$1"; }}
 # Installs gs://BUCKET/OBJECT (URL) as BIN unless BIN already has SHA;
@@ -48,12 +55,19 @@ install_release() {{
     o="${{obj#*/}}"
     for try in 1 2 3 4 5; do
         token=$(md instance/service-accounts/default/token | sed -E 's/.*"access_token":"([^"]+)".*/\1/' || true)
-        curl -sf -H "Authorization: Bearer $token" -o "$bin.download" \
-            "https://storage.googleapis.com/storage/v1/b/$b/o/${{o//\//%2F}}?alt=media" && break
-        [ "$try" -lt 5 ] || exit 1
+        # The token on stdin, not on curl's command line (any local user
+        # reads /proc/*/cmdline).
+        curl -sf -H @- -o "$bin.download" \
+            "https://storage.googleapis.com/storage/v1/b/$b/o/${{o//\//%2F}}?alt=media" \
+            <<<"Authorization: Bearer $token" && break
+        [ "$try" -lt 5 ] || {{ say "cannot read $url with this VM's service account"; exit 1; }}
         sleep $((try * 3))
     done
-    echo "$sha  $bin.download" | sha256sum -c -
+    echo "$sha  $bin.download" | sha256sum -c - >/dev/null || {{
+        rm -f "$bin.download"
+        say "$url is not its checksum: not installed"
+        exit 1
+    }}
     install -m 0755 "$bin.download" "$bin"
     rm -f "$bin.download"
 }}
@@ -128,4 +142,34 @@ systemctl enable --now studio-worker.service
         uv_url = sh(&uv_url),
         uv_sha = sh(&uv_sha),
     )
+}
+
+/// What a silent VM's startup script wrote as it failed
+/// ([`studio_core::pool::BOOTSTRAP_SAYS`]), from its serial port 1 (where
+/// GCE's guest agent passes a startup script's output); `None` when it said
+/// nothing or the port cannot be read (that never stops the retirement).
+pub(crate) async fn said(
+    instances: &google_cloud_compute_v1::client::Instances,
+    project: &str,
+    zone: &str,
+    name: &str,
+) -> Option<String> {
+    let out = instances
+        .get_serial_port_output()
+        .set_project(project)
+        .set_zone(zone)
+        .set_instance(name)
+        .set_port(1)
+        .send()
+        .await;
+    match out {
+        Ok(o) => o
+            .contents
+            .as_deref()
+            .and_then(studio_core::pool::LaunchTrouble::bootstrap_said),
+        Err(e) => {
+            tracing::warn!(instance = name, error = %e, "serial port unreadable");
+            None
+        }
+    }
 }
