@@ -204,15 +204,18 @@ fn request_tags(form: &HashMap<String, String>) -> Vec<(String, String)> {
     out
 }
 
+/// What the first `<name>` element of `xml` holds (as written).
+fn element<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
+    let open = format!("<{name}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find(&format!("</{name}>"))? + start;
+    Some(&xml[start..end])
+}
+
 /// The `<key>`/`<value>` pairs of an EC2 `DescribeTags` answer, or the
 /// `<Key>`/`<Value>` of an Auto Scaling group's `<Tags>` members.
 fn answer_tags(xml: &str) -> Vec<(String, String)> {
-    let field = |item: &str, name: &str| -> Option<String> {
-        let open = format!("<{name}>");
-        let start = item.find(&open)? + open.len();
-        let end = item[start..].find(&format!("</{name}>"))? + start;
-        Some(xml_unescape(&item[start..end]))
-    };
+    let field = |item: &str, name: &str| element(item, name).map(xml_unescape);
     let mut out = Vec::new();
     for item in xml
         .split("<item>")
@@ -732,11 +735,7 @@ impl Shared {
                             ],
                         )
                         .await;
-                    group = xml
-                        .split("<AutoScalingGroupName>")
-                        .nth(1)
-                        .and_then(|rest| rest.split('<').next())
-                        .map(xml_unescape);
+                    group = element(&xml, "AutoScalingGroupName").map(xml_unescape);
                     r.resource = group.as_ref().map(|g| {
                         format!("arn:aws:autoscaling:us-east-1:{ACCOUNT}:autoScalingGroup:*:autoScalingGroupName/{g}")
                     });
@@ -753,12 +752,7 @@ impl Shared {
                         ],
                     )
                     .await;
-                let in_tags = xml
-                    .split("<Tags>")
-                    .nth(1)
-                    .and_then(|t| t.split("</Tags>").next())
-                    .unwrap_or_default();
-                r = r.on_tagged(&answer_tags(in_tags));
+                r = r.on_tagged(&answer_tags(element(&xml, "Tags").unwrap_or_default()));
             }
         } else if r.action.starts_with("ec2:") {
             if let Some(i) = r
@@ -794,17 +788,8 @@ impl Shared {
                         ],
                     )
                     .await;
-                let id = xml
-                    .split("<launchTemplateId>")
-                    .nth(1)
-                    .and_then(|rest| rest.split('<').next())
-                    .map(str::to_string);
-                let in_tags = xml
-                    .split("<tagSet>")
-                    .nth(1)
-                    .and_then(|t| t.split("</tagSet>").next())
-                    .unwrap_or_default();
-                r = r.on_tagged(&answer_tags(in_tags));
+                let id = element(&xml, "launchTemplateId").map(str::to_string);
+                r = r.on_tagged(&answer_tags(element(&xml, "tagSet").unwrap_or_default()));
                 if let Some(id) = id {
                     r.resource = Some(format!(
                         "arn:aws:ec2:us-east-1:{ACCOUNT}:launch-template/{id}"

@@ -125,11 +125,7 @@ impl Machine {
 
 /// `MemTotal` of a `/proc/meminfo`, in MiB.
 fn mem_total_mib(meminfo: &str) -> Option<u64> {
-    meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kib| kib / 1024)
+    crate::size::proc_kib(meminfo, "MemTotal:").map(|kib| kib / 1024)
 }
 
 /// A validated, normalized machine request.

@@ -98,6 +98,14 @@ pub fn format_bytes(bytes: u64) -> String {
     }
 }
 
+/// The value of the first `NAME: N kB` line of a `/proc` file
+/// (`/proc/meminfo`, `status`, `smaps_rollup`), in KiB.
+pub fn proc_kib(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// Formats mebibytes the way users write them: `16g`, `1.25g`, `512m`.
 pub fn format_mib(mib: u64) -> String {
     if mib.is_multiple_of(1024) {

@@ -172,11 +172,9 @@ fn stat_fields(stat: &str) -> Option<(i32, i32)> {
 /// One process's PSS (`smaps_rollup`), else its RSS (`status`), in KiB.
 fn process_kib(dir: &Path) -> Option<u64> {
     let field = |file: &str, name: &str| {
-        std::fs::read_to_string(dir.join(file)).ok().and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
+        std::fs::read_to_string(dir.join(file))
+            .ok()
+            .and_then(|t| crate::size::proc_kib(&t, name))
     };
     field("smaps_rollup", "Pss:").or_else(|| field("status", "VmRSS:"))
 }
