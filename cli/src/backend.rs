@@ -278,6 +278,65 @@ fn config_table(home: &std::path::Path) -> Result<toml::Table, CliError> {
     }
 }
 
+/// Sets `keys` of section `[section]` of `$STUDIO_HOME/config.toml`, the
+/// section's other keys and the file's other sections kept; written whole
+/// to a private temporary file and renamed, so a reader never sees half.
+///
+/// # Errors
+/// The file is not TOML, or cannot be written.
+pub fn write_config(
+    home: &std::path::Path,
+    section: &str,
+    keys: &[(&str, &str)],
+) -> Result<(), CliError> {
+    write_config_table(home, |table| {
+        let entry = table
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        let t = entry.as_table_mut().expect("a table");
+        for (k, v) in keys {
+            t.insert((*k).into(), toml::Value::String((*v).to_string()));
+        }
+    })
+}
+
+/// `$STUDIO_HOME/config.toml` changed by `edit`, written atomically (mode 0600).
+///
+/// # Errors
+/// The file is not TOML, or cannot be written.
+pub fn write_config_table(
+    home: &std::path::Path,
+    edit: impl FnOnce(&mut toml::Table),
+) -> Result<(), CliError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut table = config_table(home)?;
+    edit(&mut table);
+    std::fs::create_dir_all(home)?;
+    let file = home.join("config.toml");
+    let tmp = file.with_extension("toml.tmp");
+    {
+        // Names only, never credentials; still private like the rest of the home.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(
+            toml::to_string(&table)
+                .map_err(|e| usage(format!("writing {}: {e}", file.display())))?
+                .as_bytes(),
+        )?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &file)?;
+    Ok(())
+}
+
 /// The AWS client settings, environment first, then the config file.
 ///
 /// # Errors

@@ -141,108 +141,17 @@ impl Role {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_template_deploys_and_runs_a_job_with_least_privilege() {
     let moto = studio_aws::emulator_config("us-east-1", &moto_endpoint());
-    // Lower case and short: the stack name prefixes an S3 bucket and every queue.
-    let stack = format!("d{}", &ulid::Ulid::new().to_string().to_lowercase()[18..]);
+    let stack = studio_tests::stack::new_name('d');
 
-    // GIVEN the functions' code in a deployment bucket (an empty zip each:
-    // moto stores the code, it never runs it) and a worker image.
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&moto)
-            .force_path_style(true)
-            .build(),
-    );
-    let code_bucket = format!("{stack}-code");
-    s3.create_bucket()
-        .bucket(&code_bucket)
-        .send()
-        .await
-        .unwrap();
-    let empty_zip: Vec<u8> = [b"PK\x05\x06".as_slice(), &[0u8; 18]].concat();
-    for f in [
-        "submit",
-        "scale-on-queue-depth",
-        "handle-spot-interruption",
-        "cleanup-empty-group",
-        "webhook",
-    ] {
-        s3.put_object()
-            .bucket(&code_bucket)
-            .key(format!("v1/{f}.zip"))
-            .body(empty_zip.clone().into())
-            .send()
-            .await
-            .unwrap();
-    }
-    let ami = aws_sdk_ec2::Client::new(&moto)
-        .describe_images()
-        .owners("amazon")
-        .send()
-        .await
-        .unwrap()
-        .images()[0]
-        .image_id()
-        .unwrap()
-        .to_string();
-    let params = [
-        ("CodeBucket", code_bucket.as_str()),
-        ("CodeKeyPrefix", "v1/"),
-        ("Architecture", "x86_64"),
-        ("WorkerAmi", ami.as_str()),
-        ("AvailabilityZones", "us-east-1a"),
-    ];
-
+    // GIVEN the functions' code in a deployment bucket and a worker image,
     // WHEN the template is deployed through CloudFormation.
+    let (params, outputs) = studio_tests::stack::create(&moto, &stack, &[]).await;
     let cfn = aws_sdk_cloudformation::Client::new(&moto);
-    let mut create = cfn
-        .create_stack()
-        .stack_name(&stack)
-        .template_body(Template::text())
-        .capabilities(aws_sdk_cloudformation::types::Capability::CapabilityNamedIam);
-    for (k, v) in params {
-        create = create.parameters(
-            aws_sdk_cloudformation::types::Parameter::builder()
-                .parameter_key(k)
-                .parameter_value(v)
-                .build(),
-        );
-    }
-    create.send().await.expect("CreateStack");
-    let outputs: HashMap<String, String> = eventually(
-        "the stack to be created",
-        Duration::from_secs(60),
-        async || {
-            let s = cfn
-                .describe_stacks()
-                .stack_name(&stack)
-                .send()
-                .await
-                .unwrap();
-            let s = s.stacks()[0].clone();
-            let status = s.stack_status().unwrap().as_str().to_string();
-            assert!(
-                !status.contains("FAILED") && !status.contains("ROLLBACK"),
-                "{status}: {:?}",
-                s.stack_status_reason()
-            );
-            (status == "CREATE_COMPLETE").then(|| {
-                s.outputs()
-                    .iter()
-                    .map(|o| {
-                        (
-                            o.output_key().unwrap().to_string(),
-                            o.output_value().unwrap().to_string(),
-                        )
-                    })
-                    .collect()
-            })
-        },
-    )
-    .await;
 
     // The template resolved for this stack names what moto created.
     let template = Template::load();
     let mut cx = StackContext::new(&stack);
-    for (k, v) in params {
+    for (k, v) in &params {
         cx = cx.with(k, v);
     }
     let resolved = template.outputs(&cx);

@@ -102,6 +102,55 @@ impl Drop for StandIn {
     }
 }
 
+/// The admin APIs' stand-in (`tests/standins/gcp_admin.py`: Service Usage,
+/// Resource Manager, IAM, workload identity pools, Logging sinks; Pub/Sub
+/// and Cloud Storage forwarded to their emulators), stopped when dropped.
+pub struct AdminStandIn {
+    child: Child,
+    pub url: String,
+}
+
+impl AdminStandIn {
+    /// Starts it for project `project` of number `number`, forwarding to
+    /// the tests' Pub/Sub emulator and fake-gcs-server.
+    pub fn start(project: &str, number: &str) -> AdminStandIn {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/standins/gcp_admin.py");
+        let mut cmd = Command::new("python3");
+        cmd.args([
+            script,
+            "--listen",
+            "127.0.0.1:0",
+            "--pubsub",
+            &pubsub_endpoint(),
+            "--gcs",
+            &gcs_endpoint(),
+            "--project",
+            &format!("{project}={number}"),
+        ])
+        .stderr(Stdio::null());
+        let (child, url) = crate::spawn_announcing(cmd, "listening on ");
+        AdminStandIn { child, url }
+    }
+
+    /// Every request it was sent: `{method, path, query}`.
+    pub async fn calls(&self) -> Vec<serde_json::Value> {
+        let v = http_json("GET", &format!("{}/_standin/calls", self.url), None).await;
+        v["calls"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Everything it holds.
+    pub async fn state(&self) -> serde_json::Value {
+        http_json("GET", &format!("{}/_standin/state", self.url), None).await
+    }
+}
+
+impl Drop for AdminStandIn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// One JSON request over plain HTTP/1.1 (the stand-in's control API).
 pub async fn http_json(
     method: &str,

@@ -11,6 +11,7 @@ pub mod artifacts;
 pub mod fidelity;
 pub mod gcp;
 pub mod pubsub_push;
+pub mod stack;
 pub mod template;
 
 use std::sync::Arc;

@@ -12,6 +12,7 @@ use crate::cmd::cost::CostArgs;
 use crate::cmd::doctor::DoctorArgs;
 use crate::cmd::down::DownArgs;
 use crate::cmd::gc::GcArgs;
+use crate::cmd::gcp::GcpCommand;
 use crate::cmd::init::InitArgs;
 use crate::cmd::logs::LogsArgs;
 use crate::cmd::plan::PlanArgs;
@@ -91,6 +92,9 @@ pub enum Command {
     Init(InitArgs),
     /// Check the configured AWS deployment, one line per check.
     Doctor(DoctorArgs),
+    /// Google Cloud: `studio gcp setup` makes a project ready for gcloud/gcspot pools.
+    #[command(subcommand)]
+    Gcp(GcpCommand),
     /// Serve a web page of jobs and pools on this machine (127.0.0.1).
     Ui(UiArgs),
     /// The EC2 instance catalogue.
@@ -117,6 +121,8 @@ mod down;
 mod driver;
 
 mod gc;
+
+mod gcp;
 
 mod init;
 
@@ -191,6 +197,7 @@ pub async fn dispatch(cli: Cli, env: Env) -> Result<ExitCode, CliError> {
         Command::Catalog(CatalogCommand::Refresh(a)) => catalog::catalog_refresh(&g, a).await,
         Command::Init(a) => init::init(&g, a).await,
         Command::Doctor(a) => doctor::doctor(&g, &env, a).await,
+        Command::Gcp(c) => gcp::gcp(&g, &env, c).await,
         Command::Ui(a) => ui::serve_ui(&g, &env, a).await,
     }
 }

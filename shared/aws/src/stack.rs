@@ -27,6 +27,8 @@ pub struct Stack {
     pub status: String,
     pub outputs: BTreeMap<String, String>,
     pub parameters: BTreeMap<String, String>,
+    /// The account it lives in (from its stack id).
+    pub account: Option<String>,
 }
 
 impl Stack {
@@ -64,7 +66,130 @@ impl Stack {
                     ))
                 })
                 .collect(),
+            // arn:aws:cloudformation:REGION:ACCOUNT:stack/NAME/ID
+            account: s
+                .stack_id()
+                .and_then(|id| id.split(':').nth(4))
+                .filter(|a| !a.is_empty())
+                .map(String::from),
         })
+    }
+
+    /// Its resources' physical ids by logical id (a role's name, a
+    /// function's name).
+    ///
+    /// # Errors
+    /// The call failed.
+    pub async fn resources(
+        sdk: &aws_config::SdkConfig,
+        name: &str,
+    ) -> Result<BTreeMap<String, String>, AwsError> {
+        let out = aws_sdk_cloudformation::Client::new(sdk)
+            .describe_stack_resources()
+            .stack_name(name)
+            .send()
+            .await
+            .map_err(|e| AwsError::sdk("DescribeStackResources", e))?;
+        Ok(out
+            .stack_resources()
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    r.logical_resource_id()?.to_string(),
+                    r.physical_resource_id()?.to_string(),
+                ))
+            })
+            .collect())
+    }
+
+    /// The parameters of `set` that differ from the stack's, as
+    /// `(key, old, new)`.
+    pub fn differing<'a>(
+        &self,
+        set: &'a BTreeMap<String, String>,
+    ) -> Vec<(&'a str, Option<&str>, &'a str)> {
+        set.iter()
+            .filter(|(k, v)| self.parameters.get(*k) != Some(*v))
+            .map(|(k, v)| {
+                (
+                    k.as_str(),
+                    self.parameters.get(k).map(String::as_str),
+                    v.as_str(),
+                )
+            })
+            .collect()
+    }
+
+    /// Updates the stack's parameters `set`, the template and every other
+    /// parameter as they are, and waits for the update to complete (at most
+    /// `deadline`). `Ok(false)`: nothing differed, no update was made.
+    ///
+    /// # Errors
+    /// The update was refused or rolled back (the stack's reason said).
+    pub async fn update_parameters(
+        &self,
+        sdk: &aws_config::SdkConfig,
+        set: &BTreeMap<String, String>,
+        deadline: std::time::Duration,
+    ) -> Result<bool, AwsError> {
+        use aws_sdk_cloudformation::types::{Capability, Parameter};
+        if self.differing(set).is_empty() {
+            return Ok(false);
+        }
+        let cfn = aws_sdk_cloudformation::Client::new(sdk);
+        let mut update = cfn
+            .update_stack()
+            .stack_name(&self.name)
+            .use_previous_template(true)
+            .capabilities(Capability::CapabilityNamedIam);
+        // The other parameters keep the values DescribeStacks gave: the
+        // same as UsePreviousValue on AWS (the template has no NoEcho
+        // parameter, whose value would read "****"), and moto 5.2.1 fails
+        // UsePreviousValue on a parameter left at its default (KeyError).
+        for (k, v) in self
+            .parameters
+            .iter()
+            .filter(|(k, _)| !set.contains_key(*k))
+        {
+            let p = Parameter::builder().parameter_key(k);
+            update = update.parameters(if v == "****" {
+                p.use_previous_value(true).build()
+            } else {
+                p.parameter_value(v).build()
+            });
+        }
+        for (k, v) in set {
+            update = update.parameters(
+                Parameter::builder()
+                    .parameter_key(k)
+                    .parameter_value(v)
+                    .build(),
+            );
+        }
+        update
+            .send()
+            .await
+            .map_err(|e| AwsError::sdk("UpdateStack", e))?;
+        let start = std::time::Instant::now();
+        loop {
+            let now = Stack::describe(sdk, &self.name).await?;
+            match now.status.as_str() {
+                "UPDATE_COMPLETE" => return Ok(true),
+                s if s.ends_with("_COMPLETE") || s.ends_with("_FAILED") => {
+                    return Err(AwsError::Shape(format!(
+                        "stack {} did not take the parameters: {s} (aws cloudformation describe-stack-events --stack-name {} says why)",
+                        self.name, self.name
+                    )))
+                }
+                _ if start.elapsed() > deadline => {
+                    return Err(AwsError::Shape(format!(
+                        "stack {} is still {} after {deadline:?}",
+                        self.name, now.status
+                    )))
+                }
+                _ => tokio::time::sleep(std::time::Duration::from_secs(3)).await,
+            }
+        }
     }
 
     /// A stack whose last operation completed and left it usable.

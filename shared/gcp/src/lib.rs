@@ -8,6 +8,7 @@
 //! - [`gcs`]: workspaces, logs and checkpoints of GCE jobs in a Cloud
 //!   Storage bucket ([`studio_core::ports::ArtifactStore`]).
 //! - [`startup`]: the startup script a GCE worker boots with.
+//! - [`setup`]: `studio gcp setup`, a project made ready for a deployment.
 //! - [`config`]: the settings, the clients' endpoint and credentials, and
 //!   Google errors as port errors.
 //!
@@ -21,6 +22,7 @@ pub mod config;
 pub mod gcs;
 #[cfg(feature = "fleet")]
 pub mod pubsub;
+pub mod setup;
 #[cfg(feature = "fleet")]
 pub mod startup;
 

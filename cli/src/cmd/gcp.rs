@@ -1,0 +1,346 @@
+//! `studio gcp setup`: a Google Cloud project made ready for the deployment's
+//! `gcloud`/`gcspot` pools, and the stack told about it, in one idempotent
+//! command (the steps: [`studio_gcp::setup`]).
+//!
+//! Why a CLI command and not a `scripts/deploy` stage: it needs the stack
+//! (its account, its roles, its worker binary) and the project at once,
+//! is run again after each deploy (a new worker binary) and by someone
+//! who may never build the functions; the CLI already holds both clouds'
+//! credentials and the stack's name.
+
+use crate::backend;
+use crate::context::{Env, Globals};
+use crate::error::{usage, CliError};
+use clap::{Args, Subcommand};
+use sha2::Digest as _;
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+use studio_aws::stack::Stack;
+use studio_gcp::setup::{self, api::Admin, api::Endpoints, Setup};
+
+#[derive(Debug, Subcommand)]
+pub enum GcpCommand {
+    /// Make a Google Cloud project ready for this deployment's gcloud/gcspot
+    /// pools (APIs, bucket, service accounts and grants, workload identity
+    /// federation, the preemption push, the worker binary) and give the
+    /// stack its GCP parameters. Idempotent: run it again after a deploy.
+    Setup(SetupArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    /// The Google Cloud project (its id).
+    #[arg(long, value_name = "ID")]
+    pub project: String,
+    /// The region the pools run in, e.g. us-central1.
+    #[arg(long, value_name = "REGION")]
+    pub region: String,
+    /// The zones the groups spread over (default: every zone of the region).
+    #[arg(long, value_name = "ZONE,...", value_delimiter = ',')]
+    pub zones: Vec<String>,
+    /// The deployed stack (default: the one `studio init` recorded).
+    #[arg(long, value_name = "NAME")]
+    pub stack: Option<String>,
+    /// The webhook's URL (`scripts/deploy` prints it): preempted VMs are
+    /// pushed to it. Without it, the push is left out and said.
+    #[arg(long, value_name = "URL")]
+    pub webhook_url: Option<String>,
+    /// The bucket of GCE jobs' files (default: STACK-PROJECT).
+    #[arg(long, value_name = "NAME")]
+    pub bucket: Option<String>,
+    /// The worker image (any Debian or Ubuntu image with python3 and curl).
+    #[arg(
+        long,
+        value_name = "IMAGE",
+        default_value = "projects/debian-cloud/global/images/family/debian-12"
+    )]
+    pub image: String,
+    /// Days jobs' logs, workspaces and checkpoints are kept in the bucket.
+    #[arg(long, value_name = "DAYS", default_value_t = 30)]
+    pub retention_days: u32,
+    /// List the changes it would make, and make none.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// The stack's function roles, by logical id: the identities the workload
+/// identity provider admits.
+const FUNCTION_ROLES: &[&str] = &[
+    "SubmitRole",
+    "WebhookRole",
+    "ScaleRole",
+    "InterruptionRole",
+    "CleanupRole",
+];
+
+pub(crate) async fn gcp(g: &Globals, env: &Env, c: GcpCommand) -> Result<ExitCode, CliError> {
+    match c {
+        GcpCommand::Setup(a) => gcp_setup(g, env, a).await,
+    }
+}
+
+async fn gcp_setup(g: &Globals, env: &Env, a: SetupArgs) -> Result<ExitCode, CliError> {
+    if a.retention_days == 0 {
+        return Err(usage("--retention-days must be at least 1"));
+    }
+    if let Some(u) = &a.webhook_url {
+        if !u.starts_with("https://") || u.contains(char::is_whitespace) {
+            return Err(usage(format!(
+                "--webhook-url {u}: expected the webhook's https:// URL, as scripts/deploy prints it"
+            )));
+        }
+    }
+    let cfg = backend::aws_settings(&g.home, env)?.ok_or_else(|| {
+        usage("no AWS deployment configured: run `studio init --stack NAME` first (GCE pools are run by the stack's functions)")
+    })?;
+    let stack_name = a
+        .stack
+        .clone()
+        .or_else(|| backend::configured_stack(&g.home))
+        .ok_or_else(|| {
+            usage("which stack? pass --stack NAME (or run `studio init --stack NAME`)")
+        })?;
+    let sdk = studio_aws::sdk_config(&cfg.region).await;
+    let stack = Stack::describe(&sdk, &stack_name)
+        .await
+        .map_err(|e| usage(format!("stack {stack_name}: {e}")))?;
+    if !stack.usable() {
+        return Err(usage(format!(
+            "stack {} is {}: wait until it is complete",
+            stack.name, stack.status
+        )));
+    }
+    let account = stack
+        .account
+        .clone()
+        .ok_or_else(|| usage(format!("stack {}: no account in its id", stack.name)))?;
+    let resources = Stack::resources(&sdk, &stack.name)
+        .await
+        .map_err(|e| usage(format!("stack {}: {e}", stack.name)))?;
+    let roles = FUNCTION_ROLES
+        .iter()
+        .map(|r| {
+            resources.get(*r).cloned().ok_or_else(|| {
+                usage(format!(
+                    "stack {} has no {r}: is it a Studio stack (infra/template.yaml)?",
+                    stack.name
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let prefix = stack.name.to_ascii_lowercase();
+    let s = Setup {
+        project: a.project.clone(),
+        region: a.region.clone(),
+        zones: a.zones.clone(),
+        bucket: a
+            .bucket
+            .clone()
+            .unwrap_or_else(|| default_bucket(&prefix, &a.project)),
+        prefix,
+        retention_days: a.retention_days,
+        aws_account: account,
+        aws_region: cfg.region.clone(),
+        aws_roles: roles,
+        webhook_url: a.webhook_url.clone(),
+    };
+    let api = admin(env, a.dry_run)?;
+    println!(
+        "studio gcp setup: project {}, region {}, stack {} (account {}){}",
+        s.project,
+        s.region,
+        stack.name,
+        s.aws_account,
+        if a.dry_run { ", dry run" } else { "" }
+    );
+    let done = setup::apply(&api, &s)
+        .await
+        .map_err(|e| CliError::Other(anyhow::anyhow!(format!("gcp setup: {e}"))))?;
+
+    // The deployment's worker binary and uv, copied into the bucket the
+    // GCE machines read them from.
+    let mut left = Vec::new();
+    let artifacts = stack
+        .outputs
+        .get("ArtifactBucket")
+        .cloned()
+        .unwrap_or_else(|| cfg.bucket.clone());
+    for (param, kind) in [("BinarySha256X86", "studio"), ("UvSha256X86", "uv")] {
+        let sha = stack.parameters.get(param).cloned().unwrap_or_default();
+        if sha.is_empty() {
+            left.push(format!(
+                "the stack has no x86_64 {kind} release ({param} is empty): deploy with scripts/deploy, then run this again"
+            ));
+            continue;
+        }
+        copy_release(&api, &sdk, &artifacts, &s.bucket, kind, &sha).await?;
+    }
+
+    let mut params = BTreeMap::new();
+    let id = |x: &Option<String>| x.clone().unwrap_or_else(|| "(new)".into());
+    params.insert("GcpProject", s.project.clone());
+    params.insert("GcpZone", done.zones.join(","));
+    params.insert("GcpBucket", s.bucket.clone());
+    params.insert("GcpWorkerServiceAccount", done.worker.email.clone());
+    params.insert("GcpWorkerServiceAccountId", id(&done.worker.unique_id));
+    params.insert("GcpImage", a.image.clone());
+    params.insert("GcpCredentialConfig", done.credential_config.to_string());
+    match &done.push_audience {
+        Some(aud) => {
+            params.insert("GcpPushAudience", aud.clone());
+            params.insert("GcpPushServiceAccount", done.pusher.email.clone());
+            params.insert("GcpPushServiceAccountId", id(&done.pusher.unique_id));
+        }
+        None => left.push(format!(
+            "preempted VMs are not pushed to the webhook: run this again with --webhook-url (scripts/deploy prints it; or `aws lambda get-function-url-config --function-name {}-webhook`)",
+            stack.name
+        )),
+    }
+    let params: BTreeMap<String, String> = params
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    let differing: Vec<String> = stack
+        .differing(&params)
+        .iter()
+        .map(|(k, _, _)| k.to_string())
+        .collect();
+    let mut changes = api.changes();
+    if !differing.is_empty() {
+        changes.push(format!(
+            "set stack {} parameters {}",
+            stack.name,
+            differing.join(", ")
+        ));
+        if !a.dry_run {
+            stack
+                .update_parameters(&sdk, &params, Duration::from_secs(1800))
+                .await
+                .map_err(|e| CliError::Other(anyhow::anyhow!(format!("gcp setup: {e}"))))?;
+        }
+    }
+    if !a.dry_run {
+        backend::write_config(&g.home, "gcp", &[("bucket", s.bucket.as_str())])?;
+    }
+
+    let verb = if a.dry_run { "would" } else { "did" };
+    for c in &changes {
+        println!("  {verb}: {c}");
+    }
+    if changes.is_empty() {
+        println!("no change: the project and the stack are as they should be");
+    } else if a.dry_run {
+        println!("dry run: {} changes listed, none made", changes.len());
+    } else {
+        println!("{} changes made", changes.len());
+    }
+    println!(
+        "zones {}; workers run as {}; functions reach Google as {} (pool {}, provider {})",
+        done.zones.join(","),
+        done.worker.email,
+        done.control.email,
+        done.pool,
+        done.provider
+    );
+    left.push(format!(
+        "GPU jobs need GPU quota in {} (a new project has none): https://console.cloud.google.com/iam-admin/quotas?project={}",
+        s.region, s.project
+    ));
+    println!("left to you:");
+    for l in &left {
+        println!("  - {l}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `STACK-PROJECT`, within a bucket name's 63 characters.
+fn default_bucket(prefix: &str, project: &str) -> String {
+    let name = format!("{prefix}-{project}");
+    name.chars()
+        .take(63)
+        .collect::<String>()
+        .trim_end_matches('-')
+        .to_string()
+}
+
+/// The setup's client: Google's endpoints and Application Default
+/// Credentials, or a stand-in (`STUDIO_GCP_API_ENDPOINT`, with
+/// `STUDIO_GCP_ANONYMOUS=1`).
+fn admin(env: &Env, dry_run: bool) -> Result<Admin, CliError> {
+    let anonymous = env
+        .vars
+        .get("STUDIO_GCP_ANONYMOUS")
+        .is_some_and(|v| v == "1");
+    let credentials = if anonymous {
+        studio_gcp::anonymous()
+    } else {
+        studio_gcp::setup::api::default_credentials().map_err(|e| {
+            usage(format!(
+                "no Google credentials ({e}): run `gcloud auth application-default login`"
+            ))
+        })?
+    };
+    let endpoints = match env.vars.get("STUDIO_GCP_API_ENDPOINT") {
+        Some(base) => Endpoints::all_at(base),
+        None => Endpoints::google(),
+    };
+    let mut api = Admin::new(endpoints, credentials, dry_run);
+    if env.vars.contains_key("STUDIO_GCP_API_ENDPOINT") {
+        api.first_backoff = Duration::from_millis(50);
+    }
+    Ok(api)
+}
+
+/// `releases/KIND-SHA` copied from the stack's S3 bucket into the GCS
+/// bucket, its checksum checked, unless it is there already.
+async fn copy_release(
+    api: &Admin,
+    sdk: &aws_config::SdkConfig,
+    from: &str,
+    to: &str,
+    kind: &str,
+    sha: &str,
+) -> Result<(), CliError> {
+    let name = format!("releases/{kind}-{sha}");
+    let exists = setup::object_exists(api, to, &name).await.unwrap_or(false);
+    if exists {
+        return Ok(());
+    }
+    let bytes = if api.dry_run {
+        Vec::new()
+    } else {
+        let got = studio_aws::s3::client(sdk)
+            .get_object()
+            .bucket(from)
+            .key(&name)
+            .send()
+            .await
+            .map_err(|e| {
+                CliError::Other(anyhow::anyhow!(format!(
+                    "gcp setup: s3://{from}/{name}: {} (deploy with scripts/deploy, which publishes it)",
+                    studio_aws::AwsError::sdk("GetObject", e)
+                )))
+            })?;
+        let bytes = got
+            .body
+            .collect()
+            .await
+            .map_err(|e| {
+                CliError::Other(anyhow::anyhow!(format!(
+                    "gcp setup: s3://{from}/{name}: {e}"
+                )))
+            })?
+            .to_vec();
+        let got_sha = hex::encode(sha2::Sha256::digest(&bytes));
+        if got_sha != sha {
+            return Err(CliError::Other(anyhow::anyhow!(format!(
+                "gcp setup: s3://{from}/{name} has SHA-256 {got_sha}, not {sha}: not copied"
+            ))));
+        }
+        bytes
+    };
+    setup::upload(api, to, &name, bytes)
+        .await
+        .map_err(|e| CliError::Other(anyhow::anyhow!(format!("gcp setup: {e}"))))
+}
