@@ -109,3 +109,12 @@ fn unknown_flag(
 pub(crate) fn without_ec2(what: &str) -> String {
     format!("{what} needs the EC2 SDK, which this studio is built without (it takes 7 GB of memory to compile): cargo install --path cli --features ec2")
 }
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CliError::Usage(m) => f.write_str(m),
+            CliError::Other(e) => write!(f, "{e:#}"),
+        }
+    }
+}

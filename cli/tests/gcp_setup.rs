@@ -333,6 +333,16 @@ async fn setup_makes_an_empty_project_ready_and_a_second_run_changes_nothing() {
     let toml = std::fs::read_to_string(home.path().join("config.toml")).unwrap();
     assert!(toml.contains(&format!("bucket = \"{bucket}\"")), "{toml}");
 
+    // `studio doctor` finds the project as the set-up left it.
+    let report = ok(&studio(home.path(), &google.url, &["doctor"]));
+    for line in [
+        "ok    gcp setup",
+        "ok    gcp image        projects/debian-cloud/global/images/family/debian-12: debian-12",
+        "warn  gcp quota        CPUS in us-central1: 0 of 24 used; no GPU quota",
+    ] {
+        assert!(report.contains(line), "no '{line}' in:\n{report}");
+    }
+
     // AND a second run changes nothing, in Google or in the stack.
     let before = google.calls().await.len();
     let said = ok(&studio(home.path(), &google.url, &setup));
@@ -346,5 +356,24 @@ async fn setup_makes_an_empty_project_ready_and_a_second_run_changes_nothing() {
         again.iter().filter(|c| mutation(c)).collect::<Vec<_>>()
     );
     assert_eq!(parameters(&cfn, &stack).await, p);
+
+    // A piece gone (the push subscription deleted by hand): doctor names
+    // it and fails; the set-up makes it again, and only it.
+    let sub_url = format!(
+        "{}/v1/projects/{PROJECT}/subscriptions/{stack}-preemptions-push",
+        pubsub_endpoint()
+    );
+    http_json("DELETE", &sub_url, None).await;
+    let report = studio(home.path(), &google.url, &["doctor"]);
+    let said = String::from_utf8_lossy(&report.stdout);
+    assert_eq!(report.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("FAIL  gcp setup        1 missing: create push subscription"),
+        "{said}"
+    );
+    assert!(said.contains(&format!("--webhook-url {WEBHOOK}")), "{said}");
+    let said = ok(&studio(home.path(), &google.url, &setup));
+    assert!(said.contains("did: create push subscription"), "{said}");
+    assert!(said.contains("1 changes made"), "{said}");
     cfn.delete_stack().stack_name(&stack).send().await.unwrap();
 }

@@ -1,7 +1,7 @@
 //! `infra/template.yaml` deployed into `moto_server` through CloudFormation,
 //! as `scripts/deploy` would: the functions' code (an empty zip each: moto
 //! stores code, it never runs it) in a deployment bucket, a worker image,
-//! and the stack created and waited for.
+//! and the stack created and waited for, every parameter given.
 
 use crate::eventually;
 use crate::template::Template;
@@ -80,6 +80,22 @@ pub async fn create(
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     params.dedup_by(|a, b| a.0 == b.0);
+    // Every other parameter at its default, given explicitly: moto 5.2.1
+    // keeps only the parameters a CreateStack named, and fails an
+    // UpdateStack's UsePreviousValue on any other (KeyError, a 500); AWS
+    // keeps them all.
+    let template = Template::load();
+    for (k, p) in template.doc["Parameters"].as_object().unwrap() {
+        if params.iter().any(|(given, _)| given == k) {
+            continue;
+        }
+        let default = match &p["Default"] {
+            serde_json::Value::String(v) => v.clone(),
+            serde_json::Value::Null => continue,
+            v => v.to_string(),
+        };
+        params.push((k.clone(), default));
+    }
 
     let cfn = aws_sdk_cloudformation::Client::new(moto);
     let mut create = cfn

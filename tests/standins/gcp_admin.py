@@ -33,7 +33,8 @@ Real behaviours it reproduces, because code that passes here must also work on G
     providers PATCH with updateMask (a field outside it -> 400).
   * Log sinks: create/update with uniqueWriterIdentity=true give a writerIdentity; the
     destination must be pubsub.googleapis.com/projects/P/topics/T (the topic need not exist).
-  * Compute regions.get lists the region's zones (us-central1: a, b, c, f).
+  * Compute regions.get lists the region's zones (us-central1: a, b, c, f) and its quotas (a
+    new project's: 24 CPUS, no GPUs); public images of debian-cloud (images.getFromFamily).
 
 Control: GET /_standin/calls (every request but control ones: method, path, query),
 GET /_standin/state (everything held).
@@ -60,6 +61,9 @@ REGIONS = {
     "europe-west4": ["a", "b", "c"],
     "us-east1": ["b", "c", "d"],
 }
+PUBLIC_IMAGES = {"debian-cloud": {
+    "family/debian-12": {"name": "debian-12-bookworm-v20261110", "family": "debian-12", "architecture": "X86_64", "status": "READY"},
+}}
 LOCK = threading.Lock()
 
 
@@ -351,7 +355,19 @@ def region(m, p, r, q, body):
     p = S.require(p, "compute.googleapis.com")
     if r not in REGIONS:
         raise ApiError(404, "NOT_FOUND", f"The resource 'projects/{p}/regions/{r}' was not found")
-    return {"name": r, "zones": [f"https://www.googleapis.com/compute/v1/projects/{p}/zones/{r}-{z}" for z in REGIONS[r]]}
+    # A new project's quota: some CPUs, no GPUs (GPU quota is asked for).
+    quotas = [{"metric": "CPUS", "limit": 24.0, "usage": 0.0},
+              {"metric": "NVIDIA_T4_GPUS", "limit": 0.0, "usage": 0.0},
+              {"metric": "NVIDIA_L4_GPUS", "limit": 0.0, "usage": 0.0}]
+    return {"name": r, "quotas": quotas,
+            "zones": [f"https://www.googleapis.com/compute/v1/projects/{p}/zones/{r}-{z}" for z in REGIONS[r]]}
+
+
+def public_image(m, owner, family_or_name, q, body):
+    """Public images (images.get / images.getFromFamily of debian-cloud)."""
+    if owner not in PUBLIC_IMAGES or family_or_name not in PUBLIC_IMAGES[owner]:
+        raise ApiError(404, "NOT_FOUND", f"The resource 'projects/{owner}/global/images/{family_or_name}' was not found")
+    return PUBLIC_IMAGES[owner][family_or_name]
 
 
 def topic_policy(m, p, topic, verb, q, body):
@@ -437,6 +453,7 @@ ROUTES = [
     (r"/v1/projects/([^/]+)/locations/global/workloadIdentityPools/([^/]+)/providers/([^/:]+)", provider),
     (r"/v2/projects/([^/]+)/sinks(?:/([^/]+))?", sinks),
     (r"/compute/v1/projects/([^/]+)/regions/([^/]+)", region),
+    (r"/compute/v1/projects/([^/]+)/global/images/(.+)", public_image),
     (r"/v1/projects/([^/]+)/topics/([^/:]+):(getIamPolicy|setIamPolicy)", topic_policy),
     (r"/storage/v1/b/([^/]+)/iam", bucket_policy),
 ]

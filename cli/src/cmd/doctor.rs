@@ -14,8 +14,8 @@ pub struct DoctorArgs {
     pub stack: Option<String>,
 }
 
-/// `studio doctor`: one line per check of the configured deployment; exit 1
-/// when any fails.
+/// `studio doctor`: one line per check of the configured deployment (and of
+/// its Google project, when it has GCE pools); exit 1 when any fails.
 pub(crate) async fn doctor(g: &Globals, env: &Env, a: DoctorArgs) -> Result<ExitCode, CliError> {
     let cfg = backend::aws_settings(&g.home, env)?.ok_or_else(|| {
         usage(format!(
@@ -33,7 +33,8 @@ pub(crate) async fn doctor(g: &Globals, env: &Env, a: DoctorArgs) -> Result<Exit
     };
     let sdk = studio_aws::sdk_config(&cfg.region).await;
     let shipped = vec![CatalogPlanner::shipped().ec2.region.clone()];
-    let checks = studio_aws::stack::doctor(&sdk, &cfg, &stack, &shipped).await;
+    let mut checks = studio_aws::stack::doctor(&sdk, &cfg, &stack, &shipped).await;
+    checks.extend(crate::cmd::gcp::doctor_checks(env, &sdk, &stack, &cfg.region).await);
     let mut failed = false;
     for c in &checks {
         match &c.result {

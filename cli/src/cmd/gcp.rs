@@ -16,7 +16,7 @@ use sha2::Digest as _;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
-use studio_aws::stack::Stack;
+use studio_aws::stack::{Check, Stack};
 use studio_gcp::setup::{self, api::Admin, api::Endpoints, Setup};
 
 #[derive(Debug, Subcommand)]
@@ -56,9 +56,10 @@ pub struct SetupArgs {
         default_value = "projects/debian-cloud/global/images/family/debian-12"
     )]
     pub image: String,
-    /// Days jobs' logs, workspaces and checkpoints are kept in the bucket.
-    #[arg(long, value_name = "DAYS", default_value_t = 30)]
-    pub retention_days: u32,
+    /// Days jobs' logs, workspaces and checkpoints are kept in the bucket
+    /// (default: 30 for a new bucket; an existing rule is kept).
+    #[arg(long, value_name = "DAYS")]
+    pub retention_days: Option<u32>,
     /// List the changes it would make, and make none.
     #[arg(long)]
     pub dry_run: bool,
@@ -81,7 +82,7 @@ pub(crate) async fn gcp(g: &Globals, env: &Env, c: GcpCommand) -> Result<ExitCod
 }
 
 async fn gcp_setup(g: &Globals, env: &Env, a: SetupArgs) -> Result<ExitCode, CliError> {
-    if a.retention_days == 0 {
+    if a.retention_days == Some(0) {
         return Err(usage("--retention-days must be at least 1"));
     }
     if let Some(u) = &a.webhook_url {
@@ -111,40 +112,20 @@ async fn gcp_setup(g: &Globals, env: &Env, a: SetupArgs) -> Result<ExitCode, Cli
             stack.name, stack.status
         )));
     }
-    let account = stack
-        .account
-        .clone()
-        .ok_or_else(|| usage(format!("stack {}: no account in its id", stack.name)))?;
-    let resources = Stack::resources(&sdk, &stack.name)
-        .await
-        .map_err(|e| usage(format!("stack {}: {e}", stack.name)))?;
-    let roles = FUNCTION_ROLES
-        .iter()
-        .map(|r| {
-            resources.get(*r).cloned().ok_or_else(|| {
-                usage(format!(
-                    "stack {} has no {r}: is it a Studio stack (infra/template.yaml)?",
-                    stack.name
-                ))
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let prefix = stack.name.to_ascii_lowercase();
-    let s = Setup {
-        project: a.project.clone(),
-        region: a.region.clone(),
-        zones: a.zones.clone(),
-        bucket: a
-            .bucket
-            .clone()
-            .unwrap_or_else(|| default_bucket(&prefix, &a.project)),
-        prefix,
-        retention_days: a.retention_days,
-        aws_account: account,
-        aws_region: cfg.region.clone(),
-        aws_roles: roles,
-        webhook_url: a.webhook_url.clone(),
-    };
+    let s = setup_for(
+        &sdk,
+        &stack,
+        SetupFor {
+            project: a.project.clone(),
+            region: a.region.clone(),
+            zones: a.zones.clone(),
+            bucket: a.bucket.clone(),
+            retention_days: a.retention_days,
+            webhook_url: a.webhook_url.clone(),
+            aws_region: cfg.region.clone(),
+        },
+    )
+    .await?;
     let api = admin(env, a.dry_run)?;
     println!(
         "studio gcp setup: project {}, region {}, stack {} (account {}){}",
@@ -154,58 +135,12 @@ async fn gcp_setup(g: &Globals, env: &Env, a: SetupArgs) -> Result<ExitCode, Cli
         s.aws_account,
         if a.dry_run { ", dry run" } else { "" }
     );
-    let done = setup::apply(&api, &s)
-        .await
-        .map_err(|e| CliError::Other(anyhow::anyhow!(format!("gcp setup: {e}"))))?;
-
-    // The deployment's worker binary and uv, copied into the bucket the
-    // GCE machines read them from.
-    let mut left = Vec::new();
-    let artifacts = stack
-        .outputs
-        .get("ArtifactBucket")
-        .cloned()
-        .unwrap_or_else(|| cfg.bucket.clone());
-    for (param, kind) in [("BinarySha256X86", "studio"), ("UvSha256X86", "uv")] {
-        let sha = stack.parameters.get(param).cloned().unwrap_or_default();
-        if sha.is_empty() {
-            left.push(format!(
-                "the stack has no x86_64 {kind} release ({param} is empty): deploy with scripts/deploy, then run this again"
-            ));
-            continue;
-        }
-        copy_release(&api, &sdk, &artifacts, &s.bucket, kind, &sha).await?;
-    }
-
-    let mut params = BTreeMap::new();
-    let id = |x: &Option<String>| x.clone().unwrap_or_else(|| "(new)".into());
-    params.insert("GcpProject", s.project.clone());
-    params.insert("GcpZone", done.zones.join(","));
-    params.insert("GcpBucket", s.bucket.clone());
-    params.insert("GcpWorkerServiceAccount", done.worker.email.clone());
-    params.insert("GcpWorkerServiceAccountId", id(&done.worker.unique_id));
-    params.insert("GcpImage", a.image.clone());
-    params.insert("GcpCredentialConfig", done.credential_config.to_string());
-    match &done.push_audience {
-        Some(aud) => {
-            params.insert("GcpPushAudience", aud.clone());
-            params.insert("GcpPushServiceAccount", done.pusher.email.clone());
-            params.insert("GcpPushServiceAccountId", id(&done.pusher.unique_id));
-        }
-        None => left.push(format!(
-            "preempted VMs are not pushed to the webhook: run this again with --webhook-url (scripts/deploy prints it; or `aws lambda get-function-url-config --function-name {}-webhook`)",
-            stack.name
-        )),
-    }
-    let params: BTreeMap<String, String> = params
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-    let differing: Vec<String> = stack
-        .differing(&params)
-        .iter()
-        .map(|(k, _, _)| k.to_string())
-        .collect();
+    let Converged {
+        done,
+        params,
+        differing,
+        mut left,
+    } = converge(&api, &sdk, &stack, &s, &a.image).await?;
     let mut changes = api.changes();
     if !differing.is_empty() {
         changes.push(format!(
@@ -252,6 +187,138 @@ async fn gcp_setup(g: &Globals, env: &Env, a: SetupArgs) -> Result<ExitCode, Cli
         println!("  - {l}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a setup is asked beside what the stack says.
+struct SetupFor {
+    project: String,
+    region: String,
+    zones: Vec<String>,
+    bucket: Option<String>,
+    retention_days: Option<u32>,
+    webhook_url: Option<String>,
+    aws_region: String,
+}
+
+/// The [`Setup`] of `stack` (its account, its function roles, its name).
+async fn setup_for(
+    sdk: &aws_config::SdkConfig,
+    stack: &Stack,
+    f: SetupFor,
+) -> Result<Setup, CliError> {
+    let account = stack
+        .account
+        .clone()
+        .ok_or_else(|| usage(format!("stack {}: no account in its id", stack.name)))?;
+    let resources = Stack::resources(sdk, &stack.name)
+        .await
+        .map_err(|e| usage(format!("stack {}: {e}", stack.name)))?;
+    let roles = FUNCTION_ROLES
+        .iter()
+        .map(|r| {
+            resources.get(*r).cloned().ok_or_else(|| {
+                usage(format!(
+                    "stack {} has no {r}: is it a Studio stack (infra/template.yaml)?",
+                    stack.name
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let prefix = stack.name.to_ascii_lowercase();
+    Ok(Setup {
+        bucket: f
+            .bucket
+            .unwrap_or_else(|| default_bucket(&prefix, &f.project)),
+        project: f.project,
+        region: f.region,
+        zones: f.zones,
+        prefix,
+        retention_days: f.retention_days,
+        aws_account: account,
+        aws_region: f.aws_region,
+        aws_roles: roles,
+        webhook_url: f.webhook_url,
+    })
+}
+
+/// What a (dry or real) run found and did, before the stack's update.
+struct Converged {
+    done: setup::Done,
+    /// The stack's GCP parameters as they should be.
+    params: BTreeMap<String, String>,
+    /// Those that differ from the stack's.
+    differing: Vec<String>,
+    /// What it cannot do.
+    left: Vec<String>,
+}
+
+/// The project set up (dry: checked) and the binaries copied; the stack's
+/// parameters worked out.
+async fn converge(
+    api: &Admin,
+    sdk: &aws_config::SdkConfig,
+    stack: &Stack,
+    s: &Setup,
+    image: &str,
+) -> Result<Converged, CliError> {
+    let done = setup::apply(api, s)
+        .await
+        .map_err(|e| CliError::Other(anyhow::anyhow!(format!("gcp setup: {e}"))))?;
+
+    // The deployment's worker binary and uv, copied into the bucket the
+    // GCE machines read them from.
+    let mut left = Vec::new();
+    let artifacts = stack
+        .outputs
+        .get("ArtifactBucket")
+        .cloned()
+        .unwrap_or_default();
+    for (param, kind) in [("BinarySha256X86", "studio"), ("UvSha256X86", "uv")] {
+        let sha = stack.parameters.get(param).cloned().unwrap_or_default();
+        if sha.is_empty() {
+            left.push(format!(
+                "the stack has no x86_64 {kind} release ({param} is empty): deploy with scripts/deploy, then run this again"
+            ));
+            continue;
+        }
+        copy_release(api, sdk, &artifacts, &s.bucket, kind, &sha).await?;
+    }
+
+    let mut params = BTreeMap::new();
+    let id = |x: &Option<String>| x.clone().unwrap_or_else(|| "(new)".into());
+    params.insert("GcpProject", s.project.clone());
+    params.insert("GcpZone", done.zones.join(","));
+    params.insert("GcpBucket", s.bucket.clone());
+    params.insert("GcpWorkerServiceAccount", done.worker.email.clone());
+    params.insert("GcpWorkerServiceAccountId", id(&done.worker.unique_id));
+    params.insert("GcpImage", image.to_string());
+    params.insert("GcpCredentialConfig", done.credential_config.to_string());
+    match &done.push_audience {
+        Some(aud) => {
+            params.insert("GcpPushAudience", aud.clone());
+            params.insert("GcpPushServiceAccount", done.pusher.email.clone());
+            params.insert("GcpPushServiceAccountId", id(&done.pusher.unique_id));
+        }
+        None => left.push(format!(
+            "preempted VMs are not pushed to the webhook: run this again with --webhook-url (scripts/deploy prints it; or `aws lambda get-function-url-config --function-name {}-webhook`)",
+            stack.name
+        )),
+    }
+    let params: BTreeMap<String, String> = params
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    let differing = stack
+        .differing(&params)
+        .iter()
+        .map(|(k, _, _)| k.to_string())
+        .collect();
+    Ok(Converged {
+        done,
+        params,
+        differing,
+        left,
+    })
 }
 
 /// `STACK-PROJECT`, within a bucket name's 63 characters.
@@ -343,4 +410,166 @@ async fn copy_release(
     setup::upload(api, to, &name, bytes)
         .await
         .map_err(|e| CliError::Other(anyhow::anyhow!(format!("gcp setup: {e}"))))
+}
+
+/// `studio doctor`'s GCP lines for a stack with GCE pools: the set-up
+/// checked by a dry run of it (what it would change is what is wrong), the
+/// worker image, and the region's CPU and GPU quota.
+pub(crate) async fn doctor_checks(
+    env: &Env,
+    sdk: &aws_config::SdkConfig,
+    stack_name: &str,
+    aws_region: &str,
+) -> Vec<Check> {
+    let line = |what: &'static str, result: Result<String, String>| Check {
+        what,
+        result,
+        skipped: false,
+        warning: false,
+    };
+    let Ok(stack) = Stack::describe(sdk, stack_name).await else {
+        return vec![];
+    };
+    let param = |k: &str| stack.parameters.get(k).cloned().unwrap_or_default();
+    let project = param("GcpProject");
+    if project.is_empty() {
+        return vec![Check {
+            skipped: true,
+            ..line(
+                "gcp",
+                Ok("no GCE pools (GcpProject is empty): `studio gcp setup` adds them (docs/gcp.md)"
+                    .into()),
+            )
+        }];
+    }
+    let zones: Vec<String> = param("GcpZone").split(',').map(String::from).collect();
+    let region = studio_gcp::config::region_of(&zones[0]).to_string();
+    let webhook = param("GcpPushAudience")
+        .strip_suffix("v1/pubsub/preemption")
+        .map(String::from);
+    let run_again = format!(
+        "studio gcp setup --project {project} --region {region}{}",
+        webhook
+            .as_ref()
+            .map(|w| format!(" --webhook-url {w}"))
+            .unwrap_or_default()
+    );
+    let mut out = Vec::new();
+    let api = match admin(env, true) {
+        Ok(api) => api,
+        Err(e) => return vec![line("gcp setup", Err(e.to_string()))],
+    };
+    let for_setup = SetupFor {
+        project: project.clone(),
+        region: region.clone(),
+        zones,
+        bucket: Some(param("GcpBucket")),
+        retention_days: None,
+        webhook_url: webhook,
+        aws_region: aws_region.to_string(),
+    };
+    let checked = match setup_for(sdk, &stack, for_setup).await {
+        Ok(s) => converge(&api, sdk, &stack, &s, &param("GcpImage"))
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    out.push(line(
+        "gcp setup",
+        match checked {
+            Err(e) => Err(e),
+            Ok(c) => {
+                let mut pending = api.changes();
+                if !c.differing.is_empty() {
+                    pending.push(format!("stack parameters {}", c.differing.join(", ")));
+                }
+                if pending.is_empty() {
+                    Ok(format!(
+                        "project {project} ({} zones of {region}) as `studio gcp setup` leaves it",
+                        c.done.zones.len()
+                    ))
+                } else {
+                    Err(format!(
+                        "{} missing: {}; run `{run_again}`",
+                        pending.len(),
+                        pending.join("; ").replace('\n', " ")
+                    ))
+                }
+            }
+        },
+    ));
+    let image = param("GcpImage");
+    out.push(line(
+        "gcp image",
+        match api
+            .get(&format!("{}/compute/v1/{image}", api.endpoints.compute))
+            .await
+        {
+            Ok(Some(i)) => Ok(format!(
+                "{image}: {} ({})",
+                i["name"].as_str().unwrap_or("?"),
+                i["architecture"].as_str().unwrap_or("architecture not said")
+            )),
+            Ok(None) => Err(format!(
+                "{image} does not exist or is not readable: give another with `studio gcp setup --image`"
+            )),
+            Err(e) => Err(e.to_string()),
+        },
+    ));
+    out.push(quota(&api, &project, &region).await);
+    out
+}
+
+/// The region's CPU quota (a spot VM counts against CPUS unless the project
+/// has a PREEMPTIBLE_CPUS quota) and whether any GPU quota exists.
+async fn quota(api: &Admin, project: &str, region: &str) -> Check {
+    let url = format!(
+        "{}/compute/v1/projects/{project}/regions/{region}",
+        api.endpoints.compute
+    );
+    let (result, warning) = match api.get(&url).await {
+        Ok(Some(r)) => {
+            let quotas = r["quotas"].as_array().cloned().unwrap_or_default();
+            let metric = |m: &str| {
+                quotas.iter().find(|q| q["metric"] == m).map(|q| {
+                    (
+                        q["limit"].as_f64().unwrap_or(0.0),
+                        q["usage"].as_f64().unwrap_or(0.0),
+                    )
+                })
+            };
+            let gpus: f64 = quotas
+                .iter()
+                .filter(|q| q["metric"].as_str().is_some_and(|m| m.ends_with("_GPUS")))
+                .map(|q| q["limit"].as_f64().unwrap_or(0.0))
+                .sum();
+            match metric("CPUS") {
+                Some((limit, used)) if limit - used < 1.0 => (
+                    Err(format!(
+                        "CPUS in {region}: {used} of {limit} used, none left: ask for more at https://console.cloud.google.com/iam-admin/quotas?project={project}"
+                    )),
+                    false,
+                ),
+                Some((limit, used)) if gpus == 0.0 => (
+                    Err(format!(
+                        "CPUS in {region}: {used} of {limit} used; no GPU quota, so GPU jobs will wait: ask at https://console.cloud.google.com/iam-admin/quotas?project={project}"
+                    )),
+                    true,
+                ),
+                Some((limit, used)) => (
+                    Ok(format!("CPUS in {region}: {used} of {limit} used; GPUs: {gpus}")),
+                    false,
+                ),
+                None => (Err(format!("{region} reports no CPUS quota")), true),
+            }
+        }
+        Ok(None) => (Err(format!("region {region} does not exist")), false),
+        Err(e) => (Err(e.to_string()), false),
+    };
+    Check {
+        what: "gcp quota",
+        result,
+        skipped: false,
+        warning,
+    }
 }

@@ -142,21 +142,15 @@ impl Stack {
             .stack_name(&self.name)
             .use_previous_template(true)
             .capabilities(Capability::CapabilityNamedIam);
-        // The other parameters keep the values DescribeStacks gave: the
-        // same as UsePreviousValue on AWS (the template has no NoEcho
-        // parameter, whose value would read "****"), and moto 5.2.1 fails
-        // UsePreviousValue on a parameter left at its default (KeyError).
-        for (k, v) in self
-            .parameters
-            .iter()
-            .filter(|(k, _)| !set.contains_key(*k))
-        {
-            let p = Parameter::builder().parameter_key(k);
-            update = update.parameters(if v == "****" {
-                p.use_previous_value(true).build()
-            } else {
-                p.parameter_value(v).build()
-            });
+        // The others as they are (UsePreviousValue: a NoEcho value reads
+        // "****" in DescribeStacks, so the values read cannot be sent back).
+        for key in self.parameters.keys().filter(|k| !set.contains_key(*k)) {
+            update = update.parameters(
+                Parameter::builder()
+                    .parameter_key(key)
+                    .use_previous_value(true)
+                    .build(),
+            );
         }
         for (k, v) in set {
             update = update.parameters(

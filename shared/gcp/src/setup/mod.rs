@@ -26,7 +26,7 @@ mod preemptions;
 mod project;
 mod spec;
 
-pub use project::{object_exists, upload};
+pub use project::{object_exists, upload, DEFAULT_RETENTION_DAYS};
 pub use spec::{attribute_mapping, Account, Setup, SetupError, PREEMPTION_FILTER, SERVICES};
 
 use api::{escape, Admin};
@@ -212,7 +212,7 @@ mod tests {
             zones: vec![],
             prefix: prefix.into(),
             bucket: "b".into(),
-            retention_days: 30,
+            retention_days: Some(30),
             aws_account: "123456789012".into(),
             aws_region: "us-east-1".into(),
             aws_roles: vec!["s-SubmitRole-AB".into(), "s-ScaleRole-CD".into()],

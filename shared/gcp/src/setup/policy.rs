@@ -79,7 +79,10 @@ pub fn add(policy: &mut Value, grants: &[Grant]) -> Vec<String> {
                 list.push(b);
             }
         }
-        let who = g.member.strip_prefix("serviceAccount:").unwrap_or(&g.member);
+        let who = g
+            .member
+            .strip_prefix("serviceAccount:")
+            .unwrap_or(&g.member);
         said.push(match &g.condition {
             Some((title, _)) => format!("{} to {who} (condition: {title})", g.role),
             None => format!("{} to {who}", g.role),

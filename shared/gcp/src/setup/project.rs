@@ -91,6 +91,9 @@ pub(crate) async fn zones(
     }
 }
 
+/// Days jobs' files are kept when nobody says.
+pub const DEFAULT_RETENTION_DAYS: u32 = 30;
+
 /// The lifecycle rule: jobs' files deleted after the retention.
 fn lifecycle_rule(days: u32) -> Value {
     json!({"action": {"type": "Delete"}, "condition": {"age": days, "matchesPrefix": EXPIRING}})
@@ -102,7 +105,8 @@ pub(crate) async fn bucket(api: &Admin, s: &Setup, number: Option<&str>) -> Resu
         api.endpoints.storage,
         escape(&s.bucket)
     );
-    let rule = lifecycle_rule(s.retention_days);
+    let days = s.retention_days.unwrap_or(DEFAULT_RETENTION_DAYS);
+    let rule = lifecycle_rule(days);
     let current = match api.get(&url).await {
         Ok(b) => b,
         Err(e) if e.status == 403 && !e.message.contains("SERVICE_DISABLED") => {
@@ -151,7 +155,12 @@ pub(crate) async fn bucket(api: &Admin, s: &Setup, number: Option<&str>) -> Resu
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    if rules.iter().any(|r| same_rule(r, &rule)) {
+    let ours = |r: &Value| {
+        r.pointer("/condition/matchesPrefix") == rule.pointer("/condition/matchesPrefix")
+    };
+    if rules.iter().any(|r| same_rule(r, &rule))
+        || (s.retention_days.is_none() && rules.iter().any(ours))
+    {
         return Ok(());
     }
     // Ours replaces an earlier one of ours (another retention); the
@@ -168,7 +177,7 @@ pub(crate) async fn bucket(api: &Admin, s: &Setup, number: Option<&str>) -> Resu
             "set gs://{}'s lifecycle: delete {} after {} days",
             s.bucket,
             EXPIRING.join(", "),
-            s.retention_days
+            days
         ),
         Method::PATCH,
         &url,

@@ -29,7 +29,9 @@ pub struct Setup {
     /// The deployment's GCE name prefix (the stack's name, lower case).
     pub prefix: String,
     pub bucket: String,
-    pub retention_days: u32,
+    /// Days the lifecycle rule keeps jobs' files; `None`: whatever rule of
+    /// ours the bucket has is right (`studio doctor`), 30 for a new one.
+    pub retention_days: Option<u32>,
     pub aws_account: String,
     pub aws_region: String,
     /// The names of the stack's function roles.
