@@ -132,6 +132,8 @@ async fn setup_makes_an_empty_project_ready_and_a_second_run_changes_nothing() {
         &format!("would: create service account {stack}-worker@{PROJECT}.iam.gserviceaccount.com"),
         &format!("would: create workload identity pool {stack}-aws"),
         &format!("would: upload gs://{stack}-{PROJECT}/releases/studio-{worker_sha}"),
+        "would: make Pub/Sub's service agent",
+        &format!("would: grant on topic {stack}-preemptions:\n        roles/pubsub.publisher to (the new sink's writer identity)"),
         "would: set stack",
         "none made",
     ] {
@@ -246,6 +248,12 @@ async fn setup_makes_an_empty_project_ready_and_a_second_run_changes_nothing() {
     let provider = &state["providers"][format!("{PROJECT}/{stack}-aws/aws-123456789012")];
     assert_eq!(provider["aws"]["accountId"], "123456789012");
     let condition = provider["attributeCondition"].as_str().unwrap();
+    // The subject is the role, as short as the role's ARN (Google: at most
+    // 127 bytes; a Lambda session's ARN with the function's name is longer).
+    assert_eq!(
+        provider["attributeMapping"]["google.subject"],
+        provider["attributeMapping"]["attribute.aws_role"]
+    );
     let users = members_of(
         &format!("sa/{}", email("control")),
         "roles/iam.workloadIdentityUser",
@@ -343,9 +351,11 @@ async fn setup_makes_an_empty_project_ready_and_a_second_run_changes_nothing() {
         assert!(report.contains(line), "no '{line}' in:\n{report}");
     }
 
-    // AND a second run changes nothing, in Google or in the stack.
+    // AND a second run changes nothing, in Google or in the stack, though
+    // it is run as after a deploy, without the flags the stack now holds.
+    let rerun = &setup[..6];
     let before = google.calls().await.len();
-    let said = ok(&studio(home.path(), &google.url, &setup));
+    let said = ok(&studio(home.path(), &google.url, rerun));
     assert!(said.contains("no change"), "{said}");
     eprintln!("SECOND RUN\n{said}");
     let again: Vec<serde_json::Value> = google.calls().await.split_off(before);
@@ -372,7 +382,7 @@ async fn setup_makes_an_empty_project_ready_and_a_second_run_changes_nothing() {
         "{said}"
     );
     assert!(said.contains(&format!("--webhook-url {WEBHOOK}")), "{said}");
-    let said = ok(&studio(home.path(), &google.url, &setup));
+    let said = ok(&studio(home.path(), &google.url, rerun));
     assert!(said.contains("did: create push subscription"), "{said}");
     assert!(said.contains("1 changes made"), "{said}");
     cfn.delete_stack().stack_name(&stack).send().await.unwrap();

@@ -53,6 +53,8 @@ Real behaviours it reproduces, because code that passes here must also work on G
     /_standin/reclaim removes the VM; if the template is SPOT or has
     instanceTerminationAction DELETE the group keeps its targetSize and recreates the VM
     under the same name with a new id (otherwise the group shrinks by one).
+  * listManagedInstances is paged (nextPageToken / pageToken): two entries a page unless
+    --page-size says otherwise, so code that reads one page misses VMs.
   * Errors use Compute's JSON shape: {"error": {"code", "message", "errors": [{"message",
     "domain": "global", "reason"}]}}; int64 fields (ids, diskSizeGb) are JSON strings.
 
@@ -84,6 +86,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
 API = "https://www.googleapis.com/compute/v1"
+# Entries per page of listManagedInstances (--page-size).
+PAGE_SIZE = 500
 PROJECT_NUMBER = "123456789"
 NAME_RE = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 # Template reference: full URL, `projects/P/global/...` or `global/instanceTemplates/N`.
@@ -528,17 +532,31 @@ class State:
             pend.remove(entry)
         return int(entry is not None)
 
-    def list_managed(self, gkey):
+    def list_managed(self, gkey, q=None):
+        """One page of the group's managed instances. Compute pages this list (maxResults at
+        most 500, its default; a page may hold fewer, and `nextPageToken` says there is more:
+        https://cloud.google.com/compute/docs/reference/rest/v1/regionInstanceGroupManagers/listManagedInstances).
+        The stand-in's pages hold at most PAGE_SIZE entries, so a reader of one page misses VMs."""
         self.get_group(gkey)
+        q = q or {}
+        rows = [("vm", inst) for inst in self.members(gkey)]
+        rows += [("pending", c) for c in self.creating.get(gkey, [])]
+        start = _int_param(q, "pageToken") if q.get("pageToken", [""])[0] else 0
+        size = min(_int_param(q, "maxResults") if q.get("maxResults", [""])[0] else 500, 500, PAGE_SIZE) or PAGE_SIZE
         out = []
-        for inst in self.members(gkey):
-            first = self.first_sight(inst, "list")
-            out.append({"instance": f"{zone_url(inst['project'], inst['zone'])}/instances/{inst['name']}",
-                        "id": inst["id"], "name": inst["name"],
+        for kind, row in rows[start:start + size]:
+            if kind == "pending":
+                out.append(self.pending_json(gkey[1], row))
+                continue
+            first = self.first_sight(row, "list")
+            out.append({"instance": f"{zone_url(row['project'], row['zone'])}/instances/{row['name']}",
+                        "id": row["id"], "name": row["name"],
                         "instanceStatus": "PROVISIONING" if first else "RUNNING",
                         "currentAction": "CREATING" if first else "NONE"})
-        out += [self.pending_json(gkey[1], c) for c in self.creating.get(gkey, [])]
-        return {"managedInstances": out} if out else {}
+        page = {"managedInstances": out} if out else {}
+        if start + size < len(rows):
+            page["nextPageToken"] = str(start + size)
+        return page
 
     @staticmethod
     def pending_json(p, entry):
@@ -965,7 +983,7 @@ def _scope_routes(kind, base):
         ("POST", igm + "/" + SEG + "/resize",
          lambda m, q, b: S.resize_group(gkey(m), _int_param(q, "size"))),
         ("POST", igm + "/" + SEG + "/deleteInstances", lambda m, q, b: S.delete_instances(gkey(m), b)),
-        ("POST", igm + "/" + SEG + "/listManagedInstances", lambda m, q, b: S.list_managed(gkey(m))),
+        ("POST", igm + "/" + SEG + "/listManagedInstances", lambda m, q, b: S.list_managed(gkey(m), q)),
     ]
 
 
@@ -1104,7 +1122,11 @@ class Handler(BaseHTTPRequestHandler):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT (port 0 = any free port)")
+    ap.add_argument("--page-size", type=int, default=2,
+                    help="entries per page of listManagedInstances (Compute: at most 500)")
     args = ap.parse_args()
+    global PAGE_SIZE
+    PAGE_SIZE = max(1, args.page_size)
     host, _, port = args.listen.rpartition(":")
     server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), Handler)
     server.daemon_threads = True

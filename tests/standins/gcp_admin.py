@@ -15,6 +15,8 @@ Real behaviours it reproduces, because code that passes here must also work on G
     ("... API has not been used in project N before or it is disabled"), as every Google API
     does. A new project has serviceusage and storage enabled (Google enables a default set).
     cloud.google.com/service-usage/docs/enabled-service#default
+  * Long-running operations answer `{"name"}` alone while running (proto3 JSON leaves out
+    `done: false`, and "some services might not provide such metadata").
   * services.batchEnable is a long-running operation: it returns `operations/...` not done;
     the services are enabled when a GET of the operation answers done (the second GET).
     Enabling then takes time to reach the service: its first call after enabling still
@@ -26,8 +28,10 @@ Real behaviours it reproduces, because code that passes here must also work on G
   * IAM policies (project, service account, topic, bucket): getIamPolicy returns an etag;
     setIamPolicy with a stale etag -> 409 ABORTED; a binding with a condition needs
     version 3 -> 400; a member serviceAccount:X that does not exist -> 400. Pub/Sub's service
-    agent (service-N@gcp-sa-pubsub) exists once Pub/Sub is enabled; Logging's writer
-    identities once their sink does.
+    agent (service-N@gcp-sa-pubsub) exists once made "just in time": here, only after Service
+    Usage v1beta1 generateServiceIdentity; Logging's writer identities once their sink does.
+    A new account's own policy is not readable at once (404 the first time); its
+    getIamPolicy takes no body ("The request body must be empty"); Pub/Sub's is a GET.
   * Workload identity pools and providers: ids 4-32 [a-z0-9-], not starting with "gcp-";
     create is a long-running operation (done on its second GET); 409 on a second create;
     providers PATCH with updateMask (a field outside it -> 400).
@@ -87,6 +91,8 @@ class State:
         self.operations = {}  # name -> {"gets": n, "apply": fn, "response": ...}
         self.accounts = {}  # email -> account
         self.fresh = set()  # emails a policy has not seen yet
+        self.unread = set()  # accounts whose policy is not readable yet
+        self.agents = set()  # service agents made (generateServiceIdentity)
         self.policies = {}  # resource key -> policy
         self.pools = {}
         self.providers = {}
@@ -116,8 +122,10 @@ class State:
                 f"Enable it by visiting https://console.developers.google.com/apis/api/{service}/overview?project={self.projects[p]}")
 
     def operation(self, name, apply, response=None):
+        # A running operation in proto3 JSON: `done: false` is left out, and
+        # "some services might not provide such metadata".
         self.operations[name] = {"gets": 0, "apply": apply, "response": response}
-        return {"name": name, "metadata": {}, "done": False}
+        return {"name": name}
 
     def get_operation(self, name):
         op = self.operations.get(name)
@@ -125,7 +133,7 @@ class State:
             raise ApiError(404, "NOT_FOUND", f"Operation {name} not found.")
         op["gets"] += 1
         if op["gets"] < 2:
-            return {"name": name, "metadata": {}, "done": False}
+            return {"name": name}
         if op["apply"]:
             op["response"] = op["apply"]()
             op["apply"] = None
@@ -142,11 +150,8 @@ class State:
         email = m.split(":", 1)[1]
         if email in self.accounts or email in self.writers:
             return True
-        agent = re.fullmatch(r"service-(\d+)@gcp-sa-pubsub\.iam\.gserviceaccount\.com", email)
-        if agent:
-            p = next((k for k, v in self.projects.items() if v == agent.group(1)), None)
-            return p is not None and "pubsub.googleapis.com" in self.enabled[p]
-        return False
+        # Service agents exist "just in time": Pub/Sub's once asked for.
+        return email in self.agents
 
     def get_policy(self, key):
         return json.loads(json.dumps(self.policies.get(key, {"version": 1, "etag": "ACAB"})))
@@ -206,6 +211,20 @@ def batch_enable(m, p, q, body):
     return S.operation(f"operations/acf.p2-{S.projects[p]}-{random.randrange(10**9)}", apply)
 
 
+def generate_identity(m, p, service, q, body):
+    p = S.project(p)
+    if m != "POST" or service != "pubsub.googleapis.com":
+        raise ApiError(400, "INVALID_ARGUMENT", f"this stand-in makes Pub/Sub's agent only, not {service}")
+    email = f"service-{S.projects[p]}@gcp-sa-pubsub.iam.gserviceaccount.com"
+
+    def apply():
+        S.agents.add(email)
+        return {"@type": "type.googleapis.com/google.api.serviceusage.v1beta1.ServiceIdentity",
+                "email": email, "uniqueId": str(random.randrange(10**20, 10**21))}
+
+    return S.operation(f"operations/finsi.{random.randrange(10**9)}", apply)
+
+
 def project_get(m, p, q, body):
     p = S.require(p, "cloudresourcemanager.googleapis.com")
     return {"projectId": p, "projectNumber": S.projects[p], "lifecycleState": "ACTIVE"}
@@ -233,6 +252,7 @@ def accounts(m, p, q, body):
             "displayName": body.get("serviceAccount", {}).get("displayName", "")}
     S.accounts[email] = acct
     S.fresh.add(email)
+    S.unread.add(email)
     return acct
 
 
@@ -243,6 +263,12 @@ def account(m, p, email, verb, q, body):
     if verb is None and m == "GET":
         return S.accounts[email]
     if verb == "getIamPolicy":
+        # "The request body must be empty"; the version is a query parameter.
+        if body:
+            raise ApiError(400, "INVALID_ARGUMENT", "Invalid JSON payload received. The request body must be empty.")
+        if email in S.unread:
+            S.unread.discard(email)
+            raise ApiError(404, "NOT_FOUND", f"Unknown service account {email}.")
         return S.get_policy(f"sa/{email}")
     if verb == "setIamPolicy":
         return S.set_policy(f"sa/{email}", body.get("policy", {}))
@@ -372,6 +398,8 @@ def public_image(m, owner, family_or_name, q, body):
 
 def topic_policy(m, p, topic, verb, q, body):
     p = S.require(p, "pubsub.googleapis.com")
+    if verb == "getIamPolicy" and m != "GET":
+        raise ApiError(404, "NOT_FOUND", f"{m} {verb}: Pub/Sub's getIamPolicy is a GET")
     forward("GET", f"/v1/projects/{p}/topics/{topic}", "", None)  # 404 when it does not exist
     if verb == "getIamPolicy":
         return S.get_policy(f"topic/{p}/{topic}")
@@ -443,6 +471,7 @@ def with_meta(bucket):
 ROUTES = [
     (r"/v1/projects/([^/]+)/services", services),
     (r"/v1/projects/([^/:]+)/services:batchEnable", batch_enable),
+    (r"/v1beta1/projects/([^/]+)/services/([^/:]+):generateServiceIdentity", generate_identity),
     (r"/v1/projects/([^/:]+)", project_get),
     (r"/v1/projects/([^/:]+):(getIamPolicy|setIamPolicy)", project_policy),
     (r"/v1/projects/([^/]+)/serviceAccounts", accounts),
@@ -494,8 +523,9 @@ class Handler(BaseHTTPRequestHandler):
             S.calls.append({"method": m, "path": path, "query": query})
             try:
                 body = json.loads(raw) if raw and not path.startswith("/upload/") else {}
-                if path.startswith("/v1/operations/") or re.fullmatch(r"/v1/projects/.+/operations/[^/]+", path):
-                    return self.answer(200, S.get_operation(path[len("/v1/"):]))
+                op = re.fullmatch(r"/(v1|v1beta1)/((?:projects/.+/)?operations/[^/]+)", path)
+                if op and m == "GET":
+                    return self.answer(200, S.get_operation(op.group(2)))
                 for pattern, fn in ROUTES:
                     mt = re.fullmatch(pattern, path)
                     if mt:

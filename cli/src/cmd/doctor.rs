@@ -34,7 +34,7 @@ pub(crate) async fn doctor(g: &Globals, env: &Env, a: DoctorArgs) -> Result<Exit
     let sdk = studio_aws::sdk_config(&cfg.region).await;
     let shipped = vec![CatalogPlanner::shipped().ec2.region.clone()];
     let mut checks = studio_aws::stack::doctor(&sdk, &cfg, &stack, &shipped).await;
-    checks.extend(crate::cmd::gcp::doctor_checks(env, &sdk, &stack, &cfg.region).await);
+    checks.extend(crate::cmd::gcp::doctor_checks(env, &sdk, &stack).await);
     let mut failed = false;
     for c in &checks {
         match &c.result {

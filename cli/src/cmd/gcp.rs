@@ -36,26 +36,26 @@ pub struct SetupArgs {
     /// The region the pools run in, e.g. us-central1.
     #[arg(long, value_name = "REGION")]
     pub region: String,
-    /// The zones the groups spread over (default: every zone of the region).
+    /// The zones the groups spread over (default: the stack's, else every
+    /// zone of the region).
     #[arg(long, value_name = "ZONE,...", value_delimiter = ',')]
     pub zones: Vec<String>,
     /// The deployed stack (default: the one `studio init` recorded).
     #[arg(long, value_name = "NAME")]
     pub stack: Option<String>,
     /// The webhook's URL (`scripts/deploy` prints it): preempted VMs are
-    /// pushed to it. Without it, the push is left out and said.
+    /// pushed to it (default: the stack's; without one, the push is left
+    /// out and said).
     #[arg(long, value_name = "URL")]
     pub webhook_url: Option<String>,
-    /// The bucket of GCE jobs' files (default: STACK-PROJECT).
+    /// The bucket of GCE jobs' files (default: the stack's, else
+    /// STACK-PROJECT).
     #[arg(long, value_name = "NAME")]
     pub bucket: Option<String>,
-    /// The worker image (any Debian or Ubuntu image with python3 and curl).
-    #[arg(
-        long,
-        value_name = "IMAGE",
-        default_value = "projects/debian-cloud/global/images/family/debian-12"
-    )]
-    pub image: String,
+    /// The worker image, any Debian or Ubuntu image with python3 and curl
+    /// (default: the stack's, else Debian 12's family).
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
     /// Days jobs' logs, workspaces and checkpoints are kept in the bucket
     /// (default: 30 for a new bucket; an existing rule is kept).
     #[arg(long, value_name = "DAYS")]
@@ -64,6 +64,9 @@ pub struct SetupArgs {
     #[arg(long)]
     pub dry_run: bool,
 }
+
+/// The worker image when nobody says.
+const DEBIAN: &str = "projects/debian-cloud/global/images/family/debian-12";
 
 /// The stack's function roles, by logical id: the identities the workload
 /// identity provider admits.
@@ -112,21 +115,48 @@ async fn gcp_setup(g: &Globals, env: &Env, a: SetupArgs) -> Result<ExitCode, Cli
             stack.name, stack.status
         )));
     }
+    // Run again (after a deploy), a flag not given keeps what the stack has
+    // for the same project, not the first run's defaults.
+    let same_project = stack.parameters.get("GcpProject") == Some(&a.project);
+    let kept = |k: &str| {
+        same_project
+            .then(|| stack.parameters.get(k).cloned())
+            .flatten()
+            .filter(|v| !v.is_empty())
+    };
+    let zones = match a.zones.is_empty() {
+        false => a.zones.clone(),
+        true => kept("GcpZone")
+            .filter(|z| {
+                z.split(',')
+                    .all(|z| studio_gcp::config::region_of(z) == a.region)
+            })
+            .map(|z| z.split(',').map(String::from).collect())
+            .unwrap_or_default(),
+    };
+    let image = a
+        .image
+        .clone()
+        .or_else(|| kept("GcpImage"))
+        .unwrap_or_else(|| DEBIAN.into());
     let s = setup_for(
         &sdk,
         &stack,
         SetupFor {
             project: a.project.clone(),
             region: a.region.clone(),
-            zones: a.zones.clone(),
-            bucket: a.bucket.clone(),
+            zones,
+            bucket: a.bucket.clone().or_else(|| kept("GcpBucket")),
             retention_days: a.retention_days,
-            webhook_url: a.webhook_url.clone(),
-            aws_region: cfg.region.clone(),
+            webhook_url: a.webhook_url.clone().or_else(|| {
+                kept("GcpPushAudience")
+                    .and_then(|u| u.strip_suffix("v1/pubsub/preemption").map(String::from))
+            }),
         },
     )
     .await?;
-    let api = admin(env, a.dry_run)?;
+    let mut api = admin(env, a.dry_run)?;
+    api.quota_project = Some(s.project.clone());
     println!(
         "studio gcp setup: project {}, region {}, stack {} (account {}){}",
         s.project,
@@ -140,7 +170,7 @@ async fn gcp_setup(g: &Globals, env: &Env, a: SetupArgs) -> Result<ExitCode, Cli
         params,
         differing,
         mut left,
-    } = converge(&api, &sdk, &stack, &s, &a.image).await?;
+    } = converge(&api, &sdk, &stack, &s, &image).await?;
     let mut changes = api.changes();
     if !differing.is_empty() {
         changes.push(format!(
@@ -197,7 +227,6 @@ struct SetupFor {
     bucket: Option<String>,
     retention_days: Option<u32>,
     webhook_url: Option<String>,
-    aws_region: String,
 }
 
 /// The [`Setup`] of `stack` (its account, its function roles, its name).
@@ -235,7 +264,6 @@ async fn setup_for(
         prefix,
         retention_days: f.retention_days,
         aws_account: account,
-        aws_region: f.aws_region,
         aws_roles: roles,
         webhook_url: f.webhook_url,
     })
@@ -419,7 +447,6 @@ pub(crate) async fn doctor_checks(
     env: &Env,
     sdk: &aws_config::SdkConfig,
     stack_name: &str,
-    aws_region: &str,
 ) -> Vec<Check> {
     let line = |what: &'static str, result: Result<String, String>| Check {
         what,
@@ -456,7 +483,10 @@ pub(crate) async fn doctor_checks(
     );
     let mut out = Vec::new();
     let api = match admin(env, true) {
-        Ok(api) => api,
+        Ok(mut api) => {
+            api.quota_project = Some(project.clone());
+            api
+        }
         Err(e) => return vec![line("gcp setup", Err(e.to_string()))],
     };
     let for_setup = SetupFor {
@@ -466,7 +496,6 @@ pub(crate) async fn doctor_checks(
         bucket: Some(param("GcpBucket")),
         retention_days: None,
         webhook_url: webhook,
-        aws_region: aws_region.to_string(),
     };
     let checked = match setup_for(sdk, &stack, for_setup).await {
         Ok(s) => converge(&api, sdk, &stack, &s, &param("GcpImage"))

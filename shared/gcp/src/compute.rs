@@ -300,30 +300,29 @@ impl MigFleet {
     /// The group's managed instances, VMs and VMs it is still trying to
     /// create.
     async fn managed(&self, key: &PoolKey) -> Result<Vec<Managed>, PortError> {
-        let resp = match self
-            .groups
-            .list_managed_instances()
-            .set_project(&self.cfg.project)
-            .set_region(self.region())
-            .set_instance_group_manager(self.name(key))
-            .send()
-            .await
-        {
-            Ok(r) => r,
-            Err(e) if code_of(&e) == Some(Code::NotFound) => return Ok(Vec::new()),
-            Err(e) => {
-                return Err(gcp_err(
-                    PORT,
-                    "regionInstanceGroupManagers.listManagedInstances",
-                    e,
-                ))
+        // Paged (at most 500 a page): every page, or VMs go unseen.
+        let (mut out, mut token) = (Vec::new(), String::new());
+        loop {
+            let mut call = self
+                .groups
+                .list_managed_instances()
+                .set_project(&self.cfg.project)
+                .set_region(self.region())
+                .set_instance_group_manager(self.name(key));
+            if !token.is_empty() {
+                call = call.set_page_token(std::mem::take(&mut token));
             }
-        };
-        Ok(resp
-            .managed_instances
-            .into_iter()
-            .filter_map(Managed::of)
-            .collect())
+            let resp = match call.send().await {
+                Ok(r) => r,
+                Err(e) if code_of(&e) == Some(Code::NotFound) => return Ok(Vec::new()),
+                Err(e) => return Err(gcp_err(PORT, "listManagedInstances", e)),
+            };
+            out.extend(resp.managed_instances.into_iter().filter_map(Managed::of));
+            match resp.next_page_token {
+                Some(t) if !t.is_empty() => token = t,
+                _ => return Ok(out),
+            }
+        }
     }
 }
 

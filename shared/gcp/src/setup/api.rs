@@ -99,6 +99,10 @@ pub struct Admin {
     changes: Mutex<Vec<String>>,
     /// Where the first retry of a propagation wait starts (tests: short).
     pub first_backoff: Duration,
+    /// `x-goog-user-project`: the project the calls are billed and quota'd
+    /// to. User credentials (`gcloud auth application-default login`)
+    /// without a quota project are refused by some APIs otherwise.
+    pub quota_project: Option<String>,
 }
 
 impl Admin {
@@ -110,6 +114,7 @@ impl Admin {
             dry_run,
             changes: Mutex::default(),
             first_backoff: Duration::from_secs(2),
+            quota_project: None,
         }
     }
 
@@ -119,17 +124,23 @@ impl Admin {
     }
 
     async fn headers(&self) -> Result<reqwest::header::HeaderMap, ApiError> {
-        match self.credentials.headers(Default::default()).await {
-            Ok(CacheableResource::New { data, .. }) => Ok(data),
-            Ok(CacheableResource::NotModified) => Ok(Default::default()),
+        let mut headers = match self.credentials.headers(Default::default()).await {
+            Ok(CacheableResource::New { data, .. }) => data,
+            Ok(CacheableResource::NotModified) => Default::default(),
             Err(e) => Err(ApiError {
                 what: "Google credentials".into(),
                 status: 0,
                 message: format!(
                     "{e} (log in with `gcloud auth application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS)"
                 ),
-            }),
+            })?,
+        };
+        if let Some(p) = &self.quota_project {
+            if let Ok(v) = reqwest::header::HeaderValue::from_str(p) {
+                headers.insert("x-goog-user-project", v);
+            }
         }
+        Ok(headers)
     }
 
     /// One call; `Ok(None)` for 404. A service this run just enabled may
@@ -297,6 +308,25 @@ impl Admin {
         }
     }
 
+    /// `f` again until it finds what it reads (a resource made a moment
+    /// ago), within Google's bound for IAM propagation; `Ok(None)` after.
+    pub async fn until_visible<F, Fut>(&self, f: F) -> Result<Option<Value>, ApiError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<Value>, ApiError>>,
+    {
+        let start = std::time::Instant::now();
+        let mut wait = self.first_backoff;
+        loop {
+            tokio::time::sleep(wait).await;
+            let got = f().await?;
+            if got.is_some() || start.elapsed() + wait > PROPAGATION_DEADLINE {
+                return Ok(got);
+            }
+            wait = (wait * 2).min(Duration::from_secs(30));
+        }
+    }
+
     /// `answer` when it is not a long-running operation, or when it is one
     /// that is done; else the operation polled until done. Service Usage
     /// and IAM answer `{name, done, response|error}`; Compute and the rest
@@ -305,12 +335,8 @@ impl Admin {
         let Some(name) = operation_name(&answer) else {
             return Ok(answer);
         };
-        let base = url
-            .split("/v1/")
-            .next()
-            .unwrap_or(url)
-            .trim_end_matches('/')
-            .to_string();
+        // Polled at the same host and API version as the call.
+        let base = operations_base(url);
         let start = std::time::Instant::now();
         let mut op = answer;
         let mut wait = Duration::from_millis(200);
@@ -339,7 +365,7 @@ impl Admin {
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(5));
             op = self
-                .get(&format!("{base}/v1/{name}"))
+                .get(&format!("{base}/{name}"))
                 .await?
                 .ok_or_else(|| ApiError {
                     what: format!("operation {name}"),
@@ -351,13 +377,27 @@ impl Admin {
 }
 
 /// The name of a long-running operation (`operations/…` or
-/// `…/operations/…` with a `done` field), if `v` is one.
+/// `…/operations/…`), if `v` is one: by its name alone, since a running
+/// operation may carry neither `done` (proto3 JSON leaves out `false`) nor
+/// `metadata` ("some services might not provide such metadata").
 fn operation_name(v: &Value) -> Option<String> {
     let name = v.get("name")?.as_str()?;
-    (v.get("done").is_some() || v.get("metadata").is_some())
-        .then_some(())
-        .filter(|()| name.starts_with("operations/") || name.contains("/operations/"))?;
-    Some(name.to_string())
+    let segments: Vec<&str> = name.split('/').collect();
+    let n = segments.len();
+    // `operations/ID` or `…/operations/ID`: the second to last segment.
+    (n >= 2 && segments[n - 2] == "operations" && !segments[n - 1].is_empty())
+        .then(|| name.to_string())
+}
+
+/// `https://HOST/VERSION` of a call's URL (`v1`, `v1beta1`, `v2`).
+fn operations_base(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let mut parts = rest.split('/');
+    let host = parts.next().unwrap_or_default();
+    let version = parts
+        .find(|p| p.len() > 1 && p.starts_with('v') && p[1..2].chars().all(|c| c.is_ascii_digit()))
+        .unwrap_or("v1");
+    format!("{scheme}://{host}/{version}")
 }
 
 /// Google's message from an error body (`{"error": {"message": …}}`), or
@@ -422,6 +462,19 @@ mod tests {
         assert_eq!(
             operation_name(&json!({"name": "projects/p/topics/operations", "done": true})),
             None
+        );
+        // A running operation with neither `done` nor `metadata` is one.
+        assert_eq!(
+            operation_name(&json!({"name": "operations/acat.p2-1"})),
+            Some("operations/acat.p2-1".into())
+        );
+        assert_eq!(
+            operations_base("https://serviceusage.googleapis.com/v1beta1/projects/p/services/x:generateServiceIdentity"),
+            "https://serviceusage.googleapis.com/v1beta1"
+        );
+        assert_eq!(
+            operations_base("http://127.0.0.1:4000/v1/projects/p/locations/global/workloadIdentityPools?workloadIdentityPoolId=x"),
+            "http://127.0.0.1:4000/v1"
         );
     }
 

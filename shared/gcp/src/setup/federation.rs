@@ -91,7 +91,6 @@ pub(crate) async fn federation(api: &Admin, s: &Setup) -> Result<(String, String
 /// workload-identity-pools create-cred-config --aws` writes it (without an
 /// IMDSv2 URL: Lambda has no metadata service).
 pub(crate) fn credential_config(
-    s: &Setup,
     number: Option<&str>,
     pool: &str,
     provider: &str,
@@ -109,7 +108,9 @@ pub(crate) fn credential_config(
             "environment_id": "aws1",
             "region_url": "http://169.254.169.254/latest/meta-data/placement/availability-zone",
             "url": "http://169.254.169.254/latest/meta-data/iam/security-credentials",
-            "regional_cred_verification_url": format!("https://sts.{}.amazonaws.com?Action=GetCallerIdentity&Version=2011-06-15", s.aws_region),
+            // `{region}` as gcloud writes it: the client puts in the
+            // region the function runs in.
+            "regional_cred_verification_url": "https://sts.{region}.amazonaws.com?Action=GetCallerIdentity&Version=2011-06-15",
         },
     })
 }

@@ -101,9 +101,7 @@ pub async fn apply(api: &Admin, s: &Setup) -> Result<Done, SetupError> {
     let control = project::account(api, s, "control", "Studio functions (from AWS)").await?;
     let pusher = project::account(api, s, "pusher", "Studio preemption push sender").await?;
     let sa = |a: &Account| format!("serviceAccount:{}", a.email);
-    let agent = number
-        .as_ref()
-        .map(|n| format!("serviceAccount:service-{n}@gcp-sa-pubsub.iam.gserviceaccount.com"));
+    let agent = project::pubsub_agent(api, s, number.as_deref()).await?;
 
     // 4. Their grants.
     let (title, expression) = s.machines_condition();
@@ -142,7 +140,7 @@ pub async fn apply(api: &Admin, s: &Setup) -> Result<Done, SetupError> {
     ensure_policy(
         api,
         &format!("account {}", worker.email),
-        Policy::post(&account_url(&worker)),
+        Policy::post_query(&account_url(&worker)),
         &[Grant::new("roles/iam.serviceAccountUser", &sa(&control))],
     )
     .await?;
@@ -166,13 +164,13 @@ pub async fn apply(api: &Admin, s: &Setup) -> Result<Done, SetupError> {
         ensure_policy(
             api,
             &format!("account {}", control.email),
-            Policy::post(&account_url(&control)),
+            Policy::post_query(&account_url(&control)),
             &grants,
         )
         .await?;
     }
     let credential_config =
-        federation::credential_config(s, number.as_deref(), &pool, &provider, &control);
+        federation::credential_config(number.as_deref(), &pool, &provider, &control);
 
     // 6. The preemption path.
     let push_audience = s.push_audience();
@@ -183,7 +181,7 @@ pub async fn apply(api: &Admin, s: &Setup) -> Result<Done, SetupError> {
         ensure_policy(
             api,
             &format!("account {}", pusher.email),
-            Policy::post(&account_url(&pusher)),
+            Policy::post_query(&account_url(&pusher)),
             &[Grant::new("roles/iam.serviceAccountTokenCreator", agent)],
         )
         .await?;
@@ -214,7 +212,6 @@ mod tests {
             bucket: "b".into(),
             retention_days: Some(30),
             aws_account: "123456789012".into(),
-            aws_region: "us-east-1".into(),
             aws_roles: vec!["s-SubmitRole-AB".into(), "s-ScaleRole-CD".into()],
             webhook_url: Some("https://x.lambda-url.us-east-1.on.aws/".into()),
         }
@@ -255,8 +252,7 @@ mod tests {
             email: s.account("control"),
             unique_id: None,
         };
-        let c =
-            federation::credential_config(&s, Some("42"), "s-aws", "aws-123456789012", &control);
+        let c = federation::credential_config(Some("42"), "s-aws", "aws-123456789012", &control);
         let checked = crate::config::lambda_credential_config(&c.to_string()).unwrap();
         assert_eq!(checked, c);
         assert!(c["audience"].as_str().unwrap().contains("/projects/42/"));

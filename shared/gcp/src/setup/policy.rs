@@ -124,6 +124,21 @@ impl Policy {
         }
     }
 
+    /// IAM service accounts: `POST …:getIamPolicy` with an empty body and
+    /// the version as a query parameter (Google: "The request body must be
+    /// empty").
+    pub(crate) fn post_query(resource: &str) -> Policy {
+        Policy {
+            read: (
+                Method::POST,
+                format!("{resource}:getIamPolicy?options.requestedPolicyVersion=3"),
+                None,
+            ),
+            write: (Method::POST, format!("{resource}:setIamPolicy")),
+            wrapped: true,
+        }
+    }
+
     /// Pub/Sub: `GET …:getIamPolicy`.
     pub(crate) fn get(resource: &str) -> Policy {
         Policy {
@@ -162,10 +177,21 @@ pub(crate) async fn ensure_policy(
 ) -> Result<(), ApiError> {
     for _ in 0..5 {
         let (m, url, body) = &at.read;
-        let mut policy = api
-            .call(m.clone(), url, body.as_ref())
-            .await?
-            .unwrap_or_else(|| json!({}));
+        let mut policy = match api.call(m.clone(), url, body.as_ref()).await? {
+            Some(p) => p,
+            // Not there: on a dry run, not made yet (the empty policy); else
+            // made a moment ago and not visible yet (IAM is eventually
+            // consistent), read again within Google's bound.
+            None if api.dry_run => json!({}),
+            None => api
+                .until_visible(|| api.call(m.clone(), url, body.as_ref()))
+                .await?
+                .ok_or_else(|| ApiError {
+                    what: format!("the IAM policy of {what}"),
+                    status: 404,
+                    message: "not found".into(),
+                })?,
+        };
         let added = add(&mut policy, grants);
         if added.is_empty() {
             return Ok(());

@@ -49,7 +49,14 @@ pub(crate) async fn preemptions(
             .await?,
         now => now,
     };
-    if let Some(w) = writer.as_ref().and_then(|w| w["writerIdentity"].as_str()) {
+    // On a dry run a new sink has no writer yet: its grant is listed all
+    // the same, so the list is what a real run does.
+    let writer = match writer.as_ref().and_then(|w| w["writerIdentity"].as_str()) {
+        Some(w) => Some(w.to_string()),
+        None if api.dry_run => Some("serviceAccount:(the new sink's writer identity)".into()),
+        None => None,
+    };
+    if let Some(w) = writer.as_deref() {
         ensure_policy(
             api,
             &format!("topic {}", s.topic()),

@@ -259,3 +259,54 @@ pub async fn upload(api: &Admin, bucket: &str, name: &str, bytes: Vec<u8>) -> Re
     )
     .await
 }
+
+/// Pub/Sub's service agent (`service-NUMBER@gcp-sa-pubsub`), made now if
+/// it does not exist: Google makes service agents "just in time", at the
+/// service's first need, and until then a grant to it is refused as a
+/// member that does not exist (Service Usage v1beta1
+/// `generateServiceIdentity` makes it). Asked only while the project's
+/// policy does not name it yet, so a second run asks nothing.
+pub(crate) async fn pubsub_agent(
+    api: &Admin,
+    s: &Setup,
+    number: Option<&str>,
+) -> Result<Option<String>, ApiError> {
+    let Some(n) = number else {
+        return Ok(None);
+    };
+    let member = format!("serviceAccount:service-{n}@gcp-sa-pubsub.iam.gserviceaccount.com");
+    let policy = api
+        .read_post(
+            &format!(
+                "{}/v1/projects/{}:getIamPolicy",
+                api.endpoints.resourcemanager, s.project
+            ),
+            &json!({"options": {"requestedPolicyVersion": 3}}),
+        )
+        .await?
+        .unwrap_or_default();
+    let named = policy["bindings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|b| b["members"].as_array().into_iter().flatten())
+        .any(|m| m.as_str() == Some(member.as_str()));
+    if named {
+        return Ok(Some(member));
+    }
+    let made = api
+        .mutate(
+            "make Pub/Sub's service agent".into(),
+            Method::POST,
+            &format!(
+                "{}/v1beta1/projects/{}/services/pubsub.googleapis.com:generateServiceIdentity",
+                api.endpoints.serviceusage, s.project
+            ),
+            Some(&json!({})),
+        )
+        .await?;
+    Ok(Some(
+        made.and_then(|r| r["email"].as_str().map(|e| format!("serviceAccount:{e}")))
+            .unwrap_or(member),
+    ))
+}

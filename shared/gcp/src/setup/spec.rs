@@ -33,7 +33,6 @@ pub struct Setup {
     /// ours the bucket has is right (`studio doctor`), 30 for a new one.
     pub retention_days: Option<u32>,
     pub aws_account: String,
-    pub aws_region: String,
     /// The names of the stack's function roles.
     pub aws_roles: Vec<String>,
     /// The webhook's URL: `None` leaves the preemption push out.
@@ -126,9 +125,12 @@ impl Setup {
 
 /// The AWS provider's attribute mapping, Google's default for AWS: the
 /// session's role without its session name.
+///
+/// `google.subject` is the role too, not Google's default `assertion.arn`:
+/// a Lambda session's ARN ends in the function's name, and with a stack
+/// name of some 22 characters it passes the 127 bytes Google allows a
+/// subject, so every token exchange would fail.
 pub fn attribute_mapping() -> Value {
-    json!({
-        "google.subject": "assertion.arn",
-        "attribute.aws_role": "assertion.arn.contains('assumed-role') ? assertion.arn.extract('{account_arn}assumed-role/') + 'assumed-role/' + assertion.arn.extract('assumed-role/{role_name}/') : assertion.arn",
-    })
+    let role = "assertion.arn.contains('assumed-role') ? assertion.arn.extract('{account_arn}assumed-role/') + 'assumed-role/' + assertion.arn.extract('assumed-role/{role_name}/') : assertion.arn";
+    json!({"google.subject": role, "attribute.aws_role": role})
 }
