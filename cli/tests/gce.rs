@@ -166,9 +166,14 @@ impl World {
             creds.access_key_id()
         );
         let sdk = gce_identity::sdk_config("us-east-1", identity).await;
+        // Its Compute calls as the workers' account, under the name
+        // condition `studio gcp setup` grants it with.
+        let mut own = gcp::worker_config(&self.cfg.prefix, &self.standin).await;
+        own.zones = self.gcp.zones.clone();
+        own.worker_env = self.gcp.worker_env.clone();
         let ctx = studio_gcp::with_gcp(
             lambda::context(&self.cfg, &sdk, Arc::new(self.clock.clone())),
-            &self.gcp,
+            &own,
         )
         .await
         .unwrap();

@@ -186,15 +186,36 @@ pub fn config(prefix: &str, standin: Option<&StandIn>) -> GcpConfig {
     settings(prefix, standin, true)
 }
 
+/// The workers' service account of the test settings.
+pub fn worker_account() -> String {
+    format!("studio-worker@{PROJECT}.iam.gserviceaccount.com")
+}
+
+/// The settings as a GCE worker holds them: its Compute calls are its
+/// service account's (`/as/EMAIL` of the stand-in), which may do only what
+/// `studio gcp setup` grants it: `roles/compute.instanceAdmin.v1` under the
+/// deployment's name condition, set here on the stand-in.
+pub async fn worker_config(prefix: &str, standin: &StandIn) -> GcpConfig {
+    let (_, condition) = studio_gcp::setup::machines_condition(&prefix.to_ascii_lowercase());
+    standin
+        .control(
+            "grants",
+            serde_json::json!({"member": worker_account(), "bindings": [
+                {"role": "roles/compute.instanceAdmin.v1", "condition": condition}]}),
+        )
+        .await;
+    let mut cfg = settings(prefix, Some(standin), true);
+    cfg.compute_endpoint = Some(format!("{}/as/{}", standin.url, worker_account()));
+    cfg
+}
+
 fn settings(prefix: &str, standin: Option<&StandIn>, emulators: bool) -> GcpConfig {
     let env = |k: &str| -> Option<String> {
         match k {
             "STUDIO_GCP_PROJECT" => Some(PROJECT.into()),
             "STUDIO_GCP_ZONE" => Some(ZONE.into()),
             "STUDIO_GCP_BUCKET" => Some(TEST_BUCKET.into()),
-            "STUDIO_GCP_SERVICE_ACCOUNT" => {
-                Some(format!("studio-worker@{PROJECT}.iam.gserviceaccount.com"))
-            }
+            "STUDIO_GCP_SERVICE_ACCOUNT" => Some(worker_account()),
             "STUDIO_GCP_IMAGE" => Some(IMAGE.into()),
             "STUDIO_GCP_WORKER_ROLE_ARN" => {
                 Some("arn:aws:iam::123456789012:role/studio-gce-worker".into())

@@ -53,6 +53,12 @@ Real behaviours it reproduces, because code that passes here must also work on G
     /_standin/reclaim removes the VM; if the template is SPOT or has
     instanceTerminationAction DELETE the group keeps its targetSize and recreates the VM
     under the same name with a new id (otherwise the group shrinks by one).
+  * Operations finish on their own, as on GCE: DONE on the second GET, at once on .../wait,
+    or after OP_REQUESTS further API requests whether or not anyone polls them.
+  * IAM by grant: a call through /as/EMAIL/ is that service account's; with grants set
+    (/_standin/grants) it may make only what they allow (roles/compute.instanceAdmin.v1
+    under an IAM condition on resource.name, evaluated per call), else 403 "Required
+    '<permission>' permission for '<resource>'" (see authorize()).
   * listManagedInstances is paged (nextPageToken / pageToken): two entries a page unless
     --page-size says otherwise, so code that reads one page misses VMs.
   * Errors use Compute's JSON shape: {"error": {"code", "message", "errors": [{"message",
@@ -290,6 +296,8 @@ class State:
         self.operations = {}  # name -> {"json", "scope", "key", "apply", "polls"}
         self.requests = []    # request log (method, path, query, body)
         self.seq = 0          # instance creation order, used to pick the newest on scale-in
+        self.tick = 0         # API requests served: the stand-in's clock for operations
+        self.grants = {}      # member email -> [(role, condition expression or None)]
 
     # ---- operations -------------------------------------------------------------------
 
@@ -304,8 +312,16 @@ class State:
               "selfLink": f"{base}/operations/{name}"}
         if scope[0] != "global":  # zonal/regional operations name their zone/region
             op[scope[0]] = base
-        self.operations[name] = {"json": op, "scope": scope, "key": key, "apply": apply, "polls": 0}
+        self.operations[name] = {"json": op, "scope": scope, "key": key, "apply": apply, "polls": 0,
+                                 "born": self.tick}
         return op
+
+    def age_operations(self):
+        """Operations finish whether or not anyone polls them, as on GCE: OP_REQUESTS API
+        requests after they began (the stand-in's notion of time passing)."""
+        for op in list(self.operations.values()):
+            if op["json"]["status"] != "DONE" and self.tick - op["born"] >= OP_REQUESTS:
+                self.finish_op(op)
 
     def pending(self, op_type, key):
         return any(o["json"]["status"] != "DONE" and o["json"]["operationType"] == op_type
@@ -865,6 +881,8 @@ class State:
 
 
 STATE = State()
+# Requests after which an operation nobody polls is DONE.
+OP_REQUESTS = 4
 SEG = r"([^/]+)"
 CP = r"/compute/v1/projects/" + SEG
 ZONE = CP + r"/zones/" + SEG
@@ -958,6 +976,109 @@ def _control_reset(_m, _q, _b):
     return {}
 
 
+# ---- IAM: who may call what ---------------------------------------------------------------
+# A call made through /as/EMAIL/... is made by that service account (in tests this stands for
+# the OAuth token a VM's account gets from its metadata server; calls without it are the
+# functions' account, which holds roles/compute.instanceAdmin.v1 unconditionally). A member
+# with grants (/_standin/grants) may make only the calls they allow, decided per call on the
+# permission Compute checks and the resource's name, as IAM Conditions see it:
+# https://cloud.google.com/compute/docs/access/iam-conditions (resource.name is
+# projects/P/zones/Z/instances/NAME, projects/P/regions/R/instanceGroupManagers/NAME, ...).
+# A call refused is 403 with Compute's "Required '<permission>' permission for '<resource>'".
+
+def _perm_routes():
+    inst = ZONE + r"/instances/" + SEG
+    rigm = REGION + r"/instanceGroupManagers/" + SEG
+    zigm = ZONE + r"/instanceGroupManagers/" + SEG
+    zres = lambda g: f"projects/{g[0]}/zones/{g[1]}/instances/{g[2]}"
+    rgrp = lambda g: f"projects/{g[0]}/regions/{g[1]}/instanceGroupManagers/{g[2]}"
+    zgrp = lambda g: f"projects/{g[0]}/zones/{g[1]}/instanceGroupManagers/{g[2]}"
+    return [
+        ("GET", inst, "compute.instances.get", zres),
+        ("POST", inst + r"/setLabels", "compute.instances.setLabels", zres),
+        ("DELETE", inst, "compute.instances.delete", zres),
+        ("GET", inst + r"/serialPort", "compute.instances.getSerialPortOutput", zres),
+        ("GET", rigm, "compute.instanceGroupManagers.get", rgrp),
+        ("POST", rigm + r"/listManagedInstances", "compute.instanceGroupManagers.get", rgrp),
+        ("POST", rigm + r"/(?:deleteInstances|resize|setInstanceTemplate)", "compute.instanceGroupManagers.update", rgrp),
+        ("GET", zigm, "compute.instanceGroupManagers.get", zgrp),
+        ("POST", zigm + r"/listManagedInstances", "compute.instanceGroupManagers.get", zgrp),
+        ("POST", zigm + r"/(?:deleteInstances|resize|setInstanceTemplate)", "compute.instanceGroupManagers.update", zgrp),
+        ("GET", ZONE + r"/operations/" + SEG, "compute.zoneOperations.get",
+         lambda g: f"projects/{g[0]}/zones/{g[1]}/operations/{g[2]}"),
+        ("POST", ZONE + r"/operations/" + SEG + r"/wait", "compute.zoneOperations.get",
+         lambda g: f"projects/{g[0]}/zones/{g[1]}/operations/{g[2]}"),
+        ("GET", REGION + r"/operations/" + SEG, "compute.regionOperations.get",
+         lambda g: f"projects/{g[0]}/regions/{g[1]}/operations/{g[2]}"),
+        ("POST", REGION + r"/operations/" + SEG + r"/wait", "compute.regionOperations.get",
+         lambda g: f"projects/{g[0]}/regions/{g[1]}/operations/{g[2]}"),
+    ]
+
+
+PERM_ROUTES = None
+CONDITION_TERM = re.compile(r'resource\.name\.extract\("([^"]*)"\)\.startsWith\("([^"]*)"\)')
+
+
+def permission_of(method, path):
+    """(permission, resource name) Compute checks for the call; None for one not modelled."""
+    global PERM_ROUTES
+    PERM_ROUTES = PERM_ROUTES or [(m, re.compile(p), perm, res) for m, p, perm, res in _perm_routes()]
+    for m, pattern, perm, res in PERM_ROUTES:
+        hit = pattern.fullmatch(path)
+        if hit and m == method:
+            return perm, res(hit.groups())
+    return None
+
+
+def extract(name, template):
+    """CEL's resource.name.extract(template) as IAM Conditions define it: the part of the
+    name where the template's {variable} stands; "" when the template does not match."""
+    pre, _, rest = template.partition("{")
+    post = rest.partition("}")[2]
+    i = name.find(pre)
+    if i < 0:
+        return ""
+    tail = name[i + len(pre):]
+    if not post:
+        return tail
+    j = tail.find(post)
+    return tail[:j] if j >= 0 else ""
+
+
+def condition_holds(expression, resource):
+    """The grant's condition for `resource`: a disjunction of
+    resource.name.extract(T).startsWith(P) terms (what Studio's conditions use); anything
+    else is refused loudly, never guessed."""
+    for term in expression.split("||"):
+        m = CONDITION_TERM.fullmatch(term.strip())
+        if not m:
+            raise ValueError(f"the stand-in cannot evaluate the condition term {term.strip()!r}")
+        if extract(resource, m.group(1)).startswith(m.group(2)):
+            return True
+    return False
+
+
+def authorize(member, method, path):
+    """None when `member` may make the call, else the 403 ApiError."""
+    if member is None or member not in STATE.grants:
+        return None
+    what = permission_of(method, path)
+    if what is None:
+        return ApiError(403, "forbidden", f"Required permission for '{path}' (the stand-in models no permission for {method} here)")
+    perm, resource = what
+    for role, condition in STATE.grants[member]:
+        if role == "roles/compute.instanceAdmin.v1" and perm.startswith("compute."):
+            if condition is None or condition_holds(condition, resource):
+                return None
+    return ApiError(403, "forbidden", f"Required '{perm}' permission for '{resource}'")
+
+
+def _control_grants(_m, _q, b):
+    """{"member": EMAIL, "bindings": [{"role", "condition"?}]}: the member's grants, replaced."""
+    STATE.grants[b["member"]] = [(x["role"], x.get("condition")) for x in b.get("bindings", [])]
+    return {}
+
+
 S = STATE
 
 
@@ -1015,6 +1136,7 @@ ROUTES = [
      lambda m, q, b: S.reclaim(b.get("project"), b.get("zone"), b.get("instance"))),
     ("POST", r"/_standin/stockout", _control_stockout),
     ("POST", r"/_standin/reset", _control_reset),
+    ("POST", r"/_standin/grants", _control_grants),
     ("GET", r"/_standin/state", lambda m, q, b: S.dump()),
 ]
 ROUTES = [(method, re.compile(pattern + r"/?"), fn) for method, pattern, fn in ROUTES]
@@ -1061,6 +1183,10 @@ class Handler(BaseHTTPRequestHandler):
         raw = self._read_body()
         url = urlsplit(self.path)
         path, query = unquote(url.path), parse_qs(url.query, keep_blank_values=True)
+        member = None
+        as_member = re.fullmatch(r"/as/([^/]+)(/.*)", path)
+        if as_member:
+            member, path = as_member.group(1), as_member.group(2)
         try:
             body = json.loads(raw) if raw.strip() else {}
         except ValueError:
@@ -1070,12 +1196,18 @@ class Handler(BaseHTTPRequestHandler):
                 STATE.requests.append({"method": self.command, "path": path,
                                        "query": {k: v[0] if len(v) == 1 else v for k, v in query.items()},
                                        "body": body if body is not None else raw.decode("utf-8", "replace")})
+            if not path.startswith("/_standin/"):
+                STATE.tick += 1
+                STATE.age_operations()
             STATE.reconcile()
             meta = METADATA_RE.fullmatch(path)
             if meta and self.command == "GET":
                 return self._metadata(meta.group(1), meta.group(2), query)
             if body is None or not isinstance(body, dict):
                 return self._send(400, invalid("Invalid JSON payload received.").body())
+            refused = authorize(member, self.command, path)
+            if refused is not None:
+                return self._send(refused.code, refused.body())
             allowed = []
             for method, pattern, fn in ROUTES:
                 m = pattern.fullmatch(path)

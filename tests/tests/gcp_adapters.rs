@@ -263,11 +263,20 @@ async fn compute_spot_group_has_the_custom_shape_spot_scheduling_and_no_secrets(
     })
     .await;
 
-    // An idle worker leaves: its machine goes, and the target with it.
-    fleet.terminate(&key, &machines[0].id, true).await.unwrap();
-    assert_eq!(fleet.group(&key).await.unwrap().unwrap().desired, 1);
-    let left = fleet.instances(&key).await.unwrap();
-    assert_eq!(left.len(), 1);
+    // An idle worker leaves: its machine goes, and the target with it. The
+    // worker's own call, under its account's name condition; it does not
+    // wait for the operation (it may not read one), so the effect comes
+    // when Compute finishes it.
+    let worker = MigFleet::new(&gcp::worker_config("studio-dev", &standin).await)
+        .await
+        .unwrap();
+    worker.terminate(&key, &machines[0].id, true).await.unwrap();
+    let left = studio_tests::eventually("one machine left", Duration::from_secs(10), async || {
+        let g = fleet.group(&key).await.unwrap().unwrap();
+        let m = fleet.instances(&key).await.unwrap();
+        (g.desired == 1 && m.len() == 1).then_some(m)
+    })
+    .await;
     assert_eq!(left[0].id, machines[1].id);
 
     fleet.delete_group(&key).await.unwrap();
@@ -338,16 +347,52 @@ async fn compute_liveness_labels_find_silent_machines() {
         fleet.silent(&key, bound, now).await.unwrap().is_empty(),
         "just launched"
     );
-    // Twenty minutes on, only the machine whose worker spoke is alive.
+    // Twenty minutes on, only the machine whose worker spoke is alive. The
+    // worker labels its machine as its own account, which IAM lets act on
+    // the deployment's groups and VMs only (and on no operation).
     let later = Timestamp(now.0 + 20 * 60 * 1000);
-    fleet
+    let worker = MigFleet::new(&gcp::worker_config("studio-dev", &standin).await)
+        .await
+        .unwrap();
+    worker
         .worker_seen(&key, &ids[0], Timestamp(later.0 - 60_000))
         .await
         .unwrap();
-    assert_eq!(
-        fleet.silent(&key, bound, later).await.unwrap(),
-        vec![ids[1].clone()]
+    studio_tests::eventually(
+        "only the quiet one silent",
+        Duration::from_secs(10),
+        async || {
+            (fleet.silent(&key, bound, later).await.unwrap() == vec![ids[1].clone()]).then_some(())
+        },
+    )
+    .await;
+    // Another deployment's machine is out of the worker's reach.
+    let other = MigFleet::new(&gcp::config("other-dev", Some(&standin)))
+        .await
+        .unwrap();
+    other.ensure_group(&key, &spec).await.unwrap();
+    other.set_target(&key, 1, None).await.unwrap();
+    let theirs = studio_tests::eventually("their VM", Duration::from_secs(10), async || {
+        other
+            .instances(&key)
+            .await
+            .unwrap()
+            .into_iter()
+            .next()
+            .map(|i| i.id)
+    })
+    .await;
+    let refused = worker
+        .worker_seen(&key, &theirs, later)
+        .await
+        .expect_err("another deployment's VM");
+    assert!(
+        refused
+            .to_string()
+            .contains("Required 'compute.instances.get' permission"),
+        "{refused}"
     );
+    other.delete_group(&key).await.unwrap();
     // What the silent one's startup script said as it failed, read from
     // its serial port 1 as it is retired; the other said nothing.
     let vm = standin.vm(ids[1].as_str()).await.unwrap();

@@ -114,7 +114,13 @@ impl Home {
         }
         let db = rusqlite::Connection::open(path).unwrap();
         db.busy_timeout(Duration::from_secs(10)).unwrap();
-        db.query_row(sql, [], |r| r.get(0)).unwrap()
+        match db.query_row(sql, [], |r| r.get(0)) {
+            Ok(n) => n,
+            // The file exists a moment before the store's first run made
+            // its tables (a driver starting now): nothing in it yet.
+            Err(e) if e.to_string().contains("no such table") => 0,
+            Err(e) => panic!("{sql}: {e}"),
+        }
     }
 
     pub fn log(&self, id: &str) -> String {

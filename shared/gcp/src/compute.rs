@@ -565,8 +565,11 @@ impl Fleet for MigFleet {
             .set_zone(&zone)
             .set_instance(id.as_str())
             .set_body(body)
-            .poller()
-            .until_done()
+            // Not waited for: the worker's account may read no operation
+            // (its IAM condition names its groups and VMs only); Compute
+            // refuses a stale fingerprint at the call, and the next
+            // heartbeat labels again.
+            .send()
             .await
             .map_err(err("instances.setLabels"))?;
         Ok(())
@@ -678,8 +681,9 @@ impl Fleet for MigFleet {
                     )])
                     .set_skip_instances_on_validation_error(false),
             )
-            .poller()
-            .until_done()
+            // Not waited for (an idle worker removing its own machine: it
+            // may read no operation, and the machine goes with it).
+            .send()
             .await
             .map(|_| ())
             .map_err(|e| match code_of(&e) {

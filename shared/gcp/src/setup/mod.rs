@@ -27,7 +27,9 @@ mod project;
 mod spec;
 
 pub use project::{object_exists, upload, DEFAULT_RETENTION_DAYS};
-pub use spec::{attribute_mapping, Account, Setup, SetupError, PREEMPTION_FILTER, SERVICES};
+pub use spec::{
+    attribute_mapping, machines_condition, Account, Setup, SetupError, PREEMPTION_FILTER, SERVICES,
+};
 
 use api::{escape, Admin};
 use policy::{ensure_policy, Grant, Policy};

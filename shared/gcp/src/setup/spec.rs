@@ -98,13 +98,7 @@ impl Setup {
     /// The IAM condition narrowing the workers' Compute rights to the
     /// deployment's own groups and VMs.
     pub fn machines_condition(&self) -> (String, String) {
-        let p = &self.prefix;
-        (
-            format!("studio {p} machines"),
-            format!(
-                "resource.name.extract(\"/instanceGroupManagers/{{n}}\").startsWith(\"{p}-\") || resource.name.extract(\"/instances/{{n}}\").startsWith(\"{p}-\")"
-            ),
-        )
+        machines_condition(&self.prefix)
     }
 
     /// The provider's attribute condition: the stack's function roles, of
@@ -121,6 +115,19 @@ impl Setup {
     pub(crate) fn role_arn(&self, role: &str) -> String {
         format!("arn:aws:sts::{}:assumed-role/{role}", self.aws_account)
     }
+}
+
+/// The IAM condition (title, expression) narrowing a deployment's workers'
+/// Compute rights to its own groups and VMs (`prefix`: its GCE name
+/// prefix). Operations are outside it: the workers never read one (their
+/// calls do not wait for their operations), so it need not reach them.
+pub fn machines_condition(prefix: &str) -> (String, String) {
+    (
+        format!("studio {prefix} machines"),
+        format!(
+            "resource.name.extract(\"/instanceGroupManagers/{{n}}\").startsWith(\"{prefix}-\") || resource.name.extract(\"/instances/{{n}}\").startsWith(\"{prefix}-\")"
+        ),
+    )
 }
 
 /// The AWS provider's attribute mapping, Google's default for AWS: the
