@@ -51,24 +51,12 @@ fn mutation(c: &serde_json::Value) -> bool {
     c["method"] != "GET" && !path.ends_with(":getIamPolicy")
 }
 
-async fn parameters(cfn: &aws_sdk_cloudformation::Client, stack: &str) -> serde_json::Value {
-    let s = cfn
-        .describe_stacks()
-        .stack_name(stack)
-        .send()
+/// The stack's parameters, as `studio gcp setup` reads them.
+async fn parameters(moto: &aws_config::SdkConfig, stack: &str) -> serde_json::Value {
+    let s = studio_aws::stack::Stack::describe(moto, stack)
         .await
         .unwrap();
-    let s = &s.stacks()[0];
-    s.parameters()
-        .iter()
-        .map(|p| {
-            (
-                p.parameter_key().unwrap().to_string(),
-                serde_json::json!(p.parameter_value().unwrap_or_default()),
-            )
-        })
-        .collect::<serde_json::Map<_, _>>()
-        .into()
+    serde_json::to_value(s.parameters).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -145,7 +133,7 @@ async fn setup_makes_an_empty_project_ready_and_a_second_run_changes_nothing() {
         "a dry run changed something: {:?}",
         calls.iter().filter(|c| mutation(c)).collect::<Vec<_>>()
     );
-    assert_eq!(parameters(&cfn, &stack).await["GcpProject"], "");
+    assert_eq!(parameters(&moto, &stack).await["GcpProject"], "");
 
     // WHEN it runs.
     let said = ok(&studio(home.path(), &google.url, &setup));
@@ -319,7 +307,7 @@ async fn setup_makes_an_empty_project_ready_and_a_second_run_changes_nothing() {
     }
 
     // The stack's parameters: the federation config the functions accept.
-    let p = parameters(&cfn, &stack).await;
+    let p = parameters(&moto, &stack).await;
     assert_eq!(p["GcpProject"], PROJECT);
     assert_eq!(
         p["GcpZone"],
@@ -365,7 +353,7 @@ async fn setup_makes_an_empty_project_ready_and_a_second_run_changes_nothing() {
         "the second run changed: {:?}",
         again.iter().filter(|c| mutation(c)).collect::<Vec<_>>()
     );
-    assert_eq!(parameters(&cfn, &stack).await, p);
+    assert_eq!(parameters(&moto, &stack).await, p);
 
     // A piece gone (the push subscription deleted by hand): doctor names
     // it and fails; the set-up makes it again, and only it.

@@ -43,6 +43,17 @@ async fn fleet() -> (StandIn, MigFleet) {
     (standin, fleet)
 }
 
+/// The group's first VM, once it has one.
+async fn first_vm(
+    fleet: &MigFleet,
+    key: &studio_core::ids::PoolKey,
+) -> studio_core::ports::Instance {
+    studio_tests::eventually("a VM", Duration::from_secs(10), async || {
+        fleet.instances(key).await.unwrap().into_iter().next()
+    })
+    .await
+}
+
 const LEASE: Duration = Duration::from_secs(30);
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -372,16 +383,7 @@ async fn compute_liveness_labels_find_silent_machines() {
         .unwrap();
     other.ensure_group(&key, &spec).await.unwrap();
     other.set_target(&key, 1, None).await.unwrap();
-    let theirs = studio_tests::eventually("their VM", Duration::from_secs(10), async || {
-        other
-            .instances(&key)
-            .await
-            .unwrap()
-            .into_iter()
-            .next()
-            .map(|i| i.id)
-    })
-    .await;
+    let theirs = first_vm(&other, &key).await.id;
     let refused = worker
         .worker_seen(&key, &theirs, later)
         .await
@@ -511,16 +513,7 @@ async fn a_late_preemption_push_leaves_the_vm_recreated_under_its_name_alone() {
     let key = spec.key();
     fleet.ensure_group(&key, &spec).await.unwrap();
     fleet.set_target(&key, 1, None).await.unwrap();
-    let vm = eventually("a VM", Duration::from_secs(10), async || {
-        fleet
-            .instances(&key)
-            .await
-            .unwrap()
-            .into_iter()
-            .next()
-            .map(|i| i.id)
-    })
-    .await;
+    let vm = first_vm(&fleet, &key).await.id;
     let first_uid = vm_uid(&standin, vm.as_str()).await.unwrap();
 
     // The job waits for the test's gate (SIGTERM ends it at once).
@@ -689,10 +682,7 @@ async fn compute_a_new_worker_binary_reaches_a_live_pool() {
     );
     // New VMs come from it.
     upgraded.set_target(&key, 1, None).await.unwrap();
-    let vm = studio_tests::eventually("a VM", Duration::from_secs(10), async || {
-        upgraded.instances(&key).await.unwrap().into_iter().next()
-    })
-    .await;
+    let vm = first_vm(&upgraded, &key).await;
     let state = standin.state().await;
     let inst = state["instances"]
         .as_array()
@@ -723,10 +713,7 @@ async fn compute_a_preempted_vm_comes_back_in_another_zone_when_its_own_is_out()
     let key = spec.key();
     fleet.ensure_group(&key, &spec).await.unwrap();
     fleet.set_target(&key, 1, None).await.unwrap();
-    let vm = studio_tests::eventually("a VM", Duration::from_secs(10), async || {
-        fleet.instances(&key).await.unwrap().into_iter().next()
-    })
-    .await;
+    let vm = first_vm(&fleet, &key).await;
     let zone_of = async |name: &str| -> Option<String> {
         standin.vm(name).await?["zone"].as_str().map(str::to_string)
     };

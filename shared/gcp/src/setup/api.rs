@@ -153,25 +153,18 @@ impl Admin {
         url: &str,
         body: Option<&Value>,
     ) -> Result<Option<Value>, ApiError> {
-        let start = std::time::Instant::now();
-        let mut wait = self.first_backoff;
-        loop {
-            match self.call_once(method.clone(), url, body).await {
-                Err(e) if e.status == 403 && e.message.contains("SERVICE_DISABLED") => {
-                    if self.dry_run {
-                        return Ok(None);
-                    }
-                    let enabled_now = self.changes().iter().any(|c| c.starts_with("enable "));
-                    if !enabled_now || start.elapsed() + wait > PROPAGATION_DEADLINE {
-                        return Err(e);
-                    }
-                    tracing::info!("{e}; retrying in {wait:?} (an API enabled just now)");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(30));
-                }
-                other => return other,
-            }
+        let disabled = |r: &Result<Option<Value>, ApiError>| matches!(r, Err(e) if e.status == 403 && e.message.contains("SERVICE_DISABLED"));
+        if self.dry_run {
+            let r = self.call_once(method, url, body).await;
+            return if disabled(&r) { Ok(None) } else { r };
         }
+        let enabled_now = self.changes().iter().any(|c| c.starts_with("enable "));
+        self.retrying(
+            "an API enabled just now",
+            || self.call_once(method.clone(), url, body),
+            |r| enabled_now && disabled(r),
+        )
+        .await
     }
 
     async fn call_once(
@@ -239,8 +232,14 @@ impl Admin {
             return Ok(None);
         }
         let what = format!("{method} {url}");
+        // Something made a moment ago may not be visible yet: a new
+        // service account in a policy ("does not exist").
         let out = self
-            .with_propagation(|| self.call(method.clone(), url, body))
+            .retrying(
+                "IAM propagation",
+                || self.call(method.clone(), url, body),
+                |r| matches!(r, Err(e) if e.status == 400 && e.message.contains("does not exist")),
+            )
             .await?;
         let out = out.ok_or_else(|| ApiError {
             what,
@@ -282,10 +281,16 @@ impl Admin {
         }
     }
 
-    /// Retries a call Google refuses because something made a moment ago
-    /// is not visible yet: a new service account in a policy ("does not
-    /// exist"), a new topic for a sink. Bounded by Google's own figure.
-    async fn with_propagation<F, Fut>(&self, f: F) -> Result<Option<Value>, ApiError>
+    /// `f` until `again` says its answer is final, with backoff from
+    /// [`Self::first_backoff`], within Google's bound for propagation
+    /// (after which the last answer stands). Google's consistency lags:
+    /// an API enabled, an account made, a moment ago.
+    pub async fn retrying<F, Fut>(
+        &self,
+        why: &str,
+        f: F,
+        again: impl Fn(&Result<Option<Value>, ApiError>) -> bool,
+    ) -> Result<Option<Value>, ApiError>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<Option<Value>, ApiError>>,
@@ -293,36 +298,12 @@ impl Admin {
         let start = std::time::Instant::now();
         let mut wait = self.first_backoff;
         loop {
-            match f().await {
-                Err(e)
-                    if e.status == 400
-                        && e.message.contains("does not exist")
-                        && start.elapsed() + wait < PROPAGATION_DEADLINE =>
-                {
-                    tracing::info!("{e}; retrying in {wait:?} (IAM propagation)");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(30));
-                }
-                other => return other,
+            let r = f().await;
+            if !again(&r) || start.elapsed() + wait > PROPAGATION_DEADLINE {
+                return r;
             }
-        }
-    }
-
-    /// `f` again until it finds what it reads (a resource made a moment
-    /// ago), within Google's bound for IAM propagation; `Ok(None)` after.
-    pub async fn until_visible<F, Fut>(&self, f: F) -> Result<Option<Value>, ApiError>
-    where
-        F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<Option<Value>, ApiError>>,
-    {
-        let start = std::time::Instant::now();
-        let mut wait = self.first_backoff;
-        loop {
+            tracing::info!("retrying in {wait:?} ({why})");
             tokio::time::sleep(wait).await;
-            let got = f().await?;
-            if got.is_some() || start.elapsed() + wait > PROPAGATION_DEADLINE {
-                return Ok(got);
-            }
             wait = (wait * 2).min(Duration::from_secs(30));
         }
     }

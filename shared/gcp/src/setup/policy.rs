@@ -177,21 +177,22 @@ pub(crate) async fn ensure_policy(
 ) -> Result<(), ApiError> {
     for _ in 0..5 {
         let (m, url, body) = &at.read;
-        let mut policy = match api.call(m.clone(), url, body.as_ref()).await? {
-            Some(p) => p,
-            // Not there: on a dry run, not made yet (the empty policy); else
-            // made a moment ago and not visible yet (IAM is eventually
-            // consistent), read again within Google's bound.
-            None if api.dry_run => json!({}),
-            None => api
-                .until_visible(|| api.call(m.clone(), url, body.as_ref()))
-                .await?
-                .ok_or_else(|| ApiError {
-                    what: format!("the IAM policy of {what}"),
-                    status: 404,
-                    message: "not found".into(),
-                })?,
-        };
+        // Not there: on a dry run, not made yet (the empty policy); else made
+        // a moment ago and not visible yet (IAM is eventually consistent),
+        // read again within Google's bound.
+        let mut policy = api
+            .retrying(
+                "IAM propagation",
+                || api.call(m.clone(), url, body.as_ref()),
+                |r| !api.dry_run && matches!(r, Ok(None)),
+            )
+            .await?
+            .or_else(|| api.dry_run.then(|| json!({})))
+            .ok_or_else(|| ApiError {
+                what: format!("the IAM policy of {what}"),
+                status: 404,
+                message: "not found".into(),
+            })?;
         let added = add(&mut policy, grants);
         if added.is_empty() {
             return Ok(());
