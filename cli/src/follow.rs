@@ -73,7 +73,10 @@ pub(crate) async fn follow(g: &Globals, side: &Side, id: &JobId) -> Result<Optio
     } else {
         None
     };
-    let mut waited = Duration::ZERO;
+    // Locally a record write or a log append wakes the follower at once
+    // (subscribed before the first look); `every` is the longest it sleeps.
+    let mut woken = local.map(|be| be.db.wake().subscribe(studio_local::wake::JOBS));
+    let started = tokio::time::Instant::now();
     let mut driver_checked = tokio::time::Instant::now();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
@@ -106,7 +109,7 @@ pub(crate) async fn follow(g: &Globals, side: &Side, id: &JobId) -> Result<Optio
                 }
                 bar.show(from_output.or(job.progress));
             }
-            None if waited > Duration::from_secs(5) => {
+            None if started.elapsed() > Duration::from_secs(5) => {
                 if let Some(why) = local
                     .map(|be| rejected_reason(g, be, id))
                     .transpose()?
@@ -125,7 +128,13 @@ pub(crate) async fn follow(g: &Globals, side: &Side, id: &JobId) -> Result<Optio
                 eprintln!("studio: stopped following; job {id} goes on (studio logs -f {id}, studio cancel {id})");
                 break None;
             }
-            _ = tokio::time::sleep(every) => waited += every,
+            _ = async {
+                let until = tokio::time::Instant::now() + every;
+                match woken.as_mut() {
+                    Some(w) => w.wait_until(until).await,
+                    None => tokio::time::sleep_until(until).await,
+                }
+            } => {}
             // Ctrl-Z with the bar up: take it down first, as a stopped job's
             // line should not keep a bar; it comes back on `fg`.
             _ = async { tstp.as_mut().expect("only with a bar").recv().await }, if tstp.is_some() => {

@@ -108,7 +108,13 @@ pub(crate) async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<Exit
         pool: PoolKey::new(a.pool).map_err(usage)?,
         instance: InstanceId::new(a.instance_id).map_err(usage)?,
         lease: dur("lease", &a.lease)?,
-        poll_wait: Cadence::CLOUD.poll_wait,
+        // Locally a receive is woken by the send (`studio_local::wake`):
+        // its wait bounds only how late an idle worker sees its idle timeout.
+        poll_wait: if a.backend != "local" {
+            Cadence::CLOUD.poll_wait
+        } else {
+            Duration::from_secs(1)
+        },
         heartbeat: Cadence::CLOUD.heartbeat,
         seen_every: Cadence::CLOUD.seen_every,
         // The heartbeat on the job record: a file write locally, a DynamoDB

@@ -89,7 +89,9 @@ impl ArtifactStore for DirArtifacts {
         let dir = self.job_dir(job);
         files::create_dir_all(&dir).map_err(io)?;
         let mut f = files::append(&dir.join("log")).map_err(io)?;
-        f.write_all(bytes).map_err(io)
+        f.write_all(bytes).map_err(io)?;
+        crate::wake::notify(&self.root, crate::wake::JOBS);
+        Ok(())
     }
 
     async fn read_log(&self, job: &JobId, offset: u64) -> Result<Vec<u8>, PortError> {

@@ -124,6 +124,10 @@ impl LocalBackend {
                 .send_in(&tx, &self.ctx.settings.submit_queue, &[body.to_string()])?;
         }
         tx.commit().map_err(db::sql("local store"))?;
+        if matches!(created, Created::New(_)) {
+            self.queue.notify(&self.ctx.settings.submit_queue);
+            self.db.notify(crate::wake::JOBS);
+        }
         Ok(created)
     }
 

@@ -73,6 +73,8 @@ CREATE TABLE IF NOT EXISTS instances (
 pub struct Db {
     conn: Mutex<Connection>,
     path: PathBuf,
+    home: PathBuf,
+    wake: crate::wake::Wake,
 }
 
 impl Db {
@@ -106,11 +108,23 @@ impl Db {
         Ok(Db {
             conn: Mutex::new(conn),
             path,
+            home: home.to_path_buf(),
+            wake: crate::wake::Wake::new(home),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// This home's watch: waiters subscribe here ([`crate::wake`]).
+    pub fn wake(&self) -> &crate::wake::Wake {
+        &self.wake
+    }
+
+    /// Wakes `topic`'s waiters; call it once the change is committed.
+    pub fn notify(&self, topic: &str) {
+        crate::wake::notify(&self.home, topic);
     }
 
     pub fn conn(&self) -> MutexGuard<'_, Connection> {

@@ -11,6 +11,9 @@
 //! the store, so a follower that is stopped (Ctrl-Z), blocked on a full pipe
 //! or killed by any signal holds nothing back.
 //!
+//! Between ticks the driver sleeps until a submit is sent (it is woken,
+//! [`crate::wake`]) or the tick's period ends.
+//!
 //! Leaving without losing work: when a tick finds nothing to do, the driver
 //! releases the lock and only then looks once more. Work written before the
 //! release is seen by that look (and the driver takes the lock back); work
@@ -172,6 +175,12 @@ pub async fn serve_until(
     };
     let d = be.driver();
     let mut failures = 0u32;
+    // A submit wakes the driver at once; scaling, reaping and cleanup run
+    // on the tick.
+    let mut submits = be
+        .db
+        .wake()
+        .subscribe(&crate::wake::queue_topic(&be.ctx.settings.submit_queue));
     loop {
         // Who drives, for people and tests (the lock, not this, is the truth).
         let _ = held.set_len(0).and_then(|_| held.rewind());
@@ -207,7 +216,7 @@ pub async fn serve_until(
                 break;
             }
             tokio::select! {
-                _ = tokio::time::sleep(every) => {}
+                _ = submits.wait_until(tokio::time::Instant::now() + every) => {}
                 _ = stop.changed() => {}
             }
         }

@@ -16,6 +16,8 @@
 //!   dead worker's whole session.
 //! - [`files`]: `0700` directories and `0600` files under the home.
 //! - [`gc`]: what `studio gc` removes, and when.
+//! - [`wake`]: a waiting worker, driver or follower is woken by the change
+//!   it waits for (inotify on `<home>/wake`), not by polling.
 
 pub mod artifacts;
 pub mod backend;
@@ -29,5 +31,6 @@ pub mod lock;
 pub mod process;
 pub mod queue;
 pub mod store;
+pub mod wake;
 
 pub use backend::LocalBackend;

@@ -4,7 +4,9 @@
 //! message after `max_receives` deliveries.
 //!
 //! Differences from SQS: delivery is in send order (SQS standard queues are
-//! only roughly ordered), and a receive waits by polling the table.
+//! only roughly ordered). A receive with a wait sleeps until a message is
+//! sent or released on its queue ([`crate::wake`]) or a hidden message's
+//! lease ends, as SQS's long poll returns when a message arrives.
 //!
 //! Leases (visibility) are kept on a separate *lease clock*, in production
 //! [`MonotonicClock`]: a wall-clock step (NTP, a manual `date -s`) neither
@@ -31,6 +33,8 @@ pub struct SqliteQueue {
     wall: Arc<dyn Clock>,
     /// For visibility: leases, release delays, depth.
     lease: Arc<dyn Clock>,
+    /// Looks at the table by receives (an idle receive should make one).
+    looks: std::sync::atomic::AtomicU64,
 }
 
 /// `CLOCK_MONOTONIC` in milliseconds (since boot, not counting suspend),
@@ -65,12 +69,23 @@ impl SqliteQueue {
             db,
             wall: clock.clone(),
             lease: clock,
+            looks: Default::default(),
         }
     }
 
     /// A queue with leases on `lease` (in production [`MonotonicClock`]).
     pub fn with_lease_clock(db: Arc<Db>, wall: Arc<dyn Clock>, lease: Arc<dyn Clock>) -> Self {
-        SqliteQueue { db, wall, lease }
+        SqliteQueue {
+            db,
+            wall,
+            lease,
+            looks: Default::default(),
+        }
+    }
+
+    /// How many times receives have looked at the table.
+    pub fn looks(&self) -> u64 {
+        self.looks.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Now on the lease clock.
@@ -133,6 +148,8 @@ impl SqliteQueue {
         lease: Duration,
     ) -> Result<Vec<Received>, PortError> {
         let now = self.now();
+        self.looks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut conn = self.db.conn();
         // A read first: idle workers polling an empty queue take no write lock.
         let ready: (i64, i64) = conn
@@ -214,6 +231,26 @@ impl SqliteQueue {
         tx.commit().map_err(sql(PORT))?;
         Ok(out)
     }
+
+    /// How long until the first hidden message of `queue` becomes visible.
+    fn next_visible_in(&self, queue: &str) -> Result<Option<Duration>, PortError> {
+        let now = self.now();
+        let at: Option<i64> = self
+            .db
+            .conn()
+            .query_row(
+                "SELECT MIN(visible_at) FROM messages WHERE queue = ?1 AND visible_at > ?2",
+                params![queue, now],
+                |r| r.get(0),
+            )
+            .map_err(sql(PORT))?;
+        Ok(at.map(|at| Duration::from_millis((at - now).max(1) as u64)))
+    }
+
+    /// Wakes the receives waiting on `queue`.
+    pub(crate) fn notify(&self, queue: &str) {
+        self.db.notify(&crate::wake::queue_topic(queue));
+    }
 }
 
 #[async_trait]
@@ -246,7 +283,10 @@ impl WorkQueue for SqliteQueue {
             tx.execute("DELETE FROM queues WHERE name = ?1", [&q])
                 .map_err(sql(PORT))?;
         }
-        tx.commit().map_err(sql(PORT))
+        tx.commit().map_err(sql(PORT))?;
+        // Its waiting workers learn at once that it is gone.
+        self.notify(queue);
+        Ok(())
     }
 
     async fn send(&self, queue: &str, bodies: &[String]) -> Result<(), PortError> {
@@ -255,7 +295,9 @@ impl WorkQueue for SqliteQueue {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql(PORT))?;
         self.send_in(&tx, queue, bodies)?;
-        tx.commit().map_err(sql(PORT))
+        tx.commit().map_err(sql(PORT))?;
+        self.notify(queue);
+        Ok(())
     }
 
     async fn receive(
@@ -266,13 +308,22 @@ impl WorkQueue for SqliteQueue {
         wait: Duration,
     ) -> Result<Vec<Received>, PortError> {
         let deadline = tokio::time::Instant::now() + wait;
+        // Before the look: a send after it wakes this receive.
+        let mut waiter =
+            (!wait.is_zero()).then(|| self.db.wake().subscribe(&crate::wake::queue_topic(queue)));
         loop {
             let got = self.try_receive(queue, max.clamp(1, 10), lease)?;
-            if !got.is_empty() || tokio::time::Instant::now() >= deadline {
+            let now = tokio::time::Instant::now();
+            let Some(waiter) = waiter.as_mut().filter(|_| got.is_empty() && now < deadline) else {
                 return Ok(got);
-            }
-            // Long-poll by polling the table; a real queue pushes instead.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            // A hidden message (leased, or released with a delay) becomes
+            // visible without a send: wake for the first of them too.
+            let until = match self.next_visible_in(queue)? {
+                Some(d) => deadline.min(now + d),
+                None => deadline,
+            };
+            waiter.wait_until(until).await;
         }
     }
 
@@ -310,6 +361,8 @@ impl WorkQueue for SqliteQueue {
                 params![self.now() + delay.as_millis() as i64, queue, receipt],
             )
             .map_err(sql(PORT))?;
+        // Waiters look again, and sleep until this one is visible.
+        self.notify(queue);
         Ok(())
     }
 
@@ -350,5 +403,97 @@ impl WorkQueue for SqliteQueue {
             visible: visible as u64,
             in_flight: in_flight as u64,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use studio_core::clock::SystemClock;
+
+    /// Two handles on one home, as two processes have.
+    fn two(home: &std::path::Path) -> (Arc<SqliteQueue>, Arc<SqliteQueue>) {
+        let open = || {
+            let db = Arc::new(Db::open(home).unwrap());
+            Arc::new(SqliteQueue::new(db, Arc::new(SystemClock)))
+        };
+        (open(), open())
+    }
+
+    /// Waits (on Tokio's clock, paused in these tests) until `f` holds.
+    async fn until(f: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while !f() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "condition never held"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
+    // Tokio's clock is paused: a receive that polled the table would look
+    // thousands of times while it waits (time jumps to its next sleep at
+    // once); one that is woken looks once, then once more when woken.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_receive_is_woken_by_a_send_from_another_handle_and_does_not_poll() {
+        let home = tempfile::tempdir().unwrap();
+        let (waiter, sender) = two(home.path());
+        waiter.ensure_queue("q").await.unwrap();
+        let w = waiter.clone();
+        let got = tokio::spawn(async move {
+            w.receive("q", 1, Duration::from_secs(30), Duration::from_secs(600))
+                .await
+        });
+        until(|| waiter.looks() >= 1).await;
+        // Ten idle seconds (on the paused clock, so at once).
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(waiter.looks(), 1, "an idle receive looked again");
+        // Another queue's send does not wake it.
+        sender.ensure_queue("other").await.unwrap();
+        sender.send("other", &["x".into()]).await.unwrap();
+        sender.send("q", &["hello".into()]).await.unwrap();
+        let got = got.await.unwrap().unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].body, "hello");
+        assert!(waiter.looks() <= 3, "looked {} times", waiter.looks());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_release_and_a_deleted_queue_wake_a_waiting_receive() {
+        let home = tempfile::tempdir().unwrap();
+        let (waiter, other) = two(home.path());
+        waiter.ensure_queue("q").await.unwrap();
+        other.send("q", &["m".into()]).await.unwrap();
+        let taken = other
+            .receive("q", 1, Duration::from_secs(600), Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(taken.len(), 1);
+        let w = waiter.clone();
+        let got = tokio::spawn(async move {
+            w.receive("q", 1, Duration::from_secs(30), Duration::from_secs(600))
+                .await
+        });
+        until(|| waiter.looks() >= 1).await;
+        other
+            .release("q", &taken[0].receipt, Duration::ZERO)
+            .await
+            .unwrap();
+        let got = got.await.unwrap().unwrap();
+        assert_eq!(
+            got.len(),
+            1,
+            "the released message, long before its lease ended"
+        );
+        let w = waiter.clone();
+        let before = waiter.looks();
+        let gone = tokio::spawn(async move {
+            w.receive("q", 1, Duration::from_secs(30), Duration::from_secs(600))
+                .await
+        });
+        until(|| waiter.looks() > before).await;
+        other.delete_queue("q").await.unwrap();
+        assert!(matches!(gone.await.unwrap(), Err(PortError::NotFound(_))));
     }
 }

@@ -66,7 +66,9 @@ pub(crate) fn create_in(conn: &rusqlite::Connection, job: &Job) -> Result<Create
 #[async_trait]
 impl JobStore for SqliteStore {
     async fn create_job(&self, job: &Job) -> Result<Created<Job>, PortError> {
-        create_in(&self.db.conn(), job)
+        let created = create_in(&self.db.conn(), job)?;
+        self.db.notify(crate::wake::JOBS);
+        Ok(created)
     }
 
     async fn get_job(&self, id: &JobId) -> Result<Option<Job>, PortError> {
@@ -112,6 +114,8 @@ impl JobStore for SqliteStore {
         }
         tx.commit().map_err(sql(PORT))?;
         if n == 1 {
+            // Followers of the job look again.
+            self.db.notify(crate::wake::JOBS);
             return Ok(next);
         }
         let exists: Option<i64> = conn

@@ -28,7 +28,9 @@ pub struct Cadence {
 impl Cadence {
     /// A worker on an EC2 or GCE machine.
     pub const CLOUD: Cadence = Cadence {
-        poll_wait: Duration::from_secs(1),
+        // SQS's longest long poll: an idle worker makes 180 receives an
+        // hour, not 3,600; notices are watched beside it.
+        poll_wait: Duration::from_secs(20),
         heartbeat: Duration::from_secs(1),
         // A DynamoDB write (the bound, STUDIO_HEARTBEAT_TIMEOUT, is 2 min).
         beat_every: Duration::from_secs(30),

@@ -6,6 +6,7 @@ use crate::clock::Timestamp;
 use crate::handlers::{mutate_job, Ctx, Step};
 use crate::ids::{InstanceId, JobId};
 use crate::job::{usd, Job, JobState};
+use crate::notice::Notice;
 use crate::worker::config::WorkerConfig;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -127,6 +128,30 @@ pub(crate) fn spawn_heartbeat(
                 }
                 Err(e) => warn!(job_id = %id, error = %e, "heartbeat failed; retrying"),
             }
+        }
+    });
+    (rx, AbortOnDrop(task))
+}
+
+/// What the machine's metadata service last said, asked once now and
+/// then every `cfg.notice_every` for as long as the returned guard is held:
+/// one watch for the worker's whole life, read by the idle loop and by the
+/// running attempt alike, so neither has to interrupt its own wait (a long
+/// poll, a script) to ask.
+pub(crate) async fn spawn_notices(cfg: &WorkerConfig) -> (watch::Receiver<Notice>, AbortOnDrop) {
+    let (tx, rx) = watch::channel(cfg.notice.check().await);
+    let (source, every) = (cfg.notice.clone(), cfg.notice_every);
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = source.check().await;
+            tx.send_if_modified(|last| {
+                let changed = *last != now;
+                *last = now;
+                changed
+            });
         }
     });
     (rx, AbortOnDrop(task))

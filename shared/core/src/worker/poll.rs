@@ -7,11 +7,10 @@ use crate::notice::Notice;
 use crate::ports::{ArtifactStore, PortError, Received};
 use crate::worker::collect::RunEnd;
 use crate::worker::config::{WorkerConfig, WorkerExit};
-use crate::worker::liveness::{spawn_heartbeat, spawn_seen, Placed};
+use crate::worker::liveness::{spawn_heartbeat, spawn_notices, spawn_seen, Placed};
 use crate::worker::run::run_attempt;
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio::time::Instant;
 use tracing::{info, warn};
 
 /// Runs until idle, told to stop, or the pool is deleted.
@@ -35,27 +34,24 @@ pub async fn run_worker(
         Ok(Some(p)) if matches!(p.spec.policy, crate::resources::WorkerPolicy::Fixed(_))
     );
     let _alive = spawn_seen(ctx, cfg);
+    let (mut notices, _watching) = spawn_notices(cfg).await;
     let mut idle_since = ctx.clock.now();
     let mut draining = false;
-    let mut last_notice: Option<Instant> = None;
     info!(pool = %cfg.pool, instance = %cfg.instance, "worker started");
     loop {
         if *shutdown.borrow() {
             return Ok(WorkerExit::Shutdown);
         }
-        if last_notice.is_none_or(|t| t.elapsed() >= cfg.notice_every) {
-            last_notice = Some(Instant::now());
-            match cfg.notice.check().await {
-                Notice::Terminate(why) => {
-                    info!(reason = %why, "machine is being reclaimed; leaving");
-                    return Ok(WorkerExit::Preempted);
-                }
-                Notice::Rebalance if !draining => {
-                    info!("rebalance recommendation: taking no new work");
-                    draining = true;
-                }
-                _ => {}
+        match notices.borrow_and_update().clone() {
+            Notice::Terminate(why) => {
+                info!(reason = %why, "machine is being reclaimed; leaving");
+                return Ok(WorkerExit::Preempted);
             }
+            Notice::Rebalance if !draining => {
+                info!("rebalance recommendation: taking no new work");
+                draining = true;
+            }
+            _ => {}
         }
         let idle_for = ctx.clock.now().since(idle_since);
         if draining {
@@ -65,10 +61,14 @@ pub async fn run_worker(
             }
             tokio::select! {
                 _ = tokio::time::sleep(cfg.notice_every.min(cfg.poll_wait)) => {}
+                Ok(()) = notices.changed() => {}
                 _ = shutdown.changed() => {}
             }
             continue;
         }
+        // A long poll (20 s on SQS): notices are watched beside it, and a
+        // poll is never cut short for one (a message it had taken would be
+        // hidden until its lease ends); what it brings is handed back below.
         let received = tokio::select! {
             r = ctx.queue.receive(&queue, 1, cfg.lease, cfg.poll_wait) => r,
             r = shutdown.changed() => {
@@ -81,7 +81,7 @@ pub async fn run_worker(
             Err(PortError::NotFound(_)) => return Ok(WorkerExit::PoolGone),
             Err(e) => {
                 warn!(error = %e, "receive failed");
-                tokio::time::sleep(cfg.poll_wait).await;
+                tokio::time::sleep(cfg.poll_wait.min(RETRY_AFTER)).await;
                 continue;
             }
         };
@@ -98,8 +98,28 @@ pub async fn run_worker(
             }
             continue;
         }
+        // Told to go (or to drain) while the poll was out: the work goes
+        // back at once for another machine.
+        if !matches!(*notices.borrow(), Notice::Clear) || *shutdown.borrow() {
+            for msg in &msgs {
+                let _ = ctx
+                    .queue
+                    .release(&queue, &msg.receipt, Duration::ZERO)
+                    .await;
+            }
+            continue;
+        }
         for msg in msgs {
-            let preempted = handle_item(ctx, artifacts, cfg, &queue, &msg, &mut shutdown).await;
+            let preempted = handle_item(
+                ctx,
+                artifacts,
+                cfg,
+                &queue,
+                &msg,
+                &mut shutdown,
+                &mut notices,
+            )
+            .await;
             idle_since = ctx.clock.now();
             if preempted {
                 return Ok(WorkerExit::Preempted);
@@ -107,6 +127,9 @@ pub async fn run_worker(
         }
     }
 }
+
+/// After a failed receive, the longest a worker waits before the next.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// An idle worker takes its machine out of the group, lowering the target so
 /// it is not replaced.
@@ -125,6 +148,7 @@ async fn handle_item(
     queue: &str,
     msg: &Received,
     shutdown: &mut watch::Receiver<bool>,
+    notices: &mut watch::Receiver<Notice>,
 ) -> bool {
     let mut preempted = false;
     let ack = match claim_work(ctx, &cfg.instance, msg).await {
@@ -153,7 +177,7 @@ async fn handle_item(
             if let Err(e) = ctx.queue.ack(queue, &msg.receipt).await {
                 warn!(error = %e, "ack failed; a redelivery is recognised as a duplicate");
             }
-            let end = run_job(ctx, artifacts, cfg, *job, shutdown).await;
+            let end = run_job(ctx, artifacts, cfg, *job, shutdown, notices).await;
             preempted = end.preempted;
             false
         }
@@ -173,6 +197,7 @@ async fn run_job(
     cfg: &WorkerConfig,
     job: Job,
     shutdown: &mut watch::Receiver<bool>,
+    notices: &mut watch::Receiver<Notice>,
 ) -> RunEnd {
     let id = job.id.clone();
     let attempt = job.attempt;
@@ -186,7 +211,16 @@ async fn run_job(
     if let Err(e) = ctx.fleet.protect(&cfg.pool, &cfg.instance, true).await {
         warn!(error = %e, "could not protect this machine from scale-in");
     }
-    let end = run_attempt(ctx, artifacts, cfg, job, shutdown, &mut seen, &progress_tx).await;
+    let end = run_attempt(
+        ctx,
+        artifacts,
+        cfg,
+        job,
+        shutdown,
+        (&mut seen, notices),
+        &progress_tx,
+    )
+    .await;
     if let Err(e) = ctx.fleet.protect(&cfg.pool, &cfg.instance, false).await {
         warn!(error = %e, "could not lift this machine's scale-in protection");
     }

@@ -44,7 +44,7 @@ pub(crate) async fn run_attempt(
     cfg: &WorkerConfig,
     job: Job,
     shutdown: &mut watch::Receiver<bool>,
-    seen: &mut watch::Receiver<Seen>,
+    (seen, notices): (&mut watch::Receiver<Seen>, &mut watch::Receiver<Notice>),
     progress_tx: &watch::Sender<Option<f32>>,
 ) -> RunEnd {
     let id = job.id.clone();
@@ -185,7 +185,6 @@ pub(crate) async fn run_attempt(
     beat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let started = Instant::now();
     let max = job.spec.max_duration_secs.map(Duration::from_secs);
-    let mut last_notice = Instant::now();
     let mut last_sync = Instant::now();
     let mut stop: Option<Stop> = None;
     let mut kill_at: Option<Instant> = None;
@@ -213,6 +212,15 @@ pub(crate) async fn run_attempt(
                 let _ = r;
                 new_stop = Some(Stop::Shutdown);
             }
+            // The notice watch (`liveness::spawn_notices`): acted on as soon
+            // as it changes, not at the next beat.
+            Ok(()) = notices.changed(), if stop.is_none() => {
+                match notices.borrow_and_update().clone() {
+                    Notice::Terminate(why) => new_stop = Some(Stop::Preempted(why)),
+                    Notice::Rebalance => info!("rebalance recommendation; the job goes on"),
+                    Notice::Clear => {}
+                }
+            }
             _ = beat.tick() => {
                 if reports.file(&dirs.checkpoints, owner) {
                     progress_tx.send_replace(reports.latest());
@@ -221,12 +229,10 @@ pub(crate) async fn run_attempt(
                     last_sync = Instant::now();
                     sync_checkpoint(ctx, artifacts, &id, attempt, &dirs.checkpoints, owner, &mut saved).await;
                 }
-                if stop.is_none() && last_notice.elapsed() >= cfg.notice_every {
-                    last_notice = Instant::now();
-                    match cfg.notice.check().await {
-                        Notice::Terminate(why) => new_stop = Some(Stop::Preempted(why)),
-                        Notice::Rebalance => info!("rebalance recommendation; the job goes on"),
-                        Notice::Clear => {}
+                // A notice already standing when the script started.
+                if stop.is_none() {
+                    if let Notice::Terminate(why) = &*notices.borrow() {
+                        new_stop = Some(Stop::Preempted(why.clone()));
                     }
                 }
                 // The flag as well as its change: a stop must not depend on
