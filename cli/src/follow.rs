@@ -150,7 +150,8 @@ pub(crate) async fn follow(g: &Globals, side: &Side, id: &JobId) -> Result<Optio
 }
 
 /// Longest a cancelled script is waited for: the worker's SIGTERM grace
-/// (10 s), the second it takes to notice the cancel, the last log upload
+/// (10 s), the seconds it takes to notice the cancel (5 s in the cloud),
+/// the last log upload
 /// (a file append locally, an S3 object in the cloud) and a margin.
 const SCRIPT_END_LIMIT: Duration = Duration::from_secs(20);
 

@@ -115,7 +115,12 @@ pub(crate) async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<Exit
         } else {
             Duration::from_secs(1)
         },
-        heartbeat: Cadence::CLOUD.heartbeat,
+        // Locally a record read is a SQLite read: a cancel is seen within 1 s.
+        heartbeat: if a.backend != "local" {
+            Cadence::CLOUD.heartbeat
+        } else {
+            Duration::from_secs(1)
+        },
         seen_every: Cadence::CLOUD.seen_every,
         // The heartbeat on the job record: a file write locally, a DynamoDB
         // write in the cloud.

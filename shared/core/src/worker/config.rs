@@ -31,7 +31,9 @@ impl Cadence {
         // SQS's longest long poll: an idle worker makes 180 receives an
         // hour, not 3,600; notices are watched beside it.
         poll_wait: Duration::from_secs(20),
-        heartbeat: Duration::from_secs(1),
+        // A DynamoDB read of the running job's record (a cancel, a warning,
+        // a takeover): 720 an hour, not 3,600; a cancel is seen within 5 s.
+        heartbeat: Duration::from_secs(5),
         // A DynamoDB write (the bound, STUDIO_HEARTBEAT_TIMEOUT, is 2 min).
         beat_every: Duration::from_secs(30),
         // A tag write on the instance: EC2's mutating-call rate is shared by
