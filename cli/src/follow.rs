@@ -75,7 +75,11 @@ pub(crate) async fn follow(g: &Globals, side: &Side, id: &JobId) -> Result<Optio
     };
     // Locally a record write or a log append wakes the follower at once
     // (subscribed before the first look); `every` is the longest it sleeps.
-    let mut woken = local.map(|be| be.db.wake().subscribe(studio_local::wake::JOBS));
+    let mut woken = local.map(|be| {
+        be.db
+            .wake()
+            .subscribe(&studio_local::wake::job_topic(id.as_str()))
+    });
     let started = tokio::time::Instant::now();
     let mut driver_checked = tokio::time::Instant::now();
     let ctrl_c = tokio::signal::ctrl_c();

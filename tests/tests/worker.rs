@@ -567,6 +567,87 @@ async fn a_rebalance_recommendation_stops_new_work_and_an_idle_worker_leaves() {
     );
 }
 
+/// A metadata service that says "terminate" once, then (its next looks
+/// failing, or the notice gone from the page) "clear".
+struct FlappingNotice {
+    looks: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl NoticeSource for FlappingNotice {
+    async fn check(&self) -> Notice {
+        match self.looks.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+            1 => Notice::Terminate("spot interruption at once".into()),
+            _ => Notice::Clear,
+        }
+    }
+    fn grace(&self) -> Duration {
+        Duration::from_secs(10)
+    }
+}
+
+/// A reclaim, once seen, holds: the worker, idle in a long poll while the
+/// notice came and went, hands back the work that poll brings and leaves.
+#[tokio::test]
+async fn a_reclaim_notice_that_flaps_back_to_clear_still_stops_the_worker() {
+    let w = LocalWorld::default().await;
+    submit(&w.be.ctx, "m0", &JobBuilder::new("j0").json())
+        .await
+        .unwrap();
+    let pool = w.be.store_job_pool("j0").await;
+    let queue = w.be.ctx.settings.work_queue(&pool);
+    // j0's item taken away: the pool's queue exists and is empty.
+    use studio_core::ports::WorkQueue;
+    let taken =
+        w.be.queue
+            .receive(&queue, 1, Duration::from_secs(600), Duration::ZERO)
+            .await
+            .unwrap();
+    assert_eq!(taken.len(), 1);
+    let notice = Arc::new(FlappingNotice {
+        looks: Default::default(),
+    });
+    let mut cfg = config(&w, &pool, "w-flap", notice.clone());
+    cfg.notice_every = Duration::from_millis(10);
+    cfg.poll_wait = Duration::from_secs(600);
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let (ctx, artifacts) = (w.be.ctx.clone(), w.be.artifacts.clone());
+    let worker = tokio::spawn(async move { run_worker(&ctx, artifacts.as_ref(), &cfg, rx).await });
+    // Clear, terminate, clear, clear: the notice has come and gone.
+    eventually(
+        "the notice to come and go",
+        Duration::from_secs(30),
+        async || (notice.looks.load(std::sync::atomic::Ordering::SeqCst) >= 4).then_some(()),
+    )
+    .await;
+    submit(&w.be.ctx, "m1", &JobBuilder::new("j1").json())
+        .await
+        .unwrap();
+    assert_eq!(w.be.store_job_pool("j1").await, pool);
+    // A worker that forgot the notice would run j1 and wait for more.
+    let exit = tokio::time::timeout(Duration::from_secs(120), worker)
+        .await
+        .expect("the worker left")
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit, WorkerExit::Preempted);
+    let j1 =
+        w.be.ctx
+            .store
+            .get_job(&job_id("j1"))
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(j1.state, JobState::Queued, "j1 was not claimed");
+    assert!(j1.instance.is_none(), "{:?}", j1.instance);
+    let back =
+        w.be.queue
+            .receive(&queue, 1, Duration::from_secs(30), Duration::ZERO)
+            .await
+            .unwrap();
+    assert_eq!(back.len(), 1, "its work item is back on the queue at once");
+}
+
 const BOOTSTRAP: &str = include_str!("../../infra/worker-bootstrap.sh");
 
 /// The bootstrap, and the scripts users run (`scripts/deploy`, `scripts/test`).

@@ -90,7 +90,7 @@ impl ArtifactStore for DirArtifacts {
         files::create_dir_all(&dir).map_err(io)?;
         let mut f = files::append(&dir.join("log")).map_err(io)?;
         f.write_all(bytes).map_err(io)?;
-        crate::wake::notify(&self.root, crate::wake::JOBS);
+        crate::wake::notify(&self.root, &crate::wake::job_topic(job.as_str()));
         Ok(())
     }
 

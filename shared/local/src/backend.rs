@@ -126,7 +126,7 @@ impl LocalBackend {
         tx.commit().map_err(db::sql("local store"))?;
         if matches!(created, Created::New(_)) {
             self.queue.notify(&self.ctx.settings.submit_queue);
-            self.db.notify(crate::wake::JOBS);
+            self.db.notify(&crate::wake::job_topic(job.id.as_str()));
         }
         Ok(created)
     }

@@ -141,13 +141,14 @@ impl SqliteQueue {
         Ok(())
     }
 
+    /// One look at `queue` at `now` (on the lease clock).
     fn try_receive(
         &self,
         queue: &str,
         max: u32,
         lease: Duration,
+        now: i64,
     ) -> Result<Vec<Received>, PortError> {
-        let now = self.now();
         self.looks
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut conn = self.db.conn();
@@ -232,19 +233,20 @@ impl SqliteQueue {
         Ok(out)
     }
 
-    /// How long until the first hidden message of `queue` becomes visible.
-    fn next_visible_in(&self, queue: &str) -> Result<Option<Duration>, PortError> {
-        let now = self.now();
+    /// How long until the first message of `queue` that was hidden at
+    /// `looked` (the look's time) becomes visible: one that became visible
+    /// since is due at once.
+    fn next_visible_in(&self, queue: &str, looked: i64) -> Result<Option<Duration>, PortError> {
         let at: Option<i64> = self
             .db
             .conn()
             .query_row(
                 "SELECT MIN(visible_at) FROM messages WHERE queue = ?1 AND visible_at > ?2",
-                params![queue, now],
+                params![queue, looked],
                 |r| r.get(0),
             )
             .map_err(sql(PORT))?;
-        Ok(at.map(|at| Duration::from_millis((at - now).max(1) as u64)))
+        Ok(at.map(|at| Duration::from_millis((at - self.now()).max(1) as u64)))
     }
 
     /// Wakes the receives waiting on `queue`.
@@ -309,17 +311,22 @@ impl WorkQueue for SqliteQueue {
     ) -> Result<Vec<Received>, PortError> {
         let deadline = tokio::time::Instant::now() + wait;
         // Before the look: a send after it wakes this receive.
-        let mut waiter =
-            (!wait.is_zero()).then(|| self.db.wake().subscribe(&crate::wake::queue_topic(queue)));
+        let mut waiter = (!wait.is_zero()).then(|| {
+            self.db
+                .wake()
+                .subscribe(&crate::wake::queue_topic(queue))
+                .polling_every(Duration::from_millis(50))
+        });
         loop {
-            let got = self.try_receive(queue, max.clamp(1, 10), lease)?;
+            let looked = self.now();
+            let got = self.try_receive(queue, max.clamp(1, 10), lease, looked)?;
             let now = tokio::time::Instant::now();
             let Some(waiter) = waiter.as_mut().filter(|_| got.is_empty() && now < deadline) else {
                 return Ok(got);
             };
             // A hidden message (leased, or released with a delay) becomes
             // visible without a send: wake for the first of them too.
-            let until = match self.next_visible_in(queue)? {
+            let until = match self.next_visible_in(queue, looked)? {
                 Some(d) => deadline.min(now + d),
                 None => deadline,
             };

@@ -67,7 +67,7 @@ pub(crate) fn create_in(conn: &rusqlite::Connection, job: &Job) -> Result<Create
 impl JobStore for SqliteStore {
     async fn create_job(&self, job: &Job) -> Result<Created<Job>, PortError> {
         let created = create_in(&self.db.conn(), job)?;
-        self.db.notify(crate::wake::JOBS);
+        self.db.notify(&crate::wake::job_topic(job.id.as_str()));
         Ok(created)
     }
 
@@ -115,7 +115,7 @@ impl JobStore for SqliteStore {
         tx.commit().map_err(sql(PORT))?;
         if n == 1 {
             // Followers of the job look again.
-            self.db.notify(crate::wake::JOBS);
+            self.db.notify(&crate::wake::job_topic(job.id.as_str()));
             return Ok(next);
         }
         let exists: Option<i64> = conn

@@ -10,9 +10,11 @@
 //! by the look: nothing is missed, and an idle waiter uses no CPU.
 //!
 //! Topics: `queue.<name>` (a message sent, released or deleted; see
-//! [`crate::queue`]) and [`JOBS`] (a job record written or a log appended;
-//! followers). Where inotify is not available (another OS, the per-user
-//! instance limit reached) waiters fall back to a short poll, as before.
+//! [`crate::queue`]) and [`job_topic`] (a job record written or a log
+//! appended; followers). Where inotify is not available (another OS, the
+//! per-user limit of instances reached) a waiter sleeps to its deadline, or
+//! polls at the interval it asked for ([`Waiter::polling_every`]: a queue's
+//! receive, every 50 ms, as before).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,11 +23,20 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// The topic of every job record write and log append.
-pub const JOBS: &str = "jobs";
+/// Jobs' records and logs are spread over this many topics, so a follower
+/// is woken by its own job and by few others, and the directory holds a
+/// bounded number of files.
+const JOB_TOPICS: u32 = 64;
 
-/// How often a waiter without inotify looks again.
-const FALLBACK_POLL: Duration = Duration::from_millis(50);
+/// The topic of a job's record writes and log appends (shared with the
+/// jobs whose ids hash alike).
+pub fn job_topic(id: &str) -> String {
+    // FNV-1a: the same in every process, unlike std's hasher.
+    let h = id.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    format!("jobs.{}", h % JOB_TOPICS)
+}
 
 /// The directory of a home's topics.
 pub fn dir(home: &Path) -> PathBuf {
@@ -108,7 +119,7 @@ impl Wake {
                 .or_insert_with(|| watch::channel(0).0)
                 .subscribe()
         });
-        Waiter { rx }
+        Waiter { rx, poll: None }
     }
 }
 
@@ -139,8 +150,8 @@ impl Hub {
             tracing::debug!(error = %std::io::Error::last_os_error(), "no inotify watch; polling");
             return None;
         }
-        // Outside a runtime (or one without I/O) there is nothing to read
-        // events on: poll.
+        // Outside a runtime there is nothing to read events on: poll. (A
+        // runtime without I/O would panic below; Studio's enable it all.)
         tokio::runtime::Handle::try_current().ok()?;
         // SAFETY: the AsyncFd owns the descriptor, which stays open and the
         // same until it is dropped.
@@ -174,11 +185,16 @@ async fn read_events(fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>, topics:
         let n = unsafe { libc::read(fd.get_ref().as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::WouldBlock {
-                ready.clear_ready();
-                continue;
+            match e.kind() {
+                std::io::ErrorKind::WouldBlock => {
+                    ready.clear_ready();
+                    continue;
+                }
+                std::io::ErrorKind::Interrupted => continue,
+                _ => {}
             }
-            tracing::warn!(error = %e, "reading inotify failed; waiters poll");
+            // Waiters then sleep to their deadlines.
+            tracing::warn!(error = %e, "reading inotify failed; waiters wake at their deadlines");
             return;
         }
         let mut touched = Vec::new();
@@ -210,21 +226,35 @@ async fn read_events(fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>, topics:
 /// One subscription to a topic.
 pub struct Waiter {
     rx: Option<watch::Receiver<u64>>,
+    /// Without notifications, look again this often (else at the deadline).
+    poll: Option<Duration>,
 }
 
 impl Waiter {
+    /// Without inotify, wake every `every` rather than only at the deadline.
+    pub fn polling_every(mut self, every: Duration) -> Waiter {
+        self.poll = Some(every);
+        self
+    }
+
     /// Returns when the topic was touched since the subscription (or the
     /// last return), or at `until`, whichever is first. Without inotify it
-    /// returns after a short poll interval.
+    /// returns at `until`, or after its poll interval.
     pub async fn wait_until(&mut self, until: Instant) {
         match &mut self.rx {
             Some(rx) => {
                 if let Ok(Err(_)) = tokio::time::timeout_at(until, rx.changed()).await {
-                    // The reader is gone: poll from now on.
+                    // The hub was dropped (its Db with it): no more wakes.
                     self.rx = None;
                 }
             }
-            None => tokio::time::sleep_until(until.min(Instant::now() + FALLBACK_POLL)).await,
+            None => {
+                let at = match self.poll {
+                    Some(every) => until.min(Instant::now() + every),
+                    None => until,
+                };
+                tokio::time::sleep_until(at).await;
+            }
         }
     }
 
@@ -260,18 +290,26 @@ mod tests {
     async fn a_touch_from_another_thread_wakes_a_waiting_task() {
         let home = tempfile::tempdir().unwrap();
         let wake = Wake::new(home.path());
-        let mut w = wake.subscribe(JOBS);
+        let mut w = wake.subscribe(&job_topic("01job"));
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
         let p = home.path().to_path_buf();
         let t = std::thread::spawn(move || {
             go_rx.recv().unwrap();
-            notify(&p, JOBS);
+            notify(&p, &job_topic("01job"));
         });
         go_tx.send(()).unwrap();
         let far = Instant::now() + Duration::from_secs(600);
         w.wait_until(far).await;
         assert!(Instant::now() < far);
         t.join().unwrap();
+    }
+
+    #[test]
+    fn job_topics_are_stable_and_few() {
+        assert_eq!(job_topic("01abc"), job_topic("01abc"));
+        let topics: std::collections::HashSet<_> =
+            (0..10_000).map(|i| job_topic(&format!("job{i}"))).collect();
+        assert_eq!(topics.len(), JOB_TOPICS as usize);
     }
 
     #[test]

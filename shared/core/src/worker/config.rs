@@ -32,7 +32,8 @@ impl Cadence {
         // hour, not 3,600; notices are watched beside it.
         poll_wait: Duration::from_secs(20),
         // A DynamoDB read of the running job's record (a cancel, a warning,
-        // a takeover): 720 an hour, not 3,600; a cancel is seen within 5 s.
+        // a takeover): 720 an hour, not 3,600; a cancel is acted on within
+        // about 6 s (this read, then the run loop's next 1 s check).
         heartbeat: Duration::from_secs(5),
         // A DynamoDB write (the bound, STUDIO_HEARTBEAT_TIMEOUT, is 2 min).
         beat_every: Duration::from_secs(30),

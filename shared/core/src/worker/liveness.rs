@@ -148,9 +148,13 @@ pub(crate) async fn spawn_notices(cfg: &WorkerConfig) -> (watch::Receiver<Notice
             tick.tick().await;
             let now = source.check().await;
             tx.send_if_modified(|last| {
-                let changed = *last != now;
+                // A reclaim is never withdrawn: a later look that fails (it
+                // reads as Clear) or flaps does not undo it.
+                if matches!(last, Notice::Terminate(_)) || *last == now {
+                    return false;
+                }
                 *last = now;
-                changed
+                true
             });
         }
     });

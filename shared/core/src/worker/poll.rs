@@ -66,16 +66,13 @@ pub async fn run_worker(
             }
             continue;
         }
-        // A long poll (20 s on SQS): notices are watched beside it, and a
-        // poll is never cut short for one (a message it had taken would be
-        // hidden until its lease ends); what it brings is handed back below.
-        let received = tokio::select! {
-            r = ctx.queue.receive(&queue, 1, cfg.lease, cfg.poll_wait) => r,
-            r = shutdown.changed() => {
-                if r.is_err() { return Ok(WorkerExit::Shutdown); }
-                continue;
-            }
-        };
+        // A long poll (20 s on SQS) is never cut short, for a notice or for
+        // a shutdown: SQS goes on serving an abandoned poll, and a message
+        // it hands out would stay hidden until its lease ends (Pub/Sub's
+        // pull likewise). What it brings then is handed back below. Notices
+        // are watched beside it; a shutdown waits for it (at most 20 s, under
+        // systemd's 90 s stop timeout).
+        let received = ctx.queue.receive(&queue, 1, cfg.lease, cfg.poll_wait).await;
         let msgs = match received {
             Ok(m) => m,
             Err(PortError::NotFound(_)) => return Ok(WorkerExit::PoolGone),

@@ -181,7 +181,10 @@ pub(crate) async fn run_attempt(
     let mut buf: Vec<u8> = Vec::new();
     let mut flush_tick = interval(cfg.log_every);
     let mut tail: Vec<u8> = Vec::new();
-    let mut beat = interval(cfg.heartbeat);
+    // The loop's own checks (what the heartbeat saw, the kill after the
+    // grace, the maximum duration) at least every second: they cost no
+    // request, while the heartbeat's read of the record may be slower.
+    let mut beat = interval(cfg.heartbeat.min(Duration::from_secs(1)));
     beat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let started = Instant::now();
     let max = job.spec.max_duration_secs.map(Duration::from_secs);
