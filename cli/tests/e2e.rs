@@ -844,7 +844,7 @@ fn aws_clouds_without_settings_say_which_are_missing() {
 fn output_into_a_closed_pipe_ends_quietly_like_any_unix_tool() {
     use std::os::unix::process::ExitStatusExt;
     let h = Home::new();
-    let mut child = h
+    let child = h
         .cmd(&[
             "plan",
             "--cloud=ec2spot",
@@ -852,12 +852,16 @@ fn output_into_a_closed_pipe_ends_quietly_like_any_unix_tool() {
             "--gpus=1",
             "--ram=16g",
         ])
-        .stdout(Stdio::piped())
+        .stdout({
+            // The reader is gone before the command starts (`| head -0`),
+            // so its first write meets a closed pipe whatever the timing.
+            let (reader, writer) = std::io::pipe().unwrap();
+            drop(reader);
+            writer
+        })
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // The reader goes away before the first line is written (`| head -0`).
-    drop(child.stdout.take());
     let out = child.wait_with_output().unwrap();
     let err = stderr(&out);
     assert!(!err.contains("panicked"), "{err}");
