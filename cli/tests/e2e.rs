@@ -1954,4 +1954,26 @@ fn run_refuses_a_script_that_does_not_compile_and_requirements_without_uv() {
         stderr(&out)
     );
     assert!(h.jobs().is_empty(), "nothing was sent");
+    // STUDIO_UV, as the message says, is enough (it was refused all the
+    // same). Nothing to install: the test downloads nothing.
+    let uv = std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|d| d.join("uv"))
+        .find(|p| p.is_file())
+        .expect("uv on PATH (scripts/test installs it)");
+    std::fs::write(proj.join("requirements.txt"), "").unwrap();
+    script(&proj, "main.py", "print('built with uv from STUDIO_UV')\n");
+    let out = h
+        .cmd(&["run", "needs/main.py"])
+        .env("PATH", "/usr/bin:/bin")
+        .env("STUDIO_UV", &uv)
+        .env("UV_OFFLINE", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("built with uv from STUDIO_UV"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -227,7 +227,10 @@ fn preflight(spec: &SubmitJob, dir: &Path, script: &Path, home: &Path) -> Result
         eprintln!("studio: the job's Python environment is built from {files} (with uv, cached)");
     }
     let needs_uv = deps != Deps::None || spec.python.is_some();
-    if needs_uv && spec.cloud == Cloud::Local && find_uv().is_none() {
+    // The worker takes STUDIO_UV as it is, else looks on PATH and beside itself.
+    let have_uv = std::env::var_os("STUDIO_UV").is_some_and(|p| Path::new(&p).is_file())
+        || find_uv().is_some();
+    if needs_uv && spec.cloud == Cloud::Local && !have_uv {
         let what = if files.is_empty() {
             "--python"
         } else {
