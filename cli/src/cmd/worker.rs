@@ -104,31 +104,21 @@ pub(crate) async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<Exit
     #[cfg(feature = "gcp")]
     let cfg_meta_url = a.metadata_url.clone();
     let metadata = metadata_endpoints(&a)?;
+    // On a cloud machine each call is a request (SQS, DynamoDB, S3);
+    // locally a SQLite read or a file write.
+    let cadence = if a.backend != "local" {
+        Cadence::CLOUD
+    } else {
+        Cadence::local(dur("lease", &a.lease)?)
+    };
     let cfg = WorkerConfig {
         pool: PoolKey::new(a.pool).map_err(usage)?,
         instance: InstanceId::new(a.instance_id).map_err(usage)?,
         lease: dur("lease", &a.lease)?,
-        // Locally a receive is woken by the send (`studio_local::wake`):
-        // its wait bounds only how late an idle worker sees its idle timeout.
-        poll_wait: if a.backend != "local" {
-            Cadence::CLOUD.poll_wait
-        } else {
-            Duration::from_secs(1)
-        },
-        // Locally a record read is a SQLite read: a cancel is seen within 1 s.
-        heartbeat: if a.backend != "local" {
-            Cadence::CLOUD.heartbeat
-        } else {
-            Duration::from_secs(1)
-        },
-        seen_every: Cadence::CLOUD.seen_every,
-        // The heartbeat on the job record: a file write locally, a DynamoDB
-        // write in the cloud.
-        beat_every: if a.backend != "local" {
-            Cadence::CLOUD.beat_every
-        } else {
-            dur("lease", &a.lease)? / 4
-        },
+        poll_wait: cadence.poll_wait,
+        heartbeat: cadence.heartbeat,
+        seen_every: cadence.seen_every,
+        beat_every: cadence.beat_every,
         idle_timeout: dur("idle-timeout", &a.idle_timeout)?,
         term_grace: Duration::from_secs(10),
         work_root: g.home.join("jobs"),
@@ -147,20 +137,10 @@ pub(crate) async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<Exit
             }),
             other => return Err(usage(format!("--metadata '{other}': use none, ec2 or gce"))),
         },
-        notice_every: Cadence::CLOUD.notice_every,
+        notice_every: cadence.notice_every,
         checkpoint_every: dur("checkpoint-every", &a.checkpoint_every)?,
-        // Locally a flush is a file append; on S3 each flush is an object.
-        log_every: if a.backend != "local" {
-            Cadence::CLOUD.log_every
-        } else {
-            Duration::from_millis(200)
-        },
-        // Locally a record write is a file write: progress shows within a second.
-        progress_every: if a.backend != "local" {
-            Cadence::CLOUD.progress_every
-        } else {
-            Duration::from_secs(1)
-        },
+        log_every: cadence.log_every,
+        progress_every: cadence.progress_every,
         env_root: a.env_root.unwrap_or_else(|| g.home.join("envs")),
         uv: a.uv,
         uv_env: env.uv_vars.clone().into_iter().collect(),

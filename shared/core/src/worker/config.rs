@@ -47,6 +47,22 @@ impl Cadence {
         progress_every: Duration::from_secs(30),
     };
 
+    /// A worker of the local default, whose calls are SQLite reads and file
+    /// writes: a receive is woken by the send (its wait bounds only how late
+    /// an idle worker sees its idle timeout), a cancel is seen within a
+    /// second, output and progress show within one; the heartbeat is written
+    /// every quarter of `lease`, the bound the driver checks.
+    pub fn local(lease: Duration) -> Cadence {
+        Cadence {
+            poll_wait: Duration::from_secs(1),
+            heartbeat: Duration::from_secs(1),
+            beat_every: lease / 4,
+            log_every: Duration::from_millis(200),
+            progress_every: Duration::from_secs(1),
+            ..Cadence::CLOUD
+        }
+    }
+
     /// Sets these on `cfg`.
     pub fn apply(&self, cfg: &mut WorkerConfig) {
         cfg.poll_wait = self.poll_wait;
