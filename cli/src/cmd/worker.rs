@@ -180,8 +180,9 @@ pub(crate) async fn worker(g: &Globals, env: &Env, a: WorkerArgs) -> Result<Exit
         "aws" => {
             let aws = studio_aws::config::AwsConfig::from_lookup(|k| env.vars.get(k).cloned())
                 .map_err(usage)?;
-            let ctx = studio_aws::lambda::context_from_env(&aws).await;
+            // The platform's roots (the image's bundle), unlike the functions.
             let sdk = studio_aws::sdk_config(&aws.region).await;
+            let ctx = studio_aws::lambda::context(&aws, &sdk, Arc::new(SystemClock));
             let artifacts = studio_aws::s3::S3Artifacts::from_sdk(&sdk, &aws.bucket);
             let mut cfg = cfg;
             cfg.inputs = Some(Arc::new(studio_aws::s3::S3Inputs::new(

@@ -14,7 +14,7 @@ async fn main() -> Result<(), Error> {
     let cfg = AwsConfig::from_lookup(|k| std::env::var(k).ok())?;
     // GCE pools too, when the deployment has GCP settings.
     let ctx = studio_gcp::attach_from_env(
-        lambda::context_from_env(&cfg).await,
+        lambda::context_from_env(&cfg).await?,
         &cfg.prefix,
         &cfg.worker_env(),
     )

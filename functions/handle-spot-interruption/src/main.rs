@@ -20,7 +20,7 @@ async fn main() -> Result<(), Error> {
         .ok_or("missing environment variable STUDIO_INTERRUPTION_QUEUE")?;
     // GCE pools too, when the deployment has GCP settings.
     let ctx = studio_gcp::attach_from_env(
-        lambda::context_from_env(&cfg).await,
+        lambda::context_from_env(&cfg).await?,
         &cfg.prefix,
         &cfg.worker_env(),
     )

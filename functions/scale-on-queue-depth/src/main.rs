@@ -12,7 +12,7 @@ use studio_aws::{config::AwsConfig, lambda};
 async fn main() -> Result<(), Error> {
     lambda::init_tracing();
     let cfg = AwsConfig::from_lookup(|k| std::env::var(k).ok())?;
-    let (ctx, prices) = lambda::context_and_prices_from_env(&cfg).await;
+    let (ctx, prices) = lambda::context_and_prices_from_env(&cfg).await?;
     // GCE pools too, when the deployment has GCP settings.
     let ctx = studio_gcp::attach_from_env(ctx, &cfg.prefix, &cfg.worker_env()).await?;
     run(service_fn(|_: LambdaEvent<serde_json::Value>| {

@@ -24,11 +24,11 @@ async fn main() -> Result<(), Error> {
     let cfg = AwsConfig::from_lookup(|k| std::env::var(k).ok())?;
     let parameter = std::env::var("STUDIO_WEBHOOK_KEYS_PARAMETER")
         .map_err(|_| "missing environment variable STUDIO_WEBHOOK_KEYS_PARAMETER")?;
-    let sdk = studio_aws::sdk_config(&cfg.region).await;
+    let sdk = studio_aws::sdk::function_sdk_config(&cfg.region).await?;
     let keys = lambda::webhook_keys(&sdk, &parameter).await?;
     // A preemption push requeues onto the pool's Pub/Sub queue.
     let ctx = studio_gcp::attach_from_env(
-        lambda::context_from_env(&cfg).await,
+        lambda::context_from_env(&cfg).await?,
         &cfg.prefix,
         &cfg.worker_env(),
     )

@@ -87,11 +87,11 @@ impl Prices {
 }
 
 /// [`context_from_env`], planning with the deployment's spot prices.
-pub async fn context_and_prices_from_env(cfg: &AwsConfig) -> (Ctx, Prices) {
-    let sdk = crate::sdk::sdk_config(&cfg.region).await;
+pub async fn context_and_prices_from_env(cfg: &AwsConfig) -> Result<(Ctx, Prices), String> {
+    let sdk = crate::sdk::function_sdk_config(&cfg.region).await?;
     let prices = Prices::new(cfg, &sdk);
     let ctx = context_with(cfg, &sdk, Arc::new(SystemClock), prices.planner.clone());
-    (ctx, prices)
+    Ok((ctx, prices))
 }
 
 /// The handlers' context on AWS with `planner`.
@@ -165,10 +165,11 @@ pub fn context_with(
     }
 }
 
-/// [`context`] with the environment's SDK configuration and the wall clock.
-pub async fn context_from_env(cfg: &AwsConfig) -> Ctx {
-    let sdk = crate::sdk::sdk_config(&cfg.region).await;
-    context(cfg, &sdk, Arc::new(SystemClock))
+/// [`context`] with a function's SDK configuration
+/// ([`crate::sdk::function_sdk_config`]) and the wall clock.
+pub async fn context_from_env(cfg: &AwsConfig) -> Result<Ctx, String> {
+    let sdk = crate::sdk::function_sdk_config(&cfg.region).await?;
+    Ok(context(cfg, &sdk, Arc::new(SystemClock)))
 }
 
 fn received(m: &SqsMessage) -> Received {

@@ -42,6 +42,7 @@ pub mod webhook;
 
 pub mod error;
 pub mod sdk;
+pub mod tls;
 
 pub use error::AwsError;
 #[cfg(feature = "fleet")]
