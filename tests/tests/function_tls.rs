@@ -103,16 +103,10 @@ fn sqs(
     url: &str,
     http: aws_smithy_runtime_api::client::http::SharedHttpClient,
 ) -> aws_sdk_sqs::Client {
-    let sdk = aws_config::SdkConfig::builder()
-        .behavior_version(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(url)
-        .credentials_provider(
-            aws_credential_types::provider::SharedCredentialsProvider::new(
-                aws_credential_types::Credentials::new("testing", "testing", None, None, "static"),
-            ),
-        )
-        .retry_config(aws_config::retry::RetryConfig::disabled())
+    // The tests' emulator settings (static credentials, no retries), over
+    // the functions' HTTPS client.
+    let sdk = studio_aws::emulator_config("us-east-1", url)
+        .to_builder()
         .http_client(http)
         .build();
     aws_sdk_sqs::Client::new(&sdk)
