@@ -26,7 +26,7 @@ pub(crate) struct RunEnd {
 /// resources, so the attempt is left to the control plane, which requeues
 /// it when the machine's `shutting-down` event arrives or its heartbeat
 /// stops.
-pub(crate) async fn hand_back(ctx: &Ctx, job: &Job, attempt: u32, why: &str, me: &str) {
+pub async fn hand_back(ctx: &Ctx, job: &Job, attempt: u32, why: &str, me: &str) {
     let spot = matches!(job.plan.cloud, Cloud::Ec2spot | Cloud::Gcspot);
     if spot && job.spec.fallback_on_demand && attempt >= ctx.settings.max_attempts.max(1) {
         info!(job_id = %job.id, "out of spot attempts; the control plane moves the job to on-demand");
@@ -302,7 +302,7 @@ pub(crate) async fn fail_to_start(
 /// Records the end of our attempt, if the job is still ours. A failing
 /// store is retried for a while: until the end is recorded the heartbeat
 /// stops, and the sweep would run the job again.
-pub(crate) async fn finish(
+pub async fn finish(
     ctx: &Ctx,
     id: &JobId,
     attempt: u32,

@@ -3,7 +3,7 @@
 //! budgets are checked on the same beat.
 
 use crate::clock::Timestamp;
-use crate::handlers::{mutate_job, Ctx, Step};
+use crate::handlers::{mutate_job, Ctx, HandlerError, Step};
 use crate::ids::{InstanceId, JobId};
 use crate::job::{usd, Job, JobState};
 use crate::notice::Notice;
@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 /// What the heartbeat task last saw on the job record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Seen {
+pub enum Seen {
     /// Still our attempt.
     Ours,
     /// Still ours, and the cloud warned that the machine will be reclaimed.
@@ -28,7 +28,7 @@ pub(crate) enum Seen {
 /// Where the attempt's machine is and which one it is, as its metadata
 /// service says.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Placed {
+pub struct Placed {
     pub zone: Option<String>,
     pub machine_uid: Option<String>,
 }
@@ -64,57 +64,25 @@ pub(crate) fn spawn_heartbeat(
 ) -> (watch::Receiver<Seen>, AbortOnDrop) {
     let (tx, rx) = watch::channel(Seen::Ours);
     let (ctx, id, me) = (ctx.clone(), id.clone(), cfg.instance.clone());
-    let (check, beat, progress_every) = (cfg.heartbeat, cfg.beat_every, cfg.progress_every);
+    let (check, beat_every, progress_every) = (cfg.heartbeat, cfg.beat_every, cfg.progress_every);
     let task = tokio::spawn(async move {
         let mut last_write = Instant::now();
         let mut last_progress = Instant::now();
-        let mut tick = interval(check.min(beat));
+        let mut tick = interval(check.min(beat_every));
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
             tick.tick().await;
             // Monotonic: a wall-clock step neither skips nor doubles beats.
-            let due = last_write.elapsed() >= beat;
-            let report = *progress.borrow();
+            let due = last_write.elapsed() >= beat_every;
             let progress_due = due || last_progress.elapsed() >= progress_every;
-            let now = ctx.clock.now();
-            let r = mutate_job(ctx.store.as_ref(), &id, |j| {
-                if j.state == JobState::Cancelled {
-                    return Step::Keep(Seen::Cancelled);
-                }
-                if !j.runs(attempt, &me) {
-                    return Step::Keep(Seen::Lost);
-                }
-                let seen = if j.warned_at.is_some() {
-                    Seen::Warned
-                } else {
-                    Seen::Ours
-                };
-                // Where the machine is and which it is go on the attempt
-                // with the first look.
-                let zoned = match j.attempts.iter_mut().rev().find(|a| a.number == attempt) {
-                    Some(a) => placed.record(a),
-                    None => false,
-                };
-                if due {
-                    j.heartbeat_at = Some(now);
-                }
-                let progressed = match report {
-                    Some(p) if progress_due && j.progress != Some(p) => {
-                        j.progress = Some(p);
-                        true
-                    }
-                    _ => false,
-                };
-                if due || zoned || progressed {
-                    Step::Write(seen)
-                } else {
-                    Step::Keep(seen)
-                }
-            })
-            .await;
-            match r {
-                Ok(Some((_, seen))) => {
+            let report = if progress_due {
+                *progress.borrow()
+            } else {
+                None
+            };
+            match beat(&ctx, &id, attempt, &me, due, &placed, report).await {
+                Ok(seen) => {
                     if due && matches!(seen, Seen::Ours | Seen::Warned) {
                         last_write = Instant::now();
                     }
@@ -123,14 +91,65 @@ pub(crate) fn spawn_heartbeat(
                     }
                     let _ = tx.send(seen);
                 }
-                Ok(None) => {
-                    let _ = tx.send(Seen::Lost);
-                }
                 Err(e) => warn!(job_id = %id, error = %e, "heartbeat failed; retrying"),
             }
         }
     });
     (rx, AbortOnDrop(task))
+}
+
+/// One look of the heartbeat at the job record, the rule every worker
+/// follows from claim to end (the simulation runs it too): what it sees,
+/// and, when `write`, the time written as the attempt's heartbeat; where
+/// the machine is (`placed`) goes on the attempt with the first look, and
+/// `progress` on the record when it changed. A record gone reads as lost.
+///
+/// # Errors
+/// Port errors (the caller retries at the next beat).
+pub async fn beat(
+    ctx: &Ctx,
+    id: &JobId,
+    attempt: u32,
+    me: &InstanceId,
+    write: bool,
+    placed: &Placed,
+    progress: Option<f32>,
+) -> Result<Seen, HandlerError> {
+    let now = ctx.clock.now();
+    let r = mutate_job(ctx.store.as_ref(), id, |j| {
+        if j.state == JobState::Cancelled {
+            return Step::Keep(Seen::Cancelled);
+        }
+        if !j.runs(attempt, me) {
+            return Step::Keep(Seen::Lost);
+        }
+        let seen = if j.warned_at.is_some() {
+            Seen::Warned
+        } else {
+            Seen::Ours
+        };
+        let zoned = match j.attempts.iter_mut().rev().find(|a| a.number == attempt) {
+            Some(a) => placed.record(a),
+            None => false,
+        };
+        if write {
+            j.heartbeat_at = Some(now);
+        }
+        let progressed = match progress {
+            Some(p) if j.progress != Some(p) => {
+                j.progress = Some(p);
+                true
+            }
+            _ => false,
+        };
+        if write || zoned || progressed {
+            Step::Write(seen)
+        } else {
+            Step::Keep(seen)
+        }
+    })
+    .await?;
+    Ok(r.map_or(Seen::Lost, |(_, seen)| seen))
 }
 
 /// What the machine's metadata service last said, asked once now and

@@ -26,6 +26,7 @@
 //! - [`process`]: signals to a process group.
 //! - [`users`]: a uid per attempt, every process of it killed at its end; the metadata check.
 //! - [`jobfs`]: the job's files read by root through descriptors, never through a link.
+//! - [`rules`]: the rules above as functions (claim, beat, finish, hand back, leave).
 //! - [`collect`]: checkpoints and outputs saved, the end recorded, or the job handed back.
 
 mod collect;
@@ -39,6 +40,16 @@ mod process;
 pub mod pyenv;
 mod run;
 pub mod users;
+
+/// The worker's rules, one function each, as [`run_worker`] applies them;
+/// the simulation (`studio simulate`) drives the same functions over its
+/// own clock instead of processes.
+pub mod rules {
+    pub use super::collect::{finish, hand_back};
+    pub use super::liveness::{beat, Placed, Seen};
+    pub use super::poll::{leave, leaves_idle};
+    pub use crate::handlers::{claim_work, Claim};
+}
 
 pub use config::{Cadence, WorkerConfig, WorkerExit, CHECKPOINT_LIMIT};
 pub use poll::run_worker;

@@ -2,6 +2,7 @@
 //! the machine is protected from scale-in), ack; leave when idle.
 
 use crate::handlers::{claim_work, Claim, Ctx, HandlerError};
+use crate::ids::{InstanceId, PoolKey};
 use crate::job::Job;
 use crate::notice::Notice;
 use crate::ports::{ArtifactStore, PortError, Received};
@@ -56,7 +57,7 @@ pub async fn run_worker(
         let idle_for = ctx.clock.now().since(idle_since);
         if draining {
             if idle_for >= cfg.idle_timeout {
-                leave(ctx, cfg).await?;
+                leave(ctx, &cfg.pool, &cfg.instance).await?;
                 return Ok(WorkerExit::Idle);
             }
             tokio::select! {
@@ -83,14 +84,11 @@ pub async fn run_worker(
             }
         };
         if msgs.is_empty() {
-            if !fixed
-                && idle_for >= cfg.idle_timeout
-                && ctx.queue.depth(&queue).await.is_ok_and(|d| d.total() == 0)
-            {
+            if leaves_idle(ctx, &queue, fixed, idle_for, cfg.idle_timeout).await {
                 // A worker that cannot take its machine out of the group
                 // fails, so it is restarted (and the machine is not left
                 // running with nothing on it).
-                leave(ctx, cfg).await?;
+                leave(ctx, &cfg.pool, &cfg.instance).await?;
                 return Ok(WorkerExit::Idle);
             }
             continue;
@@ -125,15 +123,28 @@ pub async fn run_worker(
     }
 }
 
+/// Whether a worker whose poll came back empty leaves: not in a fixed-size
+/// pool (the group would only replace it), idle for `idle_timeout`, and the
+/// queue empty as far as its counters say (on SQS they lag by up to a minute).
+pub async fn leaves_idle(
+    ctx: &Ctx,
+    queue: &str,
+    fixed: bool,
+    idle_for: Duration,
+    idle_timeout: Duration,
+) -> bool {
+    !fixed && idle_for >= idle_timeout && ctx.queue.depth(queue).await.is_ok_and(|d| d.total() == 0)
+}
+
 /// After a failed receive, the longest a worker waits before the next.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// An idle worker takes its machine out of the group, lowering the target so
 /// it is not replaced.
-pub(crate) async fn leave(ctx: &Ctx, cfg: &WorkerConfig) -> Result<(), PortError> {
-    info!(instance = %cfg.instance, "idle with an empty queue; terminating this machine");
+pub async fn leave(ctx: &Ctx, group: &PoolKey, me: &InstanceId) -> Result<(), PortError> {
+    info!(instance = %me, "idle with an empty queue; terminating this machine");
     ctx.fleet
-        .terminate(&cfg.pool, &cfg.instance, true)
+        .terminate(group, me, true)
         .await
         .inspect_err(|e| warn!(error = %e, "could not terminate this machine through the group"))
 }
