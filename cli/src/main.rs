@@ -118,6 +118,8 @@ fn main() -> ExitCode {
 fn default_log_level(cli: &cmd::Cli) -> &'static str {
     match cli.command {
         cmd::Command::Worker(_) | cmd::Command::Driver => "info",
+        // The handlers' own warnings are events of the simulated world.
+        cmd::Command::Simulate(_) => "error",
         // The SDK's own warnings (a region looked for on a metadata service
         // a laptop has not) are not the user's business; its errors are
         // reported by the command.

@@ -100,6 +100,8 @@ pub enum Command {
     /// The EC2 instance catalogue.
     #[command(subcommand)]
     Catalog(CatalogCommand),
+    /// Compare policies (on-demand, spot, Studio's) on a workload, simulated: cost, time, interruptions.
+    Simulate(simulate::SimulateArgs),
     /// Run a worker for a pool (started by the fleet, not by hand).
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -127,6 +129,8 @@ mod gcp;
 mod init;
 
 mod logs;
+
+mod simulate;
 
 mod plan;
 
@@ -199,5 +203,6 @@ pub async fn dispatch(cli: Cli, env: Env) -> Result<ExitCode, CliError> {
         Command::Doctor(a) => doctor::doctor(&g, &env, a).await,
         Command::Gcp(c) => gcp::gcp(&g, &env, c).await,
         Command::Ui(a) => ui::serve_ui(&g, &env, a).await,
+        Command::Simulate(a) => simulate::simulate(a).await,
     }
 }
