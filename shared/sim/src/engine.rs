@@ -37,6 +37,8 @@ pub const START: Timestamp = Timestamp(1_799_020_800_000);
 const CADENCE: Cadence = Cadence::CLOUD;
 const LEASE: Duration = Duration::from_secs(120);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// The template's submit and events queues: a failed message comes back after this.
+const QUEUE_VISIBILITY: Duration = Duration::from_secs(360);
 
 /// What one policy's run left.
 pub struct Outcome {
@@ -184,7 +186,7 @@ impl<'a> Engine<'a> {
         self.sched.push(at, e);
     }
 
-    /// Runs to the end: every job ended and every machine gone.
+    /// Runs to the end: every job ended, every machine and pool gone.
     ///
     /// # Errors
     /// A job the handlers refused, or work left at the horizon.
@@ -217,7 +219,12 @@ impl<'a> Engine<'a> {
             self.events += 1;
             self.handle(ev).await?;
             self.wake();
-            if self.submitted == n && self.store.open_jobs() == 0 && self.fleet.live() == 0 {
+            // Done when every job ended and cleanup tore everything down.
+            if self.submitted == n
+                && self.store.open_jobs() == 0
+                && self.fleet.live() == 0
+                && self.store.pools_left() == 0
+            {
                 break;
             }
         }
@@ -303,20 +310,28 @@ impl<'a> Engine<'a> {
                         self.account_loss(run);
                     }
                 }
+                // EC2: the template's rule matches `shutting-down` and
+                // `terminated`, each its own event.
                 if self.fleet.machine(&id).is_some_and(|m| !is_gce(m.cloud)) {
-                    let d = self.delivery();
-                    let at = self.at(d);
-                    let kind = InstanceEventKind::Gone {
-                        state: "shutting-down".into(),
-                    };
-                    self.push(at, Event::Deliver(self.instance_event(&id, kind)));
+                    for state in ["shutting-down", "terminated"] {
+                        let d = self.delivery();
+                        let at = self.at(d);
+                        let kind = InstanceEventKind::Gone {
+                            state: state.into(),
+                        };
+                        self.push(at, Event::Deliver(self.instance_event(&id, kind)));
+                    }
                 }
             }
             Event::Deliver(e) => {
                 self.meter.set_phase("interruption");
                 self.meter.lambda();
+                // EventBridge to the events queue, received and deleted by
+                // the function's poller.
+                self.meter
+                    .calls(Service::Sqs, "SendMessage+ReceiveMessage+DeleteMessage", 3);
                 if handle_interruption(&self.ctx, &e).await.is_err() {
-                    self.push(self.at(Duration::from_secs(30)), Event::Deliver(e));
+                    self.push(self.at(QUEUE_VISIBILITY), Event::Deliver(e));
                 }
             }
         }
@@ -371,7 +386,7 @@ impl<'a> Engine<'a> {
             }
             Err(e) if e.is_retryable() => {
                 // The submit queue's visibility timeout, then again.
-                self.push(self.at(Duration::from_secs(30)), Event::Arrive(i));
+                self.push(self.at(QUEUE_VISIBILITY), Event::Arrive(i));
             }
             Err(e) => return Err(format!("workload job {i}: refused: {e}")),
         }

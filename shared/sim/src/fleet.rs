@@ -87,12 +87,46 @@ pub struct Machine {
     pub cloud: Cloud,
     pub machine: String,
     pub spot: bool,
+    pub gpus: u32,
+    /// The instance's price an hour, millionths of USD.
     pub price: u64,
     pub launched_at: Timestamp,
     pub booted: bool,
     pub protected: bool,
     pub seen_at: Option<Timestamp>,
     pub terminated_at: Option<Timestamp>,
+    /// Taken back by the spot market (not by its group or worker).
+    pub reclaimed: bool,
+}
+
+/// What a machine costs an hour beside its instance price, in millionths
+/// of USD, never discounted: its root volume (gp3, $0.08 a GB-month: 30 GiB,
+/// 60 with GPUs, as the launch template asks) and its public IPv4 address
+/// ($0.005 an hour since 2024-02-01; default-VPC subnets give one).
+fn overhead_micro_per_hour(gpus: u32) -> u64 {
+    let disk_gib = if gpus > 0 { 60 } else { 30 };
+    // 0.08 $/GB-month over 730 hours.
+    disk_gib * 80_000 / 730 + 5_000
+}
+
+impl Machine {
+    /// What it cost, millionths of USD: per second from launch, at least a
+    /// minute (EC2's Linux billing); nothing for a spot machine the market
+    /// took back within its first hour (EC2: "no charge").
+    pub fn cost(&self, now: Timestamp) -> u64 {
+        let ms = self
+            .terminated_at
+            .unwrap_or(now)
+            .since(self.launched_at)
+            .as_millis()
+            .max(60_000);
+        let price = if self.reclaimed && self.spot && ms < 3_600_000 {
+            0
+        } else {
+            self.price
+        };
+        (u128::from(price + overhead_micro_per_hour(self.gpus)) * ms / 3_600_000) as u64
+    }
 }
 
 struct Group {
@@ -193,6 +227,9 @@ impl SimFleet {
         else {
             return false;
         };
+        if let Some(m) = s.machines.get_mut(id) {
+            m.reclaimed = true;
+        }
         self.end(&mut s, id, now);
         self.converge(&mut s, &group, now);
         true
@@ -235,7 +272,8 @@ impl SimFleet {
     fn launch(&self, s: &mut Inner, key: &PoolKey, now: Timestamp) {
         let Some(g) = s.groups.get(key) else { return };
         let (cloud, spot) = (g.spec.cloud, g.spec.market == Buy::Spot);
-        let prices = self.prices.0.lock().expect("prices").clone();
+        let gpus = g.spec.resources.gpus;
+        let prices = self.prices.0.lock().expect("prices");
         let price_of = |t: &String| {
             let (od, ps) = prices.get(t).copied().unwrap_or((0, None));
             self.market.price(cloud, t, od, ps, spot)
@@ -251,6 +289,7 @@ impl SimFleet {
         }
         .unwrap_or_else(|| "unknown".into());
         let price = price_of(&machine);
+        drop(prices);
         let id = InstanceId::new(format!("i-{:08x}", s.next)).expect("a valid instance id");
         s.next += 1;
         let gce = matches!(cloud, Cloud::Gcloud | Cloud::Gcspot);
@@ -271,8 +310,10 @@ impl SimFleet {
             if t < 365.0 * 86_400.0 {
                 let notice = now.plus(secs(t));
                 self.sched.push(notice, Event::Notice(id.clone()));
+                // EC2 sends a rebalance recommendation before every
+                // reclaim, sometimes with the notice itself.
                 if !gce && s.rng.unit() < self.market.rebalance_share {
-                    let early = s.rng.range(120.0, 1800.0).min(t);
+                    let early = s.rng.range(0.0, 1800.0).min(t);
                     self.sched
                         .push(now.plus(secs(t - early)), Event::Rebalance(id.clone()));
                 }
@@ -286,12 +327,14 @@ impl SimFleet {
                 cloud,
                 machine,
                 spot,
+                gpus,
                 price,
                 launched_at: now,
                 booted: false,
                 protected: false,
                 seen_at: None,
                 terminated_at: None,
+                reclaimed: false,
             },
         );
         if let Some(g) = s.groups.get_mut(key) {

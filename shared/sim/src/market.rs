@@ -19,8 +19,9 @@
 //!   hazard: `-ln(1 - p) / 30 days`.
 //!
 //! A notice comes 2 minutes before an EC2 reclaim and 30 s before a GCE
-//! one; on EC2 half of the reclaims are preceded by a rebalance
-//! recommendation, 2 to 30 minutes earlier.
+//! one; on EC2 every reclaim is preceded by a rebalance recommendation
+//! ("Amazon EC2 always gives both"), up to 30 minutes earlier or with the
+//! notice itself.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -90,7 +91,7 @@ pub struct Market {
     pub overrides: BTreeMap<String, MarketRow>,
     pub ec2_spot_discount: f64,
     pub gce_bucket: Bucket,
-    /// Share of EC2 reclaims preceded by a rebalance recommendation.
+    /// Share of EC2 reclaims preceded by a rebalance recommendation (1: all).
     pub rebalance_share: f64,
     /// Multiplies every interruption rate (1: the buckets as they are).
     pub interruption_scale: f64,
@@ -104,7 +105,7 @@ impl Default for Market {
             overrides: BTreeMap::new(),
             ec2_spot_discount: 0.65,
             gce_bucket: Bucket::From10To15,
-            rebalance_share: 0.5,
+            rebalance_share: 1.0,
             interruption_scale: 1.0,
         }
     }

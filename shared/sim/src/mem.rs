@@ -70,6 +70,9 @@ impl Meter {
         if let Some(n) = c.by_service.get_mut(&Service::Sqs) {
             *n = n.saturating_sub(1);
         }
+        if let Some(n) = c.by_phase.get_mut(&("worker", "ReceiveMessage")) {
+            *n = n.saturating_sub(1);
+        }
     }
     pub fn snapshot(&self) -> Counts {
         self.0.lock().expect("meter").clone()
@@ -79,6 +82,10 @@ impl Meter {
 /// Read units of `bytes` read strongly (4 KB each), write units (1 KB each).
 fn rru(bytes: u64) -> u64 {
     bytes.div_ceil(4096).max(1)
+}
+/// An index query's units: eventually consistent, half a strong read's.
+fn eventual_rru(bytes: u64) -> u64 {
+    bytes.div_ceil(8192).max(1)
 }
 fn wru(bytes: u64) -> u64 {
     bytes.div_ceil(1024).max(1)
@@ -95,8 +102,39 @@ fn shape(j: &Job) -> (usize, usize) {
     (j.events.len(), j.attempts.len())
 }
 
+/// The item's size: the record, and the key and index attributes beside
+/// it (about 200 bytes in the DynamoDB adapter).
 fn size_of(j: &Job) -> u64 {
-    serde_json::to_vec(j).map_or(2048, |v| v.len() as u64)
+    serde_json::to_vec(j).map_or(2048, |v| v.len() as u64) + 200
+}
+
+/// Write units of a job write, its indexes included: `by-pool-state`
+/// always, `by-instance` once the job has a machine, `by-created` when the
+/// job is created; an index whose key changes is written twice (the old
+/// entry deleted, the new put).
+fn job_write_units(bytes: u64, old: Option<&Job>, new: &Job) -> u64 {
+    let w = wru(bytes);
+    let mut units = w * 2;
+    if new.instance.is_some() {
+        units += w;
+    }
+    match old {
+        None => units += 1,
+        Some(o) => {
+            if o.state != new.state || o.pool != new.pool {
+                units += w;
+            }
+            if o.instance != new.instance && o.instance.is_some() {
+                units += w;
+            }
+        }
+    }
+    units
+}
+
+/// A pool record's size: its samples are most of it.
+fn pool_bytes(p: &Pool) -> u64 {
+    600 + p.samples.len() as u64 * 40
 }
 
 #[derive(Default)]
@@ -163,6 +201,15 @@ impl MemStore {
         self.inner.lock().expect("store").open
     }
 
+    /// Pools not yet deleted by cleanup.
+    pub fn pools_left(&self) -> usize {
+        self.lock()
+            .pools
+            .values()
+            .filter(|p| p.state != PoolState::Deleted)
+            .count()
+    }
+
     /// Every job, in id order (for the report).
     pub fn all_jobs(&self) -> Vec<Job> {
         let inner = self.inner.lock().expect("store");
@@ -182,11 +229,12 @@ impl JobStore for MemStore {
         self.meter.call(Service::DynamoDb, "PutItem");
         let mut s = self.lock();
         if let Some(e) = s.jobs.get(&job.id) {
+            // The condition failed: the table's write is charged.
             self.meter.units(0, wru(e.bytes));
             return Ok(Created::Existing(e.job.clone()));
         }
         let bytes = size_of(job);
-        self.meter.units(0, wru(bytes));
+        self.meter.units(0, job_write_units(bytes, None, job));
         s.index(job, None);
         s.jobs.insert(
             job.id.clone(),
@@ -214,9 +262,11 @@ impl JobStore for MemStore {
             self.meter.units(0, 1);
             return Err(PortError::NotFound(format!("job {}", job.id)));
         };
-        // A failed condition still costs the write.
-        self.meter.units(0, wru(stored.bytes));
         if stored.job.version != job.version {
+            // A failed condition still costs the write, and the adapter
+            // reads the record again.
+            self.meter.call(Service::DynamoDb, "GetItem");
+            self.meter.units(rru(stored.bytes), wru(stored.bytes));
             return Err(PortError::Conflict);
         }
         let mut new = job.clone();
@@ -226,17 +276,30 @@ impl JobStore for MemStore {
         } else {
             size_of(&new)
         };
-        let old = stored.job.clone();
-        s.index(&new, Some(&old));
+        // A put costs the larger of the old and the new item.
+        self.meter.units(
+            0,
+            job_write_units(bytes.max(stored.bytes), Some(&stored.job), &new),
+        );
+        // Most writes are heartbeats: the indexes change only with the
+        // state, the pool or the machine.
+        let reindex = (stored.job.state, &stored.job.pool, &stored.job.instance)
+            != (new.state, &new.pool, &new.instance);
+        if reindex {
+            let old = stored.job.clone();
+            s.index(&new, Some(&old));
+        }
+        let shape = shape(&new);
+        let out = new.clone();
         s.jobs.insert(
             new.id.clone(),
             Stored {
-                job: new.clone(),
+                job: new,
                 bytes,
-                shape: shape(&new),
+                shape,
             },
         );
-        Ok(new)
+        Ok(out)
     }
 
     async fn list_jobs(
@@ -244,7 +307,9 @@ impl JobStore for MemStore {
         pool: Option<&PoolKey>,
         states: &[JobState],
     ) -> Result<Vec<Job>, PortError> {
-        self.meter.call(Service::DynamoDb, "Query");
+        // The adapter queries the pool-and-state index once per state.
+        self.meter
+            .calls(Service::DynamoDb, "Query", states.len().max(1) as u64);
         let s = self.lock();
         let wanted = |j: &Job| states.is_empty() || states.contains(&j.state);
         let only_active =
@@ -275,7 +340,7 @@ impl JobStore for MemStore {
                 }
             }
         }
-        self.meter.units(rru(bytes), 0);
+        self.meter.units(eventual_rru(bytes), 0);
         Ok(out)
     }
 
@@ -302,22 +367,26 @@ impl JobStore for MemStore {
             let st = &s.jobs[id];
             if st.job.instance.as_ref() == Some(instance) {
                 bytes += st.bytes;
+                // The index holds keys: each job is then read whole, strongly.
+                self.meter.call(Service::DynamoDb, "GetItem");
+                self.meter.units(rru(st.bytes), 0);
                 out.push(st.job.clone());
             }
         }
-        self.meter.units(rru(bytes), 0);
+        self.meter.units(eventual_rru(bytes), 0);
         Ok(out)
     }
 
     async fn get_pool(&self, key: &PoolKey) -> Result<Option<Pool>, PortError> {
         self.meter.call(Service::DynamoDb, "GetItem");
-        self.meter.units(1, 0);
-        Ok(self.lock().pools.get(key).cloned())
+        let p = self.lock().pools.get(key).cloned();
+        self.meter.units(rru(p.as_ref().map_or(1, pool_bytes)), 0);
+        Ok(p)
     }
 
     async fn create_pool(&self, pool: &Pool) -> Result<Created<Pool>, PortError> {
         self.meter.call(Service::DynamoDb, "PutItem");
-        self.meter.units(0, 2);
+        self.meter.units(0, wru(pool_bytes(pool)));
         let mut s = self.lock();
         if let Some(p) = s.pools.get(&pool.key) {
             return Ok(Created::Existing(p.clone()));
@@ -328,7 +397,7 @@ impl JobStore for MemStore {
 
     async fn update_pool(&self, pool: &Pool) -> Result<Pool, PortError> {
         self.meter.call(Service::DynamoDb, "PutItem");
-        self.meter.units(0, 2);
+        self.meter.units(0, wru(pool_bytes(pool)));
         let mut s = self.lock();
         match s.pools.get(&pool.key) {
             None => Err(PortError::NotFound(format!("pool {}", pool.key))),
@@ -343,16 +412,16 @@ impl JobStore for MemStore {
     }
 
     async fn live_pools(&self) -> Result<Vec<Pool>, PortError> {
-        self.meter.call(Service::DynamoDb, "Query");
+        self.meter.call(Service::DynamoDb, "Scan");
         let s = self.lock();
-        let pools: Vec<Pool> = s
-            .pools
+        // A strongly consistent scan over every pool record, deleted ones too.
+        let scanned: u64 = s.pools.values().map(pool_bytes).sum();
+        self.meter.units(rru(scanned), 0);
+        Ok(s.pools
             .values()
             .filter(|p| p.state != PoolState::Deleted)
             .cloned()
-            .collect();
-        self.meter.units(rru(pools.len() as u64 * 1024), 0);
-        Ok(pools)
+            .collect())
     }
 }
 
