@@ -117,6 +117,11 @@ pub trait JobStore: Send + Sync {
     /// # Errors
     /// [`PortError::Conflict`] when someone wrote in between.
     async fn update_job(&self, job: &Job) -> Result<Job, PortError>;
+    /// [`JobStore::update_job`] of a job the caller gives up: a store that
+    /// keeps records in memory (the simulation's) stores it without a copy.
+    async fn update_job_owned(&self, job: Job) -> Result<Job, PortError> {
+        self.update_job(&job).await
+    }
     /// Jobs in `states` (all states when empty), optionally of one pool, newest first.
     async fn list_jobs(
         &self,

@@ -372,7 +372,7 @@ impl<'a> Engine<'a> {
         self.meter.set_phase("submit");
         self.meter.lambda();
         self.meter
-            .call(Service::Sqs, "SendMessage+ReceiveMessage+DeleteMessage");
+            .calls(Service::Sqs, "SendMessage+ReceiveMessage+DeleteMessage", 3);
         match submit(&self.ctx, &format!("submit-{i}"), &spec.to_json()).await {
             Ok(_) => {
                 self.tracks.insert(

@@ -241,12 +241,7 @@ impl SimFleet {
         let s = self.lock();
         let mut b = Bill::default();
         for m in s.machines.values() {
-            let ms = m
-                .terminated_at
-                .unwrap_or(now)
-                .since(m.launched_at)
-                .as_millis();
-            let cost = (u128::from(m.price) * ms / 3_600_000) as u64;
+            let cost = m.cost(now);
             if m.spot {
                 b.spot += cost;
             } else {
@@ -594,5 +589,55 @@ impl Fleet for SimFleet {
     ) -> Result<Option<String>, PortError> {
         self.meter.call(Service::Fleet, "GetConsoleOutput");
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine(price: u64, spot: bool, gpus: u32, ran_s: i64, reclaimed: bool) -> Machine {
+        Machine {
+            id: InstanceId::new("i-1").unwrap(),
+            group: PoolKey::new("p").unwrap(),
+            cloud: Cloud::Ec2spot,
+            machine: "m7i.large".into(),
+            spot,
+            gpus,
+            price,
+            launched_at: Timestamp(0),
+            booted: true,
+            protected: false,
+            seen_at: None,
+            terminated_at: Some(Timestamp(ran_s * 1000)),
+            reclaimed,
+        }
+    }
+
+    #[test]
+    fn a_machine_costs_its_price_and_its_disk_and_address_as_ec2_bills() {
+        // $1/h for two hours, plus 30 GiB gp3 and an IPv4 address.
+        let extra = overhead_micro_per_hour(0);
+        assert_eq!(extra, 30 * 80_000 / 730 + 5_000);
+        assert_eq!(
+            machine(1_000_000, true, 0, 7200, false).cost(Timestamp(0)),
+            2 * (1_000_000 + extra)
+        );
+        // At least a minute.
+        assert_eq!(
+            machine(3_600_000, false, 0, 10, false).cost(Timestamp(0)),
+            (3_600_000 + extra) / 60
+        );
+        // Reclaimed by the market within its first hour: the instance is free.
+        assert_eq!(
+            machine(1_000_000, true, 0, 1800, true).cost(Timestamp(0)),
+            extra / 2
+        );
+        assert_eq!(
+            machine(1_000_000, true, 0, 3600, true).cost(Timestamp(0)),
+            1_000_000 + extra
+        );
+        // A GPU machine's disk is 60 GiB.
+        assert!(overhead_micro_per_hour(1) > overhead_micro_per_hour(0));
     }
 }

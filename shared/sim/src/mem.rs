@@ -256,20 +256,23 @@ impl JobStore for MemStore {
     }
 
     async fn update_job(&self, job: &Job) -> Result<Job, PortError> {
+        self.update_job_owned(job.clone()).await
+    }
+
+    async fn update_job_owned(&self, mut new: Job) -> Result<Job, PortError> {
         self.meter.call(Service::DynamoDb, "PutItem");
         let mut s = self.lock();
-        let Some(stored) = s.jobs.get(&job.id) else {
+        let Some(stored) = s.jobs.get(&new.id) else {
             self.meter.units(0, 1);
-            return Err(PortError::NotFound(format!("job {}", job.id)));
+            return Err(PortError::NotFound(format!("job {}", new.id)));
         };
-        if stored.job.version != job.version {
+        if stored.job.version != new.version {
             // A failed condition still costs the write, and the adapter
             // reads the record again.
             self.meter.call(Service::DynamoDb, "GetItem");
             self.meter.units(rru(stored.bytes), wru(stored.bytes));
             return Err(PortError::Conflict);
         }
-        let mut new = job.clone();
         new.version += 1;
         let bytes = if shape(&new) == stored.shape {
             stored.bytes
@@ -285,13 +288,9 @@ impl JobStore for MemStore {
         // state, the pool or the machine.
         let reindex = (stored.job.state, &stored.job.pool, &stored.job.instance)
             != (new.state, &new.pool, &new.instance);
-        if reindex {
-            let old = stored.job.clone();
-            s.index(&new, Some(&old));
-        }
         let shape = shape(&new);
         let out = new.clone();
-        s.jobs.insert(
+        let old = s.jobs.insert(
             new.id.clone(),
             Stored {
                 job: new,
@@ -299,6 +298,9 @@ impl JobStore for MemStore {
                 shape,
             },
         );
+        if let (true, Some(old)) = (reindex, old) {
+            s.index(&out, Some(&old.job));
+        }
         Ok(out)
     }
 

@@ -176,7 +176,7 @@ pub async fn mutate_job<T>(
         };
         match decide(&mut job) {
             Step::Keep(t) => return Ok(Some((job, t))),
-            Step::Write(t) => match store.update_job(&job).await {
+            Step::Write(t) => match store.update_job_owned(job).await {
                 Ok(stored) => return Ok(Some((stored, t))),
                 Err(PortError::Conflict) => continue,
                 Err(e) => return Err(e.into()),
