@@ -343,14 +343,14 @@ impl<'a> Engine<'a> {
         Duration::from_secs_f64(self.rng.range(1.0, 6.0))
     }
 
-    fn instance_event(&self, id: &InstanceId, kind: InstanceEventKind) -> InstanceEvent {
-        InstanceEvent {
+    fn instance_event(&self, id: &InstanceId, kind: InstanceEventKind) -> Box<InstanceEvent> {
+        Box::new(InstanceEvent {
             event_id: format!("ev-{}-{}", id, self.events),
             instance: id.clone(),
             kind,
             machine_uid: None,
             at: Some(self.now()),
-        }
+        })
     }
 
     async fn arrive(&mut self, i: usize) -> Result<(), String> {

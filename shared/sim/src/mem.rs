@@ -40,8 +40,29 @@ pub struct Counts {
     pub lambda: u64,
 }
 
+/// The running counts: keyed by the address of the phase's and the
+/// operation's names (every one a literal), not by comparing their text,
+/// as they are bumped tens of millions of times in a large run.
 #[derive(Debug, Default)]
-pub struct Meter(Mutex<Counts>);
+struct Tally {
+    phase: &'static str,
+    services: [u64; 3],
+    ops: HashMap<(usize, usize), (&'static str, &'static str, u64)>,
+    rru: u64,
+    wru: u64,
+    lambda: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Meter(Mutex<Tally>);
+
+fn slot(s: Service) -> usize {
+    match s {
+        Service::Sqs => 0,
+        Service::DynamoDb => 1,
+        Service::Fleet => 2,
+    }
+}
 
 impl Meter {
     pub fn set_phase(&self, phase: &'static str) {
@@ -52,9 +73,10 @@ impl Meter {
     }
     pub fn calls(&self, service: Service, op: &'static str, n: u64) {
         let mut c = self.0.lock().expect("meter");
-        *c.by_service.entry(service).or_default() += n;
+        c.services[slot(service)] += n;
         let phase = c.phase;
-        *c.by_phase.entry((phase, op)).or_default() += n;
+        let key = (phase.as_ptr() as usize, op.as_ptr() as usize);
+        c.ops.entry(key).or_insert((phase, op, 0)).2 += n;
     }
     pub fn units(&self, rru: u64, wru: u64) {
         let mut c = self.0.lock().expect("meter");
@@ -67,15 +89,32 @@ impl Meter {
     /// A long poll that a message ended early was counted when it began.
     pub fn uncount_receive(&self) {
         let mut c = self.0.lock().expect("meter");
-        if let Some(n) = c.by_service.get_mut(&Service::Sqs) {
-            *n = n.saturating_sub(1);
-        }
-        if let Some(n) = c.by_phase.get_mut(&("worker", "ReceiveMessage")) {
-            *n = n.saturating_sub(1);
+        c.services[slot(Service::Sqs)] = c.services[slot(Service::Sqs)].saturating_sub(1);
+        if let Some(e) = c
+            .ops
+            .values_mut()
+            .find(|(p, o, _)| *p == "worker" && *o == "ReceiveMessage")
+        {
+            e.2 = e.2.saturating_sub(1);
         }
     }
     pub fn snapshot(&self) -> Counts {
-        self.0.lock().expect("meter").clone()
+        let c = self.0.lock().expect("meter");
+        let mut by_phase = BTreeMap::new();
+        for (phase, op, n) in c.ops.values() {
+            *by_phase.entry((*phase, *op)).or_default() += n;
+        }
+        Counts {
+            phase: c.phase,
+            by_service: [Service::Sqs, Service::DynamoDb, Service::Fleet]
+                .into_iter()
+                .map(|s| (s, c.services[slot(s)]))
+                .collect(),
+            by_phase,
+            rru: c.rru,
+            wru: c.wru,
+            lambda: c.lambda,
+        }
     }
 }
 

@@ -42,7 +42,7 @@ pub enum Event {
     /// The machine is terminated (by its group, its worker, a reclaim).
     Terminated(InstanceId),
     /// An instance event reaches `handle-spot-interruption`.
-    Deliver(InstanceEvent),
+    Deliver(Box<InstanceEvent>),
 }
 
 struct Entry {
