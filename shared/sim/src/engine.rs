@@ -128,19 +128,13 @@ impl<'a> Engine<'a> {
             },
             Rng::stream(scenario.seed, stream * 2),
         ));
+        // The template's defaults, where the local backend's differ.
         let settings = Settings {
-            submit_queue: "studio-submit".into(),
-            queue_prefix: "studio".into(),
             pool_grace: Duration::from_secs(600),
             max_attempts: policy.max_attempts,
             max_auto_workers: scenario.max_workers,
             heartbeat_timeout: Duration::from_secs(120),
-            warning_grace: Duration::from_secs(180),
-            worker_grace: Duration::from_secs(15 * 60),
-            archs: None,
-            ec2_gpu_image: true,
-            clouds: None,
-            pool_sample_every: Duration::from_secs(60),
+            ..Settings::default()
         };
         let ctx = Ctx {
             store: store.clone(),
@@ -619,44 +613,41 @@ impl<'a> Engine<'a> {
 
     /// The attempt was taken away: the script is stopped, the machine free.
     async fn stop_run(&mut self, id: &InstanceId) {
-        let now = self.now();
-        let Some(w) = self.workers.get_mut(id) else {
-            return;
-        };
-        let Some(run) = w.run.take() else { return };
-        w.token += 1;
-        w.idle_since = now;
-        let (group, tok) = (w.group.clone(), w.token);
-        self.account_loss(&run);
-        let _ = self.ctx.fleet.protect(&group, id, false).await;
-        self.push(now, Event::Poll(id.clone(), tok));
+        if let Some(run) = self.take_run(id) {
+            self.account_loss(&run);
+            self.free(id).await;
+        }
     }
 
     async fn script_end(&mut self, id: &InstanceId, tok: u64) {
         if !self.current(id, tok) {
             return;
         }
+        let Some(run) = self.take_run(id) else { return };
+        self.meter.set_phase("worker");
+        let (job, attempt) = (&run.job.id, run.job.attempt);
+        finish(&self.ctx, job, attempt, id, Some(0), None, Vec::new()).await;
+        self.free(id).await;
+    }
+
+    /// The worker's attempt ends now: its events lapse, it is idle from now.
+    fn take_run(&mut self, id: &InstanceId) -> Option<Run> {
         let now = self.now();
-        let Some(w) = self.workers.get_mut(id) else {
-            return;
-        };
-        let Some(run) = w.run.take() else { return };
+        let w = self.workers.get_mut(id)?;
+        let run = w.run.take()?;
         w.token += 1;
         w.idle_since = now;
-        let (group, tok) = (w.group.clone(), w.token);
-        self.meter.set_phase("worker");
-        finish(
-            &self.ctx,
-            &run.job.id,
-            run.job.attempt,
-            id,
-            Some(0),
-            None,
-            Vec::new(),
-        )
-        .await;
+        Some(run)
+    }
+
+    /// The machine is free again (its scale-in protection lifted) and its
+    /// worker polls.
+    async fn free(&mut self, id: &InstanceId) {
+        let Some((group, tok)) = self.workers.get(id).map(|w| (w.group.clone(), w.token)) else {
+            return;
+        };
         let _ = self.ctx.fleet.protect(&group, id, false).await;
-        self.push(now, Event::Poll(id.clone(), tok));
+        self.push(self.now(), Event::Poll(id.clone(), tok));
     }
 
     fn notice(&mut self, id: InstanceId) {
