@@ -44,6 +44,21 @@ fn the_standard_preset_prints_the_same_table_for_the_same_seed() {
 }
 
 #[test]
+fn this_machines_settings_play_no_part() {
+    let h = Home::new();
+    let args = ["simulate", "--jobs", "20", "--seed", "5"];
+    let plain = h.run(&args);
+    let set = h
+        .cmd(&args)
+        .env("STUDIO_MAX_WORKERS", "1")
+        .env("STUDIO_MAX_ATTEMPTS", "1")
+        .output()
+        .unwrap();
+    assert!(plain.status.success() && set.status.success());
+    assert_eq!(plain.stdout, set.stdout);
+}
+
+#[test]
 fn json_carries_every_policy_figure() {
     let h = Home::new();
     let o = h.run(&["simulate", "--jobs", "40", "--seed", "3", "-o", "json"]);
@@ -97,6 +112,14 @@ fn wrong_flags_and_files_are_refused_with_the_reason() {
     .unwrap();
     let market = h.dir.path().join("market.csv");
     std::fs::write(&market, "m5.large,1.5,<5%\n").unwrap();
+    let huge = h.dir.path().join("huge.csv");
+    std::fs::write(
+        &huge,
+        "arrive_s,duration_s,cpus,gpus,ram,cloud,checkpoint_s\n0,60,2,0,,ec2spot,\n5,60,2,0,100000g,ec2spot,\n",
+    )
+    .unwrap();
+    let unknown = h.dir.path().join("unknown.csv");
+    std::fs::write(&unknown, "nosuch.huge,0.5,<5%\n").unwrap();
     for (args, says) in [
         (vec!["--preset", "calm"], "no preset \"calm\""),
         (
@@ -117,6 +140,19 @@ fn wrong_flags_and_files_are_refused_with_the_reason() {
             vec!["--workload", "/nonexistent.csv"],
             "--workload /nonexistent.csv",
         ),
+        (
+            vec!["--workload", huge.to_str().unwrap()],
+            "workload line 3:",
+        ),
+        (
+            vec!["--market", unknown.to_str().unwrap()],
+            "nosuch.huge is not an EC2 type",
+        ),
+        (
+            vec!["--workers-per-pool", "0"],
+            "--workers-per-pool must be at least 1",
+        ),
+        (vec!["--interruption-scale", "-1"], "must be a number >= 0"),
     ] {
         let mut full = vec!["simulate"];
         full.extend(args.iter().copied());

@@ -58,6 +58,12 @@ async fn the_same_seed_gives_the_same_report_and_every_job_of_every_policy_finis
         by("studio").total_cost_usd,
         by("on-demand").total_cost_usd
     );
+    // Common random numbers: a policy's row is the same whichever others
+    // run beside it.
+    let mut alone = busy(7);
+    alone.policies.retain(|p| p.name == "studio");
+    let (solo, _) = simulate(&alone).await.unwrap();
+    assert_eq!(solo.policies[0], *by("studio"));
     // Re-running from scratch throws away more than resuming from checkpoints.
     let per = |n: &str| by(n).work_lost_s as f64 / by(n).interruptions.max(1) as f64;
     assert!(
@@ -79,6 +85,7 @@ fn two_jobs(policy: Policy) -> Scenario {
         gpus: 0,
         ram: Some("4g".into()),
         checkpoint_ms: Some(300_000),
+        line: 0,
     };
     let mut s = Scenario::preset("standard", 1).unwrap();
     s.jobs = vec![job(0, 3_600_000), job(1_000, 600_000)];

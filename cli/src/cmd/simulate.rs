@@ -27,7 +27,7 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub pools: Option<usize>,
     /// Generated arrivals, a Poisson process (default 120 an hour).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub arrivals_per_hour: Option<f64>,
     /// The generated durations' median, e.g. 30m (log-normal).
     #[arg(long, value_name = "DURATION")]
@@ -38,12 +38,13 @@ pub struct SimulateArgs {
     /// Market rows: CSV `instance_type,spot_discount,interruption` (`g4dn.xlarge,0.7,15-20%`).
     #[arg(long, value_name = "FILE")]
     pub market: Option<std::path::PathBuf>,
-    /// Multiply every interruption rate (1: the buckets as they are).
-    #[arg(long)]
+    /// Multiply every interruption rate, the preset's included (1: as they are).
+    #[arg(long, allow_negative_numbers = true)]
     pub interruption_scale: Option<f64>,
-    /// The deployment's cap on workers per pool (STUDIO_MAX_WORKERS).
+    /// The simulated deployment's cap on workers per pool (its
+    /// STUDIO_MAX_WORKERS; default 20). This machine's settings play no part.
     #[arg(long)]
-    pub max_workers: Option<u32>,
+    pub workers_per_pool: Option<u32>,
     /// Only these policies (repeat): on-demand, studio-2017, studio, studio-k1.
     #[arg(long = "policy", value_name = "NAME")]
     pub policies: Vec<String>,
@@ -95,21 +96,43 @@ fn scenario(a: &SimulateArgs) -> Result<Scenario, CliError> {
         s.jobs = g.generate(&mut Rng::stream(a.seed, 0));
     }
     if let Some(path) = &a.market {
-        s.market = s
+        let bad = |e: String| usage(format!("--market {}: {e}", path.display()));
+        let before = s.market.overrides.len();
+        s.market = s.market.with_csv(&read(path, "market")?).map_err(bad)?;
+        if s.market.overrides.len() == before {
+            return Err(bad(
+                "no rows (instance_type,spot_discount,interruption)".into()
+            ));
+        }
+        let catalog = studio_core::catalog::Catalog::shipped();
+        if let Some(t) = s
             .market
-            .with_csv(&read(path, "market")?)
-            .map_err(|e| usage(format!("--market {}: {e}", path.display())))?;
+            .overrides
+            .keys()
+            .find(|t| t.contains('.') && catalog.get(t).is_none())
+        {
+            return Err(bad(format!(
+                "{t} is not an EC2 type of the shipped catalogue"
+            )));
+        }
     }
+    studio_sim::workload::check(&s.jobs).map_err(|e| match &a.workload {
+        Some(path) => usage(format!("--workload {}: {e}", path.display())),
+        None => usage(e),
+    })?;
     if let Some(x) = a.interruption_scale {
         if !(x.is_finite() && x >= 0.0) {
             return Err(usage(format!(
                 "--interruption-scale {x}: must be a number >= 0"
             )));
         }
-        s.market.interruption_scale = x;
+        s.market.interruption_scale *= x;
     }
-    if let Some(m) = a.max_workers {
-        s.max_workers = m.max(1);
+    if let Some(m) = a.workers_per_pool {
+        if m == 0 {
+            return Err(usage("--workers-per-pool must be at least 1"));
+        }
+        s.max_workers = m;
     }
     if !a.policies.is_empty() {
         let known: Vec<String> = s.policies.iter().map(|p| p.name.clone()).collect();
@@ -141,9 +164,14 @@ pub(crate) async fn simulate(a: SimulateArgs) -> Result<ExitCode, CliError> {
     }
     // Not part of the report: it would differ from run to run.
     eprintln!(
-        "simulated {} jobs x {} policies in {:.1} s of wall time, peak memory {} MiB",
+        "simulated {} job(s) x {} polic{} in {:.1} s of wall time, peak memory {} MiB",
         report.jobs,
         report.policies.len(),
+        if report.policies.len() == 1 {
+            "y"
+        } else {
+            "ies"
+        },
         wall.as_secs_f64(),
         studio_sim::peak_rss_bytes() >> 20
     );

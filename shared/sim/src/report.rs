@@ -154,6 +154,9 @@ pub fn table(r: &Report) -> String {
         .policies
         .iter()
         .map(|p| {
+            // Times over some of the jobs would read as times of all.
+            let done = p.jobs_finished == p.jobs;
+            let time = |s: u64| if done { hms(s) } else { "-".to_string() };
             vec![
                 p.name.clone(),
                 format!("{}/{}", p.jobs_finished, p.jobs),
@@ -161,9 +164,9 @@ pub fn table(r: &Report) -> String {
                 format!("{:.2}", p.spot_cost_usd),
                 format!("{:.2}", p.on_demand_cost_usd),
                 format!("{:.2}", p.api_cost_usd),
-                hms(p.makespan_s),
-                hms(p.p50_completion_s),
-                hms(p.p95_completion_s),
+                time(p.makespan_s),
+                time(p.p50_completion_s),
+                time(p.p95_completion_s),
                 p.interruptions.to_string(),
                 hms(p.work_lost_s),
                 p.machines_launched.to_string(),
@@ -191,7 +194,8 @@ pub fn table(r: &Report) -> String {
         l.push('\n');
         l
     };
-    let mut out = format!("{} jobs, seed {}\n\n", r.jobs, r.seed);
+    let plural = if r.jobs == 1 { "job" } else { "jobs" };
+    let mut out = format!("{} {plural}, seed {}\n\n", r.jobs, r.seed);
     out.push_str(&line(head.iter().map(|h| h.to_string()).collect()));
     for row in rows {
         out.push_str(&line(row));

@@ -20,6 +20,8 @@ pub struct SimJob {
     pub ram: Option<String>,
     /// How often the script saves a checkpoint; `None`: never.
     pub checkpoint_ms: Option<i64>,
+    /// Its line in the workload file (0: generated).
+    pub line: usize,
 }
 
 impl SimJob {
@@ -127,12 +129,39 @@ impl Generator {
                     gpus: s.gpus,
                     ram: s.ram.clone(),
                     checkpoint_ms: s.checkpoint_s.map(|c| c as i64 * 1000),
+                    line: 0,
                 };
                 at += rng.exp(mean_gap_ms);
                 job
             })
             .collect()
     }
+}
+
+/// Plans every job as `submit` would (the shipped catalogue and rate
+/// table), so a request no machine fits is refused before anything runs,
+/// with its line.
+///
+/// # Errors
+/// The first job that cannot be planned, and why.
+pub fn check(jobs: &[SimJob]) -> Result<(), String> {
+    use studio_core::plan::Planner;
+    let planner = studio_core::plan::CatalogPlanner::shipped();
+    let mut seen = std::collections::BTreeSet::new();
+    for j in jobs {
+        if !seen.insert((j.cloud, j.cpus, j.gpus, j.ram.clone())) {
+            continue;
+        }
+        let spec = studio_core::contract::SubmitJob::new(j.cloud, j.request()?, "sim");
+        if let Err(e) = planner.plan(&spec) {
+            let at = match j.line {
+                0 => "a generated job".to_string(),
+                n => format!("workload line {n}"),
+            };
+            return Err(format!("{at}: {e}"));
+        }
+    }
+    Ok(())
 }
 
 /// A workload file: CSV with the header
@@ -188,7 +217,11 @@ pub fn from_csv(text: &str) -> Result<Vec<SimJob>, String> {
                 "" => None,
                 v => Some(secs("checkpoint_s", v)?).filter(|c| *c > 0),
             },
+            line: n + 1,
         };
+        if job.duration_ms == 0 {
+            return Err(at("duration_s must be above 0"));
+        }
         if job.cloud == Cloud::Local {
             return Err(at(
                 "cloud local is this machine, not a fleet: use ec2, ec2spot, gcloud or gcspot",
