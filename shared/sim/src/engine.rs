@@ -62,7 +62,6 @@ struct Run {
 struct Worker {
     group: PoolKey,
     queue: String,
-    cloud: Cloud,
     fixed: bool,
     idle_since: Timestamp,
     token: u64,
@@ -408,7 +407,6 @@ impl<'a> Engine<'a> {
             Worker {
                 group: m.group.clone(),
                 queue,
-                cloud: m.cloud,
                 fixed,
                 idle_since: self.now(),
                 token: 0,
@@ -692,7 +690,6 @@ impl<'a> Engine<'a> {
             )
             .await;
         }
-        let _ = w.cloud;
     }
 
     /// An attempt ends early at `now`: what its script computed beyond the

@@ -369,6 +369,15 @@ impl SimFleet {
         }
     }
 
+    /// The live machines of a group, in launch order (none if it is gone).
+    fn group_machines<'a>(s: &'a Inner, key: &PoolKey) -> impl Iterator<Item = &'a Machine> {
+        s.groups
+            .get(key)
+            .into_iter()
+            .flat_map(|g| g.machines.iter())
+            .filter_map(|id| s.machines.get(id))
+    }
+
     fn group_mut<'a>(s: &'a mut Inner, key: &PoolKey) -> Result<&'a mut Group, PortError> {
         s.groups
             .get_mut(key)
@@ -494,12 +503,7 @@ impl Fleet for SimFleet {
     ) -> Result<Vec<InstanceId>, PortError> {
         self.meter.call(Service::Fleet, "DescribeInstances");
         let s = self.lock();
-        let Some(g) = s.groups.get(key) else {
-            return Ok(Vec::new());
-        };
-        Ok(g.machines
-            .iter()
-            .filter_map(|id| s.machines.get(id))
+        Ok(Self::group_machines(&s, key)
             .filter(|m| {
                 m.booted && now.since(m.seen_at.unwrap_or(m.launched_at).max(m.launched_at)) > bound
             })
@@ -510,12 +514,7 @@ impl Fleet for SimFleet {
     async fn instances(&self, key: &PoolKey) -> Result<Vec<Instance>, PortError> {
         self.meter.call(Service::Fleet, "DescribeAutoScalingGroups");
         let s = self.lock();
-        let Some(g) = s.groups.get(key) else {
-            return Ok(Vec::new());
-        };
-        Ok(g.machines
-            .iter()
-            .filter_map(|id| s.machines.get(id))
+        Ok(Self::group_machines(&s, key)
             .map(|m| Instance {
                 id: m.id.clone(),
                 pool: key.clone(),

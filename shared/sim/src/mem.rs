@@ -30,7 +30,6 @@ pub enum Service {
 /// phase is the handler or worker rule the engine was running.
 #[derive(Debug, Default, Clone)]
 pub struct Counts {
-    pub phase: &'static str,
     pub by_service: BTreeMap<Service, u64>,
     pub by_phase: BTreeMap<(&'static str, &'static str), u64>,
     /// DynamoDB read and write request units.
@@ -105,7 +104,6 @@ impl Meter {
             *by_phase.entry((*phase, *op)).or_default() += n;
         }
         Counts {
-            phase: c.phase,
             by_service: [Service::Sqs, Service::DynamoDb, Service::Fleet]
                 .into_iter()
                 .map(|s| (s, c.services[slot(s)]))
