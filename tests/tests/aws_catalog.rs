@@ -98,8 +98,11 @@ async fn the_deployments_spot_prices_are_the_markets_lowest_read_hourly_and_plan
     let minutes = |m: i64| Timestamp(t0.0 + m * 60_000);
 
     // No snapshot yet: a spot plan is ranked by on-demand price, and says so.
+    // The shipped data is read at the first reload or plan, not before.
     let planner = PricedPlanner::default();
+    assert!(!planner.is_loaded());
     planner.reload(&s3, &cfg.bucket, t0).await;
+    assert!(planner.is_loaded());
     let mut job = studio_core::contract::SubmitJob::new(
         Cloud::Ec2spot,
         ResourceRequest::parse(2, 0, None, None).unwrap(),

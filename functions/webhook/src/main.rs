@@ -1,6 +1,6 @@
 //! `webhook`: a Lambda function URL (auth type NONE: every request is
 //! HMAC-signed, see `studio_aws::webhook`). The signing keys are read once,
-//! at cold start, from the SSM SecureString parameter named by
+//! at the first request, from the SSM SecureString parameter named by
 //! `STUDIO_WEBHOOK_KEYS_PARAMETER`: never from an environment variable's value.
 //! `POST /v1/pubsub/preemption` takes Pub/Sub pushes whose OIDC token is
 //! for `STUDIO_PUBSUB_AUDIENCE` (unset: refused), signed by one of Google's
@@ -25,7 +25,10 @@ async fn main() -> Result<(), Error> {
     let parameter = std::env::var("STUDIO_WEBHOOK_KEYS_PARAMETER")
         .map_err(|_| "missing environment variable STUDIO_WEBHOOK_KEYS_PARAMETER")?;
     let sdk = studio_aws::sdk::function_sdk_config(&cfg.region).await?;
-    let keys = lambda::webhook_keys(&sdk, &parameter).await?;
+    // The signing keys are read at the first request, not at start, and
+    // kept for the process; a read that fails fails that request (as a
+    // failed start did) and is tried again at the next.
+    let keys = tokio::sync::OnceCell::new();
     // A preemption push requeues onto the pool's Pub/Sub queue.
     let ctx = studio_gcp::attach_from_env(
         lambda::context_from_env(&cfg).await?,
@@ -67,14 +70,21 @@ async fn main() -> Result<(), Error> {
     };
     run(service_fn(
         |event: LambdaEvent<LambdaFunctionUrlRequest>| {
-            let hook = webhook::Webhook {
-                keys: &keys,
-                ctx: &ctx,
-                push: push.as_ref(),
-                submit_queue: &cfg.submit_queue,
-                schema: &schema,
-            };
-            async move { Ok::<_, Error>(lambda::webhook(&hook, event.payload).await) }
+            let (keys, sdk, parameter) = (&keys, &sdk, &parameter);
+            let (ctx, push, cfg, schema) = (&ctx, push.as_ref(), &cfg, &schema);
+            async move {
+                let keys = keys
+                    .get_or_try_init(|| lambda::webhook_keys(sdk, parameter))
+                    .await?;
+                let hook = webhook::Webhook {
+                    keys,
+                    ctx,
+                    push,
+                    submit_queue: &cfg.submit_queue,
+                    schema,
+                };
+                Ok::<_, Error>(lambda::webhook(&hook, event.payload).await)
+            }
         },
     ))
     .await

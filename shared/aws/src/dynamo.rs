@@ -15,6 +15,7 @@
 //! no one index partition takes every job's creation. Pools table: key `key`.
 
 use crate::error::AwsError;
+use crate::sdk::LazyClient;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
@@ -53,7 +54,7 @@ fn listing_shard(id: &JobId) -> String {
 pub const TERMINAL_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 pub struct DynamoStore {
-    client: Client,
+    client: LazyClient<Client>,
     jobs: String,
     pools: String,
 }
@@ -118,12 +119,12 @@ fn pool_item(pool: &Pool) -> Item {
 
 impl DynamoStore {
     pub fn new(
-        client: Client,
+        client: impl Into<LazyClient<Client>>,
         jobs_table: impl Into<String>,
         pools_table: impl Into<String>,
     ) -> Self {
         DynamoStore {
-            client,
+            client: client.into(),
             jobs: jobs_table.into(),
             pools: pools_table.into(),
         }

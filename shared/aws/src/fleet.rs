@@ -25,6 +25,7 @@
 //! (alarms, security groups) is created, so nothing else can leak.
 
 use crate::error::AwsError;
+use crate::sdk::LazyClient;
 use async_trait::async_trait;
 use aws_sdk_autoscaling::types::{
     AutoScalingGroup, InstancesDistribution, LaunchTemplate, LaunchTemplateOverrides,
@@ -112,8 +113,8 @@ impl FleetConfig {
 }
 
 pub struct AsgFleet {
-    ec2: aws_sdk_ec2::Client,
-    asg: aws_sdk_autoscaling::Client,
+    ec2: LazyClient<aws_sdk_ec2::Client>,
+    asg: LazyClient<aws_sdk_autoscaling::Client>,
     cfg: FleetConfig,
 }
 
@@ -125,11 +126,15 @@ fn sdk<E: std::error::Error + Send + Sync + 'static>(
 
 impl AsgFleet {
     pub fn new(
-        ec2: aws_sdk_ec2::Client,
-        asg: aws_sdk_autoscaling::Client,
+        ec2: impl Into<LazyClient<aws_sdk_ec2::Client>>,
+        asg: impl Into<LazyClient<aws_sdk_autoscaling::Client>>,
         cfg: FleetConfig,
     ) -> Self {
-        AsgFleet { ec2, asg, cfg }
+        AsgFleet {
+            ec2: ec2.into(),
+            asg: asg.into(),
+            cfg,
+        }
     }
 
     /// The group's (and its launch template's) name.

@@ -13,12 +13,12 @@ use crate::dynamo::DynamoStore;
 use crate::events::parse_instance_event;
 use crate::fleet::{AsgFleet, FleetConfig};
 use crate::prices::PricedPlanner;
+use crate::sdk::LazyClient;
 use crate::sqs::SqsQueue;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use std::sync::Arc;
 use studio_core::clock::{Clock, SystemClock};
 use studio_core::handlers::{self, CleanupReport, Ctx, HandlerError, Settings};
-use studio_core::plan::CatalogPlanner;
 use studio_core::ports::Received;
 use tracing::{info, warn};
 
@@ -35,17 +35,19 @@ pub fn init_tracing() {
         .init();
 }
 
-/// The handlers' context on AWS, planning from the shipped data only.
+/// The handlers' context on AWS, planning from the shipped data only (read
+/// at the first plan: `cleanup-empty-group` never plans, and most
+/// interruptions do not).
 pub fn context(cfg: &AwsConfig, sdk: &aws_config::SdkConfig, clock: Arc<dyn Clock>) -> Ctx {
-    context_with(cfg, sdk, clock, Arc::new(CatalogPlanner::shipped()))
+    context_with(cfg, sdk, clock, Arc::new(PricedPlanner::default()))
 }
 
 /// The deployment's spot prices ([`crate::prices`]): the planner that
 /// uses them, and where they are read and kept.
 pub struct Prices {
     pub planner: Arc<PricedPlanner>,
-    ec2: aws_sdk_ec2::Client,
-    s3: aws_sdk_s3::Client,
+    ec2: LazyClient<aws_sdk_ec2::Client>,
+    s3: LazyClient<aws_sdk_s3::Client>,
     bucket: String,
     region: String,
     zones: Vec<String>,
@@ -55,8 +57,8 @@ impl Prices {
     pub fn new(cfg: &AwsConfig, sdk: &aws_config::SdkConfig) -> Prices {
         Prices {
             planner: Arc::new(PricedPlanner::default()),
-            ec2: aws_sdk_ec2::Client::new(sdk),
-            s3: crate::s3::client(sdk),
+            ec2: LazyClient::new(sdk, aws_sdk_ec2::Client::new),
+            s3: LazyClient::new(sdk, crate::s3::client),
             bucket: cfg.bucket.clone(),
             region: cfg.region.clone(),
             zones: cfg.availability_zones.clone(),
@@ -101,9 +103,10 @@ pub fn context_with(
     clock: Arc<dyn Clock>,
     planner: Arc<dyn studio_core::plan::Planner>,
 ) -> Ctx {
+    // Every client is made at its first call (crate::sdk::LazyClient).
     let fleet = AsgFleet::new(
-        aws_sdk_ec2::Client::new(sdk),
-        aws_sdk_autoscaling::Client::new(sdk),
+        LazyClient::new(sdk, aws_sdk_ec2::Client::new),
+        LazyClient::new(sdk, aws_sdk_autoscaling::Client::new),
         FleetConfig {
             prefix: cfg.prefix.clone(),
             region: cfg.region.clone(),
@@ -125,11 +128,14 @@ pub fn context_with(
     );
     Ctx {
         store: Arc::new(DynamoStore::new(
-            aws_sdk_dynamodb::Client::new(sdk),
+            LazyClient::new(sdk, aws_sdk_dynamodb::Client::new),
             &cfg.jobs_table,
             &cfg.pools_table,
         )),
-        queue: Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(sdk))),
+        queue: Arc::new(SqsQueue::new(LazyClient::new(
+            sdk,
+            aws_sdk_sqs::Client::new,
+        ))),
         fleet: Arc::new(fleet),
         planner,
         clock,
@@ -407,6 +413,43 @@ pub async fn webhook(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_functions_prices_read_nothing_and_make_no_client_before_their_first_use() {
+        let sdk = crate::sdk::emulator_config("us-east-1", "http://127.0.0.1:9");
+        let cfg = AwsConfig::from_lookup(|k| {
+            [
+                ("AWS_REGION", "us-east-1"),
+                ("STUDIO_JOBS_TABLE", "j"),
+                ("STUDIO_POOLS_TABLE", "p"),
+                ("STUDIO_SUBMIT_QUEUE", "s"),
+                ("STUDIO_ARTIFACT_BUCKET", "b"),
+                ("STUDIO_WORKER_AMI", "ami-12c6146b"),
+                ("STUDIO_AVAILABILITY_ZONES", "us-east-1a"),
+            ]
+            .iter()
+            .find(|(name, _)| *name == k)
+            .map(|(_, v)| v.to_string())
+        })
+        .unwrap();
+        let prices = Prices::new(&cfg, &sdk);
+        assert!(
+            !prices.planner.is_loaded(),
+            "the catalogue was parsed at start"
+        );
+        assert!(
+            !prices.ec2.is_made() && !prices.s3.is_made(),
+            "a client was made at start"
+        );
+        let job = studio_core::contract::SubmitJob::new(
+            studio_core::resources::Cloud::Ec2,
+            studio_core::resources::ResourceRequest::parse(2, 0, None, None).unwrap(),
+            "t",
+        );
+        use studio_core::plan::Planner;
+        assert!(prices.planner.plan(&job).is_ok());
+        assert!(prices.planner.is_loaded());
+    }
 
     #[test]
     fn a_failed_invocation_names_its_kind_and_says_why() {

@@ -8,6 +8,7 @@
 //! received `MAX_RECEIVES` times.
 
 use crate::error::AwsError;
+use crate::sdk::LazyClient;
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{
     MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
@@ -27,7 +28,7 @@ pub const RETENTION_SECS: u32 = 14 * 24 * 3600;
 pub const MAX_RECEIVES: u32 = 5;
 
 pub struct SqsQueue {
-    client: Client,
+    client: LazyClient<Client>,
     urls: Mutex<HashMap<String, String>>,
 }
 
@@ -46,9 +47,9 @@ fn secs(d: Duration) -> i32 {
 }
 
 impl SqsQueue {
-    pub fn new(client: Client) -> Self {
+    pub fn new(client: impl Into<LazyClient<Client>>) -> Self {
         SqsQueue {
-            client,
+            client: client.into(),
             urls: Mutex::new(HashMap::new()),
         }
     }
