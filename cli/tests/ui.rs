@@ -92,10 +92,15 @@ impl Browser {
             .local_addr()
             .unwrap()
             .port();
+        // A process group of its own, Chromium's processes in it too, so
+        // that the end of the test stops them all: killing chromedriver
+        // alone left the browser running after the test, reparented to
+        // init (seen after a CI run, 2026-12-07).
         let driver = Command::new(driver_bin)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .unwrap();
         let http = reqwest::Client::new();
@@ -233,7 +238,27 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        // Ends the session first (chromedriver then quits Chromium, its
+        // crash handlers included, which leave the process group), then
+        // stops the whole group: chromedriver and whatever Chromium left.
+        if let Some((addr, path)) = self
+            .session
+            .strip_prefix("http://")
+            .and_then(|s| s.split_once('/'))
+        {
+            if let Ok(mut c) = std::net::TcpStream::connect(addr) {
+                let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+                let _ = write!(
+                    c,
+                    "DELETE /{path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let _ = c.read_to_end(&mut Vec::new());
+            }
+        }
+        let pgid = self.driver.id() as libc::pid_t;
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
         let _ = self.driver.wait();
     }
 }
@@ -254,6 +279,45 @@ fn state_cell(id: &str) -> String {
 /// the list without a reload, an interrupted job's page with its log and
 /// both attempts, the pools page's chart, Cancel on a running job, an
 /// output downloaded through its link, and the page at a phone's width.
+/// Processes whose command line holds `needle`.
+fn processes_with(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(needle) {
+                found.push(format!("{}: {cmd}", entry.file_name().to_string_lossy()));
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn nothing_of_the_browser_outlives_the_test() {
+    // Killing chromedriver alone once left Chromium running after CI,
+    // reparented to init. Every Chromium process names its profile.
+    let browser = Browser::start().await;
+    let profile = browser._profile.path().display().to_string();
+    assert!(
+        !processes_with(&profile).is_empty(),
+        "Chromium is not running with its profile {profile}"
+    );
+    drop(browser);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = processes_with(&profile);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 30 s after the test's end: {left:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_in_chromium_follows_jobs_cancels_and_charts_pools() {
     let h = Home::new();
