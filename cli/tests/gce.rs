@@ -56,10 +56,10 @@ async fn world_in(zones: &[&str]) -> World {
     gcp.zones = zones.iter().map(|z| z.to_string()).collect();
     gcp.add_worker_env(&cfg.worker_env());
     let clock = ManualClock::new(SystemClock.now());
-    // The functions' context, as their `main` builds it.
-    let ctx = studio_gcp::with_gcp(lambda::context(&cfg, &sdk, Arc::new(clock.clone())), &gcp)
-        .await
-        .unwrap();
+    // The functions' context, as their `main` builds it: the GCE adapters
+    // made at their first call.
+    let ctx =
+        studio_gcp::with_gcp_deferred(lambda::context(&cfg, &sdk, Arc::new(clock.clone())), &gcp);
     let home = tempfile::tempdir().unwrap();
     std::fs::write(
         home.path().join("config.toml"),

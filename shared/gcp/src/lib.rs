@@ -19,6 +19,8 @@
 #[cfg(feature = "fleet")]
 pub mod compute;
 pub mod config;
+#[cfg(feature = "fleet")]
+pub mod deferred;
 pub mod gcs;
 #[cfg(feature = "fleet")]
 pub mod pubsub;
@@ -46,13 +48,29 @@ pub async fn with_gcp(
     Ok(studio_core::route::with_gcp(ctx, queue, fleet))
 }
 
+/// [`with_gcp`] as the functions hold it: the GCE adapters are built at
+/// their first call ([`deferred`]), so an invocation that touches no GCE
+/// pool never builds Google's clients.
+#[cfg(feature = "fleet")]
+pub fn with_gcp_deferred(
+    ctx: studio_core::handlers::Ctx,
+    cfg: &GcpConfig,
+) -> studio_core::handlers::Ctx {
+    studio_core::route::with_gcp(
+        ctx,
+        std::sync::Arc::new(deferred::DeferredQueue::new(cfg)),
+        std::sync::Arc::new(deferred::DeferredFleet::new(cfg)),
+    )
+}
+
 /// What a function's `main` does: `ctx` with GCE pools when the
 /// environment has the GCP settings ([`GCP_KEYS`]), else `ctx` as it is.
 /// `aws_worker_env` (`KEY=VALUE` lines, the deployment's names) goes into
 /// the GCE workers' startup script, so they find the job table and queues.
 ///
 /// # Errors
-/// Settings given in part, or a client that cannot be built.
+/// Settings given in part or malformed (a client that cannot be built
+/// fails the call that first needs it).
 #[cfg(feature = "fleet")]
 pub async fn attach_from_env(
     ctx: studio_core::handlers::Ctx,
@@ -63,5 +81,5 @@ pub async fn attach_from_env(
         return Ok(ctx);
     };
     cfg.add_worker_env(aws_worker_env);
-    with_gcp(ctx, &cfg).await.map_err(|e| e.to_string())
+    Ok(with_gcp_deferred(ctx, &cfg))
 }
