@@ -9,9 +9,9 @@ use std::sync::OnceLock;
 /// Lambda function builds at start none of them, and an invocation only
 /// those it calls: each service's first client cost 80–160 µs of a
 /// function's 1.6 ms in `main` (release build, measured 2026-12-07), and
-/// an invocation of `submit` that finds its pool calls neither EC2 nor
-/// Auto Scaling. Dereferences to the client, so the adapters call it as
-/// they would the client itself.
+/// no invocation calls every service its function holds a client of.
+/// Dereferences to the client, so the adapters call it as they would the
+/// client itself.
 pub struct LazyClient<C> {
     client: OnceLock<C>,
     recipe: Option<Recipe<C>>,
