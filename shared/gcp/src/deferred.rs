@@ -9,8 +9,8 @@
 //! next), as a port error naming why.
 
 use crate::compute::MigFleet;
+use crate::config::GcpConfig;
 use crate::pubsub::PubSubQueue;
-use crate::GcpConfig;
 use async_trait::async_trait;
 use std::time::Duration;
 use studio_core::clock::Timestamp;
