@@ -111,19 +111,12 @@ impl Default for PricedPlanner {
 }
 
 impl PricedPlanner {
-    pub fn new(base: CatalogPlanner) -> PricedPlanner {
-        PricedPlanner {
-            base: OnceLock::from(Arc::new(base)),
-            current: RwLock::new((None, None)),
-        }
-    }
-
     fn base(&self) -> &Arc<CatalogPlanner> {
         self.base
             .get_or_init(|| Arc::new(CatalogPlanner::shipped()))
     }
 
-    /// Whether the shipped data has been read (or a base was given).
+    /// Whether the shipped data has been read.
     pub fn is_loaded(&self) -> bool {
         self.base.get().is_some()
     }
