@@ -920,6 +920,28 @@ impl Home {
     fn driver_pids(&self) -> Vec<i32> {
         self.pids(".*driver$")
     }
+
+    /// The driver that runs: the process holding this home's `driver.lock`
+    /// (`/proc/locks`). Every command that needs a driver starts one, and
+    /// all but the holder leave at once, so a driver found by its command
+    /// line may be one of those.
+    fn driver_holding_lock(&self) -> Option<i32> {
+        use std::os::unix::fs::MetadataExt as _;
+        let ino = std::fs::metadata(self.path().join("driver.lock"))
+            .ok()?
+            .ino();
+        let locks = std::fs::read_to_string("/proc/locks").unwrap();
+        // "1: FLOCK  ADVISORY  WRITE 4242 00:2a:1234 0 EOF"; a waiter's
+        // line has "->" after its number.
+        locks.lines().find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let file_ino: u64 = f.get(5)?.rsplit(':').next()?.parse().ok()?;
+            (f.get(1) == Some(&"FLOCK") && f.get(3) == Some(&"WRITE") && file_ino == ino)
+                .then(|| f[4].parse().ok())
+                .flatten()
+                .filter(|pid| self.driver_pids().contains(pid))
+        })
+    }
 }
 
 const SLEEPER: &str = "import time\nprint('started', flush=True)\ntime.sleep(120)\n";
@@ -1127,7 +1149,7 @@ fn a_detached_id_can_be_cancelled_at_once_while_the_driver_is_busy() {
         .trim()
         .to_string();
     let driver = wait_until("the driver", Duration::from_secs(10), || {
-        h.driver_pids().first().copied()
+        h.driver_holding_lock()
     });
     // Busy: it handles nothing now. (Stopped outside a write transaction,
     // or every command would wait for its SQLite lock instead.)
