@@ -1,0 +1,277 @@
+//! `scripts/deploy` itself, as a user runs it, against a `moto_server` of
+//! its own (a stack's EventBridge targets make moto fail other tests'
+//! `PutEvents` while it exists): where the workers' binaries come from.
+//!
+//! - `--prebuilt DIR` takes them from DIR, as before;
+//! - `--workers-from DIR` takes them from a release build (`scripts/wheel`
+//!   writes `studio-ARCH` and `SHA256SUMS-ARCH`), each checked against its
+//!   SHA-256; the stack's checksum parameter and the artifact bucket's
+//!   `releases/studio-<sha256>` are that binary's;
+//! - a binary that does not match its sum, or an architecture the directory
+//!   lacks, is refused before any call to AWS: no stack is created.
+//!
+//! The functions' zips are stand-ins (moto never runs them); the AWS CLI is
+//! the one `scripts/test` pins, in the virtualenv of `STUDIO_TEST_PYTHON`.
+
+use sha2::Digest as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const FUNCTIONS: [&str; 5] = [
+    "submit",
+    "scale-on-queue-depth",
+    "handle-spot-interruption",
+    "cleanup-empty-group",
+    "webhook",
+];
+
+/// A `moto_server` of this test's own, stopped (with its process group) when
+/// dropped.
+struct Moto {
+    child: Child,
+    url: String,
+}
+
+impl Moto {
+    fn start() -> Moto {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = Command::new("moto_server");
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd
+            .spawn()
+            .expect("moto_server must be on PATH (scripts/test installs it)");
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Moto { child, url }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        // SAFETY: a signal to the process group this test started.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+fn sha256_hex(path: &Path) -> String {
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// DIR with the five functions' stand-in zips (and nothing else).
+fn functions_dir(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for f in FUNCTIONS {
+        let zip = dir.join(format!("{f}.zip"));
+        let made = Command::new("python3")
+            .args([
+                "-c",
+                "import sys, zipfile; zipfile.ZipFile(sys.argv[1], 'w').writestr('bootstrap', '#!/bin/sh\\n')",
+            ])
+            .arg(&zip)
+            .status()
+            .unwrap();
+        assert!(made.success(), "python3 made no {}", zip.display());
+    }
+}
+
+/// A release directory as `scripts/wheel` leaves it: `studio-x86_64` (here a
+/// copy of `binary`), its `SHA256SUMS-x86_64` and `BUILT-FROM`.
+fn release_dir(dir: &Path, binary: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let b = dir.join("studio-x86_64");
+    std::fs::copy(binary, &b).unwrap();
+    std::fs::write(
+        dir.join("SHA256SUMS-x86_64"),
+        format!("{}  studio-x86_64\n", sha256_hex(&b)),
+    )
+    .unwrap();
+    std::fs::write(dir.join("BUILT-FROM"), "0123456789abcdef\n").unwrap();
+    b
+}
+
+fn deploy(moto: &Moto, args: &[&str]) -> Output {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // The AWS CLI scripts/test pins (beside its python), before any other.
+    let mut path = std::env::var_os("PATH").unwrap_or_default();
+    if let Some(bin) = std::env::var_os("STUDIO_TEST_PYTHON")
+        .map(PathBuf::from)
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    {
+        path =
+            std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(&path))).unwrap();
+    }
+    Command::new(root.join("scripts/deploy"))
+        .env("PATH", path)
+        .args(args)
+        .args(["--worker-ami", "ami-12345678"])
+        .env("AWS_ENDPOINT_URL", &moto.url)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("AWS_PROFILE")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The stack's `BinarySha256X86` parameter and `ArtifactBucket` output, or
+/// `None` when there is no such stack.
+async fn stack(moto: &Moto, name: &str) -> Option<(String, String)> {
+    let sdk = studio_aws::emulator_config("us-east-1", &moto.url);
+    let cfn = aws_sdk_cloudformation::Client::new(&sdk);
+    let s = cfn.describe_stacks().stack_name(name).send().await.ok()?;
+    let s = s.stacks()[0].clone();
+    let param = s
+        .parameters()
+        .iter()
+        .find(|p| p.parameter_key() == Some("BinarySha256X86"))
+        .and_then(|p| p.parameter_value())
+        .unwrap_or_default()
+        .to_string();
+    let bucket = s
+        .outputs()
+        .iter()
+        .find(|o| o.output_key() == Some("ArtifactBucket"))
+        .and_then(|o| o.output_value())
+        .unwrap_or_default()
+        .to_string();
+    Some((param, bucket))
+}
+
+async fn object(moto: &Moto, bucket: &str, key: &str) -> Vec<u8> {
+    let sdk = studio_aws::emulator_config("us-east-1", &moto.url);
+    let s3 = aws_sdk_s3::Client::new(&sdk);
+    let o = s3
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("s3://{bucket}/{key}: {e:?}"));
+    o.body.collect().await.unwrap().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workers_come_from_the_release_build_checked_or_from_prebuilt() {
+    let moto = Moto::start();
+    let tmp = tempfile::tempdir().unwrap();
+    // Two different real x86_64 executables, so each deploy's binary shows.
+    let (first, second) = (Path::new("/bin/true"), Path::new("/bin/false"));
+    assert_ne!(sha256_hex(first), sha256_hex(second));
+
+    // --prebuilt, as before: the functions and the worker from one directory.
+    let pre = tmp.path().join("prebuilt");
+    functions_dir(&pre);
+    std::fs::copy(first, pre.join("studio-x86_64")).unwrap();
+    let out = deploy(
+        &moto,
+        &[
+            "s1",
+            "--prebuilt",
+            pre.to_str().unwrap(),
+            "--worker-archs",
+            "x86_64",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (sha, bucket) = stack(&moto, "s1").await.expect("stack s1");
+    assert_eq!(sha, sha256_hex(first));
+    assert_eq!(
+        object(&moto, &bucket, &format!("releases/studio-{sha}")).await,
+        std::fs::read(first).unwrap()
+    );
+
+    // --workers-from: the release build's worker, the functions from
+    // --prebuilt. (Another stack: moto 5.2.1 fails UpdateStack of this
+    // template, an AttributeError in its IAM role update.)
+    let rel = tmp.path().join("release");
+    release_dir(&rel, second);
+    let out = deploy(
+        &moto,
+        &[
+            "s2",
+            "--prebuilt",
+            pre.to_str().unwrap(),
+            "--workers-from",
+            rel.to_str().unwrap(),
+            "--worker-archs",
+            "x86_64",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (sha, bucket) = stack(&moto, "s2").await.expect("stack s2");
+    assert_eq!(sha, sha256_hex(second), "{}", stderr(&out));
+    assert_eq!(
+        object(&moto, &bucket, &format!("releases/studio-{sha}")).await,
+        std::fs::read(second).unwrap()
+    );
+
+    // A binary changed after its sum was written: refused, nothing created.
+    let bad = tmp.path().join("tampered");
+    let b = release_dir(&bad, second);
+    std::fs::write(&b, b"\x7fELF not the built binary").unwrap();
+    let out = deploy(
+        &moto,
+        &[
+            "s3",
+            "--prebuilt",
+            pre.to_str().unwrap(),
+            "--workers-from",
+            bad.to_str().unwrap(),
+            "--worker-archs",
+            "x86_64",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("does not match its SHA-256"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stack(&moto, "s3").await.is_none(),
+        "no stack for a refused deploy"
+    );
+
+    // An architecture the release directory lacks: named, with what makes it.
+    let out = deploy(
+        &moto,
+        &[
+            "s3",
+            "--prebuilt",
+            pre.to_str().unwrap(),
+            "--workers-from",
+            rel.to_str().unwrap(),
+            "--worker-archs",
+            "x86_64,arm64",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("studio-arm64")
+            && err.contains("scripts/wheel --target aarch64-unknown-linux-gnu"),
+        "{err}"
+    );
+    assert!(
+        stack(&moto, "s3").await.is_none(),
+        "no stack for a refused deploy"
+    );
+}
