@@ -96,6 +96,33 @@ fn two_jobs(policy: Policy) -> Scenario {
     s
 }
 
+/// Calm jobs get one machine each, and no more: the minute's scale counts
+/// the jobs that wait from the store, not from SQS's visible count, which
+/// lags deletes by up to a minute and still shows items already claimed
+/// (then counted twice, as running too: a machine more per claim).
+#[tokio::test]
+async fn calm_jobs_launch_one_machine_each() {
+    let job = |arrive_ms| SimJob {
+        arrive_ms,
+        duration_ms: 3_600_000,
+        cloud: Cloud::Ec2spot,
+        cpus: 2,
+        gpus: 0,
+        ram: Some("4g".into()),
+        checkpoint_ms: None,
+        line: 0,
+    };
+    let mut s = Scenario::preset("standard", 1).unwrap();
+    s.jobs = vec![job(0), job(1_000), job(2_000)];
+    s.market.interruption_scale = 0.0;
+    s.max_workers = 6;
+    s.policies = vec![studio_policy()];
+    let (report, _) = simulate(&s).await.unwrap();
+    let p = &report.policies[0];
+    assert_eq!((p.jobs, p.jobs_finished), (3, 3));
+    assert_eq!(p.machines_launched, 3, "{p:?}");
+}
+
 fn studio_policy() -> Policy {
     Policy::standard()
         .into_iter()

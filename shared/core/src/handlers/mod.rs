@@ -45,7 +45,7 @@ pub use context::{mutate_job, Ctx, HandlerError, Settings, Step, MAX_RESENDS};
 pub use interruption::{
     handle_interruption, InstanceEvent, InstanceEventKind, InterruptionOutcome,
 };
-pub use pools::{ensure_pool, scale_pool};
+pub use pools::{ensure_pool, scale_pool, Waiting};
 pub use requeue::{requeue, RequeueOutcome};
 pub use scale::scale;
 pub use submit::{job_id_from_message, submit, SubmitOutcome};

@@ -99,24 +99,37 @@ async fn create_pool_resources(ctx: &Ctx, pool: &Pool) -> Result<(), HandlerErro
 
 // ---------------------------------------------------------------- scale
 
+/// The jobs of a pool that wait for a machine, as its caller knows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// A lower bound (the item a submit or a requeue just sent): the queue's
+    /// visible count may know of more.
+    AtLeast(u64),
+    /// Counted from the store by the sweep, with the running ones: the
+    /// queue's counts are not read into it. SQS's lag behind deletes by up
+    /// to a minute still shows items already claimed, which the running
+    /// count holds too: a machine more per claim.
+    Exactly { waiting: u64, running: u64 },
+}
+
 /// Reconciles one pool's group with the work there is; returns the target.
 ///
 /// It starts from the group as the fleet reports it now (an idle worker
 /// that left with decrement lowered it; someone may have changed it by
 /// hand), never from the pool record's copy of the last target, and from
-/// the work waiting: the queue's visible count, which lags sends by up to a
-/// minute on SQS, or `waiting` (jobs the store shows queued, or the item
-/// the caller just sent), whichever is larger. A missing group or queue of
-/// a live pool is recreated; a group whose maximum no longer matches the
-/// configuration is moved to it in the same call.
+/// the work there is: the sweep's exact counts from the store, or, given
+/// only a lower bound (the item the caller just sent), the queue's counts
+/// where they are larger (they lag sends and deletes by up to a minute on
+/// SQS). A missing group or queue of a live pool is recreated; a group
+/// whose maximum no longer matches the configuration is moved to it in the
+/// same call.
 ///
 /// # Errors
 /// Port errors from the queue or the fleet.
 pub async fn scale_pool(
     ctx: &Ctx,
     mut pool: Pool,
-    waiting: u64,
-    running: u64,
+    work: Waiting,
     bootstrap_failed: Option<String>,
 ) -> Result<u32, HandlerError> {
     let gk = pool.group_key();
@@ -134,10 +147,21 @@ pub async fn scale_pool(
         }
         Err(e) => return Err(e.into()),
     };
-    depth.visible = depth.visible.max(waiting);
-    // Items are acked once claimed, so running jobs are not in flight in
-    // the queue: count them from the store.
-    depth.in_flight = depth.in_flight.max(running);
+    let (waiting, running) = match work {
+        Waiting::AtLeast(n) => {
+            depth.visible = depth.visible.max(n);
+            (depth.visible, 0)
+        }
+        Waiting::Exactly { waiting, running } => {
+            // Items are acked once claimed, so running jobs are not in
+            // flight in the queue: both counts are the store's.
+            depth = QueueDepth {
+                visible: waiting,
+                in_flight: running,
+            };
+            (waiting, running)
+        }
+    };
     let group = match ctx.fleet.group(&gk).await? {
         Some(g) => g,
         None => {

@@ -4,7 +4,7 @@
 
 use crate::contract::WorkItem;
 use crate::handlers::context::{mutate_job, Ctx, HandlerError, Step};
-use crate::handlers::pools::{ensure_pool, pool_of, scale_pool, send_item};
+use crate::handlers::pools::{ensure_pool, pool_of, scale_pool, send_item, Waiting};
 use crate::ids::{JobId, PoolKey};
 use crate::job::{Job, JobState};
 use crate::plan::Plan;
@@ -102,7 +102,7 @@ pub async fn requeue(
     })
     .await?;
     if fallback.is_some() {
-        scale_pool(ctx, pool, 1, 0, None).await?;
+        scale_pool(ctx, pool, Waiting::AtLeast(1), None).await?;
     }
     match step3 {
         Some((_, true)) => {

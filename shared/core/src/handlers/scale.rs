@@ -3,7 +3,7 @@
 //! what the fleet reports, and machines that run no worker retired.
 
 use crate::handlers::context::{Ctx, HandlerError};
-use crate::handlers::pools::scale_pool;
+use crate::handlers::pools::{scale_pool, Waiting};
 use crate::handlers::sweep::sweep_pool;
 use crate::ids::PoolKey;
 use crate::job::JobState;
@@ -37,15 +37,16 @@ pub async fn scale(ctx: &Ctx) -> Result<Vec<(PoolKey, u32)>, HandlerError> {
                 None
             }
         };
-        let (waiting, running) = match sweep_pool(ctx, &pool).await {
-            Ok(n) => n,
+        let work = match sweep_pool(ctx, &pool).await {
+            Ok((waiting, running)) => Waiting::Exactly { waiting, running },
             Err(e) => {
+                // Counts left unfinished: the queue's, whatever they lag.
                 warn!(pool = %key, error = %e, "sweep failed");
                 first_err.get_or_insert(e);
-                (0, 0)
+                Waiting::AtLeast(0)
             }
         };
-        match scale_pool(ctx, pool, waiting, running, said).await {
+        match scale_pool(ctx, pool, work, said).await {
             Ok(n) => sizes.push((key, n)),
             Err(e) => {
                 warn!(pool = %key, error = %e, "scaling failed");

@@ -4,7 +4,7 @@
 use crate::catalog::Arch;
 use crate::contract::{SubmitJob, WorkItem};
 use crate::handlers::context::{Ctx, HandlerError};
-use crate::handlers::pools::{ensure_pool, scale_pool, send_item};
+use crate::handlers::pools::{ensure_pool, scale_pool, send_item, Waiting};
 use crate::ids::JobId;
 use crate::job::{Job, JobState};
 use crate::pool::PoolSpec;
@@ -97,7 +97,7 @@ pub async fn submit(
 async fn place_first_attempt(ctx: &Ctx, spec: &PoolSpec, id: &JobId) -> Result<(), HandlerError> {
     let pool = ensure_pool(ctx, spec).await?;
     send_item(ctx, &pool, &WorkItem::new(id.clone(), 1)).await?;
-    scale_pool(ctx, pool, 1, 0, None).await?;
+    scale_pool(ctx, pool, Waiting::AtLeast(1), None).await?;
     Ok(())
 }
 
