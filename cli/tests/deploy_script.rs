@@ -88,7 +88,7 @@ fn functions_dir(dir: &Path) {
 }
 
 /// A release directory as `scripts/wheel` leaves it: `studio-x86_64` (here a
-/// copy of `binary`), its `SHA256SUMS-x86_64` and `BUILT-FROM`.
+/// copy of `binary`), its `SHA256SUMS-x86_64` and `BUILT-FROM-x86_64`.
 fn release_dir(dir: &Path, binary: &Path) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let b = dir.join("studio-x86_64");
@@ -98,7 +98,7 @@ fn release_dir(dir: &Path, binary: &Path) -> PathBuf {
         format!("{}  studio-x86_64\n", sha256_hex(&b)),
     )
     .unwrap();
-    std::fs::write(dir.join("BUILT-FROM"), "0123456789abcdef\n").unwrap();
+    std::fs::write(dir.join("BUILT-FROM-x86_64"), "0123456789abcdef release\n").unwrap();
     b
 }
 
@@ -172,9 +172,15 @@ async fn object(moto: &Moto, bucket: &str, key: &str) -> Vec<u8> {
 async fn the_workers_come_from_the_release_build_checked_or_from_prebuilt() {
     let moto = Moto::start();
     let tmp = tempfile::tempdir().unwrap();
-    // Two different real x86_64 executables, so each deploy's binary shows.
-    let (first, second) = (Path::new("/bin/true"), Path::new("/bin/false"));
-    assert_ne!(sha256_hex(first), sha256_hex(second));
+    // Two different x86_64 executables (a real one, and one byte more), so
+    // each deploy's binary shows.
+    let first = tmp.path().join("first");
+    let second = tmp.path().join("second");
+    std::fs::copy("/bin/true", &first).unwrap();
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes.push(0);
+    std::fs::write(&second, bytes).unwrap();
+    let (first, second) = (first.as_path(), second.as_path());
 
     // --prebuilt, as before: the functions and the worker from one directory.
     let pre = tmp.path().join("prebuilt");
@@ -246,6 +252,11 @@ async fn the_workers_come_from_the_release_build_checked_or_from_prebuilt() {
         stderr(&out)
     );
     assert!(
+        !stderr(&out).contains("== 1/8"),
+        "refused before any AWS call: {}",
+        stderr(&out)
+    );
+    assert!(
         stack(&moto, "s3").await.is_none(),
         "no stack for a refused deploy"
     );
@@ -271,7 +282,111 @@ async fn the_workers_come_from_the_release_build_checked_or_from_prebuilt() {
         "{err}"
     );
     assert!(
+        !err.contains("== 1/8"),
+        "refused before any AWS call: {err}"
+    );
+    assert!(
         stack(&moto, "s3").await.is_none(),
         "no stack for a refused deploy"
+    );
+}
+
+/// Without `--prebuilt` or `--workers-from`, `scripts/deploy` takes the
+/// workers from `dist/` only when every architecture there was built from
+/// this very checkout (its commit, nothing tracked modified) with the
+/// release profile, and says which it chose before anything else. Run in a
+/// git checkout of the script and the template alone, with no Rust on
+/// `PATH`, so each run stops at the prerequisites, before any AWS call.
+#[test]
+fn by_default_the_workers_come_from_dist_only_when_built_from_this_checkout() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    for f in ["scripts/deploy", "infra/template.yaml"] {
+        let to = repo.join(f);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(root.join(f), &to).unwrap();
+    }
+    let git = |args: &[&str]| -> String {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    git(&["init", "-q"]);
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "the script and the template"]);
+    let head = git(&["rev-parse", "HEAD"]);
+    let dist = repo.join("dist");
+    release_dir(&dist, Path::new("/bin/true"));
+    // What the workers would be, as the script says it first.
+    let said = || -> String {
+        let venv_bin = std::env::var_os("STUDIO_TEST_PYTHON")
+            .map(PathBuf::from)
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_default();
+        let path = format!("/usr/bin:/bin:{}", venv_bin.display());
+        let out = Command::new(repo.join("scripts/deploy"))
+            .args(["s1", "--worker-archs", "x86_64", "--region", "us-east-1"])
+            .env("PATH", path)
+            .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+            .env("AWS_MAX_ATTEMPTS", "1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "no Rust here: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            !err.contains("== 1/8"),
+            "stopped before any AWS call: {err}"
+        );
+        err.lines()
+            .find(|l| l.contains("workers: "))
+            .unwrap_or_else(|| panic!("no word on the workers: {err}"))
+            .to_string()
+    };
+    let built = dist.join("BUILT-FROM-x86_64");
+    std::fs::write(&built, format!("{head} release\n")).unwrap();
+    let line = said();
+    assert!(
+        line.contains("the release build's") && line.contains(&head),
+        "{line}"
+    );
+    // Another commit's binary.
+    std::fs::write(&built, "0123456789abcdef release\n").unwrap();
+    let line = said();
+    assert!(
+        line.contains("built here") && line.contains("0123456789abcdef"),
+        "{line}"
+    );
+    // This commit's, but not a release build (CI's check profile).
+    std::fs::write(&built, format!("{head} wheel-check\n")).unwrap();
+    let line = said();
+    assert!(
+        line.contains("built here") && line.contains("wheel-check"),
+        "{line}"
+    );
+    // This commit's release build, but a tracked file changed since.
+    std::fs::write(&built, format!("{head} release\n")).unwrap();
+    let mut template = std::fs::read_to_string(repo.join("infra/template.yaml")).unwrap();
+    template.push_str("\n# changed\n");
+    std::fs::write(repo.join("infra/template.yaml"), template).unwrap();
+    let line = said();
+    assert!(
+        line.contains("built here") && line.contains("modified"),
+        "{line}"
+    );
+    git(&["checkout", "-q", "--", "infra/template.yaml"]);
+    // Unmodified again, but the binary is not the one its sum names.
+    std::fs::write(dist.join("studio-x86_64"), b"\x7fELF not the built one").unwrap();
+    let line = said();
+    assert!(
+        line.contains("built here") && line.contains("does not match its SHA-256"),
+        "{line}"
     );
 }
