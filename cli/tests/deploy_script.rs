@@ -168,6 +168,34 @@ async fn object(moto: &Moto, bucket: &str, key: &str) -> Vec<u8> {
     o.body.collect().await.unwrap().to_vec()
 }
 
+/// A deploy of stack `s3` with the workers from `release`, which must be
+/// refused before any AWS call, leaving no stack; returns what it said.
+async fn refused(moto: &Moto, prebuilt: &Path, release: &Path, archs: &str) -> String {
+    let out = deploy(
+        moto,
+        &[
+            "s3",
+            "--prebuilt",
+            prebuilt.to_str().unwrap(),
+            "--workers-from",
+            release.to_str().unwrap(),
+            "--worker-archs",
+            archs,
+        ],
+    );
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        !err.contains("== 1/8"),
+        "refused before any AWS call: {err}"
+    );
+    assert!(
+        stack(moto, "s3").await.is_none(),
+        "no stack for a refused deploy"
+    );
+    err
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_workers_come_from_the_release_build_checked_or_from_prebuilt() {
     let moto = Moto::start();
@@ -233,61 +261,15 @@ async fn the_workers_come_from_the_release_build_checked_or_from_prebuilt() {
     let bad = tmp.path().join("tampered");
     let b = release_dir(&bad, second);
     std::fs::write(&b, b"\x7fELF not the built binary").unwrap();
-    let out = deploy(
-        &moto,
-        &[
-            "s3",
-            "--prebuilt",
-            pre.to_str().unwrap(),
-            "--workers-from",
-            bad.to_str().unwrap(),
-            "--worker-archs",
-            "x86_64",
-        ],
-    );
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("does not match its SHA-256"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(
-        !stderr(&out).contains("== 1/8"),
-        "refused before any AWS call: {}",
-        stderr(&out)
-    );
-    assert!(
-        stack(&moto, "s3").await.is_none(),
-        "no stack for a refused deploy"
-    );
+    let err = refused(&moto, &pre, &bad, "x86_64").await;
+    assert!(err.contains("does not match its SHA-256"), "{err}");
 
     // An architecture the release directory lacks: named, with what makes it.
-    let out = deploy(
-        &moto,
-        &[
-            "s3",
-            "--prebuilt",
-            pre.to_str().unwrap(),
-            "--workers-from",
-            rel.to_str().unwrap(),
-            "--worker-archs",
-            "x86_64,arm64",
-        ],
-    );
-    assert!(!out.status.success());
-    let err = stderr(&out);
+    let err = refused(&moto, &pre, &rel, "x86_64,arm64").await;
     assert!(
         err.contains("studio-arm64")
             && err.contains("scripts/wheel --target aarch64-unknown-linux-gnu"),
         "{err}"
-    );
-    assert!(
-        !err.contains("== 1/8"),
-        "refused before any AWS call: {err}"
-    );
-    assert!(
-        stack(&moto, "s3").await.is_none(),
-        "no stack for a refused deploy"
     );
 }
 

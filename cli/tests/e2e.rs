@@ -933,14 +933,14 @@ impl Home {
         let locks = std::fs::read_to_string("/proc/locks").unwrap();
         // "1: FLOCK  ADVISORY  WRITE 4242 00:2a:1234 0 EOF"; a waiter's
         // line has "->" after its number.
-        locks.lines().find_map(|line| {
+        let holder: i32 = locks.lines().find_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
             let file_ino: u64 = f.get(5)?.rsplit(':').next()?.parse().ok()?;
             (f.get(1) == Some(&"FLOCK") && f.get(3) == Some(&"WRITE") && file_ino == ino)
                 .then(|| f[4].parse().ok())
                 .flatten()
-                .filter(|pid| self.driver_pids().contains(pid))
-        })
+        })?;
+        self.driver_pids().contains(&holder).then_some(holder)
     }
 }
 
